@@ -1,0 +1,87 @@
+"""The `clipjet` command: run a service, the local stack, or maintenance tasks."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from shared.logs import configure_logging
+from shared.settings import Settings, load_settings
+
+SCHEMAS_DIR = Path("schemas")
+
+
+async def _run_worker(stage: str, settings: Settings) -> None:
+    from services.registry import STAGES
+    from shared.pipeline import DEFAULT_ROUTE_LENGTH
+    from shared.resources import open_resources
+    from shared.worker import run_worker
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_resources(settings, f"worker-{stage}") as res:
+        await run_worker(STAGES[stage], res, DEFAULT_ROUTE_LENGTH, stop)
+
+
+def _run_gateway(settings: Settings) -> None:
+    import uvicorn
+
+    from services.gateway.app import create_app
+
+    uvicorn.run(
+        create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
+        log_level="warning", access_log=False, lifespan="on",
+    )
+
+
+async def _migrate(settings: Settings) -> None:
+    from shared.db.pool import create_pool
+
+    pool = await create_pool(settings)
+    await pool.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from services.registry import STAGES
+
+    parser = argparse.ArgumentParser(prog="clipjet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("gateway", help="run the REST gateway")
+    worker = sub.add_parser("worker", help="run one stage's worker")
+    worker.add_argument("stage", choices=sorted(STAGES))
+    sub.add_parser("migrate", help="apply database migrations and create partitions")
+    schemas = sub.add_parser("schemas", help="write schemas/ from the msgspec contracts")
+    schemas.add_argument("--dir", type=Path, default=SCHEMAS_DIR)
+    stack = sub.add_parser("stack", help="bring up NATS, PostgreSQL, S3 and every service on loopback")
+    stack.add_argument("--demo", action="store_true", help="clip a generated sample once everything is up")
+    stack.add_argument("--exit-after-demo", action="store_true", help="stop after the demo (for scripts)")
+    args = parser.parse_args(argv)
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    match args.command:
+        case "gateway":
+            _run_gateway(settings)
+        case "worker":
+            asyncio.run(_run_worker(args.stage, settings))
+        case "migrate":
+            asyncio.run(_migrate(settings))
+        case "schemas":
+            from shared.schemas import write_schemas
+
+            for path in write_schemas(args.dir):
+                print(path)
+        case "stack":
+            from services.localstack import run_stack
+
+            return run_stack(settings, demo=args.demo, exit_after_demo=args.exit_after_demo)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

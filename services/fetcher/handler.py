@@ -1,0 +1,90 @@
+"""Fetcher: locate the source, probe it, stage only the range the clip needs, and choose the route."""
+
+from __future__ import annotations
+
+from shared.contracts import (
+    Artifact,
+    ClipJobMessage,
+    MediaPlan,
+    StageMessage,
+    UploadSource,
+    UrlSource,
+    YoutubeSource,
+)
+from shared.errors import EndPastDuration, Permanent, SourceUnreadable
+from shared.fetch import fetch_to_file
+from shared.media.cut import copy_cut, copyable_to_mp4, keyframe_at_or_before
+from shared.media.probe import MediaInfo, probe
+from shared.pipeline import COPY_ROUTE, FETCH
+from shared.storage import sha256_file, staging_prefix
+from shared.worker import StageDeps
+
+DURATION_TOLERANCE_SEC = 0.05  # endSec may exceed the probed duration by this much (container rounding)
+PROBE_URL_TTL_SEC = 3600  # lifetime of the signed URL ffprobe/ffmpeg read an upload through, s
+
+
+async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage:
+    """Probe the source, find the keyframe the copy starts at, stage the needed range, route the job."""
+    media, staged = await _locate(job, deps)
+    deps.progress.set(0.3)
+    info = await probe(media)
+    _check_range(job, info)
+    if not copyable_to_mp4(info.streams):
+        codecs = ", ".join(sorted({s.codec for s in info.streams}))
+        raise Permanent(f"re-encoding is not available yet; codecs {codecs} cannot be copied into MP4",
+                        code="reencode_unavailable")
+    cut_start = job.start_sec
+    if info.has_video:
+        cut_start = await keyframe_at_or_before(media, job.start_sec, deps.res.settings.keyframe_search_sec)
+    deps.progress.set(0.6)
+    if staged is None:
+        staged = await _stage_range(job, media, cut_start, info, deps)
+        offset = cut_start
+    else:
+        offset = 0.0
+    plan = MediaPlan(
+        duration_sec=info.duration_sec, container=info.container, streams=info.streams,
+        cut_start_sec=cut_start, staged_offset_sec=offset,
+    )
+    return StageMessage(job=job, route=list(COPY_ROUTE), done=[FETCH], plan=plan, artifacts=[staged])
+
+
+async def _locate(job: ClipJobMessage, deps: StageDeps) -> tuple[str, Artifact | None]:
+    """Where ffprobe/ffmpeg read the source, and the artifact when it already sits in storage."""
+    storage = deps.res.storage
+    match job.source:
+        case UploadSource(key=key):
+            found = await storage.head(key)
+            if found is None:
+                raise SourceUnreadable(f"no upload at key {key!r}; upload the file first", code="upload_not_found")
+            artifact = Artifact(stage=FETCH, role="source", key=key, size=found.size, sha256=found.sha256)
+            return await storage.internal_url(key, PROBE_URL_TTL_SEC), artifact
+        case UrlSource(url=url):
+            path = deps.scratch / "download"
+            await fetch_to_file(url, path, deps.res.settings)
+            return str(path), None
+        case YoutubeSource():
+            raise Permanent("YouTube sources are not available yet; upload the file or give its URL",
+                            code="source_type_unavailable")
+
+
+def _check_range(job: ClipJobMessage, info: MediaInfo) -> None:
+    if job.end_sec > info.duration_sec + DURATION_TOLERANCE_SEC:
+        raise EndPastDuration(
+            f"endSec {job.end_sec:g} is past the media's duration ({info.duration_sec:.3f} s); "
+            f"ask for a range inside it"
+        )
+
+
+async def _stage_range(
+    job: ClipJobMessage, media: str, cut_start: float, info: MediaInfo, deps: StageDeps
+) -> Artifact:
+    """Copy [cut_start, endSec + TAIL_PAD_SEC] into the job's staging prefix; its t=0 is cut_start."""
+    end = min(info.duration_sec, job.end_sec + deps.res.settings.tail_pad_sec)
+    path = deps.scratch / "staged.mp4"
+    await copy_cut(media, path, seek_sec=cut_start, duration_sec=end - cut_start,
+                   on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p))
+    digest = await sha256_file(path)
+    key = f"{staging_prefix(job.id)}source.mp4"
+    size = await deps.res.storage.put_file(key, path, "video/mp4", {"sha256": digest})
+    return Artifact(stage=FETCH, role="source", key=key, size=size, sha256=digest)

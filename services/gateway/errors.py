@@ -1,0 +1,54 @@
+"""Every REST error is `{"error": {"code", "message", "field"}}` with a stable code."""
+
+from __future__ import annotations
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from shared.contracts import ErrorBody, ErrorDetail
+from shared.errors import ClipError
+from shared.logs import get_logger
+
+log = get_logger("gateway")
+MALFORMED_MARK = "JSON is malformed"
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> Response[ErrorBody]:
+    body = ErrorBody(error=ErrorDetail(code=code, message=message, field=field))
+    return Response(body, status_code=status, media_type=MediaType.JSON)
+
+
+def clip_error_handler(_: Request, exc: ClipError) -> Response[ErrorBody]:
+    return error_response(exc.http_status, exc.code, exc.message, exc.field)
+
+
+def validation_handler(_: Request, exc: ValidationException) -> Response[ErrorBody]:
+    """Map Litestar/msgspec body validation to stable codes."""
+    if MALFORMED_MARK in str(exc.detail):
+        return error_response(400, "malformed_json", f"the body is not valid JSON: {exc.detail}")
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    first = problems[0] if problems else {}
+    field, message = str(first.get("key", "")) or None, str(first.get("message", exc.detail))
+    if field == "source.type":
+        return error_response(
+            422, "unknown_source_type", f"{message}: source.type must be one of upload, url, youtube", field
+        )
+    return error_response(422, "invalid_field", f"{message} (at {field})" if field else message, field)
+
+
+def http_handler(_: Request, exc: HTTPException) -> Response[ErrorBody]:
+    code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail))
+
+
+def internal_handler(_: Request, exc: Exception) -> Response[ErrorBody]:
+    log.exception("unhandled_error", error=repr(exc))
+    return error_response(500, "internal_error", "an internal error occurred; try again later")
+
+
+EXCEPTION_HANDLERS = {
+    ClipError: clip_error_handler,
+    ValidationException: validation_handler,
+    HTTPException: http_handler,
+    Exception: internal_handler,
+}

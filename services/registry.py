@@ -1,0 +1,15 @@
+"""Every worker stage by name: one line per stage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.worker import StageSpec
+
+from . import fetcher, trimmer, uploader
+
+STAGES: dict[str, StageSpec[Any]] = {
+    fetcher.STAGE.name: fetcher.STAGE,
+    trimmer.STAGE.name: trimmer.STAGE,
+    uploader.STAGE.name: uploader.STAGE,
+}

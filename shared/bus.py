@@ -1,0 +1,96 @@
+"""NATS JetStream: one work-queue stream, one subject and one durable pull consumer per stage and priority."""
+
+from __future__ import annotations
+
+import nats
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+
+from shared.contracts import PRIORITIES, Priority
+from shared.pipeline import STAGES
+from shared.settings import Settings
+
+DUPLICATE_WINDOW_SEC = 120.0  # Nats-Msg-Id de-duplication window
+MAX_MESSAGE_AGE_SEC = 7 * 24 * 3600.0  # a message nobody takes is dropped after a week
+EXTRA_DELIVERIES = 2  # deliveries past MAX_ATTEMPTS, so the runtime can fail a poison job itself
+
+
+class Subjects:
+    """Subject names under the configured prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def stage(self, stage: str, priority: Priority) -> str:
+        return f"{self.prefix}.{stage}.{priority}"
+
+    def stage_wildcard(self, stage: str) -> str:
+        return f"{self.prefix}.{stage}.*"
+
+    def progress(self, job_id: str) -> str:
+        return f"{self.prefix}.progress.{job_id}"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}.events.{job_id}"
+
+
+def consumer_name(stage: str, priority: Priority) -> str:
+    return f"{stage}-{priority}"
+
+
+def msg_id(job_id: str, stage: str) -> str:
+    """The Nats-Msg-Id of a job's message to a stage: a retried publish is dropped by the server."""
+    return f"{job_id}:{stage}"
+
+
+async def connect(settings: Settings, name: str) -> NatsClient:
+    return await nats.connect(
+        servers=settings.nats_url.split(","), name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5
+    )
+
+
+async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
+    """Create or update the stream so it holds every stage subject (and nothing else)."""
+    subjects = Subjects(settings.subject_prefix)
+    config = StreamConfig(
+        name=settings.nats_stream,
+        subjects=[subjects.stage_wildcard(stage) for stage in STAGES],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW_SEC,
+        max_age=MAX_MESSAGE_AGE_SEC,
+    )
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        await js.update_stream(config)
+
+
+async def ensure_consumers(js: JetStreamContext, settings: Settings, stage: str) -> None:
+    """The stage's durable pull consumers, one per priority (created before any worker scales)."""
+    subjects = Subjects(settings.subject_prefix)
+    for priority in PRIORITIES:
+        await js.add_consumer(
+            settings.nats_stream,
+            ConsumerConfig(
+                durable_name=consumer_name(stage, priority),
+                filter_subject=subjects.stage(stage, priority),
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=settings.queue_visibility_sec,
+                max_deliver=settings.max_attempts + EXTRA_DELIVERIES,
+                max_ack_pending=1000,
+            ),
+        )
+
+
+async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
+    """Stream and every stage's consumers."""
+    await ensure_stream(js, settings)
+    for stage in STAGES:
+        await ensure_consumers(js, settings, stage)
+
+
+async def publish(js: JetStreamContext, subject: str, payload: bytes, message_id: str) -> None:
+    await js.publish(subject, payload, headers={"Nats-Msg-Id": message_id})

@@ -1,0 +1,238 @@
+"""The public message contract (NATS subjects) and the REST bodies, as msgspec Structs.
+
+Wire names are camelCase. Bus messages accept unknown fields so the contract can grow; every
+addition is an optional field with a default. `schemas/` is generated from these structs.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+Priority = Literal["fast", "normal", "bulk"]
+PRIORITIES: tuple[Priority, ...] = ("fast", "normal", "bulk")  # drained in this order
+JobStatus = Literal["queued", "processing", "done", "failed", "expired"]
+JobId = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$",
+        description="A UUID; UUIDv7 preferred (its timestamp is the job's creation time).",
+    ),
+]
+
+
+class WireStruct(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
+    """Base of every clipjet message: camelCase on the wire, unknown fields ignored."""
+
+
+class Subtitles(WireStruct):
+    """Subtitle options: transcribe the clip's speech, optionally burned into the picture."""
+
+    enabled: bool = False
+    burn_in: bool = False
+    lang: str = "auto"
+
+
+class UploadSource(WireStruct, tag="upload", tag_field="type"):
+    """A file the client put into object storage through an upload slot (`POST /api/uploads`)."""
+
+    key: str
+
+
+class UrlSource(WireStruct, tag="url", tag_field="type"):
+    """An HTTP(S) media file."""
+
+    url: str
+
+
+class YoutubeSource(WireStruct, tag="youtube", tag_field="type"):
+    """A page yt-dlp understands, limited to the allowed domains."""
+
+    url: str
+
+
+Source = UploadSource | UrlSource | YoutubeSource
+SOURCE_TYPES = ("upload", "url", "youtube")
+
+
+class ClipJobMessage(WireStruct):
+    """A clip request as it travels on the bus; other systems may publish it straight to `<prefix>.fetch.<priority>`.
+
+    `id` is a UUID (UUIDv7 preferred: its timestamp places the job's row in its day partition).
+    """
+
+    id: JobId
+    source: Source
+    start_sec: float
+    end_sec: float
+    subs: Subtitles = msgspec.field(default_factory=Subtitles)
+    priority: Priority = "normal"
+
+
+class StreamFacts(WireStruct):
+    """One media stream as ffprobe reported it."""
+
+    index: int
+    kind: Literal["video", "audio", "subtitle", "data"]
+    codec: str
+    width: int | None = None
+    height: int | None = None
+
+
+class MediaPlan(WireStruct):
+    """What the fetcher learned and decided: probe facts, the cut path, and where the staged media starts."""
+
+    duration_sec: float
+    container: str
+    streams: list[StreamFacts]
+    cut_start_sec: float  # the keyframe at or before startSec: where a stream-copy clip starts
+    cut_path: Literal["copy"] = "copy"
+    staged_offset_sec: float = 0.0  # source time of the staged media's t=0
+
+
+class Artifact(WireStruct):
+    """An object a stage produced in storage."""
+
+    stage: str
+    role: str  # "source" (staged input), "video", later "srt", "vtt", "words"
+    key: str
+    size: int
+    sha256: str = ""
+
+
+class ClipResult(WireStruct):
+    """What the finished clip actually covers, in source seconds, and its bytes."""
+
+    actual_start_sec: float
+    actual_end_sec: float
+    duration_sec: float
+    size: int
+    sha256: str
+
+
+class StageMessage(WireStruct):
+    """The routing slip carried between stages: the job, the plan so far, artifacts, and the remaining route."""
+
+    job: ClipJobMessage
+    route: list[str]  # stages still to run; the first is the stage this message is addressed to
+    done: list[str] = msgspec.field(default_factory=list)  # stages already run, in order
+    plan: MediaPlan | None = None
+    artifacts: list[Artifact] = msgspec.field(default_factory=list)
+    result: ClipResult | None = None
+
+    def forward(self, *, artifact: Artifact | None = None, result: ClipResult | None = None) -> StageMessage:
+        """This message passed on by its current stage: the stage moves to `done`, its output is appended."""
+        return msgspec.structs.replace(
+            self,
+            route=self.route[1:],
+            done=[*self.done, self.route[0]],
+            artifacts=[*self.artifacts, artifact] if artifact else self.artifacts,
+            result=result or self.result,
+        )
+
+    def artifact(self, role: str) -> Artifact | None:
+        """The latest artifact with this role."""
+        for item in reversed(self.artifacts):
+            if item.role == role:
+                return item
+        return None
+
+
+class ProgressEvent(WireStruct):
+    """Published on core NATS `<prefix>.progress.<jobId>` at most every HEARTBEAT_MS while a stage works."""
+
+    job_id: str
+    pct: float  # 0..1 over the whole job
+    stage: str
+
+
+class JobEvent(WireStruct):
+    """Published on core NATS `<prefix>.events.<jobId>` when a job ends."""
+
+    job_id: str
+    status: JobStatus
+    error_code: str | None = None
+    result: ClipResult | None = None
+
+
+# ---------------------------------------------------------------- REST bodies
+
+
+class JobRequest(WireStruct, forbid_unknown_fields=False):
+    """`POST /api/jobs` body. Same field names as ClipJobMessage, without the id."""
+
+    source: Source
+    start_sec: float
+    end_sec: float
+    subs: Subtitles = msgspec.field(default_factory=Subtitles)
+    priority: Priority = "normal"
+
+
+class JobAccepted(WireStruct):
+    """`POST /api/jobs` answer: the new job's id and status."""
+
+    id: str
+    status: JobStatus
+
+
+class ResultUrls(WireStruct):
+    """Signed, short-lived URLs of a finished job's files."""
+
+    video: str
+    expires_in_sec: int
+
+
+class JobView(WireStruct, omit_defaults=False):
+    """`GET /api/jobs/{id}`: the job's state as a client sees it."""
+
+    id: str
+    status: JobStatus
+    priority: Priority
+    stage: str | None
+    progress: float
+    attempts: int
+    created_at: str
+    updated_at: str
+    request: JobRequest
+    error_code: str | None = None
+    error_message: str | None = None
+    result: ClipResult | None = None
+    urls: ResultUrls | None = None
+
+
+class UploadSlotRequest(WireStruct):
+    """`POST /api/uploads` body (optional): the file's name and type, for the object's metadata."""
+
+    filename: str = "source"
+    content_type: str = "application/octet-stream"
+
+
+class UploadSlot(WireStruct):
+    """Where to PUT a file: a signed URL straight to object storage; name `key` in the job's source."""
+
+    key: str
+    url: str
+    method: str
+    headers: dict[str, str]
+    expires_in_sec: int
+
+
+class ErrorDetail(WireStruct):
+    """A stable machine-readable code and a message that says what to do."""
+
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(WireStruct):
+    """Every 4xx/5xx answer of the REST API."""
+
+    error: ErrorDetail
+
+
+BUS_MESSAGES: tuple[type[WireStruct], ...] = (ClipJobMessage, StageMessage, ProgressEvent, JobEvent)
+REST_BODIES: tuple[type[WireStruct], ...] = (
+    JobRequest, JobAccepted, JobView, UploadSlotRequest, UploadSlot, ErrorBody,
+)

@@ -1,0 +1,170 @@
+"""Job rows and their append-only events. Every lookup carries the id's time window, so it prunes to a partition.
+
+A UUIDv7 id gives its row's created_at exactly; other UUIDs (allowed for systems publishing straight to
+NATS) are stored at their arrival time and looked up across partitions.
+"""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from shared.contracts import ClipJobMessage, ClipResult
+from shared.ids import created_at_of
+
+SHARDS = 64  # shard = crc32(id) % SHARDS, stored for locality
+TERMINAL = ("done", "failed", "expired")
+_FAR_PAST = datetime(1970, 1, 1, tzinfo=UTC)
+_FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
+
+INSERT_JOB = """
+INSERT INTO jobs (id, created_at, priority, shard, request, status)
+SELECT $1, $2, $3, $4, $5, 'queued'
+WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND created_at >= $6 AND created_at < $7)
+RETURNING id
+"""
+INSERT_EVENT = "INSERT INTO job_events (job_id, type, data) VALUES ($1, $2, $3)"
+SELECT_JOB = "SELECT * FROM jobs WHERE id = $1 AND created_at >= $2 AND created_at < $3"
+MARK_PUBLISHED = """
+UPDATE jobs SET published_at = now() WHERE id = $1 AND created_at >= $2 AND created_at < $3
+"""
+BEGIN_STAGE = """
+UPDATE jobs SET status = 'processing', stage = $4, attempts = GREATEST(attempts, $5),
+       last_heartbeat_at = now(), updated_at = now(), error_code = NULL, error_message = NULL
+WHERE id = $1 AND created_at >= $2 AND created_at < $3 AND status NOT IN ('done', 'failed', 'expired')
+RETURNING status
+"""
+STATUS_OF = "SELECT status FROM jobs WHERE id = $1 AND created_at >= $2 AND created_at < $3"
+HEARTBEAT = """
+UPDATE jobs SET progress = GREATEST(progress, $4), stage = $5, last_heartbeat_at = now(), updated_at = now()
+WHERE id = $1 AND created_at >= $2 AND created_at < $3 AND status = 'processing'
+"""
+COMPLETE = """
+UPDATE jobs SET status = 'done', progress = 1, stage = NULL, result = $4, result_video_key = $5,
+       expires_at = now() + make_interval(secs => $6), updated_at = now()
+WHERE id = $1 AND created_at >= $2 AND created_at < $3 AND status NOT IN ('done', 'failed', 'expired')
+RETURNING id
+"""
+FAIL = """
+UPDATE jobs SET status = 'failed', error_code = $4, error_message = $5, updated_at = now()
+WHERE id = $1 AND created_at >= $2 AND created_at < $3 AND status NOT IN ('done', 'failed', 'expired')
+RETURNING id
+"""
+REQUEUE = """
+UPDATE jobs SET status = 'queued', error_code = $4, error_message = $5, updated_at = now()
+WHERE id = $1 AND created_at >= $2 AND created_at < $3 AND status NOT IN ('done', 'failed', 'expired')
+RETURNING id
+"""
+EVENTS_OF = "SELECT ts, type, data FROM job_events WHERE job_id = $1 ORDER BY ts, id"
+
+
+def window(job_id: uuid.UUID) -> tuple[datetime, datetime]:
+    """The created_at range a job's row can be in: one millisecond for UUIDv7, everything otherwise."""
+    created = created_at_of(job_id)
+    if created is None:
+        return _FAR_PAST, _FAR_FUTURE
+    return created, created + _ONE_MS
+
+
+def shard_of(job_id: uuid.UUID) -> int:
+    return zlib.crc32(job_id.bytes) % SHARDS
+
+
+def _plain(value: Any) -> Any:
+    return msgspec.to_builtins(value)
+
+
+async def insert_job(conn: asyncpg.Connection, job: ClipJobMessage) -> bool:
+    """Write a queued job row (and its `queued` event) unless one exists; True when it was written."""
+    job_id = uuid.UUID(job.id)
+    created = created_at_of(job_id) or datetime.now(UTC)
+    low, high = window(job_id)
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            INSERT_JOB, job_id, created, job.priority, shard_of(job_id), _plain(job), low, high
+        )
+        if row is None:
+            return False
+        await conn.execute(INSERT_EVENT, job_id, "queued", {"priority": job.priority})
+        return True
+
+
+async def mark_published(pool: asyncpg.Pool, job_id: uuid.UUID) -> None:
+    await pool.execute(MARK_PUBLISHED, job_id, *window(job_id))
+
+
+async def get_job(pool: asyncpg.Pool, job_id: uuid.UUID) -> asyncpg.Record | None:
+    return await pool.fetchrow(SELECT_JOB, job_id, *window(job_id))
+
+
+async def job_events(pool: asyncpg.Pool, job_id: uuid.UUID) -> list[asyncpg.Record]:
+    return await pool.fetch(EVENTS_OF, job_id)
+
+
+async def begin_stage(pool: asyncpg.Pool, job: ClipJobMessage, stage: str, attempt: int) -> str:
+    """Mark the job processing in `stage`; returns the job's status (a terminal one means: skip the work).
+
+    A job published straight to NATS has no row yet: it is created here.
+    """
+    job_id = uuid.UUID(job.id)
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(BEGIN_STAGE, job_id, *window(job_id), stage, attempt)
+        if row is not None:
+            await conn.execute(INSERT_EVENT, job_id, "stage_started", {"stage": stage, "attempt": attempt})
+            return "processing"
+        status = await conn.fetchval(STATUS_OF, job_id, *window(job_id))
+        if status is not None:
+            return str(status)
+        await insert_job(conn, job)
+    return await begin_stage(pool, job, stage, attempt)
+
+
+async def heartbeat(pool: asyncpg.Pool, job_id: uuid.UUID, stage: str, progress: float) -> None:
+    await pool.execute(HEARTBEAT, job_id, *window(job_id), progress, stage)
+
+
+async def record_event(pool: asyncpg.Pool, job_id: uuid.UUID, type_: str, data: dict[str, Any]) -> None:
+    await pool.execute(INSERT_EVENT, job_id, type_, data)
+
+
+async def complete(
+    pool: asyncpg.Pool, job_id: uuid.UUID, result: ClipResult, video_key: str, retention_sec: float
+) -> bool:
+    """Job → done with its result (once: False when it had already ended)."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            COMPLETE, job_id, *window(job_id), _plain(result), video_key, retention_sec
+        )
+        if row is None:
+            return False
+        await conn.execute(INSERT_EVENT, job_id, "done", {"videoKey": video_key})
+        return True
+
+
+async def fail(pool: asyncpg.Pool, job_id: uuid.UUID, code: str, message: str) -> bool:
+    """Job → failed with a code (once: False when it had already ended)."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(FAIL, job_id, *window(job_id), code, message)
+        if row is None:
+            return False
+        await conn.execute(INSERT_EVENT, job_id, "failed", {"code": code, "message": message})
+        return True
+
+
+async def requeue(
+    pool: asyncpg.Pool, job_id: uuid.UUID, code: str, message: str, attempt: int, delay_sec: float
+) -> None:
+    """A transient failure: the job goes back to queued and will be retried after `delay_sec`."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(REQUEUE, job_id, *window(job_id), code, message)
+        if row is not None:
+            await conn.execute(
+                INSERT_EVENT, job_id, "retry",
+                {"code": code, "message": message, "attempt": attempt, "delaySec": delay_sec},
+            )

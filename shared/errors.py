@@ -1,0 +1,73 @@
+"""clipjet's error tree: every failure a user can see has a stable `code`.
+
+`Permanent` errors fail the job at once (bad input, unreadable media); `Transient` ones are retried
+with backoff until `MAX_ATTEMPTS`. The same codes appear in REST error bodies and on failed jobs.
+"""
+
+from __future__ import annotations
+
+
+class ClipError(Exception):
+    """Base of every error clipjet reports; `code` is stable, the message says what to do."""
+
+    code = "internal_error"
+    http_status = 500
+
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.field = field
+
+
+class Permanent(ClipError):
+    """Retrying cannot help: the job fails now."""
+
+    http_status = 422
+
+
+class Transient(ClipError):
+    """May succeed later (network, storage, a killed process): retried with backoff."""
+
+    code = "transient_error"
+    http_status = 503
+
+
+class BadRequest(Permanent):
+    """A request the gateway refuses before a job exists."""
+
+
+class MalformedJson(BadRequest):
+    code = "malformed_json"
+    http_status = 400
+
+
+class NotFound(Permanent):
+    http_status = 404
+
+
+class SourceUnreadable(Permanent):
+    """The source exists but is not media we can read, or answered 4xx."""
+
+    code = "source_unreadable"
+
+
+class EndPastDuration(Permanent):
+    code = "end_past_duration"
+
+
+class FetchRefused(Permanent):
+    """The URL is not one clipjet may fetch (scheme, private address, too many redirects, too large)."""
+
+    code = "fetch_refused"
+
+
+class SourceUnreachable(Transient):
+    """Network trouble reaching the source: retried."""
+
+    code = "source_unreachable"
+
+
+class StorageError(Transient):
+    code = "storage_error"

@@ -1,0 +1,12 @@
+"""The stage names and routes: adding a stage means one name here and one folder under services/."""
+
+from __future__ import annotations
+
+FETCH = "fetch"
+TRIM = "trim"
+UPLOAD = "upload"
+
+STAGES: tuple[str, ...] = (FETCH, TRIM, UPLOAD)  # every stage that has a subject and a consumer
+ENTRY_STAGE = FETCH  # where a new job is published
+COPY_ROUTE: tuple[str, ...] = (TRIM, UPLOAD)  # what follows the fetcher on the stream-copy path
+DEFAULT_ROUTE_LENGTH = 1 + len(COPY_ROUTE)  # stages a job is expected to pass before its route is known

@@ -1,0 +1,58 @@
+"""A stage's progress: handlers set it, a heartbeat task writes it to the job row and to NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from contextlib import suppress
+
+import msgspec
+from nats.aio.msg import Msg
+
+from shared.contracts import ProgressEvent
+from shared.db import jobs
+from shared.logs import get_logger
+from shared.resources import Resources
+
+log = get_logger("progress")
+_encoder = msgspec.json.Encoder()
+
+
+class Progress:
+    """Progress of one stage (0..1), mapped onto the whole job by the stages done and still to come."""
+
+    def __init__(self, stage: str, stages_done: int, stages_total: int) -> None:
+        self.stage = stage
+        self._done = stages_done
+        self._total = max(1, stages_total)
+        self.stage_pct = 0.0
+
+    def set(self, pct: float) -> None:
+        self.stage_pct = max(self.stage_pct, min(1.0, max(0.0, pct)))
+
+    @property
+    def job_pct(self) -> float:
+        return (self._done + self.stage_pct) / self._total
+
+
+async def heartbeat_loop(res: Resources, msg: Msg, job_id: str, progress: Progress) -> None:
+    """Every HEARTBEAT_MS: tell JetStream we are alive, and write/publish progress when it moved."""
+    period = res.settings.heartbeat_ms / 1000
+    uid = uuid.UUID(job_id)
+    subject = res.subjects.progress(job_id)
+    last = -1.0
+    while True:
+        await asyncio.sleep(period)
+        with suppress(Exception):
+            await msg.in_progress()
+        pct = progress.job_pct
+        if pct == last:
+            continue
+        last = pct
+        try:
+            await jobs.heartbeat(res.db, uid, progress.stage, pct)
+            event = ProgressEvent(job_id=job_id, pct=round(pct, 4), stage=progress.stage)
+            await res.nc.publish(subject, _encoder.encode(event))
+        except Exception as exc:  # a missed heartbeat write must not kill the work
+            log.warning("heartbeat_failed", error=str(exc))
+

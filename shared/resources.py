@@ -1,0 +1,44 @@
+"""The process's long-lived clients, opened once in a lifespan and handed to handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+
+from shared import bus
+from shared.db.pool import create_pool
+from shared.settings import Settings
+from shared.storage import Storage, open_storage
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    nc: NatsClient
+    js: JetStreamContext
+    db: asyncpg.Pool
+    storage: Storage
+    subjects: bus.Subjects
+
+
+@asynccontextmanager
+async def open_resources(settings: Settings, name: str) -> AsyncIterator[Resources]:
+    """NATS (stream and consumers ensured), PostgreSQL (migrated) and S3 (bucket ensured)."""
+    nc = await bus.connect(settings, name)
+    try:
+        js = nc.jetstream()
+        await bus.ensure_topology(js, settings)
+        pool = await create_pool(settings)
+        try:
+            async with open_storage(settings) as storage:
+                await storage.ensure_bucket()
+                yield Resources(settings, nc, js, pool, storage, bus.Subjects(settings.subject_prefix))
+        finally:
+            await pool.close()
+    finally:
+        await nc.drain()

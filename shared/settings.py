@@ -1,0 +1,95 @@
+"""All of clipjet's knobs in one typed place, read from the environment (upper-case names)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+DEFAULT_DATA_DIR = Path(".data")
+
+
+def _default_encoders() -> int:
+    return max(1, min((os.cpu_count() or 2) // 2, 6))
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every setting has the seed's default; the environment variable is the field name in upper case."""
+
+    # --- servers ---
+    nats_url: str = "nats://127.0.0.1:4222"  # NATS server(s), comma-separated
+    nats_stream: str = "CLIPS"  # JetStream stream holding every stage subject
+    subject_prefix: str = "clips"  # subjects are <prefix>.<stage>.<priority>
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"  # asyncpg DSN
+    db_schema: str = "clipjet"  # PostgreSQL schema holding clipjet's tables
+    db_pool_max: int = 10  # connections per process
+    s3_endpoint_url: str = "http://127.0.0.1:8333"  # S3-compatible endpoint
+    s3_public_endpoint_url: str = ""  # endpoint used in signed URLs handed to clients (default: s3_endpoint_url)
+    s3_region: str = "us-east-1"
+    s3_access_key: str = "clipjet"
+    s3_secret_key: str = "clipjet-secret-key"
+    s3_bucket: str = "clipjet"
+
+    # --- limits and timing (seed defaults) ---
+    max_clip_seconds: float = 120.0  # longest clip a job may ask for, seconds
+    max_parallel_encoders_per_node: int = msgspec.field(default_factory=_default_encoders)  # encodes at once
+    nvme_scratch_gb: float = 20.0  # local scratch a node may use, GB
+    scratch_dir: Path = Path("/tmp/clipjet-scratch")  # where stages keep their local files
+    queue_visibility_sec: float = 60.0  # JetStream ack_wait: a silent worker's message comes back after this, s
+    heartbeat_ms: int = 500  # progress write + in_progress() period, ms
+    s3_multipart_concurrency: int = 12  # parts in flight per multipart upload
+    s3_multipart_part_mb: int = 16  # multipart part size, MiB
+    retention_hours: float = 24.0  # results are kept this long, hours
+    signed_url_ttl_sec: int = 900  # lifetime of signed result and upload URLs, s
+    max_attempts: int = 3  # deliveries of one stage message before the job fails
+    retry_base_delay_sec: float = 1.0  # first retry's backoff ceiling, s (full jitter, doubles each attempt)
+    worker_concurrency: int = 2  # messages one worker process handles at once
+    shutdown_grace_sec: float = 20.0  # in-flight work gets this long to finish on SIGTERM, s
+    keyframe_search_sec: float = 20.0  # how far before startSec the fetcher looks for a keyframe, s
+    tail_pad_sec: float = 1.0  # extra media staged after endSec, s
+    partition_days_ahead: int = 2  # daily job partitions created ahead of need
+
+    # --- fetching user URLs ---
+    fetch_allow_private: bool = False  # tests and local demos only: let fetches reach loopback/private addresses
+    fetch_timeout_sec: float = 60.0  # whole download of a source, s
+    fetch_max_bytes: int = 8 * 1024**3  # largest source download, bytes
+    fetch_max_redirects: int = 5
+
+    # --- gateway ---
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+
+    log_level: str = "info"
+    data_dir: Path = DEFAULT_DATA_DIR  # local stack: servers' data and logs
+
+    @property
+    def public_s3_endpoint(self) -> str:
+        return self.s3_public_endpoint_url or self.s3_endpoint_url
+
+    @property
+    def scratch_bytes(self) -> int:
+        return int(self.nvme_scratch_gb * 1024**3)
+
+
+_FIELDS = {name.upper(): name for name in Settings.__struct_fields__}
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build Settings from environment variables (strings are converted to the field types)."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, object] = {_FIELDS[k]: v for k, v in env.items() if k in _FIELDS}
+    raw.update(overrides)
+    return msgspec.convert(raw, Settings, strict=False, dec_hook=_decode_path)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that reproduces these settings in a child process."""
+    return {name.upper(): str(getattr(settings, name)) for name in Settings.__struct_fields__}
+
+
+def _decode_path(type_: type, obj: object) -> object:
+    if type_ is Path and isinstance(obj, str):
+        return Path(obj)
+    raise NotImplementedError

@@ -1,0 +1,218 @@
+"""Object storage (S3-compatible) through aioboto3: one client per process, multipart with bounded concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aioboto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from shared.errors import StorageError
+from shared.settings import Settings
+
+MIB = 1024 * 1024
+HASH_CHUNK = 4 * MIB  # bytes read at a time when hashing
+COPY_MAX_SINGLE = 5 * 1024 * MIB  # S3 CopyObject limit; larger objects copy part by part
+NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    metadata: dict[str, str]  # user metadata (x-amz-meta-*), e.g. sha256
+
+    @property
+    def sha256(self) -> str:
+        return self.metadata.get("sha256", "")
+
+
+async def sha256_file(path: Path) -> str:
+    """The file's sha256 (hex), read off the event loop."""
+    return await asyncio.to_thread(_sha256_file, path)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def result_key(sha256: str, filename: str) -> str:
+    """Content-hashed result key: results/sha256/<2 hex>/<hash>/<filename>."""
+    return f"results/sha256/{sha256[:2]}/{sha256}/{filename}"
+
+
+def staging_prefix(job_id: str) -> str:
+    return f"staging/{job_id}/"
+
+
+class Storage:
+    """The project's bucket: reads, writes, server-side copies and signed URLs."""
+
+    def __init__(self, client: Any, presigner: Any, settings: Settings) -> None:
+        self._client = client
+        self._presigner = presigner
+        self.bucket = settings.s3_bucket
+        self._part_size = settings.s3_multipart_part_mb * MIB
+        self._concurrency = max(1, settings.s3_multipart_concurrency)
+
+    async def ensure_bucket(self) -> None:
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            await self._client.create_bucket(Bucket=self.bucket)
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        """The object's size and recorded sha256, or None when it does not exist."""
+        try:
+            meta = await self._client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in NOT_FOUND_CODES:
+                return None
+            raise StorageError(f"storage HEAD failed for {key}: {exc}") from exc
+        return ObjectInfo(key, int(meta["ContentLength"]), dict(meta.get("Metadata", {})))
+
+    async def put_file(self, key: str, path: Path, content_type: str, metadata: dict[str, str]) -> int:
+        """Upload a local file (multipart above one part size, S3_MULTIPART_CONCURRENCY parts in flight).
+
+        `metadata` should carry the file's sha256: readers use it to skip work already done.
+        """
+        size = (await asyncio.to_thread(path.stat)).st_size
+        extra = {"ContentType": content_type, "Metadata": metadata}
+        try:
+            if size <= self._part_size:
+                body = await asyncio.to_thread(path.read_bytes)
+                await self._client.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
+            else:
+                await self._multipart_put(key, path, size, extra)
+        except ClientError as exc:
+            raise StorageError(f"storage PUT failed for {key}: {exc}") from exc
+        return size
+
+    async def _multipart_put(self, key: str, path: Path, size: int, extra: dict[str, Any]) -> None:
+        upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)
+        upload_id = upload["UploadId"]
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def send(number: int, offset: int) -> dict[str, Any]:
+            async with gate:
+                body = await asyncio.to_thread(_read_range, path, offset, self._part_size)
+                part = await self._client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+                )
+                return {"PartNumber": number, "ETag": part["ETag"]}
+
+        try:
+            parts = await asyncio.gather(
+                *(send(i + 1, offset) for i, offset in enumerate(range(0, size, self._part_size)))
+            )
+            await self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": list(parts)}
+            )
+        except BaseException:
+            await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
+
+    async def copy(self, source_key: str, key: str, content_type: str) -> None:
+        """Server-side copy (no bytes pass through this process), keeping the sha256 metadata."""
+        info = await self.head(source_key)
+        if info is None:
+            raise StorageError(f"storage copy: {source_key} is missing")
+        if info.size > COPY_MAX_SINGLE:
+            raise StorageError(f"storage copy: {source_key} is over {COPY_MAX_SINGLE} bytes")
+        try:
+            await self._client.copy_object(
+                Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key},
+                MetadataDirective="REPLACE", ContentType=content_type, Metadata=info.metadata,
+            )
+        except ClientError as exc:
+            raise StorageError(f"storage copy to {key} failed: {exc}") from exc
+
+    async def download(self, key: str, path: Path) -> None:
+        try:
+            response = await self._client.get_object(Bucket=self.bucket, Key=key)
+            async with response["Body"] as body:
+                with path.open("wb") as handle:
+                    while chunk := await body.read(HASH_CHUNK):
+                        handle.write(chunk)
+        except ClientError as exc:
+            raise StorageError(f"storage GET failed for {key}: {exc}") from exc
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        paginator = self._client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        return keys
+
+    async def delete_prefix(self, prefix: str) -> int:
+        keys = await self.list_keys(prefix)
+        for key in keys:
+            await self._client.delete_object(Bucket=self.bucket, Key=key)
+        return len(keys)
+
+    async def internal_url(self, key: str, ttl_sec: int) -> str:
+        """A signed GET URL on the internal endpoint, for ffmpeg/ffprobe range reads inside the cluster."""
+        return await self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=ttl_sec
+        )
+
+    async def signed_get_url(self, key: str, ttl_sec: int, filename: str | None = None) -> str:
+        """A short-lived signed GET URL for clients (public endpoint)."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if filename:
+            params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
+        return await self._presigner.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl_sec)
+
+    async def signed_put_url(self, key: str, ttl_sec: int, content_type: str) -> str:
+        return await self._presigner.generate_presigned_url(
+            "put_object", Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type},
+            ExpiresIn=ttl_sec,
+        )
+
+
+def _read_range(path: Path, offset: int, length: int) -> bytes:
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        return handle.read(length)
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+@asynccontextmanager
+async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
+    """One S3 client for the process (plus a signer on the public endpoint when that differs)."""
+    session = aioboto3.Session()
+    config = Config(
+        signature_version="s3v4", s3={"addressing_style": "path"},
+        max_pool_connections=max(10, settings.s3_multipart_concurrency * 2),
+        retries={"max_attempts": 3, "mode": "standard"},
+    )
+    common = {
+        "region_name": settings.s3_region,
+        "aws_access_key_id": settings.s3_access_key,
+        "aws_secret_access_key": settings.s3_secret_key,
+        "config": config,
+    }
+    async with AsyncExitStack() as stack:
+        client = await stack.enter_async_context(
+            session.client("s3", endpoint_url=settings.s3_endpoint_url, **common)
+        )
+        presigner = client
+        if settings.public_s3_endpoint != settings.s3_endpoint_url:
+            presigner = await stack.enter_async_context(
+                session.client("s3", endpoint_url=settings.public_s3_endpoint, **common)
+            )
+        yield Storage(client, presigner, settings)

@@ -1,0 +1,285 @@
+"""The worker runtime every stage shares: priority-ordered pulls, heartbeats, ack/nak/term, logging context.
+
+A stage is a `StageSpec`: a name, its input type and one `async def handle(task, deps)` that returns the
+next stage's message (or None at the end of the route). Everything else about running it lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from shared import bus
+from shared.contracts import PRIORITIES, ClipJobMessage, JobEvent, StageMessage
+from shared.db import jobs
+from shared.errors import ClipError, Permanent, Transient
+from shared.logs import get_logger
+from shared.progress import Progress, heartbeat_loop
+from shared.resources import Resources
+from shared.retry import backoff
+
+log = get_logger("worker")
+T = TypeVar("T", ClipJobMessage, StageMessage)
+FETCH_WAIT_SEC = 5.0  # long-poll length of one pull request
+_encoder = msgspec.json.Encoder()
+
+
+class _JobRef(msgspec.Struct):
+    id: str = ""
+
+
+class _AnyMessage(msgspec.Struct):
+    """Just enough of either input shape to find the job id of a message that failed to decode."""
+
+    id: str = ""
+    job: _JobRef | None = None
+
+
+_any_decoder = msgspec.json.Decoder(_AnyMessage)
+
+
+@dataclass
+class StageDeps:
+    """What a handler gets besides its message."""
+
+    res: Resources
+    progress: Progress
+    scratch: Path  # an empty folder of this message's own, removed afterwards
+    attempt: int  # this delivery's number, 1 on the first
+
+
+@dataclass(frozen=True)
+class StageSpec(Generic[T]):
+    name: str
+    input_type: type[T]
+    handle: Callable[[T, StageDeps], Awaitable[StageMessage | None]]
+
+    def decoder(self) -> msgspec.json.Decoder[T]:
+        return msgspec.json.Decoder(self.input_type)
+
+
+def job_of(task: ClipJobMessage | StageMessage) -> ClipJobMessage:
+    return task if isinstance(task, ClipJobMessage) else task.job
+
+
+def stage_position(task: ClipJobMessage | StageMessage, default_total: int) -> tuple[int, int]:
+    """(stages done, stages in all) for mapping a stage's progress onto the job."""
+    if isinstance(task, ClipJobMessage):
+        return 0, default_total
+    return len(task.done), len(task.done) + len(task.route)
+
+
+async def finish_job_failed(res: Resources, job_id: str, error: ClipError) -> None:
+    """Fail the job (once) and announce it on `<prefix>.events.<jobId>`."""
+    uid = uuid.UUID(job_id)
+    if await jobs.fail(res.db, uid, error.code, error.message):
+        event = JobEvent(job_id=job_id, status="failed", error_code=error.code)
+        await res.nc.publish(res.subjects.events(job_id), _encoder.encode(event))
+
+
+class PrioritySource:
+    """Pulls from a stage's fast, normal and bulk consumers; always hands out the highest priority ready."""
+
+    def __init__(self, subs: list[JetStreamContext.PullSubscription]) -> None:
+        self._subs = subs
+        self._tasks: dict[int, asyncio.Task[list[Msg]]] = {}
+
+    async def next(self) -> Msg:
+        while True:
+            for rank, sub in enumerate(self._subs):
+                if rank not in self._tasks:
+                    self._tasks[rank] = asyncio.create_task(sub.fetch(1, timeout=FETCH_WAIT_SEC))
+            await asyncio.wait(self._tasks.values(), return_when=asyncio.FIRST_COMPLETED)
+            for rank in sorted(self._tasks):
+                task = self._tasks[rank]
+                if not task.done():
+                    continue
+                del self._tasks[rank]
+                with suppress(nats.errors.TimeoutError, asyncio.TimeoutError):
+                    return task.result()[0]
+
+    async def close(self) -> None:
+        """Stop pulling; messages already handed to this process go straight back to the queue."""
+        for task in self._tasks.values():
+            task.cancel()
+        for task in self._tasks.values():
+            with suppress(BaseException):
+                for msg in task.result():
+                    await msg.nak()
+        self._tasks.clear()
+
+
+class Worker(Generic[T]):
+    """Runs one stage: WORKER_CONCURRENCY messages at once, graceful stop on `stop()`."""
+
+    def __init__(self, spec: StageSpec[T], res: Resources, default_route_len: int) -> None:
+        self.spec = spec
+        self.res = res
+        self._decoder = spec.decoder()
+        self._default_total = default_route_len
+        self._stopping = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        settings = self.res.settings
+        await bus.ensure_consumers(self.res.js, settings, self.spec.name)
+        subs = [
+            await self.res.js.pull_subscribe_bind(
+                durable=bus.consumer_name(self.spec.name, p), stream=settings.nats_stream
+            )
+            for p in PRIORITIES
+        ]
+        source = PrioritySource(subs)
+        slots = asyncio.Semaphore(settings.worker_concurrency)
+        stopping = asyncio.create_task(self._stopping.wait())
+        log.info("worker_started", stage=self.spec.name, concurrency=settings.worker_concurrency)
+        try:
+            while not self._stopping.is_set():
+                await slots.acquire()
+                pull = asyncio.create_task(source.next())
+                await asyncio.wait({pull, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not pull.done():
+                    pull.cancel()
+                    slots.release()
+                    break
+                task = asyncio.create_task(self._process(pull.result()))
+                self._inflight.add(task)
+                task.add_done_callback(lambda t: (self._inflight.discard(t), slots.release()))
+        finally:
+            stopping.cancel()
+            await source.close()
+            await self._drain()
+            for sub in subs:
+                with suppress(Exception):
+                    await sub.unsubscribe()
+            log.info("worker_stopped", stage=self.spec.name)
+
+    async def _drain(self) -> None:
+        """Let in-flight work finish within SHUTDOWN_GRACE_SEC; the rest is handed back (nak)."""
+        if not self._inflight:
+            return
+        _, late = await asyncio.wait(set(self._inflight), timeout=self.res.settings.shutdown_grace_sec)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+
+    async def _process(self, msg: Msg) -> None:
+        started = time.perf_counter()
+        attempt = msg.metadata.num_delivered
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(stage=self.spec.name, attempt=attempt)
+        try:
+            task = self._decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            await self._reject(msg, exc)
+            return
+        job = job_of(task)
+        structlog.contextvars.bind_contextvars(job_id=job.id)
+        outcome = "ok"
+        try:
+            outcome = await self._run_handler(msg, task, job, attempt)
+        except asyncio.CancelledError:
+            outcome = "handed_back"
+            with suppress(Exception):
+                await asyncio.shield(msg.nak())
+            raise
+        finally:
+            log.info(
+                "stage_message", outcome=outcome, ms=round((time.perf_counter() - started) * 1000, 1),
+                priority=job.priority,
+            )
+
+    async def _run_handler(self, msg: Msg, task: T, job: ClipJobMessage, attempt: int) -> str:
+        res, settings = self.res, self.res.settings
+        status = await jobs.begin_stage(res.db, job, self.spec.name, attempt)
+        if status != "processing":
+            await msg.ack()
+            return f"skipped_{status}"
+        if attempt > settings.max_attempts:
+            await finish_job_failed(res, job.id, Permanent(
+                f"the {self.spec.name} stage did not finish in {settings.max_attempts} attempts",
+                code="attempts_exhausted",
+            ))
+            await msg.term()
+            return "exhausted"
+        done, total = stage_position(task, self._default_total)
+        progress = Progress(self.spec.name, done, total)
+        scratch = Path(tempfile.mkdtemp(prefix=f"{self.spec.name}-", dir=_scratch_root(settings.scratch_dir)))
+        beat = asyncio.create_task(heartbeat_loop(res, msg, job.id, progress))
+        try:
+            following = await self.spec.handle(task, StageDeps(res, progress, scratch, attempt))
+            if following is not None:
+                nxt = following.route[0]
+                await bus.publish(
+                    res.js, res.subjects.stage(nxt, job.priority), _encoder.encode(following),
+                    bus.msg_id(job.id, nxt),
+                )
+            await jobs.record_event(res.db, uuid.UUID(job.id), "stage_finished", {"stage": self.spec.name})
+            await msg.ack()
+            return "ok"
+        except Permanent as exc:
+            await asyncio.shield(self._fail(msg, job, exc))
+            return f"failed_{exc.code}"
+        except Exception as exc:
+            error = exc if isinstance(exc, Transient) else Transient(f"internal error: {exc!r}", code="internal_error")
+            log.warning("stage_error", code=error.code, error=error.message, exc_info=not isinstance(exc, ClipError))
+            if attempt >= settings.max_attempts:
+                await asyncio.shield(self._fail(msg, job, error))
+                return f"failed_{error.code}"
+            delay = backoff(attempt, settings.retry_base_delay_sec)
+            await jobs.requeue(res.db, uuid.UUID(job.id), error.code, error.message, attempt, delay)
+            await msg.nak(delay=delay)
+            return "retry"
+        finally:
+            beat.cancel()
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    async def _fail(self, msg: Msg, job: ClipJobMessage, error: ClipError) -> None:
+        await finish_job_failed(self.res, job.id, error)
+        await msg.term()
+
+    async def _reject(self, msg: Msg, exc: Exception) -> None:
+        """A message that is not this stage's contract: fail its job if it names one, and drop it."""
+        log.error("invalid_message", error=str(exc))
+        with suppress(msgspec.DecodeError, ValueError):
+            ref = _any_decoder.decode(msg.data)
+            job_id = ref.id or (ref.job.id if ref.job else "")
+            if job_id and uuid.UUID(job_id):
+                await finish_job_failed(self.res, job_id, Permanent(
+                    f"the message does not match the {self.spec.name} contract: {exc}", code="invalid_message"
+                ))
+        await msg.term()
+
+
+def _scratch_root(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+async def run_worker(spec: StageSpec[Any], res: Resources, default_route_len: int, stop: asyncio.Event) -> None:
+    """Run `spec` until `stop` is set, then shut down gracefully."""
+    worker = Worker(spec, res, default_route_len)
+    runner = asyncio.create_task(worker.run())
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    worker.stop()
+    waiter.cancel()
+    await runner

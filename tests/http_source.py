@@ -1,0 +1,115 @@
+"""A local HTTP server for URL sources: serves files with Range support, and can stall to simulate a slow origin."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+CHUNK = 64 * 1024
+
+
+class MediaServer:
+    """Serves files from a folder at http://127.0.0.1:<port>/<name>; records requests and bytes sent."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
+        self.bytes_sent = 0
+        self.stall_first_get_sec = 0.0  # hold the first GET of a file this long after its first chunk
+        self.first_get_started = threading.Event()
+        self._stalled = False
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def url(self, name: str) -> str:
+        return f"{self.base_url}/{name}"
+
+    def __enter__(self) -> MediaServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                return
+
+            def do_HEAD(self) -> None:
+                self._serve(body=False)
+
+            def do_GET(self) -> None:
+                self._serve(body=True)
+
+            def _serve(self, body: bool) -> None:
+                server.requests.append((self.command, self.path, self.headers.get("Range")))
+                path = server.folder / self.path.lstrip("/").split("?")[0]
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                size = path.stat().st_size
+                start, end = 0, size - 1
+                match = RANGE.fullmatch(self.headers.get("Range", "") or "")
+                if match and (match.group(1) or match.group(2)):
+                    if match.group(1):
+                        start = int(match.group(1))
+                        end = int(match.group(2)) if match.group(2) else size - 1
+                    else:
+                        start = max(0, size - int(match.group(2)))
+                    if start >= size:
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{size}")
+                        self.end_headers()
+                        return
+                    end = min(end, size - 1)
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+                else:
+                    self.send_response(200)
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("Content-Type", "video/mp4")
+                self.send_header("Content-Length", str(end - start + 1))
+                self.end_headers()
+                if body:
+                    self._send_body(path, start, end)
+
+            def _send_body(self, path: Path, start: int, end: int) -> None:
+                with server._lock:
+                    stall = server.stall_first_get_sec if not server._stalled else 0.0
+                    server._stalled = server._stalled or stall > 0
+                with path.open("rb") as handle:
+                    handle.seek(start)
+                    remaining = end - start + 1
+                    first = True
+                    while remaining > 0:
+                        chunk = handle.read(min(CHUNK, remaining))
+                        if not chunk:
+                            break
+                        try:
+                            self.wfile.write(chunk)
+                            self.wfile.flush()
+                        except (BrokenPipeError, ConnectionResetError):
+                            return
+                        server.bytes_sent += len(chunk)
+                        remaining -= len(chunk)
+                        if first:
+                            server.first_get_started.set()
+                            first = False
+                            if stall:
+                                time.sleep(stall)
+
+        return Handler

@@ -1,0 +1,71 @@
+"""Test media made on the spot with ffmpeg, and ffprobe readers for assertions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+FFMPEG_TIMEOUT_SEC = 120
+
+
+def make_video(
+    path: Path, *, seconds: float, size: str = "640x360", fps: int = 30, gop_frames: int = 60,
+    audio: bool = True,
+) -> Path:
+    """H.264 (fixed GOP, no scene-cut keyframes) + AAC in MP4: a moving test pattern and a tone."""
+    args = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}:duration={seconds}"]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}"]
+    args += [
+        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", str(gop_frames),
+        "-keyint_min", str(gop_frames), "-sc_threshold", "0", "-bf", "0",
+    ]
+    if audio:
+        args += ["-c:a", "aac", "-b:a", "96k"]
+    args += ["-movflags", "+faststart", str(path)]
+    subprocess.run(args, check=True, timeout=FFMPEG_TIMEOUT_SEC)
+    return path
+
+
+def probe(path_or_url: str | Path) -> dict:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path_or_url)],
+        check=True, capture_output=True, timeout=FFMPEG_TIMEOUT_SEC,
+    )
+    return json.loads(out.stdout)
+
+
+def codecs(info: dict) -> dict[str, str]:
+    return {s["codec_type"]: s["codec_name"] for s in info["streams"]}
+
+
+def keyframe_times(path: Path) -> list[float]:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time,flags",
+         "-of", "csv=p=0", str(path)],
+        check=True, capture_output=True, text=True, timeout=FFMPEG_TIMEOUT_SEC,
+    )
+    return [float(t) for t, _, f in (line.partition(",") for line in out.stdout.splitlines()) if "K" in f]
+
+
+def frame_md5(path: Path, at_sec: float | None = None) -> str:
+    """MD5 of the decoded pixels of the first video frame at or after `at_sec` (the first frame when None)."""
+    seek = ["-ss", f"{at_sec:.6f}"] if at_sec is not None else []
+    out = subprocess.run(
+        ["ffmpeg", "-v", "error", *seek, "-i", str(path), "-map", "0:v:0", "-frames:v", "1",
+         "-f", "rawvideo", "-pix_fmt", "yuv420p", "-"],
+        check=True, capture_output=True, timeout=FFMPEG_TIMEOUT_SEC,
+    )
+    assert out.stdout, "no frame decoded"
+    return hashlib.md5(out.stdout).hexdigest()
+
+
+def video_frame_count(path: Path) -> int:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets", "-show_entries",
+         "stream=nb_read_packets", "-of", "csv=p=0", str(path)],
+        check=True, capture_output=True, text=True, timeout=FFMPEG_TIMEOUT_SEC,
+    )
+    return int(out.stdout.strip())
