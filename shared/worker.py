@@ -113,9 +113,16 @@ class PrioritySource:
                     return task.result()[0]
 
     async def close(self) -> None:
-        """Stop pulling; messages already handed to this process go straight back to the queue."""
+        """Stop pulling; messages already handed to this process go straight back to the queue.
+
+        The subscriptions go first, so that no pull request of ours is still open at the server when the
+        handed-back messages return (an open one would take them, and they would wait out ack_wait).
+        """
         for task in self._tasks.values():
             task.cancel()
+        for sub in self._subs:
+            with suppress(Exception):
+                await sub.unsubscribe()
         for task in self._tasks.values():
             with suppress(BaseException):
                 for msg in task.result():
@@ -166,9 +173,6 @@ class Worker(Generic[T]):
             stopping.cancel()
             await source.close()
             await self._drain()
-            for sub in subs:
-                with suppress(Exception):
-                    await sub.unsubscribe()
             log.info("worker_stopped", stage=self.spec.name)
 
     async def _drain(self) -> None:

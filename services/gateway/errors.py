@@ -36,7 +36,9 @@ def validation_handler(_: Request, exc: ValidationException) -> Response[ErrorBo
     return error_response(422, "invalid_field", f"{message} (at {field})" if field else message, field)
 
 
-def http_handler(_: Request, exc: HTTPException) -> Response[ErrorBody]:
+def http_handler(request: Request, exc: HTTPException) -> Response[ErrorBody]:
+    if exc.status_code == 400 and "json" in request.headers.get("content-type", ""):
+        return error_response(400, "malformed_json", f"the body is not valid JSON: {exc.detail}")
     code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status_code, "http_error")
     return error_response(exc.status_code, code, str(exc.detail))
 
