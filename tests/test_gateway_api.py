@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
 
+from shared.db import jobs
 from shared.ids import uuid7
 
 GOOD_URL = {"type": "url", "url": "https://media.example/talk.mp4"}
@@ -81,3 +83,20 @@ async def test_openapi_is_served(client: AsyncTestClient[Any]) -> None:
     spec = response.json()
     operations = {op["operationId"] for path in spec["paths"].values() for op in path.values()}
     assert {"createJob", "getJob", "createUploadSlot"} <= operations
+
+
+async def test_todays_and_next_days_partitions_exist(client: AsyncTestClient[Any], resources: Any) -> None:
+    rows = await resources.db.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'jobs' AND p.relnamespace = c.relnamespace "
+        "AND c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
+    )
+    names = {r["relname"] for r in rows}
+    today = await resources.db.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
+    days = range(resources.settings.partition_days_ahead + 1)
+    expected = {f"jobs_{(today + timedelta(days=d)):%Y%m%d}" for d in days}
+    assert expected <= names and "jobs_default" in names
+    job_id = uuid7()
+    plan = "\n".join(r[0] for r in await resources.db.fetch("EXPLAIN " + jobs.SELECT_JOB, job_id, *jobs.window(job_id)))
+    scanned = {name for name in names if name in plan}
+    assert scanned == {f"jobs_{today:%Y%m%d}"}, plan  # a lookup by id reads one day's partition

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,6 +11,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 
+from shared.db.pool import keep_partitions
 from shared.resources import Resources, open_resources
 from shared.settings import Settings
 
@@ -34,7 +36,11 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_resources(settings, "gateway") as res:
             app.state.res = res
-            yield
+            partitions = asyncio.create_task(keep_partitions(res.db, settings.partition_days_ahead))
+            try:
+                yield
+            finally:
+                partitions.cancel()
 
     return Litestar(
         route_handlers=[JobController, UploadController, health],

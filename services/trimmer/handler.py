@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from shared.contracts import Artifact, ClipResult, StageMessage
 from shared.errors import Permanent
 from shared.media.cut import copy_cut
-from shared.media.probe import probe
+from shared.media.mp4 import mp4_duration
 from shared.pipeline import TRIM
 from shared.storage import ObjectInfo, sha256_file, staging_prefix
 from shared.worker import StageDeps
@@ -30,7 +32,7 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
         media, path, seek_sec=plan.cut_start_sec - plan.staged_offset_sec,
         duration_sec=task.job.end_sec - plan.cut_start_sec, on_progress=lambda p: deps.progress.set(0.9 * p),
     )
-    duration = (await probe(str(path))).duration_sec
+    duration = await asyncio.to_thread(mp4_duration, path)
     digest = await sha256_file(path)
     metadata = {"sha256": digest, "duration": f"{duration:.6f}"}
     size = await storage.put_file(key, path, "video/mp4", metadata)

@@ -23,15 +23,19 @@ def copyable_to_mp4(streams: list[StreamFacts]) -> bool:
     )
 
 
-async def keyframe_at_or_before(source: str, t: float, search_sec: float) -> float:
-    """The last video keyframe at or before `t` (searching `search_sec` back, then from the start)."""
-    for low in (t - search_sec, 0.0):
-        found = await keyframes(source, max(0.0, low), t + KEYFRAME_EPSILON_SEC)
-        if found:
-            return found[-1]
-        if low <= 0:
-            break
-    raise Permanent("the video has no keyframe before the requested start", code="no_keyframe")
+def keyframe_window(t: float, search_sec: float) -> tuple[float, float]:
+    """Where to look for the keyframe a cut at `t` starts from."""
+    return max(0.0, t - search_sec), t + KEYFRAME_EPSILON_SEC
+
+
+async def keyframe_at_or_before(source: str, t: float, found: list[float]) -> float:
+    """The last keyframe at or before `t`: from `found` (a probe of the window), else a scan from the start."""
+    candidates = [k for k in found if k <= t + KEYFRAME_EPSILON_SEC]
+    if not candidates:
+        candidates = await keyframes(source, 0.0, t + KEYFRAME_EPSILON_SEC)
+    if not candidates:
+        raise Permanent("the video has no keyframe before the requested start", code="no_keyframe")
+    return candidates[-1]
 
 
 async def copy_cut(

@@ -27,9 +27,16 @@ class _FfFormat(msgspec.Struct):
     duration: str | None = None
 
 
+class _FfPacket(msgspec.Struct):
+    stream_index: int
+    pts_time: str = "N/A"
+    flags: str = ""
+
+
 class _FfProbe(msgspec.Struct):
     streams: list[_FfStream] = []
     format: _FfFormat = msgspec.field(default_factory=_FfFormat)
+    packets: list[_FfPacket] = []
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class MediaInfo:
     duration_sec: float
     container: str
     streams: list[StreamFacts]
+    keyframes: list[float]  # video keyframe times inside the window asked for (ascending)
 
     @property
     def has_video(self) -> bool:
@@ -66,10 +74,13 @@ async def _run(args: list[str], timeout: float = PROBE_TIMEOUT_SEC) -> str:
     return out.decode()
 
 
-async def probe(source: str) -> MediaInfo:
-    """Streams and duration of a local path or URL."""
-    raw = await _run(["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", source])
-    data = _decoder.decode(raw)
+async def probe(source: str, keyframe_window: tuple[float, float] | None = None) -> MediaInfo:
+    """Streams and duration of a local path or URL, and (in one ffprobe run) the video keyframes in a window."""
+    args = ["ffprobe", "-v", "error", "-show_format", "-show_streams"]
+    if keyframe_window is not None:
+        low, high = keyframe_window
+        args += ["-show_entries", "packet=stream_index,pts_time,flags", "-read_intervals", _interval(low, high)]
+    data = _decoder.decode(await _run([*args, "-of", "json", source]))
     streams = [
         StreamFacts(
             index=s.index, kind=s.codec_type if s.codec_type in STREAM_KINDS else "data",  # type: ignore[arg-type]
@@ -79,18 +90,25 @@ async def probe(source: str) -> MediaInfo:
     ]
     if not any(s.kind in ("video", "audio") for s in streams) or data.format.duration is None:
         raise SourceUnreadable("the source has no audio or video stream with a known duration")
-    return MediaInfo(float(data.format.duration), data.format.format_name, streams)
+    video = next((s.index for s in streams if s.kind == "video"), None)
+    found: list[float] = []
+    if keyframe_window is not None and video is not None:
+        low, high = keyframe_window
+        found = sorted(
+            t for t in (_time(p) for p in data.packets if p.stream_index == video and "K" in p.flags)
+            if t is not None and low <= t <= high
+        )
+    return MediaInfo(float(data.format.duration), data.format.format_name, streams, found)
 
 
 async def keyframes(source: str, start_sec: float, end_sec: float) -> list[float]:
     """Presentation times of video keyframes between start_sec and end_sec (ascending)."""
-    raw = await _run([
-        "ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time,flags",
-        "-read_intervals", f"{max(start_sec, 0):.6f}%{end_sec:.6f}", "-of", "csv=p=0", source,
-    ])
-    times = []
-    for line in raw.splitlines():
-        pts, _, flags = line.partition(",")
-        if "K" in flags and pts not in ("", "N/A"):
-            times.append(float(pts))
-    return sorted(t for t in times if start_sec <= t <= end_sec)
+    return (await probe(source, (start_sec, end_sec))).keyframes
+
+
+def _interval(low: float, high: float) -> str:
+    return f"{max(low, 0.0):.6f}%{high:.6f}"
+
+
+def _time(packet: _FfPacket) -> float | None:
+    return None if packet.pts_time in ("", "N/A") else float(packet.pts_time)
