@@ -141,10 +141,13 @@ class Storage:
     async def download(self, key: str, path: Path) -> None:
         try:
             response = await self._client.get_object(Bucket=self.bucket, Key=key)
-            async with response["Body"] as body:
+            body = response["Body"]
+            try:
                 with path.open("wb") as handle:
                     while chunk := await body.read(HASH_CHUNK):
-                        handle.write(chunk)
+                        await asyncio.to_thread(handle.write, chunk)
+            finally:
+                body.close()
         except ClientError as exc:
             raise StorageError(f"storage GET failed for {key}: {exc}") from exc
 
