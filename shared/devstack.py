@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from urllib.parse import urlsplit
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
+PR_SET_PDEATHSIG = 1  # prctl option: signal sent to this process when its parent dies
 POLL_INTERVAL_S = 0.05
 PROBE_TIMEOUT_S = 1.0
 KILL_WAIT_S = 5.0
@@ -131,12 +133,29 @@ def _log_tail(path: Path) -> str:
         return f"(no log: {exc})"
 
 
-def _spawn(argv: list[str], log_path: Path, **popen_kwargs: Any) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in a new session, stdout and stderr appended to ``log_path``."""
+def stop_with_parent(death_signal: int) -> Callable[[], None]:
+    """A preexec hook: the server gets `death_signal` when the process that started it dies (Linux)."""
+
+    def hook() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, death_signal)
+
+    return hook
+
+
+def _spawn(
+    argv: list[str], log_path: Path, death_signal: int = signal.SIGTERM, **popen_kwargs: Any
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a new session, stdout and stderr appended to ``log_path``.
+
+    The server is tied to this process: if it dies without stopping its servers (a killed test run), the
+    servers get ``death_signal`` instead of lingering.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                start_new_session=True, **popen_kwargs)
+                                start_new_session=True, preexec_fn=stop_with_parent(death_signal),
+                                **popen_kwargs)
 
 
 def _wait_ready(server: RunningServer, check: Callable[[], bool], timeout: float, log_path: Path) -> None:
@@ -366,7 +385,7 @@ def start_postgres(data_dir: Path, port: int | None = None) -> RunningServer:
         socket_dir = str(pgdata) if len(f"{pgdata}/.s.PGSQL.{port}") <= UNIX_SOCKET_PATH_MAX_CHARS else ""
         argv = [str(bindir / "postgres"), "-D", str(pgdata), "-p", str(port),
                 "-c", f"listen_addresses={LOOPBACK}", "-k", socket_dir]
-        proc = _spawn(argv, log_path, cwd=pgdata, **run_as)
+        proc = _spawn(argv, log_path, signal.SIGINT, cwd=pgdata, **run_as)
         server = RunningServer("postgres", PG_URL.format(port=port), proc, extra, stop_signal=signal.SIGINT)
     _wait_ready(server, lambda: postgres_reachable(server.url, PROBE_TIMEOUT_S), PG_READY_TIMEOUT_S, log_path)
     return server

@@ -7,26 +7,14 @@ import json
 import subprocess
 from pathlib import Path
 
+from shared.media.testpattern import make_test_pattern
+
 FFMPEG_TIMEOUT_SEC = 120
 
 
-def make_video(
-    path: Path, *, seconds: float, size: str = "640x360", fps: int = 30, gop_frames: int = 60,
-    audio: bool = True,
-) -> Path:
-    """H.264 (fixed GOP, no scene-cut keyframes) + AAC in MP4: a moving test pattern and a tone."""
-    args = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}:duration={seconds}"]
-    if audio:
-        args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}"]
-    args += [
-        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", str(gop_frames),
-        "-keyint_min", str(gop_frames), "-sc_threshold", "0", "-bf", "0",
-    ]
-    if audio:
-        args += ["-c:a", "aac", "-b:a", "96k"]
-    args += ["-movflags", "+faststart", str(path)]
-    subprocess.run(args, check=True, timeout=FFMPEG_TIMEOUT_SEC)
-    return path
+def make_video(path: Path, *, seconds: float, audio: bool = True) -> Path:
+    """640x360 30 fps H.264 (a keyframe every 2 s, no B-frames) with AAC: see make_test_pattern."""
+    return make_test_pattern(path, seconds=seconds, audio=audio)
 
 
 def probe(path_or_url: str | Path) -> dict:

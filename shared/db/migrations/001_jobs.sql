@@ -53,6 +53,8 @@ DECLARE
     name    text;
     created integer := 0;
 BEGIN
+    -- Replicas starting together (and every gateway at the day's turn) call this at once: one at a time.
+    PERFORM pg_advisory_xact_lock(hashtext('clipjet-partitions:' || current_schema()));
     FOR offset_days IN 0..days_ahead LOOP
         day := (now() AT TIME ZONE 'UTC')::date + offset_days;
         name := 'jobs_' || to_char(day, 'YYYYMMDD');

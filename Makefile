@@ -1,0 +1,34 @@
+# The two commands: `make run` (the whole stack on loopback plus a demo clip) and `make test` (the suite).
+# Every target that needs the venv first runs scripts/bootstrap.sh, which only does what is missing.
+
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= .data
+
+.DEFAULT_GOAL := help
+.PHONY: help bootstrap run test lint schemas bench clean
+
+help:  ## this list
+	@echo "clipjet: make <target>"
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+bootstrap:  ## install what is missing (Debian packages, .venv, pip install -e '.[test]')
+	@bash scripts/bootstrap.sh
+
+run: bootstrap  ## NATS, S3, PostgreSQL and every service on loopback, clip a sample, serve until Ctrl-C
+	$(VENV)/bin/clipjet stack --demo
+
+test: bootstrap  ## the test suite (real servers on loopback)
+	$(PY) -m pytest -q
+
+lint: bootstrap  ## ruff check
+	$(VENV)/bin/ruff check .
+
+schemas: bootstrap  ## write schemas/ from the msgspec contracts
+	$(VENV)/bin/clipjet schemas
+
+bench: bootstrap  ## the benchmarks (python -m bench)
+	$(PY) -m bench
+
+clean:  ## remove the local stack's data (.data, or DATA_DIR=...); stop `make run` first
+	rm -rf $(DATA_DIR)

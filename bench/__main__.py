@@ -1,0 +1,55 @@
+"""`python -m bench`: run the benchmarks and print the rows for BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench.copy_path import latency, throughput, upload_source
+from bench.stack import bench_stack
+from shared.media.testpattern import make_test_pattern
+
+DATA = Path(".data/bench")
+RESULTS = Path("bench/results")
+SOURCE_SEC = 600
+
+
+def machine() -> str:
+    cpu = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    return f"{platform.node()} ({cpu} cores, {platform.machine()}, Python {platform.python_version()})"
+
+
+async def copy_benchmarks(runs: int, jobs: int) -> dict[str, object]:
+    DATA.mkdir(parents=True, exist_ok=True)
+    source = make_test_pattern(DATA / "source-600s-720p.mp4", seconds=SOURCE_SEC, size="1280x720", fps=30,
+                               gop_frames=60, video_bitrate="2M")
+    with tempfile.TemporaryDirectory(dir=DATA) as work, bench_stack(Path(work) / "stack") as stack:
+        await upload_source(stack, source)
+        series = await latency(stack, source, SOURCE_SEC, runs, Path(work))
+        flow = await throughput(stack, source, SOURCE_SEC, jobs, Path(work))
+    return {"latency": {s.name: s.summary() for s in series}, "throughput": flow}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--runs", type=int, default=20, help="sequential jobs for the latency figures")
+    parser.add_argument("--jobs", type=int, default=50, help="jobs queued at once for the throughput figure")
+    args = parser.parse_args()
+    began = time.time()
+    results = {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(began)),
+               "copy": asyncio.run(copy_benchmarks(args.runs, args.jobs))}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"bench-{int(began)}.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""`clipjet stack --demo --exit-after-demo` end to end: its own servers on free ports, a real demo clip."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from services.localstack import CLIP_NAME, NATS_PORT_ENV, S3_PORT_ENV
+from shared.devstack import free_port, postgres_reachable
+from tests.conftest import DEFAULT_PG_URL
+from tests.media import codecs, probe
+
+STACK_TIMEOUT_SEC = 150  # servers, four services, a 30 s 720p sample encode and the job on 2 busy cores
+STOP_WAIT_SEC = 30
+CLIP_MIN_SEC, CLIP_MAX_SEC = 7.5, 9.5  # asked 12.5-20 s: 7.5 s, plus keyframe lead-in and copy overrun
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+async def _drop_schema(url: str, schema: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def test_stack_demo_makes_a_clip(tmp_path: Path) -> None:
+    data_dir = tmp_path / "stack"
+    schema = f"test_stack_{secrets.token_hex(4)}"
+    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}  # NATS_URL set would mean "reuse that one"
+    env.update(
+        DATA_DIR=str(data_dir), DB_SCHEMA=schema, GATEWAY_PORT=str(free_port()),
+        DATABASE_URL=os.environ.get("CLIPJET_TEST_DATABASE_URL", DEFAULT_PG_URL),
+        **{NATS_PORT_ENV: str(free_port()), S3_PORT_ENV: str(free_port())},
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "services", "stack", "--demo", "--exit-after-demo"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = proc.communicate(timeout=STACK_TIMEOUT_SEC)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # the stack stops its children and servers
+        try:
+            output, _ = proc.communicate(timeout=STOP_WAIT_SEC)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+        pytest.fail(f"the stack did not finish within {STACK_TIMEOUT_SEC} s:\n{output[-6000:]}")
+    finally:
+        stack_env = data_dir / "stack.env"
+        db_url = _read_env(stack_env).get("DATABASE_URL") if stack_env.exists() else None
+        if db_url and postgres_reachable(db_url):  # a reused server outlives the stack: leave no schema behind
+            asyncio.run(_drop_schema(db_url, schema))
+    assert proc.returncode == 0, output[-6000:]
+
+    clip = data_dir / CLIP_NAME
+    assert clip.is_file(), output[-3000:]
+    info = probe(clip)
+    assert "mp4" in info["format"]["format_name"]
+    assert codecs(info) == {"video": "h264", "audio": "aac"}
+    assert CLIP_MIN_SEC <= float(info["format"]["duration"]) <= CLIP_MAX_SEC
+    assert str(clip) in output and "status done" in output
