@@ -47,7 +47,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry_base_delay_sec: float = 1.0  # first retry's backoff ceiling, s (full jitter, doubles each attempt)
     worker_concurrency: int = 2  # messages one worker process handles at once
     shutdown_grace_sec: float = 20.0  # in-flight work gets this long to finish on SIGTERM, s
-    keyframe_search_sec: float = 10.0  # how far before startSec the fetcher looks for a keyframe, s
     tail_pad_sec: float = 1.0  # extra media staged after endSec, s
     partition_days_ahead: int = 2  # daily job partitions created ahead of need
 

@@ -13,7 +13,7 @@ from shared.contracts import (
 )
 from shared.errors import EndPastDuration, Permanent, SourceUnreadable
 from shared.fetch import fetch_to_file
-from shared.media.cut import copy_cut, copyable_to_mp4, keyframe_at_or_before, keyframe_window
+from shared.media.cut import copy_cut, copyable_to_mp4
 from shared.media.probe import MediaInfo, probe
 from shared.pipeline import COPY_ROUTE, FETCH
 from shared.storage import sha256_file, staging_prefix
@@ -27,15 +27,13 @@ async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage:
     """Probe the source, find the keyframe the copy starts at, stage the needed range, route the job."""
     media, staged = await _locate(job, deps)
     deps.progress.set(0.3)
-    info = await probe(media, keyframe_window(job.start_sec, deps.res.settings.keyframe_search_sec))
+    info = await probe(media, keyframe_at=job.start_sec)
     _check_range(job, info)
     if not copyable_to_mp4(info.streams):
         codecs = ", ".join(sorted({s.codec for s in info.streams}))
         raise Permanent(f"re-encoding is not available yet; codecs {codecs} cannot be copied into MP4",
                         code="reencode_unavailable")
-    cut_start = job.start_sec
-    if info.has_video:
-        cut_start = await keyframe_at_or_before(media, job.start_sec, info.keyframes)
+    cut_start = job.start_sec if info.keyframe_before is None else info.keyframe_before
     deps.progress.set(0.6)
     if staged is None:
         staged = await _stage_range(job, media, cut_start, info, deps)

@@ -6,13 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shared.contracts import StreamFacts
-from shared.errors import Permanent
 from shared.media.ffmpeg import run_ffmpeg
-from shared.media.probe import keyframes
 
 MP4_VIDEO_CODECS = frozenset({"h264", "hevc", "av1", "mpeg4", "vp9"})  # stream-copied into MP4 as they are
 MP4_AUDIO_CODECS = frozenset({"aac", "mp3", "opus", "flac", "ac3", "eac3", "alac"})
-KEYFRAME_EPSILON_SEC = 0.0005  # a keyframe this close after startSec counts as "at" it (timestamp rounding)
 
 
 def copyable_to_mp4(streams: list[StreamFacts]) -> bool:
@@ -21,21 +18,6 @@ def copyable_to_mp4(streams: list[StreamFacts]) -> bool:
     return bool(media) and all(
         s.codec in (MP4_VIDEO_CODECS if s.kind == "video" else MP4_AUDIO_CODECS) for s in media
     )
-
-
-def keyframe_window(t: float, search_sec: float) -> tuple[float, float]:
-    """Where to look for the keyframe a cut at `t` starts from."""
-    return max(0.0, t - search_sec), t + KEYFRAME_EPSILON_SEC
-
-
-async def keyframe_at_or_before(source: str, t: float, found: list[float]) -> float:
-    """The last keyframe at or before `t`: from `found` (a probe of the window), else a scan from the start."""
-    candidates = [k for k in found if k <= t + KEYFRAME_EPSILON_SEC]
-    if not candidates:
-        candidates = await keyframes(source, 0.0, t + KEYFRAME_EPSILON_SEC)
-    if not candidates:
-        raise Permanent("the video has no keyframe before the requested start", code="no_keyframe")
-    return candidates[-1]
 
 
 async def copy_cut(

@@ -1,42 +1,28 @@
-"""ffprobe: stream facts, duration, and keyframe times near a cut point (packets only, no decoding)."""
+"""Probe media in-process with libavformat (PyAV): streams, duration, and the keyframe a copy starts at.
+
+In-process rather than an `ffprobe` child: on 2 cores an ffprobe run costs ~0.12 s of CPU before it reads
+a byte, and scanning packets for keyframes reads megabytes; a seek on the container's index finds the
+keyframe at or before a time from one packet (see BENCHMARKS.md for the difference it makes).
+"""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from fractions import Fraction
 
-import msgspec
+import av
+import av.error
 
 from shared.contracts import StreamFacts
 from shared.errors import SourceUnreadable, Transient
 
-PROBE_TIMEOUT_SEC = 60.0
+OPEN_TIMEOUT_SEC = 30.0  # connecting to / opening the source
+READ_TIMEOUT_SEC = 30.0  # waiting for data once open
+AV_TIME_BASE = 1_000_000  # libavformat's container time unit (microseconds)
+KEYFRAME_EPSILON_SEC = 0.0005  # a keyframe this close after the asked time counts as "at" it (rounding)
+SEEK_BACK_STEPS_SEC = (0.0, 1.0, 5.0, 30.0)  # extra lead when a seek lands after the time asked for
 STREAM_KINDS = {"video", "audio", "subtitle"}
-
-
-class _FfStream(msgspec.Struct):
-    index: int
-    codec_type: str = "data"
-    codec_name: str = "unknown"
-    width: int | None = None
-    height: int | None = None
-
-
-class _FfFormat(msgspec.Struct):
-    format_name: str = ""
-    duration: str | None = None
-
-
-class _FfPacket(msgspec.Struct):
-    stream_index: int
-    pts_time: str = "N/A"
-    flags: str = ""
-
-
-class _FfProbe(msgspec.Struct):
-    streams: list[_FfStream] = []
-    format: _FfFormat = msgspec.field(default_factory=_FfFormat)
-    packets: list[_FfPacket] = []
 
 
 @dataclass(frozen=True)
@@ -44,71 +30,73 @@ class MediaInfo:
     duration_sec: float
     container: str
     streams: list[StreamFacts]
-    keyframes: list[float]  # video keyframe times inside the window asked for (ascending)
+    keyframe_before: float | None = None  # the video keyframe at or before the time asked for; None: no video
 
     @property
     def has_video(self) -> bool:
         return any(s.kind == "video" for s in self.streams)
 
 
-_decoder = msgspec.json.Decoder(_FfProbe)
+async def probe(source: str, keyframe_at: float | None = None) -> MediaInfo:
+    """Streams and duration of a local path or URL; with `keyframe_at`, the keyframe a copy from there starts at."""
+    return await asyncio.to_thread(_probe, source, keyframe_at)
 
 
-async def _run(args: list[str], timeout: float = PROBE_TIMEOUT_SEC) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
-    )
+def _probe(source: str, keyframe_at: float | None) -> MediaInfo:
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError as exc:
-        proc.kill()
-        await proc.wait()
-        raise Transient("ffprobe timed out reading the source", code="probe_timeout") from exc
-    except asyncio.CancelledError:
-        proc.kill()
-        await proc.wait()
-        raise
-    if proc.returncode != 0:
-        detail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        raise SourceUnreadable(f"the source is not readable media ({detail[0]}); upload a video or audio file")
-    return out.decode()
+        with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC)) as container:
+            streams = [_facts(s) for s in container.streams]
+            duration = _duration(container)
+            if not any(s.kind in ("video", "audio") for s in streams) or duration is None:
+                raise SourceUnreadable("the source has no audio or video stream with a known duration")
+            keyframe = None
+            if keyframe_at is not None and container.streams.video:
+                keyframe = _keyframe_at_or_before(container, container.streams.video[0], keyframe_at)
+            return MediaInfo(duration, container.format.name, streams, keyframe)
+    except av.error.TimeoutError as exc:
+        raise Transient("reading the source timed out", code="probe_timeout") from exc
+    except av.error.FFmpegError as exc:
+        detail = exc.strerror or type(exc).__name__
+        raise SourceUnreadable(f"the source is not readable media ({detail}); upload a video or audio file") from exc
 
 
-async def probe(source: str, keyframe_window: tuple[float, float] | None = None) -> MediaInfo:
-    """Streams and duration of a local path or URL, and (in one ffprobe run) the video keyframes in a window."""
-    args = ["ffprobe", "-v", "error", "-show_format", "-show_streams"]
-    if keyframe_window is not None:
-        low, high = keyframe_window
-        args += ["-show_entries", "packet=stream_index,pts_time,flags", "-read_intervals", _interval(low, high)]
-    data = _decoder.decode(await _run([*args, "-of", "json", source]))
-    streams = [
-        StreamFacts(
-            index=s.index, kind=s.codec_type if s.codec_type in STREAM_KINDS else "data",  # type: ignore[arg-type]
-            codec=s.codec_name, width=s.width, height=s.height,
-        )
-        for s in data.streams
-    ]
-    if not any(s.kind in ("video", "audio") for s in streams) or data.format.duration is None:
-        raise SourceUnreadable("the source has no audio or video stream with a known duration")
-    video = next((s.index for s in streams if s.kind == "video"), None)
-    found: list[float] = []
-    if keyframe_window is not None and video is not None:
-        low, high = keyframe_window
-        found = sorted(
-            t for t in (_time(p) for p in data.packets if p.stream_index == video and "K" in p.flags)
-            if t is not None and low <= t <= high
-        )
-    return MediaInfo(float(data.format.duration), data.format.format_name, streams, found)
+def _facts(stream: av.stream.Stream) -> StreamFacts:
+    kind = stream.type if stream.type in STREAM_KINDS else "data"
+    codec = stream.codec_context.name if stream.codec_context else "unknown"
+    width = getattr(stream.codec_context, "width", None) or None
+    height = getattr(stream.codec_context, "height", None) or None
+    return StreamFacts(index=stream.index, kind=kind, codec=codec, width=width, height=height)  # type: ignore[arg-type]
 
 
-async def keyframes(source: str, start_sec: float, end_sec: float) -> list[float]:
-    """Presentation times of video keyframes between start_sec and end_sec (ascending)."""
-    return (await probe(source, (start_sec, end_sec))).keyframes
+def _duration(container: av.container.InputContainer) -> float | None:
+    if container.duration:
+        return container.duration / AV_TIME_BASE
+    known = [float(s.duration * s.time_base) for s in container.streams if s.duration and s.time_base]
+    return max(known) if known else None
 
 
-def _interval(low: float, high: float) -> str:
-    return f"{max(low, 0.0):.6f}%{high:.6f}"
+def _keyframe_at_or_before(container: av.container.InputContainer, video: av.VideoStream, t: float) -> float:
+    """Seek on the index to the keyframe before `t` and read that one packet's presentation time.
+
+    A seek goes by decode time; with B-frames a keyframe's presentation time can be later, so when the
+    landing keyframe is after `t` the seek is repeated from further back.
+    """
+    time_base: Fraction = video.time_base or Fraction(1, AV_TIME_BASE)
+    for lead in SEEK_BACK_STEPS_SEC:
+        target = max(0.0, t - lead)
+        container.seek(int(target / time_base), stream=video, backward=True, any_frame=False)
+        found = _first_keyframe(container, video, time_base)
+        if found is not None and found <= t + KEYFRAME_EPSILON_SEC:
+            return found
+        if target == 0.0:
+            break
+    raise SourceUnreadable("the video has no keyframe before the requested start", code="no_keyframe")
 
 
-def _time(packet: _FfPacket) -> float | None:
-    return None if packet.pts_time in ("", "N/A") else float(packet.pts_time)
+def _first_keyframe(container: av.container.InputContainer, video: av.VideoStream, time_base: Fraction) -> float | None:
+    for packet in container.demux(video):
+        if packet.pts is not None and packet.is_keyframe:
+            return float(packet.pts * time_base)
+        if packet.pts is None and packet.size == 0:  # the end
+            return None
+    return None
