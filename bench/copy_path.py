@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from bench.cpu import cpu_used, snapshot
 from bench.stack import BenchStack
 from shared.bus import connect
 from shared.contracts import JobEvent
@@ -124,12 +125,14 @@ async def latency(stack: BenchStack, source: Path, source_sec: float, runs: int,
     return [ours, bare]
 
 
-async def throughput(stack: BenchStack, source: Path, source_sec: float, jobs: int, work: Path) -> dict[str, float]:
+async def throughput(stack: BenchStack, source: Path, source_sec: float, jobs: int, work: Path) -> dict[str, object]:
     """`jobs` queued at once: jobs/min through the pipeline, and a reference loop with 2 clips at a time."""
     async with JobRunner(stack) as runner:
+        processes = snapshot()
         began = time.perf_counter()
         await asyncio.gather(*(runner.run(*clip_range(100 + i, source_sec), "normal") for i in range(jobs)))
         ours = time.perf_counter() - began
+        cpu = cpu_used(processes)
     gate = asyncio.Semaphore(2)  # the machine's cores
 
     async def one(i: int, storage: Any) -> None:
@@ -141,4 +144,4 @@ async def throughput(stack: BenchStack, source: Path, source_sec: float, jobs: i
         await asyncio.gather(*(one(i, storage) for i in range(jobs)))
         bare = time.perf_counter() - began
     return {"jobs": jobs, "clipjet_per_min": jobs / ours * 60, "reference_per_min": jobs / bare * 60,
-            "clipjet_sec": ours, "reference_sec": bare}
+            "clipjet_sec": ours, "reference_sec": bare, "clipjet_cpu_sec_by_process": cpu}
