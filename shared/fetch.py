@@ -27,11 +27,21 @@ CHUNK_BYTES = 1024 * 1024
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
 
 
-def address_is_public(address: str) -> bool:
+def _plain(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     ip = ipaddress.ip_address(address)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+        return ip.ipv4_mapped
+    return ip
+
+
+def address_is_public(address: str) -> bool:
+    ip = _plain(address)
     return ip.is_global and not ip.is_multicast and ip not in CGNAT
+
+
+def address_is_link_local(address: str) -> bool:
+    """Link-local (169.254.0.0/16 with the cloud metadata service, fe80::/10): refused even for local demos."""
+    return _plain(address).is_link_local
 
 
 async def check_url(url: str, settings: Settings) -> None:
@@ -48,7 +58,9 @@ async def check_url(url: str, settings: Settings) -> None:
         infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise SourceUnreadable(f"the host {host!r} does not resolve", code="source_unresolvable") from exc
-    addresses = {str(info[4][0]) for info in infos}
+    addresses = {str(info[4][0]).split("%")[0] for info in infos}
+    if any(address_is_link_local(a) for a in addresses):
+        raise FetchRefused(f"the host {host!r} resolves to a link-local (metadata) address; fetching it is not allowed")
     blocked = sorted(a for a in addresses if not address_is_public(a))
     if blocked and not settings.fetch_allow_private:
         raise FetchRefused(f"the host {host!r} resolves to a non-public address; fetching it is not allowed")
