@@ -56,18 +56,23 @@ Source = UploadSource | UrlSource | YoutubeSource
 SOURCE_TYPES = ("upload", "url", "youtube")
 
 
-class ClipJobMessage(WireStruct):
+class ClipSpec(WireStruct, kw_only=True):
+    """What to cut: the source, the range in seconds, subtitles, and the queue priority."""
+
+    source: Source
+    start_sec: float
+    end_sec: float
+    subs: Subtitles = msgspec.field(default_factory=Subtitles)
+    priority: Priority = "normal"
+
+
+class ClipJobMessage(ClipSpec, kw_only=True):
     """A clip request as it travels on the bus; other systems may publish it straight to `<prefix>.fetch.<priority>`.
 
     `id` is a UUID (UUIDv7 preferred: its timestamp places the job's row in its day partition).
     """
 
     id: JobId
-    source: Source
-    start_sec: float
-    end_sec: float
-    subs: Subtitles = msgspec.field(default_factory=Subtitles)
-    priority: Priority = "normal"
 
 
 class StreamFacts(WireStruct):
@@ -159,14 +164,8 @@ class JobEvent(WireStruct):
 # ---------------------------------------------------------------- REST bodies
 
 
-class JobRequest(WireStruct, forbid_unknown_fields=False):
-    """`POST /api/jobs` body. Same field names as ClipJobMessage, without the id."""
-
-    source: Source
-    start_sec: float
-    end_sec: float
-    subs: Subtitles = msgspec.field(default_factory=Subtitles)
-    priority: Priority = "normal"
+class JobRequest(ClipSpec, kw_only=True):
+    """`POST /api/jobs` body: the fields of ClipJobMessage without the id."""
 
 
 class JobAccepted(WireStruct):

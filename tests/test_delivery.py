@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -114,13 +116,27 @@ async def test_each_stage_run_twice_gives_one_result(
     assert msgspec.convert(row["result"], dict)["sha256"] == trimmed.result.sha256  # type: ignore[union-attr]
 
 
-def start_fetch_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+@contextmanager
+def fetch_worker_processes(settings: Settings, folder: Path) -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
+    """Starts `clipjet worker fetch` processes (output in <folder>/<name>.log); stops those still alive after."""
+    started: list[subprocess.Popen[bytes]] = []
     env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(REPO)}
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "services", "worker", "fetch"], cwd=REPO, env=env, stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        with (folder / f"{name}.log").open("ab") as out:
+            started.append(subprocess.Popen(
+                [sys.executable, "-m", "services", "worker", "fetch"], cwd=REPO, env=env, stdout=out,
+                stderr=subprocess.STDOUT,
+            ))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=WAIT_SEC)
 
 
 async def post_stalled_job(client: AsyncTestClient[Any], origin: MediaServer, video: Path) -> str:
@@ -142,21 +158,15 @@ async def test_sigkilled_worker_job_completes_on_another_after_visibility(
     sample_video: Path, tmp_path: Path,
 ) -> None:
     workers.start("trim", "upload")
-    first = start_fetch_worker(settings, tmp_path / "first.log")
-    second: subprocess.Popen[bytes] | None = None
-    try:
-        with MediaServer(sample_video.parent) as origin:
-            job_id = await post_stalled_job(client, origin, sample_video)
-            first.send_signal(signal.SIGKILL)
-            killed_at = time.monotonic()
-            second = start_fetch_worker(settings, tmp_path / "second.log")
-            job = await wait_for_job(client, job_id)
+    with fetch_worker_processes(settings, tmp_path) as start, MediaServer(sample_video.parent) as origin:
+        first = start("first")
+        job_id = await post_stalled_job(client, origin, sample_video)
+        first.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        start("second")
+        job = await wait_for_job(client, job_id)
         waited = time.monotonic() - killed_at
-    finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=WAIT_SEC)
+        first.wait(timeout=WAIT_SEC)
     assert first.returncode == -signal.SIGKILL
     assert job["status"] == "done", (job, (tmp_path / "second.log").read_text()[-2000:])
     assert job["attempts"] == 2
@@ -169,24 +179,16 @@ async def test_sigterm_hands_in_flight_work_back_at_once(
     sample_video: Path, tmp_path: Path,
 ) -> None:
     """Graceful stop: work that cannot finish within the grace period is returned, not left to time out."""
-    slow = settings
     workers.start("trim", "upload")
-    first = start_fetch_worker(slow, tmp_path / "first.log")
-    second: subprocess.Popen[bytes] | None = None
-    try:
-        with MediaServer(sample_video.parent) as origin:
-            job_id = await post_stalled_job(client, origin, sample_video)
-            stopped_at = time.monotonic()
-            first.send_signal(signal.SIGTERM)
-            second = start_fetch_worker(slow, tmp_path / "second.log")
-            job = await wait_for_job(client, job_id)
-            took = time.monotonic() - stopped_at
+    with fetch_worker_processes(settings, tmp_path) as start, MediaServer(sample_video.parent) as origin:
+        first = start("first")
+        job_id = await post_stalled_job(client, origin, sample_video)
+        stopped_at = time.monotonic()
+        first.send_signal(signal.SIGTERM)
+        start("second")
+        job = await wait_for_job(client, job_id)
+        took = time.monotonic() - stopped_at
         assert first.wait(timeout=WAIT_SEC) == 0
-    finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=WAIT_SEC)
     assert job["status"] == "done" and job["attempts"] == 2
-    assert took < slow.queue_visibility_sec / 2  # handed back, not redelivered after ack_wait
+    assert took < settings.queue_visibility_sec / 2  # handed back, not redelivered after ack_wait
     assert "handed_back" in (tmp_path / "first.log").read_text()

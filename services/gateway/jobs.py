@@ -55,10 +55,7 @@ class JobController(Controller):
         validate_request(data, res.settings)
         if isinstance(data.source, UploadSource):
             await _check_upload(res, data.source.key)
-        job = ClipJobMessage(
-            id=str(uuid7()), source=data.source, start_sec=data.start_sec, end_sec=data.end_sec,
-            subs=data.subs, priority=data.priority,
-        )
+        job = ClipJobMessage(id=str(uuid7()), **msgspec.structs.asdict(data))
         async with res.db.acquire() as conn:
             await jobs.insert_job(conn, job)
         await bus.publish(
