@@ -35,6 +35,7 @@ from shared.retry import backoff
 log = get_logger("worker")
 T = TypeVar("T", ClipJobMessage, StageMessage)
 FETCH_WAIT_SEC = 5.0  # long-poll length of one pull request
+PULL_RETRY_SEC = 1.0  # pause after a pull request failed for another reason than "no message"
 _encoder = msgspec.json.Encoder()
 
 
@@ -109,8 +110,13 @@ class PrioritySource:
                 if not task.done():
                     continue
                 del self._tasks[rank]
-                with suppress(nats.errors.TimeoutError, asyncio.TimeoutError):
+                try:
                     return task.result()[0]
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                except Exception as exc:  # a reconnect or a server hiccup: pull again after a pause
+                    log.warning("pull_failed", error=repr(exc))
+                    await asyncio.sleep(PULL_RETRY_SEC)
 
     async def close(self) -> None:
         """Stop pulling; messages already handed to this process go straight back to the queue.
@@ -205,6 +211,11 @@ class Worker(Generic[T]):
             with suppress(Exception):
                 await asyncio.shield(msg.nak())
             raise
+        except Exception as exc:  # the runtime itself could not talk to PostgreSQL or NATS: try again later
+            outcome = "runtime_error"
+            log.error("runtime_error", error=repr(exc))
+            with suppress(Exception):
+                await msg.nak(delay=backoff(attempt, self.res.settings.retry_base_delay_sec))
         finally:
             log.info(
                 "stage_message", outcome=outcome, ms=round((time.perf_counter() - started) * 1000, 1),
