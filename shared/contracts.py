@@ -76,7 +76,7 @@ class ClipJobMessage(ClipSpec, kw_only=True):
 
 
 class StreamFacts(WireStruct):
-    """One media stream as ffprobe reported it."""
+    """One media stream as the probe (libavformat) reported it."""
 
     index: int
     kind: Literal["video", "audio", "subtitle", "data"]

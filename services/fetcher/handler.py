@@ -20,7 +20,7 @@ from shared.storage import sha256_file, staging_prefix
 from shared.worker import StageDeps
 
 DURATION_TOLERANCE_SEC = 0.05  # endSec may exceed the probed duration by this much (container rounding)
-PROBE_URL_TTL_SEC = 3600  # lifetime of the signed URL ffprobe/ffmpeg read an upload through, s
+PROBE_URL_TTL_SEC = 3600  # lifetime of the signed URL the probe and ffmpeg read an upload through, s
 
 
 async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage:
