@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -100,3 +101,28 @@ async def test_todays_and_next_days_partitions_exist(client: AsyncTestClient[Any
     plan = "\n".join(r[0] for r in await resources.db.fetch("EXPLAIN " + jobs.SELECT_JOB, job_id, *jobs.window(job_id)))
     scanned = {name for name in names if name in plan}
     assert scanned == {f"jobs_{today:%Y%m%d}"}, plan  # a lookup by id reads one day's partition
+
+
+async def test_idempotency_key_returns_the_same_job(client: AsyncTestClient[Any], resources: Any) -> None:
+    body = {"source": GOOD_URL, "startSec": 1, "endSec": 2}
+    headers = {"Idempotency-Key": "order-4711"}
+    first = await client.post("/api/jobs", json=body, headers=headers)
+    again = await client.post("/api/jobs", json=body, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    other = await client.post("/api/jobs", json={**body, "endSec": 3}, headers=headers)
+    assert other.status_code == 422
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    assert await resources.db.fetchval("SELECT count(*) FROM jobs") == 1
+    info = await resources.js.consumer_info(resources.settings.nats_stream, "fetch-normal")
+    assert info.num_pending == 1  # published once
+
+
+async def test_concurrent_requests_with_one_key_make_one_job(client: AsyncTestClient[Any], resources: Any) -> None:
+    body = {"source": GOOD_URL, "startSec": 1, "endSec": 2}
+    answers = await asyncio.gather(*(
+        client.post("/api/jobs", json=body, headers={"Idempotency-Key": "burst"}) for _ in range(5)
+    ))
+    assert {a.status_code for a in answers} == {202}
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert await resources.db.fetchval("SELECT count(*) FROM jobs") == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 import msgspec
@@ -19,7 +20,7 @@ from shared.contracts import (
     ResultUrls,
     UploadSource,
 )
-from shared.db import jobs
+from shared.db import idempotency, jobs
 from shared.errors import BadRequest, NotFound
 from shared.ids import parse_job_id, uuid7
 from shared.pipeline import ENTRY_STAGE
@@ -30,9 +31,10 @@ from .uploads import UPLOAD_PREFIX
 
 _encoder = msgspec.json.Encoder()
 CLIP_DOWNLOAD_NAME = "clip.mp4"
+IDEMPOTENCY_KEY_MAX_CHARS = 200
 
 
-def validate_request(data: JSONBody[JobRequest], settings: Settings) -> None:
+def validate_request(data: JobRequest, settings: Settings) -> None:
     """Refuse what no worker could do, with a stable code each."""
     if data.start_sec < 0:
         raise BadRequest("startSec must be 0 or more", code="start_negative", field="startSec")
@@ -50,13 +52,24 @@ class JobController(Controller):
     tags = ["jobs"]
 
     @post("/", operation_id="createJob", status_code=202)
-    async def create_job(self, data: JSONBody[JobRequest], res: NamedDependency[Resources]) -> JobAccepted:
+    async def create_job(
+        self, data: JSONBody[JobRequest], res: NamedDependency[Resources],
+        idempotency_key: str | None = Parameter(
+            header="Idempotency-Key", required=False, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_CHARS,
+            description="Repeat a request safely: the same key and body return the same job.",
+        ),
+    ) -> JobAccepted:
         """Queue a clip job; poll `GET /api/jobs/{id}` for its progress and result."""
         validate_request(data, res.settings)
         if isinstance(data.source, UploadSource):
             await _check_upload(res, data.source.key)
         job = ClipJobMessage(id=str(uuid7()), **msgspec.structs.asdict(data))
-        async with res.db.acquire() as conn:
+        async with res.db.acquire() as conn, conn.transaction():
+            if idempotency_key is not None:
+                digest = hashlib.sha256(_encoder.encode(data)).hexdigest()
+                earlier = await idempotency.claim(conn, idempotency_key, digest, uuid.UUID(job.id))
+                if earlier is not None:
+                    return await _replay(res, earlier, digest)
             await jobs.insert_job(conn, job)
         await bus.publish(
             res.js, res.subjects.stage(ENTRY_STAGE, job.priority), _encoder.encode(job),
@@ -90,7 +103,18 @@ class JobController(Controller):
         )
 
 
-async def _check_upload(res: NamedDependency[Resources], key: str) -> None:
+async def _replay(res: Resources, earlier: idempotency.Earlier, digest: str) -> JobAccepted:
+    """The job an Idempotency-Key already made, when the body is the same one."""
+    if earlier.request_sha256 != digest:
+        raise BadRequest(
+            "this Idempotency-Key was used with another request body; use a new key for a new request",
+            code="idempotency_key_reused",
+        )
+    row = await jobs.get_job(res.db, earlier.job_id)
+    return JobAccepted(id=str(earlier.job_id), status=row["status"] if row else "queued")
+
+
+async def _check_upload(res: Resources, key: str) -> None:
     if not key.startswith(UPLOAD_PREFIX) or await res.storage.head(key) is None:
         raise BadRequest(
             f"no upload at key {key!r}; get a slot from POST /api/uploads and PUT the file first",
