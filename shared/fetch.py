@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
@@ -66,8 +67,17 @@ async def check_url(url: str, settings: Settings) -> None:
         raise FetchRefused(f"the host {host!r} resolves to a non-public address; fetching it is not allowed")
 
 
-async def fetch_to_file(url: str, path: Path, settings: Settings) -> int:
-    """Download `url` into `path` through the guard; returns the byte count."""
+@dataclass(frozen=True)
+class Fetched:
+    """A finished download: where it ended up after redirects, its size, and the server's validator."""
+
+    url: str
+    size: int
+    validator: str  # ETag, else Last-Modified, else "" (then only the bytes identify the file)
+
+
+async def fetch_to_file(url: str, path: Path, settings: Settings) -> Fetched:
+    """Download `url` into `path` through the guard."""
     if settings.fetch_allow_private:
         log.warning("fetch_allow_private_on", detail="FETCH_ALLOW_PRIVATE is on: private addresses are fetched")
     timeout = httpx.Timeout(settings.fetch_timeout_sec, connect=10.0)
@@ -80,7 +90,7 @@ async def fetch_to_file(url: str, path: Path, settings: Settings) -> int:
             raise SourceUnreachable(f"could not reach the source: {type(exc).__name__}") from exc
 
 
-async def _follow(client: httpx.AsyncClient, url: str, path: Path, settings: Settings) -> int:
+async def _follow(client: httpx.AsyncClient, url: str, path: Path, settings: Settings) -> Fetched:
     for _ in range(settings.fetch_max_redirects + 1):
         await check_url(url, settings)
         async with client.stream("GET", url) as response:
@@ -93,7 +103,9 @@ async def _follow(client: httpx.AsyncClient, url: str, path: Path, settings: Set
                 raise SourceUnreadable(
                     f"the source answered HTTP {response.status_code}; check the URL or upload the file instead"
                 )
-            return await _save(response, path, settings.fetch_max_bytes)
+            size = await _save(response, path, settings.fetch_max_bytes)
+            validator = response.headers.get("etag") or response.headers.get("last-modified") or ""
+            return Fetched(url, size, validator)
     raise FetchRefused(f"more than {settings.fetch_max_redirects} redirects")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+PIPELINE_VERSION = "1"  # part of every request fingerprint: bump when the same request would give other bytes
+
 FETCH = "fetch"
 TRIM = "trim"
 UPLOAD = "upload"

@@ -28,6 +28,7 @@ class ObjectInfo:
     key: str
     size: int
     metadata: dict[str, str]  # user metadata (x-amz-meta-*), e.g. sha256
+    etag: str = ""  # the server's entity tag (MD5 of a single-part upload)
 
     @property
     def sha256(self) -> str:
@@ -80,7 +81,8 @@ class Storage:
             if _error_code(exc) in NOT_FOUND_CODES:
                 return None
             raise StorageError(f"storage HEAD failed for {key}: {exc}") from exc
-        return ObjectInfo(key, int(meta["ContentLength"]), dict(meta.get("Metadata", {})))
+        etag = str(meta.get("ETag", "")).strip('"')
+        return ObjectInfo(key, int(meta["ContentLength"]), dict(meta.get("Metadata", {})), etag)
 
     async def put_file(self, key: str, path: Path, content_type: str, metadata: dict[str, str]) -> int:
         """Upload a local file (multipart above one part size, S3_MULTIPART_CONCURRENCY parts in flight).

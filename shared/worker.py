@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from shared import bus
-from shared.contracts import PRIORITIES, ClipJobMessage, JobEvent, StageMessage
+from shared.contracts import PRIORITIES, ClipJobMessage, ClipResult, JobEvent, StageMessage
 from shared.db import jobs
 from shared.errors import ClipError, Permanent, Transient
 from shared.logs import get_logger
@@ -82,6 +82,16 @@ def stage_position(task: ClipJobMessage | StageMessage, default_total: int) -> t
     if isinstance(task, ClipJobMessage):
         return 0, default_total
     return len(task.done), len(task.done) + len(task.route)
+
+
+async def finish_job_done(res: Resources, job_id: str, result: ClipResult, video_key: str) -> bool:
+    """Job → done (once) and announce it on `<prefix>.events.<jobId>`; False when it had already ended."""
+    uid = uuid.UUID(job_id)
+    if not await jobs.complete(res.db, uid, result, video_key, res.settings.retention_hours * 3600):
+        return False
+    event = JobEvent(job_id=job_id, status="done", result=result)
+    await res.nc.publish(res.subjects.events(job_id), _encoder.encode(event))
+    return True
 
 
 async def finish_job_failed(res: Resources, job_id: str, error: ClipError) -> None:

@@ -182,3 +182,26 @@ async def test_progress_is_written_and_published(
     assert pcts == sorted(pcts) and all(0 <= p <= 1 for p in pcts)
     row = await jobs.get_job(resources.db, uuid.UUID(job["id"]))
     assert row is not None and row["last_heartbeat_at"] is not None
+
+
+async def test_identical_request_finishes_from_the_earlier_result(
+    client: AsyncTestClient[Any], workers: Workers, resources: Resources, sample_video: Path
+) -> None:
+    """The same bytes (uploaded twice), range and options: the second job reuses the first one's clip."""
+    workers.start()
+    views = []
+    for start in (5.5, 5.5, 6.5):
+        key = await upload(client, sample_video)
+        response = await client.post("/api/jobs", json={
+            "source": {"type": "upload", "key": key}, "startSec": start, "endSec": 9.0, "priority": "bulk",
+        })
+        views.append(await wait_for_job(client, response.json()["id"]))
+    first, same, other = views
+    assert first["status"] == same["status"] == other["status"] == "done"
+    assert same["result"] == first["result"]
+    assert same["urls"]["video"].split("?")[0] == first["urls"]["video"].split("?")[0]
+    events = [await jobs.job_events(resources.db, uuid.UUID(v["id"])) for v in views]
+    stages_run = [[e["data"]["stage"] for e in job if e["type"] == "stage_started"] for job in events]
+    assert stages_run == [["fetch", "trim", "upload"], ["fetch"], ["fetch", "trim", "upload"]]
+    assert other["result"]["sha256"] != first["result"]["sha256"]  # another range is another clip
+    assert len(await resources.storage.list_keys("results/")) == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from shared.contracts import (
     Artifact,
     ClipJobMessage,
@@ -11,21 +13,32 @@ from shared.contracts import (
     UrlSource,
     YoutubeSource,
 )
+from shared.db import fingerprints
 from shared.errors import EndPastDuration, Permanent, SourceUnreadable
 from shared.fetch import fetch_to_file
+from shared.fingerprint import request_fingerprint
 from shared.media.cut import copy_cut, copyable_to_mp4
 from shared.media.probe import MediaInfo, probe
 from shared.pipeline import COPY_ROUTE, FETCH
 from shared.storage import sha256_file, staging_prefix
-from shared.worker import StageDeps
+from shared.worker import StageDeps, finish_job_done
 
 DURATION_TOLERANCE_SEC = 0.05  # endSec may exceed the probed duration by this much (container rounding)
 PROBE_URL_TTL_SEC = 3600  # lifetime of the signed URL the probe and ffmpeg read an upload through, s
 
 
-async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage:
-    """Probe the source, find the keyframe the copy starts at, stage the needed range, route the job."""
-    media, staged = await _locate(job, deps)
+async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
+    """Probe the source, find the keyframe the copy starts at, stage the needed range, route the job.
+
+    An identical earlier request (same source bytes, range, options) that is still kept finishes this
+    job at once with its result: None, nothing more to route.
+    """
+    media, staged, identity = await _locate(job, deps)
+    fingerprint = request_fingerprint(job, identity)
+    await fingerprints.record(deps.res.db, uuid.UUID(job.id), fingerprint)
+    if (earlier := await fingerprints.earlier_result(deps.res.db, fingerprint)) is not None:
+        await finish_job_done(deps.res, job.id, *earlier)
+        return None
     deps.progress.set(0.3)
     info = await probe(media, keyframe_at=job.start_sec)
     _check_range(job, info)
@@ -47,8 +60,9 @@ async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage:
     return StageMessage(job=job, route=list(COPY_ROUTE), done=[FETCH], plan=plan, artifacts=[staged])
 
 
-async def _locate(job: ClipJobMessage, deps: StageDeps) -> tuple[str, Artifact | None]:
-    """Where ffprobe/ffmpeg read the source, and the artifact when it already sits in storage."""
+async def _locate(job: ClipJobMessage, deps: StageDeps) -> tuple[str, Artifact | None, str]:
+    """Where the probe and ffmpeg read the source, the artifact when it already sits in storage, and
+    the source's identity for the request fingerprint (its bytes, not its name)."""
     storage = deps.res.storage
     match job.source:
         case UploadSource(key=key):
@@ -56,11 +70,16 @@ async def _locate(job: ClipJobMessage, deps: StageDeps) -> tuple[str, Artifact |
             if found is None:
                 raise SourceUnreadable(f"no upload at key {key!r}; upload the file first", code="upload_not_found")
             artifact = Artifact(stage=FETCH, role="source", key=key, size=found.size, sha256=found.sha256)
-            return await storage.internal_url(key, PROBE_URL_TTL_SEC), artifact
+            identity = f"upload:etag={found.etag}:size={found.size}"
+            return await storage.internal_url(key, PROBE_URL_TTL_SEC), artifact, identity
         case UrlSource(url=url):
             path = deps.scratch / "download"
-            await fetch_to_file(url, path, deps.res.settings)
-            return str(path), None
+            fetched = await fetch_to_file(url, path, deps.res.settings)
+            if fetched.validator:
+                identity = f"url:{fetched.url}:validator={fetched.validator}:size={fetched.size}"
+            else:
+                identity = f"sha256:{await sha256_file(path)}"
+            return str(path), None, identity
         case YoutubeSource():
             raise Permanent("YouTube sources are not available yet; upload the file or give its URL",
                             code="source_type_unavailable")

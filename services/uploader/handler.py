@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
-
-import msgspec
-
-from shared.contracts import JobEvent, StageMessage
-from shared.db import jobs
+from shared.contracts import StageMessage
 from shared.errors import Permanent
 from shared.storage import result_key
-from shared.worker import StageDeps
+from shared.worker import StageDeps, finish_job_done
 
 CLIP_FILENAME = "clip.mp4"
-_encoder = msgspec.json.Encoder()
 
 
 async def handle(task: StageMessage, deps: StageDeps) -> None:
@@ -26,6 +20,4 @@ async def handle(task: StageMessage, deps: StageDeps) -> None:
     if await storage.head(key) is None:
         await storage.copy(video.key, key, "video/mp4")
     deps.progress.set(0.9)
-    if await jobs.complete(res.db, uuid.UUID(task.job.id), result, key, res.settings.retention_hours * 3600):
-        event = JobEvent(job_id=task.job.id, status="done", result=result)
-        await res.nc.publish(res.subjects.events(task.job.id), _encoder.encode(event))
+    await finish_job_done(res, task.job.id, result, key)

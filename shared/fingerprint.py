@@ -1,0 +1,22 @@
+"""Request fingerprints: the same source bytes, range and options under the same pipeline give the same clip."""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+from shared.contracts import ClipJobMessage
+from shared.pipeline import PIPELINE_VERSION
+
+_encoder = msgspec.json.Encoder(order="deterministic")
+
+
+def request_fingerprint(job: ClipJobMessage, source_identity: str) -> str:
+    """sha256 over what decides the output: the source's identity (not its key or URL alone), the range,
+    the options, and the pipeline version. Priority and id are left out."""
+    fields = msgspec.to_builtins(job)
+    for ignored in ("id", "priority", "source"):
+        fields.pop(ignored, None)
+    canonical = _encoder.encode({"v": PIPELINE_VERSION, "source": source_identity, "request": fields})
+    return hashlib.sha256(canonical).hexdigest()
