@@ -14,18 +14,33 @@ from shared.settings import Settings, load_settings
 SCHEMAS_DIR = Path("schemas")
 
 
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT: the service finishes what it is doing and stops."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 async def _run_worker(stage: str, settings: Settings) -> None:
     from services.registry import STAGES
     from shared.pipeline import DEFAULT_ROUTE_LENGTH
     from shared.resources import open_resources
     from shared.worker import run_worker
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     async with open_resources(settings, f"worker-{stage}") as res:
         await run_worker(STAGES[stage], res, DEFAULT_ROUTE_LENGTH, stop)
+
+
+async def _run_reaper(settings: Settings) -> None:
+    from services.reaper.handler import run_reaper
+    from shared.resources import open_resources
+
+    stop = _stop_on_signals()
+    async with open_resources(settings, "reaper") as res:
+        await run_reaper(res, stop)
 
 
 def _run_gateway(settings: Settings) -> None:
@@ -54,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("gateway", help="run the REST gateway")
     worker = sub.add_parser("worker", help="run one stage's worker")
     worker.add_argument("stage", choices=sorted(STAGES))
+    sub.add_parser("reaper", help="run the reaper: outbox, expiry, stuck jobs, staging cleanup, partitions")
     sub.add_parser("migrate", help="apply database migrations and create partitions")
     schemas = sub.add_parser("schemas", help="write schemas/ from the msgspec contracts")
     schemas.add_argument("--dir", type=Path, default=SCHEMAS_DIR)
@@ -69,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             _run_gateway(settings)
         case "worker":
             asyncio.run(_run_worker(args.stage, settings))
+        case "reaper":
+            asyncio.run(_run_reaper(settings))
         case "migrate":
             asyncio.run(_migrate(settings))
         case "schemas":

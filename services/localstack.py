@@ -289,6 +289,7 @@ def run_stack(settings: Settings, *, demo: bool, exit_after_demo: bool) -> int:
             wait_healthy(http, base_url, children)  # the gateway migrates the database before workers start
             with interrupts.held():
                 children.extend(spawn_service(effective, stage, "worker", stage) for stage in STAGES)
+                children.append(spawn_service(effective, "reaper", "reaper"))
             say(f"gateway   {base_url}  (API docs {base_url}/schema)")
             say(f"settings  {env_file}  (set -a; . {env_file}; set +a)")
             if demo:

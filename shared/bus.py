@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import msgspec
 import nats
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
-from shared.contracts import PRIORITIES, Priority
-from shared.pipeline import STAGES
+from shared.contracts import PRIORITIES, ClipJobMessage, Priority
+from shared.pipeline import ENTRY_STAGE, STAGES
 from shared.settings import Settings
 
 DUPLICATE_WINDOW_SEC = 120.0  # Nats-Msg-Id de-duplication window
 MAX_MESSAGE_AGE_SEC = 7 * 24 * 3600.0  # a message nobody takes is dropped after a week
 EXTRA_DELIVERIES = 2  # deliveries past MAX_ATTEMPTS, so the runtime can fail a poison job itself
+_encoder = msgspec.json.Encoder()
 
 
 class Subjects:
@@ -94,3 +96,10 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
 
 async def publish(js: JetStreamContext, subject: str, payload: bytes, message_id: str) -> None:
     await js.publish(subject, payload, headers={"Nats-Msg-Id": message_id})
+
+
+async def publish_job(js: JetStreamContext, subjects: Subjects, job: ClipJobMessage) -> str:
+    """Put a new job on its entry subject (what the gateway does, and the reaper for the outbox); the subject."""
+    subject = subjects.stage(ENTRY_STAGE, job.priority)
+    await publish(js, subject, _encoder.encode(job), msg_id(job.id, ENTRY_STAGE))
+    return subject

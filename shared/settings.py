@@ -50,6 +50,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tail_pad_sec: float = 1.0  # extra media staged after endSec, s
     partition_days_ahead: int = 2  # daily job partitions created ahead of need
 
+    # --- reaper ---
+    reaper_interval_sec: float = 30.0  # pause between two reaper passes, s
+    reaper_batch: int = 500  # rows each reaper step handles in one pass
+    outbox_grace_sec: float = 30.0  # a queued job unpublished this long is republished, s (under the 120 s dedup)
+    stuck_after_sec: float = 1800.0  # processing, silent this long: failed as stuck, s (>= visibility x (attempts+2))
+
     # --- fetching user URLs ---
     fetch_allow_private: bool = False  # tests and local demos only: let fetches reach loopback/private addresses
     fetch_timeout_sec: float = 60.0  # whole download of a source, s

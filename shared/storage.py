@@ -160,6 +160,13 @@ class Storage:
             keys.extend(item["Key"] for item in page.get("Contents", []))
         return keys
 
+    async def delete(self, key: str) -> int:
+        """Delete one object; the number deleted (0 when it was not there)."""
+        if await self.head(key) is None:
+            return 0
+        await self._client.delete_object(Bucket=self.bucket, Key=key)
+        return 1
+
     async def delete_prefix(self, prefix: str) -> int:
         keys = await self.list_keys(prefix)
         for key in keys:

@@ -110,8 +110,7 @@ async def test_job_published_straight_to_nats_is_processed(
             id=str(uuid7()), source=UrlSource(url=origin.url(sample_video.name)), start_sec=1.0, end_sec=3.0,
             priority="bulk",
         )
-        subject = resources.subjects.stage("fetch", "bulk")
-        await bus.publish(resources.js, subject, msgspec.json.encode(job), bus.msg_id(job.id, "fetch"))
+        await bus.publish_job(resources.js, resources.subjects, job)
         view = await wait_for_job(client, job.id, may_be_unknown=True)
     assert view["status"] == "done", view
     assert view["priority"] == "bulk"

@@ -23,7 +23,6 @@ from shared.contracts import (
 from shared.db import idempotency, jobs
 from shared.errors import BadRequest, NotFound
 from shared.ids import parse_job_id, uuid7
-from shared.pipeline import ENTRY_STAGE
 from shared.resources import Resources
 from shared.settings import Settings
 
@@ -71,10 +70,7 @@ class JobController(Controller):
                 if earlier is not None:
                     return await _replay(res, earlier, digest)
             await jobs.insert_job(conn, job)
-        await bus.publish(
-            res.js, res.subjects.stage(ENTRY_STAGE, job.priority), _encoder.encode(job),
-            bus.msg_id(job.id, ENTRY_STAGE),
-        )
+        await bus.publish_job(res.js, res.subjects, job)
         await jobs.mark_published(res.db, uuid.UUID(job.id))
         return JobAccepted(id=job.id, status="queued")
 

@@ -21,3 +21,5 @@ async def handle(task: StageMessage, deps: StageDeps) -> None:
         await storage.copy(video.key, key, "video/mp4")
     deps.progress.set(0.9)
     await finish_job_done(res, task.job.id, result, key)
+    if await storage.head(key) is None:  # the reaper expired an identical clip between our check and done:
+        await storage.copy(video.key, key, "video/mp4")  # now that this job is done, the key is live again

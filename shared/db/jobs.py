@@ -63,6 +63,48 @@ RETURNING id
 """
 EVENTS_OF = "SELECT ts, type, data FROM job_events WHERE job_id = $1 ORDER BY ts, id"
 
+# --- the reaper's scans (services/reaper), each bounded by a batch size; their indexes are in 002_reaper.sql
+OUTBOX_DUE = """
+SELECT id, created_at, request FROM jobs j
+WHERE status = 'queued' AND published_at IS NULL AND created_at < now() - make_interval(secs => $1)
+  AND NOT EXISTS (SELECT 1 FROM job_events e WHERE e.job_id = j.id AND e.type = 'stage_started')
+ORDER BY created_at LIMIT $2
+"""
+MARK_REPUBLISHED = """
+UPDATE jobs SET published_at = now() WHERE id = $1 AND created_at = $2 AND published_at IS NULL RETURNING id
+"""
+EXPIRY_DUE = """
+SELECT id, created_at, result_video_key, result_srt_key FROM jobs
+WHERE status = 'done' AND expires_at < now() ORDER BY expires_at LIMIT $1
+"""
+EXPIRE = """
+UPDATE jobs SET status = 'expired', updated_at = now()
+WHERE id = $1 AND created_at = $2 AND status = 'done' AND expires_at < now()
+RETURNING id
+"""
+# A live result: a done job not yet past its expiry names the key (content-hashed keys are shared).
+RESULT_KEY_IN_USE = """
+SELECT EXISTS (
+    SELECT 1 FROM jobs WHERE status = 'done' AND (result_video_key = $1 OR result_srt_key = $1)
+      AND (expires_at IS NULL OR expires_at >= now())
+)
+"""
+STAGING_DUE = """
+SELECT id, created_at FROM jobs WHERE staging_cleaned_at IS NULL AND status IN ('done', 'failed', 'expired')
+ORDER BY created_at LIMIT $1
+"""
+MARK_STAGING_CLEANED = "UPDATE jobs SET staging_cleaned_at = now() WHERE id = $1 AND created_at = $2"
+# Processing and silent for $1 s, unless the last event is a stage_finished younger than $2 s: then the next
+# stage's message waits in its queue (published before stage_finished was written), and no worker is late.
+STUCK_DUE = """
+SELECT id, stage, extract(epoch FROM now() - last_heartbeat_at)::float8 AS silent_sec FROM jobs j
+WHERE status = 'processing' AND last_heartbeat_at < now() - make_interval(secs => $1)
+  AND (last_heartbeat_at < now() - make_interval(secs => $2)
+       OR (SELECT e.type FROM job_events e WHERE e.job_id = j.id ORDER BY e.ts DESC, e.id DESC LIMIT 1)
+          IS DISTINCT FROM 'stage_finished')
+ORDER BY last_heartbeat_at LIMIT $3
+"""
+
 
 def window(job_id: uuid.UUID) -> tuple[datetime, datetime]:
     """The created_at range a job's row can be in: one millisecond for UUIDv7, everything otherwise."""
@@ -168,3 +210,55 @@ async def requeue(
                 INSERT_EVENT, job_id, "retry",
                 {"code": code, "message": message, "attempt": attempt, "delaySec": delay_sec},
             )
+
+
+# --------------------------------------------------------------------------------------------- the reaper
+
+
+async def outbox_due(pool: asyncpg.Pool, grace_sec: float, limit: int) -> list[asyncpg.Record]:
+    """Queued rows never published and older than `grace_sec`, that no stage has taken (id, created_at, request)."""
+    return await pool.fetch(OUTBOX_DUE, grace_sec, limit)
+
+
+async def mark_republished(pool: asyncpg.Pool, job_id: uuid.UUID, created_at: datetime, subject: str) -> bool:
+    """The reaper published the row: set published_at and write a `republished` event (once)."""
+    async with pool.acquire() as conn, conn.transaction():
+        if await conn.fetchrow(MARK_REPUBLISHED, job_id, created_at) is None:
+            return False
+        await conn.execute(INSERT_EVENT, job_id, "republished", {"subject": subject})
+        return True
+
+
+async def expiry_due(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
+    """Done jobs past expires_at (id, created_at, result_video_key, result_srt_key), the longest expired first."""
+    return await pool.fetch(EXPIRY_DUE, limit)
+
+
+async def expire(pool: asyncpg.Pool, job_id: uuid.UUID, created_at: datetime) -> bool:
+    """Job done → expired with an `expired` event (once: False when it is not a done, past-expiry job)."""
+    async with pool.acquire() as conn, conn.transaction():
+        if await conn.fetchrow(EXPIRE, job_id, created_at) is None:
+            return False
+        await conn.execute(INSERT_EVENT, job_id, "expired", {})
+        return True
+
+
+async def result_key_in_use(pool: asyncpg.Pool, key: str) -> bool:
+    """Whether a done job not yet past its expiry names this (content-hashed, shareable) result key."""
+    return bool(await pool.fetchval(RESULT_KEY_IN_USE, key))
+
+
+async def staging_due(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
+    """Ended jobs whose staging objects were not deleted yet (id, created_at)."""
+    return await pool.fetch(STAGING_DUE, limit)
+
+
+async def mark_staging_cleaned(pool: asyncpg.Pool, job_id: uuid.UUID, created_at: datetime) -> None:
+    await pool.execute(MARK_STAGING_CLEANED, job_id, created_at)
+
+
+async def stuck_due(
+    pool: asyncpg.Pool, silent_sec: float, queue_wait_sec: float, limit: int
+) -> list[asyncpg.Record]:
+    """Processing jobs whose worker went silent over `silent_sec` ago (id, stage, silent_sec); see STUCK_DUE."""
+    return await pool.fetch(STUCK_DUE, silent_sec, queue_wait_sec, limit)

@@ -1,0 +1,168 @@
+"""The reaper: one pass every REAPER_INTERVAL_SEC puts right what no stage worker will.
+
+A pass runs these steps in order, each bounded by REAPER_BATCH rows and each crash-safe (a pass that dies
+half-way leaves work the next pass finds again):
+
+1. outbox     queued rows the gateway wrote but never published → published to `<prefix>.fetch.<priority>`
+              (same Nats-Msg-Id as the gateway's), `published_at` set, a `republished` event;
+2. expiry     done jobs past `expires_at` → their result objects deleted unless a live done job shares the
+              content-hashed key, then → `expired` (event `expired`);
+3. stuck      processing jobs silent past every redelivery → failed `stuck`, announced on `<prefix>.events.<id>`;
+4. staging    objects under `staging/<jobId>/` of ended jobs deleted, once (`jobs.staging_cleaned_at`);
+5. partitions the next days' partitions created, old unneeded ones dropped (see partitions.py).
+
+Replicas are safe: a pass runs under a PostgreSQL advisory lock per schema, and a replica that finds it taken
+skips its pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+import msgspec
+import structlog
+
+from shared import bus
+from shared.contracts import ClipJobMessage
+from shared.db import jobs
+from shared.errors import Permanent
+from shared.logs import get_logger
+from shared.resources import Resources
+from shared.storage import staging_prefix
+from shared.worker import finish_job_failed
+
+from .partitions import drop_old_partitions, ensure_partitions
+
+log = get_logger("reaper")
+TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext('clipjet-reaper:' || current_schema()))"
+UNLOCK = "SELECT pg_advisory_unlock(hashtext('clipjet-reaper:' || current_schema()))"
+
+
+@dataclass
+class ReapReport:
+    """What one pass did (all zero and `skipped` when another replica held the pass lock)."""
+
+    skipped: bool = False
+    republished: int = 0  # outbox rows published
+    expired: int = 0  # done jobs → expired
+    results_deleted: int = 0  # result objects deleted (no live job shared them)
+    stuck_failed: int = 0  # processing jobs failed as `stuck`
+    staging_cleaned: int = 0  # ended jobs whose staging prefix was emptied
+    staging_objects_deleted: int = 0
+    partitions_created: int = 0
+    partitions_dropped: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # steps that raised (logged; retried next pass)
+
+    def counts(self) -> dict[str, object]:
+        """The report as log fields."""
+        return {name: value for name, value in vars(self).items() if value}
+
+
+def stuck_after_sec(res: Resources) -> float:
+    """Silence after which a processing job is stuck: STUCK_AFTER_SEC, but never before every redelivery
+    (QUEUE_VISIBILITY_SEC each, MAX_ATTEMPTS + EXTRA_DELIVERIES deliveries) is over."""
+    settings = res.settings
+    return max(settings.stuck_after_sec, settings.queue_visibility_sec * (settings.max_attempts + bus.EXTRA_DELIVERIES))
+
+
+async def republish_outbox(res: Resources, report: ReapReport) -> None:
+    settings = res.settings
+    for row in await jobs.outbox_due(res.db, settings.outbox_grace_sec, settings.reaper_batch):
+        job_id = str(row["id"])
+        try:
+            job = msgspec.convert(row["request"], ClipJobMessage)
+        except msgspec.ValidationError as exc:  # never published, never will be: fail it rather than retry forever
+            await finish_job_failed(res, job_id, Permanent(
+                f"the stored request is not a valid job: {exc}", code="invalid_message"
+            ))
+            continue
+        subject = await bus.publish_job(res.js, res.subjects, job)
+        if await jobs.mark_republished(res.db, row["id"], row["created_at"], subject):
+            report.republished += 1
+            log.info("job_republished", job_id=job_id, subject=subject)
+
+
+async def expire_results(res: Resources, report: ReapReport) -> None:
+    """Objects first, status second: a pass that dies in between leaves the job done, and the next finishes it."""
+    for row in await jobs.expiry_due(res.db, res.settings.reaper_batch):
+        for key in (row["result_video_key"], row["result_srt_key"]):
+            if key and not await jobs.result_key_in_use(res.db, key):
+                report.results_deleted += await res.storage.delete(key)
+        if await jobs.expire(res.db, row["id"], row["created_at"]):
+            report.expired += 1
+
+
+async def fail_stuck(res: Resources, report: ReapReport) -> None:
+    silent_limit = stuck_after_sec(res)
+    for row in await jobs.stuck_due(res.db, silent_limit, bus.MAX_MESSAGE_AGE_SEC, res.settings.reaper_batch):
+        job_id = str(row["id"])
+        message = (
+            f"no worker reported on this job for {row['silent_sec']:.0f} s (stage {row['stage']}), longer than "
+            f"every redelivery of its message takes ({silent_limit:.0f} s); submit it again"
+        )
+        await finish_job_failed(res, job_id, Permanent(message, code="stuck"))
+        report.stuck_failed += 1
+        log.warning("job_stuck", job_id=job_id, stage=row["stage"], silent_sec=round(row["silent_sec"]))
+
+
+async def clean_staging(res: Resources, report: ReapReport) -> None:
+    for row in await jobs.staging_due(res.db, res.settings.reaper_batch):
+        report.staging_objects_deleted += await res.storage.delete_prefix(staging_prefix(str(row["id"])))
+        await jobs.mark_staging_cleaned(res.db, row["id"], row["created_at"])
+        report.staging_cleaned += 1
+
+
+async def keep_partitions(res: Resources, report: ReapReport) -> None:
+    report.partitions_created = await ensure_partitions(res.db, res.settings.partition_days_ahead)
+    report.partitions_dropped = await drop_old_partitions(res.db, res.settings.retention_hours)
+
+
+Step = Callable[[Resources, ReapReport], Awaitable[None]]
+STEPS: tuple[tuple[str, Step], ...] = (
+    ("outbox", republish_outbox),
+    ("expiry", expire_results),
+    ("stuck", fail_stuck),  # before staging, so a job failed now has its staging cleaned in the same pass
+    ("staging", clean_staging),
+    ("partitions", keep_partitions),  # last: a partition is dropped only once the steps above left it nothing
+)
+
+
+async def reap_once(res: Resources) -> ReapReport:
+    """One pass of every step, unless another replica's pass holds the lock (then `skipped`)."""
+    started = time.perf_counter()
+    structlog.contextvars.clear_contextvars()
+    report = ReapReport()
+    async with res.db.acquire() as lock_conn:
+        if not await lock_conn.fetchval(TRY_LOCK):
+            report.skipped = True
+            log.debug("reaper_pass_skipped", reason="another replica holds the pass lock")
+            return report
+        try:
+            for name, step in STEPS:
+                try:
+                    await step(res, report)
+                except Exception as exc:  # one step's trouble (S3 or NATS down) must not starve the others
+                    report.errors.append(name)
+                    log.error("reaper_step_failed", step=name, error=repr(exc), exc_info=True)
+        finally:
+            await lock_conn.fetchval(UNLOCK)
+    counts = report.counts()
+    (log.info if counts else log.debug)("reaper_pass", ms=round((time.perf_counter() - started) * 1000, 1), **counts)
+    return report
+
+
+async def run_reaper(res: Resources, stop: asyncio.Event) -> None:
+    """A pass every REAPER_INTERVAL_SEC until `stop` is set (a pass under way finishes first)."""
+    log.info("reaper_started", interval_sec=res.settings.reaper_interval_sec)
+    while not stop.is_set():
+        try:
+            await reap_once(res)
+        except Exception as exc:  # PostgreSQL unreachable for the lock: try again next interval
+            log.error("reaper_pass_failed", error=repr(exc))
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=res.settings.reaper_interval_sec)
+    log.info("reaper_stopped")
