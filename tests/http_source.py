@@ -20,6 +20,7 @@ class MediaServer:
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.bytes_sent = 0
         self.stall_first_get_sec = 0.0  # hold the first GET of a file this long after its first chunk
+        self.fail_first_gets = 0  # answer this many GETs with 503 before serving
         self.first_get_started = threading.Event()
         self._stalled = False
         self._lock = threading.Lock()
@@ -57,6 +58,12 @@ class MediaServer:
 
             def _serve(self, body: bool) -> None:
                 server.requests.append((self.command, self.path, self.headers.get("Range")))
+                with server._lock:
+                    failing = body and server.fail_first_gets > 0
+                    server.fail_first_gets -= 1 if failing else 0
+                if failing:
+                    self.send_error(503)
+                    return
                 path = server.folder / self.path.lstrip("/").split("?")[0]
                 if not path.is_file():
                     self.send_error(404)

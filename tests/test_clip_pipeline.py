@@ -204,3 +204,24 @@ async def test_identical_request_finishes_from_the_earlier_result(
     assert stages_run == [["fetch", "trim", "upload"], ["fetch"], ["fetch", "trim", "upload"]]
     assert other["result"]["sha256"] != first["result"]["sha256"]  # another range is another clip
     assert len(await resources.storage.list_keys("results/")) == 2
+
+
+@pytest.mark.parametrize(("failures", "status", "attempts"), [(1, "done", 2), (10, "failed", 3)])
+async def test_transient_source_errors_are_retried_then_fail_with_the_last_code(
+    client: AsyncTestClient[Any], workers: Workers, resources: Resources, sample_video: Path,
+    failures: int, status: str, attempts: int,
+) -> None:
+    workers.start()
+    with MediaServer(sample_video.parent) as origin:
+        origin.fail_first_gets = failures  # the origin answers 503 this many times
+        response = await client.post("/api/jobs", json={
+            "source": {"type": "url", "url": origin.url(sample_video.name)}, "startSec": 2, "endSec": 4,
+        })
+        job = await wait_for_job(client, response.json()["id"])
+    assert (job["status"], job["attempts"]) == (status, attempts)
+    events = await jobs.job_events(resources.db, uuid.UUID(job["id"]))
+    retries = [e["data"] for e in events if e["type"] == "retry"]
+    assert [r["code"] for r in retries] == ["source_unreachable"] * (attempts - 1)
+    assert [r["attempt"] for r in retries] == list(range(1, attempts))
+    if status == "failed":
+        assert job["errorCode"] == "source_unreachable" and "503" in job["errorMessage"]
