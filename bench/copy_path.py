@@ -29,6 +29,7 @@ FIRST_START_SEC = 31.3  # not on a keyframe: the copy starts at the keyframe bef
 START_STEP_SEC = 17.1  # each job cuts somewhere else
 JOB_TIMEOUT_SEC = 60.0
 UPLOAD_KEY = "uploads/bench/source.mp4"
+THROUGHPUT_FIRST_CLIP = 100  # clip numbers of the throughput rounds start here (latency runs use the first ones)
 
 
 @dataclass
@@ -125,19 +126,25 @@ async def latency(stack: BenchStack, source: Path, source_sec: float, runs: int,
     return [ours, bare]
 
 
-async def throughput(stack: BenchStack, source: Path, source_sec: float, jobs: int, work: Path) -> dict[str, object]:
-    """`jobs` queued at once: jobs/min through the pipeline, and a reference loop with 2 clips at a time."""
+async def throughput(
+    stack: BenchStack, source: Path, source_sec: float, jobs: int, work: Path, round_: int = 0
+) -> dict[str, object]:
+    """`jobs` queued at once: jobs/min through the pipeline, and a reference loop with 2 clips at a time.
+
+    Each round cuts other ranges (no request is identical to an earlier one, so none is reused).
+    """
+    first = THROUGHPUT_FIRST_CLIP + round_ * jobs
     async with JobRunner(stack) as runner:
         processes = snapshot()
         began = time.perf_counter()
-        await asyncio.gather(*(runner.run(*clip_range(100 + i, source_sec), "normal") for i in range(jobs)))
+        await asyncio.gather(*(runner.run(*clip_range(first + i, source_sec), "normal") for i in range(jobs)))
         ours = time.perf_counter() - began
         cpu = cpu_used(processes)
     gate = asyncio.Semaphore(2)  # the machine's cores
 
     async def one(i: int, storage: Any) -> None:
         async with gate:
-            await reference_once(stack, storage, source, work / f"tp{i}.mp4", *clip_range(100 + i, source_sec))
+            await reference_once(stack, storage, source, work / f"tp{i}.mp4", *clip_range(first + i, source_sec))
 
     async with open_storage(stack.settings) as storage:
         began = time.perf_counter()
