@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 import nats
 import nats.js.errors
@@ -92,6 +94,30 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
     await ensure_stream(js, settings)
     for stage in STAGES:
         await ensure_consumers(js, settings, stage)
+
+
+async def backlog(js: JetStreamContext, settings: Settings) -> int:
+    """Messages waiting or handed out and not yet acked, over every stage and priority (what KEDA scales on)."""
+    total = 0
+    for stage in STAGES:
+        for priority in PRIORITIES:
+            info = await js.consumer_info(settings.nats_stream, consumer_name(stage, priority))
+            total += info.num_pending + info.num_ack_pending
+    return total
+
+
+class BacklogGauge:
+    """The backlog, read at most every BACKLOG_CHECK_SEC (nine consumer lookups per reading)."""
+
+    def __init__(self, js: JetStreamContext, settings: Settings) -> None:
+        self._js, self._settings = js, settings
+        self._value, self._read_at = 0, float("-inf")
+
+    async def over_limit(self) -> bool:
+        now = time.monotonic()
+        if now - self._read_at >= self._settings.backlog_check_sec:
+            self._value, self._read_at = await backlog(self._js, self._settings), now
+        return self._value >= self._settings.queue_backlog_limit
 
 
 async def publish(js: JetStreamContext, subject: str, payload: bytes, message_id: str) -> None:

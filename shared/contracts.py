@@ -223,6 +223,8 @@ class ErrorDetail(WireStruct):
     code: str
     message: str
     field: str | None = None
+    retry_after_sec: int | None = None  # with 429/503: when to try again (also the Retry-After header)
+    job_id: str | None = None  # with 429 queue_full: the job was written and will run once the queue drains
 
 
 class ErrorBody(WireStruct):

@@ -34,6 +34,18 @@ class Transient(ClipError):
     http_status = 503
 
 
+class QueueFull(ClipError):
+    """The queues are over their limit: the job is written but waits (deferred) until they drain."""
+
+    code = "queue_full"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after_sec: int, job_id: str) -> None:
+        super().__init__(message)
+        self.retry_after_sec = retry_after_sec
+        self.job_id = job_id
+
+
 class BadRequest(Permanent):
     """A request the gateway refuses before a job exists."""
 

@@ -62,6 +62,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     fetch_max_bytes: int = 8 * 1024**3  # largest source download, bytes
     fetch_max_redirects: int = 5
 
+    # --- backpressure ---
+    queue_backlog_limit: int = 5000  # messages waiting or in flight across stages before new jobs are deferred
+    backlog_check_sec: float = 1.0  # how long the gateway reuses one reading of the backlog, s
+    backpressure_retry_after_sec: int = 15  # Retry-After of a deferred job's 429, s
+
     # --- gateway ---
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080

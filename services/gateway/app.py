@@ -11,6 +11,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 
+from shared.bus import BacklogGauge
 from shared.db.pool import keep_partitions
 from shared.resources import Resources, open_resources
 from shared.settings import Settings
@@ -31,11 +32,16 @@ def _resources(state: State) -> Resources:
     return state.res
 
 
+def _backlog(state: State) -> BacklogGauge:
+    return state.backlog
+
+
 def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_resources(settings, "gateway") as res:
             app.state.res = res
+            app.state.backlog = BacklogGauge(res.js, settings)
             partitions = asyncio.create_task(keep_partitions(res.db, settings.partition_days_ahead))
             try:
                 yield
@@ -45,7 +51,9 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[JobController, UploadController, health],
         lifespan=[lifespan],
-        dependencies={"res": Provide(_resources, sync_to_thread=False)},
+        dependencies={
+            "res": Provide(_resources, sync_to_thread=False), "backlog": Provide(_backlog, sync_to_thread=False),
+        },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=OpenAPIConfig(title="clipjet", version="0.1.0", path="/schema"),
     )

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from typing import Annotated
 
 import msgspec
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody, Parameter
+from litestar.params import HeaderParameter, JSONBody, PathParameter
 
 from shared import bus
+from shared.bus import BacklogGauge
 from shared.contracts import (
     ClipJobMessage,
     ClipResult,
@@ -21,7 +23,7 @@ from shared.contracts import (
     UploadSource,
 )
 from shared.db import idempotency, jobs
-from shared.errors import BadRequest, NotFound
+from shared.errors import BadRequest, NotFound, QueueFull
 from shared.ids import parse_job_id, uuid7
 from shared.resources import Resources
 from shared.settings import Settings
@@ -52,11 +54,11 @@ class JobController(Controller):
 
     @post("/", operation_id="createJob", status_code=202)
     async def create_job(
-        self, data: JSONBody[JobRequest], res: NamedDependency[Resources],
-        idempotency_key: str | None = Parameter(
-            header="Idempotency-Key", required=False, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_CHARS,
+        self, data: JSONBody[JobRequest], res: NamedDependency[Resources], backlog: NamedDependency[BacklogGauge],
+        idempotency_key: Annotated[str | None, HeaderParameter(
+            name="Idempotency-Key", required=False, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_CHARS,
             description="Repeat a request safely: the same key and body return the same job.",
-        ),
+        )] = None,
     ) -> JobAccepted:
         """Queue a clip job; poll `GET /api/jobs/{id}` for its progress and result."""
         validate_request(data, res.settings)
@@ -70,13 +72,15 @@ class JobController(Controller):
                 if earlier is not None:
                     return await _replay(res, earlier, digest)
             await jobs.insert_job(conn, job)
+        if await backlog.over_limit():
+            await _defer(res, job)
         await bus.publish_job(res.js, res.subjects, job)
         await jobs.mark_published(res.db, uuid.UUID(job.id))
         return JobAccepted(id=job.id, status="queued")
 
     @get("/{job_id:str}", operation_id="getJob")
     async def get_job(
-        self, res: NamedDependency[Resources], job_id: str = Parameter(description="The job's id")
+        self, res: NamedDependency[Resources], job_id: Annotated[str, PathParameter(description="The job's id")]
     ) -> JobView:
         """A job's status, stage, progress and, once done, signed URLs of its files."""
         uid = parse_job_id(job_id)
@@ -97,6 +101,16 @@ class JobController(Controller):
             request=msgspec.convert({k: v for k, v in request.items() if k != "id"}, JobRequest),
             error_code=row["error_code"], error_message=row["error_message"], result=result, urls=urls,
         )
+
+
+async def _defer(res: Resources, job: ClipJobMessage) -> None:
+    """Over the queue limit: the row stays unpublished (the reaper publishes it once the queues drain)."""
+    await jobs.record_event(res.db, uuid.UUID(job.id), "deferred", {"reason": "queue_full"})
+    retry_after = res.settings.backpressure_retry_after_sec
+    raise QueueFull(
+        f"the queues are full; job {job.id} is saved and will start when they drain. Poll it, or retry new "
+        f"requests after {retry_after} s", retry_after_sec=retry_after, job_id=job.id,
+    )
 
 
 async def _replay(res: Resources, earlier: idempotency.Earlier, digest: str) -> JobAccepted:

@@ -70,8 +70,13 @@ def stuck_after_sec(res: Resources) -> float:
 
 
 async def republish_outbox(res: Resources, report: ReapReport) -> None:
+    """Unpublished queued rows: the gateway died before publishing, or deferred them at the queue limit;
+    published only as far as the backlog leaves room under QUEUE_BACKLOG_LIMIT."""
     settings = res.settings
-    for row in await jobs.outbox_due(res.db, settings.outbox_grace_sec, settings.reaper_batch):
+    room = settings.queue_backlog_limit - await bus.backlog(res.js, settings)
+    if room <= 0:
+        return
+    for row in await jobs.outbox_due(res.db, settings.outbox_grace_sec, min(room, settings.reaper_batch)):
         job_id = str(row["id"])
         try:
             job = msgspec.convert(row["request"], ClipJobMessage)
