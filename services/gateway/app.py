@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,7 +11,6 @@ from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 
 from shared.bus import BacklogGauge
-from shared.db.pool import keep_partitions
 from shared.resources import Resources, open_resources
 from shared.settings import Settings
 
@@ -42,11 +40,7 @@ def create_app(settings: Settings) -> Litestar:
         async with open_resources(settings, "gateway") as res:
             app.state.res = res
             app.state.backlog = BacklogGauge(res.js, settings)
-            partitions = asyncio.create_task(keep_partitions(res.db, settings.partition_days_ahead))
-            try:
-                yield
-            finally:
-                partitions.cancel()
+            yield
 
     return Litestar(
         route_handlers=[JobController, UploadController, health],

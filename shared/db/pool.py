@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import asyncpg
 import msgspec
 
@@ -11,7 +9,6 @@ from shared.db.migrate import apply_migrations
 from shared.settings import Settings
 
 ENSURE_PARTITIONS = "SELECT ensure_job_partitions($1)"
-PARTITION_CHECK_PERIOD_SEC = 3600.0  # how often a long-running gateway makes sure the next days' partitions exist
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -40,9 +37,3 @@ async def create_pool(settings: Settings, *, migrate: bool = True) -> asyncpg.Po
     assert pool is not None
     return pool
 
-
-async def keep_partitions(pool: asyncpg.Pool, days_ahead: int, period_sec: float = PARTITION_CHECK_PERIOD_SEC) -> None:
-    """Forever: create the next days' job partitions before they are needed (idempotent, cheap)."""
-    while True:
-        await asyncio.sleep(period_sec)
-        await pool.execute(ENSURE_PARTITIONS, days_ahead)
