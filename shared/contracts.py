@@ -201,20 +201,60 @@ class JobView(WireStruct, omit_defaults=False):
 
 
 class UploadSlotRequest(WireStruct):
-    """`POST /api/uploads` body (optional): the file's name and type, for the object's metadata."""
+    """`POST /api/uploads` body (optional): the file's name, type and size. A size over the single-PUT limit
+    gets a multipart slot (one signed URL per part, resumable)."""
 
     filename: str = "source"
     content_type: str = "application/octet-stream"
+    size_bytes: int | None = None
+
+
+class UploadPart(WireStruct):
+    """One part of a multipart upload: PUT bytes [(partNumber-1)·partSize, partNumber·partSize) to `url`."""
+
+    part_number: int
+    url: str = ""
+    etag: str | None = None  # in status answers: the part is stored
+    size: int | None = None
 
 
 class UploadSlot(WireStruct):
-    """Where to PUT a file: a signed URL straight to object storage; name `key` in the job's source."""
+    """Where to put a file, straight into object storage; name `key` in the job's source when it is there.
+
+    Single: PUT the whole file to `url` with `headers`. Multipart (`uploadId` set): PUT each part to its URL,
+    then `POST /api/uploads/complete`; `GET /api/uploads/status` lists the parts already stored.
+    """
 
     key: str
-    url: str
     method: str
     headers: dict[str, str]
     expires_in_sec: int
+    url: str | None = None
+    upload_id: str | None = None
+    part_size: int | None = None
+    parts: list[UploadPart] = msgspec.field(default_factory=list)
+
+
+class UploadRef(WireStruct):
+    """A multipart upload under way."""
+
+    key: str
+    upload_id: str
+
+
+class UploadStatus(WireStruct):
+    """The parts of a multipart upload that object storage already holds (a client resumes with the rest)."""
+
+    key: str
+    upload_id: str
+    parts: list[UploadPart]
+
+
+class UploadDone(WireStruct):
+    """A completed upload: name `key` in a job's upload source."""
+
+    key: str
+    size: int
 
 
 class ErrorDetail(WireStruct):
@@ -235,5 +275,5 @@ class ErrorBody(WireStruct):
 
 BUS_MESSAGES: tuple[type[WireStruct], ...] = (ClipJobMessage, StageMessage, ProgressEvent, JobEvent)
 REST_BODIES: tuple[type[WireStruct], ...] = (
-    JobRequest, JobAccepted, JobView, UploadSlotRequest, UploadSlot, ErrorBody,
+    JobRequest, JobAccepted, JobView, UploadSlotRequest, UploadSlot, UploadRef, UploadStatus, UploadDone, ErrorBody,
 )

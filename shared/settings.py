@@ -62,6 +62,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     fetch_max_bytes: int = 8 * 1024**3  # largest source download, bytes
     fetch_max_redirects: int = 5
 
+    # --- uploads ---
+    max_upload_mb: int = 20_480  # largest upload a slot is given for, MiB
+    upload_single_put_max_mb: int = 256  # larger uploads get a multipart slot, MiB
+    upload_part_mb: int = 64  # multipart upload part size (grown to stay within 10,000 parts), MiB
+
     # --- backpressure ---
     queue_backlog_limit: int = 5000  # messages waiting or in flight across stages before new jobs are deferred
     backlog_check_sec: float = 1.0  # how long the gateway reuses one reading of the backlog, s

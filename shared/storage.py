@@ -14,13 +14,14 @@ import aioboto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from shared.errors import StorageError
+from shared.errors import NotFound, StorageError
 from shared.settings import Settings
 
 MIB = 1024 * 1024
 HASH_CHUNK = 4 * MIB  # bytes read at a time when hashing
 COPY_MAX_SINGLE = 5 * 1024 * MIB  # S3 CopyObject limit; larger objects copy part by part
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+NO_UPLOAD_CODES = frozenset({"404", "NoSuchUpload", "NoSuchKey"})
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,40 @@ class Storage:
         if filename:
             params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
         return await self._presigner.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl_sec)
+
+    async def start_multipart(self, key: str, content_type: str) -> str:
+        """A multipart upload for a client to fill through signed part URLs; its upload id."""
+        upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type)
+        return str(upload["UploadId"])
+
+    async def signed_part_url(self, key: str, upload_id: str, part_number: int, ttl_sec: int) -> str:
+        return await self._presigner.generate_presigned_url(
+            "upload_part", Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number},
+            ExpiresIn=ttl_sec,
+        )
+
+    async def stored_parts(self, key: str, upload_id: str) -> list[tuple[int, str, int]]:
+        """(part number, ETag, size) of the parts stored so far; StorageError when the upload is unknown."""
+        parts: list[tuple[int, str, int]] = []
+        try:
+            paginator = self._client.get_paginator("list_parts")
+            async for page in paginator.paginate(Bucket=self.bucket, Key=key, UploadId=upload_id):
+                parts.extend((p["PartNumber"], p["ETag"], int(p["Size"])) for p in page.get("Parts", []))
+        except ClientError as exc:
+            if _error_code(exc) in NO_UPLOAD_CODES:
+                raise NotFound(f"no multipart upload {upload_id!r} at {key!r}", code="upload_not_found") from exc
+            raise StorageError(f"listing the parts of {key!r} failed: {_error_code(exc)}") from exc
+        return sorted(parts)
+
+    async def complete_multipart(self, key: str, upload_id: str) -> None:
+        """Join the stored parts into the object."""
+        parts = [{"PartNumber": n, "ETag": etag} for n, etag, _ in await self.stored_parts(key, upload_id)]
+        try:
+            await self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except ClientError as exc:
+            raise StorageError(f"completing the upload at {key!r} failed: {_error_code(exc)}") from exc
 
     async def signed_put_url(self, key: str, ttl_sec: int, content_type: str) -> str:
         return await self._presigner.generate_presigned_url(

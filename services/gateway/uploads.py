@@ -1,25 +1,53 @@
-"""`/api/uploads`: a signed PUT URL straight into object storage (file bytes never pass the gateway)."""
+"""`/api/uploads`: signed URLs straight into object storage (file bytes never pass the gateway).
+
+Up to UPLOAD_SINGLE_PUT_MAX_MB a slot is one signed PUT; above, a multipart upload with one signed URL per
+part, which a client can resume (`GET /api/uploads/status` lists the stored parts) and then completes.
+"""
 
 from __future__ import annotations
 
+import math
 import re
+from typing import Annotated
 
-from litestar import Controller, post
+from litestar import Controller, get, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
+from litestar.params import JSONBody, QueryParameter
 
-from shared.contracts import UploadSlot, UploadSlotRequest
+from shared.contracts import UploadDone, UploadPart, UploadRef, UploadSlot, UploadSlotRequest, UploadStatus
+from shared.errors import BadRequest
 from shared.ids import uuid7
 from shared.resources import Resources
+from shared.settings import Settings
 
 UPLOAD_PREFIX = "uploads/"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_NAME_CHARS = 100
+MIB = 1024 * 1024
+MAX_PARTS = 10_000  # S3's limit on parts per upload
 
 
 def upload_key(filename: str) -> str:
     name = _UNSAFE.sub("_", filename).strip("._")[:MAX_NAME_CHARS] or "source"
     return f"{UPLOAD_PREFIX}{uuid7()}/{name}"
+
+
+def part_size_for(size: int, settings: Settings) -> int:
+    """UPLOAD_PART_MB, grown in whole MiB when the file would need more than 10,000 parts."""
+    return max(settings.upload_part_mb * MIB, math.ceil(size / MAX_PARTS / MIB) * MIB)
+
+
+def _check_size(size: int | None, settings: Settings) -> None:
+    if size is not None and size > settings.max_upload_mb * MIB:
+        raise BadRequest(
+            f"the file is {size} bytes; uploads are limited to {settings.max_upload_mb} MiB",
+            code="upload_too_large", field="sizeBytes",
+        )
+
+
+def _own_upload(key: str) -> None:
+    if not key.startswith(UPLOAD_PREFIX):
+        raise BadRequest(f"{key!r} is not an upload key", code="upload_not_found", field="key")
 
 
 class UploadController(Controller):
@@ -30,11 +58,47 @@ class UploadController(Controller):
     async def create_slot(
         self, res: NamedDependency[Resources], data: JSONBody[UploadSlotRequest | None] = None
     ) -> UploadSlot:
-        """An upload slot: PUT the file to `url` with `headers`, then name `key` in a job's upload source."""
+        """An upload slot: a signed PUT URL, or for a large `sizeBytes` one signed URL per part."""
         request = data or UploadSlotRequest()
-        key = upload_key(request.filename)
-        ttl = res.settings.signed_url_ttl_sec
-        url = await res.storage.signed_put_url(key, ttl, request.content_type)
+        settings, storage = res.settings, res.storage
+        _check_size(request.size_bytes, settings)
+        key, ttl = upload_key(request.filename), settings.signed_url_ttl_sec
+        headers = {"Content-Type": request.content_type}
+        size = request.size_bytes
+        if size is None or size <= settings.upload_single_put_max_mb * MIB:
+            url = await storage.signed_put_url(key, ttl, request.content_type)
+            return UploadSlot(key=key, url=url, method="PUT", headers=headers, expires_in_sec=ttl)
+        part_size = part_size_for(size, settings)
+        upload_id = await storage.start_multipart(key, request.content_type)
+        parts = [
+            UploadPart(part_number=n, url=await storage.signed_part_url(key, upload_id, n, ttl))
+            for n in range(1, math.ceil(size / part_size) + 1)
+        ]
         return UploadSlot(
-            key=key, url=url, method="PUT", headers={"Content-Type": request.content_type}, expires_in_sec=ttl
+            key=key, method="PUT", headers={}, expires_in_sec=ttl, upload_id=upload_id, part_size=part_size,
+            parts=parts,
         )
+
+    @get("/status", operation_id="getUploadStatus")
+    async def status(
+        self, res: NamedDependency[Resources], key: Annotated[str, QueryParameter()],
+        upload_id: Annotated[str, QueryParameter(name="uploadId")],
+    ) -> UploadStatus:
+        """The parts object storage already holds, with fresh URLs for resuming."""
+        _own_upload(key)
+        stored = await res.storage.stored_parts(key, upload_id)
+        parts = [UploadPart(part_number=n, etag=etag.strip('"'), size=size) for n, etag, size in stored]
+        return UploadStatus(key=key, upload_id=upload_id, parts=parts)
+
+    @post("/complete", operation_id="completeUpload", status_code=200)
+    async def complete(self, res: NamedDependency[Resources], data: JSONBody[UploadRef]) -> UploadDone:
+        """Join a multipart upload's stored parts into the file; then name `key` in a job."""
+        _own_upload(data.key)
+        await res.storage.complete_multipart(data.key, data.upload_id)
+        info = await res.storage.head(data.key)
+        if info is None:
+            raise BadRequest(f"the upload at {data.key!r} did not complete", code="upload_not_found")
+        if info.size > res.settings.max_upload_mb * MIB:
+            await res.storage.delete(data.key)
+            _check_size(info.size, res.settings)
+        return UploadDone(key=data.key, size=info.size)

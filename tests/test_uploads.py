@@ -1,0 +1,70 @@
+"""Uploads straight into object storage: single signed PUT, and resumable multipart slots for large files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from litestar.testing import AsyncTestClient
+
+from shared.media.testpattern import make_test_pattern
+from tests.conftest import Workers, wait_for_job
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="session")
+def larger_video(media_dir: Path) -> Path:
+    """About 12 MB: three 5 MiB multipart parts."""
+    return make_test_pattern(media_dir / "larger.mp4", seconds=24, video_bitrate="4M")
+
+
+async def put_part(url: str, body: bytes) -> None:
+    async with httpx.AsyncClient() as s3:
+        response = await s3.put(url, content=body)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.settings(upload_single_put_max_mb=1, upload_part_mb=5)
+async def test_multipart_upload_resumes_and_feeds_a_job(
+    client: AsyncTestClient[Any], workers: Workers, larger_video: Path
+) -> None:
+    data = larger_video.read_bytes()
+    assert len(data) > 10 * MIB
+    slot = (await client.post("/api/uploads", json={
+        "filename": "big.mp4", "contentType": "video/mp4", "sizeBytes": len(data),
+    })).json()
+    size = slot["partSize"]
+    assert slot["uploadId"] and size == 5 * MIB and len(slot["parts"]) == -(-len(data) // size)
+    chunks = [data[i:i + size] for i in range(0, len(data), size)]
+    for part, chunk in list(zip(slot["parts"], chunks, strict=True))[:-1]:  # the connection drops before the last
+        await put_part(part["url"], chunk)
+    status = (await client.get("/api/uploads/status", params={"key": slot["key"], "uploadId": slot["uploadId"]}))
+    stored = status.json()["parts"]
+    assert [p["partNumber"] for p in stored] == list(range(1, len(chunks)))
+    assert all(p["size"] == size for p in stored)
+    await put_part(slot["parts"][-1]["url"], chunks[-1])  # resume with what is missing
+    done = await client.post("/api/uploads/complete", json={"key": slot["key"], "uploadId": slot["uploadId"]})
+    assert done.status_code == 200, done.text
+    assert done.json() == {"key": slot["key"], "size": len(data)}
+
+    workers.start()
+    response = await client.post("/api/jobs", json={
+        "source": {"type": "upload", "key": slot["key"]}, "startSec": 10, "endSec": 14,
+    })
+    job = await wait_for_job(client, response.json()["id"])
+    assert job["status"] == "done", job
+
+
+@pytest.mark.settings(max_upload_mb=100)
+async def test_upload_limits_and_unknown_uploads(client: AsyncTestClient[Any]) -> None:
+    too_big = await client.post("/api/uploads", json={"sizeBytes": 101 * MIB})
+    assert too_big.status_code == 422 and too_big.json()["error"]["code"] == "upload_too_large"
+    small = (await client.post("/api/uploads", json={"sizeBytes": 1000})).json()
+    assert small["url"] and "uploadId" not in small  # a single PUT
+    unknown = await client.get("/api/uploads/status", params={"key": small["key"], "uploadId": "nope"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "upload_not_found"
+    foreign = await client.post("/api/uploads/complete", json={"key": "results/x/clip.mp4", "uploadId": "x"})
+    assert foreign.status_code == 422 and foreign.json()["error"]["code"] == "upload_not_found"
