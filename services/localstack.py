@@ -15,6 +15,7 @@ effective settings are written to ``data_dir/stack.env``: ``set -a; . .data/stac
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import os
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 import msgspec
 
@@ -60,6 +62,7 @@ ENV_FILE_MODE = 0o600
 SAMPLE_NAME, CLIP_NAME = "demo-sample.mp4", "demo-clip.mp4"
 SAMPLE_SECONDS, SAMPLE_SIZE, SAMPLE_FPS, SAMPLE_GOP_FRAMES = 30, "1280x720", 30, 60
 DEMO_START_S, DEMO_END_S = 12.5, 20.0
+STACK_SCHEMA = "clipjet_stack"  # the local stack's tables, in whatever PostgreSQL it uses
 
 _print_lock = threading.Lock()
 
@@ -148,6 +151,25 @@ def _start_servers(settings: Settings, data_dir: Path, servers: list[RunningServ
     for server in servers:
         say(f"{server.name:<9} {'reused' if server.process is None else 'started':<8} {server.url}")
     return msgspec.structs.replace(settings, nats_url=nats.url, s3_endpoint_url=s3.url, database_url=postgres.url)
+
+
+def _stack_schema(settings: Settings, database_url: str, fresh: bool) -> str:
+    """The stack's own schema (STACK_SCHEMA unless DB_SCHEMA is set). A fresh data folder means a new, empty S3:
+    the stack's schema starts empty too, so no job row points at an object that is gone."""
+    if "DB_SCHEMA" in os.environ:
+        return settings.db_schema
+    if fresh:
+        asyncio.run(_drop_schema(database_url, STACK_SCHEMA))
+        say(f"postgres: fresh data folder, so schema {STACK_SCHEMA} starts empty")
+    return STACK_SCHEMA
+
+
+async def _drop_schema(database_url: str, schema: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')  # a constant name, not user input
+    finally:
+        await conn.close()
 
 
 def _effective(settings: Settings, data_dir: Path, demo: bool) -> Settings:
@@ -279,7 +301,10 @@ def run_stack(settings: Settings, *, demo: bool, exit_after_demo: bool) -> int:
     interrupts = _Interrupts()
     try:
         with interrupts.held():
-            effective = _effective(_start_servers(settings, data_dir, servers), data_dir, demo)
+            fresh = not (data_dir / "s3").exists()
+            started = _start_servers(settings, data_dir, servers)
+            schema = _stack_schema(settings, started.database_url, fresh)
+            effective = _effective(msgspec.structs.replace(started, db_schema=schema), data_dir, demo)
             with os.fdopen(os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, ENV_FILE_MODE), "w") as out:
                 os.fchmod(out.fileno(), ENV_FILE_MODE)  # it holds the S3 secret
                 out.writelines(f"{k}={v}\n" for k, v in settings_env(effective).items())

@@ -36,7 +36,8 @@ async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
     media, staged, identity = await _locate(job, deps)
     fingerprint = request_fingerprint(job, identity)
     await fingerprints.record(deps.res.db, uuid.UUID(job.id), fingerprint)
-    if (earlier := await fingerprints.earlier_result(deps.res.db, fingerprint)) is not None:
+    earlier = await fingerprints.earlier_result(deps.res.db, fingerprint)
+    if earlier is not None and await deps.res.storage.head(earlier[1]) is not None:
         await finish_job_done(deps.res, job.id, *earlier)
         return None
     deps.progress.set(0.3)
