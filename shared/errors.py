@@ -34,16 +34,28 @@ class Transient(ClipError):
     http_status = 503
 
 
-class QueueFull(ClipError):
+class RetryLater(ClipError):
+    """Not now: the client should try again after `retry_after_sec` (the Retry-After header). When the job was
+    already written, `job_id` names it: it will run without being sent again."""
+
+    def __init__(self, message: str, *, retry_after_sec: int, job_id: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_sec = retry_after_sec
+        self.job_id = job_id
+
+
+class QueueFull(RetryLater):
     """The queues are over their limit: the job is written but waits (deferred) until they drain."""
 
     code = "queue_full"
     http_status = 429
 
-    def __init__(self, message: str, *, retry_after_sec: int, job_id: str) -> None:
-        super().__init__(message)
-        self.retry_after_sec = retry_after_sec
-        self.job_id = job_id
+
+class ServiceUnavailable(RetryLater):
+    """A dependency (PostgreSQL, NATS, object storage) is failing, or its circuit breaker is open."""
+
+    code = "service_unavailable"
+    http_status = 503
 
 
 class BadRequest(Permanent):

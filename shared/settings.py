@@ -71,6 +71,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     queue_backlog_limit: int = 5000  # messages waiting or in flight across stages before new jobs are deferred
     backlog_check_sec: float = 1.0  # how long the gateway reuses one reading of the backlog, s
     backpressure_retry_after_sec: int = 15  # Retry-After of a deferred job's 429, s
+    breaker_failures: int = 5  # consecutive connection failures of a dependency that open its circuit breaker
+    breaker_open_sec: float = 10.0  # how long an open breaker refuses calls before it tries again, s
 
     # --- gateway ---
     gateway_host: str = "127.0.0.1"

@@ -6,7 +6,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from shared.contracts import ErrorBody, ErrorDetail
-from shared.errors import ClipError, QueueFull
+from shared.errors import ClipError, RetryLater
 from shared.logs import get_logger
 
 log = get_logger("gateway")
@@ -19,7 +19,7 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 
 
 def clip_error_handler(_: Request, exc: ClipError) -> Response[ErrorBody]:
-    if isinstance(exc, QueueFull):
+    if isinstance(exc, RetryLater):
         detail = ErrorDetail(code=exc.code, message=exc.message, retry_after_sec=exc.retry_after_sec, job_id=exc.job_id)
         return Response(ErrorBody(error=detail), status_code=exc.http_status, media_type=MediaType.JSON,
                         headers={"Retry-After": str(exc.retry_after_sec)})

@@ -17,8 +17,9 @@ from litestar.params import JSONBody, QueryParameter
 from shared.contracts import UploadDone, UploadPart, UploadRef, UploadSlot, UploadSlotRequest, UploadStatus
 from shared.errors import BadRequest
 from shared.ids import uuid7
-from shared.resources import Resources
 from shared.settings import Settings
+
+from .state import Gateway
 
 UPLOAD_PREFIX = "uploads/"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -56,11 +57,11 @@ class UploadController(Controller):
 
     @post("/", operation_id="createUploadSlot", status_code=201)
     async def create_slot(
-        self, res: NamedDependency[Resources], data: JSONBody[UploadSlotRequest | None] = None
+        self, gw: NamedDependency[Gateway], data: JSONBody[UploadSlotRequest | None] = None
     ) -> UploadSlot:
         """An upload slot: a signed PUT URL, or for a large `sizeBytes` one signed URL per part."""
         request = data or UploadSlotRequest()
-        settings, storage = res.settings, res.storage
+        settings, storage = gw.res.settings, gw.res.storage
         _check_size(request.size_bytes, settings)
         key, ttl = upload_key(request.filename), settings.signed_url_ttl_sec
         headers = {"Content-Type": request.content_type}
@@ -69,7 +70,8 @@ class UploadController(Controller):
             url = await storage.signed_put_url(key, ttl, request.content_type)
             return UploadSlot(key=key, url=url, method="PUT", headers=headers, expires_in_sec=ttl)
         part_size = part_size_for(size, settings)
-        upload_id = await storage.start_multipart(key, request.content_type)
+        async with gw.breakers.s3:
+            upload_id = await storage.start_multipart(key, request.content_type)
         parts = [
             UploadPart(part_number=n, url=await storage.signed_part_url(key, upload_id, n, ttl))
             for n in range(1, math.ceil(size / part_size) + 1)
@@ -81,24 +83,27 @@ class UploadController(Controller):
 
     @get("/status", operation_id="getUploadStatus")
     async def status(
-        self, res: NamedDependency[Resources], key: Annotated[str, QueryParameter()],
+        self, gw: NamedDependency[Gateway], key: Annotated[str, QueryParameter()],
         upload_id: Annotated[str, QueryParameter(name="uploadId")],
     ) -> UploadStatus:
         """The parts object storage already holds, with fresh URLs for resuming."""
         _own_upload(key)
-        stored = await res.storage.stored_parts(key, upload_id)
+        async with gw.breakers.s3:
+            stored = await gw.res.storage.stored_parts(key, upload_id)
         parts = [UploadPart(part_number=n, etag=etag.strip('"'), size=size) for n, etag, size in stored]
         return UploadStatus(key=key, upload_id=upload_id, parts=parts)
 
     @post("/complete", operation_id="completeUpload", status_code=200)
-    async def complete(self, res: NamedDependency[Resources], data: JSONBody[UploadRef]) -> UploadDone:
+    async def complete(self, gw: NamedDependency[Gateway], data: JSONBody[UploadRef]) -> UploadDone:
         """Join a multipart upload's stored parts into the file; then name `key` in a job."""
         _own_upload(data.key)
-        await res.storage.complete_multipart(data.key, data.upload_id)
-        info = await res.storage.head(data.key)
+        storage, settings = gw.res.storage, gw.res.settings
+        async with gw.breakers.s3:
+            await storage.complete_multipart(data.key, data.upload_id)
+            info = await storage.head(data.key)
         if info is None:
             raise BadRequest(f"the upload at {data.key!r} did not complete", code="upload_not_found")
-        if info.size > res.settings.max_upload_mb * MIB:
-            await res.storage.delete(data.key)
-            _check_size(info.size, res.settings)
+        if info.size > settings.max_upload_mb * MIB:
+            await storage.delete(data.key)
+            _check_size(info.size, settings)
         return UploadDone(key=data.key, size=info.size)

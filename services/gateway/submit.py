@@ -1,0 +1,104 @@
+"""Submitting a job: check it, write the row (once per Idempotency-Key), publish it unless the queues are full.
+
+The row is written before the publish: if the publish cannot happen (NATS down, queues full), the job is
+still saved, the answer names it, and the reaper publishes it later (the outbox).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+import msgspec
+
+from shared import bus
+from shared.contracts import ClipJobMessage, JobAccepted, JobRequest, UploadSource
+from shared.db import idempotency, jobs
+from shared.errors import BadRequest, QueueFull, ServiceUnavailable
+from shared.ids import uuid7
+from shared.settings import Settings
+
+from .state import Gateway
+from .uploads import UPLOAD_PREFIX
+
+_encoder = msgspec.json.Encoder()
+
+
+def validate_request(data: JobRequest, settings: Settings) -> None:
+    """Refuse what no worker could do, with a stable code each."""
+    if data.start_sec < 0:
+        raise BadRequest("startSec must be 0 or more", code="start_negative", field="startSec")
+    if data.end_sec <= data.start_sec:
+        raise BadRequest("endSec must be greater than startSec", code="end_before_start", field="endSec")
+    if data.end_sec - data.start_sec > settings.max_clip_seconds:
+        raise BadRequest(
+            f"the clip is {data.end_sec - data.start_sec:g} s; the longest allowed is {settings.max_clip_seconds:g} s",
+            code="clip_too_long", field="endSec",
+        )
+
+
+async def submit_job(gw: Gateway, data: JobRequest, idempotency_key: str | None) -> JobAccepted:
+    """The whole of `POST /api/jobs`."""
+    res = gw.res
+    validate_request(data, res.settings)
+    for breaker in (gw.breakers.db, gw.breakers.nats):  # shed load before anything is written
+        breaker.refuse_if_open()
+    if isinstance(data.source, UploadSource):
+        async with gw.breakers.s3:
+            await _check_upload(gw, data.source.key)
+    job = ClipJobMessage(id=str(uuid7()), **msgspec.structs.asdict(data))
+    async with gw.breakers.db, res.db.acquire() as conn, conn.transaction():
+        if idempotency_key is not None:
+            digest = hashlib.sha256(_encoder.encode(data)).hexdigest()
+            earlier = await idempotency.claim(conn, idempotency_key, digest, uuid.UUID(job.id))
+            if earlier is not None:
+                return await _replay(gw, earlier, digest)
+        await jobs.insert_job(conn, job)
+    await _publish(gw, job)
+    async with gw.breakers.db:
+        await jobs.mark_published(res.db, uuid.UUID(job.id))
+    return JobAccepted(id=job.id, status="queued")
+
+
+async def _publish(gw: Gateway, job: ClipJobMessage) -> None:
+    res = gw.res
+    try:
+        async with gw.breakers.nats:
+            if await gw.backlog.over_limit():
+                await _defer(gw, job)
+            if not res.nc.is_connected:
+                raise ConnectionError("not connected to NATS")
+            await bus.publish_job(res.js, res.subjects, job)
+    except ServiceUnavailable as exc:
+        exc.job_id = job.id
+        exc.message += f"; job {job.id} is saved and starts once the queue is reachable again"
+        raise
+
+
+async def _defer(gw: Gateway, job: ClipJobMessage) -> None:
+    """Over the queue limit: the row stays unpublished (the reaper publishes it once the queues drain)."""
+    await jobs.record_event(gw.res.db, uuid.UUID(job.id), "deferred", {"reason": "queue_full"})
+    retry_after = gw.res.settings.backpressure_retry_after_sec
+    raise QueueFull(
+        f"the queues are full; job {job.id} is saved and will start when they drain. Poll it, or retry new "
+        f"requests after {retry_after} s", retry_after_sec=retry_after, job_id=job.id,
+    )
+
+
+async def _replay(gw: Gateway, earlier: idempotency.Earlier, digest: str) -> JobAccepted:
+    """The job an Idempotency-Key already made, when the body is the same one."""
+    if earlier.request_sha256 != digest:
+        raise BadRequest(
+            "this Idempotency-Key was used with another request body; use a new key for a new request",
+            code="idempotency_key_reused",
+        )
+    row = await jobs.get_job(gw.res.db, earlier.job_id)
+    return JobAccepted(id=str(earlier.job_id), status=row["status"] if row else "queued")
+
+
+async def _check_upload(gw: Gateway, key: str) -> None:
+    if not key.startswith(UPLOAD_PREFIX) or await gw.res.storage.head(key) is None:
+        raise BadRequest(
+            f"no upload at key {key!r}; get a slot from POST /api/uploads and PUT the file first",
+            code="upload_not_found", field="source.key",
+        )
