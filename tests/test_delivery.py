@@ -152,25 +152,38 @@ async def post_stalled_job(client: AsyncTestClient[Any], origin: MediaServer, vi
     return response.json()["id"]
 
 
+async def signal_worker_mid_job(
+    sig: signal.Signals, settings: Settings, workers: Workers, client: AsyncTestClient[Any], video: Path,
+    folder: Path,
+) -> tuple[dict[str, Any], float, int]:
+    """A fetch worker process takes a job whose download stalls and gets `sig`; a second one starts.
+
+    Returns the job as it ended, the seconds from the signal to its end, and the first worker's exit code.
+    """
+    workers.start("trim", "upload")
+    with fetch_worker_processes(settings, folder) as start, MediaServer(video.parent) as origin:
+        first = start("first")
+        job_id = await post_stalled_job(client, origin, video)
+        signalled_at = time.monotonic()
+        first.send_signal(sig)
+        start("second")
+        job = await wait_for_job(client, job_id)
+        took = time.monotonic() - signalled_at
+        return job, took, first.wait(timeout=WAIT_SEC)
+
+
 @pytest.mark.settings(queue_visibility_sec=3.0)
 async def test_sigkilled_worker_job_completes_on_another_after_visibility(
     settings: Settings, resources: Resources, workers: Workers, client: AsyncTestClient[Any],
     sample_video: Path, tmp_path: Path,
 ) -> None:
-    workers.start("trim", "upload")
-    with fetch_worker_processes(settings, tmp_path) as start, MediaServer(sample_video.parent) as origin:
-        first = start("first")
-        job_id = await post_stalled_job(client, origin, sample_video)
-        first.send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        start("second")
-        job = await wait_for_job(client, job_id)
-        waited = time.monotonic() - killed_at
-        first.wait(timeout=WAIT_SEC)
-    assert first.returncode == -signal.SIGKILL
+    job, took, exit_code = await signal_worker_mid_job(
+        signal.SIGKILL, settings, workers, client, sample_video, tmp_path
+    )
+    assert exit_code == -signal.SIGKILL
     assert job["status"] == "done", (job, (tmp_path / "second.log").read_text()[-2000:])
     assert job["attempts"] == 2
-    assert waited >= settings.queue_visibility_sec * 0.8  # redelivered only after ack_wait
+    assert took >= settings.queue_visibility_sec * 0.8  # redelivered only after ack_wait
 
 
 @pytest.mark.settings(queue_visibility_sec=60.0, shutdown_grace_sec=1.0)
@@ -179,16 +192,10 @@ async def test_sigterm_hands_in_flight_work_back_at_once(
     sample_video: Path, tmp_path: Path,
 ) -> None:
     """Graceful stop: work that cannot finish within the grace period is returned, not left to time out."""
-    workers.start("trim", "upload")
-    with fetch_worker_processes(settings, tmp_path) as start, MediaServer(sample_video.parent) as origin:
-        first = start("first")
-        job_id = await post_stalled_job(client, origin, sample_video)
-        stopped_at = time.monotonic()
-        first.send_signal(signal.SIGTERM)
-        start("second")
-        job = await wait_for_job(client, job_id)
-        took = time.monotonic() - stopped_at
-        assert first.wait(timeout=WAIT_SEC) == 0
+    job, took, exit_code = await signal_worker_mid_job(
+        signal.SIGTERM, settings, workers, client, sample_video, tmp_path
+    )
+    assert exit_code == 0
     assert job["status"] == "done" and job["attempts"] == 2
     assert took < settings.queue_visibility_sec / 2  # handed back, not redelivered after ack_wait
     assert "handed_back" in (tmp_path / "first.log").read_text()
