@@ -21,10 +21,11 @@ from litestar.testing import AsyncTestClient
 from services.fetcher.handler import handle as fetch
 from services.trimmer.handler import handle as trim
 from services.uploader.handler import handle as upload_result
-from shared.contracts import PRIORITIES, ClipJobMessage, UrlSource
+from shared import bus
+from shared.contracts import ClipJobMessage, UrlSource
 from shared.db import jobs
 from shared.ids import uuid7
-from shared.pipeline import DEFAULT_ROUTE_LENGTH, STAGES
+from shared.pipeline import DEFAULT_ROUTE_LENGTH
 from shared.progress import Progress
 from shared.resources import Resources
 from shared.settings import Settings, settings_env
@@ -40,14 +41,7 @@ STALL_SEC = 60.0  # the origin holds the first download this long: the worker is
 async def queues_empty(res: Resources) -> None:
     """Wait (bounded) until no stage has a pending or unacknowledged message."""
     async with asyncio.timeout(WAIT_SEC):
-        while True:
-            busy = 0
-            for stage in STAGES:
-                for priority in PRIORITIES:
-                    info = await res.js.consumer_info(res.settings.nats_stream, f"{stage}-{priority}")
-                    busy += info.num_pending + info.num_ack_pending
-            if busy == 0:
-                return
+        while await bus.backlog(res.js, res.settings) > 0:  # noqa: ASYNC110 - polling the server
             await asyncio.sleep(0.1)
 
 
