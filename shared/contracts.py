@@ -13,6 +13,15 @@ import msgspec
 Priority = Literal["fast", "normal", "bulk"]
 PRIORITIES: tuple[Priority, ...] = ("fast", "normal", "bulk")  # drained in this order
 JobStatus = Literal["queued", "processing", "done", "failed", "expired"]
+Precision = Annotated[
+    Literal["auto", "keyframe", "frame"],
+    msgspec.Meta(description=(
+        "keyframe: fastest, the start snaps to the keyframe at or before startSec (the job reports the real "
+        "start). frame: the first frame is the frame at startSec and the clip ends at endSec. auto (default): "
+        "as frame, by plain stream copy when startSec already is a keyframe."
+    )),
+]
+CutPath = Literal["copy", "smart", "reencode"]  # how a clip was made: stream copy, smart cut, full re-encode
 JobId = Annotated[
     str,
     msgspec.Meta(
@@ -64,6 +73,7 @@ class ClipSpec(WireStruct, kw_only=True):
     end_sec: float
     subs: Subtitles = msgspec.field(default_factory=Subtitles)
     priority: Priority = "normal"
+    precision: Precision = "auto"
 
 
 class ClipJobMessage(ClipSpec, kw_only=True):
@@ -92,7 +102,8 @@ class MediaPlan(WireStruct):
     container: str
     streams: list[StreamFacts]
     cut_start_sec: float  # the keyframe at or before startSec: where a stream-copy clip starts
-    cut_path: Literal["copy"] = "copy"
+    cut_path: CutPath = "copy"
+    cut_reason: str = ""  # why this path was chosen (e.g. "start_on_keyframe", "several_video_streams")
     staged_offset_sec: float = 0.0  # source time of the staged media's t=0
 
 
@@ -114,6 +125,7 @@ class ClipResult(WireStruct):
     duration_sec: float
     size: int
     sha256: str
+    cut_path: CutPath = "copy"  # which path made the clip
 
 
 class StageMessage(WireStruct):
@@ -180,6 +192,9 @@ class ResultUrls(WireStruct):
 
     video: str
     expires_in_sec: int
+    srt: str | None = None
+    vtt: str | None = None
+    words: str | None = None
 
 
 class JobView(WireStruct, omit_defaults=False):

@@ -7,6 +7,8 @@ PIPELINE_VERSION = "1"  # part of every request fingerprint: bump when the same 
 FETCH = "fetch"
 TRIM = "trim"
 UPLOAD = "upload"
+ENCODE = "encode"  # full re-encode (and burn-in); not in STAGES until its service exists
+TRANSCRIBE = "transcribe"  # subtitles; not in STAGES until its service exists
 
 STAGES: tuple[str, ...] = (FETCH, TRIM, UPLOAD)  # every stage that has a subject and a consumer
 ENTRY_STAGE = FETCH  # where a new job is published
