@@ -9,6 +9,7 @@ from shared.errors import Permanent
 from shared.logs import get_logger
 from shared.media.cut import copy_cut
 from shared.media.mp4 import mp4_duration
+from shared.media.probe import probe
 from shared.media.smartcut import cut_frames
 from shared.pipeline import TRIM
 from shared.storage import ObjectInfo, sha256_file, staging_prefix
@@ -42,6 +43,8 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
         await copy_cut(media, path, seek_sec=start - offset, duration_sec=job.end_sec - start,
                        on_progress=lambda p: deps.progress.set(CUT_SHARE * p))
     else:
+        if source.key.startswith(staging_prefix(job.id)):  # staged from cut_start: its first keyframe is that time
+            offset -= (await probe(media, keyframe_at=0.0)).keyframe_before or 0.0
         has_audio = any(s.kind == "audio" for s in plan.streams)
         outcome = await cut_frames(media, path, start=job.start_sec - offset, end=job.end_sec - offset,
                                    audio=has_audio, scratch=deps.scratch,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import av
@@ -110,7 +110,10 @@ def _cut_layout(source: str, start: float, end: float) -> CutLayout:
             rotation = _rotation(container, video, start_key, tb)
             end_key = _keyframe_at_or_before(container, video, max(start_key, end - TIME_EPSILON_SEC))
             tail = _packets_from(container, video, end_key, tb, stop_dts=end)
-            return _layout(head, tail, start, end, start_key, end_key, _format(video, tb, rotation, head))
+            layout = _layout(head, tail, start, end, start_key, end_key, _format(video, tb, rotation, head))
+            if not layout.variable_rate and _rates_differ(video):
+                layout = replace(layout, variable_rate=True)
+            return layout
     except av.error.TimeoutError as exc:
         raise Transient("reading the media timed out", code="probe_timeout") from exc
     except av.error.FFmpegError as exc:
@@ -143,6 +146,12 @@ def _packets_from(
             if after_stop > REORDER_LOOKAHEAD_PACKETS:
                 break
     return out
+
+
+def _rates_differ(video: av.VideoStream) -> bool:
+    """The container's average frame rate is not its base rate: frames come at varying intervals somewhere."""
+    average, base = video.average_rate, video.base_rate or video.guessed_rate
+    return bool(average and base) and abs(float(average) / float(base) - 1) > RATE_TOLERANCE
 
 
 def _rotation(container: av.container.InputContainer, video: av.VideoStream, key_time: float, tb: Fraction) -> int:
