@@ -154,17 +154,18 @@ def _concat_list(source: str, layout: CutLayout, pieces: list[tuple[str, float, 
     lines = ["ffconcat version 1.0", "stream", f"exact_stream_id {layout.video.stream_id}"]
     for kind, a, b, path in pieces:
         if kind == "head":
-            lines += [f"file {_quote(str(path))}", f"duration {b - a:.6f}"]
+            lines += [f"file {_quote(str(path.resolve()))}", f"duration {b - a:.6f}"]
     if layout.copy_end - layout.join > TIME_EPSILON_SEC:
         # inpoint rounded up to the microsecond: a seek a hair before the keyframe would land on the one before;
         # outpoint (a decode time: packets from it on are left out) a quarter frame before the first one left out
-        lines += [f"file {_quote(source)}", f"inpoint {math.ceil(layout.join * US_PER_SEC) / US_PER_SEC:.6f}"]
+        entry = source if "://" in source else str(Path(source).resolve())  # the list's own folder is not ours
+        lines += [f"file {_quote(entry)}", f"inpoint {math.ceil(layout.join * US_PER_SEC) / US_PER_SEC:.6f}"]
         if layout.copy_end_dts is not None:
             lines.append(f"outpoint {layout.copy_end_dts - layout.frame_sec / 4:.6f}")
         lines.append(f"duration {layout.copy_end - layout.join:.6f}")
     for kind, a, b, path in pieces:
         if kind == "tail":
-            lines += [f"file {_quote(str(path))}", f"duration {b - a:.6f}"]
+            lines += [f"file {_quote(str(path.resolve()))}", f"duration {b - a:.6f}"]
     return "\n".join(lines) + "\n"
 
 
