@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.contracts import CutPath
 from shared.media.ffmpeg import US_PER_SEC, MediaError, run_ffmpeg
 from shared.media.keyframes import TIME_EPSILON_SEC, CutLayout, VideoFormat, cut_layout
 
@@ -43,13 +44,7 @@ class CutOutcome:
 
     first_frame: float
     end: float
-    path: str  # "copy": every frame copied; "smart": some frames re-encoded
-
-
-def can_match(video: VideoFormat, encoders: frozenset[str]) -> bool:
-    """A head re-encoded here can join this stream: an encoder for its codec and a B-frame depth we can match."""
-    encoder = SMART_ENCODERS.get(video.codec)
-    return encoder is not None and encoder in encoders and video.reorder_delay <= MAX_REORDER_DELAY
+    path: CutPath  # "copy": every frame copied; "smart": some frames re-encoded
 
 
 async def cut_frames(
@@ -60,6 +55,8 @@ async def cut_frames(
     layout = await cut_layout(source, start, end)
     if layout.join is None or layout.copy_end is None:
         raise MediaError("no clean keyframe inside the clip: it needs a full re-encode")
+    if not layout.exact_copy and layout.video.codec not in SMART_ENCODERS:
+        raise MediaError(f"frames of this {layout.video.codec} clip need a re-encode that cannot join a copy here")
     return await frame_cut(source, output, layout, audio=audio, scratch=scratch, on_progress=on_progress)
 
 
