@@ -23,7 +23,7 @@ from tests.conftest import Workers, wait_for_job
 from tests.frames import audio_lag, decode_errors, decoded_frames, psnr_per_frame
 from tests.http_source import MediaServer
 from tests.media import keyframe_times, make_source, probe
-from tests.test_clip_pipeline import download
+from tests.test_clip_pipeline import download, upload
 
 MIN_PSNR_DB = 35.0  # re-encoded frames against the source's
 EPS_SEC = 0.002  # container rounding
@@ -43,11 +43,13 @@ class Case:
     source: dict[str, Any] = field(default_factory=dict)  # make_source arguments
     frame_sec: float = 1 / 30  # the source's longest frame interval: "one frame" in the checks
     suffix: str = ".mp4"
+    upload: bool = False  # an upload, read in place (no staged range) instead of a URL source
 
 
 CASES = [
     Case("gop_1s_bframes", 2.51, 4.8, "smart", {"seconds": 6}),
     Case("gop_10s", 1.3, 10.6, "smart", {"seconds": 12, "gop": 300}),
+    Case("upload_read_in_place", 2.51, 4.8, "smart", {"seconds": 6}, upload=True),
     Case("start_earliest", 0.0, 1.5, "copy", {"seconds": 6, "bframes": 0}),
     Case("start_earliest_bframes", 0.0, 1.55, "smart", {"seconds": 6}),
     Case("start_on_keyframe", 2.0, 4.5, "copy", {"seconds": 6, "bframes": 0}),
@@ -152,8 +154,10 @@ async def test_frame_accurate_cuts(
     with MediaServer(sources) as origin:
         ids = []
         for case, path in zip(CASES, paths, strict=True):
+            source = ({"type": "upload", "key": await upload(client, path)} if case.upload
+                      else {"type": "url", "url": origin.url(path.name)})
             response = await client.post("/api/jobs", json={
-                "source": {"type": "url", "url": origin.url(path.name)}, "startSec": case.start, "endSec": case.end,
+                "source": source, "startSec": case.start, "endSec": case.end,
             })
             assert response.status_code == 202, response.text
             ids.append(response.json()["id"])
