@@ -62,6 +62,12 @@ def _two_video_streams(path: Path, single: Path) -> Path:
     return path
 
 
+def _flv(path: Path, single: Path) -> Path:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(single), "-c", "copy", str(path)], check=True,
+                   capture_output=True, timeout=FFMPEG_TIMEOUT_SEC)
+    return path
+
+
 def _mpeg2_ts(path: Path) -> Path:
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30:duration=4",
                     "-c:v", "mpeg2video", "-g", "30", str(path)], check=True, capture_output=True,
@@ -77,6 +83,7 @@ def plan_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         paths = {name: future.result() for name, future in made.items()}
     paths["several_video_streams"] = _two_video_streams(root / "two.mp4", paths["mid_gop"])
     paths["mpeg2_ts"] = _mpeg2_ts(root / "mpeg2.ts")
+    paths["flv"] = _flv(root / "same.flv", paths["mid_gop"])
     return paths
 
 
@@ -95,6 +102,15 @@ async def test_layouts_a_smart_cut_cannot_take(name: str, reason: str, plan_sour
     info = await probe(media, keyframe_at=1.5)
     decision = await choose_cut(media, info.streams, "auto", 1.5, 3.5)
     assert (decision.path, decision.reason) == ("reencode", reason)
+
+
+async def test_container_without_stream_ids_is_smart_cut_only_when_staged(plan_sources: dict[str, Path]) -> None:
+    """FLV numbers no stream: read in place (an upload) the join could not name the video; staged it is MP4."""
+    media = str(plan_sources["flv"])
+    info = await probe(media, keyframe_at=2.5)
+    in_place = await choose_cut(media, info.streams, "auto", 2.5, 4.5, staged=False)
+    staged = await choose_cut(media, info.streams, "auto", 2.5, 4.5, staged=True)
+    assert (in_place.path, in_place.reason, staged.path) == ("reencode", "container_stream_ids", "smart")
 
 
 async def test_no_matching_encoder_means_reencode(plan_sources: dict[str, Path]) -> None:

@@ -47,7 +47,8 @@ async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
     deps.progress.set(0.3)
     info = await probe(media, keyframe_at=job.start_sec)
     _check_range(job, info)
-    decision = await choose_cut(media, info.streams, job.precision, job.start_sec, job.end_sec)
+    decision = await choose_cut(media, info.streams, job.precision, job.start_sec, job.end_sec,
+                                staged=staged is None)
     log.info("cut_path_chosen", cut_path=decision.path, cut_reason=decision.reason)
     if decision.path == "reencode" and ENCODE not in STAGES:
         codecs = ", ".join(sorted({s.codec for s in info.streams}))

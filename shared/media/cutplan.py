@@ -35,10 +35,11 @@ class CutDecision:
 
 def decide_cut(
     precision: Precision, streams: list[StreamFacts], layout: CutLayout | None, *, fits_mp4: bool,
-    encoders: frozenset[str],
+    encoders: frozenset[str], staged: bool = True,
 ) -> CutDecision:
     """The cut path for a job. `layout` is the frame layout of the cut (None when there is no video or the
-    precision is `keyframe`); `encoders` are the video encoders the ffmpeg here has."""
+    precision is `keyframe`); `encoders` are the video encoders the ffmpeg here has; `staged`: the trimmer
+    reads a staged MP4 copy (URL sources), not the media itself (uploads, read in place)."""
     videos = [s for s in streams if s.kind == "video"]
     if not fits_mp4:
         return CutDecision("reencode", "codec_not_mp4")
@@ -52,6 +53,8 @@ def decide_cut(
         return CutDecision("reencode", "unknown_frame_rate")
     if layout.join is None:
         return CutDecision("reencode", "open_gop" if layout.open_gop else "no_keyframe_in_clip")
+    if not staged and not layout.video.stream_id_unique:
+        return CutDecision("reencode", "container_stream_ids")  # the concat list could not name the video
     if layout.exact_copy:
         return CutDecision("copy", "start_on_keyframe")
     encoder = SMART_ENCODERS.get(layout.video.codec)
@@ -65,14 +68,14 @@ def decide_cut(
 
 
 async def choose_cut(
-    media: str, streams: list[StreamFacts], precision: Precision, start: float, end: float
+    media: str, streams: list[StreamFacts], precision: Precision, start: float, end: float, *, staged: bool = True
 ) -> CutDecision:
     """Read the frame layout around the cut points of `media` (a path or URL) when it matters, then decide."""
     fits = copyable_to_mp4(streams)
     videos = sum(1 for s in streams if s.kind == "video")
     layout = await cut_layout(media, start, end) if fits and videos == 1 and precision != "keyframe" else None
     encoders = await asyncio.to_thread(available_encoders)
-    return decide_cut(precision, streams, layout, fits_mp4=fits, encoders=encoders)
+    return decide_cut(precision, streams, layout, fits_mp4=fits, encoders=encoders, staged=staged)
 
 
 @functools.lru_cache(maxsize=1)

@@ -34,6 +34,7 @@ class VideoFormat:
 
     codec: str
     stream_id: int  # the container's id of the stream (MP4 track id): the concat list names it
+    stream_id_unique: bool  # positive and no other stream has it (FLV and AVI give every stream 0)
     profile: str | None
     level: int | None
     pix_fmt: str | None
@@ -164,11 +165,13 @@ def _rotation(container: av.container.InputContainer, video: av.VideoStream, key
 
 def _format(video: av.VideoStream, tb: Fraction, rotation: int, packets: list[_Packet]) -> VideoFormat:
     cc = video.codec_context
+    unique_id = video.id > 0 and sum(1 for s in video.container.streams if s.id == video.id) == 1
     first = packets[0] if packets else None
     frame = _typical_interval(packets) or (1 / float(video.guessed_rate) if video.guessed_rate else 0.0)
     delay = round((first.pts - first.dts) / frame) if first and frame else 0
     return VideoFormat(
-        codec=cc.name, stream_id=video.id, profile=cc.profile, level=getattr(cc, "level", None), pix_fmt=cc.pix_fmt,
+        codec=cc.name, stream_id=video.id, stream_id_unique=unique_id, profile=cc.profile,
+        level=getattr(cc, "level", None), pix_fmt=cc.pix_fmt,
         width=cc.width, height=cc.height, time_base=tb, sar=cc.sample_aspect_ratio,
         color_range=int(cc.color_range), colorspace=int(cc.colorspace), color_primaries=int(cc.color_primaries),
         color_trc=int(cc.color_trc), rotation=rotation, reorder_delay=max(0, delay),
