@@ -19,7 +19,7 @@ from shared.fetch import fetch_to_file
 from shared.fingerprint import request_fingerprint
 from shared.media.cut import copy_cut, copyable_to_mp4
 from shared.media.probe import MediaInfo, probe
-from shared.pipeline import COPY_ROUTE, FETCH
+from shared.pipeline import COPY_ROUTE, FETCH, unavailable, with_subtitles
 from shared.storage import sha256_file, staging_prefix
 from shared.worker import StageDeps, finish_job_done
 
@@ -58,7 +58,11 @@ async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
         duration_sec=info.duration_sec, container=info.container, streams=info.streams,
         cut_start_sec=cut_start, staged_offset_sec=offset,
     )
-    return StageMessage(job=job, route=list(COPY_ROUTE), done=[FETCH], plan=plan, artifacts=[staged])
+    route = with_subtitles(COPY_ROUTE, job.subs.enabled, job.subs.burn_in)
+    if missing := unavailable(route):
+        raise Permanent(f"this request needs the {', '.join(missing)} stage, which this installation does not run "
+                        f"(subtitle burn-in needs the encoder)", code="stage_unavailable")
+    return StageMessage(job=job, route=list(route), done=[FETCH], plan=plan, artifacts=[staged])
 
 
 async def _locate(job: ClipJobMessage, deps: StageDeps) -> tuple[str, Artifact | None, str]:
