@@ -15,6 +15,10 @@ TOOL_TIMEOUT_SEC = 120
 AUDIO_RATE_HZ = 48_000
 ONSET_LEVEL = 0.02  # |sample| above this (full scale 1.0) counts as speech
 VOICE, WORDS_PER_MIN = "en-us", 150
+SPEECH_SENTENCES = (
+    "Good morning everyone, and welcome to the weekly meeting of the garden club.",
+    "Today we will talk about the new library, the budget for next year, and 3 small changes to the website.",
+)
 NUMBER_WORDS = {
     "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
     "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "twenty": "20", "thirty": "30",
