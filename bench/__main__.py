@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench.copy_path import latency, throughput, upload_source
 from bench.stack import bench_stack
+from bench.subs import subs_benchmarks
 from shared.media.testpattern import make_test_pattern
 
 DATA = Path(".data/bench")
@@ -46,10 +47,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20, help="sequential jobs for the latency figures")
     parser.add_argument("--jobs", type=int, default=50, help="jobs queued at once for the throughput figure")
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (the median is reported)")
+    parser.add_argument("--subs-runs", type=int, default=5, help="30 s clips with subtitles per shipped model")
+    parser.add_argument("--only", choices=("copy", "subs"), help="run one benchmark (default: all)")
     args = parser.parse_args()
     began = time.time()
-    results = {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(began)),
-               "copy": asyncio.run(copy_benchmarks(args.runs, args.jobs, args.rounds))}
+    results: dict[str, object] = {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(began))}
+    if args.only in (None, "copy"):
+        results["copy"] = asyncio.run(copy_benchmarks(args.runs, args.jobs, args.rounds))
+    if args.only in (None, "subs"):
+        results["subs"] = asyncio.run(subs_benchmarks(DATA, args.subs_runs))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"bench-{int(began)}.json"
     out.write_text(json.dumps(results, indent=2))
