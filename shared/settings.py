@@ -86,6 +86,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     asr_beam_size: int = 5  # beam search width (1 = greedy, faster)
     asr_cpu_threads: int = msgspec.field(default_factory=lambda: os.cpu_count() or 2)  # CTranslate2 threads per clip
     asr_gpu_batch: int = 8  # speech chunks per batched forward pass on a GPU (halved on out-of-memory)
+    asr_gpu_batch_wait_ms: int = 50  # GPU: clips arriving this soon after the first join its batch, ms
     asr_vad_min_silence_ms: int = 1000  # Silero VAD: silence this long splits speech, ms
     subs_max_line_chars: int = 42  # characters per subtitle line
     subs_max_lines: int = 2  # lines per cue

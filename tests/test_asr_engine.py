@@ -3,6 +3,7 @@ and the GPU out-of-memory fallback driven on CPU by failing the batched call at 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -14,9 +15,10 @@ from faster_whisper import BatchedInferencePipeline
 
 from shared.asr import engine as engine_mod
 from shared.asr.audio import SAMPLE_RATE_HZ, read_audio
-from shared.asr.engine import AsrEngine, LanguageUnknown, LanguageUnsupported, choose_device, is_oom
+from shared.asr.engine import AsrEngine, choose_device, is_oom
 from shared.asr.models import BASE_MODEL_BYTES, BASE_PART1, BASE_PART2, _packaged_file, assemble_base
 from shared.asr.resource import engine_for
+from shared.errors import LanguageUnknown, LanguageUnsupported
 from shared.settings import load_settings
 from tests.speech import SpeechVideo, word_error_rate
 
@@ -122,3 +124,28 @@ async def test_gpu_batched_transcription(speech_audio: np.ndarray, speech_video:
     assert transcript.device == "cuda" and transcript.language == "en"
     assert word_error_rate(speech_video.text, " ".join(w.word for w in transcript.words)) <= 0.15
     assert len(speech_audio) / SAMPLE_RATE_HZ > transcript.words[-1].end
+
+
+async def test_concurrent_clips_share_one_batched_call(
+    tiny_engine: AsrEngine, speech_audio: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU path's cross-job batching, run with the real model on CPU: three clips queued together go
+    through one batched call, and each gets its own words back, timed from its own first sample."""
+    real = BatchedInferencePipeline.transcribe
+    calls: list[int] = []
+
+    def batched(self, audio, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(kwargs["clip_timestamps"]))
+        return real(self, audio, *args, **kwargs)
+
+    monkeypatch.setattr(BatchedInferencePipeline, "transcribe", batched)
+    gpu = AsrEngine(tiny_engine.settings, tiny_engine.ref, "cuda", tiny_engine.model)
+    alone = await tiny_engine.transcribe(speech_audio, "en")
+    pads_sec = (0.0, 1.0, 2.5)  # the same speech, each clip with more silence before it
+    clips = [np.concatenate([np.zeros(int(p * SAMPLE_RATE_HZ), dtype=np.float32), speech_audio]) for p in pads_sec]
+    results = await asyncio.gather(*(gpu.transcribe(clip, "auto") for clip in clips))
+    assert gpu.batcher.batches == [3] and len(calls) == 1 and calls[0] >= 3
+    for pad, transcript in zip(pads_sec, results, strict=True):
+        assert transcript.device == "cuda" and transcript.language == "en"
+        assert abs(transcript.words[0].start - (alone.words[0].start + pad)) < 0.5
+        assert word_error_rate(" ".join(w.word for w in alone.words), " ".join(w.word for w in transcript.words)) < 0.1

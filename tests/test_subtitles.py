@@ -12,14 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import srt
 import webvtt
 from litestar.testing import AsyncTestClient
 
+from services.transcriber.handler import handle as transcribe
+from services.uploader.handler import handle as upload_stage
+from shared.contracts import Artifact, ClipJobMessage, ClipResult, StageMessage
 from shared.db import jobs
+from shared.progress import Progress
 from shared.resources import Resources
 from shared.subtitles.cues import MAX_GAP_SEC
+from shared.worker import StageDeps
 from tests.conftest import Workers, wait_for_job
 from tests.speech import SpeechVideo, word_error_rate
 from tests.test_clip_pipeline import upload
@@ -112,6 +118,25 @@ async def test_subtitles_end_to_end_with_tiny_en(
     assert stages == ["fetch", "trim", "transcribe", "upload"]
     row = await jobs.get_job(resources.db, uuid.UUID(job["id"]))
     assert row is not None and row["result_srt_key"] in results
+
+    # a redelivered transcribe message reuses its stored outputs: no model is even given to it here
+    clip = await resources.storage.head(f"staging/{job['id']}/clip.mp4")
+    assert clip is not None
+    task = StageMessage(
+        job=msgspec.convert(row["request"], ClipJobMessage), route=["transcribe", "upload"], done=["fetch", "trim"],
+        artifacts=[Artifact(stage="trim", role="video", key=clip.key, size=clip.size, sha256=clip.sha256)],
+        result=msgspec.convert(row["result"], ClipResult),
+    )
+    staged = [f"staging/{job['id']}/{name}" for name in ("subs.srt", "subs.vtt", "subs.words.json")]
+    before = [await resources.storage.head(key) for key in staged]
+    scratch = tmp_path / "redelivery"
+    scratch.mkdir()
+    again = await transcribe(task, StageDeps(resources, Progress("transcribe", 2, 4), scratch, 2, None))
+    assert again.route == ["upload"] and [a.role for a in again.artifacts] == ["video", "srt", "vtt", "words"]
+    assert [await resources.storage.head(key) for key in staged] == before
+    await upload_stage(again, StageDeps(resources, Progress("upload", 3, 4), scratch, 2, None))  # changes nothing
+    assert await resources.storage.list_keys("results/") == results
+    assert [e["type"] for e in await jobs.job_events(resources.db, uuid.UUID(job["id"]))].count("done") == 1
 
 
 @pytest.mark.settings(asr_model="tiny.en")

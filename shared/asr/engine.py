@@ -3,8 +3,9 @@ word timestamps and the Silero VAD that faster-whisper ships.
 
 CPU (default): int8, one clip at a time (CTranslate2 already uses ASR_CPU_THREADS cores for one clip).
 CUDA (when present, or ASR_DEVICE=cuda): float16 (or ASR_COMPUTE_TYPE, e.g. int8_float16) through
-`BatchedInferencePipeline`, ASR_GPU_BATCH speech chunks per forward pass; on GPU out-of-memory the batch is
-halved and retried down to 1, then the clip runs on a CPU copy of the model: the job is never lost.
+`BatchedInferencePipeline`; clips of concurrent jobs are batched together (shared/asr/batching.py),
+ASR_GPU_BATCH speech chunks per forward pass; on GPU out-of-memory the batch is halved and retried down to 1,
+then the clips run on a CPU copy of the model: no job is lost.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import asyncio
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from shared.asr.audio import SAMPLE_RATE_HZ
+from shared.asr.batching import CrossJobBatcher, lay_out
 from shared.asr.models import ModelRef, resolve_model
-from shared.errors import Permanent
+from shared.errors import LanguageUnknown, LanguageUnsupported
 from shared.logs import get_logger
 from shared.settings import Settings
 from shared.subtitles.words import Word
@@ -29,17 +31,8 @@ AUTO = "auto"
 ENGLISH = "en"
 CPU_COMPUTE_TYPE = "int8"
 CUDA_COMPUTE_TYPE = "float16"
+R = TypeVar("R")
 OOM_MARKERS = ("out of memory", "cuda_error_out_of_memory", "cublas_status_alloc_failed")
-
-
-class LanguageUnsupported(Permanent):
-    """The job asks for a language the configured model cannot transcribe (e.g. an English-only model)."""
-
-    code = "language_unsupported"
-
-
-class LanguageUnknown(Permanent):
-    code = "language_unknown"
 
 
 @dataclass(frozen=True)
@@ -72,8 +65,8 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def run_with_oom_fallback(
-    run_batched: Callable[[int], Transcript], batch: int, run_on_cpu: Callable[[], Transcript]
-) -> tuple[Transcript, list[int]]:
+    run_batched: Callable[[int], R], batch: int, run_on_cpu: Callable[[], R]
+) -> tuple[R, list[int]]:
     """`run_batched(batch)`; on out-of-memory halve the batch and retry down to 1, then `run_on_cpu()`.
 
     Returns the transcript and the batch sizes that failed (for logs and tests). Other errors propagate.
@@ -105,6 +98,9 @@ class AsrEngine:
         self._lock = asyncio.Lock()  # one clip at a time per model: CTranslate2 already uses every thread given
         self._cpu_model: Any = None
         self._cpu_lock = threading.Lock()
+        self.batcher: CrossJobBatcher[Transcript] = CrossJobBatcher(
+            self._run_batch, settings.asr_gpu_batch, settings.asr_gpu_batch_wait_ms / 1000
+        )
 
     @classmethod
     def load(cls, settings: Settings) -> AsrEngine:
@@ -142,6 +138,10 @@ class AsrEngine:
     ) -> Transcript:
         """Words of `audio` (16 kHz mono float32) with times from its first sample."""
         language = self.language_for(lang)
+        if self.device == "cuda":  # with other jobs' clips; progress is reported when the batch is done
+            if language is None:
+                language = await asyncio.to_thread(self._detect_language, audio)
+            return await self.batcher.transcribe(audio, language)
         async with self._lock:
             return await asyncio.to_thread(self._transcribe_sync, audio, language, on_progress)
 
@@ -154,22 +154,35 @@ class AsrEngine:
     def _transcribe_sync(
         self, audio: np.ndarray, language: str | None, on_progress: Callable[[float], None] | None
     ) -> Transcript:
-        if self.device != "cuda":
-            return collect(self.model.transcribe(audio, language=language, **self._options()), "cpu", on_progress)
+        return collect(self.model.transcribe(audio, language=language, **self._options()), "cpu", on_progress)
+
+    def _detect_language(self, audio: np.ndarray) -> str:
+        language, _, _ = self.model.detect_language(audio=audio, vad_filter=True)
+        return str(language)
+
+    def _run_batch(self, audios: list[np.ndarray], language: str) -> list[Transcript]:
+        """Several clips in one language: their speech chunks through the GPU together (see batching.py)."""
         from faster_whisper import BatchedInferencePipeline
 
+        layout = lay_out(audios, self.settings.asr_vad_min_silence_ms)
+        if not layout.clips:
+            return [Transcript(language, [], self.device) for _ in audios]
         pipeline = BatchedInferencePipeline(self.model)
 
-        def on_gpu(batch: int) -> Transcript:
-            result = pipeline.transcribe(audio, language=language, batch_size=batch, **self._options())
-            return collect(result, "cuda", on_progress)
+        def on_gpu(batch: int) -> list[Transcript]:
+            joined = collect(pipeline.transcribe(
+                layout.audio, language=language, batch_size=batch, clip_timestamps=layout.clips,
+                beam_size=self.settings.asr_beam_size, word_timestamps=True,
+            ), "cuda")
+            return [Transcript(language, words, "cuda") for words in layout.split(joined.words)]
 
-        def on_cpu() -> Transcript:
-            result = self.cpu_model().transcribe(audio, language=language, **self._options())
-            return collect(result, "cpu", on_progress)
+        def on_cpu() -> list[Transcript]:
+            model = self.cpu_model()
+            return [collect(model.transcribe(a, language=language, **self._options()), "cpu") for a in audios]
 
-        transcript, _ = run_with_oom_fallback(on_gpu, self.settings.asr_gpu_batch, on_cpu)
-        return transcript
+        transcripts, failed = run_with_oom_fallback(on_gpu, self.settings.asr_gpu_batch, on_cpu)
+        log.info("asr_batch", jobs=len(audios), chunks=len(layout.clips), oom_batches=failed)
+        return transcripts
 
     def cpu_model(self) -> Any:
         """A CPU copy of the model, loaded on the first GPU out-of-memory that batch 1 could not avoid."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from shared.errors import Permanent
+from shared.errors import ModelUnavailable
 
 BASE = "base"
 TINY_EN = "tiny.en"
@@ -30,12 +30,6 @@ BASE_MODEL_BYTES = 145_217_607  # part1 + part2
 COPY_CHUNK_BYTES = 8 * 1024 * 1024
 MODEL_FILE = "model.bin"
 CONFIG_FILE = "config.json"
-
-
-class ModelUnavailable(Permanent):
-    """The configured speech model is missing, incomplete or corrupt."""
-
-    code = "asr_model_unavailable"
 
 
 @dataclass(frozen=True)
@@ -88,11 +82,8 @@ def _verified_part(spec: tuple[str, str, int]) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        while chunk := handle.read(COPY_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def assemble_base(models_dir: Path) -> Path:
