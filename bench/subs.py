@@ -49,6 +49,14 @@ FROM job_events WHERE job_id = $1
 """
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (VmRSS), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def bare_model(settings: Settings) -> Any:
     from faster_whisper import WhisperModel
 
@@ -93,6 +101,8 @@ async def one_model(name: str, source: Path, work: Path, runs: int) -> dict[str,
                     bare.append(bare_sec)
                     print(f"subs {name}: job {seconds:.2f} s, transcribe stage {span:.2f} s, bare {bare_sec:.2f} s, "
                           f"words {words}/{bare_words}", flush=True)
+            transcriber = next(c for c in stack.children if c.name == "transcribe")
+            idle_rss = rss_mb(transcriber.proc.pid)
         finally:
             await db.close()
     stage_median, bare_median = statistics.median(stage), statistics.median(bare)
@@ -100,7 +110,7 @@ async def one_model(name: str, source: Path, work: Path, runs: int) -> dict[str,
         "model": name, "runs": runs, "post_to_done_sec": ends, "post_to_done_median": statistics.median(ends),
         "post_to_done_max": max(ends), "transcribe_stage_median": stage_median, "bare_median": bare_median,
         "stage_over_bare": stage_median / bare_median, "real_time_factor_stage": stage_median / CLIP_SEC,
-        "speed_x_real_time_bare": CLIP_SEC / bare_median,
+        "speed_x_real_time_bare": CLIP_SEC / bare_median, "transcriber_idle_rss_mb": round(idle_rss, 1),
     }
 
 

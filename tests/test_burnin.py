@@ -1,14 +1,21 @@
-"""Burn-in at the ffmpeg level: the same short clip encoded with and without the subtitles filter."""
+"""Burn-in at the ffmpeg level: the same short clip encoded with and without the subtitles filter, and the
+filter an encoder gets for a job from the transcriber's SRT in object storage."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
-from shared.media.burnin import subtitles_filter
+from shared.contracts import Artifact, ClipJobMessage, StageMessage, Subtitles, UploadSource
+from shared.errors import Permanent
+from shared.ids import uuid7
+from shared.media.burnin import burn_in_filter_for, subtitles_filter
+from shared.resources import Resources
 from shared.settings import load_settings
 
 FFMPEG_TIMEOUT_SEC = 120
@@ -56,3 +63,29 @@ def test_burned_frames_differ_only_in_the_subtitle_band(tmp_path: Path, width: i
     # text height scales with the picture: two lines take 10-20 % of the height at both sizes
     assert 0.10 < band_bottom - band_top < 0.20
     assert diff[rows[0]: rows[-1] + 1].mean() > 0.01  # glyphs, not a stray pixel
+
+
+async def test_encoder_gets_the_filter_from_the_transcribers_srt(resources: Resources, tmp_path: Path) -> None:
+    """What the encoder stage calls: the SRT artifact comes from object storage into its scratch."""
+    job = ClipJobMessage(id=str(uuid7()), source=UploadSource(key="uploads/x/a.mp4"), start_sec=0, end_sec=2,
+                         subs=Subtitles(enabled=True, burn_in=True))
+    key = f"staging/{job.id}/subs.srt"
+    (tmp_path / "subs.srt").write_text(SRT)
+    size = await resources.storage.put_file(key, tmp_path / "subs.srt", "application/x-subrip", {})
+    srt_artifact = Artifact(stage="transcribe", role="srt", key=key, size=size)
+    task = StageMessage(job=job, route=["encode", "upload"], artifacts=[srt_artifact])
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    settings = resources.settings
+
+    plain_job = msgspec.structs.replace(job, subs=Subtitles(enabled=True, burn_in=False))
+    assert await burn_in_filter_for(msgspec.structs.replace(task, job=plain_job), resources.storage, scratch,
+                                    settings) is None
+    with pytest.raises(Permanent):
+        await burn_in_filter_for(msgspec.structs.replace(task, artifacts=[]), resources.storage, scratch, settings)
+    vf = await burn_in_filter_for(task, resources.storage, scratch, settings)
+    assert vf is not None and (scratch / "burn-in.srt").read_text() == SRT
+    plain, burned = tmp_path / "plain.mp4", tmp_path / "burned.mp4"
+    await asyncio.to_thread(_encode, plain, "640x360", None)
+    await asyncio.to_thread(_encode, burned, "640x360", vf)
+    assert (_luma(burned, 640, 360) != _luma(plain, 640, 360))[int(0.75 * 360):].any()
