@@ -11,6 +11,8 @@ then the clips run on a CPU copy of the model: no job is lost.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +44,15 @@ class Transcript:
     language: str
     words: list[Word]
     device: str  # where it ran: "cpu" or "cuda"
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the OS after a clip (glibc keeps ~100 MB of a transcription's buffers
+    otherwise, and the idle transcriber is meant to stay under 400 MB). A no-op where malloc_trim is absent."""
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if trim is not None:
+        trim(0)
 
 
 def choose_device(setting: str) -> str:
@@ -154,7 +165,10 @@ class AsrEngine:
     def _transcribe_sync(
         self, audio: np.ndarray, language: str | None, on_progress: Callable[[float], None] | None
     ) -> Transcript:
-        return collect(self.model.transcribe(audio, language=language, **self._options()), "cpu", on_progress)
+        try:
+            return collect(self.model.transcribe(audio, language=language, **self._options()), "cpu", on_progress)
+        finally:
+            release_memory()
 
     def _detect_language(self, audio: np.ndarray) -> str:
         language, _, _ = self.model.detect_language(audio=audio, vad_filter=True)
@@ -180,7 +194,10 @@ class AsrEngine:
             model = self.cpu_model()
             return [collect(model.transcribe(a, language=language, **self._options()), "cpu") for a in audios]
 
-        transcripts, failed = run_with_oom_fallback(on_gpu, self.settings.asr_gpu_batch, on_cpu)
+        try:
+            transcripts, failed = run_with_oom_fallback(on_gpu, self.settings.asr_gpu_batch, on_cpu)
+        finally:
+            release_memory()
         log.info("asr_batch", jobs=len(audios), chunks=len(layout.clips), oom_batches=failed)
         return transcripts
 
