@@ -50,9 +50,11 @@ async def _fetch(url: str) -> bytes:
     return response.content
 
 
-async def _run_job(client: AsyncTestClient[Any], key: str, lang: str = "auto") -> dict[str, Any]:
+async def _run_job(
+    client: AsyncTestClient[Any], key: str, lang: str = "auto", end_sec: float = END_SEC
+) -> dict[str, Any]:
     response = await client.post("/api/jobs", json={
-        "source": {"type": "upload", "key": key}, "startSec": START_SEC, "endSec": END_SEC, "priority": "fast",
+        "source": {"type": "upload", "key": key}, "startSec": START_SEC, "endSec": end_sec, "priority": "fast",
         "subs": {"enabled": True, "burnIn": False, "lang": lang},
     })
     assert response.status_code == 202, response.text
@@ -157,7 +159,8 @@ async def test_multilingual_base_detects_english_and_passes_lang_through(
     key = await upload(client, speech_video.path)
     auto = await _run_job(client, key)
     await _check_subtitles(auto, speech_video, tmp_path)
-    forced = await _run_job(client, key, lang="es")  # passed through: Whisper writes Spanish (or translates)
+    # passed through (Whisper then writes Spanish, or translates); a short clip: only the language matters here
+    forced = await _run_job(client, key, lang="es", end_sec=10.5)
     assert forced["status"] == "done", forced
     for job, language in ((auto, "en"), (forced, "es")):
         info = await resources.storage.head(f"staging/{job['id']}/subs.srt")
