@@ -24,7 +24,7 @@ import httpx
 from bench.copy_path import UPLOAD_KEY, JobRunner, upload_source
 from bench.stack import bench_stack
 from shared.asr.audio import SAMPLE_RATE_HZ, read_audio
-from shared.asr.engine import collect, compute_type_for
+from shared.asr.engine import collect, compute_type_for, transcribe_options
 from shared.asr.models import resolve_model
 from shared.media.speech import make_speech_video
 from shared.settings import Settings
@@ -69,8 +69,7 @@ async def bare_transcribe(model: Any, settings: Settings, clip: Path) -> tuple[f
     """Seconds for ffmpeg → numpy → faster-whisper on the clip, and the words it found."""
     began = time.perf_counter()
     audio = await read_audio(str(clip), start_sec=0.0, duration_sec=CLIP_SEC + 1)
-    options = {"beam_size": settings.asr_beam_size, "word_timestamps": True, "vad_filter": True,
-               "vad_parameters": {"min_silence_duration_ms": settings.asr_vad_min_silence_ms}}
+    options = transcribe_options(settings)
     transcript = await asyncio.to_thread(lambda: collect(model.transcribe(audio, **options), "cpu"))
     assert len(audio) > SAMPLE_RATE_HZ
     return time.perf_counter() - began, len(transcript.words)

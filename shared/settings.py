@@ -88,6 +88,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     asr_gpu_batch: int = 8  # speech chunks per batched forward pass on a GPU (halved on out-of-memory)
     asr_gpu_batch_wait_ms: int = 50  # GPU: clips arriving this soon after the first join its batch, ms
     asr_vad_min_silence_ms: int = 1000  # Silero VAD: silence this long splits speech, ms
+    asr_vad_speech_pad_ms: int = 200  # Silero VAD: audio kept around each speech span, ms (Whisper puts a span's
+    #                                    first word at the span's start: more padding, earlier first-word times)
     subs_max_line_chars: int = 42  # characters per subtitle line
     subs_max_lines: int = 2  # lines per cue
     subs_min_cue_sec: float = 1.0  # shortest cue on screen, s

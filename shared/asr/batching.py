@@ -23,12 +23,12 @@ WINDOW_SEC = 30.0  # Whisper's window: a speech span never exceeds it
 R = TypeVar("R")
 
 
-def speech_spans(audio: np.ndarray, min_silence_ms: int) -> list[tuple[int, int]]:
+def speech_spans(audio: np.ndarray, min_silence_ms: int, speech_pad_ms: int) -> list[tuple[int, int]]:
     """Sample ranges of speech (Silero VAD), adjacent ones merged while the range stays within one window."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
     found = get_speech_timestamps(audio, VadOptions(min_silence_duration_ms=min_silence_ms,
-                                                    max_speech_duration_s=WINDOW_SEC))
+                                                    speech_pad_ms=speech_pad_ms, max_speech_duration_s=WINDOW_SEC))
     window = int(WINDOW_SEC * SAMPLE_RATE_HZ)
     spans: list[tuple[int, int]] = []
     for item in found:
@@ -61,12 +61,12 @@ class Layout:
         return per_job
 
 
-def lay_out(audios: list[np.ndarray], min_silence_ms: int) -> Layout:
+def lay_out(audios: list[np.ndarray], min_silence_ms: int, speech_pad_ms: int) -> Layout:
     offsets, clips, at = [], [], 0
     for audio in audios:
         offsets.append(at)
         clips += [{"start": (at + s) / SAMPLE_RATE_HZ, "end": (at + e) / SAMPLE_RATE_HZ}
-                  for s, e in speech_spans(audio, min_silence_ms)]
+                  for s, e in speech_spans(audio, min_silence_ms, speech_pad_ms)]
         at += len(audio)
     joined = np.concatenate(audios) if audios else np.zeros(0, dtype=np.float32)
     return Layout(joined, offsets, clips)

@@ -75,6 +75,15 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, (RuntimeError, MemoryError)) and any(marker in text for marker in OOM_MARKERS)
 
 
+def transcribe_options(settings: Settings) -> dict[str, Any]:
+    """faster-whisper `transcribe` options: beam, word timestamps, and the Silero VAD it ships."""
+    return {
+        "beam_size": settings.asr_beam_size, "word_timestamps": True, "vad_filter": True,
+        "vad_parameters": {"min_silence_duration_ms": settings.asr_vad_min_silence_ms,
+                           "speech_pad_ms": settings.asr_vad_speech_pad_ms},
+    }
+
+
 def run_with_oom_fallback(
     run_batched: Callable[[int], R], batch: int, run_on_cpu: Callable[[], R]
 ) -> tuple[R, list[int]]:
@@ -157,10 +166,7 @@ class AsrEngine:
             return await asyncio.to_thread(self._transcribe_sync, audio, language, on_progress)
 
     def _options(self) -> dict[str, Any]:
-        return {
-            "beam_size": self.settings.asr_beam_size, "word_timestamps": True, "vad_filter": True,
-            "vad_parameters": {"min_silence_duration_ms": self.settings.asr_vad_min_silence_ms},
-        }
+        return transcribe_options(self.settings)
 
     def _transcribe_sync(
         self, audio: np.ndarray, language: str | None, on_progress: Callable[[float], None] | None
@@ -178,7 +184,7 @@ class AsrEngine:
         """Several clips in one language: their speech chunks through the GPU together (see batching.py)."""
         from faster_whisper import BatchedInferencePipeline
 
-        layout = lay_out(audios, self.settings.asr_vad_min_silence_ms)
+        layout = lay_out(audios, self.settings.asr_vad_min_silence_ms, self.settings.asr_vad_speech_pad_ms)
         if not layout.clips:
             return [Transcript(language, [], self.device) for _ in audios]
         pipeline = BatchedInferencePipeline(self.model)
