@@ -166,3 +166,18 @@ async def test_multilingual_base_detects_english_and_passes_lang_through(
         info = await resources.storage.head(f"staging/{job['id']}/subs.srt")
         assert info is not None and (info.metadata["language"], info.metadata["model"]) == (language, "base")
     assert forced["urls"]["srt"].split("?")[0] != auto["urls"]["srt"].split("?")[0]
+
+
+@pytest.mark.settings(asr_model="tiny.en")
+async def test_a_clip_without_speech_gets_empty_valid_subtitles(
+    client: AsyncTestClient[Any], workers: Workers, sample_video: Path, tmp_path: Path
+) -> None:
+    """The test pattern's audio is a steady tone: no words, yet the job finishes with files a player accepts."""
+    workers.start()
+    job = await _run_job(client, await upload(client, sample_video), end_sec=9.0)
+    assert job["status"] == "done", job
+    assert json.loads(await _fetch(job["urls"]["words"])) == []
+    assert list(srt.parse((await _fetch(job["urls"]["srt"])).decode())) == []
+    vtt_path = tmp_path / "empty.vtt"
+    vtt_path.write_bytes(await _fetch(job["urls"]["vtt"]))
+    assert webvtt.read(str(vtt_path)).captions == []
