@@ -18,7 +18,7 @@ from shared.asr.audio import SAMPLE_RATE_HZ, read_audio
 from shared.asr.engine import AsrEngine, choose_device, is_oom
 from shared.asr.models import BASE_MODEL_BYTES, BASE_PART1, BASE_PART2, _packaged_file, assemble_base
 from shared.asr.resource import engine_for
-from shared.errors import LanguageUnknown, LanguageUnsupported
+from shared.errors import LanguageUnknown, LanguageUnsupported, ModelUnavailable
 from shared.settings import load_settings
 from tests.speech import SpeechVideo, word_error_rate
 
@@ -45,6 +45,13 @@ def test_base_model_is_assembled_once_by_racing_processes(tmp_path: Path) -> Non
     assert {p.name for p in folders[0].iterdir()} == {"model.bin", "config.json", "tokenizer.json", "vocabulary.json"}
     mtime = model.stat().st_mtime_ns
     assert assemble_base(tmp_path) == folders[0] and model.stat().st_mtime_ns == mtime  # not rebuilt
+
+
+def test_unwritable_models_dir_is_a_clear_error(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    with pytest.raises(ModelUnavailable, match="clipjet models"):
+        assemble_base(blocked / "models")
 
 
 @pytest.fixture(scope="module")

