@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def _sha256(*paths: Path) -> str:
 
 
 def test_base_model_is_assembled_once_by_racing_processes(tmp_path: Path) -> None:
-    with ProcessPoolExecutor(max_workers=2) as pool:
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
         folders = list(pool.map(assemble_base, [tmp_path, tmp_path]))
     assert folders[0] == folders[1] == tmp_path / "whisper-base"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["whisper-base"]  # no temporary folder left behind
