@@ -15,6 +15,7 @@ from pathlib import Path
 from bench.copy_path import latency, throughput, upload_source
 from bench.smartcut import smartcut
 from bench.stack import bench_stack
+from bench.subs import subs_benchmarks
 from shared.media.testpattern import make_test_pattern
 
 DATA = Path(".data/bench")
@@ -57,7 +58,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=50, help="jobs queued at once for the throughput figure")
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (the median is reported)")
     parser.add_argument("--smartcut-runs", type=int, default=5, help="rounds of the smart-cut comparison (median)")
-    parser.add_argument("--only", choices=("copy", "smartcut"), help="run one benchmark (default: all)")
+    parser.add_argument("--subs-runs", type=int, default=5, help="30 s clips with subtitles per shipped model")
+    parser.add_argument("--only", choices=("copy", "smartcut", "subs"), help="run one benchmark (default: all)")
     args = parser.parse_args()
     began = time.time()
     results: dict[str, object] = {"machine": machine(),
@@ -66,6 +68,8 @@ def main() -> None:
         results["copy"] = asyncio.run(copy_benchmarks(args.runs, args.jobs, args.rounds))
     if args.only in (None, "smartcut"):
         results["smartcut"] = asyncio.run(smartcut_benchmarks(args.smartcut_runs))
+    if args.only in (None, "subs"):
+        results["subs"] = asyncio.run(subs_benchmarks(DATA, args.subs_runs))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"bench-{int(began)}.json"
     out.write_text(json.dumps(results, indent=2))

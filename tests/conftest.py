@@ -23,6 +23,7 @@ from shared.resources import Resources, open_resources
 from shared.settings import Settings, load_settings
 from shared.worker import run_worker
 from tests.media import make_video
+from tests.speech import SPEECH_SENTENCES, SpeechVideo, make_speech_video
 
 S3_ACCESS_KEY = "clipjet-test"
 S3_SECRET_KEY = "clipjet-test-secret"
@@ -149,3 +150,9 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def sample_video(media_dir: Path) -> Path:
     """20 s of 640x360 30 fps H.264 (a keyframe every 2 s, no B-frames) with AAC audio."""
     return make_video(media_dir / "sample.mp4", seconds=20)
+
+
+@pytest.fixture(scope="session")
+def speech_video(media_dir: Path) -> SpeechVideo:
+    """20 s of 320x180 video with espeak-ng reading SPEECH_SENTENCES from 6 s on, 1.5 s of silence between."""
+    return make_speech_video(media_dir / "speech.mp4", SPEECH_SENTENCES, offset_sec=6.0, gap_sec=1.5, seconds=20)

@@ -19,9 +19,9 @@ from shared.fetch import fetch_to_file
 from shared.fingerprint import request_fingerprint
 from shared.logs import get_logger
 from shared.media.cut import copy_cut
-from shared.media.cutplan import choose_cut
+from shared.media.cutplan import CutDecision, choose_cut
 from shared.media.probe import MediaInfo, probe
-from shared.pipeline import COPY_ROUTE, ENCODE, FETCH, REENCODE_ROUTE, STAGES
+from shared.pipeline import COPY_ROUTE, FETCH, REENCODE_ROUTE, unavailable, with_subtitles
 from shared.storage import sha256_file, staging_prefix
 from shared.worker import StageDeps, finish_job_done
 
@@ -47,13 +47,18 @@ async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
     deps.progress.set(0.3)
     info = await probe(media, keyframe_at=job.start_sec)
     _check_range(job, info)
-    decision = await choose_cut(media, info.streams, job.precision, job.start_sec, job.end_sec,
-                                staged=staged is None)
+    if job.subs.burn_in:  # drawing subtitles into the picture re-encodes every frame anyway
+        decision = CutDecision("reencode", "subtitles_burn_in")
+    else:
+        decision = await choose_cut(media, info.streams, job.precision, job.start_sec, job.end_sec,
+                                    staged=staged is None)
     log.info("cut_path_chosen", cut_path=decision.path, cut_reason=decision.reason)
-    if decision.path == "reencode" and ENCODE not in STAGES:
+    route = with_subtitles(REENCODE_ROUTE if decision.path == "reencode" else COPY_ROUTE,
+                           job.subs.enabled, job.subs.burn_in)
+    if missing := unavailable(route):
         codecs = ", ".join(sorted({s.codec for s in info.streams}))
-        raise Permanent(f"this clip needs a full re-encode ({decision.reason}; codecs {codecs}), which is not "
-                        f"available yet", code="reencode_unavailable")
+        raise Permanent(f"this clip needs the {', '.join(missing)} stage ({decision.reason}; codecs {codecs}), "
+                        f"which this installation does not run", code="stage_unavailable")
     cut_start = job.start_sec if info.keyframe_before is None else info.keyframe_before
     deps.progress.set(0.6)
     if staged is None:
@@ -65,7 +70,6 @@ async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
         duration_sec=info.duration_sec, container=info.container, streams=info.streams,
         cut_start_sec=cut_start, staged_offset_sec=offset, cut_path=decision.path, cut_reason=decision.reason,
     )
-    route = REENCODE_ROUTE if decision.path == "reencode" else COPY_ROUTE
     return StageMessage(job=job, route=list(route), done=[FETCH], plan=plan, artifacts=[staged])
 
 
