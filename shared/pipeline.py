@@ -7,10 +7,11 @@ PIPELINE_VERSION = "1"  # part of every request fingerprint: bump when the same 
 FETCH = "fetch"
 TRIM = "trim"
 UPLOAD = "upload"
-ENCODE = "encode"  # full re-encode (and burn-in); not in STAGES until its service exists
+ENCODE = "encode"  # full re-encode (and burn-in)
 TRANSCRIBE = "transcribe"  # subtitles; not in STAGES until its service exists
 
-STAGES: tuple[str, ...] = (FETCH, TRIM, UPLOAD)  # every stage that has a subject and a consumer
+STAGES: tuple[str, ...] = (FETCH, TRIM, UPLOAD, ENCODE)  # every stage that has a subject and a consumer
 ENTRY_STAGE = FETCH  # where a new job is published
 COPY_ROUTE: tuple[str, ...] = (TRIM, UPLOAD)  # what follows the fetcher on the stream-copy path
+REENCODE_ROUTE: tuple[str, ...] = (ENCODE, UPLOAD)  # what follows the fetcher on the full re-encode path
 DEFAULT_ROUTE_LENGTH = 1 + len(COPY_ROUTE)  # stages a job is expected to pass before its route is known

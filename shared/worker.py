@@ -68,6 +68,7 @@ class StageSpec(Generic[T]):
     name: str
     input_type: type[T]
     handle: Callable[[T, StageDeps], Awaitable[StageMessage | None]]
+    startup: Callable[[Resources], Awaitable[None]] | None = None  # once per process, before the first pull
 
     def decoder(self) -> msgspec.json.Decoder[T]:
         return msgspec.json.Decoder(self.input_type)
@@ -162,6 +163,8 @@ class Worker(Generic[T]):
 
     async def run(self) -> None:
         settings = self.res.settings
+        if self.spec.startup is not None:
+            await self.spec.startup(self.res)
         await bus.ensure_consumers(self.res.js, settings, self.spec.name)
         subs = [
             await self.res.js.pull_subscribe_bind(

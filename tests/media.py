@@ -57,3 +57,46 @@ def video_frame_count(path: Path) -> int:
         check=True, capture_output=True, text=True, timeout=FFMPEG_TIMEOUT_SEC,
     )
     return int(out.stdout.strip())
+
+
+def make_media(
+    path: Path, *, seconds: float, video: str | None, audio: str | None, size: str = "320x240", fps: str = "25",
+    gop_frames: int = 50, extra: tuple[str, ...] = (),
+) -> Path:
+    """A test pattern with any ffmpeg video/audio encoder (None: no such stream) in the container of `path`."""
+    if path.is_file():
+        return path
+    args = ["ffmpeg", "-v", "error", "-y"]
+    if video:
+        args += ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}:duration={seconds}"]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}"]
+    if video:
+        args += ["-c:v", video, "-g", str(gop_frames), "-pix_fmt", "yuv420p"]
+    if audio:
+        args += ["-c:a", audio]
+    subprocess.run([*args, *extra, str(path)], check=True, capture_output=True, timeout=FFMPEG_TIMEOUT_SEC)
+    return path
+
+
+def frame_psnr(clip: Path, source: Path, start: float, duration: float) -> list[float]:
+    """PSNR (dB, Y plane) of each clip frame against the source decoded over [start, start + duration]."""
+    out = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(clip), "-ss", f"{start:.6f}", "-t", f"{duration:.6f}", "-i", str(source),
+         "-lavfi", "[0:v]format=yuv420p,setpts=PTS-STARTPTS[a];[1:v]format=yuv420p,setpts=PTS-STARTPTS[b];"
+         "[a][b]psnr=stats_file=-:shortest=1", "-f", "null", "-"],
+        check=True, capture_output=True, text=True, timeout=FFMPEG_TIMEOUT_SEC,
+    )
+    values = [dict(p.split(":") for p in line.split()) for line in out.stdout.splitlines() if "psnr_y" in line]
+    return [float(v["psnr_y"]) if v["psnr_y"] != "inf" else float("inf") for v in values]
+
+
+def decode_errors(path: Path) -> str:
+    """What `ffmpeg -v error` prints while decoding every stream of `path` (empty when it decodes cleanly)."""
+    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"],
+                         capture_output=True, text=True, timeout=FFMPEG_TIMEOUT_SEC)
+    return out.stderr.strip() + ("" if out.returncode == 0 else f" (exit {out.returncode})")
+
+
+def stream_of(info: dict, kind: str) -> dict:
+    return next(s for s in info["streams"] if s["codec_type"] == kind)

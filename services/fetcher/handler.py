@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+import msgspec
+
 from shared.contracts import (
     Artifact,
     ClipJobMessage,
@@ -17,9 +19,9 @@ from shared.db import fingerprints
 from shared.errors import EndPastDuration, Permanent, SourceUnreadable
 from shared.fetch import fetch_to_file
 from shared.fingerprint import request_fingerprint
-from shared.media.cut import copy_cut, copyable_to_mp4
+from shared.media.cut import STAGING_FORMATS, copy_cut, copyable_to_mp4
 from shared.media.probe import MediaInfo, probe
-from shared.pipeline import COPY_ROUTE, FETCH
+from shared.pipeline import COPY_ROUTE, FETCH, REENCODE_ROUTE
 from shared.storage import sha256_file, staging_prefix
 from shared.worker import StageDeps, finish_job_done
 
@@ -43,14 +45,14 @@ async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
     deps.progress.set(0.3)
     info = await probe(media, keyframe_at=job.start_sec)
     _check_range(job, info)
-    if not copyable_to_mp4(info.streams):
-        codecs = ", ".join(sorted({s.codec for s in info.streams}))
-        raise Permanent(f"re-encoding is not available yet; codecs {codecs} cannot be copied into MP4",
-                        code="reencode_unavailable")
+    fits_mp4 = copyable_to_mp4(info.streams)
+    reencode_reason = "" if fits_mp4 else "codec_not_mp4"
+    if deps.res.settings.force_cut_path == "reencode":
+        reencode_reason = reencode_reason or "forced"
     cut_start = job.start_sec if info.keyframe_before is None else info.keyframe_before
     deps.progress.set(0.6)
     if staged is None:
-        staged = await _stage_range(job, media, cut_start, info, deps)
+        staged = await _stage_range(job, media, cut_start, info, deps, "mp4" if fits_mp4 else "matroska")
         offset = cut_start
     else:
         offset = 0.0
@@ -58,7 +60,11 @@ async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
         duration_sec=info.duration_sec, container=info.container, streams=info.streams,
         cut_start_sec=cut_start, staged_offset_sec=offset,
     )
-    return StageMessage(job=job, route=list(COPY_ROUTE), done=[FETCH], plan=plan, artifacts=[staged])
+    route = COPY_ROUTE
+    if reencode_reason:
+        plan = msgspec.structs.replace(plan, cut_path="reencode", cut_reason=reencode_reason)
+        route = REENCODE_ROUTE
+    return StageMessage(job=job, route=list(route), done=[FETCH], plan=plan, artifacts=[staged])
 
 
 async def _locate(job: ClipJobMessage, deps: StageDeps) -> tuple[str, Artifact | None, str]:
@@ -95,14 +101,17 @@ def _check_range(job: ClipJobMessage, info: MediaInfo) -> None:
 
 
 async def _stage_range(
-    job: ClipJobMessage, media: str, cut_start: float, info: MediaInfo, deps: StageDeps
+    job: ClipJobMessage, media: str, cut_start: float, info: MediaInfo, deps: StageDeps, container: str
 ) -> Artifact:
-    """Copy [cut_start, endSec + TAIL_PAD_SEC] into the job's staging prefix; its t=0 is cut_start."""
+    """Copy [cut_start, endSec + TAIL_PAD_SEC] into the job's staging prefix; its t=0 is cut_start.
+
+    Codecs MP4 does not take are staged in Matroska (the encoder re-encodes them)."""
     end = min(info.duration_sec, job.end_sec + deps.res.settings.tail_pad_sec)
-    path = deps.scratch / "staged.mp4"
+    ext = STAGING_FORMATS[container]
+    path = deps.scratch / f"staged.{ext}"
     await copy_cut(media, path, seek_sec=cut_start, duration_sec=end - cut_start,
-                   on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p))
+                   on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p), container=container)
     digest = await sha256_file(path)
-    key = f"{staging_prefix(job.id)}source.mp4"
-    size = await deps.res.storage.put_file(key, path, "video/mp4", {"sha256": digest})
+    key = f"{staging_prefix(job.id)}source.{ext}"
+    size = await deps.res.storage.put_file(key, path, f"video/{ext}", {"sha256": digest})
     return Artifact(stage=FETCH, role="source", key=key, size=size, sha256=digest)
