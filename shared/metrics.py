@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import Gauge, Histogram, start_http_server
 
@@ -21,13 +22,13 @@ ENCODES_RUNNING = Gauge("clipjet_encodes_running", "Encodes this process runs no
 ENCODE_SECONDS = Histogram("clipjet_encode_seconds", "Wall time of one encode pass, s", buckets=ENCODE_BUCKETS_SEC)
 
 
-def serve_metrics(port: int) -> bool:
-    """Expose /metrics on `port`; nothing when 0. True when a server was started."""
+def serve_metrics(port: int) -> WSGIServer | None:
+    """Expose /metrics on `port` from a daemon thread; nothing (None) when the port is 0."""
     if port <= 0:
-        return False
-    start_http_server(port, addr=METRICS_ADDR)
+        return None
+    server, _ = start_http_server(port, addr=METRICS_ADDR)
     log.info("metrics_serving", port=port)
-    return True
+    return server
 
 
 def record_video_encoder(name: str, hardware: bool) -> None:
