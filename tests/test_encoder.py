@@ -7,14 +7,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
-from shared.contracts import ProgressEvent
 from shared.db import jobs
 from shared.resources import Resources
-from tests.conftest import Workers, wait_for_job
+from tests.conftest import Workers, record_progress, wait_for_job
+from tests.http_source import MediaServer
 from tests.media import codecs, decode_errors, frame_md5, frame_psnr, make_media, probe, stream_of
 from tests.test_clip_pipeline import download, upload
 
@@ -57,12 +56,7 @@ def assert_frame_accurate(clip: Path, source: Path, start: float, end: float) ->
 async def test_codecs_mp4_cannot_take_are_reencoded_frame_accurately(
     client: AsyncTestClient[Any], workers: Workers, resources: Resources, mpeg2_pcm: Path, tmp_path: Path
 ) -> None:
-    received: list[ProgressEvent] = []
-
-    async def keep(msg: Any) -> None:
-        received.append(msgspec.json.decode(msg.data, type=ProgressEvent))
-
-    await resources.nc.subscribe(resources.subjects.progress("*"), cb=keep)
+    received = await record_progress(resources)
     workers.start()
     start, end = 2.72, 5.0  # 0.72 s after a keyframe
     job = await run_job(client, mpeg2_pcm, start, end)
@@ -136,3 +130,23 @@ async def test_mp4_video_on_a_keyframe_is_copied_and_only_audio_encoded(
     assert codecs(info) == {"video": "h264", "audio": "aac"}
     assert frame_md5(clip) == frame_md5(source, 2.0)  # the copied frame decodes to the same pixels
     assert int(stream_of(info, "video")["nb_frames"]) == 50
+
+
+async def test_url_source_staged_in_matroska_to_the_last_frame(
+    client: AsyncTestClient[Any], workers: Workers, resources: Resources, mpeg2_pcm: Path, tmp_path: Path
+) -> None:
+    workers.start()
+    start, end = 6.36, float(SOURCE_SEC)  # the last seconds of the file
+    with MediaServer(mpeg2_pcm.parent) as origin:
+        response = await client.post("/api/jobs", json={
+            "source": {"type": "url", "url": origin.url(mpeg2_pcm.name)}, "startSec": start, "endSec": end,
+        })
+        job = await wait_for_job(client, response.json()["id"])
+    assert job["status"] == "done", job
+    assert job["result"]["cutPath"] == "reencode"
+    staged = await resources.storage.head(f"staging/{job['id']}/source.mkv")
+    assert staged is not None and staged.size < 0.75 * mpeg2_pcm.stat().st_size  # a range, not the whole file
+    clip = await download(job["urls"]["video"], tmp_path / "clip.mp4")
+    assert codecs(probe(clip)) == {"video": "h264", "audio": "aac"}
+    assert_frame_accurate(clip, mpeg2_pcm, start, end)
+    assert decode_errors(clip) == ""

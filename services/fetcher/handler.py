@@ -20,7 +20,7 @@ from shared.errors import EndPastDuration, Permanent, SourceUnreadable
 from shared.fetch import fetch_to_file
 from shared.fingerprint import request_fingerprint
 from shared.media.cut import STAGING_FORMATS, copy_cut, copyable_to_mp4
-from shared.media.probe import MediaInfo, probe
+from shared.media.probe import MediaInfo, probe, timeline_start
 from shared.pipeline import COPY_ROUTE, FETCH, REENCODE_ROUTE
 from shared.storage import sha256_file, staging_prefix
 from shared.worker import StageDeps, finish_job_done
@@ -52,8 +52,7 @@ async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
     cut_start = job.start_sec if info.keyframe_before is None else info.keyframe_before
     deps.progress.set(0.6)
     if staged is None:
-        staged = await _stage_range(job, media, cut_start, info, deps, "mp4" if fits_mp4 else "matroska")
-        offset = cut_start
+        staged, offset = await _stage_range(job, media, cut_start, info, deps, "mp4" if fits_mp4 else "matroska")
     else:
         offset = 0.0
     plan = MediaPlan(
@@ -102,8 +101,9 @@ def _check_range(job: ClipJobMessage, info: MediaInfo) -> None:
 
 async def _stage_range(
     job: ClipJobMessage, media: str, cut_start: float, info: MediaInfo, deps: StageDeps, container: str
-) -> Artifact:
-    """Copy [cut_start, endSec + TAIL_PAD_SEC] into the job's staging prefix; its t=0 is cut_start.
+) -> tuple[Artifact, float]:
+    """Copy [cut_start, endSec + TAIL_PAD_SEC] into the job's staging prefix; and the source time of its t=0
+    (cut_start; a Matroska copy keeps the source's times and starts where its first packet is).
 
     Codecs MP4 does not take are staged in Matroska (the encoder re-encodes them)."""
     end = min(info.duration_sec, job.end_sec + deps.res.settings.tail_pad_sec)
@@ -114,4 +114,5 @@ async def _stage_range(
     digest = await sha256_file(path)
     key = f"{staging_prefix(job.id)}source.{ext}"
     size = await deps.res.storage.put_file(key, path, f"video/{ext}", {"sha256": digest})
-    return Artifact(stage=FETCH, role="source", key=key, size=size, sha256=digest)
+    offset = cut_start if container == "mp4" else await timeline_start(str(path))
+    return Artifact(stage=FETCH, role="source", key=key, size=size, sha256=digest), offset

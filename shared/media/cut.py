@@ -27,11 +27,18 @@ async def copy_cut(
     source: str, output: Path, *, seek_sec: float, duration_sec: float,
     on_progress: Callable[[float], None] | None = None, container: str = "mp4",
 ) -> None:
-    """Stream-copy `duration_sec` of audio and video from `seek_sec` (a keyframe) into an MP4 with +faststart
-    (`container="matroska"`: into Matroska, which takes codecs MP4 does not)."""
-    args = ["-ss", f"{seek_sec:.6f}"] if seek_sec > 0 else []
+    """Stream-copy `duration_sec` of audio and video from `seek_sec` (a keyframe) into an MP4 with +faststart.
+
+    `container="matroska"`: into Matroska, which takes codecs MP4 does not, keeping the source's timestamps
+    (`-copyts`): its demuxer may land on an earlier keyframe than asked, and without an edit list the copy's
+    t=0 would be wherever the first packet is; with the source's times the file says where it starts.
+    """
+    copyts = container != "mp4"
+    args = ["-copyts"] if copyts else []
+    args += ["-ss", f"{seek_sec:.6f}"] if seek_sec > 0 else []
     args += [
-        "-i", source, "-t", f"{duration_sec:.6f}", "-map", "0:v?", "-map", "0:a?", "-c", "copy",
+        "-i", source, *(["-to", f"{seek_sec + duration_sec:.6f}"] if copyts else ["-t", f"{duration_sec:.6f}"]),
+        "-map", "0:v?", "-map", "0:a?", "-c", "copy",
         *(["-movflags", "+faststart"] if container == "mp4" else []), "-f", container, "-y", str(output),
     ]
     await run_ffmpeg(args, duration_sec=duration_sec, on_progress=on_progress)
