@@ -80,11 +80,13 @@ def make_media(
 
 
 def frame_psnr(clip: Path, source: Path, start: float, duration: float) -> list[float]:
-    """PSNR (dB, Y plane) of each clip frame against the source decoded over [start, start + duration]."""
+    """PSNR (dB, Y plane) of each clip frame against the source decoded over [start, start + duration], paired
+    in order (n-th with n-th: a repeated or missing frame shifts every later pair). The source is decoded from
+    its start (no seek: a decoder joining an open GOP mid-stream can get a frame wrong)."""
     out = subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(clip), "-ss", f"{start:.6f}", "-t", f"{duration:.6f}", "-i", str(source),
-         "-lavfi", "[0:v]format=yuv420p,setpts=PTS-STARTPTS[a];[1:v]format=yuv420p,setpts=PTS-STARTPTS[b];"
-         "[a][b]psnr=stats_file=-:shortest=1", "-f", "null", "-"],
+        ["ffmpeg", "-v", "error", "-i", str(clip), "-i", str(source), "-lavfi",
+         f"[0:v]format=yuv420p,settb=1/25,setpts=N[a];[1:v]trim=start={start:.6f}:duration={duration:.6f},"
+         "format=yuv420p,settb=1/25,setpts=N[b];[a][b]psnr=stats_file=-:shortest=1", "-f", "null", "-"],
         check=True, capture_output=True, text=True, timeout=FFMPEG_TIMEOUT_SEC,
     )
     values = [dict(p.split(":") for p in line.split()) for line in out.stdout.splitlines() if "psnr_y" in line]

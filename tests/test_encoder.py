@@ -42,15 +42,15 @@ async def run_job(client: AsyncTestClient[Any], path: Path, start: float, end: f
     return job
 
 
-def assert_frame_accurate(clip: Path, source: Path, start: float, end: float) -> None:
+def assert_frame_accurate(clip: Path, source: Path, start: float, end: float, fps: float = FPS) -> None:
     """Every frame of the clip is the source's frame at the same time from `start` on: none repeated or missing."""
-    expected = math.ceil(round((end - start) * FPS, 6))
+    expected = math.ceil(round((end - start) * fps, 6))
     psnr = frame_psnr(clip, source, start, end - start)
     assert len(psnr) == expected
     assert min(psnr) >= MIN_PSNR_DB, psnr
     video = stream_of(probe(clip), "video")
     assert int(video["nb_frames"]) == expected
-    assert float(video["duration"]) == pytest.approx(end - start, abs=ONE_FRAME_SEC)
+    assert float(video["duration"]) == pytest.approx(end - start, abs=1 / fps)
 
 
 async def test_codecs_mp4_cannot_take_are_reencoded_frame_accurately(
@@ -149,4 +149,29 @@ async def test_url_source_staged_in_matroska_to_the_last_frame(
     clip = await download(job["urls"]["video"], tmp_path / "clip.mp4")
     assert codecs(probe(clip)) == {"video": "h264", "audio": "aac"}
     assert_frame_accurate(clip, mpeg2_pcm, start, end)
+    assert decode_errors(clip) == ""
+
+
+async def test_bframes_open_gop_ntsc_rate_through_a_url(
+    client: AsyncTestClient[Any], workers: Workers, tmp_path: Path
+) -> None:
+    """29.97 fps H.264 with B-frames and open GOPs, Vorbis audio (not for MP4): staged, then re-encoded."""
+    fps = 30000 / 1001
+    source = make_media(tmp_path / "ntsc.mkv", seconds=6, video="libx264", audio="libvorbis", fps="30000/1001",
+                        gop_frames=60, extra=("-preset", "ultrafast", "-bf", "3", "-x264-params", "open-gop=1"))
+    workers.start()
+    start, end = 2.4, 4.5
+    with MediaServer(source.parent) as origin:
+        response = await client.post("/api/jobs", json={
+            "source": {"type": "url", "url": origin.url(source.name)}, "startSec": start, "endSec": end,
+        })
+        job = await wait_for_job(client, response.json()["id"])
+    assert job["status"] == "done", job
+    assert job["result"]["cutPath"] == "reencode"
+    clip = await download(job["urls"]["video"], tmp_path / "clip.mp4")
+    info = probe(clip)
+    assert codecs(info) == {"video": "h264", "audio": "aac"}
+    assert_frame_accurate(clip, source, start, end, fps)
+    video, audio = stream_of(info, "video"), stream_of(info, "audio")
+    assert float(audio["start_time"]) == pytest.approx(float(video["start_time"]), abs=1 / fps)
     assert decode_errors(clip) == ""
