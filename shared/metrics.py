@@ -23,10 +23,15 @@ ENCODE_SECONDS = Histogram("clipjet_encode_seconds", "Wall time of one encode pa
 
 
 def serve_metrics(port: int) -> WSGIServer | None:
-    """Expose /metrics on `port` from a daemon thread; nothing (None) when the port is 0."""
+    """Expose /metrics on `port` from a daemon thread; nothing (None) when the port is 0 or already taken (another
+    worker process on the node serves it: logged, the worker runs on)."""
     if port <= 0:
         return None
-    server, _ = start_http_server(port, addr=METRICS_ADDR)
+    try:
+        server, _ = start_http_server(port, addr=METRICS_ADDR)
+    except OSError as exc:
+        log.warning("metrics_port_unavailable", port=port, error=str(exc))
+        return None
     log.info("metrics_serving", port=port)
     return server
 

@@ -140,6 +140,7 @@ async def test_startup_reports_the_encoder_in_a_metric(settings: Settings, resou
     try:
         async with httpx.AsyncClient() as http:
             body = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+        assert serve_metrics(port) is None  # a second process on the node: no server, no crash
     finally:
         server.shutdown()
     assert f'clipjet_video_encoder{{encoder="{chosen.name}"' in body
