@@ -42,6 +42,18 @@ async def run_job(client: AsyncTestClient[Any], path: Path, start: float, end: f
     return job
 
 
+async def run_url_job(client: AsyncTestClient[Any], path: Path, start: float, end: float) -> dict[str, Any]:
+    """A job on `path` served over local HTTP (the fetcher stages the range); it must end re-encoded."""
+    with MediaServer(path.parent) as origin:
+        response = await client.post("/api/jobs", json={
+            "source": {"type": "url", "url": origin.url(path.name)}, "startSec": start, "endSec": end,
+        })
+        job = await wait_for_job(client, response.json()["id"])
+    assert job["status"] == "done", job
+    assert job["result"]["cutPath"] == "reencode"
+    return job
+
+
 def assert_frame_accurate(clip: Path, source: Path, start: float, end: float, fps: float = FPS) -> None:
     """Every frame of the clip is the source's frame at the same time from `start` on: none repeated or missing."""
     expected = math.ceil(round((end - start) * fps, 6))
@@ -137,13 +149,7 @@ async def test_url_source_staged_in_matroska_to_the_last_frame(
 ) -> None:
     workers.start()
     start, end = 6.36, float(SOURCE_SEC)  # the last seconds of the file
-    with MediaServer(mpeg2_pcm.parent) as origin:
-        response = await client.post("/api/jobs", json={
-            "source": {"type": "url", "url": origin.url(mpeg2_pcm.name)}, "startSec": start, "endSec": end,
-        })
-        job = await wait_for_job(client, response.json()["id"])
-    assert job["status"] == "done", job
-    assert job["result"]["cutPath"] == "reencode"
+    job = await run_url_job(client, mpeg2_pcm, start, end)
     staged = await resources.storage.head(f"staging/{job['id']}/source.mkv")
     assert staged is not None and staged.size < 0.75 * mpeg2_pcm.stat().st_size  # a range, not the whole file
     clip = await download(job["urls"]["video"], tmp_path / "clip.mp4")
@@ -161,13 +167,7 @@ async def test_bframes_open_gop_ntsc_rate_through_a_url(
                         gop_frames=60, extra=("-preset", "ultrafast", "-bf", "3", "-x264-params", "open-gop=1"))
     workers.start()
     start, end = 2.4, 4.5
-    with MediaServer(source.parent) as origin:
-        response = await client.post("/api/jobs", json={
-            "source": {"type": "url", "url": origin.url(source.name)}, "startSec": start, "endSec": end,
-        })
-        job = await wait_for_job(client, response.json()["id"])
-    assert job["status"] == "done", job
-    assert job["result"]["cutPath"] == "reencode"
+    job = await run_url_job(client, source, start, end)
     clip = await download(job["urls"]["video"], tmp_path / "clip.mp4")
     info = probe(clip)
     assert codecs(info) == {"video": "h264", "audio": "aac"}
