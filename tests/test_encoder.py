@@ -104,8 +104,12 @@ async def test_webm_vp9_opus_becomes_h264_with_opus_copied(
     job = await run_job(client, source, start, end)
     assert job["result"]["cutPath"] == "reencode"
     clip = await download(job["urls"]["video"], tmp_path / "clip.mp4")
-    assert codecs(probe(clip)) == {"video": "h264", "audio": "opus"}  # video re-encoded, Opus copied
+    info = probe(clip)
+    assert codecs(info) == {"video": "h264", "audio": "opus"}  # video re-encoded, Opus copied
     assert_frame_accurate(clip, source, start, end)
+    video, audio = stream_of(info, "video"), stream_of(info, "audio")
+    assert float(audio["start_time"]) == pytest.approx(float(video["start_time"]), abs=ONE_FRAME_SEC)
+    assert float(audio["duration"]) == pytest.approx(end - start, abs=ONE_FRAME_SEC)
     assert decode_errors(clip) == ""
 
 
