@@ -7,12 +7,12 @@ PIPELINE_VERSION = "2"  # part of every request fingerprint: bump when the same 
 FETCH = "fetch"
 TRIM = "trim"
 UPLOAD = "upload"
-ENCODE = "encode"  # full re-encode (and burn-in); not in STAGES until its service exists
-TRANSCRIBE = "transcribe"  # subtitles (services/transcriber)
+ENCODE = "encode"  # full re-encode (and burn-in): services/encoder
+TRANSCRIBE = "transcribe"  # subtitles: services/transcriber
 
-STAGES: tuple[str, ...] = (FETCH, TRIM, TRANSCRIBE, UPLOAD)  # every stage that has a subject and a consumer
+STAGES: tuple[str, ...] = (FETCH, TRIM, ENCODE, TRANSCRIBE, UPLOAD)  # every stage with a subject and a consumer
 ENTRY_STAGE = FETCH  # where a new job is published
-COPY_ROUTE: tuple[str, ...] = (TRIM, UPLOAD)  # what follows the fetcher on the stream-copy path
+COPY_ROUTE: tuple[str, ...] = (TRIM, UPLOAD)  # what follows the fetcher on the stream-copy and smart-cut paths
 REENCODE_ROUTE: tuple[str, ...] = (ENCODE, UPLOAD)  # what follows the fetcher when the whole clip is re-encoded
 DEFAULT_ROUTE_LENGTH = 1 + len(COPY_ROUTE)  # stages a job is expected to pass before its route is known
 BURN_IN_ROUTE: tuple[str, ...] = (TRANSCRIBE, ENCODE, UPLOAD)  # burn-in: subtitles first, then one re-encode

@@ -50,6 +50,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tail_pad_sec: float = 1.0  # extra media staged after endSec, s
     partition_days_ahead: int = 2  # daily job partitions created ahead of need
 
+    # --- encoder ---
+    video_encoder: str = "auto"  # H.264 encoder: auto (hardware when a test encode works, else libx264) or a name
+    force_cut_path: str = ""  # "reencode": every job goes through the encoder (benchmarks); "": decided per job
+    metrics_port: int = 0  # Prometheus /metrics port of a worker process; 0 = off
+
     # --- reaper ---
     reaper_interval_sec: float = 30.0  # pause between two reaper passes, s
     reaper_batch: int = 500  # rows each reaper step handles in one pass

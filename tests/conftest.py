@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
 from services.gateway.app import create_app
 from services.registry import STAGES
+from shared.contracts import ProgressEvent
 from shared.devstack import RunningServer, ensure_postgres, start_nats, start_s3
 from shared.pipeline import DEFAULT_ROUTE_LENGTH
 from shared.resources import Resources, open_resources
@@ -139,6 +141,17 @@ async def wait_for_job(
             if body["status"] in ("done", "failed"):
                 return body
             await asyncio.sleep(POLL_SEC)
+
+
+async def record_progress(res: Resources) -> list[ProgressEvent]:
+    """Every ProgressEvent published from now on (any job), appended as it arrives."""
+    received: list[ProgressEvent] = []
+
+    async def keep(msg: Any) -> None:
+        received.append(msgspec.json.decode(msg.data, type=ProgressEvent))
+
+    await res.nc.subscribe(res.subjects.progress("*"), cb=keep)
+    return received
 
 
 @pytest.fixture(scope="session")

@@ -89,3 +89,41 @@ def make_source(
         args += ["-c:a", "libopus" if path.suffix == ".webm" else "aac", "-b:a", "96k"]
     subprocess.run([*args, "-shortest", str(path)], check=True, capture_output=True, timeout=FFMPEG_TIMEOUT_SEC)
     return path
+
+
+def make_media(
+    path: Path, *, seconds: float, video: str | None, audio: str | None, size: str = "320x240", fps: str = "25",
+    gop_frames: int = 50, extra: tuple[str, ...] = (),
+) -> Path:
+    """A test pattern with any ffmpeg video/audio encoder (None: no such stream) in the container of `path`."""
+    if path.is_file():
+        return path
+    args = ["ffmpeg", "-v", "error", "-y"]
+    if video:
+        args += ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}:duration={seconds}"]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}"]
+    if video:
+        args += ["-c:v", video, "-g", str(gop_frames), "-pix_fmt", "yuv420p"]
+    if audio:
+        args += ["-c:a", audio]
+    subprocess.run([*args, *extra, str(path)], check=True, capture_output=True, timeout=FFMPEG_TIMEOUT_SEC)
+    return path
+
+
+def frame_psnr(clip: Path, source: Path, start: float, duration: float) -> list[float]:
+    """PSNR (dB, Y plane) of each clip frame against the source decoded over [start, start + duration], paired
+    in order (n-th with n-th: a repeated or missing frame shifts every later pair). The source is decoded from
+    its start (no seek: a decoder joining an open GOP mid-stream can get a frame wrong)."""
+    out = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(clip), "-i", str(source), "-lavfi",
+         f"[0:v]format=yuv420p,settb=1/25,setpts=N[a];[1:v]trim=start={start:.6f}:duration={duration:.6f},"
+         "format=yuv420p,settb=1/25,setpts=N[b];[a][b]psnr=stats_file=-:shortest=1", "-f", "null", "-"],
+        check=True, capture_output=True, text=True, timeout=FFMPEG_TIMEOUT_SEC,
+    )
+    values = [dict(p.split(":") for p in line.split()) for line in out.stdout.splitlines() if "psnr_y" in line]
+    return [float(v["psnr_y"]) if v["psnr_y"] != "inf" else float("inf") for v in values]
+
+
+def stream_of(info: dict, kind: str) -> dict:
+    return next(s for s in info["streams"] if s["codec_type"] == kind)
