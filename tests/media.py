@@ -111,19 +111,5 @@ def make_media(
     return path
 
 
-def frame_psnr(clip: Path, source: Path, start: float, duration: float) -> list[float]:
-    """PSNR (dB, Y plane) of each clip frame against the source decoded over [start, start + duration], paired
-    in order (n-th with n-th: a repeated or missing frame shifts every later pair). The source is decoded from
-    its start (no seek: a decoder joining an open GOP mid-stream can get a frame wrong)."""
-    out = subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(clip), "-i", str(source), "-lavfi",
-         f"[0:v]format=yuv420p,settb=1/25,setpts=N[a];[1:v]trim=start={start:.6f}:duration={duration:.6f},"
-         "format=yuv420p,settb=1/25,setpts=N[b];[a][b]psnr=stats_file=-:shortest=1", "-f", "null", "-"],
-        check=True, capture_output=True, text=True, timeout=FFMPEG_TIMEOUT_SEC,
-    )
-    values = [dict(p.split(":") for p in line.split()) for line in out.stdout.splitlines() if "psnr_y" in line]
-    return [float(v["psnr_y"]) if v["psnr_y"] != "inf" else float("inf") for v in values]
-
-
 def stream_of(info: dict, kind: str) -> dict:
     return next(s for s in info["streams"] if s["codec_type"] == kind)

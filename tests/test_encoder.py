@@ -13,9 +13,9 @@ from litestar.testing import AsyncTestClient
 from shared.db import jobs
 from shared.resources import Resources
 from tests.conftest import Workers, record_progress, wait_for_job
-from tests.frames import decode_errors
+from tests.frames import decode_errors, psnr_per_frame
 from tests.http_source import MediaServer
-from tests.media import codecs, frame_md5, frame_psnr, make_media, probe, stream_of
+from tests.media import codecs, frame_md5, make_media, probe, stream_of
 from tests.test_clip_pipeline import download, upload
 
 FPS = 25
@@ -58,7 +58,7 @@ async def run_url_job(client: AsyncTestClient[Any], path: Path, start: float, en
 def assert_frame_accurate(clip: Path, source: Path, start: float, end: float, fps: float = FPS) -> None:
     """Every frame of the clip is the source's frame at the same time from `start` on: none repeated or missing."""
     expected = math.ceil(round((end - start) * fps, 6))
-    psnr = frame_psnr(clip, source, start, end - start)
+    psnr = psnr_per_frame(clip, source, start, end)
     assert len(psnr) == expected
     assert min(psnr) >= MIN_PSNR_DB, psnr
     video = stream_of(probe(clip), "video")
