@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from shared.contracts import (
-    Artifact,
-    ClipJobMessage,
-    MediaPlan,
-    StageMessage,
-    UploadSource,
-    UrlSource,
-    YoutubeSource,
-)
+from shared.contracts import Artifact, ClipJobMessage, MediaPlan, StageMessage
 from shared.db import fingerprints
-from shared.errors import EndPastDuration, Permanent, SourceUnreadable
-from shared.fetch import fetch_to_file
+from shared.errors import EndPastDuration, Permanent
+from shared.fetchproxy import FetchSession, fetch_session
 from shared.fingerprint import request_fingerprint
 from shared.media.cut import copy_cut, copyable_to_mp4
 from shared.media.probe import MediaInfo, probe
@@ -23,17 +15,26 @@ from shared.pipeline import COPY_ROUTE, FETCH
 from shared.storage import sha256_file, staging_prefix
 from shared.worker import StageDeps, finish_job_done
 
+from .locate import locate
+
 DURATION_TOLERANCE_SEC = 0.05  # endSec may exceed the probed duration by this much (container rounding)
-PROBE_URL_TTL_SEC = 3600  # lifetime of the signed URL the probe and ffmpeg read an upload through, s
 
 
 async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
     """Probe the source, find the keyframe the copy starts at, stage the needed range, route the job.
 
     An identical earlier request (same source bytes, range, options) that is still kept finishes this
-    job at once with its result: None, nothing more to route.
+    job at once with its result: None, nothing more to route. A user's URL is read only through the guarded
+    proxy (`shared.fetchproxy`); a refusal there fails the job with the refusal's code.
     """
-    media, staged, identity = await _locate(job, deps)
+    async with fetch_session(deps.res.settings) as session:
+        with session.errors():
+            return await _handle(job, deps, session)
+
+
+async def _handle(job: ClipJobMessage, deps: StageDeps, session: FetchSession) -> StageMessage | None:
+    source = await locate(job, deps, session)
+    media, staged, identity = source.media, source.artifact, source.identity
     fingerprint = request_fingerprint(job, identity)
     await fingerprints.record(deps.res.db, uuid.UUID(job.id), fingerprint)
     earlier = await fingerprints.earlier_result(deps.res.db, fingerprint)
@@ -41,7 +42,7 @@ async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
         await finish_job_done(deps.res, job.id, *earlier)
         return None
     deps.progress.set(0.3)
-    info = await probe(media, keyframe_at=job.start_sec)
+    info = await probe(media, keyframe_at=job.start_sec, options=source.av_options)
     _check_range(job, info)
     if not copyable_to_mp4(info.streams):
         codecs = ", ".join(sorted({s.codec for s in info.streams}))
@@ -50,7 +51,7 @@ async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
     cut_start = job.start_sec if info.keyframe_before is None else info.keyframe_before
     deps.progress.set(0.6)
     if staged is None:
-        staged = await _stage_range(job, media, cut_start, info, deps)
+        staged = await _stage_range(job, media, cut_start, info, deps, source.ffmpeg_args)
         offset = cut_start
     else:
         offset = 0.0
@@ -59,31 +60,6 @@ async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
         cut_start_sec=cut_start, staged_offset_sec=offset,
     )
     return StageMessage(job=job, route=list(COPY_ROUTE), done=[FETCH], plan=plan, artifacts=[staged])
-
-
-async def _locate(job: ClipJobMessage, deps: StageDeps) -> tuple[str, Artifact | None, str]:
-    """Where the probe and ffmpeg read the source, the artifact when it already sits in storage, and
-    the source's identity for the request fingerprint (its bytes, not its name)."""
-    storage = deps.res.storage
-    match job.source:
-        case UploadSource(key=key):
-            found = await storage.head(key)
-            if found is None:
-                raise SourceUnreadable(f"no upload at key {key!r}; upload the file first", code="upload_not_found")
-            artifact = Artifact(stage=FETCH, role="source", key=key, size=found.size, sha256=found.sha256)
-            identity = f"upload:etag={found.etag}:size={found.size}"
-            return await storage.internal_url(key, PROBE_URL_TTL_SEC), artifact, identity
-        case UrlSource(url=url):
-            path = deps.scratch / "download"
-            fetched = await fetch_to_file(url, path, deps.res.settings)
-            if fetched.validator:
-                identity = f"url:{fetched.url}:validator={fetched.validator}:size={fetched.size}"
-            else:
-                identity = f"sha256:{await sha256_file(path)}"
-            return str(path), None, identity
-        case YoutubeSource():
-            raise Permanent("YouTube sources are not available yet; upload the file or give its URL",
-                            code="source_type_unavailable")
 
 
 def _check_range(job: ClipJobMessage, info: MediaInfo) -> None:
@@ -95,13 +71,14 @@ def _check_range(job: ClipJobMessage, info: MediaInfo) -> None:
 
 
 async def _stage_range(
-    job: ClipJobMessage, media: str, cut_start: float, info: MediaInfo, deps: StageDeps
+    job: ClipJobMessage, media: str, cut_start: float, info: MediaInfo, deps: StageDeps,
+    input_args: list[str] | None = None,
 ) -> Artifact:
     """Copy [cut_start, endSec + TAIL_PAD_SEC] into the job's staging prefix; its t=0 is cut_start."""
     end = min(info.duration_sec, job.end_sec + deps.res.settings.tail_pad_sec)
     path = deps.scratch / "staged.mp4"
     await copy_cut(media, path, seek_sec=cut_start, duration_sec=end - cut_start,
-                   on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p))
+                   on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p), input_args=input_args or [])
     digest = await sha256_file(path)
     key = f"{staging_prefix(job.id)}source.mp4"
     size = await deps.res.storage.put_file(key, path, "video/mp4", {"sha256": digest})

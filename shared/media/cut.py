@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from shared.contracts import StreamFacts
@@ -22,10 +22,12 @@ def copyable_to_mp4(streams: list[StreamFacts]) -> bool:
 
 async def copy_cut(
     source: str, output: Path, *, seek_sec: float, duration_sec: float,
-    on_progress: Callable[[float], None] | None = None,
+    on_progress: Callable[[float], None] | None = None, input_args: Sequence[str] = (),
 ) -> None:
-    """Stream-copy `duration_sec` of audio and video from `seek_sec` (a keyframe) into an MP4 with +faststart."""
-    args = ["-ss", f"{seek_sec:.6f}"] if seek_sec > 0 else []
+    """Stream-copy `duration_sec` of audio and video from `seek_sec` (a keyframe) into an MP4 with +faststart.
+
+    `input_args`: options for reading `source`, e.g. a user URL's guarded proxy (`FetchSession.ffmpeg_input_args`)."""
+    args = [*input_args, "-ss", f"{seek_sec:.6f}"] if seek_sec > 0 else [*input_args]
     args += [
         "-i", source, "-t", f"{duration_sec:.6f}", "-map", "0:v?", "-map", "0:a?", "-c", "copy",
         "-movflags", "+faststart", "-f", "mp4", "-y", str(output),
