@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
+import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ log = get_logger("fetchproxy")
 MAX_HEAD_BYTES = 64 * 1024  # request or response head, bytes
 MAX_BODY_BYTES = 1024 * 1024  # request body a client may send (yt-dlp API POSTs), bytes
 PIPE_CHUNK = 64 * 1024
+CLIENT_SNDBUF_BYTES = 64 * 1024  # loopback buffers toward ffmpeg/yt-dlp: little read ahead of what they use
 HEAD_TIMEOUT_SEC = 10.0  # a client must send its request head within this, s
 HOP_HEADERS = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "upgrade",
                          "transfer-encoding", "trailer"})
@@ -67,12 +69,12 @@ class FetchSession:
     def ffmpeg_input_args(self) -> list[str]:
         """ffmpeg options placed before `-i URL`: through this session, http(s) only, bounded silence."""
         return ["-http_proxy", self.url, "-protocol_whitelist", "http,https,tls,tcp,crypto,httpproxy",
-                "-rw_timeout", str(int(self.idle_sec * 1_000_000))]
+                "-rw_timeout", str(int(self.idle_sec * 1_000_000)), "-recv_buffer_size", str(CLIENT_SNDBUF_BYTES)]
 
     def av_options(self) -> dict[str, str]:
         """The same for PyAV's `av.open(url, options=...)`."""
         return {"http_proxy": self.url, "protocol_whitelist": "http,https,tls,tcp,crypto,httpproxy",
-                "rw_timeout": str(int(self.idle_sec * 1_000_000))}
+                "rw_timeout": str(int(self.idle_sec * 1_000_000)), "recv_buffer_size": str(CLIENT_SNDBUF_BYTES)}
 
 
 class GuardedProxy:
@@ -120,6 +122,10 @@ class GuardedProxy:
         return None
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CLIENT_SNDBUF_BYTES)
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_SEC)
             if len(head) > MAX_HEAD_BYTES:

@@ -26,6 +26,7 @@ CGNAT = ipaddress.ip_network("100.64.0.0/10")
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 CONNECT_TIMEOUT_SEC = 10.0  # opening a TCP connection to a checked address, s
+PINNED_RCVBUF_BYTES = 256 * 1024  # receive buffer of a connection to a source, bytes
 _NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+))*\.?$", re.IGNORECASE)
 _HOST_CHARS = re.compile(r"^[a-z0-9.-]+$", re.IGNORECASE)
 
@@ -161,5 +162,18 @@ async def check_url(url: str, policy: Policy) -> Target:
 
 
 async def open_pinned(target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A TCP connection to the checked address (never a fresh lookup of the name)."""
-    return await asyncio.wait_for(asyncio.open_connection(target.address, target.port), CONNECT_TIMEOUT_SEC)
+    """A TCP connection to the checked address (never a fresh lookup of the name).
+
+    Its receive buffer is small: a reader that stops early (ffmpeg seeking away from an open-ended range)
+    leaves little of the origin's data in flight."""
+    ip = ipaddress.ip_address(target.address)
+    sock = socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, PINNED_RCVBUF_BYTES)
+        sock.setblocking(False)
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (target.address, target.port)),
+                               CONNECT_TIMEOUT_SEC)
+        return await asyncio.open_connection(sock=sock)
+    except BaseException:
+        sock.close()
+        raise
