@@ -1,11 +1,13 @@
-"""Pages yt-dlp understands (YouTube and others): find the media stream to cut, through the guarded proxy.
+"""Pages yt-dlp understands (YouTube and others): find the stream, then download only the needed section.
 
-The page's host must be in FETCH_ALLOWED_DOMAINS (or a subdomain of one). yt-dlp runs its extraction in a
-thread with a time limit, low retries and no throttling waits, all of its requests through the session's
-guarded proxy. It picks one stream the trimmer can stream-copy (H.264/AAC in MP4 first, up to
-YTDLP_MAX_HEIGHT); the fetcher then reads only the needed section of that stream through the same proxy
-(ffmpeg seeks in it: for HLS only the segments in range are fetched), as yt-dlp's own `download_ranges`
-would, but keeping the source's timeline so the keyframe and copy logic stays the one for URL sources.
+The page's host must be in FETCH_ALLOWED_DOMAINS (or a subdomain of one). yt-dlp runs in a thread with a time
+limit, low retries and no throttling waits, every request through the session's guarded proxy (its ffmpeg,
+which downloads the section, gets the proxy and an http(s)-only protocol whitelist as input options). Format
+selection prefers what the trimmer can stream-copy into MP4 (H.264 + AAC), at most YTDLP_MAX_HEIGHT tall.
+
+The fetcher first probes the chosen stream (through the proxy) for the keyframe at or before startSec, then
+asks yt-dlp for the section from that keyframe (`download_ranges`): the section's t=0 is then exactly that
+keyframe, which is what the trim stage expects of staged media.
 
 Site blocks (HTTP 403, sign-in or bot checks, geo-blocks, private or removed videos, unsupported pages)
 become permanent errors with stable codes and a message that says what to do instead.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yt_dlp
@@ -28,6 +31,7 @@ from shared.netguard import split_url
 from shared.settings import Settings
 
 log = get_logger("ytdlp")
+SECTION_SUFFIXES = (".mp4", ".m4a", ".mkv", ".webm")  # files yt-dlp may write a section as
 UPLOAD_INSTEAD = "download the video yourself and upload the file instead (POST /api/uploads)"
 
 # (pattern in yt-dlp's error message, stable code, what the user is told): first match wins.
@@ -38,8 +42,10 @@ BLOCKS: tuple[tuple[re.Pattern[str], str, str], ...] = (
      "the site does not serve this video in the server's region"),
     (re.compile(r"private video|members.only|premium", re.I), "source_private",
      "the video is private or for members only"),
-    (re.compile(r"HTTP Error 40[34]|HTTP Error 410|unavailable|removed|deleted|does not exist|not found", re.I),
-     "source_unavailable", "the site refused the page or the video is not there (removed, 403/404)"),
+    (re.compile(r"HTTP Error 403|forbidden|blocked", re.I), "source_blocked",
+     "the site refused to serve the page or video to clipjet (HTTP 403)"),
+    (re.compile(r"HTTP Error 40[04]|HTTP Error 410|unavailable|removed|deleted|does not exist|not found", re.I),
+     "source_unavailable", "the page or video is not there (removed, or HTTP 404)"),
     (re.compile(r"unsupported url|no video formats|no suitable", re.I), "source_unsupported",
      "no video could be found on this page"),
     (re.compile(r"requested format is not available", re.I), "source_unsupported",
@@ -58,6 +64,7 @@ class PageMedia:
     identity: str  # extractor:id:format, for the request fingerprint
     duration_sec: float | None
     headers: dict[str, str] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict, repr=False)  # yt-dlp's own result, for the download
 
 
 def allowed_domains(settings: Settings) -> list[str]:
@@ -77,10 +84,11 @@ def check_page_url(url: str, settings: Settings) -> None:
 
 
 def format_selector(max_height: int) -> str:
-    """One file with audio and video, preferring what copies into MP4 (H.264 + AAC), at most max_height tall."""
+    """Video and audio that copy into MP4 (H.264 + AAC, separate or joined) first, at most max_height tall."""
     h = f"[height<={max_height}]"
     return "/".join([
-        f"b[vcodec^=avc1][acodec^=mp4a]{h}", f"b[ext=mp4]{h}", f"b{h}", "b[height<=?100000]", "b",
+        f"bv*[vcodec^=avc1]{h}+ba[acodec^=mp4a]", f"b[vcodec^=avc1][acodec^=mp4a]{h}", f"b[ext=mp4]{h}",
+        f"bv*{h}+ba", f"b{h}", "b",
     ])
 
 
@@ -92,6 +100,8 @@ def _options(session: FetchSession, settings: Settings) -> dict[str, Any]:
         "fragment_retries": settings.ytdlp_retries, "file_access_retries": 0, "retry_sleep_functions": {},
         "sleep_interval_requests": 0, "socket_timeout": settings.fetch_idle_timeout_sec, "cachedir": False,
         "call_home": False, "check_formats": False, "logger": _Quiet(), "color": "no_color",
+        "merge_output_format": "mp4", "fixup": "never", "overwrites": True, "updatetime": False,
+        "external_downloader_args": {"ffmpeg_i": session.ffmpeg_input_args()},
     }
 
 
@@ -116,7 +126,14 @@ def _extract(url: str, options: dict[str, Any]) -> dict[str, Any]:
         info = ydl.extract_info(url, download=False)
         if info is None:
             raise yt_dlp.utils.DownloadError("no video formats found")
-        return ydl.sanitize_info(info)
+        return info
+
+
+def _download(info: dict[str, Any], options: dict[str, Any], folder: Path) -> Path | None:
+    with yt_dlp.YoutubeDL(options) as ydl:
+        ydl.process_ie_result(dict(info), download=True)
+    found = sorted(p for p in folder.glob("section.*") if p.suffix in SECTION_SUFFIXES)
+    return found[0] if found else None
 
 
 def classify(message: str) -> Exception:
@@ -129,27 +146,47 @@ def classify(message: str) -> Exception:
     return Permanent(f"the page could not be read ({message[:300]}); {UPLOAD_INSTEAD}", code="source_unavailable")
 
 
-async def find_media(url: str, session: FetchSession, settings: Settings) -> PageMedia:
-    """Run yt-dlp's extraction on the page (in a thread, bounded by YTDLP_TIMEOUT_SEC)."""
-    check_page_url(url, settings)
+async def _run(session: FetchSession, settings: Settings, what: str, fn: Any, *args: Any) -> Any:
+    """Run blocking yt-dlp work in a thread, bounded by YTDLP_TIMEOUT_SEC; its errors become clipjet errors.
+
+    On timeout the thread cannot be killed: it ends when yt-dlp's own socket timeout hits (the proxy session
+    is closed by then, so it can fetch nothing more)."""
     with session.errors():
         try:
-            info = await asyncio.wait_for(
-                asyncio.to_thread(_extract, url, _options(session, settings)), settings.ytdlp_timeout_sec
-            )
+            return await asyncio.wait_for(asyncio.to_thread(fn, *args), settings.ytdlp_timeout_sec)
         except TimeoutError as exc:
-            raise SourceUnreachable(f"reading the page took over {settings.ytdlp_timeout_sec:.0f} s") from exc
+            raise SourceUnreachable(f"{what} took over {settings.ytdlp_timeout_sec:.0f} s") from exc
         except yt_dlp.utils.YoutubeDLError as exc:
             if session.refusal is not None:
                 raise session.refusal from exc
             raise classify(str(exc)) from exc
+
+
+async def find_media(url: str, session: FetchSession, settings: Settings) -> PageMedia:
+    """Run yt-dlp's extraction on the page; the chosen stream (the video one when video and audio are apart)."""
+    check_page_url(url, settings)
+    info = await _run(session, settings, "reading the page", _extract, url, _options(session, settings))
     chosen = info.get("requested_formats") or [info]
-    if len(chosen) != 1 or not chosen[0].get("url"):
-        raise Permanent(f"the page offers no single stream with audio and video; {UPLOAD_INSTEAD}",
-                        code="source_unsupported")
     fmt = chosen[0]
-    identity = f"ytdlp:{info.get('extractor_key', '')}:{info.get('id', '')}:{fmt.get('format_id', '')}"
+    if not fmt.get("url"):
+        raise Permanent(f"the page offers no stream clipjet can read; {UPLOAD_INSTEAD}", code="source_unsupported")
+    ids = "+".join(str(f.get("format_id") or "") for f in chosen)
+    identity = f"ytdlp:{info.get('extractor_key', '')}:{info.get('webpage_url', url)}:{info.get('id', '')}:{ids}"
     return PageMedia(
-        url=fmt["url"], protocol=str(fmt.get("protocol") or ""), format_id=str(fmt.get("format_id") or ""),
-        identity=identity, duration_sec=info.get("duration"), headers=dict(fmt.get("http_headers") or {}),
+        url=fmt["url"], protocol=str(fmt.get("protocol") or ""), format_id=ids, identity=identity,
+        duration_sec=info.get("duration"), headers=dict(fmt.get("http_headers") or {}), info=info,
     )
+
+
+async def download_section(
+    page: PageMedia, session: FetchSession, settings: Settings, start_sec: float, end_sec: float, folder: Path
+) -> Path:
+    """yt-dlp downloads [start_sec, end_sec] of the chosen formats (start_sec a keyframe) into an MP4 in folder."""
+    options = {
+        **_options(session, settings), "skip_download": False, "outtmpl": {"default": str(folder / "section.%(ext)s")},
+        "download_ranges": yt_dlp.utils.download_range_func(None, [(start_sec, end_sec)]),
+    }
+    found = await _run(session, settings, "downloading the section", _download, page.info, options, folder)
+    if found is None:
+        raise Permanent(f"yt-dlp wrote no file for the section; {UPLOAD_INSTEAD}", code="source_unsupported")
+    return found

@@ -15,7 +15,7 @@ from shared.pipeline import COPY_ROUTE, FETCH
 from shared.storage import sha256_file, staging_prefix
 from shared.worker import StageDeps, finish_job_done
 
-from .locate import locate
+from .locate import Stager, locate
 
 DURATION_TOLERANCE_SEC = 0.05  # endSec may exceed the probed duration by this much (container rounding)
 
@@ -51,7 +51,7 @@ async def _handle(job: ClipJobMessage, deps: StageDeps, session: FetchSession) -
     cut_start = job.start_sec if info.keyframe_before is None else info.keyframe_before
     deps.progress.set(0.6)
     if staged is None:
-        staged = await _stage_range(job, media, cut_start, info, deps, source.ffmpeg_args)
+        staged = await _stage_range(job, media, cut_start, info, deps, source.ffmpeg_args, source.stage)
         offset = cut_start
     else:
         offset = 0.0
@@ -72,13 +72,16 @@ def _check_range(job: ClipJobMessage, info: MediaInfo) -> None:
 
 async def _stage_range(
     job: ClipJobMessage, media: str, cut_start: float, info: MediaInfo, deps: StageDeps,
-    input_args: list[str] | None = None,
+    input_args: list[str] | None = None, stager: Stager | None = None,
 ) -> Artifact:
     """Copy [cut_start, endSec + TAIL_PAD_SEC] into the job's staging prefix; its t=0 is cut_start."""
     end = min(info.duration_sec, job.end_sec + deps.res.settings.tail_pad_sec)
-    path = deps.scratch / "staged.mp4"
-    await copy_cut(media, path, seek_sec=cut_start, duration_sec=end - cut_start,
-                   on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p), input_args=input_args or [])
+    if stager is not None:
+        path = await stager(cut_start, end, deps.scratch)
+    else:
+        path = deps.scratch / "staged.mp4"
+        await copy_cut(media, path, seek_sec=cut_start, duration_sec=end - cut_start,
+                       on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p), input_args=input_args or [])
     digest = await sha256_file(path)
     key = f"{staging_prefix(job.id)}source.mp4"
     size = await deps.res.storage.put_file(key, path, "video/mp4", {"sha256": digest})

@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from shared.contracts import Artifact, ClipJobMessage, UploadSource, UrlSource, YoutubeSource
 from shared.fetch import fetch_to_file, inspect_url
@@ -17,8 +19,9 @@ from shared.pipeline import FETCH
 from shared.storage import sha256_file
 from shared.upload_check import verify_upload
 from shared.worker import StageDeps
-from shared.ytdlp import find_media
+from shared.ytdlp import download_section, find_media
 
+Stager = Callable[[float, float, Path], Awaitable[Path]]  # (keyframe, end, folder) -> the staged file
 PROBE_URL_TTL_SEC = 3600  # lifetime of the signed URL the probe and ffmpeg read an upload through, s
 
 
@@ -31,6 +34,7 @@ class Located:
     artifact: Artifact | None = None  # the source already sits in storage (an upload)
     av_options: dict[str, str] = field(default_factory=dict)  # for the in-process probe (PyAV)
     ffmpeg_args: list[str] = field(default_factory=list)  # for ffmpeg, before `-i`
+    stage: Stager | None = None  # writes [keyframe, end] into a folder itself (yt-dlp); None: ffmpeg copy
 
 
 def _remote(url: str, session: FetchSession, identity: str, headers: dict[str, str] | None = None) -> Located:
@@ -63,5 +67,11 @@ async def locate(job: ClipJobMessage, deps: StageDeps, session: FetchSession) ->
                 identity = f"sha256:{await sha256_file(path)}"
             return Located(str(path), identity)
         case YoutubeSource(url=url):
-            media = await find_media(url, session, settings)
-            return _remote(media.url, session, media.identity, media.headers)
+            page = await find_media(url, session, settings)
+            located = _remote(page.url, session, page.identity, page.headers)
+
+            async def section(start: float, end: float, folder: Path) -> Path:
+                return await download_section(page, session, settings, start, end, folder)
+
+            located.stage = section
+            return located
