@@ -19,7 +19,7 @@ from shared.ids import uuid7
 from shared.settings import Settings
 
 from .state import Gateway
-from .uploads import UPLOAD_PREFIX
+from .uploads import UPLOAD_PREFIX, check_upload_size
 
 _encoder = msgspec.json.Encoder()
 
@@ -97,8 +97,10 @@ async def _replay(gw: Gateway, earlier: idempotency.Earlier, digest: str) -> Job
 
 
 async def _check_upload(gw: Gateway, key: str) -> None:
-    if not key.startswith(UPLOAD_PREFIX) or await gw.res.storage.head(key) is None:
+    found = await gw.res.storage.head(key) if key.startswith(UPLOAD_PREFIX) else None
+    if found is None:
         raise BadRequest(
             f"no upload at key {key!r}; get a slot from POST /api/uploads and PUT the file first",
             code="upload_not_found", field="source.key",
         )
+    check_upload_size(found.size, gw.res.settings)
