@@ -43,6 +43,7 @@ async def submit_job(gw: Gateway, data: JobRequest, idempotency_key: str | None)
     validate_request(data, res.settings)
     for breaker in (gw.breakers.db, gw.breakers.nats):  # shed load before anything is written
         breaker.refuse_if_open()
+    gw.scratch.refuse_if_saturated()
     if isinstance(data.source, UploadSource):
         async with gw.breakers.s3:
             await _check_upload(gw, data.source.key)
