@@ -21,7 +21,7 @@ class MediaServer:
         self.folder = folder
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.bytes_sent = 0
-        self.stall_first_get_sec = 0.0  # hold the first GET of a file this long after its first chunk
+        self.stall_first_get_sec = 0.0  # hold the first whole-file GET (no Range) this long after its first chunk
         self.fail_first_gets = 0  # answer this many GETs with 503 before serving
         self.first_get_started = threading.Event()
         self.redirects: dict[str, str] = {}  # path -> Location answered with 302
@@ -120,8 +120,9 @@ class MediaServer:
                     self._send_body(path, start, end)
 
             def _send_body(self, path: Path, start: int, end: int) -> None:
-                with server._lock:
-                    stall = server.stall_first_get_sec if not server._stalled else 0.0
+                with server._lock:  # only a whole-file download (no Range, more than a chunk) stalls
+                    long_body = end - start + 1 > CHUNK and self.headers.get("Range") is None
+                    stall = server.stall_first_get_sec if not server._stalled and long_body else 0.0
                     server._stalled = server._stalled or stall > 0
                 with path.open("rb") as handle:
                     handle.seek(start)
@@ -138,7 +139,7 @@ class MediaServer:
                             return
                         server.bytes_sent += len(chunk)
                         remaining -= len(chunk)
-                        if first:
+                        if first and long_body:
                             server.first_get_started.set()
                             first = False
                             if stall:
