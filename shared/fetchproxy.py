@@ -99,9 +99,7 @@ class GuardedProxy:
 
     @asynccontextmanager
     async def session(self, settings: Settings) -> AsyncIterator[FetchSession]:
-        if settings.fetch_allow_private or settings.fetch_allow_networks:
-            log.warning("fetch_allow_private_on", detail="FETCH_ALLOW_PRIVATE/NETWORKS is on: tests and demos only",
-                        networks=settings.fetch_allow_networks)
+        warn_if_open(settings)
         user = secrets.token_hex(8)
         session = FetchSession(user, Policy.of(settings), settings.fetch_max_bytes, settings.fetch_idle_timeout_sec)
         session.url = f"http://{user}:{self._secret}@127.0.0.1:{self.port}"
@@ -250,6 +248,17 @@ async def _pipe(
 
 
 _proxies: dict[int, asyncio.Future[GuardedProxy]] = {}
+_warned: set[tuple[bool, str]] = set()
+
+
+def warn_if_open(settings: Settings) -> None:
+    """A loud warning (once per process and setting) when fetches may reach private addresses."""
+    key = (settings.fetch_allow_private, settings.fetch_allow_networks)
+    if (settings.fetch_allow_private or settings.fetch_allow_networks) and key not in _warned:
+        _warned.add(key)
+        log.warning("fetch_allow_private_on", allow_private=settings.fetch_allow_private,
+                    networks=settings.fetch_allow_networks,
+                    detail="user URLs may reach loopback/private addresses: for tests and local demos only")
 
 
 async def _start_proxy() -> GuardedProxy:
