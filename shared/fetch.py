@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -61,7 +62,11 @@ class Remote:
 @asynccontextmanager
 async def _client(session: FetchSession, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     timeout = httpx.Timeout(settings.fetch_idle_timeout_sec, connect=CONNECT_TIMEOUT_SEC)
-    async with httpx.AsyncClient(follow_redirects=False, timeout=timeout, trust_env=False, proxy=session.url) as c:
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=settings.fetch_ca_file) \
+        if settings.fetch_ca_file else True
+    async with httpx.AsyncClient(
+        follow_redirects=False, timeout=timeout, trust_env=False, proxy=session.url, verify=verify
+    ) as c:
         with session.errors():
             try:
                 yield c

@@ -32,6 +32,8 @@ MAX_HEAD_BYTES = 64 * 1024  # request or response head, bytes
 MAX_BODY_BYTES = 1024 * 1024  # request body a client may send (yt-dlp API POSTs), bytes
 PIPE_CHUNK = 64 * 1024
 CLIENT_SNDBUF_BYTES = 64 * 1024  # loopback buffers toward ffmpeg/yt-dlp: little read ahead of what they use
+TLS_OPTIONS = frozenset({"tls_verify", "ca_file"})  # used by ffmpeg only for an https URL
+PLAIN_ONLY_OPTIONS = frozenset({"recv_buffer_size"})  # used by ffmpeg only for an http URL
 HEAD_TIMEOUT_SEC = 10.0  # a client must send its request head within this, s
 HOP_HEADERS = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "upgrade",
                          "transfer-encoding", "trailer"})
@@ -46,6 +48,7 @@ class FetchSession:
     policy: Policy
     max_bytes: int
     idle_sec: float
+    ca_file: str = ""  # FETCH_CA_FILE: the CA bundle ffmpeg verifies https sources against ("" = the system's)
     url: str = ""  # http://user:secret@127.0.0.1:port, for ffmpeg -http_proxy, yt-dlp proxy, httpx proxy
     received: int = 0
     refusal: ClipError | None = None
@@ -66,15 +69,25 @@ class FetchSession:
                 raise self.refusal from exc
             raise
 
-    def ffmpeg_input_args(self) -> list[str]:
-        """ffmpeg options placed before `-i URL`: through this session, http(s) only, bounded silence."""
-        return ["-http_proxy", self.url, "-protocol_whitelist", "http,https,tls,tcp,crypto,httpproxy",
-                "-rw_timeout", str(int(self.idle_sec * 1_000_000)), "-recv_buffer_size", str(CLIENT_SNDBUF_BYTES)]
-
     def av_options(self) -> dict[str, str]:
-        """The same for PyAV's `av.open(url, options=...)`."""
-        return {"http_proxy": self.url, "protocol_whitelist": "http,https,tls,tcp,crypto,httpproxy",
-                "rw_timeout": str(int(self.idle_sec * 1_000_000)), "recv_buffer_size": str(CLIENT_SNDBUF_BYTES)}
+        """libavformat options for reading a user URL: through this session, http(s) only, certificates
+        verified, bounded silence, small buffers (PyAV's `av.open(url, options=...)`)."""
+        options = {
+            "http_proxy": self.url, "protocol_whitelist": "http,https,tls,tcp,crypto,httpproxy", "tls_verify": "1",
+            "rw_timeout": str(int(self.idle_sec * 1_000_000)), "recv_buffer_size": str(CLIENT_SNDBUF_BYTES),
+        }
+        if self.ca_file:
+            options["ca_file"] = self.ca_file
+        return options
+
+    def ffmpeg_input_args(self, url: str = "") -> list[str]:
+        """The same as ffmpeg options placed before `-i url`, less those nothing would use: the ffmpeg CLI fails
+        on them (certificate options need an https URL: an http URL that redirects to https is not verified;
+        the tunnel to the proxy takes no socket options)."""
+        tls = url.lower().startswith("https:")
+        unused = PLAIN_ONLY_OPTIONS if tls else TLS_OPTIONS
+        options = {k: v for k, v in self.av_options().items() if k not in unused}
+        return [arg for name, value in options.items() for arg in (f"-{name}", value)]
 
 
 class GuardedProxy:
@@ -101,7 +114,8 @@ class GuardedProxy:
     async def session(self, settings: Settings) -> AsyncIterator[FetchSession]:
         warn_if_open(settings)
         user = secrets.token_hex(8)
-        session = FetchSession(user, Policy.of(settings), settings.fetch_max_bytes, settings.fetch_idle_timeout_sec)
+        session = FetchSession(user, Policy.of(settings), settings.fetch_max_bytes, settings.fetch_idle_timeout_sec,
+                               settings.fetch_ca_file)
         session.url = f"http://{user}:{self._secret}@127.0.0.1:{self.port}"
         self._sessions[user] = session
         try:

@@ -65,6 +65,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     fetch_max_redirects: int = 5
     fetch_allow_networks: str = ""  # tests and local demos only: comma-separated CIDRs a fetch may reach anyway
     fetch_idle_timeout_sec: float = 30.0  # the guarded proxy drops a connection silent this long, s
+    fetch_ca_file: str = ""  # CA bundle ffmpeg verifies https sources against (empty: the system's)
     fetch_allowed_domains: str = (  # page hosts yt-dlp sources may name (and their subdomains), comma-separated
         "youtube.com,www.youtube.com,m.youtube.com,music.youtube.com,youtu.be,youtube-nocookie.com"
     )

@@ -101,7 +101,6 @@ def _options(session: FetchSession, settings: Settings) -> dict[str, Any]:
         "sleep_interval_requests": 0, "socket_timeout": settings.fetch_idle_timeout_sec, "cachedir": False,
         "call_home": False, "check_formats": False, "logger": _Quiet(), "color": "no_color",
         "merge_output_format": "mp4", "fixup": "never", "overwrites": True, "updatetime": False,
-        "external_downloader_args": {"ffmpeg_i": session.ffmpeg_input_args()},
     }
 
 
@@ -185,6 +184,7 @@ async def download_section(
     options = {
         **_options(session, settings), "skip_download": False, "outtmpl": {"default": str(folder / "section.%(ext)s")},
         "download_ranges": yt_dlp.utils.download_range_func(None, [(start_sec, end_sec)]),
+        "external_downloader_args": {"ffmpeg_i": session.ffmpeg_input_args(page.url)},
     }
     found = await _run(session, settings, "downloading the section", _download, page.info, options, folder)
     if found is None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 
 from shared import netguard
 from shared.errors import ClipError, FetchRefused
-from shared.fetch import fetch_to_file
+from shared.fetch import fetch_to_file, inspect_url
 from shared.fetchproxy import fetch_session
 from shared.media.cut import copy_cut
 from shared.media.probe import probe
@@ -199,3 +201,43 @@ async def test_size_limit_is_enforced_by_the_proxy(sample_video: Path, tmp_path:
         with pytest.raises(FetchRefused) as caught:
             await fetch_to_file(origin.url(sample_video.name), tmp_path / "d", settings)
     assert caught.value.code == "source_too_large"
+
+
+@pytest.fixture(scope="module")
+def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (its own CA)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run([
+        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+        "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert),
+    ], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+async def test_https_goes_through_connect_and_is_verified(
+    sample_video: Path, tmp_path: Path, tls_cert: tuple[Path, Path]
+) -> None:
+    """https reaches the origin as a CONNECT tunnel to the checked address; ffmpeg verifies the certificate."""
+    cert, key = tls_cert
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with MediaServer(sample_video.parent) as origin:
+        origin._server.socket = context.wrap_socket(origin._server.socket, server_side=True)
+        url = origin.base_url.replace("http://", "https://") + f"/{sample_video.name}"
+        trusted = load_settings({}, fetch_allow_networks="127.0.0.1/32", fetch_ca_file=str(cert))
+        async with fetch_session(trusted) as session:
+            await copy_cut(url, tmp_path / "ok.mp4", seek_sec=2, duration_sec=1,
+                           input_args=session.ffmpeg_input_args(url))
+            remote = await inspect_url(url, session, trusted)
+            fetched = await fetch_to_file(url, tmp_path / "whole.mp4", trusted, session)
+        assert (tmp_path / "ok.mp4").stat().st_size > 0
+        assert remote.ranges and remote.size == fetched.size == sample_video.stat().st_size
+        assert session.contacted and all(c.endswith("-> 127.0.0.1") for c in session.contacted)
+        served = len(origin.requests)
+        async with fetch_session(_allow_origin_only()) as session:  # the system's CAs do not know this one
+            with pytest.raises(ClipError) as caught, session.errors():
+                await copy_cut(url, tmp_path / "no.mp4", seek_sec=0, duration_sec=1,
+                               input_args=session.ffmpeg_input_args(url))
+        assert caught.value.code == "media_error" and session.refusal is None
+        assert len(origin.requests) == served  # the handshake failed before any request

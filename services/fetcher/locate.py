@@ -38,7 +38,7 @@ class Located:
 
 
 def _remote(url: str, session: FetchSession, identity: str, headers: dict[str, str] | None = None) -> Located:
-    av_options, args = session.av_options(), session.ffmpeg_input_args()
+    av_options, args = session.av_options(), session.ffmpeg_input_args(url)
     if headers:
         joined = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         av_options["headers"] = joined
