@@ -72,8 +72,9 @@ class ScratchQuota:
         self.per_message = min(int(settings.scratch_reserve_mb * MIB), self.quota)
         self.waiting = False
 
-    def _locked(self, change: dict[str, int] | None, drop: str | None) -> int:
-        """Under the lock: drop dead reservations, apply a change, write back; the bytes reserved after."""
+    def _locked(self, change: dict[str, int] | None, drop: str | None, cap: int | None = None) -> int:
+        """Under the lock: drop dead reservations, apply a change (unless it would pass `cap`: then -1 and
+        nothing changes), write back; the bytes reserved after."""
         self.root.mkdir(parents=True, exist_ok=True)
         with (self.root / LOCK).open("a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -85,6 +86,8 @@ class ScratchQuota:
             entries = {k: v for k, v in entries.items() if _alive(v[0])}
             if drop is not None:
                 entries.pop(drop, None)
+            if cap is not None and change and sum(v[1] for v in entries.values()) + sum(change.values()) > cap:
+                return -1
             if change:
                 entries.update({k: [os.getpid(), n] for k, n in change.items()})
             tmp = path.with_suffix(".tmp")
@@ -106,6 +109,19 @@ class ScratchQuota:
 
     def release(self, ticket: str) -> None:
         self._locked(None, ticket)
+
+    def try_reserve(self, nbytes: int) -> str | None:
+        """Reserve `nbytes` if they fit in the quota now (checked and recorded under one lock)."""
+        ticket = secrets.token_hex(8)
+        return ticket if self._locked({ticket: nbytes}, None, cap=self.quota) >= 0 else None
+
+    async def reserve_when_room(self, nbytes: int) -> str:
+        """Wait until `nbytes` more fit in the quota and reserve them (a whole download of a known size)."""
+        while True:
+            ticket = await asyncio.to_thread(self.try_reserve, nbytes)
+            if ticket is not None:
+                return ticket
+            await asyncio.sleep(WAIT_POLL_SEC)  # other processes release too: the ledger is looked at again
 
     async def wait_for_room(self, on_change: asyncio.Event | None = None) -> None:
         """Return once one message's reservation fits; `waiting` is True meanwhile."""

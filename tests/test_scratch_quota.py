@@ -80,3 +80,17 @@ def test_a_dead_process_reservation_is_dropped(tmp_path: Path) -> None:
     assert not quota.has_room()
     quota.release(ticket)
     assert quota.has_room()
+
+
+@pytest.mark.settings(nvme_scratch_gb=1 / 1024, scratch_reserve_mb=0.25)
+async def test_whole_download_larger_than_the_scratch_quota_is_refused(
+    client: AsyncTestClient[Any], workers: Workers, sample_video: Path
+) -> None:
+    """A server without ranges means a whole download: one that could never fit in scratch fails at once."""
+    assert sample_video.stat().st_size > MIB
+    workers.start()
+    with MediaServer(sample_video.parent) as origin:
+        origin.ranges = False
+        job = await wait_for_job(client, (await _submit(client, origin.url(sample_video.name))).json()["id"])
+        assert origin.bytes_sent < sample_video.stat().st_size  # refused before the body was read
+    assert (job["status"], job["errorCode"], job["attempts"]) == ("failed", "source_too_large", 1)

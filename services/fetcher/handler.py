@@ -15,7 +15,7 @@ from shared.pipeline import COPY_ROUTE, FETCH
 from shared.storage import sha256_file, staging_prefix
 from shared.worker import StageDeps, finish_job_done
 
-from .locate import Stager, locate
+from .locate import Located, Stager, locate, release_download
 
 DURATION_TOLERANCE_SEC = 0.05  # endSec may exceed the probed duration by this much (container rounding)
 
@@ -34,6 +34,13 @@ async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
 
 async def _handle(job: ClipJobMessage, deps: StageDeps, session: FetchSession) -> StageMessage | None:
     source = await locate(job, deps, session)
+    try:
+        return await _plan(job, deps, source)
+    finally:
+        release_download(deps.res.settings, source.scratch_ticket)
+
+
+async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageMessage | None:
     media, staged, identity = source.media, source.artifact, source.identity
     fingerprint = request_fingerprint(job, identity)
     await fingerprints.record(deps.res.db, uuid.UUID(job.id), fingerprint)

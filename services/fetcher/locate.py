@@ -8,14 +8,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.contracts import Artifact, ClipJobMessage, UploadSource, UrlSource, YoutubeSource
+from shared.errors import FetchRefused, Transient
 from shared.fetch import fetch_to_file, inspect_url
 from shared.fetchproxy import FetchSession
 from shared.pipeline import FETCH
+from shared.scratch import ScratchQuota
+from shared.settings import Settings
 from shared.storage import sha256_file
 from shared.upload_check import verify_upload
 from shared.worker import StageDeps
@@ -35,6 +39,7 @@ class Located:
     av_options: dict[str, str] = field(default_factory=dict)  # for the in-process probe (PyAV)
     ffmpeg_args: list[str] = field(default_factory=list)  # for ffmpeg, before `-i`
     stage: Stager | None = None  # writes [keyframe, end] into a folder itself (yt-dlp); None: ffmpeg copy
+    scratch_ticket: str = ""  # a scratch reservation for a whole download, released when the message is done
 
 
 def _remote(url: str, session: FetchSession, identity: str, headers: dict[str, str] | None = None) -> Located:
@@ -44,6 +49,24 @@ def _remote(url: str, session: FetchSession, identity: str, headers: dict[str, s
         av_options["headers"] = joined
         args += ["-headers", joined]
     return Located(url, identity, None, av_options, args)
+
+
+async def reserve_download(settings: Settings, size: int) -> str:
+    """Reserve scratch for a whole download, waiting (within FETCH_TIMEOUT_SEC) for room; refused when it could
+    never fit in the node's quota."""
+    quota = ScratchQuota(settings)
+    if size + quota.per_message > quota.quota:
+        raise FetchRefused(f"the source is {size} bytes and its server does not serve ranges: more than this "
+                           f"node's scratch space; give a URL that serves ranges or upload it", code="source_too_large")
+    try:
+        return await asyncio.wait_for(quota.reserve_when_room(size), settings.fetch_timeout_sec)
+    except TimeoutError as exc:
+        raise Transient("no scratch space for the download; retried later", code="scratch_full") from exc
+
+
+def release_download(settings: Settings, ticket: str) -> None:
+    if ticket:
+        ScratchQuota(settings).release(ticket)
 
 
 async def locate(job: ClipJobMessage, deps: StageDeps, session: FetchSession) -> Located:
@@ -59,13 +82,17 @@ async def locate(job: ClipJobMessage, deps: StageDeps, session: FetchSession) ->
                 size = f":size={remote.size}" if remote.size is not None else ""
                 identity = f"url:{remote.url}:validator={remote.validator}{size}" if remote.validator else job.id
                 return _remote(remote.url, session, identity)
+            located = Located("", "")
+            if remote.size is not None:  # the whole file lands in scratch: reserve its size beyond the message's
+                located.scratch_ticket = await reserve_download(settings, remote.size)
             path = deps.scratch / "download"
             fetched = await fetch_to_file(remote.url, path, settings, session)
             if fetched.validator:
-                identity = f"url:{fetched.url}:validator={fetched.validator}:size={fetched.size}"
+                located.identity = f"url:{fetched.url}:validator={fetched.validator}:size={fetched.size}"
             else:
-                identity = f"sha256:{await sha256_file(path)}"
-            return Located(str(path), identity)
+                located.identity = f"sha256:{await sha256_file(path)}"
+            located.media = str(path)
+            return located
         case YoutubeSource(url=url):
             page = await find_media(url, session, settings)
             located = _remote(page.url, session, page.identity, page.headers)

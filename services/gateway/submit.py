@@ -12,11 +12,12 @@ import uuid
 import msgspec
 
 from shared import bus
-from shared.contracts import ClipJobMessage, JobAccepted, JobRequest, UploadSource
+from shared.contracts import ClipJobMessage, JobAccepted, JobRequest, UploadSource, YoutubeSource
 from shared.db import idempotency, jobs
-from shared.errors import BadRequest, QueueFull, ServiceUnavailable
+from shared.errors import BadRequest, FetchRefused, QueueFull, ServiceUnavailable
 from shared.ids import uuid7
 from shared.settings import Settings
+from shared.ytdlp import check_page_url
 
 from .state import Gateway
 from .uploads import UPLOAD_PREFIX, check_upload_size
@@ -30,6 +31,11 @@ def validate_request(data: JobRequest, settings: Settings) -> None:
         raise BadRequest("startSec must be 0 or more", code="start_negative", field="startSec")
     if data.end_sec <= data.start_sec:
         raise BadRequest("endSec must be greater than startSec", code="end_before_start", field="endSec")
+    if isinstance(data.source, YoutubeSource):  # the page's site is checked again by the fetcher
+        try:
+            check_page_url(data.source.url, settings)
+        except FetchRefused as exc:
+            raise BadRequest(exc.message, code=exc.code, field="source.url") from exc
     if data.end_sec - data.start_sec > settings.max_clip_seconds:
         raise BadRequest(
             f"the clip is {data.end_sec - data.start_sec:g} s; the longest allowed is {settings.max_clip_seconds:g} s",
