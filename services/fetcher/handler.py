@@ -63,7 +63,7 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
     else:
         offset = 0.0
     plan = MediaPlan(
-        duration_sec=info.duration_sec, container=info.container, streams=info.streams,
+        duration_sec=info.duration_sec, container=info.container, streams=source.section_streams or info.streams,
         cut_start_sec=cut_start, staged_offset_sec=offset,
     )
     return StageMessage(job=job, route=list(COPY_ROUTE), done=[FETCH], plan=plan, artifacts=[staged])

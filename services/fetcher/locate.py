@@ -13,10 +13,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.contracts import Artifact, ClipJobMessage, UploadSource, UrlSource, YoutubeSource
+from shared.contracts import Artifact, ClipJobMessage, StreamFacts, UploadSource, UrlSource, YoutubeSource
 from shared.errors import FetchRefused, Transient
 from shared.fetch import fetch_to_file, inspect_url
 from shared.fetchproxy import FetchSession
+from shared.media.probe import probe
 from shared.pipeline import FETCH
 from shared.scratch import ScratchQuota
 from shared.settings import Settings
@@ -40,6 +41,7 @@ class Located:
     ffmpeg_args: list[str] = field(default_factory=list)  # for ffmpeg, before `-i`
     stage: Stager | None = None  # writes [keyframe, end] into a folder itself (yt-dlp); None: ffmpeg copy
     scratch_ticket: str = ""  # a scratch reservation for a whole download, released when the message is done
+    section_streams: list[StreamFacts] = field(default_factory=list)  # the staged section's streams (yt-dlp)
 
 
 def _remote(url: str, session: FetchSession, identity: str, headers: dict[str, str] | None = None) -> Located:
@@ -98,7 +100,9 @@ async def locate(job: ClipJobMessage, deps: StageDeps, session: FetchSession) ->
             located = _remote(page.url, session, page.identity, page.headers)
 
             async def section(start: float, end: float, folder: Path) -> Path:
-                return await download_section(page, session, settings, start, end, folder)
+                path = await download_section(page, session, settings, start, end, folder)
+                located.section_streams = (await probe(str(path))).streams  # video and audio may come apart
+                return path
 
             located.stage = section
             return located
