@@ -11,8 +11,10 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from litestar.testing import AsyncTestClient
 
 from shared import netguard
 from shared.errors import ClipError, FetchRefused
@@ -21,6 +23,7 @@ from shared.fetchproxy import fetch_session
 from shared.media.cut import copy_cut
 from shared.media.probe import probe
 from shared.settings import Settings, load_settings
+from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer
 
 STRICT = load_settings({})
@@ -241,3 +244,29 @@ async def test_https_goes_through_connect_and_is_verified(
                                input_args=session.ffmpeg_input_args(url))
         assert caught.value.code == "media_error" and session.refusal is None
         assert len(origin.requests) == served  # the handshake failed before any request
+
+
+@pytest.mark.settings(fetch_allow_private=False)
+@pytest.mark.parametrize(("template", "status"), [
+    ("file:///etc/passwd", 422), ("http://user@127.0.0.1:{p}/a.mp4", 422), ("gopher://127.0.0.1:{p}/", 422),
+    ("http://127.0.0.1:{p}/a.mp4", 202), ("http://0x7f000001:{p}/a.mp4", 202), ("http://[::1]:{p}/a.mp4", 202),
+])
+async def test_jobs_naming_forbidden_urls_fail_without_a_connection(
+    client: AsyncTestClient[Any], workers: Workers, victims: tuple[Listener, Listener | None], template: str,
+    status: int,
+) -> None:
+    """The form is refused at submit (422); an address only the resolver reveals fails the job (fetch_refused,
+    once, no retry); the listener on that address never sees a connection."""
+    v4, v6 = victims
+    before = (v4.connections, v6.connections if v6 else 0)
+    workers.start("fetch")
+    response = await client.post("/api/jobs", json={
+        "source": {"type": "url", "url": template.format(p=v4.port)}, "startSec": 0, "endSec": 1,
+    })
+    assert response.status_code == status, response.text
+    if status == 422:
+        assert response.json()["error"]["code"] == "fetch_refused"
+    else:
+        job = await wait_for_job(client, response.json()["id"])
+        assert (job["status"], job["errorCode"], job["attempts"]) == ("failed", "fetch_refused", 1)
+    assert (v4.connections, v6.connections if v6 else 0) == before

@@ -12,10 +12,11 @@ import uuid
 import msgspec
 
 from shared import bus
-from shared.contracts import ClipJobMessage, JobAccepted, JobRequest, UploadSource, YoutubeSource
+from shared.contracts import ClipJobMessage, JobAccepted, JobRequest, UploadSource, UrlSource, YoutubeSource
 from shared.db import idempotency, jobs
 from shared.errors import BadRequest, FetchRefused, QueueFull, ServiceUnavailable
 from shared.ids import uuid7
+from shared.netguard import split_url
 from shared.settings import Settings
 from shared.ytdlp import check_page_url
 
@@ -31,6 +32,11 @@ def validate_request(data: JobRequest, settings: Settings) -> None:
         raise BadRequest("startSec must be 0 or more", code="start_negative", field="startSec")
     if data.end_sec <= data.start_sec:
         raise BadRequest("endSec must be greater than startSec", code="end_before_start", field="endSec")
+    if isinstance(data.source, UrlSource):  # the form only: addresses are checked on every hop by the fetcher
+        try:
+            split_url(data.source.url)
+        except FetchRefused as exc:
+            raise BadRequest(exc.message, code=exc.code, field="source.url") from exc
     if isinstance(data.source, YoutubeSource):  # the page's site is checked again by the fetcher
         try:
             check_page_url(data.source.url, settings)
