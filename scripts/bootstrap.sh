@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make this checkout runnable on a Debian/Ubuntu machine; safe to run again (it only does what is missing).
 #
-#   1. Debian packages, installed only when absent: ffmpeg, fonts-dejavu-core (the burn-in font), espeak-ng
+#   1. Debian packages, installed only when absent: ffmpeg, openssl, fonts-dejavu-core (the burn-in font), espeak-ng
 #      (speech for the subtitle tests), postgresql (only when no
 #      PostgreSQL answers at 127.0.0.1:5432 and no server binaries exist), python3-venv (when venv is broken).
 #   2. .venv with Python >= 3.11 (PYTHON=/path/to/python3.x picks the interpreter), then
@@ -48,6 +48,7 @@ find_python() {
 
 missing=()
 command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # the SSRF suite's local TLS origin
 if command -v dpkg >/dev/null 2>&1; then
     have_pkg fonts-dejavu-core || missing+=(fonts-dejavu-core)
 fi

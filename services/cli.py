@@ -26,11 +26,14 @@ def _stop_on_signals() -> asyncio.Event:
 
 async def _run_worker(stage: str, settings: Settings) -> None:
     from services.registry import STAGES
+    from shared.fetchproxy import guarded_proxy, warn_if_open
     from shared.pipeline import DEFAULT_ROUTE_LENGTH
     from shared.resources import open_resources
     from shared.worker import run_worker
 
     stop = _stop_on_signals()
+    warn_if_open(settings)
+    await guarded_proxy()  # the process's guarded proxy for user URLs, up before the first message
     async with open_resources(settings, f"worker-{stage}") as res:
         await run_worker(STAGES[stage], res, DEFAULT_ROUTE_LENGTH, stop)
 

@@ -58,6 +58,13 @@ class ServiceUnavailable(RetryLater):
     http_status = 503
 
 
+class ScratchFull(RetryLater):
+    """Every worker node is out of scratch space (NVME_SCRATCH_GB): new jobs are refused for a moment."""
+
+    code = "scratch_full"
+    http_status = 503
+
+
 class BadRequest(Permanent):
     """A request the gateway refuses before a job exists."""
 

@@ -1,70 +1,43 @@
 """The one way clipjet reads a user's URL: every hop is checked before it is contacted.
 
-Refuses non-HTTP(S) schemes, userinfo in the URL, and hosts that resolve to loopback, private,
-link-local, CGNAT, multicast, reserved or unspecified addresses (unless FETCH_ALLOW_PRIVATE, for tests
-and local demos only); follows at most FETCH_MAX_REDIRECTS redirects, checking each; bounds size and time.
+Refuses non-HTTP(S) schemes, userinfo in the URL, unusual IP spellings, and hosts that resolve to loopback,
+private, link-local, CGNAT, multicast, reserved or unspecified addresses (unless FETCH_ALLOW_PRIVATE or
+FETCH_ALLOW_NETWORKS, for tests and local demos only; link-local never); follows at most FETCH_MAX_REDIRECTS
+redirects, checking each; bounds size and time. Every byte goes through the guarded proxy
+(`shared.fetchproxy`), which checks again and connects to the checked address.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
+import re
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import httpx
 
 from shared.errors import FetchRefused, SourceUnreachable, SourceUnreadable
+from shared.fetchproxy import FetchSession, fetch_session
 from shared.logs import get_logger
+from shared.netguard import Policy, Target
+from shared.netguard import check_url as _check_url
 from shared.settings import Settings
 
 log = get_logger("fetch")
 
-ALLOWED_SCHEMES = frozenset({"http", "https"})
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 1024 * 1024
-CGNAT = ipaddress.ip_network("100.64.0.0/10")
+CONNECT_TIMEOUT_SEC = 10.0
+_CONTENT_RANGE = re.compile(r"bytes\s+\d+-\d+/(\d+)")
 
 
-def _plain(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def address_is_public(address: str) -> bool:
-    ip = _plain(address)
-    return ip.is_global and not ip.is_multicast and ip not in CGNAT
-
-
-def address_is_link_local(address: str) -> bool:
-    """Link-local (169.254.0.0/16 with the cloud metadata service, fe80::/10): refused even for local demos."""
-    return _plain(address).is_link_local
-
-
-async def check_url(url: str, settings: Settings) -> None:
-    """Raise FetchRefused unless clipjet may fetch `url`."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ALLOWED_SCHEMES:
-        raise FetchRefused(f"only http and https URLs can be fetched, not {parts.scheme or 'none'!r}")
-    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
-        raise FetchRefused("URLs with user info (user@host) are not fetched")
-    host = parts.hostname
-    if not host:
-        raise FetchRefused("the URL has no host")
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise SourceUnreadable(f"the host {host!r} does not resolve", code="source_unresolvable") from exc
-    addresses = {str(info[4][0]).split("%")[0] for info in infos}
-    if any(address_is_link_local(a) for a in addresses):
-        raise FetchRefused(f"the host {host!r} resolves to a link-local (metadata) address; fetching it is not allowed")
-    blocked = sorted(a for a in addresses if not address_is_public(a))
-    if blocked and not settings.fetch_allow_private:
-        raise FetchRefused(f"the host {host!r} resolves to a non-public address; fetching it is not allowed")
+async def check_url(url: str, settings: Settings) -> Target:
+    """Raise FetchRefused unless clipjet may fetch `url`; the checked target otherwise."""
+    return await _check_url(url, Policy.of(settings))
 
 
 @dataclass(frozen=True)
@@ -76,37 +49,95 @@ class Fetched:
     validator: str  # ETag, else Last-Modified, else "" (then only the bytes identify the file)
 
 
-async def fetch_to_file(url: str, path: Path, settings: Settings) -> Fetched:
-    """Download `url` into `path` through the guard."""
-    if settings.fetch_allow_private:
-        log.warning("fetch_allow_private_on", detail="FETCH_ALLOW_PRIVATE is on: private addresses are fetched")
-    timeout = httpx.Timeout(settings.fetch_timeout_sec, connect=10.0)
-    async with httpx.AsyncClient(follow_redirects=False, timeout=timeout, trust_env=False) as client:
-        try:
-            return await asyncio.wait_for(_follow(client, url, path, settings), settings.fetch_timeout_sec)
-        except TimeoutError as exc:
-            raise SourceUnreachable(f"downloading the source took over {settings.fetch_timeout_sec:.0f} s") from exc
-        except httpx.TransportError as exc:
-            raise SourceUnreachable(f"could not reach the source: {type(exc).__name__}") from exc
+@dataclass(frozen=True)
+class Remote:
+    """What one ranged request told about a URL: its final address, size, validator and range support."""
+
+    url: str
+    size: int | None
+    validator: str
+    ranges: bool  # the server answered a Range request with 206: ffmpeg can seek instead of downloading
 
 
-async def _follow(client: httpx.AsyncClient, url: str, path: Path, settings: Settings) -> Fetched:
+@asynccontextmanager
+async def _client(session: FetchSession, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    timeout = httpx.Timeout(settings.fetch_idle_timeout_sec, connect=CONNECT_TIMEOUT_SEC)
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=settings.fetch_ca_file) \
+        if settings.fetch_ca_file else True
+    async with httpx.AsyncClient(
+        follow_redirects=False, timeout=timeout, trust_env=False, proxy=session.url, verify=verify
+    ) as c:
+        with session.errors():
+            try:
+                yield c
+            except httpx.TransportError as exc:
+                raise SourceUnreachable(f"could not reach the source: {type(exc).__name__}") from exc
+
+
+async def _open(
+    client: httpx.AsyncClient, session: FetchSession, url: str, settings: Settings, headers: dict[str, str]
+) -> tuple[str, httpx.Response]:
+    """GET `url` following at most FETCH_MAX_REDIRECTS redirects, each hop checked; the final URL and response."""
     for _ in range(settings.fetch_max_redirects + 1):
         await check_url(url, settings)
-        async with client.stream("GET", url) as response:
-            if response.status_code in REDIRECT_CODES and "location" in response.headers:
-                url = urljoin(url, response.headers["location"])
-                continue
-            if response.status_code >= 500:
-                raise SourceUnreachable(f"the source answered HTTP {response.status_code}")
-            if response.status_code >= 400:
-                raise SourceUnreadable(
-                    f"the source answered HTTP {response.status_code}; check the URL or upload the file instead"
-                )
-            size = await _save(response, path, settings.fetch_max_bytes)
-            validator = response.headers.get("etag") or response.headers.get("last-modified") or ""
-            return Fetched(url, size, validator)
+        response = await client.send(client.build_request("GET", url, headers=headers), stream=True)
+        if response.status_code in REDIRECT_CODES and "location" in response.headers:
+            await response.aclose()
+            url = urljoin(url, response.headers["location"])
+            continue
+        if session.refusal is not None:
+            await response.aclose()
+            raise session.refusal
+        if response.status_code >= 500:
+            await response.aclose()
+            raise SourceUnreachable(f"the source answered HTTP {response.status_code}")
+        if response.status_code >= 400:
+            await response.aclose()
+            raise SourceUnreadable(
+                f"the source answered HTTP {response.status_code}; check the URL or upload the file instead"
+            )
+        return url, response
     raise FetchRefused(f"more than {settings.fetch_max_redirects} redirects")
+
+
+def _validator(response: httpx.Response) -> str:
+    return response.headers.get("etag") or response.headers.get("last-modified") or ""
+
+
+async def inspect_url(url: str, session: FetchSession, settings: Settings) -> Remote:
+    """One `Range: bytes=0-0` request (after redirects): does the server serve ranges, how big is the file."""
+    async with _client(session, settings) as client:
+        final, response = await asyncio.wait_for(
+            _open(client, session, url, settings, {"Range": "bytes=0-0"}), settings.fetch_timeout_sec
+        )
+        await response.aclose()
+    match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+    if response.status_code == 206 and match:
+        return Remote(final, int(match.group(1)), _validator(response), ranges=True)
+    declared = response.headers.get("content-length")
+    return Remote(final, int(declared) if declared else None, _validator(response), ranges=False)
+
+
+async def fetch_to_file(url: str, path: Path, settings: Settings, session: FetchSession | None = None) -> Fetched:
+    """Download `url` into `path` through the guard."""
+    if session is None:
+        async with fetch_session(settings) as own:
+            return await fetch_to_file(url, path, settings, own)
+    async with _client(session, settings) as client:
+        try:
+            return await asyncio.wait_for(_download(client, session, url, path, settings), settings.fetch_timeout_sec)
+        except TimeoutError as exc:
+            raise SourceUnreachable(f"downloading the source took over {settings.fetch_timeout_sec:.0f} s") from exc
+
+
+async def _download(client: httpx.AsyncClient, session: FetchSession, url: str, path: Path,
+                    settings: Settings) -> Fetched:
+    final, response = await _open(client, session, url, settings, {})
+    try:
+        size = await _save(response, path, settings.fetch_max_bytes)
+    finally:
+        await response.aclose()
+    return Fetched(final, size, _validator(response))
 
 
 async def _save(response: httpx.Response, path: Path, max_bytes: int) -> int:

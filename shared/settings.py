@@ -36,6 +36,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_clip_seconds: float = 120.0  # longest clip a job may ask for, seconds
     max_parallel_encoders_per_node: int = msgspec.field(default_factory=_default_encoders)  # encodes at once
     nvme_scratch_gb: float = 20.0  # local scratch a node may use, GB
+    scratch_reserve_mb: float = 512.0  # scratch a stage reserves per message before pulling it, MiB
+    scratch_report_sec: float = 2.0  # period of a worker's scratch-use report to the gateway, s
     scratch_dir: Path = Path("/tmp/clipjet-scratch")  # where stages keep their local files
     queue_visibility_sec: float = 60.0  # JetStream ack_wait: a silent worker's message comes back after this, s
     heartbeat_ms: int = 500  # progress write + in_progress() period, ms
@@ -66,6 +68,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     fetch_timeout_sec: float = 60.0  # whole download of a source, s
     fetch_max_bytes: int = 8 * 1024**3  # largest source download, bytes
     fetch_max_redirects: int = 5
+    fetch_allow_networks: str = ""  # tests and local demos only: comma-separated CIDRs a fetch may reach anyway
+    fetch_idle_timeout_sec: float = 30.0  # the guarded proxy drops a connection silent this long, s
+    fetch_ca_file: str = ""  # CA bundle ffmpeg verifies https sources against (empty: the system's)
+    fetch_allowed_domains: str = (  # page hosts yt-dlp sources may name (and their subdomains), comma-separated
+        "youtube.com,www.youtube.com,m.youtube.com,music.youtube.com,youtu.be,youtube-nocookie.com"
+    )
+    ytdlp_max_height: int = 1080  # tallest video format yt-dlp picks, pixels
+    ytdlp_timeout_sec: float = 60.0  # yt-dlp's whole extraction of one page, s
+    ytdlp_retries: int = 1  # yt-dlp's retries of a failed request
 
     # --- uploads ---
     max_upload_mb: int = 20_480  # largest upload a slot is given for, MiB

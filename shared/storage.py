@@ -221,6 +221,21 @@ class Storage:
         except ClientError as exc:
             raise StorageError(f"completing the upload at {key!r} failed: {_error_code(exc)}") from exc
 
+    async def sha256_object(self, key: str) -> str:
+        """The stored object's sha256 (hex), streamed: no local copy."""
+        digest = hashlib.sha256()
+        try:
+            response = await self._client.get_object(Bucket=self.bucket, Key=key)
+            body = response["Body"]
+            try:
+                while chunk := await body.read(HASH_CHUNK):
+                    digest.update(chunk)
+            finally:
+                body.close()
+        except ClientError as exc:
+            raise StorageError(f"storage GET failed for {key}: {exc}") from exc
+        return digest.hexdigest()
+
     async def signed_put_url(self, key: str, ttl_sec: int, content_type: str) -> str:
         return await self._presigner.generate_presigned_url(
             "put_object", Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type},

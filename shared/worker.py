@@ -31,6 +31,7 @@ from shared.logs import get_logger
 from shared.progress import Progress, heartbeat_loop
 from shared.resources import Resources
 from shared.retry import backoff
+from shared.scratch import ScratchGate
 
 log = get_logger("worker")
 T = TypeVar("T", ClipJobMessage, StageMessage)
@@ -71,6 +72,7 @@ class StageSpec(Generic[T]):
     handle: Callable[[T, StageDeps], Awaitable[StageMessage | None]]
     # A resource of the stage's own (a model, a device), opened once when the worker starts, not per message.
     open_local: Callable[[Resources], AbstractAsyncContextManager[Any]] | None = None
+    uses_scratch: bool = False  # reserve SCRATCH_RESERVE_MB of the node's scratch quota per message
 
     def decoder(self) -> msgspec.json.Decoder[T]:
         return msgspec.json.Decoder(self.input_type)
@@ -184,24 +186,37 @@ class Worker(Generic[T]):
         source = PrioritySource(subs)
         slots = asyncio.Semaphore(settings.worker_concurrency)
         stopping = asyncio.create_task(self._stopping.wait())
+        gate = ScratchGate(self.res.nc, settings) if self.spec.uses_scratch else None
         log.info("worker_started", stage=self.spec.name, concurrency=settings.worker_concurrency)
         try:
             while not self._stopping.is_set():
                 await slots.acquire()
+                if gate is not None and not await gate.before_pull(stopping):  # no room: pull nothing yet
+                    slots.release()
+                    break
                 pull = asyncio.create_task(source.next())
                 await asyncio.wait({pull, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 if not pull.done():
                     pull.cancel()
                     slots.release()
                     break
+                ticket = gate.take() if gate is not None else ""
                 task = asyncio.create_task(self._process(pull.result()))
                 self._inflight.add(task)
-                task.add_done_callback(lambda t: (self._inflight.discard(t), slots.release()))
+                task.add_done_callback(lambda t, k=ticket: self._done(t, k, slots, gate))
         finally:
+            if gate is not None:
+                await gate.close()
             stopping.cancel()
             await source.close()
             await self._drain()
             log.info("worker_stopped", stage=self.spec.name)
+
+    def _done(self, task: asyncio.Task[None], ticket: str, slots: asyncio.Semaphore, gate: ScratchGate | None) -> None:
+        self._inflight.discard(task)
+        slots.release()
+        if gate is not None:
+            gate.give_back(ticket)
 
     async def _drain(self) -> None:
         """Let in-flight work finish within SHUTDOWN_GRACE_SEC; the rest is handed back (nak)."""

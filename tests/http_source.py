@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 import re
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,6 +12,7 @@ from pathlib import Path
 
 RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 CHUNK = 64 * 1024
+CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".m3u8": "application/vnd.apple.mpegurl", ".ts": "video/mp2t"}
 
 
 class MediaServer:
@@ -20,9 +22,14 @@ class MediaServer:
         self.folder = folder
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.bytes_sent = 0
-        self.stall_first_get_sec = 0.0  # hold the first GET of a file this long after its first chunk
+        self.stall_first_get_sec = 0.0  # hold the first whole-file GET (no Range) this long after its first chunk
         self.fail_first_gets = 0  # answer this many GETs with 503 before serving
         self.first_get_started = threading.Event()
+        self.redirects: dict[str, str] = {}  # path -> Location answered with 302
+        self.statuses: dict[str, int] = {}  # path -> error status answered instead of the file
+        self.ranges = True  # False: ignore Range headers and answer 200 with the whole file (no Accept-Ranges)
+        self.etag = True  # send an ETag for each file
+        self.send_buffer_bytes = 0  # > 0: the socket send buffer, so bytes_sent is close to what left the server
         self._stalled = False
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -51,6 +58,11 @@ class MediaServer:
             def log_message(self, *args: object) -> None:
                 return
 
+            def setup(self) -> None:
+                if server.send_buffer_bytes:
+                    self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, server.send_buffer_bytes)
+                super().setup()
+
             def do_HEAD(self) -> None:
                 self._serve(body=False)
 
@@ -65,13 +77,23 @@ class MediaServer:
                 if failing:
                     self.send_error(503)
                     return
-                path = server.folder / self.path.lstrip("/").split("?")[0]
+                route = self.path.split("?")[0]
+                if route in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[route])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if route in server.statuses:
+                    self.send_error(server.statuses[route])
+                    return
+                path = server.folder / route.lstrip("/")
                 if not path.is_file():
                     self.send_error(404)
                     return
                 size = path.stat().st_size
                 start, end = 0, size - 1
-                match = RANGE.fullmatch(self.headers.get("Range", "") or "")
+                match = RANGE.fullmatch(self.headers.get("Range", "") or "") if server.ranges else None
                 if match and (match.group(1) or match.group(2)):
                     if match.group(1):
                         start = int(match.group(1))
@@ -88,16 +110,21 @@ class MediaServer:
                     self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
                 else:
                     self.send_response(200)
-                self.send_header("Accept-Ranges", "bytes")
-                self.send_header("Content-Type", mimetypes.guess_type(path.name)[0] or "video/mp4")
+                if server.ranges:
+                    self.send_header("Accept-Ranges", "bytes")
+                if server.etag:
+                    self.send_header("ETag", f'"{size}-{int(path.stat().st_mtime)}"')
+                content_type = CONTENT_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "video/mp4"
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(end - start + 1))
                 self.end_headers()
                 if body:
                     self._send_body(path, start, end)
 
             def _send_body(self, path: Path, start: int, end: int) -> None:
-                with server._lock:
-                    stall = server.stall_first_get_sec if not server._stalled else 0.0
+                with server._lock:  # only a whole-file download (no Range, more than a chunk) stalls
+                    long_body = end - start + 1 > CHUNK and self.headers.get("Range") is None
+                    stall = server.stall_first_get_sec if not server._stalled and long_body else 0.0
                     server._stalled = server._stalled or stall > 0
                 with path.open("rb") as handle:
                     handle.seek(start)
@@ -114,7 +141,7 @@ class MediaServer:
                             return
                         server.bytes_sent += len(chunk)
                         remaining -= len(chunk)
-                        if first:
+                        if first and long_body:
                             server.first_get_started.set()
                             first = False
                             if stall:

@@ -167,6 +167,7 @@ async def test_progress_is_written_and_published(
     workers.start()
     with MediaServer(sample_video.parent) as origin:
         origin.stall_first_get_sec = 1.0  # a slow origin: the fetch stage is busy for over a second
+        origin.ranges = False  # a whole download, which the stall holds up
         response = await client.post("/api/jobs", json={
             "source": {"type": "url", "url": origin.url(sample_video.name)}, "startSec": 2, "endSec": 4,
         })

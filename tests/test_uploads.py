@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from shared.media.testpattern import make_test_pattern
+from shared.resources import Resources
 from tests.conftest import Workers, wait_for_job
+from tests.test_clip_pipeline import upload
 
 MIB = 1024 * 1024
 
@@ -68,3 +72,42 @@ async def test_upload_limits_and_unknown_uploads(client: AsyncTestClient[Any]) -
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "upload_not_found"
     foreign = await client.post("/api/uploads/complete", json={"key": "results/x/clip.mp4", "uploadId": "x"})
     assert foreign.status_code == 422 and foreign.json()["error"]["code"] == "upload_not_found"
+
+
+async def test_same_bytes_under_two_uploads_are_one_source(
+    client: AsyncTestClient[Any], workers: Workers, resources: Resources, sample_video: Path, tmp_path: Path
+) -> None:
+    """The fetcher sniffs each upload and records its sha256; the second upload of the same bytes (another key,
+    another name) is the same source, so the same request is answered with the first job's result."""
+    workers.start()
+    copy = tmp_path / "renamed.mp4"
+    copy.write_bytes(sample_video.read_bytes())
+    jobs = []
+    for path in (sample_video, copy):
+        key = await upload(client, path)
+        response = await client.post("/api/jobs", json={
+            "source": {"type": "upload", "key": key}, "startSec": 2, "endSec": 5,
+        })
+        jobs.append(await wait_for_job(client, response.json()["id"]))
+    assert [j["status"] for j in jobs] == ["done", "done"], jobs
+    assert jobs[1]["result"] == jobs[0]["result"]
+    rows = await resources.db.fetch("SELECT key, sha256 FROM upload_checks ORDER BY checked_at")
+    assert len(rows) == 2 and {r["sha256"] for r in rows} == {hashlib.sha256(sample_video.read_bytes()).hexdigest()}
+    prints = await resources.db.fetch(
+        "SELECT fingerprint FROM jobs WHERE id = ANY($1::uuid[])", [uuid.UUID(j["id"]) for j in jobs]
+    )
+    assert len(prints) == 2 and prints[0]["fingerprint"] == prints[1]["fingerprint"] is not None
+    assert await resources.storage.list_keys(f"staging/{jobs[1]['id']}/") == []  # nothing cut again
+
+
+@pytest.mark.settings(max_upload_mb=1)
+async def test_stored_upload_over_the_limit_is_not_used(client: AsyncTestClient[Any], larger_video: Path) -> None:
+    """A single PUT declares no size: the stored object's size is checked before a job may use it."""
+    slot = (await client.post("/api/uploads", json={"filename": "big.mp4", "contentType": "video/mp4"})).json()
+    async with httpx.AsyncClient() as s3:
+        put = await s3.put(slot["url"], content=larger_video.read_bytes(), headers=slot["headers"])
+    assert put.status_code == 200
+    response = await client.post("/api/jobs", json={
+        "source": {"type": "upload", "key": slot["key"]}, "startSec": 0, "endSec": 2,
+    })
+    assert response.status_code == 422 and response.json()["error"]["code"] == "upload_too_large", response.text

@@ -6,4 +6,4 @@ from shared.worker import StageSpec
 
 from .handler import handle, pick_encoder
 
-STAGE = StageSpec(name=ENCODE, input_type=StageMessage, handle=handle, open_local=pick_encoder)
+STAGE = StageSpec(name=ENCODE, input_type=StageMessage, handle=handle, open_local=pick_encoder, uses_scratch=True)

@@ -6,4 +6,4 @@ from shared.worker import StageSpec
 
 from .handler import handle
 
-STAGE = StageSpec(name=FETCH, input_type=ClipJobMessage, handle=handle)
+STAGE = StageSpec(name=FETCH, input_type=ClipJobMessage, handle=handle, uses_scratch=True)

@@ -31,6 +31,7 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_resources(settings, "gateway") as res:
             app.state.gateway = Gateway.for_resources(res)
+            await app.state.gateway.scratch.start(res.nc)
             yield
 
     return Litestar(

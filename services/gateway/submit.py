@@ -12,14 +12,16 @@ import uuid
 import msgspec
 
 from shared import bus
-from shared.contracts import ClipJobMessage, JobAccepted, JobRequest, UploadSource
+from shared.contracts import ClipJobMessage, JobAccepted, JobRequest, UploadSource, UrlSource, YoutubeSource
 from shared.db import idempotency, jobs
-from shared.errors import BadRequest, QueueFull, ServiceUnavailable
+from shared.errors import BadRequest, FetchRefused, QueueFull, ServiceUnavailable
 from shared.ids import uuid7
+from shared.netguard import split_url
 from shared.settings import Settings
+from shared.ytdlp import check_page_url
 
 from .state import Gateway
-from .uploads import UPLOAD_PREFIX
+from .uploads import UPLOAD_PREFIX, check_upload_size
 
 _encoder = msgspec.json.Encoder()
 
@@ -30,6 +32,16 @@ def validate_request(data: JobRequest, settings: Settings) -> None:
         raise BadRequest("startSec must be 0 or more", code="start_negative", field="startSec")
     if data.end_sec <= data.start_sec:
         raise BadRequest("endSec must be greater than startSec", code="end_before_start", field="endSec")
+    if isinstance(data.source, UrlSource):  # the form only: addresses are checked on every hop by the fetcher
+        try:
+            split_url(data.source.url)
+        except FetchRefused as exc:
+            raise BadRequest(exc.message, code=exc.code, field="source.url") from exc
+    if isinstance(data.source, YoutubeSource):  # the page's site is checked again by the fetcher
+        try:
+            check_page_url(data.source.url, settings)
+        except FetchRefused as exc:
+            raise BadRequest(exc.message, code=exc.code, field="source.url") from exc
     if data.end_sec - data.start_sec > settings.max_clip_seconds:
         raise BadRequest(
             f"the clip is {data.end_sec - data.start_sec:g} s; the longest allowed is {settings.max_clip_seconds:g} s",
@@ -43,6 +55,7 @@ async def submit_job(gw: Gateway, data: JobRequest, idempotency_key: str | None)
     validate_request(data, res.settings)
     for breaker in (gw.breakers.db, gw.breakers.nats):  # shed load before anything is written
         breaker.refuse_if_open()
+    gw.scratch.refuse_if_saturated()
     if isinstance(data.source, UploadSource):
         async with gw.breakers.s3:
             await _check_upload(gw, data.source.key)
@@ -97,8 +110,10 @@ async def _replay(gw: Gateway, earlier: idempotency.Earlier, digest: str) -> Job
 
 
 async def _check_upload(gw: Gateway, key: str) -> None:
-    if not key.startswith(UPLOAD_PREFIX) or await gw.res.storage.head(key) is None:
+    found = await gw.res.storage.head(key) if key.startswith(UPLOAD_PREFIX) else None
+    if found is None:
         raise BadRequest(
             f"no upload at key {key!r}; get a slot from POST /api/uploads and PUT the file first",
             code="upload_not_found", field="source.key",
         )
+    check_upload_size(found.size, gw.res.settings)

@@ -46,6 +46,11 @@ def _check_size(size: int | None, settings: Settings) -> None:
         )
 
 
+def check_upload_size(size: int, settings: Settings) -> None:
+    """A stored upload over MAX_UPLOAD_MB (a single PUT carries no declared size) is not used."""
+    _check_size(size, settings)
+
+
 def _own_upload(key: str) -> None:
     if not key.startswith(UPLOAD_PREFIX):
         raise BadRequest(f"{key!r} is not an upload key", code="upload_not_found", field="key")

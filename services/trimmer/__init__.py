@@ -6,4 +6,4 @@ from shared.worker import StageSpec
 
 from .handler import handle
 
-STAGE = StageSpec(name=TRIM, input_type=StageMessage, handle=handle)
+STAGE = StageSpec(name=TRIM, input_type=StageMessage, handle=handle, uses_scratch=True)

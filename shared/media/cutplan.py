@@ -68,12 +68,14 @@ def decide_cut(
 
 
 async def choose_cut(
-    media: str, streams: list[StreamFacts], precision: Precision, start: float, end: float, *, staged: bool = True
+    media: str, streams: list[StreamFacts], precision: Precision, start: float, end: float, *, staged: bool = True,
+    options: dict[str, str] | None = None,
 ) -> CutDecision:
-    """Read the frame layout around the cut points of `media` (a path or URL) when it matters, then decide."""
+    """Read the frame layout around the cut points of `media` (a path or URL, read with the libavformat
+    `options`, e.g. a user URL's guarded proxy) when it matters, then decide."""
     fits = copyable_to_mp4(streams)
     videos = sum(1 for s in streams if s.kind == "video")
-    layout = await cut_layout(media, start, end) if fits and videos == 1 and precision != "keyframe" else None
+    layout = await cut_layout(media, start, end, options) if fits and videos == 1 and precision != "keyframe" else None
     encoders = await asyncio.to_thread(available_encoders)
     return decide_cut(precision, streams, layout, fits_mp4=fits, encoders=encoders, staged=staged)
 

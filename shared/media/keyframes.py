@@ -94,14 +94,14 @@ class _Packet:
     key: bool
 
 
-async def cut_layout(source: str, start: float, end: float) -> CutLayout:
+async def cut_layout(source: str, start: float, end: float, options: dict[str, str] | None = None) -> CutLayout:
     """The layout of a frame-accurate cut of [start, end) of the first video stream of a local path or URL."""
-    return await asyncio.to_thread(_cut_layout, source, start, end)
+    return await asyncio.to_thread(_cut_layout, source, start, end, options)
 
 
-def _cut_layout(source: str, start: float, end: float) -> CutLayout:
+def _cut_layout(source: str, start: float, end: float, options: dict[str, str] | None = None) -> CutLayout:
     try:
-        with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC)) as container:
+        with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC), options=options or {}) as container:
             if not container.streams.video:
                 raise SourceUnreadable("the media has no video stream", code="no_video")
             video = container.streams.video[0]

@@ -37,14 +37,16 @@ class MediaInfo:
         return any(s.kind == "video" for s in self.streams)
 
 
-async def probe(source: str, keyframe_at: float | None = None) -> MediaInfo:
-    """Streams and duration of a local path or URL; with `keyframe_at`, the keyframe a copy from there starts at."""
-    return await asyncio.to_thread(_probe, source, keyframe_at)
+async def probe(source: str, keyframe_at: float | None = None, options: dict[str, str] | None = None) -> MediaInfo:
+    """Streams and duration of a local path or URL; with `keyframe_at`, the keyframe a copy from there starts at.
+
+    `options`: libavformat options, e.g. a user URL's guarded proxy (`FetchSession.av_options()`)."""
+    return await asyncio.to_thread(_probe, source, keyframe_at, options)
 
 
-def _probe(source: str, keyframe_at: float | None) -> MediaInfo:
+def _probe(source: str, keyframe_at: float | None, options: dict[str, str] | None = None) -> MediaInfo:
     try:
-        with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC)) as container:
+        with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC), options=options or {}) as container:
             streams = [_facts(s) for s in container.streams]
             duration = _duration(container)
             if not any(s.kind in ("video", "audio") for s in streams) or duration is None:
