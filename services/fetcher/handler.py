@@ -11,8 +11,8 @@ from shared.fetchproxy import FetchSession, fetch_session
 from shared.fingerprint import request_fingerprint
 from shared.logs import get_logger
 from shared.media.cut import STAGING_FORMATS, copy_cut, copyable_to_mp4
-from shared.media.cutplan import CutDecision, choose_cut
-from shared.media.probe import MediaInfo, probe, timeline_start
+from shared.media.cutplan import CutDecision, probe_and_choose
+from shared.media.probe import MediaInfo, timeline_start
 from shared.pipeline import COPY_ROUTE, FETCH, REENCODE_ROUTE, unavailable, with_subtitles
 from shared.storage import sha256_file, staging_prefix
 from shared.worker import StageDeps, finish_job_done
@@ -53,9 +53,10 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
         await finish_job_done(deps.res, job.id, *earlier)
         return None
     deps.progress.set(0.3)
-    info = await probe(media, keyframe_at=job.start_sec, options=source.av_options)
-    _check_range(job, info)
-    decision = await _decide(job, deps, source, info)
+    info, decision = await probe_and_choose(
+        media, job.precision, job.start_sec, job.end_sec, staged=staged is None, options=source.av_options,
+        check=lambda found: _check_range(job, found), decided=_decided_by_request(job, deps),
+    )
     log.info("cut_path_chosen", cut_path=decision.path, cut_reason=decision.reason)
     route = with_subtitles(REENCODE_ROUTE if decision.path == "reencode" else COPY_ROUTE,
                            job.subs.enabled, job.subs.burn_in)
@@ -78,14 +79,14 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
     return StageMessage(job=job, route=list(route), done=[FETCH], plan=plan, artifacts=[staged])
 
 
-async def _decide(job: ClipJobMessage, deps: StageDeps, source: Located, info: MediaInfo) -> CutDecision:
-    """The cut path: subtitles burned in and forced re-encodes re-encode; otherwise the frame layout decides."""
+def _decided_by_request(job: ClipJobMessage, deps: StageDeps) -> CutDecision | None:
+    """The cut path when the request alone decides it (subtitles burned in, forced re-encodes); else None:
+    the frame layout decides."""
     if job.subs.burn_in:  # drawing subtitles into the picture re-encodes every frame anyway
         return CutDecision("reencode", "subtitles_burn_in")
     if deps.res.settings.force_cut_path == "reencode":  # benchmarks: every job through the encoder
         return CutDecision("reencode", "forced")
-    return await choose_cut(source.media, info.streams, job.precision, job.start_sec, job.end_sec,
-                            staged=source.artifact is None, options=source.av_options)
+    return None
 
 
 def _check_range(job: ClipJobMessage, info: MediaInfo) -> None:

@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.contracts import CutPath, Precision, StreamFacts
 from shared.media.cut import copyable_to_mp4
-from shared.media.keyframes import CutLayout, cut_layout
+from shared.media.keyframes import CutLayout, cut_layout, layout_in
+from shared.media.probe import MediaInfo, opened_media, read_info
 from shared.media.smartcut import MAX_REORDER_DELAY, SMART_ENCODERS
 
 ENCODERS_TIMEOUT_SEC = 30  # `ffmpeg -encoders` on a loaded machine
@@ -78,6 +80,29 @@ async def choose_cut(
     layout = await cut_layout(media, start, end, options) if fits and videos == 1 and precision != "keyframe" else None
     encoders = await asyncio.to_thread(available_encoders)
     return decide_cut(precision, streams, layout, fits_mp4=fits, encoders=encoders, staged=staged)
+
+
+async def probe_and_choose(
+    media: str, precision: Precision, start: float, end: float, *, staged: bool, options: dict[str, str] | None,
+    check: Callable[[MediaInfo], None], decided: CutDecision | None = None,
+) -> tuple[MediaInfo, CutDecision]:
+    """`probe` and `choose_cut` over one opening of `media` (a user's URL is read once, not twice): its
+    facts, checked by `check` before the layout is read, and the cut decision (`decided`, when the request
+    alone decided it, without reading the layout)."""
+    encoders = await asyncio.to_thread(available_encoders)
+
+    def run() -> tuple[MediaInfo, CutDecision]:
+        with opened_media(media, options) as container:
+            info = read_info(container, keyframe_at=start)
+            check(info)
+            if decided is not None:
+                return info, decided
+            fits = copyable_to_mp4(info.streams)
+            videos = sum(1 for s in info.streams if s.kind == "video")
+            layout = layout_in(container, start, end) if fits and videos == 1 and precision != "keyframe" else None
+        return info, decide_cut(precision, info.streams, layout, fits_mp4=fits, encoders=encoders, staged=staged)
+
+    return await asyncio.to_thread(run)
 
 
 @functools.lru_cache(maxsize=1)

@@ -15,13 +15,8 @@ from fractions import Fraction
 import av
 import av.error
 
-from shared.errors import SourceUnreadable, Transient
-from shared.media.probe import (
-    AV_TIME_BASE,
-    OPEN_TIMEOUT_SEC,
-    READ_TIMEOUT_SEC,
-    _keyframe_at_or_before,
-)
+from shared.errors import SourceUnreadable
+from shared.media.probe import AV_TIME_BASE, _keyframe_at_or_before, opened_media
 
 TIME_EPSILON_SEC = 0.001  # times this close count as equal (container rounding of startSec/endSec)
 RATE_TOLERANCE = 0.02  # frame intervals within 2 % of each other are one constant frame rate
@@ -100,25 +95,25 @@ async def cut_layout(source: str, start: float, end: float, options: dict[str, s
 
 
 def _cut_layout(source: str, start: float, end: float, options: dict[str, str] | None = None) -> CutLayout:
-    try:
-        with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC), options=options or {}) as container:
-            if not container.streams.video:
-                raise SourceUnreadable("the media has no video stream", code="no_video")
-            video = container.streams.video[0]
-            tb: Fraction = video.time_base or Fraction(1, AV_TIME_BASE)
-            start_key = _keyframe_at_or_before(container, video, start)
-            head = _packets_from(container, video, start_key, tb, stop_dts=end, stop_after_key=start)
-            rotation = _rotation(container, video, start_key, tb)
-            end_key = _keyframe_at_or_before(container, video, max(start_key, end - TIME_EPSILON_SEC))
-            tail = _packets_from(container, video, end_key, tb, stop_dts=end)
-            layout = _layout(head, tail, start, end, start_key, end_key, _format(video, tb, rotation, head))
-            if not layout.variable_rate and _rates_differ(video):
-                layout = replace(layout, variable_rate=True)
-            return layout
-    except av.error.TimeoutError as exc:
-        raise Transient("reading the media timed out", code="probe_timeout") from exc
-    except av.error.FFmpegError as exc:
-        raise SourceUnreadable(f"the media is not readable ({exc.strerror or type(exc).__name__})") from exc
+    with opened_media(source, options) as container:
+        return layout_in(container, start, end)
+
+
+def layout_in(container: av.container.InputContainer, start: float, end: float) -> CutLayout:
+    """The layout of a frame-accurate cut of [start, end) of the first video stream of an open media file."""
+    if not container.streams.video:
+        raise SourceUnreadable("the media has no video stream", code="no_video")
+    video = container.streams.video[0]
+    tb: Fraction = video.time_base or Fraction(1, AV_TIME_BASE)
+    start_key = _keyframe_at_or_before(container, video, start)
+    head = _packets_from(container, video, start_key, tb, stop_dts=end, stop_after_key=start)
+    rotation = _rotation(container, video, start_key, tb)
+    end_key = _keyframe_at_or_before(container, video, max(start_key, end - TIME_EPSILON_SEC))
+    tail = _packets_from(container, video, end_key, tb, stop_dts=end)
+    layout = _layout(head, tail, start, end, start_key, end_key, _format(video, tb, rotation, head))
+    if not layout.variable_rate and _rates_differ(video):
+        layout = replace(layout, variable_rate=True)
+    return layout
 
 
 def _packets_from(

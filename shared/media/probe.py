@@ -8,6 +8,8 @@ keyframe at or before a time from one packet (see BENCHMARKS.md for the differen
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -45,21 +47,34 @@ async def probe(source: str, keyframe_at: float | None = None, options: dict[str
 
 
 def _probe(source: str, keyframe_at: float | None, options: dict[str, str] | None = None) -> MediaInfo:
+    with opened_media(source, options) as container:
+        return read_info(container, keyframe_at)
+
+
+@contextmanager
+def opened_media(source: str, options: dict[str, str] | None = None) -> Iterator[av.container.InputContainer]:
+    """The source opened by libavformat (`options`: e.g. a user URL's guarded proxy); its read errors as
+    clipjet errors (a timeout is transient, unreadable media permanent)."""
     try:
         with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC), options=options or {}) as container:
-            streams = [_facts(s) for s in container.streams]
-            duration = _duration(container)
-            if not any(s.kind in ("video", "audio") for s in streams) or duration is None:
-                raise SourceUnreadable("the source has no audio or video stream with a known duration")
-            keyframe = None
-            if keyframe_at is not None and container.streams.video:
-                keyframe = _keyframe_at_or_before(container, container.streams.video[0], keyframe_at)
-            return MediaInfo(duration, container.format.name, streams, keyframe)
+            yield container
     except av.error.TimeoutError as exc:
         raise Transient("reading the source timed out", code="probe_timeout") from exc
     except av.error.FFmpegError as exc:
         detail = exc.strerror or type(exc).__name__
         raise SourceUnreadable(f"the source is not readable media ({detail}); upload a video or audio file") from exc
+
+
+def read_info(container: av.container.InputContainer, keyframe_at: float | None) -> MediaInfo:
+    """Streams and duration of an open source; with `keyframe_at`, the keyframe a copy from there starts at."""
+    streams = [_facts(s) for s in container.streams]
+    duration = _duration(container)
+    if not any(s.kind in ("video", "audio") for s in streams) or duration is None:
+        raise SourceUnreadable("the source has no audio or video stream with a known duration")
+    keyframe = None
+    if keyframe_at is not None and container.streams.video:
+        keyframe = _keyframe_at_or_before(container, container.streams.video[0], keyframe_at)
+    return MediaInfo(duration, container.format.name, streams, keyframe)
 
 
 def _facts(stream: av.stream.Stream) -> StreamFacts:
