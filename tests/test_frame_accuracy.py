@@ -65,6 +65,7 @@ CASES = [
     Case("audio_only", 1.5, 3.7, "copy", {"seconds": 5, "video": False}, suffix=".m4a"),
     Case("no_keyframe_in_clip", 2.3, 3.2, "reencode", {"seconds": 6, "gop": 300}),
     Case("hevc_mid_gop", 1.5, 3.7, "reencode", {"seconds": 5, "codec": "libx265"}),
+    Case("open_gop", 2.51, 4.8, "reencode", {"seconds": 6, "open_gop": True}),
     Case("vp9_opus_webm_mid_gop", 1.5, 3.5, "reencode", {"seconds": 4, "codec": "libvpx-vp9", "gop": 30},
          suffix=".webm"),
     Case("vp9_opus_webm_from_start", 0.0, 3.5, "copy", {"seconds": 4, "codec": "libvpx-vp9", "gop": 120},

@@ -18,6 +18,7 @@ from shared.media.burnin import burn_in_filter_for
 from shared.media.cut import MP4_VIDEO_CODECS
 from shared.media.encode import encode_clip
 from shared.media.hwenc import VideoEncoder, detect_video_encoder
+from shared.media.keyframes import first_frame_from
 from shared.media.probe import KEYFRAME_EPSILON_SEC
 from shared.media.slots import encode_slot, threads_per_encode
 from shared.metrics import encode_running, record_video_encoder, serve_metrics
@@ -64,15 +65,17 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
         return forward_clip(task, ENCODE, *existing, start, "reencode")
 
     media = await storage.internal_url(source.key, READ_URL_TTL_SEC)
+    origin = await source_time_of_zero(media, plan, source, task.job.id)
+    # a re-encode seeks to its first frame's own time (see encode_clip)
+    first = start if copy_video else origin + await first_frame_from(media, start - origin)
     burn_in = await burn_in_filter_for(task, storage, deps.scratch, settings)  # input -ss: frames start at 0
     encoder = None if copy_video else deps.local
     path = deps.scratch / CLIP_NAME
     slots = settings.max_parallel_encoders_per_node
-    origin = await source_time_of_zero(media, plan, source, task.job.id)
     async with encode_slot(settings.scratch_dir, slots):
         with encode_running():
             await encode_clip(
-                media, path, seek_sec=start - origin, duration_sec=task.job.end_sec - start,
+                media, path, seek_sec=first - origin, duration_sec=task.job.end_sec - first,
                 streams=plan.streams, encoder=encoder, threads=threads_per_encode(slots),
                 extra_filters=[burn_in] if burn_in else [],
                 on_progress=lambda p: deps.progress.set(ENCODE_SHARE * p),

@@ -17,6 +17,9 @@ from shared.media.hwenc import VideoEncoder
 
 AAC_BITRATE = "160k"  # audio that MP4 does not take is encoded to AAC at this rate
 X264_THREADS_PER_CORE = 1.5  # x264's own default ratio of threads to cores, applied to this encode's share
+# a re-encode seeks this far ahead of the first frame's time (less than any frame interval), so that rounding
+# of the times cannot drop that frame and a frame starting at the end of the clip falls clearly after it, s
+FRAME_SEEK_LEAD_SEC = 0.001
 
 
 def audio_codec_args(streams: Sequence[StreamFacts]) -> list[str]:
@@ -51,7 +54,8 @@ def encode_args(
     """The ffmpeg arguments (after the global ones) of `encode_clip`."""
     has_video = any(s.kind == "video" for s in streams)
     args = [*(encoder.input_args if encoder and has_video else ()), "-threads", str(threads)]
-    args += ["-ss", f"{seek_sec:.6f}"] if seek_sec > 0 else []
+    seek = seek_sec - FRAME_SEEK_LEAD_SEC if encoder is not None else seek_sec
+    args += ["-ss", f"{seek:.6f}"] if seek > 0 else []
     args += ["-i", source, "-t", f"{duration_sec:.6f}", "-map", "0:V:0?", "-map", "0:a?"]
     if has_video:
         args += ["-filter_threads", str(threads), *video_codec_args(encoder, threads, extra_filters)]
@@ -66,6 +70,9 @@ async def encode_clip(
 ) -> None:
     """Cut `duration_sec` from `seek_sec` of `source` into an MP4 (+faststart); the first frame is the one at
     `seek_sec` (ffmpeg decodes from the keyframe before and drops the frames ahead of it).
+
+    A re-encode must seek to a frame's own time (`keyframes.first_frame_from`): from a time between frames,
+    ffmpeg's constant-rate output fills the gap up to the next frame by showing that frame twice.
 
     `encoder` None copies the video (only exact when `seek_sec` is a keyframe); `threads` is this encode's
     share of the node's cores; `extra_filters` run before the encoder's own (e.g. `subtitles=...`).
