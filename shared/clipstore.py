@@ -16,6 +16,8 @@ from shared.storage import ObjectInfo, Storage, sha256_file, staging_prefix
 
 READ_URL_TTL_SEC = 3600  # lifetime of the signed URL ffmpeg reads the staged media through, s
 DURATION_META = "duration"  # object metadata: the clip's duration in seconds
+START_META = "start"  # object metadata: the clip's first frame in source seconds
+PATH_META = "path"  # object metadata: the cut path that made the clip
 
 
 async def source_time_of_zero(media: str, plan: MediaPlan, source: Artifact, job_id: str) -> float:

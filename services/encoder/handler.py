@@ -11,14 +11,21 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from shared.clipstore import READ_URL_TTL_SEC, forward_clip, source_time_of_zero, store_clip, stored_clip
+from shared.clipstore import (
+    READ_URL_TTL_SEC,
+    START_META,
+    forward_clip,
+    source_time_of_zero,
+    store_clip,
+    stored_clip,
+)
 from shared.contracts import MediaPlan, StageMessage
 from shared.errors import Permanent
 from shared.media.burnin import burn_in_filter_for
 from shared.media.cut import MP4_VIDEO_CODECS
 from shared.media.encode import encode_clip
 from shared.media.hwenc import VideoEncoder, detect_video_encoder
-from shared.media.keyframes import first_frame_from
+from shared.media.keyframes import frame_shown_at
 from shared.media.probe import KEYFRAME_EPSILON_SEC
 from shared.media.slots import encode_slot, threads_per_encode
 from shared.metrics import encode_running, record_video_encoder, serve_metrics
@@ -62,12 +69,13 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
     key = f"{staging_prefix(task.job.id)}{CLIP_NAME}"
     existing = await stored_clip(storage, key)
     if existing is not None:
-        return forward_clip(task, ENCODE, *existing, start, "reencode")
+        clip, duration = existing
+        return forward_clip(task, ENCODE, clip, duration, float(clip.metadata.get(START_META, start)), "reencode")
 
     media = await storage.internal_url(source.key, READ_URL_TTL_SEC)
     origin = await source_time_of_zero(media, plan, source, task.job.id)
-    # a re-encode seeks to its first frame's own time (see encode_clip)
-    first = start if copy_video else origin + await first_frame_from(media, start - origin)
+    # a re-encode starts with the frame on screen at startSec (as the trimmer's cuts), sought by its own time
+    first = start if copy_video else origin + await frame_shown_at(media, start - origin)
     burn_in = await burn_in_filter_for(task, storage, deps.scratch, settings)  # input -ss: frames start at 0
     encoder = None if copy_video else deps.local
     path = deps.scratch / CLIP_NAME
@@ -80,6 +88,6 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
                 extra_filters=[burn_in] if burn_in else [],
                 on_progress=lambda p: deps.progress.set(ENCODE_SHARE * p),
             )
-    clip, duration = await store_clip(storage, key, path)
+    clip, duration = await store_clip(storage, key, path, {START_META: f"{first:.6f}"})
     deps.progress.set(1.0)
-    return forward_clip(task, ENCODE, clip, duration, start, "reencode")
+    return forward_clip(task, ENCODE, clip, duration, first, "reencode")  # the first frame's own time

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import cast
 
-from shared.clipstore import READ_URL_TTL_SEC, forward_clip, source_time_of_zero, store_clip, stored_clip
+from shared.clipstore import (
+    PATH_META,
+    READ_URL_TTL_SEC,
+    START_META,
+    forward_clip,
+    source_time_of_zero,
+    store_clip,
+    stored_clip,
+)
 from shared.contracts import CutPath, StageMessage
 from shared.errors import Permanent
 from shared.logs import get_logger
@@ -15,8 +23,6 @@ from shared.storage import staging_prefix
 from shared.worker import StageDeps
 
 CUT_SHARE = 0.9  # of this stage's progress; hashing and storing the clip take the rest
-START_META = "start"  # object metadata: the clip's first frame in source seconds
-PATH_META = "path"  # object metadata: the cut path that made the clip
 
 log = get_logger("trimmer")
 

@@ -71,7 +71,7 @@ async def encode_clip(
     """Cut `duration_sec` from `seek_sec` of `source` into an MP4 (+faststart); the first frame is the one at
     `seek_sec` (ffmpeg decodes from the keyframe before and drops the frames ahead of it).
 
-    A re-encode must seek to a frame's own time (`keyframes.first_frame_from`): from a time between frames,
+    A re-encode must seek to a frame's own time (`keyframes.frame_shown_at`): from a time between frames,
     ffmpeg's constant-rate output fills the gap up to the next frame by showing that frame twice.
 
     `encoder` None copies the video (only exact when `seek_sec` is a keyframe); `threads` is this encode's

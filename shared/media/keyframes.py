@@ -116,27 +116,24 @@ def layout_in(container: av.container.InputContainer, start: float, end: float) 
     return layout
 
 
-async def first_frame_from(source: str, t: float) -> float:
-    """The time of the first frame of the first video stream that shows at or after `t`, in a local path or URL.
-    Both times count from the container's start, as ffmpeg's `-ss` does; `t` itself when no frame is there."""
-    return await asyncio.to_thread(_first_frame_from, source, t)
+async def frame_shown_at(source: str, t: float) -> float:
+    """The time of the frame of the first video stream that is on screen at `t` (the last one starting at or
+    before it; the first frame when `t` is before it), in a local path or URL. Both times count from the
+    container's start, as ffmpeg's `-ss` does; `t` itself when there is no video."""
+    return await asyncio.to_thread(_frame_shown_at, source, t)
 
 
-def _first_frame_from(source: str, t: float) -> float:
-    try:
-        with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC)) as container:
-            if not container.streams.video:
-                return t
-            video = container.streams.video[0]
-            tb: Fraction = video.time_base or Fraction(1, AV_TIME_BASE)
-            zero = (container.start_time or 0) / AV_TIME_BASE
-            key = _keyframe_at_or_before(container, video, zero + t)
-            packets = _packets_from(container, video, key, tb, stop_dts=zero + t)
-            return min((p.pts - zero for p in packets if p.pts - zero >= t - TIME_EPSILON_SEC), default=t)
-    except av.error.TimeoutError as exc:
-        raise Transient("reading the media timed out", code="probe_timeout") from exc
-    except av.error.FFmpegError as exc:
-        raise SourceUnreadable(f"the media is not readable ({exc.strerror or type(exc).__name__})") from exc
+def _frame_shown_at(source: str, t: float) -> float:
+    with opened_media(source) as container:
+        if not container.streams.video:
+            return t
+        video = container.streams.video[0]
+        tb: Fraction = video.time_base or Fraction(1, AV_TIME_BASE)
+        zero = (container.start_time or 0) / AV_TIME_BASE
+        key = _keyframe_at_or_before(container, video, zero + t)
+        packets = _packets_from(container, video, key, tb, stop_dts=zero + t)
+        times = sorted(p.pts - zero for p in packets)
+        return max((x for x in times if x <= t + TIME_EPSILON_SEC), default=times[0] if times else t)
 
 
 def _packets_from(
