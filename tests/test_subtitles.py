@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import msgspec
+import numpy as np
 import pytest
 import srt
 import webvtt
@@ -35,6 +36,9 @@ MAX_WER = 0.15
 ONSET_TOLERANCE_SEC = 0.5
 MAX_LINE_CHARS, MAX_LINES, MIN_CUE_SEC, MAX_CUE_SEC = 42, 2, 1.0, 7.0
 SUBS_JOB_TIMEOUT_SEC = 120.0
+BAND_TOP_RATIO = 0.7  # burned cues sit below this share of the picture's height
+DRAWN_ROW_DIFF = 20.0  # mean luma difference of a picture row crossed by burned text, at least
+NOISE_ROW_DIFF = 6.0  # mean luma difference of a row re-encoded at CRF 23 without text, at most
 
 
 def _subtitle_codec(path: Path) -> str:
@@ -181,3 +185,48 @@ async def test_a_clip_without_speech_gets_empty_valid_subtitles(
     vtt_path = tmp_path / "empty.vtt"
     vtt_path.write_bytes(await _fetch(job["urls"]["vtt"]))
     assert webvtt.read(str(vtt_path)).captions == []
+
+
+def _luma_at(path: Path, at_sec: float) -> np.ndarray:
+    """The luma plane of the frame of `path` on screen at `at_sec`, as int16 rows by columns."""
+    info = json.loads(subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height", "-of", "json",
+         str(path)], check=True, capture_output=True, text=True, timeout=30).stdout)["streams"][0]
+    raw = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-vf", f"trim=start={at_sec:.6f},setpts=PTS-STARTPTS",
+         "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "gray", "-"],
+        check=True, capture_output=True, timeout=60).stdout
+    return np.frombuffer(raw, dtype=np.uint8).reshape(info["height"], info["width"]).astype(np.int16)
+
+
+@pytest.mark.settings(asr_model="tiny.en")
+async def test_burn_in_draws_the_subtitles_in_the_cut_encode(
+    client: AsyncTestClient[Any], workers: Workers, resources: Resources, speech_video: SpeechVideo, tmp_path: Path
+) -> None:
+    """`burnIn`: one encode cuts and draws; the clip's frames differ from the source's in the bottom band, where
+    a cue is on screen, and nowhere else beyond encoding noise."""
+    workers.start()
+    response = await client.post("/api/jobs", json={
+        "source": {"type": "upload", "key": await upload(client, speech_video.path)}, "startSec": START_SEC,
+        "endSec": END_SEC, "subs": {"enabled": True, "burnIn": True, "lang": "en"},
+    })
+    assert response.status_code == 202, response.text
+    job = await wait_for_job(client, response.json()["id"], timeout=SUBS_JOB_TIMEOUT_SEC)
+    assert job["status"] == "done", job
+    assert job["result"]["cutPath"] == "reencode"
+    events = await jobs.job_events(resources.db, uuid.UUID(job["id"]))
+    assert [e["data"]["stage"] for e in events if e["type"] == "stage_started"] == [
+        "fetch", "transcribe", "encode", "upload"]  # one encode, no trim
+
+    clip = tmp_path / "burned.mp4"
+    clip.write_bytes(await _fetch(job["urls"]["video"]))
+    cue = next(iter(srt.parse((await _fetch(job["urls"]["srt"])).decode())))
+    at = (cue.start.total_seconds() + cue.end.total_seconds()) / 2
+    burned = _luma_at(clip, at)
+    plain = _luma_at(speech_video.path, job["result"]["actualStartSec"] + at)
+    row_diff = np.abs(burned - plain).mean(axis=1)
+    height = burned.shape[0]
+    band = slice(int(height * BAND_TOP_RATIO), height)
+    above = slice(0, int(height * BAND_TOP_RATIO))
+    assert row_diff[band].max() > DRAWN_ROW_DIFF, row_diff[band]  # text drawn in the bottom band
+    assert row_diff[above].max() < NOISE_ROW_DIFF, row_diff[above]  # and only there
