@@ -25,6 +25,7 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,  # terminated by a fast shutdown
     asyncpg.CrashShutdownError,
     asyncpg.InterfaceError,  # "connection is closed" on a pooled connection the server dropped
+    asyncpg.InternalClientError,  # "cannot switch to state …": a pooled connection broken mid-operation
     ConnectionRefusedError,  # a new connection while the server is down
     ConnectionResetError,
     nats.errors.ConnectionClosedError,

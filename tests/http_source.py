@@ -20,6 +20,7 @@ class MediaServer:
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.bytes_sent = 0
         self.stall_first_get_sec = 0.0  # hold the first GET of a file this long after its first chunk
+        self.stall_every_get_sec = 0.0  # hold every GET this long after its first chunk
         self.fail_first_gets = 0  # answer this many GETs with 503 before serving
         self.first_get_started = threading.Event()
         self._stalled = False
@@ -96,7 +97,7 @@ class MediaServer:
 
             def _send_body(self, path: Path, start: int, end: int) -> None:
                 with server._lock:
-                    stall = server.stall_first_get_sec if not server._stalled else 0.0
+                    stall = server.stall_first_get_sec if not server._stalled else server.stall_every_get_sec
                     server._stalled = server._stalled or stall > 0
                 with path.open("rb") as handle:
                     handle.seek(start)
