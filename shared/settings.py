@@ -41,6 +41,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_ms: int = 500  # progress write + in_progress() period, ms
     s3_multipart_concurrency: int = 12  # parts in flight per multipart upload
     s3_multipart_part_mb: int = 16  # multipart part size, MiB
+    s3_max_attempts: int = 6  # tries of one S3 call by botocore (standard retry mode: 5xx, SlowDown, timeouts)
     retention_hours: float = 24.0  # results are kept this long, hours
     signed_url_ttl_sec: int = 900  # lifetime of signed result and upload URLs, s
     max_attempts: int = 3  # deliveries of one stage message before the job fails
