@@ -8,8 +8,9 @@ byte for byte, Host included, so the signature the server checks is the one the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from contextlib import suppress
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 HEAD_END = b"\r\n\r\n"
@@ -19,6 +20,7 @@ SLOWDOWN_BODY = (
 )
 NO_BODY_STATUSES = frozenset({204, 304})
 COPY_CHUNK = 64 * 1024
+THREAD_START_TIMEOUT_SEC = 10.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,30 @@ class FaultProxy:
         self._server.close()
         with suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), timeout=5)
+
+    @contextmanager
+    def in_thread(self) -> Iterator[FaultProxy]:
+        """Run the proxy on an event loop of its own in a thread (for callers whose loop may block on it, such
+        as an in-process gateway started by a test client)."""
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(self.__aenter__())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self.__aexit__())
+            loop.close()
+
+        thread = threading.Thread(target=run, name="s3-fault-proxy", daemon=True)
+        thread.start()
+        assert ready.wait(THREAD_START_TIMEOUT_SEC), "the S3 fault proxy did not start"
+        try:
+            yield self
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(THREAD_START_TIMEOUT_SEC)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None

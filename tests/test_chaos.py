@@ -40,6 +40,7 @@ from tests.chaos import (
     )
 from tests.conftest import Servers, Workers, _drop_everything, make_settings
 from tests.http_source import MediaServer
+from tests.s3_fault_proxy import FaultProxy, Request
 
 pytestmark = pytest.mark.chaos
 FAULT_AFTER_ENDED = 4  # a restart comes once this many jobs ended: mid-load, with work in every stage
@@ -185,3 +186,28 @@ async def test_postgres_restart_mid_load(
             assert not stack.fleet.dead(), stack.fleet.log_tail()
     finally:
         postgres.stop()
+
+
+S3_FAIL_EVERY = 5  # every 5th S3 request (20 %) is answered 503 SlowDown by the proxy
+
+
+async def test_s3_503_injection_mid_load(
+    servers: Servers, baseline: Outcome, sample_video: Path, tmp_path: Path
+) -> None:
+    """Every service talks to S3 through a proxy that answers every fifth request with 503 SlowDown."""
+    counter = {"requests": 0}
+
+    def every_fifth(request: Request) -> bool:
+        counter["requests"] += 1
+        return counter["requests"] % S3_FAIL_EVERY == 0
+
+    upstream = urlsplit(servers.s3.url).port
+    assert upstream is not None
+    with FaultProxy(upstream, every_fifth).in_thread() as proxy:
+        async with chaos_stack(servers, tmp_path, sample_video, s3_endpoint_url=proxy.url) as stack:
+
+            async def count_503s(stack: Stack, watch: JobWatch) -> int:
+                await watch.wait_ended(len(load_specs()))
+                return len(proxy.failed)
+
+            await run_load("s3_503_every_5th", stack, baseline, count_503s)

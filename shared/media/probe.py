@@ -16,6 +16,7 @@ import av.error
 
 from shared.contracts import StreamFacts
 from shared.errors import SourceUnreadable, Transient
+from shared.media.ffmpeg import HTTP_INPUT_OPTIONS
 
 OPEN_TIMEOUT_SEC = 30.0  # connecting to / opening the source
 READ_TIMEOUT_SEC = 30.0  # waiting for data once open
@@ -44,7 +45,8 @@ async def probe(source: str, keyframe_at: float | None = None) -> MediaInfo:
 
 def _probe(source: str, keyframe_at: float | None) -> MediaInfo:
     try:
-        with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC)) as container:
+        options = dict(HTTP_INPUT_OPTIONS) if source.startswith(("http://", "https://")) else {}
+        with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC), options=options) as container:
             streams = [_facts(s) for s in container.streams]
             duration = _duration(container)
             if not any(s.kind in ("video", "audio") for s in streams) or duration is None:
