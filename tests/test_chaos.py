@@ -8,6 +8,8 @@ Each scenario must end with every job done once, with the same bytes as a fault-
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -38,7 +40,7 @@ from tests.chaos import (
     outcome_of,
     submit,
     )
-from tests.conftest import Servers, Workers, _drop_everything, make_settings
+from tests.conftest import Servers, _drop_everything, make_settings
 from tests.http_source import MediaServer
 from tests.s3_fault_proxy import FaultProxy, Request
 
@@ -48,21 +50,12 @@ FAULT_AFTER_ENDED = 4  # a restart comes once this many jobs ended: mid-load, wi
 
 @pytest.fixture(scope="module")
 async def baseline(servers: Servers, sample_video: Path, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
-    """The load run once without faults (workers in this process): the bytes every scenario must match."""
+    """The load run once on the same kind of stack without faults: the bytes (and delays) scenarios compare to."""
     folder = tmp_path_factory.mktemp("chaos-baseline")
-    settings = make_settings(servers, folder, **CHAOS_TIMING)
-    async with open_resources(settings, "baseline") as res:
-        workers = Workers(res)
-        workers.start()
-        try:
-            with MediaServer(sample_video.parent) as origin:
-                async with AsyncTestClient(create_app(settings)) as client:
-                    ids = await submit(client, load_specs(), origin.url(sample_video.name), "baseline")
-                    rows = await JobWatch(settings, ids).wait_all_ended()
-            outcome = await outcome_of(rows, ids, res.storage)
-        finally:
-            await workers.stop()
-            await _drop_everything(settings, res)
+    async with chaos_stack(servers, folder, sample_video) as stack:
+        ids = await submit(stack.client, load_specs(), stack.source_url, "baseline")
+        rows = await JobWatch(stack.settings, ids).wait_all_ended()
+        outcome = await outcome_of(rows, ids, stack.res.storage)
     assert len(outcome.sha256) == len(ids), "the fault-free run did not finish every job"
     return outcome
 
@@ -170,14 +163,17 @@ async def test_nats_restart_mid_load(
 async def test_postgres_restart_mid_load(
     servers: Servers, baseline: Outcome, sample_video: Path, tmp_path: Path
 ) -> None:
-    postgres = await asyncio.to_thread(start_postgres, tmp_path / "pg")
+    # Not under pytest's temp folder: a pytest session starting elsewhere resets its mode to 0700, and the
+    # postgres user could no longer reach the data folder when the cluster restarts.
+    pg_dir = Path(tempfile.mkdtemp(prefix="clipjet-chaos-pg-"))
+    postgres = await asyncio.to_thread(start_postgres, pg_dir)
     port = urlsplit(postgres.url).port
 
     async def restart(stack: Stack, watch: JobWatch) -> int:
         nonlocal postgres
         await watch.wait_ended(FAULT_AFTER_ENDED)
         postgres.stop()
-        postgres = await asyncio.to_thread(start_postgres, tmp_path / "pg", port)
+        postgres = await asyncio.to_thread(start_postgres, pg_dir, port)
         return 1
 
     try:
@@ -186,6 +182,7 @@ async def test_postgres_restart_mid_load(
             assert not stack.fleet.dead(), stack.fleet.log_tail()
     finally:
         postgres.stop()
+        shutil.rmtree(pg_dir, ignore_errors=True)
 
 
 S3_FAIL_EVERY = 5  # every 5th S3 request (20 %) is answered 503 SlowDown by the proxy
