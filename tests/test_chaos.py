@@ -31,6 +31,7 @@ from tests.chaos import (
     LOAD_DEADLINE_SEC,
     POLL_SEC,
     Fleet,
+    JobSpec,
     JobWatch,
     Outcome,
     assert_flawless,
@@ -120,6 +121,15 @@ async def run_load(name: str, stack: Stack, baseline: Outcome, fault: Fault) -> 
     )
     assert_flawless(figures, stack.fleet.log_tail())
     assert faults >= 1
+    await one_more_job(stack)
+
+
+async def one_more_job(stack: Stack) -> None:
+    """After the fault, the same gateway and workers still take and finish a new job."""
+    extra = JobSpec(start_sec=16.0, end_sec=18.0, priority="fast")  # a range no job of the load asked for
+    ids = await submit(stack.client, [extra], stack.source_url, "after-fault")
+    rows = await JobWatch(stack.settings, ids).wait_all_ended()
+    assert rows[ids[0]]["status"] == "done", (rows[ids[0]], stack.fleet.log_tail())
 
 
 async def kill_each_stage(stack: Stack, watch: JobWatch) -> int:
