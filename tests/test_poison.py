@@ -12,14 +12,18 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from services.reaper.handler import run_reaper
+from services.reaper.handler import reap_once, run_reaper
 from services.reaper.poison import MAX_DELIVERIES_CODE
+from shared import bus
+from shared.contracts import ClipJobMessage
 from shared.db import jobs
+from shared.pipeline import ENTRY_STAGE
 from shared.resources import Resources
 from shared.settings import Settings
 from tests.chaos import Fleet
 from tests.conftest import wait_for_job
 from tests.http_source import MediaServer
+from tests.test_reaper import SET_HEARTBEAT_AGO, new_job
 
 WAIT_SEC = 30.0
 STALL_SEC = 120.0  # every download of the source hangs: the fetch worker is mid-job until it is killed
@@ -72,3 +76,32 @@ async def test_message_that_kills_its_worker_every_time_fails_its_job(
     assert [e["type"] for e in events].count("failed") == 1
     info = await resources.js.stream_info(settings.nats_stream)
     assert info.state.messages == 0  # the poison message is deleted, not left in the stream
+
+
+@pytest.mark.settings(stuck_after_sec=2, queue_visibility_sec=0.5)
+async def test_silent_job_is_failed_only_when_its_message_is_gone_or_spent(
+    resources: Resources, client: AsyncTestClient[Any]
+) -> None:
+    """The reaper's stuck step looks at the message by the stream sequence the runtime recorded."""
+    waiting, gone, spent = new_job(), new_job(), new_job()
+    attempts = {waiting.id: 1, gone.id: 1, spent.id: resources.settings.max_attempts}
+    seqs = {}
+    for job in (waiting, gone, spent):
+        await bus.publish_job(resources.js, resources.subjects, job)
+        seqs[job.id] = (await resources.js.get_last_msg(resources.settings.nats_stream, subject_of(resources, job))).seq
+        assert await jobs.begin_stage(resources.db, job, ENTRY_STAGE, attempts[job.id], seqs[job.id]) == "processing"
+        await resources.db.execute(SET_HEARTBEAT_AGO, uuid.UUID(job.id), 3600.0)
+    await resources.js.delete_msg(resources.settings.nats_stream, seqs[gone.id])  # acked by a worker since
+
+    report = await reap_once(resources)
+    assert (report.stuck_failed, report.errors) == (2, [])
+    views = {job.id: (await client.get(f"/api/jobs/{job.id}")).json() for job in (waiting, gone, spent)}
+    assert views[waiting.id]["status"] == "processing"  # its message waits for a worker: not stuck
+    assert (views[gone.id]["status"], views[gone.id]["errorCode"]) == ("failed", "stuck")
+    assert (views[spent.id]["status"], views[spent.id]["errorCode"]) == ("failed", MAX_DELIVERIES_CODE)
+    info = await resources.js.stream_info(resources.settings.nats_stream)
+    assert info.state.messages == 1  # the spent message is deleted, the waiting one kept
+
+
+def subject_of(res: Resources, job: ClipJobMessage) -> str:
+    return res.subjects.stage(ENTRY_STAGE, job.priority)
