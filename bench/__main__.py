@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from bench.copy_path import latency, throughput, upload_source
+from bench.smartcut import smartcut
 from bench.stack import bench_stack
 from shared.media.testpattern import make_test_pattern
 
@@ -41,15 +42,30 @@ async def copy_benchmarks(runs: int, jobs: int, rounds: int) -> dict[str, object
     return {"latency": {s.name: s.summary() for s in series}, "throughput_median": medians, "throughput": flows}
 
 
+async def smartcut_benchmarks(runs: int) -> dict[str, object]:
+    DATA.mkdir(parents=True, exist_ok=True)
+    source = make_test_pattern(DATA / "source-600s-720p.mp4", seconds=SOURCE_SEC, size="1280x720", fps=30,
+                               gop_frames=60, video_bitrate="2M")
+    with tempfile.TemporaryDirectory(dir=DATA) as work, bench_stack(Path(work) / "stack") as stack:
+        await upload_source(stack, source)
+        return await smartcut(stack, source, SOURCE_SEC, runs, Path(work))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--runs", type=int, default=20, help="sequential jobs for the latency figures")
     parser.add_argument("--jobs", type=int, default=50, help="jobs queued at once for the throughput figure")
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (the median is reported)")
+    parser.add_argument("--smartcut-runs", type=int, default=5, help="rounds of the smart-cut comparison (median)")
+    parser.add_argument("--only", choices=("copy", "smartcut"), help="run one benchmark (default: all)")
     args = parser.parse_args()
     began = time.time()
-    results = {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(began)),
-               "copy": asyncio.run(copy_benchmarks(args.runs, args.jobs, args.rounds))}
+    results: dict[str, object] = {"machine": machine(),
+                                  "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(began))}
+    if args.only in (None, "copy"):
+        results["copy"] = asyncio.run(copy_benchmarks(args.runs, args.jobs, args.rounds))
+    if args.only in (None, "smartcut"):
+        results["smartcut"] = asyncio.run(smartcut_benchmarks(args.smartcut_runs))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"bench-{int(began)}.json"
     out.write_text(json.dumps(results, indent=2))

@@ -29,6 +29,7 @@ FIRST_START_SEC = 31.3  # not on a keyframe: the copy starts at the keyframe bef
 START_STEP_SEC = 17.1  # each job cuts somewhere else
 JOB_TIMEOUT_SEC = 60.0
 UPLOAD_KEY = "uploads/bench/source.mp4"
+COPY_PRECISION = "keyframe"  # the stream-copy path (the default, auto, smart-cuts these starts: bench/smartcut.py)
 THROUGHPUT_FIRST_CLIP = 100  # clip numbers of the throughput rounds start here (latency runs use the first ones)
 
 
@@ -81,12 +82,15 @@ class JobRunner:
         elif not future.done():
             future.set_result(event)
 
-    async def run(self, start: float, end: float, priority: str = "fast") -> float:
+    async def run(self, start: float, end: float, priority: str = "fast", precision: str | None = None) -> float:
         """Seconds from sending the POST to the job's done event."""
         began = time.perf_counter()
-        response = await self.http.post("/api/jobs", json={
+        body: dict[str, object] = {
             "source": {"type": "upload", "key": UPLOAD_KEY}, "startSec": start, "endSec": end, "priority": priority,
-        })
+        }
+        if precision:
+            body["precision"] = precision
+        response = await self.http.post("/api/jobs", json=body)
         response.raise_for_status()
         job_id = response.json()["id"]
         future = self._ends.setdefault(job_id, asyncio.get_running_loop().create_future())
@@ -117,11 +121,11 @@ async def latency(stack: BenchStack, source: Path, source_sec: float, runs: int,
     ours, bare = Series("clipjet job POST→done", []), Series("ffmpeg -c copy + S3 put", [])
     async with JobRunner(stack) as runner, open_storage(stack.settings) as storage:
         for i in range(2):  # warm-up: connections, page cache
-            await runner.run(*clip_range(i, source_sec))
+            await runner.run(*clip_range(i, source_sec), precision=COPY_PRECISION)
             await reference_once(stack, storage, source, work / "warm.mp4", *clip_range(i, source_sec))
         for i in range(runs):
             start, end = clip_range(i + 2, source_sec)
-            ours.seconds.append(await runner.run(start, end))
+            ours.seconds.append(await runner.run(start, end, precision=COPY_PRECISION))
             bare.seconds.append(await reference_once(stack, storage, source, work / f"ref{i}.mp4", start, end))
     return [ours, bare]
 
@@ -137,7 +141,8 @@ async def throughput(
     async with JobRunner(stack) as runner:
         processes = snapshot()
         began = time.perf_counter()
-        await asyncio.gather(*(runner.run(*clip_range(first + i, source_sec), "normal") for i in range(jobs)))
+        await asyncio.gather(*(runner.run(*clip_range(first + i, source_sec), "normal", COPY_PRECISION)
+                               for i in range(jobs)))
         ours = time.perf_counter() - began
         cpu = cpu_used(processes)
     gate = asyncio.Semaphore(2)  # the machine's cores

@@ -12,6 +12,7 @@ from shared.logs import configure_logging
 from shared.settings import Settings, load_settings
 
 SCHEMAS_DIR = Path("schemas")
+K8S_BASE_DIR = Path("k8s/base")
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("migrate", help="apply database migrations and create partitions")
     schemas = sub.add_parser("schemas", help="write schemas/ from the msgspec contracts")
     schemas.add_argument("--dir", type=Path, default=SCHEMAS_DIR)
+    k8s = sub.add_parser("k8s", help="write the kustomize base k8s/base from the stage registry")
+    k8s.add_argument("--dir", type=Path, default=K8S_BASE_DIR)
     stack = sub.add_parser("stack", help="bring up NATS, PostgreSQL, S3 and every service on loopback")
     stack.add_argument("--demo", action="store_true", help="clip a generated sample once everything is up")
     stack.add_argument("--exit-after-demo", action="store_true", help="stop after the demo (for scripts)")
@@ -93,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
             from shared.schemas import write_schemas
 
             for path in write_schemas(args.dir):
+                print(path)
+        case "k8s":
+            from services.k8s import write_manifests
+
+            for path in write_manifests(args.dir, list(STAGES)):
                 print(path)
         case "stack":
             from services.localstack import run_stack

@@ -253,7 +253,8 @@ def _demo(http: httpx.Client, base_url: str, data_dir: Path) -> None:
     result = job["result"]
     for line in (f"job       {job_id}  status {job['status']}  ({time.monotonic() - started:.1f} s in all)",
                  f"asked     {DEMO_START_S:g} to {DEMO_END_S:g} s; got {result['actualStartSec']:.3f} to "
-                 f"{result['actualEndSec']:.3f} s ({result['durationSec']:.2f} s, {result['size']} bytes)",
+                 f"{result['actualEndSec']:.3f} s ({result['durationSec']:.2f} s, {result['size']} bytes, "
+                 f"{result.get('cutPath', 'copy')})",
                  f"clip      {clip}",
                  f"signed    {job['urls']['video']}",
                  "your own: curl -s -X POST " + base_url + "/api/jobs -H 'Content-Type: application/json' -d '"

@@ -57,3 +57,35 @@ def video_frame_count(path: Path) -> int:
         check=True, capture_output=True, text=True, timeout=FFMPEG_TIMEOUT_SEC,
     )
     return int(out.stdout.strip())
+
+
+def make_source(
+    path: Path, *, seconds: float, fps: str = "30", gop: int = 30, bframes: int = 2, codec: str = "libx264",
+    audio: bool = True, video: bool = True, open_gop: bool = False, vfr: bool = False, rotate: int = 0,
+    size: str = "320x180",
+) -> Path:
+    """A small test source for cut tests: fixed GOP (no scene-cut keyframes), chosen B-frames, seeded pink
+    noise as audio (so a shift in time shows), MP4 unless the name says otherwise."""
+    args = ["ffmpeg", "-v", "error", "-y"]
+    if video:
+        args += ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}:duration={seconds}"]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"anoisesrc=d={seconds}:c=pink:r=48000:seed=7:a=0.5"]
+    if video and vfr:  # 30 fps for 2 s, then every third frame: 10 fps
+        args += ["-vf", r"select='lt(n\,60)+not(mod(n\,3))'", "-fps_mode", "vfr"]
+    if video and codec == "libx265":
+        gop_open = 1 if open_gop else 0
+        args += ["-c:v", "libx265", "-preset", "ultrafast", "-tag:v", "hvc1", "-x265-params",
+                 f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}:open-gop={gop_open}:log-level=error"]
+    elif video and codec == "libvpx-vp9":
+        args += ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-g", str(gop), "-b:v", "300k"]
+    elif video:
+        params = "open-gop=1" if open_gop else "open-gop=0"
+        args += ["-c:v", "libx264", "-preset", "ultrafast", "-g", str(gop), "-keyint_min", str(gop),
+                 "-sc_threshold", "0", "-bf", str(bframes), "-pix_fmt", "yuv420p", "-x264-params", params]
+    if video and rotate:
+        args += ["-metadata:s:v:0", f"rotate={rotate}"]
+    if audio:
+        args += ["-c:a", "libopus" if path.suffix == ".webm" else "aac", "-b:a", "96k"]
+    subprocess.run([*args, "-shortest", str(path)], check=True, capture_output=True, timeout=FFMPEG_TIMEOUT_SEC)
+    return path

@@ -66,6 +66,7 @@ async def test_upload_source_end_to_end(
     key = await upload(client, sample_video)
     response = await client.post("/api/jobs", json={
         "source": {"type": "upload", "key": key}, "startSec": 5.5, "endSec": 12.0, "priority": "fast",
+        "precision": "keyframe",
     })
     assert response.status_code == 202, response.text
     assert response.json()["status"] == "queued"
@@ -73,6 +74,7 @@ async def test_upload_source_end_to_end(
     assert job["status"] == "done", job
     assert job["progress"] == 1.0 and job["attempts"] == 1
     assert job["result"]["actualStartSec"] == pytest.approx(4.0, abs=1e-3)
+    assert job["result"].get("cutPath", "copy") == "copy"  # omitted on the wire when it is the default
     clip = await download(job["urls"]["video"], tmp_path / "clip.mp4")
     assert_clip_matches(clip, sample_video, job, 5.5, 12.0)
 
@@ -114,7 +116,8 @@ async def test_job_published_straight_to_nats_is_processed(
         view = await wait_for_job(client, job.id, may_be_unknown=True)
     assert view["status"] == "done", view
     assert view["priority"] == "bulk"
-    assert view["result"]["actualStartSec"] == pytest.approx(0.0, abs=1e-3)
+    assert view["result"]["actualStartSec"] == pytest.approx(1.0, abs=1e-3)  # frame-accurate by default
+    assert view["result"]["cutPath"] == "smart"
 
 
 async def test_end_past_duration_fails_without_retry(

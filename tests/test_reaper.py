@@ -93,7 +93,7 @@ async def test_unpublished_job_is_republished_once_and_processed(
         await jobs.requeue(resources.db, uuid.UUID(taken.id), "source_unreachable", "retry", 1, 1.0)
         normal = await client.post("/api/jobs", json={
             "source": {"type": "url", "url": origin.url(sample_video.name)}, "startSec": 1, "endSec": 2,
-            "priority": "fast",
+            "priority": "fast", "precision": "keyframe",  # no keyframe inside 1-2 s: frame-accurate needs the encoder
         })
         assert normal.status_code == 202
 

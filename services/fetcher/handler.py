@@ -17,14 +17,18 @@ from shared.db import fingerprints
 from shared.errors import EndPastDuration, Permanent, SourceUnreadable
 from shared.fetch import fetch_to_file
 from shared.fingerprint import request_fingerprint
-from shared.media.cut import copy_cut, copyable_to_mp4
+from shared.logs import get_logger
+from shared.media.cut import copy_cut
+from shared.media.cutplan import choose_cut
 from shared.media.probe import MediaInfo, probe
-from shared.pipeline import COPY_ROUTE, FETCH
+from shared.pipeline import COPY_ROUTE, ENCODE, FETCH, REENCODE_ROUTE, STAGES
 from shared.storage import sha256_file, staging_prefix
 from shared.worker import StageDeps, finish_job_done
 
 DURATION_TOLERANCE_SEC = 0.05  # endSec may exceed the probed duration by this much (container rounding)
 PROBE_URL_TTL_SEC = 3600  # lifetime of the signed URL the probe and ffmpeg read an upload through, s
+
+log = get_logger("fetcher")
 
 
 async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
@@ -43,10 +47,13 @@ async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
     deps.progress.set(0.3)
     info = await probe(media, keyframe_at=job.start_sec)
     _check_range(job, info)
-    if not copyable_to_mp4(info.streams):
+    decision = await choose_cut(media, info.streams, job.precision, job.start_sec, job.end_sec,
+                                staged=staged is None)
+    log.info("cut_path_chosen", cut_path=decision.path, cut_reason=decision.reason)
+    if decision.path == "reencode" and ENCODE not in STAGES:
         codecs = ", ".join(sorted({s.codec for s in info.streams}))
-        raise Permanent(f"re-encoding is not available yet; codecs {codecs} cannot be copied into MP4",
-                        code="reencode_unavailable")
+        raise Permanent(f"this clip needs a full re-encode ({decision.reason}; codecs {codecs}), which is not "
+                        f"available yet", code="reencode_unavailable")
     cut_start = job.start_sec if info.keyframe_before is None else info.keyframe_before
     deps.progress.set(0.6)
     if staged is None:
@@ -56,9 +63,10 @@ async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
         offset = 0.0
     plan = MediaPlan(
         duration_sec=info.duration_sec, container=info.container, streams=info.streams,
-        cut_start_sec=cut_start, staged_offset_sec=offset,
+        cut_start_sec=cut_start, staged_offset_sec=offset, cut_path=decision.path, cut_reason=decision.reason,
     )
-    return StageMessage(job=job, route=list(COPY_ROUTE), done=[FETCH], plan=plan, artifacts=[staged])
+    route = REENCODE_ROUTE if decision.path == "reencode" else COPY_ROUTE
+    return StageMessage(job=job, route=list(route), done=[FETCH], plan=plan, artifacts=[staged])
 
 
 async def _locate(job: ClipJobMessage, deps: StageDeps) -> tuple[str, Artifact | None, str]:

@@ -91,6 +91,8 @@ def _keyframe_at_or_before(container: av.container.InputContainer, video: av.Vid
         if found is not None and found <= t + KEYFRAME_EPSILON_SEC:
             return found
         if target == 0.0:
+            if found is not None:  # t is before the first frame (e.g. WebM video at 7 ms): start there
+                return found
             break
     raise SourceUnreadable("the video has no keyframe before the requested start", code="no_keyframe")
 

@@ -1,0 +1,55 @@
+"""Frame-accurate clips: smart-cut job vs stream-copy job vs a bare ffmpeg re-encode of the same clip.
+
+Same source as the copy benchmark (10-minute 1280x720 30 fps H.264/AAC, 2 s GOP, uploaded once). Each run
+cuts a 30 s clip starting between keyframes, three ways, interleaved so they share the machine's state:
+a job with the default precision (`auto`: a smart cut), a job with `precision: keyframe` (stream copy from
+the keyframe before), and `ffmpeg -ss A -to B -i SRC -c:v libx264 -preset veryfast -crf 23 -c:a copy` on a
+local copy of the source (what a full re-encode costs). Target: the smart cut ≤ 20 % of the re-encode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+from bench.copy_path import JobRunner, Series, clip_range
+from bench.stack import BenchStack
+
+FIRST_CLIP = 1000  # clip numbers of this benchmark (other ranges than the copy benchmark's: no reused result)
+REENCODE_ARGS = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-c:a", "copy"]
+
+
+async def bare_reencode(source: Path, out: Path, start: float, end: float) -> float:
+    """Seconds of `ffmpeg -ss A -to B -i SRC` re-encoding the clip with libx264 veryfast CRF 23."""
+    began = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-v", "error", "-y", "-ss", f"{start}", "-to", f"{end}", "-i", str(source), *REENCODE_ARGS,
+        "-movflags", "+faststart", str(out), stdin=subprocess.DEVNULL,
+    )
+    if await proc.wait() != 0:
+        raise RuntimeError("reference re-encode failed")
+    return time.perf_counter() - began
+
+
+async def smartcut(stack: BenchStack, source: Path, source_sec: float, runs: int, work: Path) -> dict[str, object]:
+    """`runs` rounds of smart-cut job, copy job and bare re-encode on the same range; medians and the ratio."""
+    smart = Series("smart-cut job POST→done", [])
+    copy = Series("keyframe copy job POST→done", [])
+    bare = Series("bare ffmpeg libx264 veryfast re-encode", [])
+    async with JobRunner(stack) as runner:
+        await runner.run(*clip_range(FIRST_CLIP - 1, source_sec))  # warm-up: connections, page cache
+        for i in range(runs):
+            start, end = clip_range(FIRST_CLIP + i, source_sec)
+            smart.seconds.append(await runner.run(start, end))
+            copy.seconds.append(await runner.run(start, end, precision="keyframe"))
+            bare.seconds.append(await bare_reencode(source, work / f"reencode{i}.mp4", start, end))
+    medians = {s.name: statistics.median(s.seconds) for s in (smart, copy, bare)}
+    return {
+        "series": {s.name: s.summary() for s in (smart, copy, bare)},
+        "runs": {s.name: s.seconds for s in (smart, copy, bare)},
+        "smart_over_reencode": medians[smart.name] / medians[bare.name],
+        "target_smart_over_reencode": 0.20,
+    }

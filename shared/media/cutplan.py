@@ -1,0 +1,91 @@
+"""Which path cuts a clip: stream copy, smart cut or a full re-encode. One pure function over probe facts.
+
+- `copy`: every frame is copied. `keyframe` precision (the start snaps to the keyframe at or before startSec),
+  audio-only media, or a start on a keyframe with an end the copied packets reach cleanly.
+- `smart`: the frames before the first keyframe in the clip (and, after B-frames, the last one or two) are
+  re-encoded with the stream's own parameters, the rest copied (`shared/media/smartcut.py`).
+- `reencode`: the whole clip is re-encoded (the encoder stage), where joining copied and re-encoded frames is
+  not safe or not possible here: several video streams, no clean keyframe between startSec and endSec
+  (also open GOPs, whose keyframes are followed by frames showing before them), an unknown frame rate, a
+  codec this machine has no matching encoder for, or streams that do not fit MP4.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import subprocess
+from dataclasses import dataclass
+
+from shared.contracts import CutPath, Precision, StreamFacts
+from shared.media.cut import copyable_to_mp4
+from shared.media.keyframes import CutLayout, cut_layout
+from shared.media.smartcut import MAX_REORDER_DELAY, SMART_ENCODERS
+
+ENCODERS_TIMEOUT_SEC = 30  # `ffmpeg -encoders` on a loaded machine
+
+
+@dataclass(frozen=True)
+class CutDecision:
+    """The path a clip takes and why (logged, and kept in the plan as `cutReason`)."""
+
+    path: CutPath
+    reason: str
+
+
+def decide_cut(
+    precision: Precision, streams: list[StreamFacts], layout: CutLayout | None, *, fits_mp4: bool,
+    encoders: frozenset[str], staged: bool = True,
+) -> CutDecision:
+    """The cut path for a job. `layout` is the frame layout of the cut (None when there is no video or the
+    precision is `keyframe`); `encoders` are the video encoders the ffmpeg here has; `staged`: the trimmer
+    reads a staged MP4 copy (URL sources), not the media itself (uploads, read in place)."""
+    videos = [s for s in streams if s.kind == "video"]
+    if not fits_mp4:
+        return CutDecision("reencode", "codec_not_mp4")
+    if not videos:
+        return CutDecision("copy", "audio_only")
+    if len(videos) > 1:
+        return CutDecision("reencode", "several_video_streams")
+    if precision == "keyframe":
+        return CutDecision("copy", "keyframe_precision")
+    if layout is None or layout.frame_sec <= 0:
+        return CutDecision("reencode", "unknown_frame_rate")
+    if layout.join is None:
+        return CutDecision("reencode", "open_gop" if layout.open_gop else "no_keyframe_in_clip")
+    if not staged and not layout.video.stream_id_unique:
+        return CutDecision("reencode", "container_stream_ids")  # the concat list could not name the video
+    if layout.exact_copy:
+        return CutDecision("copy", "start_on_keyframe")
+    encoder = SMART_ENCODERS.get(layout.video.codec)
+    if encoder is None or encoder not in encoders:
+        return CutDecision("reencode", "no_matching_encoder")
+    if layout.video.reorder_delay > MAX_REORDER_DELAY:
+        return CutDecision("reencode", "b_frame_depth")
+    if layout.head_sec <= 0:
+        return CutDecision("smart", "end_inside_reordered_frames")
+    return CutDecision("smart", "variable_frame_rate" if layout.variable_rate else "start_between_keyframes")
+
+
+async def choose_cut(
+    media: str, streams: list[StreamFacts], precision: Precision, start: float, end: float, *, staged: bool = True
+) -> CutDecision:
+    """Read the frame layout around the cut points of `media` (a path or URL) when it matters, then decide."""
+    fits = copyable_to_mp4(streams)
+    videos = sum(1 for s in streams if s.kind == "video")
+    layout = await cut_layout(media, start, end) if fits and videos == 1 and precision != "keyframe" else None
+    encoders = await asyncio.to_thread(available_encoders)
+    return decide_cut(precision, streams, layout, fits_mp4=fits, encoders=encoders, staged=staged)
+
+
+@functools.lru_cache(maxsize=1)
+def available_encoders() -> frozenset[str]:
+    """Names of the encoders of the `ffmpeg` on PATH (the one that cuts), read once per process."""
+    out = subprocess.run(["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True,
+                         timeout=ENCODERS_TIMEOUT_SEC, check=False).stdout
+    names = set()
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and len(parts[0]) == 6 and parts[0][0] in "VAS":
+            names.add(parts[1])
+    return frozenset(names)

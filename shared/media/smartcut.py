@@ -1,0 +1,182 @@
+"""Frame-accurate cuts at close to stream-copy cost ("smart cut").
+
+The frames before the first keyframe inside the clip (the head) are re-encoded with the copied stream's
+coding parameters, the rest is stream-copied, and both are joined by ffmpeg's concat demuxer without a
+re-encode: the head file, then the media itself with `inpoint` at that keyframe and `outpoint` at the last
+point where the copied packets end cleanly. When B-frames make the packets before endSec also carry frames
+after it, the last one or two frames are re-encoded too, so the clip ends at endSec exactly. H.264 joins
+carry their own SPS/PPS in-band (the concat demuxer's `auto_convert`), so the copied part decodes with its
+own parameters. Audio is stream-copied straight from the media over [first frame, endSec] and muxed with
+the joined video: its timestamps stay the source's, so it is in sync to the sample (no AAC priming of a
+re-encoded head in between).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.contracts import CutPath
+from shared.media.ffmpeg import US_PER_SEC, MediaError, run_ffmpeg
+from shared.media.keyframes import TIME_EPSILON_SEC, CutLayout, VideoFormat, cut_layout
+
+# codec → the encoder a matching head is made with. Only H.264: its copied part gets its own SPS/PPS in-band from
+# the concat demuxer (auto_convert); HEVC's copied part would decode with the head's VPS/SPS/PPS (measured:
+# decode errors), so HEVC clips that need re-encoded frames take the full re-encode.
+SMART_ENCODERS = {"h264": "libx264"}
+HEAD_PRESET = "veryfast"  # x264 preset of re-encoded frames
+HEAD_CRF = 16  # quality of re-encoded frames: visually lossless next to the copied ones (PSNR well over 35 dB)
+MAX_REORDER_DELAY = 2  # B-frame reorder depth a re-encoded head can match (x264 with B-pyramid)
+ENCODE_COST_PER_SEC = 12.0  # a second re-encoded costs about this many seconds copied (progress weights)
+X264_PROFILES = {
+    "Baseline": "baseline", "Constrained Baseline": "baseline", "Main": "main", "High": "high",
+    "High 10": "high10", "High 4:2:2": "high422", "High 4:4:4 Predictive": "high444",
+}
+CONCAT_PROTOCOLS = "file,http,https,tcp,tls,crypto"  # what the concat list's entries may be read with
+H264_LEVEL_DIVISOR = 10  # H.264 level_idc 31 is level 3.1
+
+
+@dataclass(frozen=True)
+class CutOutcome:
+    """What a frame-accurate cut produced, in the media's own seconds."""
+
+    first_frame: float
+    end: float
+    path: CutPath  # "copy": every frame copied; "smart": some frames re-encoded
+
+
+async def cut_frames(
+    source: str, output: Path, *, start: float, end: float, audio: bool, scratch: Path,
+    on_progress: Callable[[float], None] | None = None,
+) -> CutOutcome:
+    """Frame-accurate cut of [start, end) of `source`: the layout read from the media itself, then `frame_cut`."""
+    layout = await cut_layout(source, start, end)
+    if layout.join is None or layout.copy_end is None:
+        raise MediaError("no clean keyframe inside the clip: it needs a full re-encode")
+    if not layout.exact_copy and layout.video.codec not in SMART_ENCODERS:
+        raise MediaError(f"frames of this {layout.video.codec} clip need a re-encode that cannot join a copy here")
+    return await frame_cut(source, output, layout, audio=audio, scratch=scratch, on_progress=on_progress)
+
+
+async def frame_cut(
+    source: str, output: Path, layout: CutLayout, *, audio: bool, scratch: Path,
+    on_progress: Callable[[float], None] | None = None,
+) -> CutOutcome:
+    """Cut [layout.first_frame, layout.end) of `source` (a path or URL) into an MP4 with +faststart."""
+    report = on_progress or (lambda _: None)
+    join = layout.join
+    if join is None or layout.copy_end is None:
+        raise ValueError("a frame-accurate cut needs a keyframe inside the clip")
+    pieces: list[tuple[str, float, float, Path]] = []  # (kind, start, end, file)
+    if layout.head_sec > TIME_EPSILON_SEC:
+        pieces.append(("head", layout.first_frame, join, scratch / "head.mp4"))
+    if layout.tail_sec > TIME_EPSILON_SEC:
+        pieces.append(("tail", layout.copy_end, layout.end, scratch / "tail.mp4"))
+    clip_sec = layout.end - layout.first_frame
+    encode_cost = ENCODE_COST_PER_SEC * sum(b - a for _, a, b, _ in pieces)
+    total = encode_cost + clip_sec
+    done = 0.0
+    for kind, a, b, path in pieces:
+        decode_from = layout.start_keyframe if kind == "head" else layout.end_keyframe
+        weight = ENCODE_COST_PER_SEC * (b - a) / total
+        await encode_segment(source, path, layout.video, decode_from=decode_from, start=a, end=b,
+                             frame_sec=layout.frame_sec, on_progress=lambda p, d=done, w=weight: report(d + w * p))
+        done += weight
+    listing = scratch / "join.ffconcat"
+    listing.write_text(_concat_list(source, layout, pieces))
+    await _join(listing, source, output, layout, audio=audio,
+                on_progress=lambda p: report(done + (1 - done) * p))
+    return CutOutcome(layout.first_frame, layout.last_frame_end, "smart" if pieces else "copy")
+
+
+async def encode_segment(
+    source: str, output: Path, video: VideoFormat, *, decode_from: float, start: float, end: float,
+    frame_sec: float, on_progress: Callable[[float], None] | None = None,
+) -> None:
+    """Re-encode the frames showing in [start, end), decoded from the keyframe at `decode_from`, with the
+    stream's own codec parameters and time base; the first frame is at 0 and keeps its source interval."""
+    quarter = frame_sec / 4  # `start` is a frame's own time; `end` excludes a frame showing at it
+    seek = max(0.0, decode_from - quarter)
+    trim = (f"trim=start={start - seek - quarter:.6f}:end={end - seek - TIME_EPSILON_SEC:.6f},"
+            "setpts=PTS-STARTPTS")
+    args = ["-noautorotate", "-ss", f"{seek:.6f}", "-i", source, "-map", "0:v:0", "-an", "-sn", "-dn",
+            "-vf", trim, "-fps_mode", "passthrough", *_encoder_args(video), *_timescale(video),
+            "-streamid", f"0:{video.stream_id}", "-use_stream_ids_as_track_ids", "1",
+            "-f", "mp4", "-y", str(output)]
+    await run_ffmpeg(args, duration_sec=end - start, on_progress=on_progress)
+
+
+def _encoder_args(video: VideoFormat) -> list[str]:
+    encoder = SMART_ENCODERS[video.codec]
+    args = ["-c:v", encoder, "-preset", HEAD_PRESET, "-crf", str(HEAD_CRF)]
+    if video.pix_fmt:
+        args += ["-pix_fmt", video.pix_fmt]
+    for option, value in (("-color_range", video.color_range), ("-colorspace", video.colorspace),
+                          ("-color_primaries", video.color_primaries), ("-color_trc", video.color_trc)):
+        if value and value != 2:  # 0 / 2: unspecified
+            args += [option, str(value)]
+    profile = X264_PROFILES.get(video.profile or "")
+    args += ["-profile:v", profile] if profile else []
+    if video.level and video.level > 0:
+        args += ["-level:v", f"{video.level / H264_LEVEL_DIVISOR:g}"]
+    args += ["-x264-params", _bframes(video.reorder_delay)]
+    return args
+
+
+def _bframes(delay: int) -> str:
+    """x264 B-frame settings whose reorder delay equals the copied stream's, so decode times join monotonically."""
+    if delay <= 0:
+        return "bframes=0"
+    if delay == 1:
+        return "bframes=1:b-pyramid=0"
+    return "bframes=3:b-pyramid=2"
+
+
+def _timescale(video: VideoFormat) -> list[str]:
+    tb = video.time_base
+    return ["-video_track_timescale", str(tb.denominator)] if tb.numerator == 1 else []
+
+
+def _quote(path: str) -> str:
+    return "'" + path.replace("'", "'\\''") + "'"
+
+
+def _concat_list(source: str, layout: CutLayout, pieces: list[tuple[str, float, float, Path]]) -> str:
+    """ffconcat: head, the copied run of the media itself, tail; each with its exact duration."""
+    assert layout.join is not None and layout.copy_end is not None
+    # one declared stream, matched by id: the media's audio stays out of the concat (its first timestamps
+    # would otherwise shift the input's start time and with it the video against the audio)
+    lines = ["ffconcat version 1.0", "stream", f"exact_stream_id {layout.video.stream_id}"]
+    for kind, a, b, path in pieces:
+        if kind == "head":
+            lines += [f"file {_quote(str(path.resolve()))}", f"duration {b - a:.6f}"]
+    if layout.copy_end - layout.join > TIME_EPSILON_SEC:
+        # inpoint rounded up to the microsecond: a seek a hair before the keyframe would land on the one before;
+        # outpoint (a decode time: packets from it on are left out) a quarter frame before the first one left out
+        entry = source if "://" in source else str(Path(source).resolve())  # the list's own folder is not ours
+        lines += [f"file {_quote(entry)}", f"inpoint {math.ceil(layout.join * US_PER_SEC) / US_PER_SEC:.6f}"]
+        if layout.copy_end_dts is not None:
+            lines.append(f"outpoint {layout.copy_end_dts - layout.frame_sec / 4:.6f}")
+        lines.append(f"duration {layout.copy_end - layout.join:.6f}")
+    for kind, a, b, path in pieces:
+        if kind == "tail":
+            lines += [f"file {_quote(str(path.resolve()))}", f"duration {b - a:.6f}"]
+    return "\n".join(lines) + "\n"
+
+
+async def _join(
+    listing: Path, source: str, output: Path, layout: CutLayout, *, audio: bool,
+    on_progress: Callable[[float], None],
+) -> None:
+    """Concat the video pieces by stream copy and mux the source's audio over the same range."""
+    args = ["-f", "concat", "-safe", "0", "-protocol_whitelist", CONCAT_PROTOCOLS, "-i", str(listing)]
+    if audio:
+        args += ["-ss", f"{layout.first_frame:.6f}", "-to", f"{layout.end:.6f}", "-i", source]
+    args += ["-map", "0:v:0"] + (["-map", "1:a?", "-copypriorss:a", "0"] if audio else [])
+    args += ["-c", "copy", *_timescale(layout.video)]
+    if layout.video.rotation:
+        args += ["-metadata:s:v:0", f"rotate={layout.video.rotation}"]
+    args += ["-movflags", "+faststart", "-f", "mp4", "-y", str(output)]
+    await run_ffmpeg(args, duration_sec=layout.end - layout.first_frame, on_progress=on_progress)
