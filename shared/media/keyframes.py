@@ -21,6 +21,7 @@ from shared.media.probe import (
     OPEN_TIMEOUT_SEC,
     READ_TIMEOUT_SEC,
     _keyframe_at_or_before,
+    open_options,
 )
 
 TIME_EPSILON_SEC = 0.001  # times this close count as equal (container rounding of startSec/endSec)
@@ -101,7 +102,7 @@ async def cut_layout(source: str, start: float, end: float) -> CutLayout:
 
 def _cut_layout(source: str, start: float, end: float) -> CutLayout:
     try:
-        with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC)) as container:
+        with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC), options=open_options(source)) as container:
             if not container.streams.video:
                 raise SourceUnreadable("the media has no video stream", code="no_video")
             video = container.streams.video[0]

@@ -38,6 +38,11 @@ class MediaInfo:
         return any(s.kind == "video" for s in self.streams)
 
 
+def open_options(source: str) -> dict[str, str]:
+    """libavformat options for opening `source`: HTTP(S) inputs (signed S3 URLs) retry on 5xx and network errors."""
+    return dict(HTTP_INPUT_OPTIONS) if source.startswith(("http://", "https://")) else {}
+
+
 async def probe(source: str, keyframe_at: float | None = None) -> MediaInfo:
     """Streams and duration of a local path or URL; with `keyframe_at`, the keyframe a copy from there starts at."""
     return await asyncio.to_thread(_probe, source, keyframe_at)
@@ -45,8 +50,7 @@ async def probe(source: str, keyframe_at: float | None = None) -> MediaInfo:
 
 def _probe(source: str, keyframe_at: float | None) -> MediaInfo:
     try:
-        options = dict(HTTP_INPUT_OPTIONS) if source.startswith(("http://", "https://")) else {}
-        with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC), options=options) as container:
+        with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC), options=open_options(source)) as container:
             streams = [_facts(s) for s in container.streams]
             duration = _duration(container)
             if not any(s.kind in ("video", "audio") for s in streams) or duration is None:
