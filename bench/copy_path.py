@@ -82,14 +82,17 @@ class JobRunner:
         elif not future.done():
             future.set_result(event)
 
-    async def run(self, start: float, end: float, priority: str = "fast", precision: str | None = None) -> float:
-        """Seconds from sending the POST to the job's done event."""
+    async def run(self, start: float, end: float, priority: str = "fast", **extra: object) -> float:
+        """Seconds from sending the POST to the job's done event (`extra`: more request fields, e.g. subs)."""
+        return (await self.run_job(start, end, priority, **extra))[1]
+
+    async def run_job(self, start: float, end: float, priority: str = "fast", **extra: object) -> tuple[str, float]:
+        """The job's id and the seconds from sending the POST to its done event."""
         began = time.perf_counter()
         body: dict[str, object] = {
             "source": {"type": "upload", "key": UPLOAD_KEY}, "startSec": start, "endSec": end, "priority": priority,
+            **extra,
         }
-        if precision:
-            body["precision"] = precision
         response = await self.http.post("/api/jobs", json=body)
         response.raise_for_status()
         job_id = response.json()["id"]
@@ -99,7 +102,7 @@ class JobRunner:
         event = await asyncio.wait_for(future, JOB_TIMEOUT_SEC)
         if event.status != "done":
             raise RuntimeError(f"job {job_id} ended {event.status}: {event.error_code}")
-        return time.perf_counter() - began
+        return job_id, time.perf_counter() - began
 
 
 async def reference_once(stack: BenchStack, storage: Any, source: Path, out: Path, start: float, end: float) -> float:

@@ -38,3 +38,8 @@ def cpu_used(before: dict[int, tuple[str, float]], top: int = 6) -> dict[str, fl
     used = [(cmd, round(_cpu_seconds(pid) - cpu, 2)) for pid, (cmd, cpu) in before.items() if cmd]
     used.sort(key=lambda item: item[1], reverse=True)
     return dict(used[:top])
+
+
+def cpu_seconds_of(pids: list[int]) -> float:
+    """CPU seconds so far of these processes and their waited-for children (e.g. a worker and its ffmpeg)."""
+    return sum(_cpu_seconds(pid) for pid in pids)

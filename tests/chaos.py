@@ -31,6 +31,8 @@ from shared.storage import Storage
 
 REPO = Path(__file__).resolve().parent.parent
 CHAOS_JOBS = 30  # jobs in every scenario's load
+REENCODED_INDEX = 22  # this spec's clip, [7.5, 7.9] s, holds no keyframe: it is re-encoded by the encoder
+BETWEEN_KEYFRAMES_SEC = 0.4
 LOAD_DEADLINE_SEC = 150.0  # longest a load may take to end, faults included
 SUBMIT_RETRY_SEC = 0.25  # pause before a POST is sent again (same Idempotency-Key) after a 503 without a job id
 POLL_SEC = 0.1
@@ -68,13 +70,15 @@ class JobSpec:
 
 
 def load_specs(count: int = CHAOS_JOBS) -> list[JobSpec]:
-    """`count` distinct clips of the 20 s sample; a few ask for frame precision or subtitles, so the load
-    also passes every stage those routes take once such stages exist."""
+    """`count` distinct clips of the 20 s sample (a keyframe every 2 s); a few ask for frame precision or
+    subtitles, and one is a short frame-precise clip between two keyframes (nothing to join a copy at, so the
+    encoder re-encodes it): the load passes every stage (transcribe, encode)."""
     specs = []
     for i in range(count):
         start = (i % 15) * 1.0 + (0.5 if i >= 15 else 0.0)
+        end = start + BETWEEN_KEYFRAMES_SEC if i == REENCODED_INDEX else start + 2.0 + (i % 3)
         specs.append(JobSpec(
-            start_sec=start, end_sec=start + 2.0 + (i % 3), priority=PRIORITIES[i % len(PRIORITIES)],
+            start_sec=start, end_sec=end, priority=PRIORITIES[i % len(PRIORITIES)],
             precision="frame" if i % 15 == 7 else "auto", subs=i % 15 == 11,
         ))
     return specs

@@ -12,17 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
 from services.gateway.app import create_app
 from services.registry import STAGES
+from shared.contracts import ProgressEvent
 from shared.devstack import RunningServer, ensure_postgres, start_nats, start_s3
 from shared.pipeline import DEFAULT_ROUTE_LENGTH
 from shared.resources import Resources, open_resources
 from shared.settings import Settings, load_settings
 from shared.worker import run_worker
 from tests.media import make_video
+from tests.speech import SPEECH_SENTENCES, SpeechVideo, make_speech_video
 
 S3_ACCESS_KEY = "clipjet-test"
 S3_SECRET_KEY = "clipjet-test-secret"
@@ -143,6 +146,17 @@ async def wait_for_job(
             await asyncio.sleep(POLL_SEC)
 
 
+async def record_progress(res: Resources) -> list[ProgressEvent]:
+    """Every ProgressEvent published from now on (any job), appended as it arrives."""
+    received: list[ProgressEvent] = []
+
+    async def keep(msg: Any) -> None:
+        received.append(msgspec.json.decode(msg.data, type=ProgressEvent))
+
+    await res.nc.subscribe(res.subjects.progress("*"), cb=keep)
+    return received
+
+
 @pytest.fixture(scope="session")
 def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("media")
@@ -152,3 +166,9 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def sample_video(media_dir: Path) -> Path:
     """20 s of 640x360 30 fps H.264 (a keyframe every 2 s, no B-frames) with AAC audio."""
     return make_video(media_dir / "sample.mp4", seconds=20)
+
+
+@pytest.fixture(scope="session")
+def speech_video(media_dir: Path) -> SpeechVideo:
+    """20 s of 320x180 video with espeak-ng reading SPEECH_SENTENCES from 6 s on, 1.5 s of silence between."""
+    return make_speech_video(media_dir / "speech.mp4", SPEECH_SENTENCES, offset_sec=6.0, gap_sec=1.5, seconds=20)

@@ -63,10 +63,12 @@ def _framemd5_timebase(out: str) -> float:
 
 
 def psnr_per_frame(clip: Path, source: Path, start: float, end: float) -> list[float]:
-    """PSNR (dB, luma and chroma averaged) of each clip frame against the source frame at the same time."""
+    """PSNR (dB, luma and chroma averaged) of each clip frame against the source's frames showing in
+    [start, end), paired in order (the n-th with the n-th: a repeated or missing frame shifts every later pair;
+    check the frame times apart — a re-encode may round them, which must not pair a frame with its neighbour)."""
     stats = clip.with_suffix(".psnr.log")
-    graph = (f"[0:v]setpts=PTS-STARTPTS,format=yuv420p[a];[1:v]{_range_filter(start, end)},"
-             f"format=yuv420p[b];[a][b]psnr=stats_file={stats}")
+    graph = (f"[0:v]format=yuv420p,settb=1/1000,setpts=N[a];[1:v]{_range_filter(start, end)},"
+             f"format=yuv420p,settb=1/1000,setpts=N[b];[a][b]psnr=stats_file={stats}")
     _ffmpeg(["-v", "error", "-i", str(clip), "-i", str(source), "-lavfi", graph, "-f", "null", "-"])
     values = []
     for line in stats.read_text().splitlines():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mimetypes
 import re
 import threading
 import time
@@ -89,7 +90,7 @@ class MediaServer:
                 else:
                     self.send_response(200)
                 self.send_header("Accept-Ranges", "bytes")
-                self.send_header("Content-Type", "video/mp4")
+                self.send_header("Content-Type", mimetypes.guess_type(path.name)[0] or "video/mp4")
                 self.send_header("Content-Length", str(end - start + 1))
                 self.end_headers()
                 if body:

@@ -89,3 +89,27 @@ def make_source(
         args += ["-c:a", "libopus" if path.suffix == ".webm" else "aac", "-b:a", "96k"]
     subprocess.run([*args, "-shortest", str(path)], check=True, capture_output=True, timeout=FFMPEG_TIMEOUT_SEC)
     return path
+
+
+def make_media(
+    path: Path, *, seconds: float, video: str | None, audio: str | None, size: str = "320x240", fps: str = "25",
+    gop_frames: int = 50, extra: tuple[str, ...] = (),
+) -> Path:
+    """A test pattern with any ffmpeg video/audio encoder (None: no such stream) in the container of `path`."""
+    if path.is_file():
+        return path
+    args = ["ffmpeg", "-v", "error", "-y"]
+    if video:
+        args += ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}:duration={seconds}"]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}"]
+    if video:
+        args += ["-c:v", video, "-g", str(gop_frames), "-pix_fmt", "yuv420p"]
+    if audio:
+        args += ["-c:a", audio]
+    subprocess.run([*args, *extra, str(path)], check=True, capture_output=True, timeout=FFMPEG_TIMEOUT_SEC)
+    return path
+
+
+def stream_of(info: dict, kind: str) -> dict:
+    return next(s for s in info["streams"] if s["codec_type"] == kind)

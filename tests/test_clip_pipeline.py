@@ -7,16 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
 from shared import bus
-from shared.contracts import ClipJobMessage, ProgressEvent, UrlSource
+from shared.contracts import ClipJobMessage, UrlSource
 from shared.db import jobs
 from shared.ids import uuid7
 from shared.resources import Resources
-from tests.conftest import Workers, wait_for_job
+from tests.conftest import Workers, record_progress, wait_for_job
 from tests.http_source import MediaServer
 from tests.media import codecs, frame_md5, keyframe_times, probe
 
@@ -164,12 +163,7 @@ async def test_missing_url_fails_with_clear_code(
 async def test_progress_is_written_and_published(
     client: AsyncTestClient[Any], workers: Workers, resources: Resources, sample_video: Path
 ) -> None:
-    received: list[ProgressEvent] = []
-
-    async def keep(msg: Any) -> None:
-        received.append(msgspec.json.decode(msg.data, type=ProgressEvent))
-
-    await resources.nc.subscribe(resources.subjects.progress("*"), cb=keep)
+    received = await record_progress(resources)
     workers.start()
     with MediaServer(sample_video.parent) as origin:
         origin.stall_first_get_sec = 1.0  # a slow origin: the fetch stage is busy for over a second

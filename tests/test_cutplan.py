@@ -139,5 +139,5 @@ async def test_job_needing_a_full_reencode_goes_to_the_encoder(
     if ENCODE in STAGES:
         assert (job["status"], job["result"]["cutPath"]) == ("done", "reencode")
     else:
-        assert (job["status"], job["errorCode"], job["attempts"]) == ("failed", "reencode_unavailable", 1)
+        assert (job["status"], job["errorCode"], job["attempts"]) == ("failed", "stage_unavailable", 1)
         assert "no_keyframe_in_clip" in job["errorMessage"]

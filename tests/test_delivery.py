@@ -111,15 +111,17 @@ async def test_each_stage_run_twice_gives_one_result(
 
 
 @contextmanager
-def fetch_worker_processes(settings: Settings, folder: Path) -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
-    """Starts `clipjet worker fetch` processes (output in <folder>/<name>.log); stops those still alive after."""
+def fetch_worker_processes(
+    settings: Settings, folder: Path, stage: str = "fetch"
+) -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
+    """Starts `clipjet worker <stage>` processes (output in <folder>/<name>.log); stops those still alive after."""
     started: list[subprocess.Popen[bytes]] = []
     env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(REPO)}
 
     def start(name: str) -> subprocess.Popen[bytes]:
         with (folder / f"{name}.log").open("ab") as out:
             started.append(subprocess.Popen(
-                [sys.executable, "-m", "services", "worker", "fetch"], cwd=REPO, env=env, stdout=out,
+                [sys.executable, "-m", "services", "worker", stage], cwd=REPO, env=env, stdout=out,
                 stderr=subprocess.STDOUT,
             ))
         return started[-1]

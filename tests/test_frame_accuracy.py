@@ -1,5 +1,5 @@
-"""Frame-accurate cuts end to end: each case is a real job (gateway → fetcher → trimmer → uploader on real NATS,
-PostgreSQL, S3 and ffmpeg) over a small generated source, and its clip is checked frame by frame against a
+"""Frame-accurate cuts end to end: each case is a real job (gateway → fetcher → trimmer or encoder → uploader
+on real NATS, PostgreSQL, S3 and ffmpeg) over a small generated source, and its clip is checked frame by frame against a
 decode of the source over the same range.
 
 All cases share one stack and run at once (their media checks too), to keep the module fast on 2 cores.
@@ -63,6 +63,10 @@ CASES = [
     Case("fps_60", 1.51, 3.7, "smart", {"seconds": 5, "fps": "60", "gop": 60}, frame_sec=1 / 60),
     Case("video_only", 1.5, 3.7, "smart", {"seconds": 5, "audio": False}),
     Case("audio_only", 1.5, 3.7, "copy", {"seconds": 5, "video": False}, suffix=".m4a"),
+    Case("no_keyframe_in_clip", 2.3, 3.2, "reencode", {"seconds": 6, "gop": 300}),
+    Case("hevc_mid_gop", 1.5, 3.7, "reencode", {"seconds": 5, "codec": "libx265"}),
+    Case("vp9_opus_webm_mid_gop", 1.5, 3.5, "reencode", {"seconds": 4, "codec": "libvpx-vp9", "gop": 30},
+         suffix=".webm"),
     Case("vp9_opus_webm_from_start", 0.0, 3.5, "copy", {"seconds": 4, "codec": "libvpx-vp9", "gop": 120},
          suffix=".webm"),
 ]
@@ -113,7 +117,8 @@ def _check_frames(case: Case, clip: Path, source: Path, start: float, video: dic
     differing = [i for i, (g, w) in enumerate(zip(got, wanted, strict=True)) if g.md5 != w.md5]
     if case.path == "copy" and differing:
         problems.append(f"copy path but frames {differing[:5]} differ from the source")
-    not_exact = [i for i in differing if copied_from - EPS_SEC <= start + wanted[i].pts < copied_to]
+    not_exact = [i for i in differing if copied_from - EPS_SEC <= start + wanted[i].pts < copied_to
+                 and case.path != "reencode"]  # a full re-encode copies no frame
     if not_exact:
         problems.append(f"copied frames {not_exact[:5]} are not bit-identical to the source's")
     if differing:

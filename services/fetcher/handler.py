@@ -18,10 +18,10 @@ from shared.errors import EndPastDuration, Permanent, SourceUnreadable
 from shared.fetch import fetch_to_file
 from shared.fingerprint import request_fingerprint
 from shared.logs import get_logger
-from shared.media.cut import copy_cut
-from shared.media.cutplan import choose_cut
-from shared.media.probe import MediaInfo, probe
-from shared.pipeline import COPY_ROUTE, ENCODE, FETCH, REENCODE_ROUTE, STAGES
+from shared.media.cut import STAGING_FORMATS, copy_cut, copyable_to_mp4
+from shared.media.cutplan import CutDecision, choose_cut
+from shared.media.probe import MediaInfo, probe, timeline_start
+from shared.pipeline import COPY_ROUTE, FETCH, REENCODE_ROUTE, unavailable, with_subtitles
 from shared.storage import sha256_file, staging_prefix
 from shared.worker import StageDeps, finish_job_done
 
@@ -47,25 +47,31 @@ async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
     deps.progress.set(0.3)
     info = await probe(media, keyframe_at=job.start_sec)
     _check_range(job, info)
-    decision = await choose_cut(media, info.streams, job.precision, job.start_sec, job.end_sec,
-                                staged=staged is None)
+    if job.subs.burn_in:  # drawing subtitles into the picture re-encodes every frame anyway
+        decision = CutDecision("reencode", "subtitles_burn_in")
+    elif deps.res.settings.force_cut_path == "reencode":  # benchmarks: every job through the encoder
+        decision = CutDecision("reencode", "forced")
+    else:
+        decision = await choose_cut(media, info.streams, job.precision, job.start_sec, job.end_sec,
+                                    staged=staged is None)
     log.info("cut_path_chosen", cut_path=decision.path, cut_reason=decision.reason)
-    if decision.path == "reencode" and ENCODE not in STAGES:
+    route = with_subtitles(REENCODE_ROUTE if decision.path == "reencode" else COPY_ROUTE,
+                           job.subs.enabled, job.subs.burn_in)
+    if missing := unavailable(route):
         codecs = ", ".join(sorted({s.codec for s in info.streams}))
-        raise Permanent(f"this clip needs a full re-encode ({decision.reason}; codecs {codecs}), which is not "
-                        f"available yet", code="reencode_unavailable")
+        raise Permanent(f"this clip needs the {', '.join(missing)} stage ({decision.reason}; codecs {codecs}), "
+                        f"which this installation does not run", code="stage_unavailable")
     cut_start = job.start_sec if info.keyframe_before is None else info.keyframe_before
     deps.progress.set(0.6)
     if staged is None:
-        staged = await _stage_range(job, media, cut_start, info, deps)
-        offset = cut_start
+        container = "mp4" if copyable_to_mp4(info.streams) else "matroska"
+        staged, offset = await _stage_range(job, media, cut_start, info, deps, container)
     else:
         offset = 0.0
     plan = MediaPlan(
         duration_sec=info.duration_sec, container=info.container, streams=info.streams,
         cut_start_sec=cut_start, staged_offset_sec=offset, cut_path=decision.path, cut_reason=decision.reason,
     )
-    route = REENCODE_ROUTE if decision.path == "reencode" else COPY_ROUTE
     return StageMessage(job=job, route=list(route), done=[FETCH], plan=plan, artifacts=[staged])
 
 
@@ -103,14 +109,19 @@ def _check_range(job: ClipJobMessage, info: MediaInfo) -> None:
 
 
 async def _stage_range(
-    job: ClipJobMessage, media: str, cut_start: float, info: MediaInfo, deps: StageDeps
-) -> Artifact:
-    """Copy [cut_start, endSec + TAIL_PAD_SEC] into the job's staging prefix; its t=0 is cut_start."""
+    job: ClipJobMessage, media: str, cut_start: float, info: MediaInfo, deps: StageDeps, container: str
+) -> tuple[Artifact, float]:
+    """Copy [cut_start, endSec + TAIL_PAD_SEC] into the job's staging prefix; and the source time of its t=0
+    (cut_start; a Matroska copy keeps the source's times and starts where its first packet is).
+
+    Codecs MP4 does not take are staged in Matroska (the encoder re-encodes them)."""
     end = min(info.duration_sec, job.end_sec + deps.res.settings.tail_pad_sec)
-    path = deps.scratch / "staged.mp4"
+    ext = STAGING_FORMATS[container]
+    path = deps.scratch / f"staged.{ext}"
     await copy_cut(media, path, seek_sec=cut_start, duration_sec=end - cut_start,
-                   on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p))
+                   on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p), container=container)
     digest = await sha256_file(path)
-    key = f"{staging_prefix(job.id)}source.mp4"
-    size = await deps.res.storage.put_file(key, path, "video/mp4", {"sha256": digest})
-    return Artifact(stage=FETCH, role="source", key=key, size=size, sha256=digest)
+    key = f"{staging_prefix(job.id)}source.{ext}"
+    size = await deps.res.storage.put_file(key, path, f"video/{ext}", {"sha256": digest})
+    offset = cut_start if container == "mp4" else await timeline_start(str(path))
+    return Artifact(stage=FETCH, role="source", key=key, size=size, sha256=digest), offset

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, get, post
@@ -18,6 +18,8 @@ from .state import Gateway
 from .submit import submit_job
 
 CLIP_DOWNLOAD_NAME = "clip.mp4"
+SUBTITLE_COLUMNS = {"srt": ("result_srt_key", "clip.srt"), "vtt": ("result_vtt_key", "clip.vtt"),
+                    "words": ("result_words_key", "clip.words.json")}  # ResultUrls field → (column, download name)
 IDEMPOTENCY_KEY_MAX_CHARS = 200
 
 
@@ -51,7 +53,7 @@ class JobController(Controller):
         if row["status"] == "done" and row["result_video_key"]:
             ttl = res.settings.signed_url_ttl_sec
             video = await res.storage.signed_get_url(row["result_video_key"], ttl, CLIP_DOWNLOAD_NAME)
-            urls = ResultUrls(video=video, expires_in_sec=ttl)
+            urls = ResultUrls(video=video, expires_in_sec=ttl, **await _subtitle_urls(gw, row, ttl))
         request = row["request"]
         return JobView(
             id=str(row["id"]), status=row["status"], priority=row["priority"], stage=row["stage"],
@@ -61,3 +63,10 @@ class JobController(Controller):
             error_code=row["error_code"], error_message=row["error_message"], result=result, urls=urls,
         )
 
+
+async def _subtitle_urls(gw: Gateway, row: Any, ttl: int) -> dict[str, str]:
+    """Signed URLs of the job's subtitle files, for those it has."""
+    return {
+        field: await gw.res.storage.signed_get_url(row[column], ttl, filename)
+        for field, (column, filename) in SUBTITLE_COLUMNS.items() if row[column]
+    }

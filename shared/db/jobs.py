@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 import zlib
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -61,6 +62,10 @@ UPDATE jobs SET status = 'queued', error_code = $4, error_message = $5, updated_
 WHERE id = $1 AND created_at >= $2 AND created_at < $3 AND status NOT IN ('done', 'failed', 'expired')
 RETURNING id
 """
+SET_SUBTITLE_KEYS = """
+UPDATE jobs SET result_srt_key = $4, result_vtt_key = $5, result_words_key = $6
+WHERE id = $1 AND created_at >= $2 AND created_at < $3
+"""
 EVENTS_OF = "SELECT ts, type, data FROM job_events WHERE job_id = $1 ORDER BY ts, id"
 
 # --- the reaper's scans (services/reaper), each bounded by a batch size; their indexes are in 002_reaper.sql
@@ -74,7 +79,7 @@ MARK_REPUBLISHED = """
 UPDATE jobs SET published_at = now() WHERE id = $1 AND created_at = $2 AND published_at IS NULL RETURNING id
 """
 EXPIRY_DUE = """
-SELECT id, created_at, result_video_key, result_srt_key FROM jobs
+SELECT id, created_at, result_video_key, result_srt_key, result_vtt_key, result_words_key FROM jobs
 WHERE status = 'done' AND expires_at < now() ORDER BY expires_at LIMIT $1
 """
 EXPIRE = """
@@ -85,7 +90,8 @@ RETURNING id
 # A live result: a done job not yet past its expiry names the key (content-hashed keys are shared).
 RESULT_KEY_IN_USE = """
 SELECT EXISTS (
-    SELECT 1 FROM jobs WHERE status = 'done' AND (result_video_key = $1 OR result_srt_key = $1)
+    SELECT 1 FROM jobs WHERE status = 'done'
+      AND (result_video_key = $1 OR result_srt_key = $1 OR result_vtt_key = $1 OR result_words_key = $1)
       AND (expires_at IS NULL OR expires_at >= now())
 )
 """
@@ -108,6 +114,15 @@ LAST_STAGE_EVENT = """
 SELECT type, data FROM job_events WHERE job_id = $1 AND type IN ('stage_started', 'stage_finished')
 ORDER BY ts DESC, id DESC LIMIT 1
 """
+
+
+@dataclass(frozen=True)
+class SubtitleKeys:
+    """A finished job's content-hashed subtitle results."""
+
+    srt: str
+    vtt: str
+    words: str
 
 
 def window(job_id: uuid.UUID) -> tuple[datetime, datetime]:
@@ -186,15 +201,19 @@ async def record_event(pool: asyncpg.Pool, job_id: uuid.UUID, type_: str, data: 
 
 
 async def complete(
-    pool: asyncpg.Pool, job_id: uuid.UUID, result: ClipResult, video_key: str, retention_sec: float
+    pool: asyncpg.Pool, job_id: uuid.UUID, result: ClipResult, video_key: str, retention_sec: float,
+    subtitles: SubtitleKeys | None = None,
 ) -> bool:
-    """Job → done with its result (once: False when it had already ended)."""
+    """Job → done with its result and subtitle keys (once: False when it had already ended)."""
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             COMPLETE, job_id, *window(job_id), _plain(result), video_key, retention_sec
         )
         if row is None:
             return False
+        if subtitles is not None:
+            keys = (subtitles.srt, subtitles.vtt, subtitles.words)
+            await conn.execute(SET_SUBTITLE_KEYS, job_id, *window(job_id), *keys)
         await conn.execute(INSERT_EVENT, job_id, "done", {"videoKey": video_key})
         return True
 
@@ -240,7 +259,7 @@ async def mark_republished(pool: asyncpg.Pool, job_id: uuid.UUID, created_at: da
 
 
 async def expiry_due(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
-    """Done jobs past expires_at (id, created_at, result_video_key, result_srt_key), the longest expired first."""
+    """Done jobs past expires_at (id, created_at and their result keys), the longest expired first."""
     return await pool.fetch(EXPIRY_DUE, limit)
 
 

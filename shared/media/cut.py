@@ -9,7 +9,10 @@ from shared.contracts import StreamFacts
 from shared.media.ffmpeg import run_ffmpeg
 
 MP4_VIDEO_CODECS = frozenset({"h264", "hevc", "av1", "mpeg4", "vp9"})  # stream-copied into MP4 as they are
-MP4_AUDIO_CODECS = frozenset({"aac", "mp3", "opus", "flac", "ac3", "eac3", "alac"})
+# ffmpeg 5.1's mp4 muxer takes these without `-strict` (FLAC needs it: experimental there; Vorbis and PCM
+# are refused or unplayable in MP4), so they are copied; other audio is encoded to AAC.
+MP4_AUDIO_CODECS = frozenset({"aac", "mp3", "opus", "ac3", "eac3", "alac"})
+STAGING_FORMATS = {"mp4": "mp4", "matroska": "mkv"}  # container a range is staged in → file extension
 
 
 def copyable_to_mp4(streams: list[StreamFacts]) -> bool:
@@ -22,12 +25,20 @@ def copyable_to_mp4(streams: list[StreamFacts]) -> bool:
 
 async def copy_cut(
     source: str, output: Path, *, seek_sec: float, duration_sec: float,
-    on_progress: Callable[[float], None] | None = None,
+    on_progress: Callable[[float], None] | None = None, container: str = "mp4",
 ) -> None:
-    """Stream-copy `duration_sec` of audio and video from `seek_sec` (a keyframe) into an MP4 with +faststart."""
-    args = ["-ss", f"{seek_sec:.6f}"] if seek_sec > 0 else []
+    """Stream-copy `duration_sec` of audio and video from `seek_sec` (a keyframe) into an MP4 with +faststart.
+
+    `container="matroska"`: into Matroska, which takes codecs MP4 does not, keeping the source's timestamps
+    (`-copyts`): its demuxer may land on an earlier keyframe than asked, and without an edit list the copy's
+    t=0 would be wherever the first packet is; with the source's times the file says where it starts.
+    """
+    copyts = container != "mp4"
+    args = ["-copyts"] if copyts else []
+    args += ["-ss", f"{seek_sec:.6f}"] if seek_sec > 0 else []
     args += [
-        "-i", source, "-t", f"{duration_sec:.6f}", "-map", "0:v?", "-map", "0:a?", "-c", "copy",
-        "-movflags", "+faststart", "-f", "mp4", "-y", str(output),
+        "-i", source, *(["-to", f"{seek_sec + duration_sec:.6f}"] if copyts else ["-t", f"{duration_sec:.6f}"]),
+        "-map", "0:v?", "-map", "0:a?", "-c", "copy",
+        *(["-movflags", "+faststart"] if container == "mp4" else []), "-f", container, "-y", str(output),
     ]
     await run_ffmpeg(args, duration_sec=duration_sec, on_progress=on_progress)

@@ -108,3 +108,13 @@ def _first_keyframe(container: av.container.InputContainer, video: av.VideoStrea
         if packet.pts is None and packet.size == 0:  # the end
             return None
     return None
+
+
+async def timeline_start(source: str) -> float:
+    """The container's start time in seconds: where `ffmpeg -ss 0` lands (0 when it has none)."""
+    return await asyncio.to_thread(_timeline_start, source)
+
+
+def _timeline_start(source: str) -> float:
+    with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC)) as container:
+        return (container.start_time or 0) / AV_TIME_BASE

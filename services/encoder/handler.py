@@ -1,0 +1,82 @@
+"""Encoder: cut [startSec, endSec] frame-accurately out of the staged media into an H.264 MP4 (+faststart).
+
+The video is re-encoded (hardware H.264 when the node has a working one, else libx264) unless it is already
+an MP4 codec and the cut starts on a keyframe, where a copy is exact; audio is copied when MP4 takes it,
+else encoded to AAC. At most MAX_PARALLEL_ENCODERS_PER_NODE encodes run at once on a node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from shared.clipstore import READ_URL_TTL_SEC, forward_clip, source_time_of_zero, store_clip, stored_clip
+from shared.contracts import MediaPlan, StageMessage
+from shared.errors import Permanent
+from shared.media.burnin import burn_in_filter_for
+from shared.media.cut import MP4_VIDEO_CODECS
+from shared.media.encode import encode_clip
+from shared.media.hwenc import VideoEncoder, detect_video_encoder
+from shared.media.probe import KEYFRAME_EPSILON_SEC
+from shared.media.slots import encode_slot, threads_per_encode
+from shared.metrics import encode_running, record_video_encoder, serve_metrics
+from shared.pipeline import ENCODE
+from shared.resources import Resources
+from shared.storage import staging_prefix
+from shared.worker import StageDeps
+
+ENCODE_SHARE = 0.95  # of this stage's progress: the ffmpeg pass; storing the clip is the rest
+CLIP_NAME = "encoded.mp4"
+
+
+@asynccontextmanager
+async def pick_encoder(res: Resources) -> AsyncIterator[VideoEncoder]:
+    """StageSpec.open_local of the encoder: the H.264 encoder picked by test encodes once per process, before
+    the first pull (logged, and in the `clipjet_video_encoder` metric)."""
+    serve_metrics(res.settings.metrics_port)
+    encoder = await asyncio.to_thread(detect_video_encoder, res.settings.video_encoder)
+    record_video_encoder(encoder.name, encoder.hardware)
+    yield encoder
+
+
+def video_copy_is_exact(task: StageMessage, plan: MediaPlan) -> bool:
+    """True when copying the video gives the clip asked for: an MP4 codec and a start on a keyframe
+    (or a job that asked for keyframe precision)."""
+    videos = [s for s in plan.streams if s.kind == "video"]
+    if len(videos) != 1 or videos[0].codec not in MP4_VIDEO_CODECS:
+        return False
+    on_keyframe = abs(plan.cut_start_sec - task.job.start_sec) <= KEYFRAME_EPSILON_SEC
+    return on_keyframe or task.job.precision == "keyframe"
+
+
+async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
+    """Encode the clip; reuse the output when an earlier delivery already stored it."""
+    plan, source = task.plan, task.artifact("source")
+    if plan is None or source is None:
+        raise Permanent("the encode stage needs the fetcher's plan and staged source", code="invalid_message")
+    settings, storage = deps.res.settings, deps.res.storage
+    copy_video = not task.job.subs.burn_in and video_copy_is_exact(task, plan)
+    start = plan.cut_start_sec if copy_video else task.job.start_sec
+    key = f"{staging_prefix(task.job.id)}{CLIP_NAME}"
+    existing = await stored_clip(storage, key)
+    if existing is not None:
+        return forward_clip(task, ENCODE, *existing, start, "reencode")
+
+    media = await storage.internal_url(source.key, READ_URL_TTL_SEC)
+    burn_in = await burn_in_filter_for(task, storage, deps.scratch, settings)  # input -ss: frames start at 0
+    encoder = None if copy_video else deps.local
+    path = deps.scratch / CLIP_NAME
+    slots = settings.max_parallel_encoders_per_node
+    origin = await source_time_of_zero(media, plan, source, task.job.id)
+    async with encode_slot(settings.scratch_dir, slots):
+        with encode_running():
+            await encode_clip(
+                media, path, seek_sec=start - origin, duration_sec=task.job.end_sec - start,
+                streams=plan.streams, encoder=encoder, threads=threads_per_encode(slots),
+                extra_filters=[burn_in] if burn_in else [],
+                on_progress=lambda p: deps.progress.set(ENCODE_SHARE * p),
+            )
+    clip, duration = await store_clip(storage, key, path)
+    deps.progress.set(1.0)
+    return forward_clip(task, ENCODE, clip, duration, start, "reencode")

@@ -1,0 +1,84 @@
+"""Transcriber: the clip's audio → faster-whisper words → SRT, WebVTT and words JSON in the job's staging."""
+
+from __future__ import annotations
+
+import msgspec
+
+from shared.asr.audio import read_audio
+from shared.asr.engine import AsrEngine
+from shared.contracts import Artifact, StageMessage
+from shared.errors import Permanent
+from shared.pipeline import TRANSCRIBE
+from shared.settings import Settings
+from shared.storage import ObjectInfo, sha256_file, staging_prefix
+from shared.subtitles.cues import CueRules, build_cues
+from shared.subtitles.formats import to_srt, to_vtt, to_words_json
+from shared.worker import StageDeps
+
+READ_URL_TTL_SEC = 3600  # lifetime of the signed URL ffmpeg reads the clip's audio through, s
+# role → (staging file name, content type); the uploader promotes each to a content-hashed result key
+OUTPUTS: dict[str, tuple[str, str]] = {
+    "srt": ("subs.srt", "application/x-subrip"),
+    "vtt": ("subs.vtt", "text/vtt"),
+    "words": ("subs.words.json", "application/json"),
+}
+AUDIO_SHARE = 0.1  # part of this stage's progress spent reading the audio
+
+
+def cue_rules(settings: Settings) -> CueRules:
+    return CueRules(
+        max_line_chars=settings.subs_max_line_chars, max_lines=settings.subs_max_lines,
+        min_sec=settings.subs_min_cue_sec, max_sec=settings.subs_max_cue_sec, pause_sec=settings.subs_pause_sec,
+    )
+
+
+async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
+    """Transcribe the clip (the trimmed clip from 0, or on the re-encode route the staged source from
+    startSec) and store its subtitles; a redelivered message whose outputs all exist reuses them."""
+    storage, prefix = deps.res.storage, staging_prefix(task.job.id)
+    existing = {role: await storage.head(f"{prefix}{name}") for role, (name, _) in OUTPUTS.items()}
+    if all(info is not None and info.sha256 for info in existing.values()):
+        return _forward(task, existing)  # type: ignore[arg-type]
+
+    media_key, start, duration = _audio_span(task)
+    url = await storage.internal_url(media_key, READ_URL_TTL_SEC)
+    audio = await read_audio(url, start_sec=start, duration_sec=duration)
+    deps.progress.set(AUDIO_SHARE)
+    engine: AsrEngine = deps.local
+    transcript = await engine.transcribe(
+        audio, task.job.subs.lang, lambda p: deps.progress.set(AUDIO_SHARE + (0.9 - AUDIO_SHARE) * p)
+    )
+    cues = build_cues(transcript.words, cue_rules(deps.res.settings), clip_end=duration)
+    bodies = {
+        "srt": to_srt(cues).encode(), "vtt": to_vtt(cues).encode(), "words": to_words_json(transcript.words),
+    }
+    stored: dict[str, ObjectInfo] = {}
+    for role, (name, content_type) in OUTPUTS.items():
+        path = deps.scratch / name
+        path.write_bytes(bodies[role])
+        metadata = {"sha256": await sha256_file(path), "language": transcript.language,
+                    "model": engine.ref.name, "device": transcript.device}
+        size = await storage.put_file(f"{prefix}{name}", path, content_type, metadata)
+        stored[role] = ObjectInfo(f"{prefix}{name}", size, metadata)
+    return _forward(task, stored)
+
+
+def _audio_span(task: StageMessage) -> tuple[str, float, float]:
+    """(object key, start, duration) of the audio the subtitles are timed against."""
+    video, result, plan = task.artifact("video"), task.result, task.plan
+    if video is not None and result is not None:
+        return video.key, 0.0, result.duration_sec
+    source = task.artifact("source")
+    if source is None or plan is None:
+        raise Permanent("the transcribe stage needs a clip or the staged source and plan", code="invalid_message")
+    start = task.job.start_sec - plan.staged_offset_sec
+    return source.key, max(0.0, start), task.job.end_sec - task.job.start_sec
+
+
+def _forward(task: StageMessage, outputs: dict[str, ObjectInfo]) -> StageMessage:
+    artifacts = [
+        Artifact(stage=TRANSCRIBE, role=role, key=info.key, size=info.size, sha256=info.sha256)
+        for role, info in outputs.items()
+    ]
+    following = task.forward()
+    return msgspec.structs.replace(following, artifacts=[*following.artifacts, *artifacts])

@@ -1,0 +1,42 @@
+"""The clip's audio for speech recognition: 16 kHz mono float32 straight from ffmpeg's stdout into numpy."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from shared.errors import Transient
+from shared.media.ffmpeg import STDERR_TAIL_CHARS, MediaError
+
+SAMPLE_RATE_HZ = 16_000  # what Whisper expects
+BYTES_PER_SAMPLE = 4  # f32le
+
+
+async def read_audio(source: str, *, start_sec: float, duration_sec: float) -> np.ndarray:
+    """Decode only [start_sec, start_sec + duration_sec) of `source` (a path or URL) as 16 kHz mono float32.
+
+    The samples come through a pipe (no temporary WAV); ffmpeg seeks in the input, so nothing before
+    `start_sec` is decoded beyond the seek's keyframe. A source without audio gives an empty array.
+    """
+    seek = ["-ss", f"{start_sec:.6f}"] if start_sec > 0 else []
+    cmd = [
+        "ffmpeg", "-hide_banner", "-nostdin", "-v", "error", *seek, "-i", source, "-t", f"{duration_sec:.6f}",
+        "-map", "0:a:0?", "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(SAMPLE_RATE_HZ), "-f", "f32le", "pipe:1",
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+    )
+    try:
+        pcm, err = await proc.communicate()
+    except asyncio.CancelledError:
+        proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode is not None and proc.returncode < 0:
+        raise Transient(f"ffmpeg was killed by signal {-proc.returncode}", code="ffmpeg_killed")
+    if proc.returncode != 0:
+        tail = err.decode(errors="replace")[-STDERR_TAIL_CHARS:].strip()
+        raise MediaError(f"ffmpeg could not read the clip's audio: {tail or f'exit {proc.returncode}'}")
+    usable = len(pcm) - len(pcm) % BYTES_PER_SAMPLE
+    return np.frombuffer(pcm[:usable], dtype=np.float32).copy()

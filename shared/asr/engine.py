@@ -1,0 +1,236 @@
+"""faster-whisper behind one object per process: the model loads once, each clip's audio is transcribed with
+word timestamps and the Silero VAD that faster-whisper ships.
+
+CPU (default): int8, one clip at a time (CTranslate2 already uses ASR_CPU_THREADS cores for one clip).
+CUDA (when present, or ASR_DEVICE=cuda): float16 (or ASR_COMPUTE_TYPE, e.g. int8_float16) through
+`BatchedInferencePipeline`; clips of concurrent jobs are batched together (shared/asr/batching.py),
+ASR_GPU_BATCH speech chunks per forward pass; on GPU out-of-memory the batch is halved and retried down to 1,
+then the clips run on a CPU copy of the model: no job is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from shared.asr.audio import SAMPLE_RATE_HZ
+from shared.asr.batching import CrossJobBatcher, lay_out
+from shared.asr.models import ModelRef, resolve_model
+from shared.errors import LanguageUnknown, LanguageUnsupported
+from shared.logs import get_logger
+from shared.settings import Settings
+from shared.subtitles.words import Word
+
+log = get_logger("asr")
+AUTO = "auto"
+ENGLISH = "en"
+CPU_COMPUTE_TYPE = "int8"
+CUDA_COMPUTE_TYPE = "float16"
+R = TypeVar("R")
+OOM_MARKERS = ("out of memory", "cuda_error_out_of_memory", "cublas_status_alloc_failed")
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """The words of one clip and the language they were recognised in."""
+
+    language: str
+    words: list[Word]
+    device: str  # where it ran: "cpu" or "cuda"
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the OS after a clip (glibc keeps ~100 MB of a transcription's buffers
+    otherwise, and the idle transcriber is meant to stay under 400 MB). A no-op where malloc_trim is absent."""
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if trim is not None:
+        trim(0)
+
+
+def choose_device(setting: str) -> str:
+    """`cpu`, `cuda`, or for `auto` CUDA when CTranslate2 sees a CUDA device, else CPU."""
+    if setting in ("cpu", "cuda"):
+        return setting
+    import ctranslate2
+
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+
+
+def compute_type_for(device: str, setting: str) -> str:
+    if setting != AUTO:
+        return setting
+    return CUDA_COMPUTE_TYPE if device == "cuda" else CPU_COMPUTE_TYPE
+
+
+def is_oom(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, (RuntimeError, MemoryError)) and any(marker in text for marker in OOM_MARKERS)
+
+
+def transcribe_options(settings: Settings) -> dict[str, Any]:
+    """faster-whisper `transcribe` options: beam, word timestamps, and the Silero VAD it ships."""
+    return {
+        "beam_size": settings.asr_beam_size, "word_timestamps": True, "vad_filter": True,
+        "vad_parameters": {"min_silence_duration_ms": settings.asr_vad_min_silence_ms,
+                           "speech_pad_ms": settings.asr_vad_speech_pad_ms},
+    }
+
+
+def run_with_oom_fallback(
+    run_batched: Callable[[int], R], batch: int, run_on_cpu: Callable[[], R]
+) -> tuple[R, list[int]]:
+    """`run_batched(batch)`; on out-of-memory halve the batch and retry down to 1, then `run_on_cpu()`.
+
+    Returns the transcript and the batch sizes that failed (for logs and tests). Other errors propagate.
+    """
+    failed: list[int] = []
+    size = max(1, batch)
+    while True:
+        try:
+            return run_batched(size), failed
+        except (RuntimeError, MemoryError) as exc:
+            if not is_oom(exc):
+                raise
+            failed.append(size)
+            log.warning("asr_gpu_oom", batch=size, error=str(exc)[:200])
+            if size == 1:
+                return run_on_cpu(), failed
+            size //= 2
+
+
+class AsrEngine:
+    """The process's speech model. Create with `load()` (off the event loop); `transcribe` is async."""
+
+    def __init__(self, settings: Settings, ref: ModelRef, device: str, model: Any) -> None:
+        self.settings = settings
+        self.ref = ref
+        self.multilingual = bool(model.model.is_multilingual)  # English-only models (*.en) say False
+        self.device = device
+        self.model = model
+        self._lock = asyncio.Lock()  # one clip at a time per model: CTranslate2 already uses every thread given
+        self._cpu_model: Any = None
+        self._cpu_lock = threading.Lock()
+        self.batcher: CrossJobBatcher[Transcript] = CrossJobBatcher(
+            self._run_batch, settings.asr_gpu_batch, settings.asr_gpu_batch_wait_ms / 1000
+        )
+
+    @classmethod
+    def load(cls, settings: Settings) -> AsrEngine:
+        from faster_whisper import WhisperModel
+
+        ref = resolve_model(settings.asr_model, settings.asr_models_dir)
+        device = choose_device(settings.asr_device)
+        model = WhisperModel(
+            str(ref.path), device=device, compute_type=compute_type_for(device, settings.asr_compute_type),
+            cpu_threads=settings.asr_cpu_threads, local_files_only=True,
+        )
+        engine = cls(settings, ref, device, model)
+        log.info("asr_model_loaded", model=ref.name, path=str(ref.path), device=device,
+                 multilingual=engine.multilingual)
+        return engine
+
+    def language_for(self, lang: str) -> str | None:
+        """The language to decode in (None: detect), or a Permanent error for one the model cannot do."""
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+        wanted = (lang or AUTO).strip().lower()
+        if wanted == AUTO:
+            return None if self.multilingual else ENGLISH
+        if wanted not in _LANGUAGE_CODES:
+            raise LanguageUnknown(f"lang {lang!r} is not a Whisper language code (e.g. en, de, fr) nor 'auto'")
+        if wanted != ENGLISH and not self.multilingual:
+            raise LanguageUnsupported(
+                f"the configured speech model ({self.ref.name}) is English-only and cannot transcribe {wanted!r}; "
+                f"ask for lang 'en' or 'auto', or run the transcriber with a multilingual ASR_MODEL (e.g. base)"
+            )
+        return wanted
+
+    async def transcribe(
+        self, audio: np.ndarray, lang: str, on_progress: Callable[[float], None] | None = None
+    ) -> Transcript:
+        """Words of `audio` (16 kHz mono float32) with times from its first sample."""
+        language = self.language_for(lang)
+        if self.device == "cuda":  # with other jobs' clips; progress is reported when the batch is done
+            if language is None:
+                language = await asyncio.to_thread(self._detect_language, audio)
+            return await self.batcher.transcribe(audio, language)
+        async with self._lock:
+            return await asyncio.to_thread(self._transcribe_sync, audio, language, on_progress)
+
+    def _options(self) -> dict[str, Any]:
+        return transcribe_options(self.settings)
+
+    def _transcribe_sync(
+        self, audio: np.ndarray, language: str | None, on_progress: Callable[[float], None] | None
+    ) -> Transcript:
+        try:
+            return collect(self.model.transcribe(audio, language=language, **self._options()), "cpu", on_progress)
+        finally:
+            release_memory()
+
+    def _detect_language(self, audio: np.ndarray) -> str:
+        language, _, _ = self.model.detect_language(audio=audio, vad_filter=True)
+        return str(language)
+
+    def _run_batch(self, audios: list[np.ndarray], language: str) -> list[Transcript]:
+        """Several clips in one language: their speech chunks through the GPU together (see batching.py)."""
+        from faster_whisper import BatchedInferencePipeline
+
+        layout = lay_out(audios, self.settings.asr_vad_min_silence_ms, self.settings.asr_vad_speech_pad_ms)
+        if not layout.clips:
+            return [Transcript(language, [], self.device) for _ in audios]
+        pipeline = BatchedInferencePipeline(self.model)
+
+        def on_gpu(batch: int) -> list[Transcript]:
+            joined = collect(pipeline.transcribe(
+                layout.audio, language=language, batch_size=batch, clip_timestamps=layout.clips,
+                beam_size=self.settings.asr_beam_size, word_timestamps=True,
+            ), "cuda")
+            return [Transcript(language, words, "cuda") for words in layout.split(joined.words)]
+
+        def on_cpu() -> list[Transcript]:
+            model = self.cpu_model()
+            return [collect(model.transcribe(a, language=language, **self._options()), "cpu") for a in audios]
+
+        try:
+            transcripts, failed = run_with_oom_fallback(on_gpu, self.settings.asr_gpu_batch, on_cpu)
+        finally:
+            release_memory()
+        log.info("asr_batch", jobs=len(audios), chunks=len(layout.clips), oom_batches=failed)
+        return transcripts
+
+    def cpu_model(self) -> Any:
+        """A CPU copy of the model, loaded on the first GPU out-of-memory that batch 1 could not avoid."""
+        from faster_whisper import WhisperModel
+
+        with self._cpu_lock:
+            if self._cpu_model is None:
+                self._cpu_model = WhisperModel(
+                    str(self.ref.path), device="cpu", compute_type=CPU_COMPUTE_TYPE,
+                    cpu_threads=self.settings.asr_cpu_threads, local_files_only=True,
+                )
+            return self._cpu_model
+
+
+def collect(result: tuple[Any, Any], device: str, on_progress: Callable[[float], None] | None = None) -> Transcript:
+    """Run faster-whisper's lazy segment generator to the end; words as plain floats."""
+    segments, info = result
+    duration = max(float(info.duration), 1.0 / SAMPLE_RATE_HZ)
+    words: list[Word] = []
+    for segment in segments:
+        for w in segment.words or []:
+            text = w.word.strip()
+            if text:
+                start, end, probability = round(float(w.start), 3), round(float(w.end), 3), float(w.probability)
+                words.append(Word(text, start, end, round(probability, 4)))
+        if on_progress is not None:
+            on_progress(min(1.0, float(segment.end) / duration))
+    return Transcript(language=str(info.language), words=words, device=device)

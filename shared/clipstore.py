@@ -1,0 +1,60 @@
+"""The clip a cutting stage (trimmer, encoder) made: stored once in the job's staging prefix, then forwarded.
+
+Both stages store the same way and forward the same `video` artifact and `ClipResult`, so a redelivered
+message whose clip is already stored short-circuits to the same message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from shared.contracts import Artifact, ClipResult, CutPath, MediaPlan, StageMessage
+from shared.media.mp4 import mp4_duration
+from shared.media.probe import probe
+from shared.storage import ObjectInfo, Storage, sha256_file, staging_prefix
+
+READ_URL_TTL_SEC = 3600  # lifetime of the signed URL ffmpeg reads the staged media through, s
+DURATION_META = "duration"  # object metadata: the clip's duration in seconds
+
+
+async def source_time_of_zero(media: str, plan: MediaPlan, source: Artifact, job_id: str) -> float:
+    """The source time of t=0 in the media a cutting stage reads (`media`: the `source` artifact's URL).
+
+    An MP4 range the fetcher staged from `plan.cut_start_sec` starts with that keyframe, wherever the copy put
+    its timestamp (B-frame delay can move it off 0): read it there. Matroska staging and uploads read in place
+    keep the offset the plan gives."""
+    offset = plan.staged_offset_sec
+    if source.key.startswith(staging_prefix(job_id)) and source.key.endswith(".mp4"):
+        offset -= (await probe(media, keyframe_at=0.0)).keyframe_before or 0.0
+    return offset
+
+
+async def stored_clip(storage: Storage, key: str) -> tuple[ObjectInfo, float] | None:
+    """The clip already stored at `key` by an earlier delivery, with its duration; None when there is none."""
+    existing = await storage.head(key)
+    if existing is None or not existing.sha256 or DURATION_META not in existing.metadata:
+        return None
+    return existing, float(existing.metadata[DURATION_META])
+
+
+async def store_clip(
+    storage: Storage, key: str, path: Path, extra: dict[str, str] | None = None
+) -> tuple[ObjectInfo, float]:
+    """Put the MP4 at `path` under `key` with its sha256, duration and `extra` as metadata."""
+    duration = await asyncio.to_thread(mp4_duration, path)
+    metadata = {"sha256": await sha256_file(path), DURATION_META: f"{duration:.6f}", **(extra or {})}
+    size = await storage.put_file(key, path, "video/mp4", metadata)
+    return ObjectInfo(key, size, metadata), duration
+
+
+def forward_clip(
+    task: StageMessage, stage: str, clip: ObjectInfo, duration: float, start: float, cut_path: CutPath = "copy"
+) -> StageMessage:
+    """`task` passed on with the clip as its `video` artifact and what it covers, in source seconds."""
+    result = ClipResult(
+        actual_start_sec=round(start, 6), actual_end_sec=round(start + duration, 6),
+        duration_sec=round(duration, 6), size=clip.size, sha256=clip.sha256, cut_path=cut_path,
+    )
+    artifact = Artifact(stage=stage, role="video", key=clip.key, size=clip.size, sha256=clip.sha256)
+    return task.forward(artifact=artifact, result=result)
