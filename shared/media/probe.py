@@ -116,5 +116,5 @@ async def timeline_start(source: str) -> float:
 
 
 def _timeline_start(source: str) -> float:
-    with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC)) as container:
+    with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC), options=open_options(source)) as container:
         return (container.start_time or 0) / AV_TIME_BASE
