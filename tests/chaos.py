@@ -91,6 +91,7 @@ class Fleet:
         self.folder = folder
         self.env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(REPO)}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}  # the current process's log per name
         self._started: list[subprocess.Popen[bytes]] = []
 
     def start(self, name: str, *argv: str) -> None:
@@ -99,6 +100,7 @@ class Fleet:
             proc = subprocess.Popen([sys.executable, "-m", "services", *argv], cwd=REPO, env=self.env,
                                     stdout=out, stderr=subprocess.STDOUT)
         self.procs[name] = proc
+        self.logs[name] = log_path
         self._started.append(proc)
 
     def start_worker(self, stage: str) -> None:
@@ -114,6 +116,13 @@ class Fleet:
         proc = self.procs[name]
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=STOP_WAIT_SEC)
+
+    async def wait_started(self, timeout_sec: float = LOAD_DEADLINE_SEC) -> None:
+        """Wait (bounded) until every current process logged that it started (`worker_started`, `reaper_started`):
+        a fault is meant for running services, not for ones still starting (see RELIABILITY.md, limits)."""
+        async with asyncio.timeout(timeout_sec):
+            while not all(map(_logged_start, self.logs.values())):  # noqa: ASYNC110 - log files
+                await asyncio.sleep(POLL_SEC)
 
     def dead(self) -> list[str]:
         return [name for name, proc in self.procs.items() if proc.poll() is not None]
@@ -131,6 +140,11 @@ class Fleet:
 
     def log_tail(self, chars: int = 3000) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-chars:]}" for p in sorted(self.folder.glob("*.log")))
+
+
+def _logged_start(log_path: Path) -> bool:
+    text = log_path.read_text() if log_path.exists() else ""
+    return '"worker_started"' in text or '"reaper_started"' in text
 
 
 async def submit(

@@ -151,6 +151,7 @@ async def kill_each_stage(stack: Stack, watch: JobWatch) -> int:
 
 async def restart_nats(stack: Stack, watch: JobWatch) -> int:
     await watch.wait_ended(FAULT_AFTER_ENDED)
+    await stack.fleet.wait_started()
     await asyncio.to_thread(stack.restart_nats)
     return 1
 
@@ -182,6 +183,7 @@ async def test_postgres_restart_mid_load(
     async def restart(stack: Stack, watch: JobWatch) -> int:
         nonlocal postgres
         await watch.wait_ended(FAULT_AFTER_ENDED)
+        await stack.fleet.wait_started()
         postgres.stop()
         postgres = await asyncio.to_thread(start_postgres, pg_dir, port)
         return 1
