@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= .data
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap run test lint schemas bench clean
+.PHONY: help bootstrap run test chaos lint schemas bench clean
 
 help:  ## this list
 	@echo "clipjet: make <target>"
@@ -20,6 +20,9 @@ run: bootstrap  ## NATS, S3, PostgreSQL and every service on loopback, clip a sa
 
 test: bootstrap  ## the test suite (real servers on loopback)
 	$(PY) -m pytest -q
+
+chaos: bootstrap  ## only the chaos tests (kills, restarts, 503s on the tests' own servers), figures printed
+	CLIPJET_CHAOS_REPORT=$${CLIPJET_CHAOS_REPORT:-chaos-figures.jsonl} $(PY) -m pytest -q -s -p no:logging -m chaos
 
 lint: bootstrap  ## ruff check
 	$(VENV)/bin/ruff check .

@@ -9,7 +9,7 @@ import nats
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, PubAck, RetentionPolicy, StorageType, StreamConfig
 
 from shared.contracts import PRIORITIES, ClipJobMessage, Priority
 from shared.pipeline import ENTRY_STAGE, STAGES
@@ -17,7 +17,6 @@ from shared.settings import Settings
 
 DUPLICATE_WINDOW_SEC = 120.0  # Nats-Msg-Id de-duplication window
 MAX_MESSAGE_AGE_SEC = 7 * 24 * 3600.0  # a message nobody takes is dropped after a week
-EXTRA_DELIVERIES = 2  # deliveries past MAX_ATTEMPTS, so the runtime can fail a poison job itself
 _encoder = msgspec.json.Encoder()
 
 
@@ -42,6 +41,11 @@ class Subjects:
 
 def consumer_name(stage: str, priority: Priority) -> str:
     return f"{stage}-{priority}"
+
+
+def max_deliveries_subject(stream: str) -> str:
+    """The advisory JetStream sends when a message of one of the stream's consumers used its last delivery."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*"
 
 
 def msg_id(job_id: str, stage: str) -> str:
@@ -83,7 +87,7 @@ async def ensure_consumers(js: JetStreamContext, settings: Settings, stage: str)
                 filter_subject=subjects.stage(stage, priority),
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=settings.queue_visibility_sec,
-                max_deliver=settings.max_attempts + EXTRA_DELIVERIES,
+                max_deliver=settings.max_attempts,  # then the MAX_DELIVERIES advisory (services/reaper/poison.py)
                 max_ack_pending=1000,
             ),
         )
@@ -120,8 +124,9 @@ class BacklogGauge:
         return self._value >= self._settings.queue_backlog_limit
 
 
-async def publish(js: JetStreamContext, subject: str, payload: bytes, message_id: str) -> None:
-    await js.publish(subject, payload, headers={"Nats-Msg-Id": message_id})
+async def publish(js: JetStreamContext, subject: str, payload: bytes, message_id: str) -> PubAck:
+    """Publish with `Nats-Msg-Id`; the ack names the stream sequence (the first copy's, for a duplicate)."""
+    return await js.publish(subject, payload, headers={"Nats-Msg-Id": message_id})
 
 
 async def publish_job(js: JetStreamContext, subjects: Subjects, job: ClipJobMessage) -> str:

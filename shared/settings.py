@@ -43,12 +43,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_ms: int = 500  # progress write + in_progress() period, ms
     s3_multipart_concurrency: int = 12  # parts in flight per multipart upload
     s3_multipart_part_mb: int = 16  # multipart part size, MiB
+    s3_max_attempts: int = 6  # tries of one S3 call by botocore (standard retry mode: 5xx, SlowDown, timeouts)
     retention_hours: float = 24.0  # results are kept this long, hours
     signed_url_ttl_sec: int = 900  # lifetime of signed result and upload URLs, s
     max_attempts: int = 3  # deliveries of one stage message before the job fails
     retry_base_delay_sec: float = 1.0  # first retry's backoff ceiling, s (full jitter, doubles each attempt)
     worker_concurrency: int = 2  # messages one worker process handles at once
     shutdown_grace_sec: float = 20.0  # in-flight work gets this long to finish on SIGTERM, s
+    outage_wait_sec: float = 120.0  # a worker holds its message this long through a PostgreSQL/NATS outage, s
     tail_pad_sec: float = 1.0  # extra media staged after endSec, s
     partition_days_ahead: int = 2  # daily job partitions created ahead of need
 

@@ -14,7 +14,9 @@ import aioboto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from shared.adaptive import THROTTLE_CODES, AdaptiveLimit
 from shared.errors import NotFound, StorageError
+from shared.retry import backoff
 from shared.settings import Settings
 
 MIB = 1024 * 1024
@@ -22,6 +24,9 @@ HASH_CHUNK = 4 * MIB  # bytes read at a time when hashing
 COPY_MAX_SINGLE = 5 * 1024 * MIB  # S3 CopyObject limit; larger objects copy part by part
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 NO_UPLOAD_CODES = frozenset({"404", "NoSuchUpload", "NoSuchKey"})
+PART_TRIES = 5  # tries of one multipart part after botocore's own retries gave up on a throttle
+PART_RETRY_BASE_SEC = 0.2  # first backoff ceiling between two tries of a part, s (full jitter, doubles)
+THROTTLE_STATUSES = frozenset({429, 503})
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,14 @@ class Storage:
         self._presigner = presigner
         self.bucket = settings.s3_bucket
         self._part_size = settings.s3_multipart_part_mb * MIB
-        self._concurrency = max(1, settings.s3_multipart_concurrency)
+        # parts in flight over all of this process's multipart uploads: lowered on 503 SlowDown, raised after successes
+        self.part_limit = AdaptiveLimit(settings.s3_multipart_concurrency)
+        client.meta.events.register("needs-retry.s3.UploadPart", self._watch_part_attempt)
+
+    def _watch_part_attempt(self, response: Any = None, **_: Any) -> None:
+        """Every try of a part botocore makes, retried ones included: a throttle lowers the part limit."""
+        if response is not None and _is_throttle(response[0].status_code, response[1]):
+            self.part_limit.throttled()
 
     async def ensure_bucket(self) -> None:
         try:
@@ -105,15 +117,23 @@ class Storage:
     async def _multipart_put(self, key: str, path: Path, size: int, extra: dict[str, Any]) -> None:
         upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)
         upload_id = upload["UploadId"]
-        gate = asyncio.Semaphore(self._concurrency)
 
         async def send(number: int, offset: int) -> dict[str, Any]:
-            async with gate:
-                body = await asyncio.to_thread(_read_range, path, offset, self._part_size)
-                part = await self._client.upload_part(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
-                )
-                return {"PartNumber": number, "ETag": part["ETag"]}
+            body = await asyncio.to_thread(_read_range, path, offset, self._part_size)
+            for attempt in range(1, PART_TRIES + 1):
+                async with self.part_limit.slot():
+                    try:
+                        part = await self._client.upload_part(
+                            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+                        )
+                    except ClientError as exc:
+                        if attempt == PART_TRIES or not _is_throttle(0, exc.response):
+                            raise
+                    else:
+                        self.part_limit.succeeded()
+                        return {"PartNumber": number, "ETag": part["ETag"]}
+                await asyncio.sleep(backoff(attempt, PART_RETRY_BASE_SEC))
+            raise AssertionError("unreachable: the last try returns or raises")
 
         try:
             parts = await asyncio.gather(
@@ -253,6 +273,15 @@ def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def _is_throttle(status: int, parsed: Any) -> bool:
+    """Whether a response (its HTTP status, or botocore's parsed error) says the server is overloaded."""
+    if status in THROTTLE_STATUSES:
+        return True
+    error = parsed.get("Error", {}) if isinstance(parsed, dict) else {}
+    meta = parsed.get("ResponseMetadata", {}) if isinstance(parsed, dict) else {}
+    return str(error.get("Code", "")) in THROTTLE_CODES or meta.get("HTTPStatusCode") in THROTTLE_STATUSES
+
+
 @asynccontextmanager
 async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
     """One S3 client for the process (plus a signer on the public endpoint when that differs)."""
@@ -260,7 +289,7 @@ async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
     config = Config(
         signature_version="s3v4", s3={"addressing_style": "path"},
         max_pool_connections=max(10, settings.s3_multipart_concurrency * 2),
-        retries={"max_attempts": 3, "mode": "standard"},
+        retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
     )
     common = {
         "region_name": settings.s3_region,

@@ -28,6 +28,7 @@ from shared.contracts import PRIORITIES, ClipJobMessage, ClipResult, JobEvent, S
 from shared.db import jobs
 from shared.errors import ClipError, Permanent, Transient
 from shared.logs import get_logger
+from shared.outage import OutageBudget, hold, is_outage
 from shared.progress import Progress, heartbeat_loop
 from shared.resources import Resources
 from shared.retry import backoff
@@ -242,7 +243,7 @@ class Worker(Generic[T]):
         structlog.contextvars.bind_contextvars(job_id=job.id)
         outcome = "ok"
         try:
-            outcome = await self._run_handler(msg, task, job, attempt)
+            outcome = await self._run_through_outages(msg, task, job, attempt)
         except asyncio.CancelledError:
             outcome = "handed_back"
             with suppress(Exception):
@@ -259,9 +260,24 @@ class Worker(Generic[T]):
                 priority=job.priority,
             )
 
+    async def _run_through_outages(self, msg: Msg, task: T, job: ClipJobMessage, attempt: int) -> str:
+        """Run the stage; through a PostgreSQL or NATS outage, hold the message and run it again on the same
+        delivery once they answer (within OUTAGE_WAIT_SEC), so an outage does not spend the job's attempts."""
+        budget = OutageBudget(self.res.settings.outage_wait_sec)
+        while True:
+            try:
+                return await self._run_handler(msg, task, job, attempt)
+            except Exception as exc:
+                pause = budget.next_pause() if is_outage(exc) else None
+                if pause is None:
+                    raise
+                log.warning("dependency_outage", error=repr(exc), waited_sec=round(budget.waited_sec, 2))
+                await hold(msg, pause, self.res.settings.heartbeat_ms / 1000)
+
     async def _run_handler(self, msg: Msg, task: T, job: ClipJobMessage, attempt: int) -> str:
         res, settings = self.res, self.res.settings
-        status = await jobs.begin_stage(res.db, job, self.spec.name, attempt)
+        seq = msg.metadata.sequence.stream
+        status = await jobs.begin_stage(res.db, job, self.spec.name, attempt, seq)
         if status != "processing":
             await msg.ack()
             return f"skipped_{status}"
@@ -278,19 +294,23 @@ class Worker(Generic[T]):
         beat = asyncio.create_task(heartbeat_loop(res, msg, job.id, progress))
         try:
             following = await self.spec.handle(task, StageDeps(res, progress, scratch, attempt, self._local))
+            finished: dict[str, Any] = {"stage": self.spec.name}
             if following is not None:
                 nxt = following.route[0]
-                await bus.publish(
+                ack = await bus.publish(
                     res.js, res.subjects.stage(nxt, job.priority), _encoder.encode(following),
                     bus.msg_id(job.id, nxt),
                 )
-            await jobs.record_event(res.db, uuid.UUID(job.id), "stage_finished", {"stage": self.spec.name})
+                finished |= {"next": nxt, "seq": ack.seq}  # where the job waits now (the reaper looks there)
+            await jobs.record_event(res.db, uuid.UUID(job.id), "stage_finished", finished)
             await msg.ack()
             return "ok"
         except Permanent as exc:
             await asyncio.shield(self._fail(msg, job, exc))
             return f"failed_{exc.code}"
         except Exception as exc:
+            if is_outage(exc):  # not the job's fault: _run_through_outages tries again on this delivery
+                raise
             error = exc if isinstance(exc, Transient) else Transient(f"internal error: {exc!r}", code="internal_error")
             log.warning("stage_error", code=error.code, error=error.message, exc_info=not isinstance(exc, ClipError))
             if attempt >= settings.max_attempts:
@@ -311,14 +331,22 @@ class Worker(Generic[T]):
     async def _reject(self, msg: Msg, exc: Exception) -> None:
         """A message that is not this stage's contract: fail its job if it names one, and drop it."""
         log.error("invalid_message", error=str(exc))
-        with suppress(msgspec.DecodeError, ValueError):
-            ref = _any_decoder.decode(msg.data)
-            job_id = ref.id or (ref.job.id if ref.job else "")
-            if job_id and uuid.UUID(job_id):
-                await finish_job_failed(self.res, job_id, Permanent(
-                    f"the message does not match the {self.spec.name} contract: {exc}", code="invalid_message"
-                ))
+        job_id = message_job_id(msg.data)
+        if job_id is not None:
+            await finish_job_failed(self.res, job_id, Permanent(
+                f"the message does not match the {self.spec.name} contract: {exc}", code="invalid_message"
+            ))
         await msg.term()
+
+
+def message_job_id(data: bytes) -> str | None:
+    """The job id named by a stage message (either input shape), or None when there is none."""
+    with suppress(msgspec.DecodeError, ValueError):
+        ref = _any_decoder.decode(data)
+        job_id = ref.id or (ref.job.id if ref.job else "")
+        if job_id and uuid.UUID(job_id):
+            return job_id
+    return None
 
 
 def _scratch_root(path: Path) -> Path:

@@ -59,19 +59,21 @@ def settings(servers: Servers, tmp_path: Path, request: pytest.FixtureRequest) -
 
     `@pytest.mark.settings(name=value, ...)` on a test overrides individual settings.
     """
-    tag = secrets.token_hex(4)
     marker = request.node.get_closest_marker("settings")
-    overrides = marker.kwargs if marker else {}
-    return load_settings(
-        {},
-        nats_url=servers.nats.url, nats_stream=f"T{tag}", subject_prefix=f"t{tag}",
-        database_url=servers.postgres.url, db_schema=f"test_{tag}",
-        s3_endpoint_url=servers.s3.url, s3_access_key=S3_ACCESS_KEY, s3_secret_key=S3_SECRET_KEY,
-        s3_bucket=f"test-{tag}", scratch_dir=str(tmp_path / "scratch"),
-        **{"fetch_allow_private": True,
-           "queue_visibility_sec": 10, "heartbeat_ms": 100, "retry_base_delay_sec": 0.2, "shutdown_grace_sec": 2,
-           **overrides},
-    )
+    return make_settings(servers, tmp_path, **(marker.kwargs if marker else {}))
+
+
+def make_settings(servers: Servers, tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings on the session's servers with a fresh stream, subject prefix, schema and bucket."""
+    tag = secrets.token_hex(4)
+    return load_settings({}, **{
+        "nats_url": servers.nats.url, "nats_stream": f"T{tag}", "subject_prefix": f"t{tag}",
+        "database_url": servers.postgres.url, "db_schema": f"test_{tag}",
+        "s3_endpoint_url": servers.s3.url, "s3_access_key": S3_ACCESS_KEY, "s3_secret_key": S3_SECRET_KEY,
+        "s3_bucket": f"test-{tag}", "scratch_dir": str(tmp_path / "scratch"), "fetch_allow_private": True,
+        "queue_visibility_sec": 10, "heartbeat_ms": 100, "retry_base_delay_sec": 0.2, "shutdown_grace_sec": 2,
+        **overrides,
+    })
 
 
 async def _drop_everything(settings: Settings, res: Resources) -> None:

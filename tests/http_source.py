@@ -23,6 +23,7 @@ class MediaServer:
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.bytes_sent = 0
         self.stall_first_get_sec = 0.0  # hold the first whole-file GET (no Range) this long after its first chunk
+        self.stall_every_get_sec = 0.0  # hold every GET this long after its first chunk
         self.fail_first_gets = 0  # answer this many GETs with 503 before serving
         self.first_get_started = threading.Event()
         self.redirects: dict[str, str] = {}  # path -> Location answered with 302
@@ -122,9 +123,10 @@ class MediaServer:
                     self._send_body(path, start, end)
 
             def _send_body(self, path: Path, start: int, end: int) -> None:
-                with server._lock:  # only a whole-file download (no Range, more than a chunk) stalls
+                with server._lock:  # a first whole-file download (no Range, more than a chunk) stalls once
                     long_body = end - start + 1 > CHUNK and self.headers.get("Range") is None
-                    stall = server.stall_first_get_sec if not server._stalled and long_body else 0.0
+                    first = server.stall_first_get_sec if not server._stalled and long_body else 0.0
+                    stall = first or server.stall_every_get_sec
                     server._stalled = server._stalled or stall > 0
                 with path.open("rb") as handle:
                     handle.seek(start)

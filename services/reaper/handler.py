@@ -7,12 +7,13 @@ half-way leaves work the next pass finds again):
               (same Nats-Msg-Id as the gateway's), `published_at` set, a `republished` event;
 2. expiry     done jobs past `expires_at` → their result objects deleted unless a live done job shares the
               content-hashed key, then → `expired` (event `expired`);
-3. stuck      processing jobs silent past every redelivery → failed `stuck`, announced on `<prefix>.events.<id>`;
+3. stuck      processing jobs silent past every redelivery whose message is gone → failed `stuck` (past its last
+              delivery but still there → failed `max_deliveries_exceeded`), announced on `<prefix>.events.<id>`;
 4. staging    objects under `staging/<jobId>/` of ended jobs deleted, once (`jobs.staging_cleaned_at`);
 5. partitions the next days' partitions created, old unneeded ones dropped (see partitions.py).
 
 Replicas are safe: a pass runs under a PostgreSQL advisory lock per schema, and a replica that finds it taken
-skips its pass.
+skips its pass. Between passes every replica listens for JetStream's MAX_DELIVERIES advisories (poison.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from shared.storage import staging_prefix
 from shared.worker import finish_job_failed
 
 from .partitions import drop_old_partitions, ensure_partitions
+from .poison import MAX_DELIVERIES_CODE, MessageState, fail_exhausted, message_state, watch_max_deliveries
 
 log = get_logger("reaper")
 TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext('clipjet-reaper:' || current_schema()))"
@@ -64,9 +66,9 @@ class ReapReport:
 
 def stuck_after_sec(res: Resources) -> float:
     """Silence after which a processing job is stuck: STUCK_AFTER_SEC, but never before every redelivery
-    (QUEUE_VISIBILITY_SEC each, MAX_ATTEMPTS + EXTRA_DELIVERIES deliveries) is over."""
+    (QUEUE_VISIBILITY_SEC each, MAX_ATTEMPTS deliveries) is over."""
     settings = res.settings
-    return max(settings.stuck_after_sec, settings.queue_visibility_sec * (settings.max_attempts + bus.EXTRA_DELIVERIES))
+    return max(settings.stuck_after_sec, settings.queue_visibility_sec * settings.max_attempts)
 
 
 async def republish_outbox(res: Resources, report: ReapReport) -> None:
@@ -102,9 +104,19 @@ async def expire_results(res: Resources, report: ReapReport) -> None:
 
 
 async def fail_stuck(res: Resources, report: ReapReport) -> None:
+    """Silent processing jobs whose message is gone (or will never be delivered again). A job whose message
+    still waits in the stream is left alone: it moves once a worker of that stage runs."""
     silent_limit = stuck_after_sec(res)
     for row in await jobs.stuck_due(res.db, silent_limit, bus.MAX_MESSAGE_AGE_SEC, res.settings.reaper_batch):
         job_id = str(row["id"])
+        state, seq = await message_state(res, row["id"])
+        if state is MessageState.WAITING:
+            continue
+        if state is MessageState.EXHAUSTED and seq is not None:  # its advisory was missed
+            await fail_exhausted(res, seq, res.settings.max_attempts, f"{row['stage']}")
+            report.stuck_failed += 1
+            log.warning("job_stuck", job_id=job_id, stage=row["stage"], code=MAX_DELIVERIES_CODE)
+            continue
         message = (
             f"no worker reported on this job for {row['silent_sec']:.0f} s (stage {row['stage']}), longer than "
             f"every redelivery of its message takes ({silent_limit:.0f} s); submit it again"
@@ -163,6 +175,7 @@ async def reap_once(res: Resources) -> ReapReport:
 async def run_reaper(res: Resources, stop: asyncio.Event) -> None:
     """A pass every REAPER_INTERVAL_SEC until `stop` is set (a pass under way finishes first)."""
     log.info("reaper_started", interval_sec=res.settings.reaper_interval_sec)
+    advisories = await watch_max_deliveries(res)
     while not stop.is_set():
         try:
             await reap_once(res)
@@ -170,4 +183,6 @@ async def run_reaper(res: Resources, stop: asyncio.Event) -> None:
             log.error("reaper_pass_failed", error=repr(exc))
         with suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=res.settings.reaper_interval_sec)
+    with suppress(Exception):
+        await advisories.unsubscribe()
     log.info("reaper_stopped")

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 
 from shared.errors import Transient
-from shared.media.ffmpeg import STDERR_TAIL_CHARS, MediaError
+from shared.media.ffmpeg import STDERR_TAIL_CHARS, UNAVAILABLE_INPUT_MARKS, MediaError, with_http_retries
 
 SAMPLE_RATE_HZ = 16_000  # what Whisper expects
 BYTES_PER_SAMPLE = 4  # f32le
@@ -20,10 +20,10 @@ async def read_audio(source: str, *, start_sec: float, duration_sec: float) -> n
     `start_sec` is decoded beyond the seek's keyframe. A source without audio gives an empty array.
     """
     seek = ["-ss", f"{start_sec:.6f}"] if start_sec > 0 else []
-    cmd = [
-        "ffmpeg", "-hide_banner", "-nostdin", "-v", "error", *seek, "-i", source, "-t", f"{duration_sec:.6f}",
+    cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", *with_http_retries([
+        *seek, "-i", source, "-t", f"{duration_sec:.6f}",
         "-map", "0:a:0?", "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(SAMPLE_RATE_HZ), "-f", "f32le", "pipe:1",
-    ]
+    ])]
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
     )
@@ -37,6 +37,8 @@ async def read_audio(source: str, *, start_sec: float, duration_sec: float) -> n
         raise Transient(f"ffmpeg was killed by signal {-proc.returncode}", code="ffmpeg_killed")
     if proc.returncode != 0:
         tail = err.decode(errors="replace")[-STDERR_TAIL_CHARS:].strip()
+        if any(mark in tail for mark in UNAVAILABLE_INPUT_MARKS):  # storage trouble, not the media's
+            raise Transient(f"the clip's audio could not be read: {tail}", code="input_unavailable")
         raise MediaError(f"ffmpeg could not read the clip's audio: {tail or f'exit {proc.returncode}'}")
     usable = len(pcm) - len(pcm) % BYTES_PER_SAMPLE
     return np.frombuffer(pcm[:usable], dtype=np.float32).copy()

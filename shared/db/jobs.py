@@ -110,6 +110,10 @@ WHERE status = 'processing' AND last_heartbeat_at < now() - make_interval(secs =
           IS DISTINCT FROM 'stage_finished')
 ORDER BY last_heartbeat_at LIMIT $3
 """
+LAST_STAGE_EVENT = """
+SELECT type, data FROM job_events WHERE job_id = $1 AND type IN ('stage_started', 'stage_finished')
+ORDER BY ts DESC, id DESC LIMIT 1
+"""
 
 
 @dataclass(frozen=True)
@@ -164,22 +168,28 @@ async def job_events(pool: asyncpg.Pool, job_id: uuid.UUID) -> list[asyncpg.Reco
     return await pool.fetch(EVENTS_OF, job_id)
 
 
-async def begin_stage(pool: asyncpg.Pool, job: ClipJobMessage, stage: str, attempt: int) -> str:
+async def begin_stage(
+    pool: asyncpg.Pool, job: ClipJobMessage, stage: str, attempt: int, seq: int | None = None
+) -> str:
     """Mark the job processing in `stage`; returns the job's status (a terminal one means: skip the work).
 
-    A job published straight to NATS has no row yet: it is created here.
+    `seq` is the message's stream sequence, kept in the `stage_started` event so the reaper can tell whether
+    the message still exists. A job published straight to NATS has no row yet: it is created here.
     """
     job_id = uuid.UUID(job.id)
     async with pool.acquire() as conn:
         row = await conn.fetchrow(BEGIN_STAGE, job_id, *window(job_id), stage, attempt)
         if row is not None:
-            await conn.execute(INSERT_EVENT, job_id, "stage_started", {"stage": stage, "attempt": attempt})
+            data: dict[str, Any] = {"stage": stage, "attempt": attempt}
+            if seq is not None:
+                data["seq"] = seq
+            await conn.execute(INSERT_EVENT, job_id, "stage_started", data)
             return "processing"
         status = await conn.fetchval(STATUS_OF, job_id, *window(job_id))
         if status is not None:
             return str(status)
         await insert_job(conn, job)
-    return await begin_stage(pool, job, stage, attempt)
+    return await begin_stage(pool, job, stage, attempt, seq)
 
 
 async def heartbeat(pool: asyncpg.Pool, job_id: uuid.UUID, stage: str, progress: float) -> None:
@@ -281,3 +291,8 @@ async def stuck_due(
 ) -> list[asyncpg.Record]:
     """Processing jobs whose worker went silent over `silent_sec` ago (id, stage, silent_sec); see STUCK_DUE."""
     return await pool.fetch(STUCK_DUE, silent_sec, queue_wait_sec, limit)
+
+
+async def last_stage_event(pool: asyncpg.Pool, job_id: uuid.UUID) -> asyncpg.Record | None:
+    """The job's latest stage_started or stage_finished event (type, data), whose data may carry a stream seq."""
+    return await pool.fetchrow(LAST_STAGE_EVENT, job_id)

@@ -10,6 +10,16 @@ from shared.errors import Permanent, Transient
 STDERR_TAIL_CHARS = 2000
 OUT_TIME_KEY = "out_time_us="
 US_PER_SEC = 1_000_000
+RECONNECT_DELAY_MAX_SEC = 8  # ffmpeg retries an HTTP input (5xx such as S3's 503 SlowDown, network errors) this long, s
+# ffmpeg's own retries for HTTP inputs (signed S3 URLs): a throttled or dropped read is tried again, not a failed job.
+HTTP_INPUT_OPTIONS = {
+    "reconnect": "1", "reconnect_on_network_error": "1", "reconnect_on_http_error": "5xx",
+    "reconnect_delay_max": str(RECONNECT_DELAY_MAX_SEC),
+}
+# stderr of an input that stayed unavailable (after the retries above): the storage's trouble, not the media's.
+UNAVAILABLE_INPUT_MARKS = (
+    "Server returned 5", "Connection refused", "Connection reset by peer", "Connection timed out",
+)
 
 
 class MediaError(Permanent):
@@ -23,7 +33,8 @@ async def run_ffmpeg(
 
     A kill from outside (signal) is Transient: another try may succeed.
     """
-    cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-progress", "pipe:1", "-nostats", *args]
+    cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-progress", "pipe:1", "-nostats",
+           *with_http_retries(args)]
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
     )
@@ -44,5 +55,19 @@ async def run_ffmpeg(
     err = (await stderr_task).decode(errors="replace")[-STDERR_TAIL_CHARS:]
     if code < 0:
         raise Transient(f"ffmpeg was killed by signal {-code}", code="ffmpeg_killed")
+    if code != 0 and any(mark in err for mark in UNAVAILABLE_INPUT_MARKS):
+        raise Transient(f"an input of ffmpeg was unavailable: {err.strip()}", code="input_unavailable")
     if code != 0:
         raise MediaError(f"ffmpeg failed: {err.strip() or f'exit {code}'}")
+
+
+def with_http_retries(args: list[str]) -> list[str]:
+    """`args` with HTTP_INPUT_OPTIONS before every `-i` that reads an http(s) URL."""
+    out: list[str] = []
+    for index, arg in enumerate(args):
+        following = args[index + 1] if index + 1 < len(args) else ""
+        if arg == "-i" and following.startswith(("http://", "https://")):
+            for name, value in HTTP_INPUT_OPTIONS.items():
+                out += [f"-{name}", value]
+        out.append(arg)
+    return out

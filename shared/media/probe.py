@@ -18,6 +18,7 @@ import av.error
 
 from shared.contracts import StreamFacts
 from shared.errors import SourceUnreadable, Transient
+from shared.media.ffmpeg import HTTP_INPUT_OPTIONS
 
 OPEN_TIMEOUT_SEC = 30.0  # connecting to / opening the source
 READ_TIMEOUT_SEC = 30.0  # waiting for data once open
@@ -39,6 +40,11 @@ class MediaInfo:
         return any(s.kind == "video" for s in self.streams)
 
 
+def open_options(source: str) -> dict[str, str]:
+    """libavformat options for opening `source`: HTTP(S) inputs (signed S3 URLs) retry on 5xx and network errors."""
+    return dict(HTTP_INPUT_OPTIONS) if source.startswith(("http://", "https://")) else {}
+
+
 async def probe(source: str, keyframe_at: float | None = None, options: dict[str, str] | None = None) -> MediaInfo:
     """Streams and duration of a local path or URL; with `keyframe_at`, the keyframe a copy from there starts at.
 
@@ -56,7 +62,8 @@ def opened_media(source: str, options: dict[str, str] | None = None) -> Iterator
     """The source opened by libavformat (`options`: e.g. a user URL's guarded proxy); its read errors as
     clipjet errors (a timeout is transient, unreadable media permanent)."""
     try:
-        with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC), options=options or {}) as container:
+        opts = {**open_options(source), **(options or {})}
+        with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC), options=opts) as container:
             yield container
     except av.error.TimeoutError as exc:
         raise Transient("reading the source timed out", code="probe_timeout") from exc
@@ -127,5 +134,5 @@ async def timeline_start(source: str) -> float:
 
 
 def _timeline_start(source: str) -> float:
-    with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC)) as container:
+    with opened_media(source) as container:
         return (container.start_time or 0) / AV_TIME_BASE

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.contracts import CutPath
-from shared.media.ffmpeg import US_PER_SEC, MediaError, run_ffmpeg
+from shared.media.ffmpeg import HTTP_INPUT_OPTIONS, US_PER_SEC, MediaError, run_ffmpeg
 from shared.media.keyframes import TIME_EPSILON_SEC, CutLayout, VideoFormat, cut_layout
 
 # codec → the encoder a matching head is made with. Only H.264: its copied part gets its own SPS/PPS in-band from
@@ -157,6 +157,8 @@ def _concat_list(source: str, layout: CutLayout, pieces: list[tuple[str, float, 
         # outpoint (a decode time: packets from it on are left out) a quarter frame before the first one left out
         entry = source if "://" in source else str(Path(source).resolve())  # the list's own folder is not ours
         lines += [f"file {_quote(entry)}", f"inpoint {math.ceil(layout.join * US_PER_SEC) / US_PER_SEC:.6f}"]
+        if entry.startswith(("http://", "https://")):  # the concat demuxer opens it: retry reads as ffmpeg -i does
+            lines += [f"option {name} {value}" for name, value in HTTP_INPUT_OPTIONS.items()]
         if layout.copy_end_dts is not None:
             lines.append(f"outpoint {layout.copy_end_dts - layout.frame_sec / 4:.6f}")
         lines.append(f"duration {layout.copy_end - layout.join:.6f}")

@@ -1,0 +1,222 @@
+"""Chaos on the real servers: during a load of 30 jobs, workers are SIGKILLed mid-job, NATS and PostgreSQL restart.
+
+Faults go only to servers this module starts (its own NATS per test, its own PostgreSQL cluster for the
+PostgreSQL restart); workers and the reaper run as separate processes, the gateway in the test's process.
+Each scenario must end with every job done once, with the same bytes as a fault-free run: see tests/chaos.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from services.gateway.app import create_app
+from services.registry import STAGES
+from shared.devstack import RunningServer, start_nats, start_postgres
+from shared.resources import Resources, open_resources
+from shared.settings import Settings
+from tests.chaos import (
+    CHAOS_TIMING,
+    LOAD_DEADLINE_SEC,
+    POLL_SEC,
+    Fleet,
+    JobSpec,
+    JobWatch,
+    Outcome,
+    assert_flawless,
+    holding,
+    judge,
+    load_specs,
+    outcome_of,
+    submit,
+    )
+from tests.conftest import Servers, _drop_everything, make_settings
+from tests.http_source import MediaServer
+from tests.s3_fault_proxy import FaultProxy, Request
+
+pytestmark = pytest.mark.chaos
+FAULT_AFTER_ENDED = 4  # a restart comes once this many jobs ended: mid-load, with work in every stage
+
+
+@pytest.fixture(scope="module")
+async def baseline(servers: Servers, sample_video: Path, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+    """The load run once on the same kind of stack without faults: the bytes (and delays) scenarios compare to."""
+    folder = tmp_path_factory.mktemp("chaos-baseline")
+    async with chaos_stack(servers, folder, sample_video) as stack:
+        ids = await submit(stack.client, load_specs(), stack.source_url, "baseline")
+        rows = await JobWatch(stack.settings, ids).wait_all_ended()
+        outcome = await outcome_of(rows, ids, stack.res.storage)
+    assert len(outcome.sha256) == len(ids), "the fault-free run did not finish every job"
+    return outcome
+
+
+@dataclass
+class Stack:
+    """One scenario's servers and processes."""
+
+    settings: Settings
+    res: Resources
+    client: AsyncTestClient[Any]
+    fleet: Fleet
+    nats: RunningServer
+    folder: Path
+    source_url: str
+
+    def restart_nats(self) -> None:
+        """Stop the NATS server (SIGTERM) and start it again on the same port and data folder."""
+        self.nats.stop()
+        port = urlsplit(self.nats.url).port
+        self.nats = start_nats(self.folder / "nats", port)
+
+
+@asynccontextmanager
+async def chaos_stack(
+    servers: Servers, folder: Path, video: Path, **overrides: Any
+) -> AsyncIterator[Stack]:
+    """A private NATS, the fleet of worker processes and the reaper, the gateway in-process."""
+    nats = start_nats(folder / "nats")
+    settings = make_settings(servers, folder, **{**CHAOS_TIMING, "nats_url": nats.url, **overrides})
+    fleet = Fleet(settings, folder)
+    stack: Stack | None = None
+    try:
+        async with open_resources(settings, "chaos-test") as res:
+            fleet.start_all()
+            try:
+                with MediaServer(video.parent) as origin:
+                    async with AsyncTestClient(create_app(settings)) as client:
+                        stack = Stack(settings, res, client, fleet, nats, folder, origin.url(video.name))
+                        yield stack
+            finally:
+                fleet.stop()
+                await _drop_everything(settings, res)
+    finally:
+        (stack.nats if stack else nats).stop()
+
+
+Fault = Callable[[Stack, JobWatch], Awaitable[int]]
+
+
+async def run_load(name: str, stack: Stack, baseline: Outcome, fault: Fault) -> None:
+    """Submit the load while `fault` runs; wait for every job; judge against the fault-free run."""
+    started = time.monotonic()
+    ids: list[str] = []
+    watch = JobWatch(stack.settings, ids)
+    injector = asyncio.create_task(fault(stack, watch))
+    await submit(stack.client, load_specs(), stack.source_url, name, ids)
+    faults = await asyncio.wait_for(injector, timeout=LOAD_DEADLINE_SEC)
+    rows = await watch.wait_all_ended()
+    figures = await judge(
+        name, faults, ids, rows, stack.res.storage, baseline, stack.folder, time.monotonic() - started
+    )
+    assert_flawless(figures, stack.fleet.log_tail())
+    assert faults >= 1
+    await one_more_job(stack)
+
+
+async def one_more_job(stack: Stack) -> None:
+    """After the fault, the same gateway and workers still take and finish a new job."""
+    extra = JobSpec(start_sec=16.0, end_sec=18.0, priority="fast")  # a range no job of the load asked for
+    ids = await submit(stack.client, [extra], stack.source_url, "after-fault")
+    rows = await JobWatch(stack.settings, ids).wait_all_ended()
+    assert rows[ids[0]]["status"] == "done", (rows[ids[0]], stack.fleet.log_tail())
+
+
+async def kill_each_stage(stack: Stack, watch: JobWatch) -> int:
+    """SIGKILL each stage's worker once while it holds a message, and start a new one at once."""
+    left = set(STAGES)
+    async with asyncio.timeout(LOAD_DEADLINE_SEC):
+        while left:
+            for stage in sorted(left):
+                if await holding(stack.res.js, stack.settings, stage):
+                    stack.fleet.kill(stage)
+                    stack.fleet.start_worker(stage)
+                    left.discard(stage)
+            if left and len(watch.ids) == len(load_specs()) and await watch.ended_count() == len(watch.ids):
+                raise AssertionError(f"the load ended before stages {sorted(left)} were seen mid-job: give "
+                                     f"tests.chaos.load_specs a job that passes them")
+            await asyncio.sleep(POLL_SEC / 2)
+    return len(STAGES)
+
+
+async def restart_nats(stack: Stack, watch: JobWatch) -> int:
+    await watch.wait_ended(FAULT_AFTER_ENDED)
+    await stack.fleet.wait_started()
+    await asyncio.to_thread(stack.restart_nats)
+    return 1
+
+
+async def test_sigkill_of_each_stage_worker_mid_job(
+    servers: Servers, baseline: Outcome, sample_video: Path, tmp_path: Path
+) -> None:
+    async with chaos_stack(servers, tmp_path, sample_video) as stack:
+        await run_load("sigkill_each_stage", stack, baseline, kill_each_stage)
+
+
+async def test_nats_restart_mid_load(
+    servers: Servers, baseline: Outcome, sample_video: Path, tmp_path: Path
+) -> None:
+    async with chaos_stack(servers, tmp_path, sample_video) as stack:
+        await run_load("nats_restart", stack, baseline, restart_nats)
+        assert not stack.fleet.dead(), stack.fleet.log_tail()
+
+
+async def test_postgres_restart_mid_load(
+    servers: Servers, baseline: Outcome, sample_video: Path, tmp_path: Path
+) -> None:
+    # Not under pytest's temp folder: a pytest session starting elsewhere resets its mode to 0700, and the
+    # postgres user could no longer reach the data folder when the cluster restarts.
+    pg_dir = Path(tempfile.mkdtemp(prefix="clipjet-chaos-pg-"))
+    postgres = await asyncio.to_thread(start_postgres, pg_dir)
+    port = urlsplit(postgres.url).port
+
+    async def restart(stack: Stack, watch: JobWatch) -> int:
+        nonlocal postgres
+        await watch.wait_ended(FAULT_AFTER_ENDED)
+        await stack.fleet.wait_started()
+        postgres.stop()
+        postgres = await asyncio.to_thread(start_postgres, pg_dir, port)
+        return 1
+
+    try:
+        async with chaos_stack(servers, tmp_path, sample_video, database_url=postgres.url) as stack:
+            await run_load("postgres_restart", stack, baseline, restart)
+            assert not stack.fleet.dead(), stack.fleet.log_tail()
+    finally:
+        postgres.stop()
+        shutil.rmtree(pg_dir, ignore_errors=True)
+
+
+S3_FAIL_EVERY = 5  # every 5th S3 request (20 %) is answered 503 SlowDown by the proxy
+
+
+async def test_s3_503_injection_mid_load(
+    servers: Servers, baseline: Outcome, sample_video: Path, tmp_path: Path
+) -> None:
+    """Every service talks to S3 through a proxy that answers every fifth request with 503 SlowDown."""
+    counter = {"requests": 0}
+
+    def every_fifth(request: Request) -> bool:
+        counter["requests"] += 1
+        return counter["requests"] % S3_FAIL_EVERY == 0
+
+    upstream = urlsplit(servers.s3.url).port
+    assert upstream is not None
+    with FaultProxy(upstream, every_fifth).in_thread() as proxy:
+        async with chaos_stack(servers, tmp_path, sample_video, s3_endpoint_url=proxy.url) as stack:
+
+            async def count_503s(stack: Stack, watch: JobWatch) -> int:
+                await watch.wait_ended(len(load_specs()))
+                return len(proxy.failed)
+
+            await run_load("s3_503_every_5th", stack, baseline, count_503s)
