@@ -230,3 +230,18 @@ async def test_burn_in_draws_the_subtitles_in_the_cut_encode(
     above = slice(0, int(height * BAND_TOP_RATIO))
     assert row_diff[band].max() > DRAWN_ROW_DIFF, row_diff[band]  # text drawn in the bottom band
     assert row_diff[above].max() < NOISE_ROW_DIFF, row_diff[above]  # and only there
+
+
+@pytest.mark.settings(asr_model="tiny.en")
+async def test_burn_in_of_a_clip_without_speech_gives_the_clip_without_text(
+    client: AsyncTestClient[Any], workers: Workers, speech_video: SpeechVideo
+) -> None:
+    workers.start()
+    silent_end = speech_video.spans[0][0] - 1.0  # the speech starts later
+    response = await client.post("/api/jobs", json={
+        "source": {"type": "upload", "key": await upload(client, speech_video.path)}, "startSec": 0.5,
+        "endSec": silent_end, "subs": {"enabled": True, "burnIn": True, "lang": "en"},
+    })
+    job = await wait_for_job(client, response.json()["id"], timeout=SUBS_JOB_TIMEOUT_SEC)
+    assert (job["status"], job["result"]["cutPath"]) == ("done", "reencode"), job
+    assert list(srt.parse((await _fetch(job["urls"]["srt"])).decode())) == []

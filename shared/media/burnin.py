@@ -47,7 +47,8 @@ def subtitles_filter(srt: Path, settings: Settings) -> str:
 
 async def burn_in_filter_for(task: StageMessage, storage: Storage, scratch: Path, settings: Settings) -> str | None:
     """For the encoder: the `subtitles=` filter of a job that asks for burn-in (its SRT, written by the
-    transcriber earlier on the route, fetched into `scratch`), or None when there is nothing to burn.
+    transcriber earlier on the route, fetched into `scratch`), or None when there is nothing to burn (no burn-in
+asked, or a clip without speech).
 
     The SRT's times count from the clip's first frame (startSec): put the filter where the frames' timestamps
     start at 0 (input `-ss`, or after `setpts=PTS-STARTPTS`), in the same chain as the cut's other filters.
@@ -58,6 +59,8 @@ async def burn_in_filter_for(task: StageMessage, storage: Storage, scratch: Path
     if srt is None:
         raise Permanent("burn-in was asked for but the route brought no subtitles (srt artifact)",
                         code="invalid_message")
+    if srt.size == 0:  # no speech in the clip: nothing to draw (libass refuses an empty file)
+        return None
     path = scratch / "burn-in.srt"
     await storage.download(srt.key, path)
-    return subtitles_filter(path, settings)
+    return subtitles_filter(path, settings) if path.read_text(encoding="utf-8").strip() else None
