@@ -10,12 +10,14 @@ import asyncio
 from pathlib import Path
 
 from shared.contracts import Artifact, ClipResult, CutPath, MediaPlan, StageMessage
+from shared.errors import Transient
 from shared.media.mp4 import mp4_duration
 from shared.media.probe import probe
 from shared.storage import ObjectInfo, Storage, sha256_file, staging_prefix
 
 READ_URL_TTL_SEC = 3600  # lifetime of the signed URL ffmpeg reads the staged media through, s
 DURATION_META = "duration"  # object metadata: the clip's duration in seconds
+SHORT_CLIP_TOLERANCE_SEC = 0.15  # a clip may end this much before endSec (frame and audio-packet rounding)
 START_META = "start"  # object metadata: the clip's first frame in source seconds
 PATH_META = "path"  # object metadata: the cut path that made the clip
 
@@ -41,10 +43,17 @@ async def stored_clip(storage: Storage, key: str) -> tuple[ObjectInfo, float] | 
 
 
 async def store_clip(
-    storage: Storage, key: str, path: Path, extra: dict[str, str] | None = None
+    storage: Storage, key: str, path: Path, *, covers_sec: float, extra: dict[str, str] | None = None
 ) -> tuple[ObjectInfo, float]:
-    """Put the MP4 at `path` under `key` with its sha256, duration and `extra` as metadata."""
+    """Put the MP4 at `path` under `key` with its sha256, duration and `extra` as metadata.
+
+    `covers_sec`: what the clip must last (from its first frame to endSec). ffmpeg can take a failed read of
+    its input for the input's end and still exit 0: a clip shorter than that is a transient failure (the stage
+    runs again), never a stored result."""
     duration = await asyncio.to_thread(mp4_duration, path)
+    if duration < covers_sec - SHORT_CLIP_TOLERANCE_SEC:
+        raise Transient(f"the cut came out {duration:.3f} s long instead of {covers_sec:.3f} s (an input read "
+                        f"failed part-way)", code="short_output")
     metadata = {"sha256": await sha256_file(path), DURATION_META: f"{duration:.6f}", **(extra or {})}
     size = await storage.put_file(key, path, "video/mp4", metadata)
     return ObjectInfo(key, size, metadata), duration

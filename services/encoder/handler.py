@@ -88,6 +88,7 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
                 extra_filters=[burn_in] if burn_in else [],
                 on_progress=lambda p: deps.progress.set(ENCODE_SHARE * p),
             )
-    clip, duration = await store_clip(storage, key, path, {START_META: f"{first:.6f}"})
+    clip, duration = await store_clip(storage, key, path, covers_sec=task.job.end_sec - first,
+                                      extra={START_META: f"{first:.6f}"})
     deps.progress.set(1.0)
     return forward_clip(task, ENCODE, clip, duration, first, "reencode")  # the first frame's own time

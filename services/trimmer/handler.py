@@ -56,7 +56,8 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
                                    audio=has_audio, scratch=deps.scratch,
                                    on_progress=lambda p: deps.progress.set(CUT_SHARE * p))
         start, cut_path = offset + outcome.first_frame, outcome.path
-    clip, duration = await store_clip(storage, key, path, {START_META: f"{start:.6f}", PATH_META: cut_path})
+    clip, duration = await store_clip(storage, key, path, covers_sec=job.end_sec - start,
+                                      extra={START_META: f"{start:.6f}", PATH_META: cut_path})
     log.info("clip_cut", cut_path=cut_path, planned=plan.cut_path, reason=plan.cut_reason, start=round(start, 6),
              duration=round(duration, 6))
     return forward_clip(task, TRIM, clip, duration, start, cut_path)
