@@ -144,7 +144,7 @@ async def throughput(
     async with JobRunner(stack) as runner:
         processes = snapshot()
         began = time.perf_counter()
-        await asyncio.gather(*(runner.run(*clip_range(first + i, source_sec), "normal", COPY_PRECISION)
+        await asyncio.gather(*(runner.run(*clip_range(first + i, source_sec), "normal", precision=COPY_PRECISION)
                                for i in range(jobs)))
         ours = time.perf_counter() - began
         cpu = cpu_used(processes)
