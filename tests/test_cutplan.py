@@ -13,7 +13,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from shared.contracts import Precision
-from shared.media.cutplan import choose_cut, decide_cut
+from shared.media.cutplan import decide_cut, probe_and_choose
 from shared.media.keyframes import cut_layout
 from shared.media.probe import probe
 from shared.pipeline import ENCODE, STAGES
@@ -90,8 +90,7 @@ def plan_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.parametrize("case", PLAN_CASES, ids=[c.name for c in PLAN_CASES])
 async def test_cut_path_over_probed_media(case: PlanCase, plan_sources: dict[str, Path]) -> None:
     media = str(plan_sources[case.name])
-    info = await probe(media, keyframe_at=case.start)
-    decision = await choose_cut(media, info.streams, case.precision, case.start, case.end)
+    _, decision = await probe_and_choose(media, case.precision, case.start, case.end)
     assert (decision.path, decision.reason) == (case.path, case.reason)
 
 
@@ -99,17 +98,15 @@ async def test_cut_path_over_probed_media(case: PlanCase, plan_sources: dict[str
                                               ("mpeg2_ts", "codec_not_mp4")])
 async def test_layouts_a_smart_cut_cannot_take(name: str, reason: str, plan_sources: dict[str, Path]) -> None:
     media = str(plan_sources[name])
-    info = await probe(media, keyframe_at=1.5)
-    decision = await choose_cut(media, info.streams, "auto", 1.5, 3.5)
+    _, decision = await probe_and_choose(media, "auto", 1.5, 3.5)
     assert (decision.path, decision.reason) == ("reencode", reason)
 
 
 async def test_container_without_stream_ids_is_smart_cut_only_when_staged(plan_sources: dict[str, Path]) -> None:
     """FLV numbers no stream: read in place (an upload) the join could not name the video; staged it is MP4."""
     media = str(plan_sources["flv"])
-    info = await probe(media, keyframe_at=2.5)
-    in_place = await choose_cut(media, info.streams, "auto", 2.5, 4.5, staged=False)
-    staged = await choose_cut(media, info.streams, "auto", 2.5, 4.5, staged=True)
+    _, in_place = await probe_and_choose(media, "auto", 2.5, 4.5, staged=False)
+    _, staged = await probe_and_choose(media, "auto", 2.5, 4.5, staged=True)
     assert (in_place.path, in_place.reason, staged.path) == ("reencode", "container_stream_ids", "smart")
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from shared.contracts import CutPath, Precision, StreamFacts
 from shared.media.cut import copyable_to_mp4
-from shared.media.keyframes import CutLayout, cut_layout, layout_in
+from shared.media.keyframes import CutLayout, layout_in
 from shared.media.probe import MediaInfo, opened_media, read_info
 from shared.media.smartcut import MAX_REORDER_DELAY, SMART_ENCODERS
 
@@ -69,32 +69,22 @@ def decide_cut(
     return CutDecision("smart", "variable_frame_rate" if layout.variable_rate else "start_between_keyframes")
 
 
-async def choose_cut(
-    media: str, streams: list[StreamFacts], precision: Precision, start: float, end: float, *, staged: bool = True,
-    options: dict[str, str] | None = None,
-) -> CutDecision:
-    """Read the frame layout around the cut points of `media` (a path or URL, read with the libavformat
-    `options`, e.g. a user URL's guarded proxy) when it matters, then decide."""
-    fits = copyable_to_mp4(streams)
-    videos = sum(1 for s in streams if s.kind == "video")
-    layout = await cut_layout(media, start, end, options) if fits and videos == 1 and precision != "keyframe" else None
-    encoders = await asyncio.to_thread(available_encoders)
-    return decide_cut(precision, streams, layout, fits_mp4=fits, encoders=encoders, staged=staged)
-
-
 async def probe_and_choose(
-    media: str, precision: Precision, start: float, end: float, *, staged: bool, options: dict[str, str] | None,
-    check: Callable[[MediaInfo], None], decided: CutDecision | None = None,
+    media: str, precision: Precision, start: float, end: float, *, staged: bool = True,
+    options: dict[str, str] | None = None, check: Callable[[MediaInfo], None] | None = None,
+    decided: CutDecision | None = None,
 ) -> tuple[MediaInfo, CutDecision]:
-    """`probe` and `choose_cut` over one opening of `media` (a user's URL is read once, not twice): its
-    facts, checked by `check` before the layout is read, and the cut decision (`decided`, when the request
-    alone decided it, without reading the layout)."""
+    """Probe `media` (a path or URL, read with the libavformat `options`, e.g. a user URL's guarded proxy)
+    and decide its cut path, over one opening (a user's URL is read once, not twice): its facts, checked by
+    `check` before the frame layout around the cut points is read (only when it matters), and the decision
+    (`decided`, when the request alone decided it, without reading the layout)."""
     encoders = await asyncio.to_thread(available_encoders)
 
     def run() -> tuple[MediaInfo, CutDecision]:
         with opened_media(media, options) as container:
             info = read_info(container, keyframe_at=start)
-            check(info)
+            if check is not None:
+                check(info)
             if decided is not None:
                 return info, decided
             fits = copyable_to_mp4(info.streams)
