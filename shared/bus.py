@@ -38,6 +38,10 @@ class Subjects:
     def events(self, job_id: str) -> str:
         return f"{self.prefix}.events.{job_id}"
 
+    def scratch(self, node: str = "*") -> str:
+        """Core NATS: a node's scratch-space reports (`*`: every node's)."""
+        return f"{self.prefix}.scratch.{node}"
+
 
 def consumer_name(stage: str, priority: Priority) -> str:
     return f"{stage}-{priority}"
@@ -111,7 +115,7 @@ async def backlog(js: JetStreamContext, settings: Settings) -> int:
 
 
 class BacklogGauge:
-    """The backlog, read at most every BACKLOG_CHECK_SEC (nine consumer lookups per reading)."""
+    """The backlog, read at most every BACKLOG_CHECK_SEC (one consumer lookup per stage and priority)."""
 
     def __init__(self, js: JetStreamContext, settings: Settings) -> None:
         self._js, self._settings = js, settings

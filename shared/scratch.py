@@ -27,6 +27,7 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from shared.bus import Subjects
 from shared.errors import ScratchFull
 from shared.logs import get_logger
 from shared.settings import Settings
@@ -141,7 +142,7 @@ class ScratchQuota:
 
 async def report_loop(nc: NatsClient, settings: Settings, quota: ScratchQuota, changed: asyncio.Event) -> None:
     """Publish the node's use every SCRATCH_REPORT_SEC and at once when a stage starts or stops waiting."""
-    subject = f"{settings.subject_prefix}.scratch.{node_name(settings)}"
+    subject = Subjects(settings.subject_prefix).scratch(node_name(settings))
     while True:
         used = await asyncio.to_thread(quota.used)
         report = ScratchReport(node_name(settings), used, quota.quota, quota.waiting)
@@ -199,7 +200,7 @@ class ScratchGauge:
         self._decoder = msgspec.json.Decoder(ScratchReport)
 
     async def start(self, nc: NatsClient) -> None:
-        await nc.subscribe(f"{self._settings.subject_prefix}.scratch.*", cb=self._on_report)
+        await nc.subscribe(Subjects(self._settings.subject_prefix).scratch(), cb=self._on_report)
 
     async def _on_report(self, msg: Msg) -> None:
         with suppress(msgspec.DecodeError):
