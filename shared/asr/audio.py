@@ -6,8 +6,7 @@ import asyncio
 
 import numpy as np
 
-from shared.errors import Transient
-from shared.media.ffmpeg import STDERR_TAIL_CHARS, UNAVAILABLE_INPUT_MARKS, MediaError, with_http_retries
+from shared.media.ffmpeg import raise_for_exit, with_http_retries
 
 SAMPLE_RATE_HZ = 16_000  # what Whisper expects
 BYTES_PER_SAMPLE = 4  # f32le
@@ -33,12 +32,6 @@ async def read_audio(source: str, *, start_sec: float, duration_sec: float) -> n
         proc.kill()
         await proc.wait()
         raise
-    if proc.returncode is not None and proc.returncode < 0:
-        raise Transient(f"ffmpeg was killed by signal {-proc.returncode}", code="ffmpeg_killed")
-    if proc.returncode != 0:
-        tail = err.decode(errors="replace")[-STDERR_TAIL_CHARS:].strip()
-        if any(mark in tail for mark in UNAVAILABLE_INPUT_MARKS):  # storage trouble, not the media's
-            raise Transient(f"the clip's audio could not be read: {tail}", code="input_unavailable")
-        raise MediaError(f"ffmpeg could not read the clip's audio: {tail or f'exit {proc.returncode}'}")
+    raise_for_exit(proc.returncode or 0, err, "ffmpeg could not read the clip's audio")
     usable = len(pcm) - len(pcm) % BYTES_PER_SAMPLE
     return np.frombuffer(pcm[:usable], dtype=np.float32).copy()

@@ -52,13 +52,21 @@ async def run_ffmpeg(
         proc.kill()
         await proc.wait()
         raise
-    err = (await stderr_task).decode(errors="replace")[-STDERR_TAIL_CHARS:]
+    raise_for_exit(code, await stderr_task, "ffmpeg failed")
+
+
+def raise_for_exit(code: int, stderr: bytes, what: str) -> None:
+    """The clipjet error of an ffmpeg run that ended with `code` (nothing for 0). A kill from outside (signal)
+    and an input that stayed unavailable (storage trouble, not the media's) are Transient; any other failure
+    is a MediaError. `what` starts the message."""
+    if code == 0:
+        return
+    tail = stderr.decode(errors="replace")[-STDERR_TAIL_CHARS:].strip()
     if code < 0:
         raise Transient(f"ffmpeg was killed by signal {-code}", code="ffmpeg_killed")
-    if code != 0 and any(mark in err for mark in UNAVAILABLE_INPUT_MARKS):
-        raise Transient(f"an input of ffmpeg was unavailable: {err.strip()}", code="input_unavailable")
-    if code != 0:
-        raise MediaError(f"ffmpeg failed: {err.strip() or f'exit {code}'}")
+    if any(mark in tail for mark in UNAVAILABLE_INPUT_MARKS):
+        raise Transient(f"{what}: an input stayed unavailable: {tail}", code="input_unavailable")
+    raise MediaError(f"{what}: {tail or f'exit {code}'}")
 
 
 def with_http_retries(args: list[str]) -> list[str]:
