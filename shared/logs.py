@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
-_QUERY = re.compile(r"(https?://[^\s?\"']+)\?[^\s\"']*")
-_SECRET_FIELDS = frozenset({"api_key", "secret_key", "s3_secret_key", "password", "token", "authorization"})
-
-
-def scrub(text: str) -> str:
-    """Drop query strings from URLs (signed URLs carry their signature there)."""
-    return _QUERY.sub(r"\1?<redacted>", text)
+from shared.scrub import REDACTED, SECRET_FIELDS, scrub_value
 
 
 def _scrub_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Every field of a log line through `shared.scrub` (after format_exc_info: tracebacks too)."""
     for name, value in list(event.items()):
-        if name.lower() in _SECRET_FIELDS:
-            event[name] = "<redacted>"
-        elif isinstance(value, str):
-            event[name] = scrub(value)
+        event[name] = REDACTED if name.lower() in SECRET_FIELDS else scrub_value(value)
     return event
 
 

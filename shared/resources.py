@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 
 from shared import bus
 from shared.db.pool import create_pool
+from shared.scrub import remember_secrets
 from shared.settings import Settings
 from shared.storage import Storage, open_storage
 
@@ -29,6 +30,7 @@ class Resources:
 @asynccontextmanager
 async def open_resources(settings: Settings, name: str) -> AsyncIterator[Resources]:
     """NATS (stream and consumers ensured), PostgreSQL (migrated) and S3 (bucket ensured)."""
+    remember_secrets(settings.s3_secret_key, settings.database_url)  # scrubbed from what users and logs see
     nc = await bus.connect(settings, name)
     try:
         js = nc.jetstream()

@@ -8,19 +8,21 @@ from litestar.exceptions import HTTPException, ValidationException
 from shared.contracts import ErrorBody, ErrorDetail
 from shared.errors import ClipError, RetryLater
 from shared.logs import get_logger
+from shared.scrub import scrub
 
 log = get_logger("gateway")
 MALFORMED_MARK = "JSON is malformed"
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> Response[ErrorBody]:
-    body = ErrorBody(error=ErrorDetail(code=code, message=message, field=field))
+    body = ErrorBody(error=ErrorDetail(code=code, message=scrub(message), field=field))
     return Response(body, status_code=status, media_type=MediaType.JSON)
 
 
 def clip_error_handler(_: Request, exc: ClipError) -> Response[ErrorBody]:
     if isinstance(exc, RetryLater):
-        detail = ErrorDetail(code=exc.code, message=exc.message, retry_after_sec=exc.retry_after_sec, job_id=exc.job_id)
+        detail = ErrorDetail(code=exc.code, message=scrub(exc.message), retry_after_sec=exc.retry_after_sec,
+                             job_id=exc.job_id)
         return Response(ErrorBody(error=detail), status_code=exc.http_status, media_type=MediaType.JSON,
                         headers={"Retry-After": str(exc.retry_after_sec)})
     return error_response(exc.http_status, exc.code, exc.message, exc.field)

@@ -13,6 +13,7 @@ from shared.contracts import ClipResult, JobAccepted, JobRequest, JobView, Resul
 from shared.db import jobs
 from shared.errors import NotFound
 from shared.ids import parse_job_id
+from shared.scrub import scrub
 
 from .state import Gateway
 from .submit import submit_job
@@ -60,7 +61,8 @@ class JobController(Controller):
             progress=round(float(row["progress"]), 4), attempts=row["attempts"],
             created_at=row["created_at"].isoformat(), updated_at=row["updated_at"].isoformat(),
             request=msgspec.convert({k: v for k, v in request.items() if k != "id"}, JobRequest),
-            error_code=row["error_code"], error_message=row["error_message"], result=result, urls=urls,
+            error_code=row["error_code"], error_message=scrub(row["error_message"] or "") or None,
+            result=result, urls=urls,
         )
 
 

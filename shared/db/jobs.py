@@ -17,6 +17,7 @@ import msgspec
 
 from shared.contracts import ClipJobMessage, ClipResult
 from shared.ids import created_at_of
+from shared.scrub import scrub, scrub_value
 
 SHARDS = 64  # shard = crc32(id) % SHARDS, stored for locality
 TERMINAL = ("done", "failed", "expired")
@@ -197,7 +198,8 @@ async def heartbeat(pool: asyncpg.Pool, job_id: uuid.UUID, stage: str, progress:
 
 
 async def record_event(pool: asyncpg.Pool, job_id: uuid.UUID, type_: str, data: dict[str, Any]) -> None:
-    await pool.execute(INSERT_EVENT, job_id, type_, data)
+    """Append an event; its data is scrubbed (`shared.scrub`): events are shown to users."""
+    await pool.execute(INSERT_EVENT, job_id, type_, scrub_value(data))
 
 
 async def complete(
@@ -219,7 +221,8 @@ async def complete(
 
 
 async def fail(pool: asyncpg.Pool, job_id: uuid.UUID, code: str, message: str) -> bool:
-    """Job → failed with a code (once: False when it had already ended)."""
+    """Job → failed with a code (once: False when it had already ended); the message is scrubbed."""
+    message = scrub(message)
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(FAIL, job_id, *window(job_id), code, message)
         if row is None:
@@ -231,7 +234,9 @@ async def fail(pool: asyncpg.Pool, job_id: uuid.UUID, code: str, message: str) -
 async def requeue(
     pool: asyncpg.Pool, job_id: uuid.UUID, code: str, message: str, attempt: int, delay_sec: float
 ) -> None:
-    """A transient failure: the job goes back to queued and will be retried after `delay_sec`."""
+    """A transient failure: the job goes back to queued and will be retried after `delay_sec` (the message is
+    scrubbed)."""
+    message = scrub(message)
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(REQUEUE, job_id, *window(job_id), code, message)
         if row is not None:
