@@ -7,6 +7,7 @@ message whose clip is already stored short-circuits to the same message.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from pathlib import Path
 
 from shared.contracts import Artifact, ClipResult, CutPath, MediaPlan, StageMessage
@@ -20,6 +21,7 @@ DURATION_META = "duration"  # object metadata: the clip's duration in seconds
 SHORT_CLIP_TOLERANCE_SEC = 0.15  # a clip may end this much before endSec (frame and audio-packet rounding)
 START_META = "start"  # object metadata: the clip's first frame in source seconds
 PATH_META = "path"  # object metadata: the cut path that made the clip
+WRITE_META = "write"  # object metadata: a random id of the write that stored the clip (a rewrite changes it)
 
 
 async def source_time_of_zero(media: str, plan: MediaPlan, source: Artifact, job_id: str) -> float:
@@ -45,7 +47,7 @@ async def stored_clip(storage: Storage, key: str) -> tuple[ObjectInfo, float] | 
 async def store_clip(
     storage: Storage, key: str, path: Path, *, covers_sec: float, extra: dict[str, str] | None = None
 ) -> tuple[ObjectInfo, float]:
-    """Put the MP4 at `path` under `key` with its sha256, duration and `extra` as metadata.
+    """Put the MP4 at `path` under `key` with its sha256, duration, a write id (WRITE_META) and `extra` as metadata.
 
     `covers_sec`: what the clip must last (from its first frame to endSec). ffmpeg can take a failed read of
     its input for the input's end and still exit 0: a clip shorter than that is a transient failure (the stage
@@ -54,7 +56,8 @@ async def store_clip(
     if duration < covers_sec - SHORT_CLIP_TOLERANCE_SEC:
         raise Transient(f"the cut came out {duration:.3f} s long instead of {covers_sec:.3f} s (an input read "
                         f"failed part-way)", code="short_output")
-    metadata = {"sha256": await sha256_file(path), DURATION_META: f"{duration:.6f}", **(extra or {})}
+    metadata = {"sha256": await sha256_file(path), DURATION_META: f"{duration:.6f}",
+                WRITE_META: secrets.token_hex(8), **(extra or {})}
     size = await storage.put_file(key, path, "video/mp4", metadata)
     return ObjectInfo(key, size, metadata), duration
 

@@ -58,8 +58,18 @@ def video_copy_is_exact(task: StageMessage, plan: MediaPlan) -> bool:
     return on_keyframe or task.job.precision == "keyframe"
 
 
+class NoEncoder(RuntimeError):
+    """The stage was run without the H.264 encoder `pick_encoder` opens (a wiring bug, never the job's fault)."""
+
+
 async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
-    """Encode the clip; reuse the output when an earlier delivery already stored it."""
+    """Encode the clip; reuse the output when an earlier delivery already stored it.
+
+    Refuses (NoEncoder) to run without the process's encoder in `deps.local`: a missing one must not quietly
+    turn a re-encode into a stream copy."""
+    if not isinstance(deps.local, VideoEncoder):
+        raise NoEncoder(f"the encode stage needs its VideoEncoder in deps.local (StageSpec.open_local = "
+                        f"pick_encoder), got {type(deps.local).__name__}")
     plan, source = task.plan, task.artifact("source")
     if plan is None or source is None:
         raise Permanent("the encode stage needs the fetcher's plan and staged source", code="invalid_message")
