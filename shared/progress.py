@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from contextlib import suppress
 
@@ -16,6 +17,7 @@ from shared.resources import Resources
 
 log = get_logger("progress")
 _encoder = msgspec.json.Encoder()
+PCT_DIGITS = 4  # a ProgressEvent's pct is rounded to this many decimals (and published when that changes)
 
 
 class Progress:
@@ -36,23 +38,27 @@ class Progress:
 
 
 async def heartbeat_loop(res: Resources, msg: Msg, job_id: str, progress: Progress) -> None:
-    """Every HEARTBEAT_MS: tell JetStream we are alive, and write/publish progress when it moved."""
+    """Every HEARTBEAT_MS (on a fixed schedule, not drifting by the writes' own time): tell JetStream we are
+    alive, write progress, stage and `last_heartbeat_at` to the job row (the reaper's sign of life, so it is
+    written even while progress stands still), and publish a ProgressEvent when progress moved."""
     period = res.settings.heartbeat_ms / 1000
     uid = uuid.UUID(job_id)
     subject = res.subjects.progress(job_id)
     last = -1.0
+    due = time.monotonic()
     while True:
-        await asyncio.sleep(period)
+        due += period
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        due = max(due, time.monotonic() - period)  # after a stall, do not fire a burst of late beats
         with suppress(Exception):
             await msg.in_progress()
         pct = progress.job_pct
-        if pct == last:
-            continue
-        last = pct
+        shown = round(pct, PCT_DIGITS)
         try:
             await jobs.heartbeat(res.db, uid, progress.stage, pct)
-            event = ProgressEvent(job_id=job_id, pct=round(pct, 4), stage=progress.stage)
-            await res.nc.publish(subject, _encoder.encode(event))
+            if shown != last:
+                event = ProgressEvent(job_id=job_id, pct=shown, stage=progress.stage)
+                await res.nc.publish(subject, _encoder.encode(event))
+                last = shown
         except Exception as exc:  # a missed heartbeat write must not kill the work
             log.warning("heartbeat_failed", error=str(exc))
-

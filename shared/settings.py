@@ -40,7 +40,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     scratch_report_sec: float = 2.0  # period of a worker's scratch-use report to the gateway, s
     scratch_dir: Path = Path("/tmp/clipjet-scratch")  # where stages keep their local files
     queue_visibility_sec: float = 60.0  # JetStream ack_wait: a silent worker's message comes back after this, s
-    heartbeat_ms: int = 500  # progress write + in_progress() period, ms
+    heartbeat_ms: int = 500  # job-row heartbeat + in_progress() period (progress published when it moved), ms
     s3_multipart_concurrency: int = 12  # parts in flight per multipart upload
     s3_multipart_part_mb: int = 16  # multipart part size, MiB
     s3_max_attempts: int = 6  # tries of one S3 call by botocore (standard retry mode: 5xx, SlowDown, timeouts)

@@ -15,7 +15,7 @@ from shared.contracts import ClipJobMessage, UrlSource
 from shared.db import jobs
 from shared.ids import uuid7
 from shared.resources import Resources
-from tests.conftest import Workers, record_progress, wait_for_job
+from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer
 from tests.media import codecs, frame_md5, keyframe_times, probe
 
@@ -158,27 +158,6 @@ async def test_missing_url_fails_with_clear_code(
         job = await wait_for_job(client, response.json()["id"])
     assert (job["status"], job["errorCode"], job["attempts"]) == ("failed", "source_unreadable", 1)
     assert "404" in job["errorMessage"]
-
-
-async def test_progress_is_written_and_published(
-    client: AsyncTestClient[Any], workers: Workers, resources: Resources, sample_video: Path
-) -> None:
-    received = await record_progress(resources)
-    workers.start()
-    with MediaServer(sample_video.parent) as origin:
-        origin.stall_first_get_sec = 1.0  # a slow origin: the fetch stage is busy for over a second
-        origin.ranges = False  # a whole download, which the stall holds up
-        response = await client.post("/api/jobs", json={
-            "source": {"type": "url", "url": origin.url(sample_video.name)}, "startSec": 2, "endSec": 4,
-        })
-        job = await wait_for_job(client, response.json()["id"])
-    assert job["status"] == "done"
-    assert received and all(e.job_id == job["id"] for e in received)
-    assert any(e.stage == "fetch" for e in received)
-    pcts = [e.pct for e in received]
-    assert pcts == sorted(pcts) and all(0 <= p <= 1 for p in pcts)
-    row = await jobs.get_job(resources.db, uuid.UUID(job["id"]))
-    assert row is not None and row["last_heartbeat_at"] is not None
 
 
 async def test_identical_request_finishes_from_the_earlier_result(
