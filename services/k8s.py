@@ -1,13 +1,16 @@
-"""The kustomize base in k8s/base, generated from the stage registry so a new stage gets its Deployment and
-its KEDA ScaledObject (one `nats-jetstream` trigger per priority consumer) without hand-written YAML."""
+"""The kustomize base in k8s/base, generated from the stage registry so a new stage gets its Deployment, its
+KEDA ScaledObject (one `nats-jetstream` trigger per priority consumer) and its egress NetworkPolicy without
+hand-written YAML."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from services.k8s_network import network_policies
 from shared.bus import consumer_name
 from shared.contracts import PRIORITIES
 from shared.settings import Settings
@@ -19,7 +22,9 @@ NATS_MONITORING_ENDPOINT = "nats.nats.svc.cluster.local:8222"  # KEDA reads cons
 LAG_THRESHOLD = 4  # messages waiting per replica before KEDA adds one
 MAX_REPLICAS = 20  # per worker stage
 GRACE_MARGIN_SEC = 10  # termination grace beyond SHUTDOWN_GRACE_SEC: hand back what did not finish
-SCRATCH_MOUNT = "/scratch"  # SCRATCH_DIR inside the pods (an emptyDir of NVME_SCRATCH_GB)
+SCRATCH_MOUNT = "/scratch"  # SCRATCH_DIR inside the pods (an emptyDir a little over NVME_SCRATCH_GB GiB)
+SCRATCH_HEADROOM_PCT = 10  # the emptyDir's sizeLimit is the quota plus this much, % (the kubelet evicts past it)
+MIB_PER_GIB = 1024
 GATEWAY_REPLICAS = 2
 REAPER_REPLICAS = 1  # safe with more: every step runs under an advisory lock
 LABEL = "app.kubernetes.io/name"
@@ -84,6 +89,14 @@ def _gateway(settings: Settings) -> list[dict[str, Any]]:
     return [_deployment("clipjet-gateway", GATEWAY_REPLICAS, {"containers": [container]}), service]
 
 
+def scratch_size_limit(settings: Settings) -> str:
+    """The scratch emptyDir's sizeLimit: the quota (NVME_SCRATCH_GB, GiB) plus SCRATCH_HEADROOM_PCT, in Mi/Gi, so
+    the quota refuses work before the kubelet would evict the pod."""
+    quota_mib = math.ceil(settings.nvme_scratch_gb * MIB_PER_GIB)
+    mib = max(quota_mib + 1, quota_mib * (100 + SCRATCH_HEADROOM_PCT) // 100)
+    return f"{mib // MIB_PER_GIB}Gi" if mib % MIB_PER_GIB == 0 else f"{mib}Mi"
+
+
 def _worker(stage: str, settings: Settings) -> list[dict[str, Any]]:
     name = f"clipjet-{stage}"
     container = _container(stage, ["worker", stage], WORKER_RESOURCES.get(stage, DEFAULT_WORKER_RESOURCES))
@@ -91,7 +104,7 @@ def _worker(stage: str, settings: Settings) -> list[dict[str, Any]]:
     pod = {
         "terminationGracePeriodSeconds": int(settings.shutdown_grace_sec) + GRACE_MARGIN_SEC,
         "containers": [container],
-        "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": f"{settings.nvme_scratch_gb:g}G"}}],
+        "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": scratch_size_limit(settings)}}],
     }
     triggers = [
         {"type": "nats-jetstream", "metadata": {
@@ -119,6 +132,7 @@ def render_manifests(stages: list[str], settings: Settings | None = None) -> dic
     settings = settings or Settings()
     documents: dict[str, list[dict[str, Any]]] = {
         "config.yaml": [_config(settings)], "gateway.yaml": _gateway(settings), "reaper.yaml": _reaper(),
+        "network-policies.yaml": network_policies(stages),
     }
     for stage in stages:
         documents[f"worker-{stage}.yaml"] = _worker(stage, settings)

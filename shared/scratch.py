@@ -1,9 +1,14 @@
-"""The node's scratch quota (NVME_SCRATCH_GB), shared by every worker process on the node, and its reports.
+"""The scratch quota of one scratch volume (NVME_SCRATCH_GB GiB under SCRATCH_DIR), shared by every worker
+process that mounts it, and its reports.
 
-A ledger file under SCRATCH_DIR (`.quota.json`, changed under an exclusive `flock` on `.quota.lock`) holds
-each reservation with the pid that made it; reservations of dead processes are dropped, so a crash frees its
-space. A stage that uses scratch waits for room for one message (SCRATCH_RESERVE_MB) before it pulls the next
-one, reserves it when the message arrives, and releases it when the message is done.
+The quota guards the volume, not the node: in Kubernetes each worker pod has its own `emptyDir` (whose
+`sizeLimit` is set a little above the quota, in the same GiB), so the quota refuses work before the kubelet
+would evict the pod. A ledger file in the volume (`.quota.json`, changed under an exclusive `flock` on
+`.quota.lock`) holds each reservation with its holder: a file under `.holders/` that the reserving process keeps
+locked (`flock`) while it lives. A holder whose lock can be taken is dead (killed, crashed, in any PID
+namespace: no process ids are compared), and its reservations are dropped, so a crash frees its space.
+A stage that uses scratch waits for room for one message (SCRATCH_RESERVE_MB) before it pulls the next one,
+reserves it when the message arrives, and releases it when the message is done.
 
 Workers publish the node's use on `<prefix>.scratch.<node>` (core NATS, every SCRATCH_REPORT_SEC and whenever
 they start or stop waiting); the gateway's `ScratchGauge` keeps the latest report of each node and refuses new
@@ -38,6 +43,8 @@ WAIT_POLL_SEC = 0.2  # how often a waiting stage looks at the ledger again (othe
 REPORT_FRESH_PERIODS = 3  # a node's report counts for this many report periods
 LEDGER = ".quota.json"
 LOCK = ".quota.lock"
+HOLDERS = ".holders"  # one locked file per live process that holds reservations in this volume
+NEW_HOLDER = ".new-"  # a holder file's name prefix until it is locked
 
 
 class ScratchReport(msgspec.Struct, rename="camel"):
@@ -54,18 +61,55 @@ def node_name(settings: Settings) -> str:
     return f"{socket.gethostname()}:{settings.scratch_dir}".replace(".", "_").replace("/", "_").replace(" ", "_")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+class _Holder:
+    """This process's holder file in one volume, locked for the process's life (the kernel drops the lock when
+    the process ends, however it ends)."""
+
+    def __init__(self, root: Path) -> None:
+        folder = root / HOLDERS
+        folder.mkdir(parents=True, exist_ok=True)
+        _drop_dead_holders(folder)
+        self.name = f"{os.getpid()}-{secrets.token_hex(6)}"
+        creating = folder / f"{NEW_HOLDER}{self.name}"  # locked before it gets its name: never seen unlocked
+        self._file = creating.open("a+")
+        fcntl.flock(self._file, fcntl.LOCK_EX)  # closed with the process
+        creating.rename(folder / self.name)
+
+
+_holders: dict[Path, _Holder] = {}  # this process's holder per volume
+
+
+def _holder_of(root: Path) -> str:
+    key = root.resolve()
+    if key not in _holders:
+        _holders[key] = _Holder(root)
+    return _holders[key].name
+
+
+def _held(folder: Path, name: str) -> bool:
+    """True while the process behind holder `name` lives (its lock cannot be taken); a dead one's file goes."""
+    if name in {h.name for h in _holders.values()}:
         return True
-    return True
+    path = folder / name
+    try:
+        with path.open("a+") as probe:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink(missing_ok=True)  # still under our lock: nobody holds it
+            return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def _drop_dead_holders(folder: Path) -> None:
+    for entry in folder.iterdir():
+        if not entry.name.startswith(NEW_HOLDER):
+            _held(folder, entry.name)
 
 
 class ScratchQuota:
-    """Reservations against the node's quota, in a ledger shared across processes."""
+    """Reservations against one scratch volume's quota, in a ledger in that volume shared by its processes."""
 
     def __init__(self, settings: Settings) -> None:
         self.root = Path(settings.scratch_dir)
@@ -81,20 +125,23 @@ class ScratchQuota:
             fcntl.flock(lock, fcntl.LOCK_EX)
             path = self.root / LEDGER
             try:
-                entries: dict[str, list[int]] = json.loads(path.read_text() or "{}")
+                entries: dict[str, list[str | int]] = json.loads(path.read_text() or "{}")
             except (FileNotFoundError, ValueError):
                 entries = {}
-            entries = {k: v for k, v in entries.items() if _alive(v[0])}
+            holders = self.root / HOLDERS
+            live = {str(v[0]) for v in entries.values() if isinstance(v[0], str) and _held(holders, v[0])}
+            entries = {k: v for k, v in entries.items() if v[0] in live}
             if drop is not None:
                 entries.pop(drop, None)
-            if cap is not None and change and sum(v[1] for v in entries.values()) + sum(change.values()) > cap:
+            if cap is not None and change and _total(entries) + sum(change.values()) > cap:
                 return -1
             if change:
-                entries.update({k: [os.getpid(), n] for k, n in change.items()})
+                holder = _holder_of(self.root)
+                entries.update({k: [holder, n] for k, n in change.items()})
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(entries))
             tmp.replace(path)
-            return sum(v[1] for v in entries.values())
+            return _total(entries)
 
     def used(self) -> int:
         return self._locked(None, None)
@@ -138,6 +185,10 @@ class ScratchQuota:
             log.info("scratch_room_again")
             if on_change is not None:
                 on_change.set()
+
+
+def _total(entries: dict[str, list[str | int]]) -> int:
+    return sum(int(v[1]) for v in entries.values())
 
 
 async def report_loop(nc: NatsClient, settings: Settings, quota: ScratchQuota, changed: asyncio.Event) -> None:

@@ -35,7 +35,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # --- limits and timing (seed defaults) ---
     max_clip_seconds: float = 120.0  # longest clip a job may ask for, seconds
     max_parallel_encoders_per_node: int = msgspec.field(default_factory=_default_encoders)  # encodes at once
-    nvme_scratch_gb: float = 20.0  # local scratch a node may use, GB
+    nvme_scratch_gb: float = 20.0  # scratch quota of one scratch volume (SCRATCH_DIR), GiB
     scratch_reserve_mb: float = 512.0  # scratch a stage reserves per message before pulling it, MiB
     scratch_report_sec: float = 2.0  # period of a worker's scratch-use report to the gateway, s
     scratch_dir: Path = Path("/tmp/clipjet-scratch")  # where stages keep their local files

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from shared.resources import Resources
-from shared.scratch import ScratchQuota
+from shared.scratch import LEDGER, ScratchQuota
 from shared.settings import load_settings
 from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer
@@ -95,3 +96,32 @@ async def test_whole_download_larger_than_the_scratch_quota_is_refused(
         job = await wait_for_job(client, (await _submit(client, origin.url(sample_video.name))).json()["id"])
         assert origin.bytes_sent < sample_video.stat().st_size  # refused before the body was read
     assert (job["status"], job["errorCode"], job["attempts"]) == ("failed", "source_too_large", 1)
+
+
+def test_a_live_process_reservation_counts_until_it_is_killed(tmp_path: Path) -> None:
+    """Liveness comes from the volume (a holder file the process keeps locked), not from process ids, which a
+    process in another pod or PID namespace could not see."""
+    settings = load_settings({}, scratch_dir=str(tmp_path), nvme_scratch_gb=1 / 1024, scratch_reserve_mb=1)
+    code = (
+        "import sys, time; from shared.scratch import ScratchQuota; from shared.settings import load_settings; "
+        f"ScratchQuota(load_settings({{}}, scratch_dir={str(tmp_path)!r}, nvme_scratch_gb=1/1024)).reserve({MIB}); "
+        "print('reserved', flush=True); time.sleep(60)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"reserved\n"
+        quota = ScratchQuota(settings)
+        assert quota.used() == MIB and not quota.has_room()  # the other process is alive: its space is taken
+        ledger = json.loads((tmp_path / LEDGER).read_text())
+        assert all(str(holder) != str(child.pid) for holder, _ in ledger.values())  # no process id decides
+    finally:
+        child.kill()
+        child.wait(timeout=WAIT_SEC)
+    assert quota.used() == 0 and quota.has_room()  # killed: the kernel dropped its lock, its space is free
+
+
+def test_each_scratch_volume_has_its_own_quota(tmp_path: Path) -> None:
+    one, two = (load_settings({}, scratch_dir=str(tmp_path / n), nvme_scratch_gb=1 / 1024) for n in ("a", "b"))
+    full = ScratchQuota(one)
+    full.reserve(full.quota)
+    assert not full.has_room() and ScratchQuota(two).used() == 0 and ScratchQuota(two).has_room()

@@ -1,0 +1,63 @@
+"""Egress NetworkPolicies of the kustomize base: what each clipjet pod may reach.
+
+Every pod holds the S3 key and the database URL, and the workers parse untrusted media, so none may reach more
+than it needs: DNS, NATS, PostgreSQL and S3 (in the namespaces the ConfigMap's service names point at; an
+overlay patches them for another layout). The fetcher alone also reaches the internet, because it downloads
+user URLs itself (through its in-process guarded proxy, `shared/fetchproxy.py`): any public address, never a
+private, link-local (cloud metadata), CGNAT or loopback one. Ingress is not restricted here (the gateway's
+Service takes client traffic).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+LABEL = "app.kubernetes.io/name"
+NAMESPACE_LABEL = "kubernetes.io/metadata.name"  # set by Kubernetes on every namespace
+FETCH_STAGE = "fetch"  # the one stage that downloads user URLs
+# (namespace, TCP port) of each cluster service clipjet uses; the ConfigMap names nats.nats.svc and s3.storage.svc
+NATS = ("nats", 4222)
+S3 = ("storage", 8333)
+POSTGRES = ("postgres", 5432)  # DATABASE_URL is in the Secret: patch the namespace to where PostgreSQL runs
+DNS_NAMESPACE = "kube-system"
+DNS_POD = {"k8s-app": "kube-dns"}  # CoreDNS keeps this label
+DNS_PORT = 53
+# Addresses a user URL may never reach: RFC 1918, CGNAT, loopback, link-local (169.254.169.254 metadata), and IPv6
+# unique-local, link-local and loopback.
+PRIVATE_V4 = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16"]
+PRIVATE_V6 = ["fc00::/7", "fe80::/10", "::1/128"]
+
+
+def _to_namespace(namespace: str, port: int) -> dict[str, Any]:
+    return {"to": [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: namespace}}}],
+            "ports": [{"protocol": "TCP", "port": port}]}
+
+
+def cluster_egress() -> list[dict[str, Any]]:
+    """DNS, NATS, S3 and PostgreSQL: everything a clipjet pod needs inside the cluster."""
+    dns = {"to": [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: DNS_NAMESPACE}},
+                   "podSelector": {"matchLabels": DNS_POD}}],
+           "ports": [{"protocol": "UDP", "port": DNS_PORT}, {"protocol": "TCP", "port": DNS_PORT}]}
+    return [dns, *(_to_namespace(namespace, port) for namespace, port in (NATS, S3, POSTGRES))]
+
+
+def internet_egress() -> dict[str, Any]:
+    """Any public address (user URLs may name any port), none of the private ranges."""
+    return {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": PRIVATE_V4}},
+                   {"ipBlock": {"cidr": "::/0", "except": PRIVATE_V6}}]}
+
+
+def _policy(app: str, egress: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": f"{app}-egress"},
+        "spec": {"podSelector": {"matchLabels": {LABEL: app}}, "policyTypes": ["Egress"], "egress": egress},
+    }
+
+
+def network_policies(stages: list[str]) -> list[dict[str, Any]]:
+    """One egress policy per Deployment: the gateway, the reaper and each stage's workers."""
+    apps = ["clipjet-gateway", "clipjet-reaper", *(f"clipjet-{stage}" for stage in stages)]
+    return [
+        _policy(app, [*cluster_egress(), internet_egress()] if app == f"clipjet-{FETCH_STAGE}" else cluster_egress())
+        for app in apps
+    ]
