@@ -4,6 +4,8 @@ user-visible text (the API's error message, job events, logs)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from tests.conftest import wait_for_job
 from tests.test_delivery import fetch_worker_processes
 
 WAIT_SEC = 60.0
+REPO = Path(__file__).resolve().parent.parent
 SIGNED = (
     "http://127.0.0.1:8333/clipjet/uploads/u1/a.mkv?X-Amz-Algorithm=AWS4-HMAC-SHA256"
     "&X-Amz-Credential=clipjet%2F20261201%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20261201T203557Z"
@@ -92,3 +95,19 @@ async def test_failed_job_shows_no_signed_url(
         for name, text in (("api", job["errorMessage"]), ("row", row["error_message"]), ("events", events),
                            ("log", log)):
             assert leak not in text, (name, leak, text[-3000:])
+
+
+def test_log_lines_are_scrubbed_structlog_and_stdlib() -> None:
+    """A process that configured logging (`clipjet …`): its structlog and standard-library lines, tracebacks
+    included, show no signature."""
+    code = (
+        "import logging; from shared.logs import configure_logging, get_logger; configure_logging(json=True); "
+        "logging.basicConfig(); "
+        f"get_logger('t').warning('ffmpeg_failed', error={SIGNED!r}, detail={{'url': {SIGNED!r}}}); "
+        f"logging.getLogger('uvicorn').warning('GET %s', {SIGNED!r})\n"
+        f"try:\n    raise OSError({SIGNED!r})\nexcept OSError:\n    logging.getLogger('x').exception('boom')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=WAIT_SEC)
+    assert done.returncode == 0, done.stderr
+    assert "ffmpeg_failed" in done.stderr and "GET" in done.stderr and "OSError" in done.stderr
+    assert not any(leak in done.stderr for leak in LEAKS), done.stderr
