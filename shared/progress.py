@@ -17,6 +17,8 @@ from shared.resources import Resources
 
 log = get_logger("progress")
 _encoder = msgspec.json.Encoder()
+WRITE_MAX_SEC = 2.0  # longest a heartbeat's row write may wait (an outage): in_progress() must go on, s
+VISIBILITY_SHARE = 4  # ... and never longer than QUEUE_VISIBILITY_SEC / this
 PCT_DIGITS = 4  # a ProgressEvent's pct is rounded to this many decimals (and published when that changes)
 
 
@@ -42,9 +44,11 @@ async def heartbeat_loop(res: Resources, msg: Msg, job_id: str, progress: Progre
     alive, write progress, stage and `last_heartbeat_at` to the job row (the reaper's sign of life, so it is
     written even while progress stands still), and publish a ProgressEvent when progress moved."""
     period = res.settings.heartbeat_ms / 1000
+    write_timeout = max(period, min(WRITE_MAX_SEC, res.settings.queue_visibility_sec / VISIBILITY_SHARE))
     uid = uuid.UUID(job_id)
     subject = res.subjects.progress(job_id)
     last = -1.0
+    failing = False
     due = time.monotonic()
     while True:
         due += period
@@ -55,10 +59,13 @@ async def heartbeat_loop(res: Resources, msg: Msg, job_id: str, progress: Progre
         pct = progress.job_pct
         shown = round(pct, PCT_DIGITS)
         try:
-            await jobs.heartbeat(res.db, uid, progress.stage, pct)
+            await asyncio.wait_for(jobs.heartbeat(res.db, uid, progress.stage, pct), write_timeout)
             if shown != last:
                 event = ProgressEvent(job_id=job_id, pct=shown, stage=progress.stage)
                 await res.nc.publish(subject, _encoder.encode(event))
                 last = shown
+            failing = False
         except Exception as exc:  # a missed heartbeat write must not kill the work
-            log.warning("heartbeat_failed", error=str(exc))
+            if not failing:  # once per run of failures (an outage would log every period)
+                log.warning("heartbeat_failed", error=str(exc))
+            failing = True
