@@ -80,8 +80,9 @@ _holders: dict[Path, _Holder] = {}  # this process's holder per volume
 
 
 def _holder_of(root: Path) -> str:
+    """This process's holder name in the volume at `root` (a new one if the folder was emptied meanwhile)."""
     key = root.resolve()
-    if key not in _holders:
+    if key not in _holders or not (root / HOLDERS / _holders[key].name).exists():
         _holders[key] = _Holder(root)
     return _holders[key].name
 
