@@ -217,7 +217,7 @@ class JobView(WireStruct, omit_defaults=False):
     attempts: int
     created_at: str
     updated_at: str
-    request: JobRequest
+    request: JobRequest | None  # None: a message published straight to NATS, refused as not fitting the contract
     error_code: str | None = None
     error_message: str | None = None
     result: ClipResult | None = None

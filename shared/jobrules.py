@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
-from shared.contracts import ClipSpec, UploadSource, UrlSource, YoutubeSource
+from shared.contracts import PRIORITIES, ClipSpec, Priority, UploadSource, UrlSource, YoutubeSource
 from shared.errors import BadRequest, FetchRefused
 from shared.netguard import split_url
 from shared.settings import Settings
@@ -28,6 +29,8 @@ _SOURCE_TYPE_FIELD = "source.type"
 # A bound (msgspec.Meta) broken by a field: the code the gateway always gave for it.
 _BOUND_CODES = {"startSec": "start_negative", "endSec": "end_before_start"}
 _BOUND_MARKS = (">", "<")  # msgspec's bound messages: "Expected `float` >= 0.0"
+MAX_KEPT_REQUEST_BYTES = 64 * 1024  # a refused message over this size is not kept in its job row, bytes
+_NUL_ESCAPE = b"\\u0000"  # PostgreSQL's jsonb cannot hold NUL characters
 
 
 def check_clip(spec: ClipSpec, settings: Settings) -> None:
@@ -80,6 +83,23 @@ def refusal_for_decode_error(exc: msgspec.DecodeError) -> BadRequest:
     if found is None:
         return BadRequest(text, code="invalid_field")
     return refusal_for_field(found["path"] or None, text[: found.start()])
+
+
+def refused_request(data: bytes) -> tuple[dict[str, Any], Priority]:
+    """What the job row of a refused message keeps: the request as it came (a JSON object within
+    MAX_KEPT_REQUEST_BYTES; a stage message's `job`), else {}; and its priority when it names one, else normal."""
+    kept: Any = {}
+    if len(data) <= MAX_KEPT_REQUEST_BYTES and _NUL_ESCAPE not in data:
+        try:
+            kept = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            kept = {}
+    if isinstance(kept, dict) and isinstance(kept.get("job"), dict):
+        kept = kept["job"]
+    if not isinstance(kept, dict):
+        kept = {}
+    priority = kept.get("priority")
+    return kept, priority if priority in PRIORITIES else "normal"
 
 
 def _check_form(check: Callable[[], object]) -> None:
