@@ -51,7 +51,8 @@ class Subtitles(WireStruct):
 
 
 class UploadSource(WireStruct, tag="upload", tag_field="type"):
-    """A file the client put into object storage through an upload slot (`POST /api/uploads`)."""
+    """A file the client put into object storage through an upload slot (`POST /api/uploads`): `key` is the
+    slot's key, under `uploads/` (no other object may be named)."""
 
     key: str
 
