@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import posixpath
 import secrets
 import uuid
 from pathlib import Path
@@ -72,9 +73,13 @@ async def _end_event_read_later(res: Resources, job_id: str) -> JobEvent:
 @pytest.mark.settings(max_clip_seconds=MAX_CLIP_SEC)
 @pytest.mark.parametrize(("change", "code"), REFUSED)
 async def test_direct_message_gets_the_gateways_code_a_failed_row_and_a_durable_end_event(
-    client: AsyncTestClient[Any], resources: Resources, workers: Workers, change: dict[str, Any], code: str
+    client: AsyncTestClient[Any], resources: Resources, workers: Workers, sample_video: Path,
+    change: dict[str, Any], code: str,
 ) -> None:
     body = {"source": URL_SOURCE, "startSec": 1, "endSec": 4, **change}
+    if key := body["source"].get("key"):  # the object it names exists (a result, a staged source): still refused
+        for planted in {key, posixpath.normpath(key)}:
+            await resources.storage.put_file(planted, sample_video, "video/mp4", {})
     answer = await client.post("/api/jobs", json=body)
     assert (answer.status_code, answer.json()["error"]["code"]) == (422, code), answer.text
 
