@@ -11,11 +11,13 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, PubAck, RetentionPolicy, StorageType, StreamConfig
 
-from shared.contracts import PRIORITIES, ClipJobMessage, Priority
+from shared.contracts import PRIORITIES, ClipJobMessage, JobEvent, Priority
 from shared.pipeline import ENTRY_STAGE, STAGES
 from shared.settings import Settings
 
 DUPLICATE_WINDOW_SEC = 120.0  # Nats-Msg-Id de-duplication window
+EVENTS_STREAM_SUFFIX = "_EVENTS"  # the end events' stream is <NATS_STREAM>_EVENTS
+END_MSG_ID_SUFFIX = "end"  # a job's end event has Nats-Msg-Id <jobId>:end
 MAX_MESSAGE_AGE_SEC = 7 * 24 * 3600.0  # a message nobody takes is dropped after a week
 _encoder = msgspec.json.Encoder()
 
@@ -36,6 +38,7 @@ class Subjects:
         return f"{self.prefix}.progress.{job_id}"
 
     def events(self, job_id: str) -> str:
+        """A job's end event (`*`: every job's); kept in the events stream."""
         return f"{self.prefix}.events.{job_id}"
 
     def scratch(self, node: str = "*") -> str:
@@ -80,6 +83,28 @@ async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
         await js.update_stream(config)
 
 
+def events_stream(settings: Settings) -> str:
+    """The JetStream stream that keeps job end events, so a publisher can read them with a durable consumer."""
+    return settings.nats_stream + EVENTS_STREAM_SUFFIX
+
+
+async def ensure_events_stream(js: JetStreamContext, settings: Settings) -> None:
+    """Create or update the end events' stream: limits retention (every consumer sees every event, nothing is
+    removed by reading it), kept EVENTS_MAX_AGE_SEC, retried publishes dropped by Nats-Msg-Id."""
+    config = StreamConfig(
+        name=events_stream(settings),
+        subjects=[Subjects(settings.subject_prefix).events(">")],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW_SEC,
+        max_age=settings.events_max_age_sec,
+    )
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        await js.update_stream(config)
+
+
 async def ensure_consumers(js: JetStreamContext, settings: Settings, stage: str) -> None:
     """The stage's durable pull consumers, one per priority (created before any worker scales)."""
     subjects = Subjects(settings.subject_prefix)
@@ -98,8 +123,9 @@ async def ensure_consumers(js: JetStreamContext, settings: Settings, stage: str)
 
 
 async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
-    """Stream and every stage's consumers."""
+    """Streams and every stage's consumers."""
     await ensure_stream(js, settings)
+    await ensure_events_stream(js, settings)
     for stage in STAGES:
         await ensure_consumers(js, settings, stage)
 
@@ -138,3 +164,9 @@ async def publish_job(js: JetStreamContext, subjects: Subjects, job: ClipJobMess
     subject = subjects.stage(ENTRY_STAGE, job.priority)
     await publish(js, subject, _encoder.encode(job), msg_id(job.id, ENTRY_STAGE))
     return subject
+
+
+async def publish_job_end(js: JetStreamContext, subjects: Subjects, event: JobEvent) -> None:
+    """Announce a job's end on `<prefix>.events.<jobId>`: kept in the events stream (a retried publish is dropped
+    by its Nats-Msg-Id) and delivered to core subscribers too."""
+    await publish(js, subjects.events(event.job_id), _encoder.encode(event), msg_id(event.job_id, END_MSG_ID_SUFFIX))

@@ -22,6 +22,13 @@ Precision = Annotated[
     )),
 ]
 CutPath = Literal["copy", "smart", "reencode"]  # how a clip was made: stream copy, smart cut, full re-encode
+Seconds = Annotated[float, msgspec.Meta(ge=0, description="A time in the source media, in seconds (0 or more).")]
+EndSeconds = Annotated[
+    float, msgspec.Meta(gt=0, description="The clip's end in the source, in seconds: after startSec, and at most "
+                                          "MAX_CLIP_SECONDS (default 120) after it."),
+]
+Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
 JobId = Annotated[
     str,
     msgspec.Meta(
@@ -44,7 +51,8 @@ class Subtitles(WireStruct):
 
 
 class UploadSource(WireStruct, tag="upload", tag_field="type"):
-    """A file the client put into object storage through an upload slot (`POST /api/uploads`)."""
+    """A file the client put into object storage through an upload slot (`POST /api/uploads`): `key` is the
+    slot's key, under `uploads/` (no other object may be named)."""
 
     key: str
 
@@ -69,8 +77,8 @@ class ClipSpec(WireStruct, kw_only=True):
     """What to cut: the source, the range in seconds, subtitles, and the queue priority."""
 
     source: Source
-    start_sec: float
-    end_sec: float
+    start_sec: Seconds
+    end_sec: EndSeconds  # and endSec - startSec <= MAX_CLIP_SECONDS: shared/jobrules.py, on every way in
     subs: Subtitles = msgspec.field(default_factory=Subtitles)
     priority: Priority = "normal"
     precision: Precision = "auto"
@@ -88,7 +96,7 @@ class ClipJobMessage(ClipSpec, kw_only=True):
 class StreamFacts(WireStruct):
     """One media stream as the probe (libavformat) reported it."""
 
-    index: int
+    index: Count
     kind: Literal["video", "audio", "subtitle", "data"]
     codec: str
     width: int | None = None
@@ -113,7 +121,7 @@ class Artifact(WireStruct):
     stage: str
     role: str  # "source" (staged input), "video", later "srt", "vtt", "words"
     key: str
-    size: int
+    size: Count
     sha256: str = ""
 
 
@@ -123,7 +131,7 @@ class ClipResult(WireStruct):
     actual_start_sec: float
     actual_end_sec: float
     duration_sec: float
-    size: int
+    size: Count
     sha256: str
     cut_path: CutPath = "copy"  # which path made the clip
 
@@ -160,12 +168,14 @@ class ProgressEvent(WireStruct):
     """Published on core NATS `<prefix>.progress.<jobId>` at most every HEARTBEAT_MS while a stage works."""
 
     job_id: str
-    pct: float  # 0..1 over the whole job
+    pct: Fraction  # 0..1 over the whole job
     stage: str
 
 
 class JobEvent(WireStruct):
-    """Published on core NATS `<prefix>.events.<jobId>` when a job ends."""
+    """Published when a job ends (done or failed) on `<prefix>.events.<jobId>`, kept in the JetStream stream
+    `<stream>_EVENTS` for EVENTS_MAX_AGE_SEC (a durable consumer reads it later) and seen by core subscribers.
+    Its Nats-Msg-Id is `<jobId>:end`."""
 
     job_id: str
     status: JobStatus
@@ -208,7 +218,7 @@ class JobView(WireStruct, omit_defaults=False):
     attempts: int
     created_at: str
     updated_at: str
-    request: JobRequest
+    request: JobRequest | None  # None: a message published straight to NATS, refused as not fitting the contract
     error_code: str | None = None
     error_message: str | None = None
     result: ClipResult | None = None

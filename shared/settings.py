@@ -22,6 +22,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_url: str = "nats://127.0.0.1:4222"  # NATS server(s), comma-separated
     nats_stream: str = "CLIPS"  # JetStream stream holding every stage subject
     subject_prefix: str = "clips"  # subjects are <prefix>.<stage>.<priority>
+    events_max_age_sec: float = 7 * 24 * 3600.0  # job end events stay in the <stream>_EVENTS stream this long, s
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"  # asyncpg DSN
     db_schema: str = "clipjet"  # PostgreSQL schema holding clipjet's tables
     db_pool_max: int = 10  # connections per process

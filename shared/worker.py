@@ -26,7 +26,9 @@ from nats.js import JetStreamContext
 from shared import bus
 from shared.contracts import PRIORITIES, ClipJobMessage, ClipResult, JobEvent, StageMessage
 from shared.db import jobs
+from shared.db import refused as refused_jobs
 from shared.errors import ClipError, Permanent, Transient
+from shared.jobrules import refusal_for_decode_error, refused_request
 from shared.logs import get_logger
 from shared.outage import OutageBudget, hold, is_outage
 from shared.progress import Progress, heartbeat_loop
@@ -97,17 +99,23 @@ async def finish_job_done(
     uid = uuid.UUID(job_id)
     if not await jobs.complete(res.db, uid, result, video_key, res.settings.retention_hours * 3600, subtitles):
         return False
-    event = JobEvent(job_id=job_id, status="done", result=result)
-    await res.nc.publish(res.subjects.events(job_id), _encoder.encode(event))
+    await bus.publish_job_end(res.js, res.subjects, JobEvent(job_id=job_id, status="done", result=result))
     return True
 
 
-async def finish_job_failed(res: Resources, job_id: str, error: ClipError) -> None:
-    """Fail the job (once) and announce it on `<prefix>.events.<jobId>`."""
+async def finish_job_failed(res: Resources, job_id: str, error: ClipError, refused: bytes | None = None) -> None:
+    """Fail the job (once) and announce it on `<prefix>.events.<jobId>`.
+
+    `refused`: the message was refused before any stage began it; the job's row is written (failed, keeping
+    the message) when there is none yet, so its publisher can read why.
+    """
     uid = uuid.UUID(job_id)
-    if await jobs.fail(res.db, uid, error.code, error.message):
-        event = JobEvent(job_id=job_id, status="failed", error_code=error.code)
-        await res.nc.publish(res.subjects.events(job_id), _encoder.encode(event))
+    if refused is None:
+        ended = await jobs.fail(res.db, uid, error.code, error.message)
+    else:
+        ended = await refused_jobs.refuse(res.db, uid, error.code, error.message, *refused_request(refused))
+    if ended:
+        await bus.publish_job_end(res.js, res.subjects, JobEvent(job_id=job_id, status="failed", error_code=error.code))
 
 
 class PrioritySource:
@@ -328,14 +336,19 @@ class Worker(Generic[T]):
         await finish_job_failed(self.res, job.id, error)
         await msg.term()
 
-    async def _reject(self, msg: Msg, exc: Exception) -> None:
-        """A message that is not this stage's contract: fail its job if it names one, and drop it."""
-        log.error("invalid_message", error=str(exc))
+    async def _reject(self, msg: Msg, exc: msgspec.DecodeError) -> None:
+        """A message that is not this stage's contract: fail its job if it names one (writing its row when there
+        is none), and drop it. A job message published straight to NATS gets the code the gateway gives for the
+        same body (e.g. start_negative); a routing slip between stages, `invalid_message`."""
+        if self.spec.input_type is ClipJobMessage:
+            error: ClipError = refusal_for_decode_error(exc)
+        else:
+            error = Permanent(f"the message does not match the {self.spec.name} contract: {exc}",
+                              code="invalid_message")
+        log.error("invalid_message", code=error.code, error=error.message)
         job_id = message_job_id(msg.data)
         if job_id is not None:
-            await finish_job_failed(self.res, job_id, Permanent(
-                f"the message does not match the {self.spec.name} contract: {exc}", code="invalid_message"
-            ))
+            await finish_job_failed(self.res, job_id, error, refused=msg.data)
         await msg.term()
 
 

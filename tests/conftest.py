@@ -18,6 +18,7 @@ from litestar.testing import AsyncTestClient
 
 from services.gateway.app import create_app
 from services.registry import STAGES
+from shared import bus
 from shared.contracts import ProgressEvent
 from shared.devstack import RunningServer, ensure_postgres, start_nats, start_s3
 from shared.pipeline import DEFAULT_ROUTE_LENGTH
@@ -78,6 +79,7 @@ def make_settings(servers: Servers, tmp_path: Path, **overrides: Any) -> Setting
 
 async def _drop_everything(settings: Settings, res: Resources) -> None:
     await res.js.delete_stream(settings.nats_stream)
+    await res.js.delete_stream(bus.events_stream(settings))
     await res.storage.delete_prefix("")
     await res.storage._client.delete_bucket(Bucket=settings.s3_bucket)
     conn = await asyncpg.connect(settings.database_url)

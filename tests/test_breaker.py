@@ -18,14 +18,14 @@ from shared.devstack import free_port, start_nats
 from shared.errors import ServiceUnavailable
 from shared.resources import open_resources
 from shared.settings import Settings
-from tests.conftest import _drop_everything
+from tests.conftest import Servers, _drop_everything
 
 GOOD_URL = {"type": "url", "url": "https://media.example/talk.mp4"}
 OPEN_SEC = 1.0
 RECONNECT_WAIT_SEC = 15.0
 
 
-async def test_breaker_opens_after_failures_refuses_fast_and_closes_again() -> None:
+async def test_breaker_opens_after_failures_refuses_fast_and_closes_again(servers: Servers) -> None:
     breaker = CircuitBreaker("PostgreSQL", failures=2, open_sec=OPEN_SEC)
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"  # nothing listens there
     attempts = 0
@@ -51,7 +51,7 @@ async def test_breaker_opens_after_failures_refuses_fast_and_closes_again() -> N
         await call(dead)
     assert breaker.is_open
     await asyncio.sleep(OPEN_SEC + 0.1)
-    await call(Settings().database_url)  # the machine's PostgreSQL answers: closed
+    await call(servers.postgres.url)  # the tests' PostgreSQL answers: closed
     assert not breaker.is_open
 
 

@@ -9,6 +9,7 @@ from shared.db import fingerprints
 from shared.errors import EndPastDuration, Permanent
 from shared.fetchproxy import FetchSession, fetch_session
 from shared.fingerprint import request_fingerprint
+from shared.jobrules import check_clip
 from shared.logs import get_logger
 from shared.media.cut import STAGING_FORMATS, copy_cut, copyable_to_mp4
 from shared.media.cutplan import CutDecision, probe_and_choose
@@ -29,8 +30,10 @@ async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
 
     An identical earlier request (same source bytes, range, options) that is still kept finishes this
     job at once with its result: None, nothing more to route. A user's URL is read only through the guarded
-    proxy (`shared.fetchproxy`); a refusal there fails the job with the refusal's code.
+    proxy (`shared.fetchproxy`); a refusal there fails the job with the refusal's code. First the request
+    rules the gateway applies (`shared.jobrules`): a job published straight to NATS passes them too.
     """
+    check_clip(job, deps.res.settings)
     async with fetch_session(deps.res.settings) as session:
         with session.errors():
             return await _handle(job, deps, session)

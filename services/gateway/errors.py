@@ -7,6 +7,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from shared.contracts import ErrorBody, ErrorDetail
 from shared.errors import ClipError, RetryLater
+from shared.jobrules import refusal_for_field
 from shared.logs import get_logger
 from shared.scrub import scrub
 
@@ -35,11 +36,8 @@ def validation_handler(_: Request, exc: ValidationException) -> Response[ErrorBo
     problems = exc.extra if isinstance(exc.extra, list) else []
     first = problems[0] if problems else {}
     field, message = str(first.get("key", "")) or None, str(first.get("message", exc.detail))
-    if field == "source.type":
-        return error_response(
-            422, "unknown_source_type", f"{message}: source.type must be one of upload, url, youtube", field
-        )
-    return error_response(422, "invalid_field", f"{message} (at {field})" if field else message, field)
+    refusal = refusal_for_field(field, message)  # the codes a message published straight to NATS gets too
+    return error_response(422, refusal.code, refusal.message, refusal.field)
 
 
 def http_handler(request: Request, exc: HTTPException) -> Response[ErrorBody]:

@@ -55,15 +55,22 @@ class JobController(Controller):
             ttl = res.settings.signed_url_ttl_sec
             video = await res.storage.signed_get_url(row["result_video_key"], ttl, CLIP_DOWNLOAD_NAME)
             urls = ResultUrls(video=video, expires_in_sec=ttl, **await _subtitle_urls(gw, row, ttl))
-        request = row["request"]
         return JobView(
             id=str(row["id"]), status=row["status"], priority=row["priority"], stage=row["stage"],
             progress=round(float(row["progress"]), 4), attempts=row["attempts"],
             created_at=row["created_at"].isoformat(), updated_at=row["updated_at"].isoformat(),
-            request=msgspec.convert({k: v for k, v in request.items() if k != "id"}, JobRequest),
+            request=_request_of(row["request"]),
             error_code=row["error_code"], error_message=scrub(row["error_message"] or "") or None,
             result=result, urls=urls,
         )
+
+
+def _request_of(stored: dict[str, Any]) -> JobRequest | None:
+    """The job's request; None for a message refused off the bus because it did not fit the contract."""
+    try:
+        return msgspec.convert({k: v for k, v in stored.items() if k != "id"}, JobRequest)
+    except msgspec.ValidationError:
+        return None
 
 
 async def _subtitle_urls(gw: Gateway, row: Any, ttl: int) -> dict[str, str]:

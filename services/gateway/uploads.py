@@ -17,11 +17,11 @@ from litestar.params import JSONBody, QueryParameter
 from shared.contracts import UploadDone, UploadPart, UploadRef, UploadSlot, UploadSlotRequest, UploadStatus
 from shared.errors import BadRequest
 from shared.ids import uuid7
+from shared.jobrules import UPLOAD_PREFIX
 from shared.settings import Settings
 
 from .state import Gateway
 
-UPLOAD_PREFIX = "uploads/"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_NAME_CHARS = 100
 MIB = 1024 * 1024
