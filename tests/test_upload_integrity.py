@@ -72,6 +72,7 @@ async def test_second_put_after_the_fetch_changes_nothing_a_job_cuts(
     })).json()["id"]
     await _wait_trim_pending(resources)
     assert await _put(slot["url"], other_video.read_bytes(), slot["headers"]) == 412  # If-None-Match: *
+    assert await _put(slot["url"], other_video.read_bytes(), {"Content-Type": "video/mp4"}) == 403  # it is signed
     await resources.storage.put_file(slot["key"], other_video, "video/mp4", {})  # B at the key anyway
     workers.start("trim", "upload")
     job = await wait_for_job(client, first)
@@ -98,6 +99,7 @@ async def test_slot_signature_bounds_size_type_and_overwrites(client: AsyncTestC
     assert await _put(slot["url"], b"x" * 10, {"Content-Type": "video/mp4"}) == 403  # If-None-Match is signed
     assert await _put(slot["url"], b"A" * 10, headers) == 200
     assert await _put(slot["url"], b"B" * 10, headers) == 412  # the key is written once
+    assert await _put(slot["url"], b"B" * 10, {"Content-Type": "video/mp4"}) == 403
 
 
 @pytest.mark.settings(upload_single_put_max_mb=1, upload_part_mb=5)
