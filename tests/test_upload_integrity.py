@@ -15,6 +15,7 @@ from shared.bus import consumer_name
 from shared.media.testpattern import make_test_pattern
 from shared.pipeline import TRIM
 from shared.resources import Resources
+from shared.upload_store import UploadChanged, copy_pinned
 from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer
 from tests.media import probe
@@ -154,3 +155,24 @@ async def test_download_without_content_length_is_bounded_by_scratch(
         assert response.status_code == 202, response.text
         job = await wait_for_job(client, response.json()["id"])
     assert (job["status"], job["errorCode"]) == ("failed", "source_too_large"), job
+
+
+async def test_pinned_copy_part_by_part_copies_only_the_checked_bytes(resources: Resources, tmp_path: Path) -> None:
+    """Large uploads are copied part by part (UploadPartCopy), each part pinned to the ETag: other bytes at the
+    key stop the copy with `upload_changed` and leave no unfinished upload behind."""
+    storage = resources.storage
+    body = bytes(range(256)) * (7 * MIB // 256)
+    (tmp_path / "a").write_bytes(body)
+    await storage.put_file("uploads/x/a", tmp_path / "a", "video/mp4", {})
+    info = await storage.head("uploads/x/a")
+    assert info is not None
+    await copy_pinned(storage, "uploads/x/a", "staging/j/upload", info.etag, info.size, "video/mp4",
+                      part_bytes=5 * MIB)
+    await storage.download("staging/j/upload", tmp_path / "copy")
+    assert (tmp_path / "copy").read_bytes() == body
+    with pytest.raises(UploadChanged):
+        await copy_pinned(storage, "uploads/x/a", "staging/k/upload", "0" * 32, info.size, "video/mp4",
+                          part_bytes=5 * MIB)
+    assert await storage.head("staging/k/upload") is None
+    pending = await storage.client.list_multipart_uploads(Bucket=storage.bucket)
+    assert pending.get("Uploads", []) == []
