@@ -1,9 +1,10 @@
 """Before a job may use an upload: it exists, is within MAX_UPLOAD_MB, is media (sniffed), and its sha256 is known;
 and the job reads only the bytes that were checked.
 
-The upload is copied server-side, pinned to the ETag its HEAD showed (`x-amz-copy-source-if-match`), into the
-job's own staging prefix; the sniff and the sha256 read that copy, and every later stage (trimmer, encoder,
-transcriber) reads it too, so a second PUT to the slot can change nothing a job cuts. The first check of a key is
+The first job on an upload copies it server-side, pinned to the ETag its HEAD showed
+(`x-amz-copy-source-if-match`), to `sources/<hash of the key>/<ETag>` (written once); the sniff and the sha256
+read that copy, and every later stage (trimmer, encoder, transcriber) and later job reads it too, so a second
+PUT to the slot can change nothing a job cuts. The first check of a key is
 recorded in PostgreSQL (`upload_checks`: key, ETag, size, sha256), never in object metadata a client could write:
 a later job finding the same bytes skips the sniff and hash; one finding other bytes at a used key is refused
 (`upload_changed`). The sha256 identifies the source bytes for de-duplication in the request fingerprint.
@@ -18,7 +19,7 @@ from shared.errors import Permanent, SourceUnreadable
 from shared.media.probe import probe
 from shared.settings import Settings
 from shared.storage import ObjectInfo, Storage
-from shared.upload_store import UploadChanged, copy_pinned
+from shared.upload_store import UploadChanged, copy_key, copy_pinned
 
 MIB = 1024 * 1024
 SNIFF_URL_TTL_SEC = 600  # lifetime of the signed internal URL the sniff reads through, s
@@ -36,9 +37,9 @@ def _replaced(key: str) -> UploadChanged:
                          f"for good: get a new slot for other bytes")
 
 
-async def verify_upload(storage: Storage, db: asyncpg.Pool, key: str, settings: Settings, copy_to: str) -> ObjectInfo:
-    """Copy the upload to `copy_to` (pinned to the ETag seen) and check the copy; the copy's info with the sha256
-    of its bytes. Raises a Permanent error with a stable code when the upload may not be used."""
+async def verify_upload(storage: Storage, db: asyncpg.Pool, key: str, settings: Settings) -> ObjectInfo:
+    """The checked copy of the upload (made now when missing, pinned to the ETag seen): its key, size and the
+    sha256 of its bytes. Raises a Permanent error with a stable code when the upload may not be used."""
     info = await storage.head(key)
     if info is None:
         raise SourceUnreadable(f"no upload at key {key!r}; upload the file first", code="upload_not_found")
@@ -50,7 +51,9 @@ async def verify_upload(storage: Storage, db: asyncpg.Pool, key: str, settings: 
     first = await uploads.first_use(db, key)
     if first is not None and (first["etag"], first["size"]) != (info.etag, info.size):
         raise _replaced(key)
-    await copy_pinned(storage, key, copy_to, info.etag, info.size, COPY_CONTENT_TYPE)
+    copy_to = copy_key(key, info.etag)
+    if first is None or await storage.head(copy_to) is None:
+        await copy_pinned(storage, key, copy_to, info.etag, info.size, COPY_CONTENT_TYPE)
     if first is not None:
         await uploads.touch(db, key)
         return ObjectInfo(copy_to, info.size, {"sha256": first["sha256"]}, info.etag)

@@ -1,13 +1,15 @@
 """Object-store calls only uploads need: a copy pinned to the checked ETag, and listing/removing old uploads.
 
-A client's slot writes `uploads/<uuid>/<name>`; a job never reads that key after its fetch: the fetcher copies it
-server-side, pinned with `x-amz-copy-source-if-match` to the ETag it saw, into the job's own staging prefix, and
-checks and hashes the copy. Every later stage reads the copy, which no client can write.
+A client's slot writes `uploads/<uuid>/<name>`; no job reads that key after its fetch: the first job copies it
+server-side, pinned with `x-amz-copy-source-if-match` to the ETag it saw, to `sources/<hash of the key>/<ETag>`
+(written once: `If-None-Match: *`), and checks and hashes the copy. Every later stage, and every later job on the
+same key and ETag, reads that copy, which no client can write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +22,8 @@ MIB = 1024 * 1024
 COPY_PART_BYTES = 512 * MIB  # part size of a multipart server-side copy (objects over COPY_MAX_SINGLE), bytes
 COPY_PARTS_IN_FLIGHT = 4  # UploadPartCopy calls at once
 CHANGED_CODES = frozenset({"PreconditionFailed", "412"})
+COPY_PREFIX = "sources/"  # checked copies of uploads
+KEY_HASH_CHARS = 32  # hex characters of the upload key's sha256 naming its copies' folder
 
 
 class UploadChanged(Permanent):
@@ -33,19 +37,30 @@ def _changed(key: str) -> UploadChanged:
                          f"file again")
 
 
+def copy_prefix(upload_key: str) -> str:
+    """The folder holding the checked copies of one upload key."""
+    return f"{COPY_PREFIX}{hashlib.sha256(upload_key.encode()).hexdigest()[:KEY_HASH_CHARS]}/"
+
+
+def copy_key(upload_key: str, etag: str) -> str:
+    """Where the bytes `etag` names at `upload_key` are copied (an ETag is hex, with '-<parts>' for multipart)."""
+    return f"{copy_prefix(upload_key)}{etag}"
+
+
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 async def copy_pinned(storage: Storage, source: str, key: str, etag: str, size: int, content_type: str,
                       part_bytes: int = COPY_PART_BYTES) -> None:
-    """Server-side copy of `source` to `key` only while its ETag is `etag` (UploadChanged otherwise); objects over
-    COPY_MAX_SINGLE (or `part_bytes`, when smaller) are copied part by part, each part pinned the same way."""
+    """Server-side copy of `source` to `key` only while its ETag is `etag` (UploadChanged otherwise), and only when
+    `key` is still free (a copy already there is kept: `key` is written once); objects over COPY_MAX_SINGLE (or
+    `part_bytes`, when smaller) are copied part by part, each part pinned the same way."""
     client, bucket = storage.client, storage.bucket
     pin = {"CopySource": {"Bucket": bucket, "Key": source}, "CopySourceIfMatch": f'"{etag}"'}
     try:
         if size <= min(COPY_MAX_SINGLE, part_bytes):
-            await client.copy_object(Bucket=bucket, Key=key, ContentType=content_type, **pin)
+            await client.copy_object(Bucket=bucket, Key=key, ContentType=content_type, IfNoneMatch="*", **pin)
             return
         upload_id = (await client.create_multipart_upload(Bucket=bucket, Key=key, ContentType=content_type))["UploadId"]
         try:
@@ -55,6 +70,8 @@ async def copy_pinned(storage: Storage, source: str, key: str, etag: str, size: 
             raise
     except ClientError as exc:
         if _code(exc) in CHANGED_CODES:
+            if await storage.head(key) is not None:  # copied before (by another job): that copy stands
+                return
             raise _changed(source) from exc
         if _code(exc) in {"404", "NoSuchKey", "NotFound"}:
             raise Permanent(f"no upload at key {source!r}; upload the file first", code="upload_not_found") from exc
@@ -73,7 +90,7 @@ async def _copy_parts(client: Any, bucket: str, key: str, upload_id: str, pin: d
         return {"PartNumber": number, "ETag": done["CopyPartResult"]["ETag"]}
 
     parts = await asyncio.gather(*(part(i + 1, start) for i, start in enumerate(range(0, size, part_bytes))))
-    await client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
+    await client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, IfNoneMatch="*",
                                            MultipartUpload={"Parts": list(parts)})
 
 

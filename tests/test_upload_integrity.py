@@ -15,7 +15,7 @@ from shared.bus import consumer_name
 from shared.media.testpattern import make_test_pattern
 from shared.pipeline import TRIM
 from shared.resources import Resources
-from shared.upload_store import UploadChanged, copy_pinned
+from shared.upload_store import UploadChanged, copy_pinned, copy_prefix
 from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer
 from tests.media import probe
@@ -121,19 +121,30 @@ async def test_multipart_parts_are_bounded_and_complete_checks_the_total(
 
 @pytest.mark.settings(upload_retention_hours=1 / 3600)  # one second
 async def test_reaper_deletes_unused_old_uploads_and_keeps_used_ones(
-    client: AsyncTestClient[Any], resources: Resources, sample_video: Path
+    client: AsyncTestClient[Any], workers: Workers, resources: Resources, sample_video: Path
 ) -> None:
+    """Past the retention: an upload nobody named, and one whose job ended, go (with its checked copy); one a
+    queued job names stays; an unfinished multipart upload is aborted."""
     unused = await upload(client, sample_video)
+    ended = await upload(client, sample_video)
+    workers.start()
+    response = await client.post("/api/jobs", json={"source": {"type": "upload", "key": ended}, "startSec": 0,
+                                                    "endSec": 1})
+    assert (await wait_for_job(client, response.json()["id"]))["status"] == "done"
+    await workers.stop()
+    copies = await resources.storage.list_keys(copy_prefix(ended))
+    assert len(copies) == 1
     used = await upload(client, sample_video)
     response = await client.post("/api/jobs", json={"source": {"type": "upload", "key": used}, "startSec": 0,
                                                     "endSec": 1})
-    assert response.status_code == 202  # queued: no workers run in this test
+    assert response.status_code == 202  # stays queued: no workers run any more
     multipart = (await client.post("/api/uploads", json={"sizeBytes": 400 * MIB}))
     assert multipart.status_code == 201, multipart.text
     await asyncio.sleep(1.5)  # past the retention
     swept = await sweep_uploads(resources)
-    assert (swept.deleted, swept.kept, swept.aborted) == (1, 1, 1), swept
-    assert await resources.storage.head(unused) is None
+    assert (swept.deleted, swept.copies_deleted, swept.kept, swept.aborted) == (2, 1, 1, 1), swept
+    assert await resources.storage.head(unused) is None and await resources.storage.head(ended) is None
+    assert await resources.storage.list_keys("sources/") == []
     assert await resources.storage.head(used) is not None
     pending = await resources.storage.client.list_multipart_uploads(Bucket=resources.storage.bucket)
     assert pending.get("Uploads", []) == []
@@ -170,6 +181,13 @@ async def test_pinned_copy_part_by_part_copies_only_the_checked_bytes(resources:
                       part_bytes=5 * MIB)
     await storage.download("staging/j/upload", tmp_path / "copy")
     assert (tmp_path / "copy").read_bytes() == body
+    (tmp_path / "b").write_bytes(b"other")
+    await storage.put_file("uploads/x/b", tmp_path / "b", "video/mp4", {})
+    other = await storage.head("uploads/x/b")
+    assert other is not None
+    await copy_pinned(storage, "uploads/x/b", "staging/j/upload", other.etag, other.size, "video/mp4")
+    await storage.download("staging/j/upload", tmp_path / "again")
+    assert (tmp_path / "again").read_bytes() == body  # a copy is written once: the first one stands
     with pytest.raises(UploadChanged):
         await copy_pinned(storage, "uploads/x/a", "staging/k/upload", "0" * 32, info.size, "video/mp4",
                           part_bytes=5 * MIB)

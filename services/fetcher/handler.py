@@ -50,8 +50,6 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
     await fingerprints.record(deps.res.db, uuid.UUID(job.id), fingerprint)
     earlier = await fingerprints.earlier_result(deps.res.db, fingerprint)
     if earlier is not None and await deps.res.storage.head(earlier[1]) is not None:
-        if staged is not None:  # an upload's checked copy: nothing will cut it
-            await deps.res.storage.delete(staged.key)
         await finish_job_done(deps.res, job.id, *earlier)
         return None
     deps.progress.set(0.3)

@@ -1,7 +1,7 @@
 """Where the fetcher reads a job's source, and what identifies it for the request fingerprint.
 
-- Uploads are copied server-side (pinned to the ETag seen) into the job's staging prefix and checked there (size
-  limit, media sniff, sha256): the fetcher and every later stage read that copy, never the client's key again.
+- Uploads are copied server-side once (pinned to the ETag seen) to `sources/…` and checked there (size limit,
+  media sniff, sha256): the fetcher and every later stage read that copy, never the client's key again.
 - URL sources are read through the guarded proxy: when the server answers ranges, the probe and ffmpeg
   read only the moov and the needed span; otherwise the file is downloaded whole (still guarded).
 - Pages (YouTube and other yt-dlp sites) are resolved by yt-dlp to one stream, then read like a URL.
@@ -22,14 +22,13 @@ from shared.media.probe import probe
 from shared.pipeline import FETCH
 from shared.scratch import ScratchQuota
 from shared.settings import Settings
-from shared.storage import sha256_file, staging_prefix
+from shared.storage import sha256_file
 from shared.upload_check import verify_upload
 from shared.worker import StageDeps
 from shared.ytdlp import download_section, find_media
 
 Stager = Callable[[float, float, Path], Awaitable[Path]]  # (keyframe, end, folder) -> the staged file
 PROBE_URL_TTL_SEC = 3600  # lifetime of the signed URL the probe and ffmpeg read an upload through, s
-UPLOAD_COPY_NAME = "upload"  # the job's checked copy of an upload: staging/<jobId>/upload
 
 
 @dataclass
@@ -84,10 +83,9 @@ async def locate(job: ClipJobMessage, deps: StageDeps, session: FetchSession) ->
     settings, storage = deps.res.settings, deps.res.storage
     match job.source:
         case UploadSource(key=key):
-            copy_to = f"{staging_prefix(job.id)}{UPLOAD_COPY_NAME}"
-            checked = await verify_upload(storage, deps.res.db, key, settings, copy_to)
-            artifact = Artifact(stage=FETCH, role="source", key=copy_to, size=checked.size, sha256=checked.sha256)
-            url = await storage.internal_url(copy_to, PROBE_URL_TTL_SEC)
+            checked = await verify_upload(storage, deps.res.db, key, settings)
+            artifact = Artifact(stage=FETCH, role="source", key=checked.key, size=checked.size, sha256=checked.sha256)
+            url = await storage.internal_url(checked.key, PROBE_URL_TTL_SEC)
             return Located(url, f"sha256:{checked.sha256}", artifact)
         case UrlSource(url=url):
             remote = await inspect_url(url, session, settings)

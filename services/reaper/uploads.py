@@ -1,9 +1,9 @@
 """Reaper step `uploads`: uploads nobody uses are deleted after UPLOAD_RETENTION_HOURS.
 
 An object under `uploads/` older than the retention is deleted unless a queued or processing job names its key,
-or a job used it within the retention (`upload_checks.last_used_at`); its check row goes with it. Unfinished
-multipart uploads started before the retention are aborted (no job can use them). A job's own checked copy of
-an upload lives in its staging prefix and goes with the `staging` step.
+or a job used it within the retention (`upload_checks.last_used_at`); its checked copies (`sources/…`) and its
+check row go with it. Unfinished multipart uploads started before the retention are aborted (no job can use
+them).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from shared.db import uploads
 from shared.logs import get_logger
 from shared.resources import Resources
-from shared.upload_store import abort_multipart, multipart_before, objects_before
+from shared.upload_store import abort_multipart, copy_prefix, multipart_before, objects_before
 
 UPLOAD_PREFIX = "uploads/"  # where upload slots write (services/gateway/uploads.py)
 SECONDS_PER_HOUR = 3600
@@ -27,6 +27,7 @@ class UploadReap:
     """What one `uploads` step did."""
 
     deleted: int = 0  # upload objects deleted
+    copies_deleted: int = 0  # their checked copies deleted
     kept: int = 0  # old upload objects kept (a live job names them, or a job used them recently)
     aborted: int = 0  # unfinished multipart uploads aborted
 
@@ -48,10 +49,12 @@ async def sweep_uploads(res: Resources) -> UploadReap:
             done.kept += 1
             continue
         done.deleted += await res.storage.delete(key)
+        done.copies_deleted += await res.storage.delete_prefix(copy_prefix(key))
         await uploads.forget(res.db, key)
     for key, upload_id in await multipart_before(res.storage, UPLOAD_PREFIX, cutoff, settings.reaper_batch):
         await abort_multipart(res.storage, key, upload_id)
         done.aborted += 1
     if done.deleted or done.aborted:
-        log.info("uploads_reaped", deleted=done.deleted, kept=done.kept, aborted=done.aborted)
+        log.info("uploads_reaped", deleted=done.deleted, copies_deleted=done.copies_deleted, kept=done.kept,
+                 aborted=done.aborted)
     return done
