@@ -78,6 +78,13 @@ class NotFound(Permanent):
     http_status = 404
 
 
+class Conflict(Permanent):
+    """The request clashes with what is stored (e.g. an upload that is already complete)."""
+
+    code = "conflict"
+    http_status = 409
+
+
 class SourceUnreadable(Permanent):
     """The source exists but is not media we can read, or answered 4xx."""
 

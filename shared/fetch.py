@@ -118,23 +118,26 @@ async def inspect_url(url: str, session: FetchSession, settings: Settings) -> Re
     return Remote(final, int(declared) if declared else None, _validator(response), ranges=False)
 
 
-async def fetch_to_file(url: str, path: Path, settings: Settings, session: FetchSession | None = None) -> Fetched:
-    """Download `url` into `path` through the guard."""
+async def fetch_to_file(url: str, path: Path, settings: Settings, session: FetchSession | None = None,
+                        max_bytes: int | None = None) -> Fetched:
+    """Download `url` into `path` through the guard, refused past `max_bytes` (FETCH_MAX_BYTES at most)."""
     if session is None:
         async with fetch_session(settings) as own:
-            return await fetch_to_file(url, path, settings, own)
+            return await fetch_to_file(url, path, settings, own, max_bytes)
+    cap = settings.fetch_max_bytes if max_bytes is None else min(max_bytes, settings.fetch_max_bytes)
     async with _client(session, settings) as client:
         try:
-            return await asyncio.wait_for(_download(client, session, url, path, settings), settings.fetch_timeout_sec)
+            return await asyncio.wait_for(_download(client, session, url, path, settings, cap),
+                                          settings.fetch_timeout_sec)
         except TimeoutError as exc:
             raise SourceUnreachable(f"downloading the source took over {settings.fetch_timeout_sec:.0f} s") from exc
 
 
 async def _download(client: httpx.AsyncClient, session: FetchSession, url: str, path: Path,
-                    settings: Settings) -> Fetched:
+                    settings: Settings, max_bytes: int) -> Fetched:
     final, response = await _open(client, session, url, settings, {})
     try:
-        size = await _save(response, path, settings.fetch_max_bytes)
+        size = await _save(response, path, max_bytes)
     finally:
         await response.aclose()
     return Fetched(final, size, _validator(response))

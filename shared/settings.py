@@ -85,6 +85,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_upload_mb: int = 20_480  # largest upload a slot is given for, MiB
     upload_single_put_max_mb: int = 256  # larger uploads get a multipart slot, MiB
     upload_part_mb: int = 64  # multipart upload part size (grown to stay within 10,000 parts), MiB
+    upload_retention_hours: float = 24.0  # uploads (and unfinished multipart uploads) no job used are deleted after, h
 
     # --- backpressure ---
     queue_backlog_limit: int = 5000  # messages waiting or in flight across stages before new jobs are deferred

@@ -15,7 +15,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from shared.adaptive import THROTTLE_CODES, AdaptiveLimit
-from shared.errors import NotFound, StorageError
+from shared.errors import Conflict, NotFound, StorageError
 from shared.retry import backoff
 from shared.settings import Settings
 
@@ -207,16 +207,23 @@ class Storage:
             params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
         return await self._presigner.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl_sec)
 
-    async def start_multipart(self, key: str, content_type: str) -> str:
+    @property
+    def client(self) -> Any:
+        """The internal-endpoint S3 client (for the upload-specific calls in shared/upload_store.py)."""
+        return self._client
+
+    async def start_multipart(self, key: str, content_type: str, metadata: dict[str, str] | None = None) -> str:
         """A multipart upload for a client to fill through signed part URLs; its upload id."""
-        upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type)
+        upload = await self._client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, ContentType=content_type, Metadata=metadata or {}
+        )
         return str(upload["UploadId"])
 
-    async def signed_part_url(self, key: str, upload_id: str, part_number: int, ttl_sec: int) -> str:
-        return await self._presigner.generate_presigned_url(
-            "upload_part", Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number},
-            ExpiresIn=ttl_sec,
-        )
+    async def signed_part_url(self, key: str, upload_id: str, part_number: int, ttl_sec: int, length: int) -> str:
+        """A part URL whose signature covers the part's exact length: a longer or shorter body is refused."""
+        params = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number,
+                  "ContentLength": length}
+        return await self._presigner.generate_presigned_url("upload_part", Params=params, ExpiresIn=ttl_sec)
 
     async def stored_parts(self, key: str, upload_id: str) -> list[tuple[int, str, int]]:
         """(part number, ETag, size) of the parts stored so far; StorageError when the upload is unknown."""
@@ -232,13 +239,16 @@ class Storage:
         return sorted(parts)
 
     async def complete_multipart(self, key: str, upload_id: str) -> None:
-        """Join the stored parts into the object."""
+        """Join the stored parts into the object; never over an object already at `key` (If-None-Match)."""
         parts = [{"PartNumber": n, "ETag": etag} for n, etag, _ in await self.stored_parts(key, upload_id)]
         try:
             await self._client.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*"
             )
         except ClientError as exc:
+            if _error_code(exc) == "PreconditionFailed":
+                raise Conflict(f"the upload at {key!r} is already complete; it cannot be replaced",
+                               code="upload_exists") from exc
             raise StorageError(f"completing the upload at {key!r} failed: {_error_code(exc)}") from exc
 
     async def sha256_object(self, key: str) -> str:
@@ -256,11 +266,13 @@ class Storage:
             raise StorageError(f"storage GET failed for {key}: {exc}") from exc
         return digest.hexdigest()
 
-    async def signed_put_url(self, key: str, ttl_sec: int, content_type: str) -> str:
-        return await self._presigner.generate_presigned_url(
-            "put_object", Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type},
-            ExpiresIn=ttl_sec,
-        )
+    async def signed_put_url(self, key: str, ttl_sec: int, content_type: str, size: int | None = None) -> str:
+        """A client's PUT URL. Its signature covers Content-Type, `If-None-Match: *` (the first PUT creates the
+        object, every later one is refused: 412) and, when `size` is given, the exact Content-Length."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "ContentType": content_type, "IfNoneMatch": "*"}
+        if size is not None:
+            params["ContentLength"] = size
+        return await self._presigner.generate_presigned_url("put_object", Params=params, ExpiresIn=ttl_sec)
 
 
 def _read_range(path: Path, offset: int, length: int) -> bytes:

@@ -30,6 +30,7 @@ class MediaServer:
         self.statuses: dict[str, int] = {}  # path -> error status answered instead of the file
         self.ranges = True  # False: ignore Range headers and answer 200 with the whole file (no Accept-Ranges)
         self.etag = True  # send an ETag for each file
+        self.content_length = True  # False: no Content-Length, the body ends when the connection closes
         self.send_buffer_bytes = 0  # > 0: the socket send buffer, so bytes_sent is close to what left the server
         self._stalled = False
         self._lock = threading.Lock()
@@ -117,7 +118,8 @@ class MediaServer:
                     self.send_header("ETag", f'"{size}-{int(path.stat().st_mtime)}"')
                 content_type = CONTENT_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "video/mp4"
                 self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(end - start + 1))
+                if server.content_length:
+                    self.send_header("Content-Length", str(end - start + 1))
                 self.end_headers()
                 if body:
                     self._send_body(path, start, end)

@@ -1,6 +1,7 @@
 """Where the fetcher reads a job's source, and what identifies it for the request fingerprint.
 
-- Uploads are read in place through a signed internal URL, once checked (size limit, media sniff, sha256).
+- Uploads are copied server-side once (pinned to the ETag seen) to `sources/…` and checked there (size limit,
+  media sniff, sha256): the fetcher and every later stage read that copy, never the client's key again.
 - URL sources are read through the guarded proxy: when the server answers ranges, the probe and ffmpeg
   read only the moov and the needed span; otherwise the file is downloaded whole (still guarded).
 - Pages (YouTube and other yt-dlp sites) are resolved by yt-dlp to one stream, then read like a URL.
@@ -66,6 +67,13 @@ async def reserve_download(settings: Settings, size: int) -> str:
         raise Transient("no scratch space for the download; retried later", code="scratch_full") from exc
 
 
+def unknown_size_reservation(settings: Settings) -> int:
+    """Scratch reserved for a download whose size the server does not say: FETCH_MAX_BYTES, or all the node's
+    scratch beyond one message's share when that is less."""
+    quota = ScratchQuota(settings)
+    return max(0, min(settings.fetch_max_bytes, quota.quota - quota.per_message))
+
+
 def release_download(settings: Settings, ticket: str) -> None:
     if ticket:
         ScratchQuota(settings).release(ticket)
@@ -76,8 +84,9 @@ async def locate(job: ClipJobMessage, deps: StageDeps, session: FetchSession) ->
     match job.source:
         case UploadSource(key=key):
             checked = await verify_upload(storage, deps.res.db, key, settings)
-            artifact = Artifact(stage=FETCH, role="source", key=key, size=checked.size, sha256=checked.sha256)
-            return Located(await storage.internal_url(key, PROBE_URL_TTL_SEC), f"sha256:{checked.sha256}", artifact)
+            artifact = Artifact(stage=FETCH, role="source", key=checked.key, size=checked.size, sha256=checked.sha256)
+            url = await storage.internal_url(checked.key, PROBE_URL_TTL_SEC)
+            return Located(url, f"sha256:{checked.sha256}", artifact)
         case UrlSource(url=url):
             remote = await inspect_url(url, session, settings)
             if remote.ranges:  # without a validator nothing proves the bytes are the same: no reuse
@@ -85,10 +94,12 @@ async def locate(job: ClipJobMessage, deps: StageDeps, session: FetchSession) ->
                 identity = f"url:{remote.url}:validator={remote.validator}{size}" if remote.validator else job.id
                 return _remote(remote.url, session, identity)
             located = Located("", "")
-            if remote.size is not None:  # the whole file lands in scratch: reserve its size beyond the message's
-                located.scratch_ticket = await reserve_download(settings, remote.size)
+            # the whole file lands in scratch: reserve its size beyond the message's (no size: the most a download
+            # may be), and the download is refused past what was reserved
+            reserved = remote.size if remote.size is not None else unknown_size_reservation(settings)
+            located.scratch_ticket = await reserve_download(settings, reserved)
             path = deps.scratch / "download"
-            fetched = await fetch_to_file(remote.url, path, settings, session)
+            fetched = await fetch_to_file(remote.url, path, settings, session, max_bytes=reserved)
             if fetched.validator:
                 located.identity = f"url:{fetched.url}:validator={fetched.validator}:size={fetched.size}"
             else:

@@ -26,6 +26,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_NAME_CHARS = 100
 MIB = 1024 * 1024
 MAX_PARTS = 10_000  # S3's limit on parts per upload
+DECLARED_SIZE = "declared-size"  # multipart upload metadata: the sizeBytes the slot was given for, bytes
 
 
 def upload_key(filename: str) -> str:
@@ -36,6 +37,16 @@ def upload_key(filename: str) -> str:
 def part_size_for(size: int, settings: Settings) -> int:
     """UPLOAD_PART_MB, grown in whole MiB when the file would need more than 10,000 parts."""
     return max(settings.upload_part_mb * MIB, math.ceil(size / MAX_PARTS / MIB) * MIB)
+
+
+def part_lengths(size: int, part_size: int) -> list[tuple[int, int]]:
+    """(part number, exact length) of each part: every part URL is signed for its length."""
+    return [(n, min(part_size, size - offset)) for n, offset in enumerate(range(0, size, part_size), start=1)]
+
+
+def put_headers(content_type: str) -> dict[str, str]:
+    """The headers a single PUT must send as signed (besides the Content-Length of a slot with `sizeBytes`)."""
+    return {"Content-Type": content_type, "If-None-Match": "*"}
 
 
 def _check_size(size: int | None, settings: Settings) -> None:
@@ -69,17 +80,17 @@ class UploadController(Controller):
         settings, storage = gw.res.settings, gw.res.storage
         _check_size(request.size_bytes, settings)
         key, ttl = upload_key(request.filename), settings.signed_url_ttl_sec
-        headers = {"Content-Type": request.content_type}
         size = request.size_bytes
         if size is None or size <= settings.upload_single_put_max_mb * MIB:
-            url = await storage.signed_put_url(key, ttl, request.content_type)
-            return UploadSlot(key=key, url=url, method="PUT", headers=headers, expires_in_sec=ttl)
+            url = await storage.signed_put_url(key, ttl, request.content_type, size)
+            return UploadSlot(key=key, url=url, method="PUT", headers=put_headers(request.content_type),
+                              expires_in_sec=ttl)
         part_size = part_size_for(size, settings)
         async with gw.breakers.s3:
-            upload_id = await storage.start_multipart(key, request.content_type)
+            upload_id = await storage.start_multipart(key, request.content_type, {DECLARED_SIZE: str(size)})
         parts = [
-            UploadPart(part_number=n, url=await storage.signed_part_url(key, upload_id, n, ttl))
-            for n in range(1, math.ceil(size / part_size) + 1)
+            UploadPart(part_number=n, url=await storage.signed_part_url(key, upload_id, n, ttl, length))
+            for n, length in part_lengths(size, part_size)
         ]
         return UploadSlot(
             key=key, method="PUT", headers={}, expires_in_sec=ttl, upload_id=upload_id, part_size=part_size,
@@ -111,4 +122,11 @@ class UploadController(Controller):
         if info.size > settings.max_upload_mb * MIB:
             await storage.delete(data.key)
             _check_size(info.size, settings)
+        declared = info.metadata.get(DECLARED_SIZE)
+        if declared is not None and int(declared) != info.size:
+            await storage.delete(data.key)
+            raise BadRequest(
+                f"the uploaded parts hold {info.size} bytes, not the {declared} the slot was given for; get a new "
+                f"slot and upload every part", code="upload_incomplete", field="key",
+            )
         return UploadDone(key=data.key, size=info.size)

@@ -38,6 +38,7 @@ from shared.worker import finish_job_failed
 
 from .partitions import drop_old_partitions, ensure_partitions
 from .poison import MAX_DELIVERIES_CODE, MessageState, fail_exhausted, message_state, watch_max_deliveries
+from .uploads import reap_uploads
 
 log = get_logger("reaper")
 TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext('clipjet-reaper:' || current_schema()))"
@@ -144,6 +145,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("expiry", expire_results),
     ("stuck", fail_stuck),  # before staging, so a job failed now has its staging cleaned in the same pass
     ("staging", clean_staging),
+    ("uploads", reap_uploads),  # old uploads no job uses, and old unfinished multipart uploads (uploads.py)
     ("partitions", keep_partitions),  # last: a partition is dropped only once the steps above left it nothing
 )
 
