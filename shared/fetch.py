@@ -16,14 +16,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin
 
 import httpx
 
 from shared.errors import FetchRefused, SourceUnreachable, SourceUnreadable
 from shared.fetchproxy import FetchSession, fetch_session
 from shared.logs import get_logger
-from shared.netguard import Policy, Target
+from shared.netguard import Policy, Target, join_url
 from shared.netguard import check_url as _check_url
 from shared.settings import Settings
 
@@ -83,7 +82,7 @@ async def _open(
         response = await client.send(client.build_request("GET", url, headers=headers), stream=True)
         if response.status_code in REDIRECT_CODES and "location" in response.headers:
             await response.aclose()
-            url = urljoin(url, response.headers["location"])
+            url = join_url(url, response.headers["location"])
             continue
         if session.refusal is not None:
             await response.aclose()

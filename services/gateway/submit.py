@@ -20,14 +20,29 @@ from shared.netguard import split_url
 from shared.settings import Settings
 from shared.ytdlp import check_page_url
 
+from .body import BodyTooLarge
+from .formats import require_upload_key
 from .state import Gateway
-from .uploads import UPLOAD_PREFIX, check_upload_size
+from .uploads import check_upload_size
 
 _encoder = msgspec.json.Encoder()
+BUS_SHARE = 4  # a job's message may use at most 1/BUS_SHARE of NATS max_payload (stage messages add plan, artifacts)
+
+
+def check_bounds(data: JobRequest, settings: Settings) -> None:
+    """What the request names has its real form and a bounded size (before any dependency sees it)."""
+    if isinstance(data.source, UploadSource):
+        require_upload_key(data.source.key, "source.key")
+    elif len(data.source.url) > settings.max_url_chars:
+        raise BadRequest(
+            f"source.url is {len(data.source.url)} characters; the longest accepted is {settings.max_url_chars}",
+            code="url_too_long", field="source.url",
+        )
 
 
 def validate_request(data: JobRequest, settings: Settings) -> None:
     """Refuse what no worker could do, with a stable code each."""
+    check_bounds(data, settings)
     if data.start_sec < 0:
         raise BadRequest("startSec must be 0 or more", code="start_negative", field="startSec")
     if data.end_sec <= data.start_sec:
@@ -60,6 +75,7 @@ async def submit_job(gw: Gateway, data: JobRequest, idempotency_key: str | None)
         async with gw.breakers.s3:
             await _check_upload(gw, data.source.key)
     job = ClipJobMessage(id=str(uuid7()), **msgspec.structs.asdict(data))
+    _check_message_size(gw, job)
     async with gw.breakers.db, res.db.acquire() as conn, conn.transaction():
         if idempotency_key is not None:
             digest = hashlib.sha256(_encoder.encode(data)).hexdigest()
@@ -71,6 +87,13 @@ async def submit_job(gw: Gateway, data: JobRequest, idempotency_key: str | None)
     async with gw.breakers.db:
         await jobs.mark_published(res.db, uuid.UUID(job.id))
     return JobAccepted(id=job.id, status="queued")
+
+
+def _check_message_size(gw: Gateway, job: ClipJobMessage) -> None:
+    """Refuse (before the row is written) a job whose message NATS could not carry through every stage."""
+    size, room = len(_encoder.encode(job)), gw.res.nc.max_payload // BUS_SHARE
+    if size > room:
+        raise BodyTooLarge(f"the job's message would be {size} bytes; the queue takes jobs up to {room} bytes")
 
 
 async def _publish(gw: Gateway, job: ClipJobMessage) -> None:
@@ -110,7 +133,7 @@ async def _replay(gw: Gateway, earlier: idempotency.Earlier, digest: str) -> Job
 
 
 async def _check_upload(gw: Gateway, key: str) -> None:
-    found = await gw.res.storage.head(key) if key.startswith(UPLOAD_PREFIX) else None
+    found = await gw.res.storage.head(key)
     if found is None:
         raise BadRequest(
             f"no upload at key {key!r}; get a slot from POST /api/uploads and PUT the file first",
