@@ -72,8 +72,8 @@ def _verdict(exc: BaseException) -> bool | None:
         return False
     if isinstance(exc, asyncpg.PostgresError):
         return str(exc.sqlstate or "")[:2] in POSTGRES_UNWELL_CLASSES
-    if isinstance(exc, asyncpg.InterfaceError):  # e.g. "connection is closed"
-        return True
+    if isinstance(exc, asyncpg.InterfaceError):  # the plain class: "connection is closed", "pool is closing";
+        return type(exc) is asyncpg.InterfaceError  # its subclasses: a bad query argument (DataError), configuration
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError, OSError)):  # ConnectionError is an OSError
         return True
     return None
