@@ -188,3 +188,13 @@ async def test_a_job_nats_could_not_carry_is_refused_before_its_row(
     assert response.json()["error"]["code"] == "body_too_large"
     await _no_jobs(resources)
     assert (await client.post("/api/jobs", json=GOOD_JOB)).status_code == 202
+
+
+async def test_idempotency_keys_are_visible_ascii(client: AsyncTestClient[Any], resources: Resources) -> None:
+    for key in ("a\x00b", "a b", "tab\tkey", "x" * 201):
+        response = await client.post("/api/jobs", json=GOOD_JOB, headers={"Idempotency-Key": key})
+        assert response.status_code == 422, (key[:20], response.text)
+        assert response.json()["error"]["code"] == "invalid_field"
+    await _no_jobs(resources)
+    accepted = await client.post("/api/jobs", json=GOOD_JOB, headers={"Idempotency-Key": "order-4711/a"})
+    assert accepted.status_code == 202, accepted.text

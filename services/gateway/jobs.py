@@ -23,6 +23,7 @@ CLIP_DOWNLOAD_NAME = "clip.mp4"
 SUBTITLE_COLUMNS = {"srt": ("result_srt_key", "clip.srt"), "vtt": ("result_vtt_key", "clip.vtt"),
                     "words": ("result_words_key", "clip.words.json")}  # ResultUrls field → (column, download name)
 IDEMPOTENCY_KEY_MAX_CHARS = 200
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"  # visible ASCII only (no spaces, controls or NUL: it is stored as text)
 
 
 class JobController(Controller):
@@ -34,6 +35,7 @@ class JobController(Controller):
         self, data: JSONBody[JobRequest], gw: NamedDependency[Gateway],
         idempotency_key: Annotated[str | None, HeaderParameter(
             name="Idempotency-Key", required=False, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_CHARS,
+            pattern=IDEMPOTENCY_KEY_PATTERN,
             description="Repeat a request safely: the same key and body return the same job.",
         )] = None,
     ) -> JobAccepted:

@@ -71,11 +71,11 @@ async def submit_job(gw: Gateway, data: JobRequest, idempotency_key: str | None)
     for breaker in (gw.breakers.db, gw.breakers.nats):  # shed load before anything is written
         breaker.refuse_if_open()
     gw.scratch.refuse_if_saturated()
+    job = ClipJobMessage(id=str(uuid7()), **msgspec.structs.asdict(data))
+    _check_message_size(gw, job)
     if isinstance(data.source, UploadSource):
         async with gw.breakers.s3:
             await _check_upload(gw, data.source.key)
-    job = ClipJobMessage(id=str(uuid7()), **msgspec.structs.asdict(data))
-    _check_message_size(gw, job)
     async with gw.breakers.db, res.db.acquire() as conn, conn.transaction():
         if idempotency_key is not None:
             digest = hashlib.sha256(_encoder.encode(data)).hexdigest()
