@@ -231,7 +231,7 @@ class UploadSlotRequest(WireStruct):
 
     filename: str = "source"
     content_type: str = "application/octet-stream"
-    size_bytes: int | None = None
+    size_bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class UploadPart(WireStruct):

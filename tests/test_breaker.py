@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import msgspec
+import nats.errors
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -15,14 +18,17 @@ from services.gateway.app import create_app
 from services.reaper.handler import reap_once
 from shared.breaker import CircuitBreaker
 from shared.devstack import free_port, start_nats
-from shared.errors import ServiceUnavailable
-from shared.resources import open_resources
+from shared.errors import ServiceUnavailable, StorageError
+from shared.resources import Resources, open_resources
 from shared.settings import Settings
+from shared.storage import open_storage
 from tests.conftest import Servers, _drop_everything
 
 GOOD_URL = {"type": "url", "url": "https://media.example/talk.mp4"}
 OPEN_SEC = 1.0
 RECONNECT_WAIT_SEC = 15.0
+THRESHOLD = 2  # failures that open the breakers of the user-error tests
+TRIES = THRESHOLD * 3  # user errors sent: several times what would open a breaker that counted them
 
 
 async def test_breaker_opens_after_failures_refuses_fast_and_closes_again(servers: Servers) -> None:
@@ -92,3 +98,68 @@ async def test_nats_outage_gets_503_keeps_the_job_and_recovers(settings: Setting
             await _drop_everything(ours, res)
     finally:
         nats.stop()
+
+
+async def test_user_errors_pass_through_and_never_open_a_breaker(resources: Resources) -> None:
+    """The dependencies answer these with the request's fault (S3 400 for a `..` or NUL key, NATS MaxPayloadError,
+    a PostgreSQL value error): each error reaches the caller as itself, never as a 503, and the breaker stays
+    closed, so the good call right after goes through."""
+    breaker = CircuitBreaker("dependency", failures=THRESHOLD, open_sec=60)
+    oversized, prefix = b"x" * (resources.nc.max_payload + 1), resources.settings.subject_prefix
+    user_errors: list[tuple[Callable[[], Awaitable[Any]], type[BaseException]]] = [
+        (lambda: resources.storage.head("uploads/../x"), StorageError),
+        (lambda: resources.storage.head("uploads/a\x00b/c.mp4"), StorageError),
+        (lambda: resources.nc.publish(f"{prefix}.big", oversized), nats.errors.MaxPayloadError),
+        (lambda: resources.db.fetchval("SELECT $1::int", "not a number"), asyncpg.DataError),
+        (lambda: resources.db.fetchval("SELECT 1 / 0"), asyncpg.DivisionByZeroError),
+    ]
+    for call, expected in user_errors:
+        for _ in range(TRIES):
+            with pytest.raises(expected):
+                async with breaker:
+                    await call()
+            assert not breaker.is_open, expected
+    async with breaker:
+        assert await resources.storage.head("uploads/none/a.mp4") is None
+        assert await resources.db.fetchval("SELECT 1") == 1
+
+
+async def test_connection_refused_s3_still_opens_its_breaker(resources: Resources) -> None:
+    """A transport failure of object storage (nothing listens) is counted: the breaker opens and sheds load."""
+    dead = msgspec.structs.replace(resources.settings, s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
+                                   s3_max_attempts=1)
+    breaker = CircuitBreaker("object storage", failures=THRESHOLD, open_sec=60)
+    async with open_storage(dead) as storage:
+        for _ in range(THRESHOLD):
+            with pytest.raises(ServiceUnavailable):
+                async with breaker:
+                    await storage.head("uploads/none/a.mp4")
+    assert breaker.is_open
+
+
+@pytest.mark.settings(breaker_failures=THRESHOLD, breaker_open_sec=60)
+async def test_bad_requests_leave_the_gateways_breakers_closed(
+    client: AsyncTestClient[Any], resources: Resources
+) -> None:
+    """Issue 12.3: bad upload keys, a 1.1 MB URL, an upload completed before its parts: many times over the
+    threshold, each gets its own 4xx, nothing is written, and good requests pass right after."""
+    slot = (await client.post("/api/uploads", json={"sizeBytes": 300 * 1024 * 1024})).json()
+    bad_jobs = [
+        {"source": {"type": "upload", "key": "uploads/../x"}, "startSec": 0, "endSec": 1},
+        {"source": {"type": "upload", "key": "uploads/a\x00b/c.mp4"}, "startSec": 0, "endSec": 1},
+        {"source": {"type": "url", "url": "https://media.example/" + "a" * 1_100_000}, "startSec": 0, "endSec": 1},
+    ]
+    for _ in range(TRIES):
+        for body in bad_jobs:
+            answer = await client.post("/api/jobs", json=body)
+            assert 400 <= answer.status_code < 500, answer.text
+        early = await client.post("/api/uploads/complete", json={"key": slot["key"], "uploadId": slot["uploadId"]})
+        assert early.status_code == 422 and early.json()["error"]["code"] == "upload_incomplete", early.text
+        status = await client.get("/api/uploads/status", params={"key": "uploads/../x", "uploadId": "x\x00"})
+        assert status.status_code == 422, status.text
+    breakers = client.app.state.gateway.breakers
+    assert not any(b.is_open for b in (breakers.db, breakers.nats, breakers.s3))
+    assert await resources.db.fetchval("SELECT count(*) FROM jobs") == 0
+    good = await client.post("/api/jobs", json={"source": GOOD_URL, "startSec": 1, "endSec": 2})
+    assert good.status_code == 202, good.text
+    assert (await client.post("/api/uploads", json={"filename": "a.mp4"})).status_code == 201

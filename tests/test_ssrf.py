@@ -83,6 +83,8 @@ CASES = [
     "http://127.1:{p}/a.mp4", "http://127.0.0.1.:{p}/a.mp4", "http://[::1]:{p}/a.mp4",
     "http://[::ffff:127.0.0.1]:{p}/a.mp4", "http://[::ffff:7f00:1]:{p}/a.mp4", "http://[::127.0.0.1]:{p}/a.mp4",
     "http://[64:ff9b::7f00:1]:{p}/a.mp4", "http://[2002:7f00:1::]:{p}/a.mp4", "http://0.0.0.0:{p}/a.mp4",
+    "http://[::ffff:0:7f00:1]:{p}/a.mp4", "http://[64:ff9b:1::7f00:1]:{p}/a.mp4",  # public on Python 3.11's ipaddress
+    "http://[::ffff:0:a9fe:a9fe]/latest/meta-data", "http://[::1:{p}/a.mp4",
     "http://0:{p}/a.mp4", "http://[::]:{p}/a.mp4", "http://10.1.2.3:{p}/a.mp4", "http://172.16.5.5:{p}/a.mp4",
     "http://192.168.0.10:{p}/a.mp4", "http://100.64.0.1:{p}/a.mp4", "http://169.254.169.254/latest/meta-data",
     "http://[fe80::1]:{p}/a.mp4", "http://[fc00::1]:{p}/a.mp4", "http://[fd12:3456::1]:{p}/a.mp4",

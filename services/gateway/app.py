@@ -39,5 +39,6 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         dependencies={"gw": Provide(gateway_of, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        request_max_body_size=settings.gateway_max_body_bytes,
         openapi_config=OpenAPIConfig(title="clipjet", version="0.1.0", path="/schema"),
     )

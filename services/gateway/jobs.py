@@ -15,6 +15,8 @@ from shared.errors import NotFound
 from shared.ids import parse_job_id
 from shared.scrub import scrub
 
+from .body import strict_json
+from .formats import shown
 from .state import Gateway
 from .submit import submit_job
 
@@ -22,17 +24,19 @@ CLIP_DOWNLOAD_NAME = "clip.mp4"
 SUBTITLE_COLUMNS = {"srt": ("result_srt_key", "clip.srt"), "vtt": ("result_vtt_key", "clip.vtt"),
                     "words": ("result_words_key", "clip.words.json")}  # ResultUrls field → (column, download name)
 IDEMPOTENCY_KEY_MAX_CHARS = 200
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"  # visible ASCII only (no spaces, controls or NUL: it is stored as text)
 
 
 class JobController(Controller):
     path = "/api/jobs"
     tags = ["jobs"]
 
-    @post("/", operation_id="createJob", status_code=202)
+    @post("/", operation_id="createJob", status_code=202, before_request=strict_json(JobRequest))
     async def create_job(
         self, data: JSONBody[JobRequest], gw: NamedDependency[Gateway],
         idempotency_key: Annotated[str | None, HeaderParameter(
             name="Idempotency-Key", required=False, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_CHARS,
+            pattern=IDEMPOTENCY_KEY_PATTERN,
             description="Repeat a request safely: the same key and body return the same job.",
         )] = None,
     ) -> JobAccepted:
@@ -45,10 +49,12 @@ class JobController(Controller):
     ) -> JobView:
         """A job's status, stage, progress and, once done, signed URLs of its files."""
         uid, res = parse_job_id(job_id), gw.res
+        if uid is None:
+            raise NotFound(f"no job with id {shown(job_id)}: job ids are UUIDs", code="job_not_found")
         async with gw.breakers.db:
-            row = await jobs.get_job(res.db, uid) if uid else None
+            row = await jobs.get_job(res.db, uid)
         if row is None:
-            raise NotFound(f"no job with id {job_id!r}", code="job_not_found")
+            raise NotFound(f"no job with id {uid}", code="job_not_found")
         result = msgspec.convert(row["result"], ClipResult) if row["result"] else None
         urls = None
         if row["status"] == "done" and row["result_video_key"]:

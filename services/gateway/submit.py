@@ -17,24 +17,41 @@ from shared.db import idempotency, jobs
 from shared.errors import BadRequest, QueueFull, ServiceUnavailable
 from shared.ids import uuid7
 from shared.jobrules import check_clip
+from shared.settings import Settings
 
+from .body import BodyTooLarge
+from .formats import require_upload_key
 from .state import Gateway
 from .uploads import check_upload_size
 
 _encoder = msgspec.json.Encoder()
+BUS_SHARE = 4  # a job's message may use at most 1/BUS_SHARE of NATS max_payload (stage messages add plan, artifacts)
+
+
+def check_bounds(data: JobRequest, settings: Settings) -> None:
+    """What the request names has its real form and a bounded size (before any dependency sees it)."""
+    if isinstance(data.source, UploadSource):
+        require_upload_key(data.source.key, "source.key")
+    elif len(data.source.url) > settings.max_url_chars:
+        raise BadRequest(
+            f"source.url is {len(data.source.url)} characters; the longest accepted is {settings.max_url_chars}",
+            code="url_too_long", field="source.url",
+        )
 
 
 async def submit_job(gw: Gateway, data: JobRequest, idempotency_key: str | None) -> JobAccepted:
     """The whole of `POST /api/jobs`."""
     res = gw.res
+    check_bounds(data, res.settings)
     check_clip(data, res.settings)  # the same rules the fetcher applies to messages published straight to NATS
     for breaker in (gw.breakers.db, gw.breakers.nats):  # shed load before anything is written
         breaker.refuse_if_open()
     gw.scratch.refuse_if_saturated()
+    job = ClipJobMessage(id=str(uuid7()), **msgspec.structs.asdict(data))
+    _check_message_size(gw, job)
     if isinstance(data.source, UploadSource):
         async with gw.breakers.s3:
             await _check_upload(gw, data.source.key)
-    job = ClipJobMessage(id=str(uuid7()), **msgspec.structs.asdict(data))
     async with gw.breakers.db, res.db.acquire() as conn, conn.transaction():
         if idempotency_key is not None:
             digest = hashlib.sha256(_encoder.encode(data)).hexdigest()
@@ -46,6 +63,13 @@ async def submit_job(gw: Gateway, data: JobRequest, idempotency_key: str | None)
     async with gw.breakers.db:
         await jobs.mark_published(res.db, uuid.UUID(job.id))
     return JobAccepted(id=job.id, status="queued")
+
+
+def _check_message_size(gw: Gateway, job: ClipJobMessage) -> None:
+    """Refuse (before the row is written) a job whose message NATS could not carry through every stage."""
+    size, room = len(_encoder.encode(job)), gw.res.nc.max_payload // BUS_SHARE
+    if size > room:
+        raise BodyTooLarge(f"the job's message would be {size} bytes; the queue takes jobs up to {room} bytes")
 
 
 async def _publish(gw: Gateway, job: ClipJobMessage) -> None:

@@ -7,7 +7,6 @@ part, which a client can resume (`GET /api/uploads/status` lists the stored part
 from __future__ import annotations
 
 import math
-import re
 from typing import Annotated
 
 from litestar import Controller, get, post
@@ -16,22 +15,16 @@ from litestar.params import JSONBody, QueryParameter
 
 from shared.contracts import UploadDone, UploadPart, UploadRef, UploadSlot, UploadSlotRequest, UploadStatus
 from shared.errors import BadRequest
-from shared.ids import uuid7
-from shared.jobrules import UPLOAD_PREFIX
 from shared.settings import Settings
+from shared.upload_keys import upload_key
 
+from .body import strict_json
+from .formats import require_content_type, require_upload_id, require_upload_key
 from .state import Gateway
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-MAX_NAME_CHARS = 100
 MIB = 1024 * 1024
 MAX_PARTS = 10_000  # S3's limit on parts per upload
 DECLARED_SIZE = "declared-size"  # multipart upload metadata: the sizeBytes the slot was given for, bytes
-
-
-def upload_key(filename: str) -> str:
-    name = _UNSAFE.sub("_", filename).strip("._")[:MAX_NAME_CHARS] or "source"
-    return f"{UPLOAD_PREFIX}{uuid7()}/{name}"
 
 
 def part_size_for(size: int, settings: Settings) -> int:
@@ -62,22 +55,25 @@ def check_upload_size(size: int, settings: Settings) -> None:
     _check_size(size, settings)
 
 
-def _own_upload(key: str) -> None:
-    if not key.startswith(UPLOAD_PREFIX):
-        raise BadRequest(f"{key!r} is not an upload key", code="upload_not_found", field="key")
+def _own_upload(key: str, upload_id: str) -> None:
+    """The key and upload id have their real forms (checked before object storage sees them)."""
+    require_upload_key(key, "key")
+    require_upload_id(upload_id, "uploadId")
 
 
 class UploadController(Controller):
     path = "/api/uploads"
     tags = ["uploads"]
 
-    @post("/", operation_id="createUploadSlot", status_code=201)
+    @post("/", operation_id="createUploadSlot", status_code=201,
+          before_request=strict_json(UploadSlotRequest | None, optional=True))
     async def create_slot(
         self, gw: NamedDependency[Gateway], data: JSONBody[UploadSlotRequest | None] = None
     ) -> UploadSlot:
         """An upload slot: a signed PUT URL, or for a large `sizeBytes` one signed URL per part."""
         request = data or UploadSlotRequest()
         settings, storage = gw.res.settings, gw.res.storage
+        require_content_type(request.content_type, "contentType")
         _check_size(request.size_bytes, settings)
         key, ttl = upload_key(request.filename), settings.signed_url_ttl_sec
         size = request.size_bytes
@@ -103,16 +99,16 @@ class UploadController(Controller):
         upload_id: Annotated[str, QueryParameter(name="uploadId")],
     ) -> UploadStatus:
         """The parts object storage already holds, with fresh URLs for resuming."""
-        _own_upload(key)
+        _own_upload(key, upload_id)
         async with gw.breakers.s3:
             stored = await gw.res.storage.stored_parts(key, upload_id)
         parts = [UploadPart(part_number=n, etag=etag.strip('"'), size=size) for n, etag, size in stored]
         return UploadStatus(key=key, upload_id=upload_id, parts=parts)
 
-    @post("/complete", operation_id="completeUpload", status_code=200)
+    @post("/complete", operation_id="completeUpload", status_code=200, before_request=strict_json(UploadRef))
     async def complete(self, gw: NamedDependency[Gateway], data: JSONBody[UploadRef]) -> UploadDone:
         """Join a multipart upload's stored parts into the file; then name `key` in a job."""
-        _own_upload(data.key)
+        _own_upload(data.key, data.upload_id)
         storage, settings = gw.res.storage, gw.res.settings
         async with gw.breakers.s3:
             await storage.complete_multipart(data.key, data.upload_id)

@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 from shared.db import uploads
 from shared.logs import get_logger
 from shared.resources import Resources
+from shared.upload_keys import UPLOAD_PREFIX
 from shared.upload_store import abort_multipart, copy_prefix, multipart_before, objects_before
 
-UPLOAD_PREFIX = "uploads/"  # where upload slots write (services/gateway/uploads.py)
 SECONDS_PER_HOUR = 3600
 
 log = get_logger("reaper")

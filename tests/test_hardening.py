@@ -1,0 +1,70 @@
+"""Issue 12.12 and 12.8: the address guard's verdicts do not depend on the Python version, a malformed URL (also
+in a redirect) is a refusal rather than an internal error, and scratch space is not a fixed path in /tmp."""
+
+from __future__ import annotations
+
+import ipaddress
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from shared.errors import FetchRefused
+from shared.fetch import fetch_to_file
+from shared.netguard import Policy, join_url, refusal_reason, split_url
+from shared.settings import DEFAULT_DATA_DIR, Settings, load_settings
+from tests.http_source import MediaServer
+
+STRICT, PRIVATE_OK = Policy(), Policy(allow_private=True)
+
+# address → refused under the strict policy?  (the table holds where Python 3.11 and 3.13 disagree, and more)
+VERDICTS = [
+    ("64:ff9b:1::7f00:1", True), ("64:ff9b:1::808:808", True),  # local-use NAT64: global on 3.11
+    ("::ffff:0:7f00:1", True), ("::ffff:0:a9fe:a9fe", True), ("::ffff:0:a00:1", True),  # IPv4-translated
+    ("::ffff:0:808:808", False), ("::ffff:8.8.8.8", False), ("64:ff9b::808:808", False), ("2002:808:808::1", False),
+    ("8.8.8.8", False), ("2606:4700:4700::1111", False), ("2001:4860:4860::8888", False),
+    ("0.1.2.3", True), ("192.0.0.9", True), ("192.0.2.1", True), ("198.18.0.1", True), ("192.88.99.1", True),
+    ("2001:db8::1", True), ("3fff::1", True), ("100::1", True), ("5f00::1", True), ("4000::1", True),
+    ("fec0::1", True), ("::2", True), ("2001:2::1", True),
+]
+
+
+@pytest.mark.parametrize(("address", "refused"), VERDICTS)
+def test_verdicts_come_from_our_own_table(address: str, refused: bool) -> None:
+    assert (refusal_reason(ipaddress.ip_address(address), STRICT) is not None) == refused
+
+
+def test_allow_private_opens_only_loopback_and_private_ranges() -> None:
+    for address in ("127.0.0.1", "10.1.2.3", "192.168.1.1", "100.64.0.1", "::1", "fd00::1", "::ffff:0:7f00:1"):
+        assert refusal_reason(ipaddress.ip_address(address), PRIVATE_OK) is None, address
+    for address in ("169.254.169.254", "::ffff:0:a9fe:a9fe", "0.0.0.0", "64:ff9b:1::7f00:1", "fe80::1", "224.0.0.1"):
+        assert refusal_reason(ipaddress.ip_address(address), PRIVATE_OK) is not None, address
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://[::1]:99999/", "https://a.example:port/"])
+def test_malformed_urls_are_refusals(url: str) -> None:
+    with pytest.raises(FetchRefused) as caught:
+        split_url(url)
+    assert caught.value.code == "fetch_refused"
+
+
+def test_a_malformed_location_is_a_refusal() -> None:
+    assert join_url("https://a.example/x/y.mp4", "../z.mp4") == "https://a.example/z.mp4"
+    with pytest.raises(FetchRefused):
+        join_url("https://a.example/x.mp4", "http://[::1")
+
+
+async def test_a_redirect_to_a_malformed_url_fails_once_as_refused(sample_video: Path, tmp_path: Path) -> None:
+    """Was a ValueError from urljoin: an internal error, retried. Now a permanent fetch_refused."""
+    with MediaServer(sample_video.parent) as origin:
+        origin.redirects["/broken.mp4"] = "http://[::1"
+        with pytest.raises(FetchRefused) as caught:
+            await fetch_to_file(origin.url("broken.mp4"), tmp_path / "out", load_settings({}, fetch_allow_private=True))
+        assert caught.value.code == "fetch_refused"
+        assert [path for _, path, _ in origin.requests] == ["/broken.mp4"]
+
+
+def test_scratch_default_is_not_a_shared_temporary_path() -> None:
+    scratch = Settings().scratch_dir
+    assert scratch == DEFAULT_DATA_DIR / "scratch"
+    assert not scratch.resolve().is_relative_to(Path(tempfile.gettempdir()).resolve())
