@@ -1,6 +1,7 @@
 """`clipjet stack` (what `make run` starts) as a supervisor, end to end: under a stream of jobs, SIGKILL one process
 of each worker stage while it holds a message; every job ends `done` with one result, each killed process is
-started again (the second trim process keeps its pid), and the stack still serves a new job afterwards."""
+started again (the second trim process keeps its pid); then NATS is SIGKILLed too, and the stack, having started it
+again on its store, still serves a new job."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from shared.settings import Settings, load_settings
 from tests.chaos import JOB_ROWS, holding
 from tests.conftest import DEFAULT_PG_URL
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
 REPO = Path(__file__).resolve().parent.parent
 UP_TIMEOUT_S = 90.0  # servers, the gateway's migrations and eight service processes on 2 busy cores
@@ -39,7 +40,7 @@ STOP_TIMEOUT_S = 45.0
 HTTP_TIMEOUT_S = 10.0
 POLL_S = 0.05
 SUBMIT_EVERY_S = 0.3
-MAX_JOBS = 40
+MAX_JOBS = 24
 SCALE = "trim=2"
 KILLED = {stage: f"{stage}.1" for stage in STAGES}  # the process of each stage that is SIGKILLed
 STACK_ENV = {  # quick redelivery and retries, the small English speech model
@@ -188,6 +189,7 @@ async def _all_ended(settings: Settings, ids: list[str], timeout_s: float) -> di
 async def test_sigkill_of_each_worker_type_under_load(stack: Stack, sample_video: Path) -> None:
     assert stack.settings.db_schema.startswith(SCHEMA_PREFIX)  # its own schema, named by its data folder's id
     trim2_pid = stack.status()["trim.2"]["pid"]
+    marks = [("up", time.monotonic())]
     ids: list[str] = []
     async with (httpx.AsyncClient(base_url=stack.base_url, timeout=HTTP_TIMEOUT_S, trust_env=False) as http,
                 open_resources(stack.settings, "test-stack") as res):
@@ -199,7 +201,9 @@ async def test_sigkill_of_each_worker_type_under_load(stack: Stack, sample_video
         finally:
             stop.set()
             await submitter
+        marks.append(("kills", time.monotonic()))
         rows = await _all_ended(stack.settings, ids, END_TIMEOUT_S)
+        marks.append(("ended", time.monotonic()))
         not_done = {i: (rows[i]["status"], rows[i]["error_code"]) if i in rows else None
                     for i in ids if i not in rows or rows[i]["status"] != "done"}
         assert not not_done, (not_done, stack.output())
@@ -215,8 +219,19 @@ async def test_sigkill_of_each_worker_type_under_load(stack: Stack, sample_video
         assert status["trim.2"]["pid"] == trim2_pid and status["trim.2"]["restarts"] == 0
         assert all(entry["state"] == "running" for entry in status.values()), status
 
+        nats_pid = status["nats"]["pid"]  # the NATS server the stack started: restarted on its same store
+        os.kill(nats_pid, signal.SIGKILL)
+
+        async def nats_back() -> bool:
+            entry = stack.status()["nats"]
+            return bool(entry["state"] == "running" and entry["pid"] != nats_pid)
+
+        await _wait("NATS to be restarted", nats_back, UP_TIMEOUT_S, stack)
+        marks.append(("nats", time.monotonic()))
         after = await http.post("/api/jobs", json={"source": {"type": "upload", "key": key}, "startSec": 18.2,
                                                    "endSec": 19.5})
         rows = await _all_ended(stack.settings, [after.json()["id"]], END_TIMEOUT_S)
         assert rows[after.json()["id"]]["status"] == "done", stack.output()
-    print(f"\nstack supervision: {len(ids)} jobs, killed {sorted(killed)}")
+    marks.append(("after", time.monotonic()))
+    phases = ", ".join(f"{name} +{at - marks[0][1]:.1f} s" for name, at in marks[1:])
+    print(f"\nstack supervision: {len(ids)} jobs, killed {sorted(killed)}; {phases}")
