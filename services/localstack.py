@@ -65,6 +65,7 @@ SERVE_POLL_S = 0.25  # how often the supervisor looks at its services
 ENV_FILE_MODE = 0o600
 STATUS_FILE = "stack-status.json"
 MAX_SCALE = 16  # most processes of one stage
+PG_DEFAULT_PORT = 5432
 
 
 class StackError(RuntimeError):
@@ -98,12 +99,6 @@ def _pick_port(what: str, wanted: int) -> int:
     return port
 
 
-def _port_of(url: str) -> int:
-    port = urlsplit(url).port
-    assert port is not None, url
-    return port
-
-
 def _nats(data_dir: Path) -> tuple[RunningServer, Callable[[], RunningServer]]:
     if url := os.environ.get("NATS_URL"):
         first = urlsplit(url.split(",")[0].strip())
@@ -126,7 +121,7 @@ def _start_servers(settings: Settings, data_dir: Path, supervisor: Supervisor) -
 
     first_s3 = s3()
     postgres = ensure_postgres(settings.database_url, data_dir / "pg")
-    pg_port = _port_of(postgres.url)
+    pg_port = urlsplit(postgres.url).port or PG_DEFAULT_PORT  # a private cluster's URL always names its port
     restarts = {"nats": restart_nats, "s3": s3, "postgres": lambda: start_postgres(data_dir / "pg", pg_port)}
     say(f"{'server':<9} {'state':<8} url")
     for server in (nats, first_s3, postgres):
