@@ -167,7 +167,7 @@ def _check_alive(children: list[Child]) -> None:
 
 def healthy(http: httpx.Client, base_url: str) -> bool:
     """Whether ``GET /health`` answers 200 now."""
-    with contextlib.suppress(httpx.HTTPError):
+    with contextlib.suppress(httpx.HTTPError, httpx.InvalidURL):
         return http.get(f"{base_url}/health", timeout=HEALTH_POLL_S * 4).status_code == 200
     return False
 

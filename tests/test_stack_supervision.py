@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -235,3 +237,42 @@ async def test_sigkill_of_each_worker_type_under_load(stack: Stack, sample_video
     marks.append(("after", time.monotonic()))
     phases = ", ".join(f"{name} +{at - marks[0][1]:.1f} s" for name, at in marks[1:])
     print(f"\nstack supervision: {len(ids)} jobs, killed {sorted(killed)}; {phases}")
+
+
+
+async def test_a_crash_looping_worker_stops_only_itself(tmp_path: Path) -> None:
+    """A transcriber that cannot load its model exits at every start: restarted with backoff, then reported as
+    a crash loop and left stopped, while every other process keeps running and the gateway keeps serving; the
+    stack, stopped, exits 1 and names it."""
+    data_dir, log = tmp_path / "data", tmp_path / "stack.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "S3_SECRET_KEY")}
+    gateway_port = free_port()
+    env.update(DATA_DIR=str(data_dir), GATEWAY_PORT=str(gateway_port), ASR_MODEL=str(tmp_path / "no-model"),
+               DB_SCHEMA=f"stack_loop_{secrets.token_hex(4)}", STACK_RESTART_BACKOFF_SEC="0.1",
+               STACK_CRASH_LOOP_RESTARTS="2", DATABASE_URL=os.environ.get("CLIPJET_TEST_DATABASE_URL", DEFAULT_PG_URL),
+               **{NATS_PORT_ENV: str(free_port()), S3_PORT_ENV: str(free_port())})
+    proc = _start_stack(env, log)
+    stack = Stack(proc, data_dir, log, load_settings({}), f"http://127.0.0.1:{gateway_port}")
+    try:
+        async def transcriber_failed() -> bool:
+            return bool(stack.status()["transcribe.1"]["state"] == "failed")
+
+        await _wait("the transcriber's crash loop", transcriber_failed, UP_TIMEOUT_S, stack)
+        status = stack.status()
+        assert status["transcribe.1"]["restarts"] == 2
+        assert all(entry["state"] == "running" for name, entry in status.items() if name != "transcribe.1"), status
+        async with httpx.AsyncClient(base_url=stack.base_url, timeout=HTTP_TIMEOUT_S, trust_env=False) as http:
+            assert (await http.get("/health")).status_code == 200
+    finally:
+        await asyncio.to_thread(_stop_stack, proc)
+        conn = await asyncpg.connect(env["DATABASE_URL"])
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{env["DB_SCHEMA"]}" CASCADE')
+        finally:
+            await conn.close()
+    output = log.read_text(errors="replace")
+    assert proc.returncode == 1, output[-6000:]
+    assert "transcribe.1 exited with code 1" in output and "restarting it in 0.1 s" in output
+    assert "restarting it in 0.2 s" in output and "transcribe.1 FAILED" in output
+    assert re.search(r"status: \d+ running, 1 failed \(transcribe\.1\)", output)
+    assert "these services had failed (crash loop): transcribe.1" in output
