@@ -37,7 +37,7 @@ import httpx
 import msgspec
 
 from services.registry import GATEWAY, REAPER, service_commands
-from services.stackdemo import CLIP_NAME, DemoError, run_demo
+from services.stackdemo import CLIP_NAME, run_demo
 from services.stackidentity import stack_identity
 from services.supervisor import Child, Policy, ServerRun, Supervisor, say
 from shared.devstack import (
@@ -225,7 +225,7 @@ class _Demo(threading.Thread):
         try:
             with httpx.Client(trust_env=False, timeout=HTTP_TIMEOUT_S) as http:
                 run_demo(http, self.base_url, self.data_dir)
-        except (DemoError, httpx.HTTPError, OSError, subprocess.SubprocessError) as exc:
+        except Exception as exc:  # whatever stops the demo is the stack's failure, reported by the main thread
             self.error = exc
 
 
@@ -288,7 +288,7 @@ def run_stack(settings: Settings, *, demo: bool, exit_after_demo: bool, scale: d
             runner.start()
             supervisor.run_until(lambda: not runner.is_alive(), None, SERVE_POLL_S)
             if runner.error is not None:
-                raise StackError(str(runner.error))
+                raise StackError(f"demo: {type(runner.error).__name__}: {runner.error}")
         if not (demo and exit_after_demo):
             say(f"serving; press Ctrl-C to stop (status in {data_dir / STATUS_FILE})")
             supervisor.run_until(lambda: False, None, SERVE_POLL_S)
