@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     stack = sub.add_parser("stack", help="bring up NATS, PostgreSQL, S3 and every service on loopback")
     stack.add_argument("--demo", action="store_true", help="clip a generated sample once everything is up")
     stack.add_argument("--exit-after-demo", action="store_true", help="stop after the demo (for scripts)")
+    stack.add_argument("--scale", action="append", default=[], metavar="STAGE=N[,STAGE=N]",
+                       help="worker processes per stage, e.g. trim=2,fetch=2 (adds to STACK_SCALE; default 1)")
     args = parser.parse_args(argv)
 
     settings = load_settings()
@@ -111,9 +113,15 @@ def main(argv: list[str] | None = None) -> int:
             for path in write_manifests(args.dir, list(STAGES)):
                 print(path)
         case "stack":
-            from services.localstack import run_stack
+            from services.localstack import parse_scale, run_stack
+            from shared.pipeline import installed_stages
 
-            return run_stack(settings, demo=args.demo, exit_after_demo=args.exit_after_demo)
+            try:
+                scale = parse_scale(",".join([settings.stack_scale, *args.scale]),
+                                    installed_stages(settings.installed_stages))
+            except ValueError as exc:
+                parser.error(str(exc))
+            return run_stack(settings, demo=args.demo, exit_after_demo=args.exit_after_demo, scale=scale)
     return 0
 
 

@@ -1,22 +1,27 @@
-"""`clipjet stack`: NATS, S3 and PostgreSQL on loopback, every service as a child process, and a demo clip.
+"""`clipjet stack`: NATS, S3 and PostgreSQL on loopback, every service as a supervised child, and a demo clip.
 
 Servers and their data live under ``settings.data_dir`` (``.data/`` by default):
 
 * NATS (JetStream) is our own on port 14222, unless ``NATS_URL`` is set in the environment: that server is
   reused (the machine's default 127.0.0.1:4222 may be an old NATS, so it is never assumed).
-* S3 is our own SeaweedFS on port 18333, with the static key ``S3_ACCESS_KEY`` / ``S3_SECRET_KEY``.
-* PostgreSQL at ``DATABASE_URL`` is reused when reachable, else a private cluster runs in ``data_dir/pg``.
+* S3 is our own SeaweedFS on port 18333, with the key ``S3_ACCESS_KEY`` and a secret generated for this data
+  folder (``stackidentity``) unless ``S3_SECRET_KEY`` is set.
+* PostgreSQL at ``DATABASE_URL`` is reused when reachable, else a private cluster runs in ``data_dir/pg``. The
+  tables go to schema ``clipjet_stack_<id>`` (``<id>`` random per data folder) unless ``DB_SCHEMA`` is set; the
+  stack never drops a schema.
 
 The fixed ports can be changed with ``CLIPJET_STACK_NATS_PORT`` and ``CLIPJET_STACK_S3_PORT`` (the gateway's
 with ``GATEWAY_PORT``); a fixed port that is taken is replaced by a free one, and the table says so. The
 effective settings are written to ``data_dir/stack.env``: ``set -a; . .data/stack.env; set +a`` points the
 ``clipjet`` command (or ``honcho start -e .data/stack.env``) at the running stack.
+
+Every service and every server the stack started is supervised (services/supervisor.py): one that exits is
+started again, a crash loop stops only that one. ``STACK_SCALE`` / ``--scale trim=2`` runs more worker
+processes per stage (``trim.1``, ``trim.2``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import contextlib
 import os
 import signal
@@ -24,28 +29,30 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
 from urllib.parse import urlsplit
 
-import asyncpg
 import httpx
 import msgspec
 
-from services.registry import STAGES
+from services.registry import GATEWAY, REAPER, service_commands
+from services.stackdemo import CLIP_NAME, run_demo
+from services.stackidentity import stack_identity
+from services.supervisor import Child, Policy, ServerRun, Supervisor, say
 from shared.devstack import (
     DevStackError,
     RunningServer,
     ensure_postgres,
     free_port,
     start_nats,
+    start_postgres,
     start_s3,
-    stop_with_parent,
 )
-from shared.media.testpattern import make_test_pattern
+from shared.pipeline import installed_stages
 from shared.settings import Settings, settings_env
+
+__all__ = ["CLIP_NAME", "NATS_PORT_ENV", "S3_PORT_ENV", "Child", "run_stack", "spawn_service", "wait_healthy"]
 
 LOOPBACK = "127.0.0.1"
 NATS_PORT_ENV, DEFAULT_NATS_PORT = "CLIPJET_STACK_NATS_PORT", 14222
@@ -53,66 +60,31 @@ S3_PORT_ENV, DEFAULT_S3_PORT = "CLIPJET_STACK_S3_PORT", 18333
 HEALTH_TIMEOUT_S = 60.0  # gateway start-up, migrations included
 HEALTH_POLL_S = 0.25
 HTTP_TIMEOUT_S = 30.0  # one HTTP request of the demo (the upload included)
-JOB_TIMEOUT_S = 120.0  # how long the demo waits for its job
-JOB_POLL_S = 0.25
 CHILD_STOP_GRACE_S = 5.0  # on top of settings.shutdown_grace_sec, before SIGKILL
-SERVE_POLL_S = 0.5
-LOG_TAIL_LINES = 40
+SERVE_POLL_S = 0.25  # how often the supervisor looks at its services
 ENV_FILE_MODE = 0o600
-SAMPLE_NAME, CLIP_NAME = "demo-sample.mp4", "demo-clip.mp4"
-SAMPLE_SECONDS, SAMPLE_SIZE, SAMPLE_FPS, SAMPLE_GOP_FRAMES = 30, "1280x720", 30, 60
-DEMO_START_S, DEMO_END_S = 12.5, 20.0
-STACK_SCHEMA = "clipjet_stack"  # the local stack's tables, in whatever PostgreSQL it uses
-
-_print_lock = threading.Lock()
+STATUS_FILE = "stack-status.json"
+MAX_SCALE = 16  # most processes of one stage
+PG_DEFAULT_PORT = 5432
 
 
 class StackError(RuntimeError):
     """The stack could not be brought up or the demo failed."""
 
 
-def say(message: str, source: str = "stack") -> None:
-    """One line to stdout prefixed with its source, never interleaved with a child's line."""
-    with _print_lock:
-        print(f"{source:<8}| {message}", flush=True)
-
-
-class Child:
-    """A service process whose output is echoed line by line with its name in front, last lines kept."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        self.name = name
-        self.tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
-        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=stop_with_parent(signal.SIGTERM))
-        self._reader = threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True)
-        self._reader.start()
-
-    def _pump(self, stream: IO[bytes]) -> None:
-        for raw in stream:
-            line = raw.decode(errors="replace").rstrip()
-            self.tail.append(line)
-            say(line, self.name)
-
-    def describe_exit(self) -> str:
-        self._reader.join(timeout=1.0)
-        tail = "\n".join(self.tail) or "(no output)"
-        return f"{self.name} exited with code {self.proc.returncode}; its last lines:\n{tail}"
-
-    def stop(self, grace_s: float) -> None:
-        """SIGTERM, wait up to ``grace_s``, then SIGKILL its process group."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.terminate()
-            try:
-                self.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                say(f"{self.name} did not stop within {grace_s:.0f} s; killing it")
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=CHILD_STOP_GRACE_S)
-        self._reader.join(timeout=1.0)
+def parse_scale(text: str, stages: tuple[str, ...]) -> dict[str, int]:
+    """``"trim=2,fetch=2"`` → processes per stage (every stage in ``stages``: 1 unless named). ValueError
+    with what to write instead for anything else."""
+    scale = dict.fromkeys(stages, 1)
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        stage, _, count = item.partition("=")
+        stage = stage.strip()
+        if stage not in stages:
+            raise ValueError(f"scale {item!r}: {stage!r} is not a stage this stack runs ({', '.join(stages)})")
+        if not count.strip().isdigit() or not 1 <= int(count) <= MAX_SCALE:
+            raise ValueError(f"scale {item!r}: write STAGE=N with N from 1 to {MAX_SCALE}, e.g. trim=2")
+        scale[stage] = int(count)
+    return scale
 
 
 def _pick_port(what: str, wanted: int) -> int:
@@ -127,53 +99,48 @@ def _pick_port(what: str, wanted: int) -> int:
     return port
 
 
-def _nats(data_dir: Path) -> RunningServer:
+def _nats(data_dir: Path) -> tuple[RunningServer, Callable[[], RunningServer]]:
     if url := os.environ.get("NATS_URL"):
         first = urlsplit(url.split(",")[0].strip())
         try:
             socket.create_connection((first.hostname or LOOPBACK, first.port or 4222), timeout=2.0).close()
         except OSError as exc:
             raise StackError(f"NATS_URL={url} is set but that server does not answer ({exc})") from exc
-        return RunningServer("nats", url, None)
-    return start_nats(data_dir / "nats", _pick_port("nats", int(os.environ.get(NATS_PORT_ENV, DEFAULT_NATS_PORT))))
+        return RunningServer("nats", url, None), lambda: RunningServer("nats", url, None)
+    port = _pick_port("nats", int(os.environ.get(NATS_PORT_ENV, DEFAULT_NATS_PORT)))
+    return start_nats(data_dir / "nats", port), lambda: start_nats(data_dir / "nats", port)  # the same store
 
 
-def _start_servers(settings: Settings, data_dir: Path, servers: list[RunningServer]) -> Settings:
-    """Start or reuse NATS, S3 and PostgreSQL (appended to ``servers``); the settings that name them."""
-    nats = _nats(data_dir)
-    servers.append(nats)
+def _start_servers(settings: Settings, data_dir: Path, supervisor: Supervisor) -> Settings:
+    """Start or reuse NATS, S3 and PostgreSQL (the ones started are supervised); the settings naming them."""
+    nats, restart_nats = _nats(data_dir)
     s3_port = _pick_port("s3", int(os.environ.get(S3_PORT_ENV, DEFAULT_S3_PORT)))
-    s3 = start_s3(data_dir / "s3", settings.s3_access_key, settings.s3_secret_key, s3_port)
-    servers.append(s3)
+
+    def s3() -> RunningServer:
+        return start_s3(data_dir / "s3", settings.s3_access_key, settings.s3_secret_key, s3_port)
+
+    first_s3 = s3()
     postgres = ensure_postgres(settings.database_url, data_dir / "pg")
-    servers.append(postgres)
+    pg_port = urlsplit(postgres.url).port or PG_DEFAULT_PORT  # a private cluster's URL always names its port
+    restarts = {"nats": restart_nats, "s3": s3, "postgres": lambda: start_postgres(data_dir / "pg", pg_port)}
     say(f"{'server':<9} {'state':<8} url")
-    for server in servers:
+    for server in (nats, first_s3, postgres):
         say(f"{server.name:<9} {'reused' if server.process is None else 'started':<8} {server.url}")
-    return msgspec.structs.replace(settings, nats_url=nats.url, s3_endpoint_url=s3.url, database_url=postgres.url)
-
-
-def _stack_schema(settings: Settings, database_url: str, fresh: bool) -> str:
-    """The stack's own schema (STACK_SCHEMA unless DB_SCHEMA is set). A fresh data folder means a new, empty S3:
-    the stack's schema starts empty too, so no job row points at an object that is gone."""
-    if "DB_SCHEMA" in os.environ:
-        return settings.db_schema
-    if fresh:
-        asyncio.run(_drop_schema(database_url, STACK_SCHEMA))
-        say(f"postgres: fresh data folder, so schema {STACK_SCHEMA} starts empty")
-    return STACK_SCHEMA
-
-
-async def _drop_schema(database_url: str, schema: str) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')  # a constant name, not user input
-    finally:
-        await conn.close()
+        if server.process is not None:
+            start = restarts[server.name]
+            supervisor.add(server.name, lambda start=start: ServerRun(start()), ServerRun(server))
+    return msgspec.structs.replace(settings, nats_url=nats.url, s3_endpoint_url=first_s3.url,
+                                   database_url=postgres.url)
 
 
 def _effective(settings: Settings, data_dir: Path, demo: bool) -> Settings:
-    """Settings for the children: local scratch, the gateway on a free port, private fetches for local use."""
+    """Settings for the children: this folder's S3 secret and schema, local scratch, the gateway on a free
+    port, private fetches for local use."""
+    identity = stack_identity(data_dir)
+    if "S3_SECRET_KEY" not in os.environ:
+        settings = msgspec.structs.replace(settings, s3_secret_key=identity.s3_secret_key)
+    if "DB_SCHEMA" not in os.environ:
+        settings = msgspec.structs.replace(settings, db_schema=identity.schema)
     allow_private = settings.fetch_allow_private if "FETCH_ALLOW_PRIVATE" in os.environ else demo
     if allow_private:
         say("!" * 78)
@@ -198,69 +165,23 @@ def _check_alive(children: list[Child]) -> None:
             raise StackError(child.describe_exit())
 
 
+def healthy(http: httpx.Client, base_url: str) -> bool:
+    """Whether ``GET /health`` answers 200 now."""
+    with contextlib.suppress(httpx.HTTPError, httpx.InvalidURL):
+        return http.get(f"{base_url}/health", timeout=HEALTH_POLL_S * 4).status_code == 200
+    return False
+
+
 def wait_healthy(http: httpx.Client, base_url: str, children: list[Child]) -> None:
-    """Poll ``GET /health`` until 200 (bounded); raise early when a child dies."""
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    last = "no answer"
-    while time.monotonic() < deadline:
+    """Poll ``GET /health`` until 200 (bounded); raise early when a child dies (unsupervised callers)."""
+
+    def ready() -> bool:
         _check_alive(children)
-        try:
-            response = http.get(f"{base_url}/health", timeout=HEALTH_POLL_S * 4)
-            if response.status_code == 200:
-                return
-            last = f"HTTP {response.status_code}"
-        except httpx.HTTPError as exc:
-            last = f"{type(exc).__name__}: {exc}"
-        time.sleep(HEALTH_POLL_S)
-    raise StackError(f"gateway not healthy at {base_url}/health after {HEALTH_TIMEOUT_S:.0f} s ({last}); "
-                     "its last lines:\n" + "\n".join(children[0].tail))
+        return healthy(http, base_url)
 
-
-def _ok(response: httpx.Response, what: str) -> dict[str, Any]:
-    if response.is_error:
-        raise StackError(f"{what}: HTTP {response.status_code}: {response.text[:500]}")
-    return response.json() if response.content else {}
-
-
-def _demo(http: httpx.Client, base_url: str, data_dir: Path) -> None:
-    """Upload a sample, clip 12.5 to 20 s of it, download the clip, and print where it is."""
-    started = time.monotonic()
-    sample = make_test_pattern(data_dir / SAMPLE_NAME, seconds=SAMPLE_SECONDS, size=SAMPLE_SIZE, fps=SAMPLE_FPS,
-                               gop_frames=SAMPLE_GOP_FRAMES)
-    say(f"demo: sample {sample} ({sample.stat().st_size / 1e6:.1f} MB); uploading")
-    slot = _ok(http.post(f"{base_url}/api/uploads", json={"filename": SAMPLE_NAME, "contentType": "video/mp4"}),
-               "upload slot")
-    with sample.open("rb") as body:
-        _ok(http.request(slot["method"], slot["url"], headers=slot["headers"], content=body), "upload PUT")
-    request = {"source": {"type": "upload", "key": slot["key"]}, "startSec": DEMO_START_S, "endSec": DEMO_END_S,
-               "priority": "fast"}
-    job_id = _ok(http.post(f"{base_url}/api/jobs", json=request), "create job")["id"]
-    say(f"demo: job {job_id} queued; waiting up to {JOB_TIMEOUT_S:.0f} s")
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while (job := _ok(http.get(f"{base_url}/api/jobs/{job_id}"), "get job"))["status"] not in ("done", "failed"):
-        if time.monotonic() > deadline:
-            raise StackError(f"demo job {job_id} still {job['status']} (stage {job['stage']}) after "
-                             f"{JOB_TIMEOUT_S:.0f} s")
-        time.sleep(JOB_POLL_S)
-    if job["status"] != "done":
-        raise StackError(f"demo job {job_id} failed: {job.get('errorCode')}: {job.get('errorMessage')}")
-    clip = data_dir / CLIP_NAME
-    with http.stream("GET", job["urls"]["video"]) as response, clip.open("wb") as out:
-        if response.is_error:
-            raise StackError(f"clip download: HTTP {response.status_code}")
-        for chunk in response.iter_bytes():
-            out.write(chunk)
-    result = job["result"]
-    for line in (f"job       {job_id}  status {job['status']}  ({time.monotonic() - started:.1f} s in all)",
-                 f"asked     {DEMO_START_S:g} to {DEMO_END_S:g} s; got {result['actualStartSec']:.3f} to "
-                 f"{result['actualEndSec']:.3f} s ({result['durationSec']:.2f} s, {result['size']} bytes, "
-                 f"{result.get('cutPath', 'copy')})",
-                 f"clip      {clip}",
-                 f"signed    {job['urls']['video']}",
-                 "your own: curl -s -X POST " + base_url + "/api/jobs -H 'Content-Type: application/json' -d '"
-                 + '{"source":{"type":"upload","key":"' + slot["key"] + '"},"startSec":3,"endSec":9}' + "'",
-                 f"          then curl -s {base_url}/api/jobs/<id>   (uploads: POST {base_url}/api/uploads)"):
-        say("demo: " + line)
+    if not Supervisor(Policy()).run_until(ready, HEALTH_TIMEOUT_S, HEALTH_POLL_S):
+        raise StackError(f"gateway not healthy at {base_url}/health after {HEALTH_TIMEOUT_S:.0f} s; "
+                         "its last lines:\n" + "\n".join(children[0].tail))
 
 
 class _Interrupts:
@@ -291,40 +212,86 @@ class _Interrupts:
             signal.signal(sig, handler)
 
 
-def run_stack(settings: Settings, *, demo: bool, exit_after_demo: bool) -> int:
-    """Bring the stack up, optionally run the demo, serve until Ctrl-C/SIGTERM; 0 when all went well."""
+class _Demo(threading.Thread):
+    """The demo in a thread of its own, so the main thread keeps supervising (and is the only one starting
+    processes) while it runs."""
+
+    def __init__(self, base_url: str, data_dir: Path) -> None:
+        super().__init__(name="demo", daemon=True)
+        self.base_url, self.data_dir = base_url, data_dir
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            with httpx.Client(trust_env=False, timeout=HTTP_TIMEOUT_S) as http:
+                run_demo(http, self.base_url, self.data_dir)
+        except Exception as exc:  # whatever stops the demo is the stack's failure, reported by the main thread
+            self.error = exc
+
+
+def _bring_up(supervisor: Supervisor, effective: Settings, scale: dict[str, int], http: httpx.Client) -> str:
+    """The gateway (it migrates the database), then every worker process and the reaper; the gateway's URL."""
+    commands = service_commands(tuple(scale))
+
+    def service(name: str, args: tuple[str, ...]) -> Callable[[], Child]:
+        return lambda: spawn_service(effective, name, *args)
+
+    supervisor.add(GATEWAY, service(GATEWAY, commands[GATEWAY]))
+    base_url = f"http://{effective.gateway_host}:{effective.gateway_port}"
+
+    def gateway_up() -> bool:
+        if GATEWAY in supervisor.failed():
+            raise StackError(f"the gateway keeps exiting; see its lines above (health: {base_url}/health)")
+        return healthy(http, base_url)
+
+    if not supervisor.run_until(gateway_up, HEALTH_TIMEOUT_S, HEALTH_POLL_S):
+        raise StackError(f"gateway not healthy at {base_url}/health after {HEALTH_TIMEOUT_S:.0f} s")
+    for stage, count in scale.items():
+        for n in range(1, count + 1):
+            supervisor.add(f"{stage}.{n}", service(f"{stage}.{n}", commands[stage]))
+    supervisor.add(REAPER, service(REAPER, commands[REAPER]))
+    return base_url
+
+
+def _write_env(env_file: Path, effective: Settings) -> None:
+    with os.fdopen(os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, ENV_FILE_MODE), "w") as out:
+        os.fchmod(out.fileno(), ENV_FILE_MODE)  # it holds the S3 secret
+        out.writelines(f"{k}={v}\n" for k, v in settings_env(effective).items())
+
+
+def run_stack(settings: Settings, *, demo: bool, exit_after_demo: bool, scale: dict[str, int] | None = None) -> int:
+    """Bring the stack up, optionally run the demo, serve until Ctrl-C/SIGTERM; 0 when all went well.
+
+    ``scale``: worker processes per stage (default: one per stage of INSTALLED_STAGES)."""
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     env_file = data_dir / "stack.env"
-    servers: list[RunningServer] = []
-    children: list[Child] = []
-    code = 0
+    scale = scale or dict.fromkeys(installed_stages(settings.installed_stages), 1)
     interrupts = _Interrupts()
+    supervisor = Supervisor(Policy.from_settings(settings), data_dir / STATUS_FILE, interrupts.held)
+    code = 0
     try:
         with interrupts.held():
-            fresh = not (data_dir / "s3").exists()
-            started = _start_servers(settings, data_dir, servers)
-            schema = _stack_schema(settings, started.database_url, fresh)
-            effective = _effective(msgspec.structs.replace(started, db_schema=schema), data_dir, demo)
-            with os.fdopen(os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, ENV_FILE_MODE), "w") as out:
-                os.fchmod(out.fileno(), ENV_FILE_MODE)  # it holds the S3 secret
-                out.writelines(f"{k}={v}\n" for k, v in settings_env(effective).items())
-            children.append(spawn_service(effective, "gateway", "gateway"))
-        base_url = f"http://{effective.gateway_host}:{effective.gateway_port}"
+            identity_settings = _effective(settings, data_dir, demo)
+            started = _start_servers(identity_settings, data_dir, supervisor)
+            effective = msgspec.structs.replace(identity_settings, nats_url=started.nats_url,
+                                                s3_endpoint_url=started.s3_endpoint_url,
+                                                database_url=started.database_url)
+            _write_env(env_file, effective)
         with httpx.Client(trust_env=False, timeout=HTTP_TIMEOUT_S) as http:
-            wait_healthy(http, base_url, children)  # the gateway migrates the database before workers start
-            with interrupts.held():
-                children.extend(spawn_service(effective, stage, "worker", stage) for stage in STAGES)
-                children.append(spawn_service(effective, "reaper", "reaper"))
-            say(f"gateway   {base_url}  (API docs {base_url}/schema)")
-            say(f"settings  {env_file}  (set -a; . {env_file}; set +a)")
-            if demo:
-                _demo(http, base_url, data_dir)
+            base_url = _bring_up(supervisor, effective, scale, http)
+        say(supervisor.status_line())
+        say(f"gateway   {base_url}  (API docs {base_url}/schema)")
+        say(f"settings  {env_file}  (set -a; . {env_file}; set +a)")
+        if demo:
+            runner = _Demo(base_url, data_dir)
+            runner.start()
+            supervisor.run_until(lambda: not runner.is_alive(), None, SERVE_POLL_S)
+            if runner.error is not None:
+                raise StackError(f"demo: {type(runner.error).__name__}: {runner.error}")
         if not (demo and exit_after_demo):
-            say("serving; press Ctrl-C to stop")
-            while True:
-                _check_alive(children)
-                time.sleep(SERVE_POLL_S)
+            say(f"serving; press Ctrl-C to stop (status in {data_dir / STATUS_FILE})")
+            supervisor.run_until(lambda: False, None, SERVE_POLL_S)
     except KeyboardInterrupt:
         say("stopping")
     except (StackError, DevStackError, httpx.HTTPError, OSError, subprocess.SubprocessError) as exc:
@@ -332,13 +299,10 @@ def run_stack(settings: Settings, *, demo: bool, exit_after_demo: bool) -> int:
         code = 1
     finally:
         interrupts.closing = True
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                child.proc.terminate()
-        for child in children:
-            child.stop(settings.shutdown_grace_sec + CHILD_STOP_GRACE_S)
-        for server in reversed(servers):
-            server.stop()
+        supervisor.stop_all(settings.shutdown_grace_sec + CHILD_STOP_GRACE_S)
         interrupts.restore()
+    if failed := supervisor.failed():
+        say(f"these services had failed (crash loop): {', '.join(failed)}")
+        code = code or 1
     say("stopped" if code == 0 else "stopped after a failure")
     return code

@@ -1,4 +1,6 @@
-"""The stage names and routes: adding a stage means one name here and one folder under services/."""
+"""The one list of stages and the routes through them: adding a stage means one entry in SERVICE_PACKAGES and
+one folder under services/ declaring its ``STAGE`` spec; the registry, the CLI, the local stack, the bus, the
+Kubernetes base and the Procfile (checked by a test) all derive from this list."""
 
 from __future__ import annotations
 
@@ -10,7 +12,10 @@ UPLOAD = "upload"
 ENCODE = "encode"  # full re-encode (and burn-in): services/encoder
 TRANSCRIBE = "transcribe"  # subtitles: services/transcriber
 
-STAGES: tuple[str, ...] = (FETCH, TRIM, ENCODE, TRANSCRIBE, UPLOAD)  # every stage with a subject and a consumer
+SERVICE_PACKAGES: dict[str, str] = {  # every stage, by name, with its folder under services/ (the one list)
+    FETCH: "fetcher", TRIM: "trimmer", ENCODE: "encoder", TRANSCRIBE: "transcriber", UPLOAD: "uploader",
+}
+STAGES: tuple[str, ...] = tuple(SERVICE_PACKAGES)  # every stage with a subject and a consumer
 ENTRY_STAGE = FETCH  # where a new job is published
 COPY_ROUTE: tuple[str, ...] = (TRIM, UPLOAD)  # what follows the fetcher on the stream-copy and smart-cut paths
 REENCODE_ROUTE: tuple[str, ...] = (ENCODE, UPLOAD)  # what follows the fetcher when the whole clip is re-encoded
@@ -33,6 +38,18 @@ def with_subtitles(route: tuple[str, ...], enabled: bool, burn_in: bool) -> tupl
     return (*route[:at], TRANSCRIBE, *route[at:])
 
 
-def unavailable(route: tuple[str, ...]) -> tuple[str, ...]:
-    """Stages of `route` that have no service (and so no consumer) in this build."""
-    return tuple(stage for stage in route if stage not in STAGES)
+def installed_stages(setting: str) -> tuple[str, ...]:
+    """The stages this installation runs, from INSTALLED_STAGES (comma-separated names; empty: every stage).
+
+    Raises ValueError for a name that is no stage, so a typo stops a process at start-up."""
+    names = tuple(dict.fromkeys(name.strip() for name in setting.split(",") if name.strip()))
+    if unknown := [name for name in names if name not in STAGES]:
+        raise ValueError(f"INSTALLED_STAGES names {', '.join(unknown)}, which are no stages; "
+                         f"use some of {', '.join(STAGES)} (empty: all)")
+    return names or STAGES
+
+
+def unavailable(route: tuple[str, ...], installed: tuple[str, ...] = STAGES) -> tuple[str, ...]:
+    """Stages of `route` that this installation does not run (`installed`, see installed_stages): a job whose
+    route needs one fails at once with `stage_unavailable` instead of waiting in a queue nobody reads."""
+    return tuple(stage for stage in route if stage not in installed)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import msgspec
 
+from shared.pipeline import installed_stages
+
 DEFAULT_DATA_DIR = Path(".data")
 
 
@@ -123,8 +125,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     subs_margin_height_ratio: float = 0.05  # burned-in bottom margin as a fraction of the picture height
     subs_style: str = "PrimaryColour=&H00FFFFFF,OutlineColour=&H00000000,BorderStyle=1,Outline=2,Shadow=0"  # ASS
 
+    # --- installation and the local stack (`clipjet stack`) ---
+    installed_stages: str = ""  # stages this installation runs, comma-separated (empty: all); others fail a job
+    stack_scale: str = ""  # local stack: worker processes per stage, e.g. "trim=2,fetch=2" (default 1 each)
+    stack_restart_backoff_sec: float = 0.5  # local stack: first pause before a crashed service restarts, s
+    stack_restart_backoff_max_sec: float = 30.0  # local stack: the pause doubles per crash up to this, s
+    stack_stable_run_sec: float = 30.0  # local stack: a service up this long restarts after the first pause again, s
+    stack_crash_loop_restarts: int = 5  # local stack: this many restarts within the window mark a service failed
+    stack_crash_loop_window_sec: float = 60.0  # local stack: the crash-loop window, s
+
     log_level: str = "info"
     data_dir: Path = DEFAULT_DATA_DIR  # local stack: servers' data and logs
+
+    def __post_init__(self) -> None:
+        installed_stages(self.installed_stages)  # a typo stops every process at start-up
 
     @property
     def public_s3_endpoint(self) -> str:

@@ -14,7 +14,9 @@ import asyncpg
 import pytest
 
 from services.localstack import CLIP_NAME, NATS_PORT_ENV, S3_PORT_ENV
+from services.stackidentity import stack_identity
 from shared.devstack import free_port, postgres_reachable
+from shared.settings import load_settings
 from tests.conftest import DEFAULT_PG_URL
 from tests.media import codecs, probe
 
@@ -38,7 +40,8 @@ async def _drop_schema(url: str, schema: str) -> None:
 def test_stack_demo_makes_a_clip(tmp_path: Path) -> None:
     data_dir = tmp_path / "stack"
     schema = f"test_stack_{secrets.token_hex(4)}"
-    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}  # NATS_URL set would mean "reuse that one"
+    # NATS_URL set would mean "reuse that one"; S3_SECRET_KEY set, "use that one"
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "S3_SECRET_KEY")}
     env.update(
         DATA_DIR=str(data_dir), DB_SCHEMA=schema, GATEWAY_PORT=str(free_port()),
         DATABASE_URL=os.environ.get("CLIPJET_TEST_DATABASE_URL", DEFAULT_PG_URL),
@@ -70,3 +73,6 @@ def test_stack_demo_makes_a_clip(tmp_path: Path) -> None:
     assert codecs(info) == {"video": "h264", "audio": "aac"}
     assert CLIP_MIN_SEC <= float(info["format"]["duration"]) <= CLIP_MAX_SEC
     assert str(clip) in output and "status done" in output
+    assert "X-Amz-Signature" not in output and "X-Amz-Credential" not in output  # no signed URL printed
+    secret = _read_env(data_dir / "stack.env")["S3_SECRET_KEY"]
+    assert secret == stack_identity(data_dir).s3_secret_key != load_settings({}).s3_secret_key  # not a constant

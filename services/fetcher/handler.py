@@ -14,7 +14,7 @@ from shared.logs import get_logger
 from shared.media.cut import STAGING_FORMATS, copy_cut, copyable_to_mp4
 from shared.media.cutplan import CutDecision, probe_and_choose
 from shared.media.probe import MediaInfo, timeline_start
-from shared.pipeline import COPY_ROUTE, FETCH, REENCODE_ROUTE, unavailable, with_subtitles
+from shared.pipeline import COPY_ROUTE, FETCH, REENCODE_ROUTE, installed_stages, unavailable, with_subtitles
 from shared.storage import sha256_file, staging_prefix
 from shared.worker import StageDeps, finish_job_done
 
@@ -63,7 +63,7 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
     log.info("cut_path_chosen", cut_path=decision.path, cut_reason=decision.reason)
     route = with_subtitles(REENCODE_ROUTE if decision.path == "reencode" else COPY_ROUTE,
                            job.subs.enabled, job.subs.burn_in)
-    if missing := unavailable(route):
+    if missing := unavailable(route, installed_stages(deps.res.settings.installed_stages)):
         codecs = ", ".join(sorted({s.codec for s in info.streams}))
         raise Permanent(f"this clip needs the {', '.join(missing)} stage ({decision.reason}; codecs {codecs}), "
                         f"which this installation does not run", code="stage_unavailable")

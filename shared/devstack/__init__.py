@@ -18,11 +18,12 @@ from shared.devstack.process import (
     RunningServer,
     find_binary,
     free_port,
+    log_tail,
     stop_with_parent,
 )
 from shared.devstack.s3_server import start_s3
 
 __all__ = [
     "PACKAGE_FOR_BINARY", "DevStackError", "RunningServer", "ensure_postgres", "find_binary", "find_postgres_bindir",
-    "free_port", "postgres_reachable", "start_nats", "start_postgres", "start_s3", "stop_with_parent",
+    "free_port", "log_tail", "postgres_reachable", "start_nats", "start_postgres", "start_s3", "stop_with_parent",
 ]
