@@ -15,10 +15,11 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 
 from shared.contracts import UploadDone, UploadPart, UploadRef, UploadSlot, UploadSlotRequest, UploadStatus
-from shared.errors import BadRequest
+from shared.errors import BadRequest, NotFound
 from shared.ids import uuid7
 from shared.settings import Settings
 
+from .auth import Caller, authenticate
 from .state import Gateway
 
 UPLOAD_PREFIX = "uploads/"
@@ -28,9 +29,17 @@ MIB = 1024 * 1024
 MAX_PARTS = 10_000  # S3's limit on parts per upload
 
 
-def upload_key(filename: str) -> str:
+def upload_key(filename: str, owner: str | None) -> str:
+    """`uploads/<owner key id>/<uuid7>/<name>` (without auth `uploads/<uuid7>/<name>`): the key names its owner."""
     name = _UNSAFE.sub("_", filename).strip("._")[:MAX_NAME_CHARS] or "source"
-    return f"{UPLOAD_PREFIX}{uuid7()}/{name}"
+    return f"{UPLOAD_PREFIX}{owner}/{uuid7()}/{name}" if owner else f"{UPLOAD_PREFIX}{uuid7()}/{name}"
+
+
+def owns_upload(caller: Caller, key: str) -> bool:
+    """Whether `key` is an upload this caller may use (its own; any upload for an admin or without auth)."""
+    if not key.startswith(UPLOAD_PREFIX):
+        return False
+    return caller.owner is None or caller.admin or key.startswith(f"{UPLOAD_PREFIX}{caller.owner}/")
 
 
 def part_size_for(size: int, settings: Settings) -> int:
@@ -51,24 +60,27 @@ def check_upload_size(size: int, settings: Settings) -> None:
     _check_size(size, settings)
 
 
-def _own_upload(key: str) -> None:
-    if not key.startswith(UPLOAD_PREFIX):
-        raise BadRequest(f"{key!r} is not an upload key", code="upload_not_found", field="key")
+def _own_upload(caller: Caller, key: str) -> None:
+    """Another key's upload is answered exactly like one that does not exist."""
+    if not owns_upload(caller, key):
+        raise NotFound(f"no upload at key {key!r}", code="upload_not_found", field="key")
 
 
 class UploadController(Controller):
     path = "/api/uploads"
     tags = ["uploads"]
+    before_request = authenticate
 
     @post("/", operation_id="createUploadSlot", status_code=201)
     async def create_slot(
-        self, gw: NamedDependency[Gateway], data: JSONBody[UploadSlotRequest | None] = None
+        self, gw: NamedDependency[Gateway], caller: NamedDependency[Caller],
+        data: JSONBody[UploadSlotRequest | None] = None,
     ) -> UploadSlot:
         """An upload slot: a signed PUT URL, or for a large `sizeBytes` one signed URL per part."""
         request = data or UploadSlotRequest()
         settings, storage = gw.res.settings, gw.res.storage
         _check_size(request.size_bytes, settings)
-        key, ttl = upload_key(request.filename), settings.signed_url_ttl_sec
+        key, ttl = upload_key(request.filename, caller.owner), settings.signed_url_ttl_sec
         headers = {"Content-Type": request.content_type}
         size = request.size_bytes
         if size is None or size <= settings.upload_single_put_max_mb * MIB:
@@ -88,20 +100,22 @@ class UploadController(Controller):
 
     @get("/status", operation_id="getUploadStatus")
     async def status(
-        self, gw: NamedDependency[Gateway], key: Annotated[str, QueryParameter()],
+        self, gw: NamedDependency[Gateway], caller: NamedDependency[Caller], key: Annotated[str, QueryParameter()],
         upload_id: Annotated[str, QueryParameter(name="uploadId")],
     ) -> UploadStatus:
         """The parts object storage already holds, with fresh URLs for resuming."""
-        _own_upload(key)
+        _own_upload(caller, key)
         async with gw.breakers.s3:
             stored = await gw.res.storage.stored_parts(key, upload_id)
         parts = [UploadPart(part_number=n, etag=etag.strip('"'), size=size) for n, etag, size in stored]
         return UploadStatus(key=key, upload_id=upload_id, parts=parts)
 
     @post("/complete", operation_id="completeUpload", status_code=200)
-    async def complete(self, gw: NamedDependency[Gateway], data: JSONBody[UploadRef]) -> UploadDone:
+    async def complete(
+        self, gw: NamedDependency[Gateway], caller: NamedDependency[Caller], data: JSONBody[UploadRef]
+    ) -> UploadDone:
         """Join a multipart upload's stored parts into the file; then name `key` in a job."""
-        _own_upload(data.key)
+        _own_upload(caller, data.key)
         storage, settings = gw.res.storage, gw.res.settings
         async with gw.breakers.s3:
             await storage.complete_multipart(data.key, data.upload_id)
