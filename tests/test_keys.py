@@ -22,7 +22,8 @@ from shared.db import keys
 from shared.devstack import free_port
 from shared.resources import Resources
 from shared.settings import Settings, settings_env
-from tests.conftest import authorize, make_key
+from tests.conftest import Workers, authorize, make_key, wait_for_job
+from tests.http_source import MediaServer
 
 REPO = Path(__file__).resolve().parent.parent
 URL_SOURCE = {"type": "url", "url": "https://media.example.com/talk.mp4"}
@@ -223,3 +224,32 @@ async def _stored_secret(settings: Settings, key_id: str) -> bytes:
         return bytes(await conn.fetchval("SELECT secret_sha256 FROM api_keys WHERE id = $1", key_id))
     finally:
         await conn.close()
+
+
+async def _stages_run(resources: Resources, job_id: str) -> list[str]:
+    import uuid
+
+    from shared.db import jobs
+
+    return [e["data"]["stage"] for e in await jobs.job_events(resources.db, uuid.UUID(job_id))
+            if e["type"] == "stage_started"]
+
+
+async def test_an_identical_request_is_answered_from_an_earlier_result_only_for_the_same_key(
+    client: AsyncTestClient[Any], workers: Workers, resources: Resources, sample_video: Path
+) -> None:
+    alice = {"Authorization": f"Bearer {await make_key(resources.db, 'alice')}"}
+    bob = {"Authorization": f"Bearer {await make_key(resources.db, 'bob')}"}
+    workers.start()
+    with MediaServer(sample_video.parent) as origin:
+        body = {"source": {"type": "url", "url": origin.url(sample_video.name)}, "startSec": 2, "endSec": 4}
+        ids = []
+        for headers in (alice, alice, bob):
+            made = await client.post("/api/jobs", json=body, headers=headers)
+            assert made.status_code == 202, made.text
+            ids.append(made.json()["id"])
+            assert (await wait_for_job(client, ids[-1]))["status"] == "done"
+    first, repeat, other = [await _stages_run(resources, job_id) for job_id in ids]
+    assert "trim" in first
+    assert repeat == ["fetch"]  # the same key's identical request: finished from the first result
+    assert "trim" in other  # another key's identical request is cut for it, not answered from alice's job
