@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar, get
 from litestar.di import NamedDependency, Provide
-from litestar.openapi import OpenAPIConfig
 
 from shared.logs import get_logger
 from shared.resources import open_resources
@@ -16,6 +15,7 @@ from shared.settings import Settings
 from .auth import caller_of, rate_limit_headers
 from .errors import EXCEPTION_HANDLERS
 from .jobs import JobController
+from .openapi import openapi_config
 from .state import Gateway, gateway_of
 from .uploads import UploadController
 from .usage import UsageController
@@ -50,5 +50,5 @@ def create_app(settings: Settings) -> Litestar:
             "gw": Provide(gateway_of, sync_to_thread=False), "caller": Provide(caller_of, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        openapi_config=OpenAPIConfig(title="clipjet", version="0.1.0", path="/schema"),
+        openapi_config=openapi_config("0.1.0"),
     )

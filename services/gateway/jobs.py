@@ -19,6 +19,7 @@ from shared.errors import BadRequest, NotFound
 from shared.ids import parse_job_id
 
 from .auth import Caller, authenticate
+from .openapi import SECURITY, error_responses
 from .state import Gateway
 from .submit import submit_job
 
@@ -34,8 +35,10 @@ class JobController(Controller):
     path = "/api/jobs"
     tags = ["jobs"]
     before_request = authenticate
+    security = SECURITY
 
-    @post("/", operation_id="createJob", status_code=202)
+    @post("/", operation_id="createJob", status_code=202,
+          responses=error_responses(400, 401, 403, 413, 415, 422, 429, 503))
     async def create_job(
         self, data: JSONBody[JobRequest], gw: NamedDependency[Gateway], caller: NamedDependency[Caller],
         idempotency_key: Annotated[str | None, HeaderParameter(
@@ -47,7 +50,7 @@ class JobController(Controller):
         accepted = await submit_job(gw, data, idempotency_key, caller)
         return Response(accepted, status_code=202, headers={"Location": f"{self.path}/{accepted.id}"})
 
-    @get("/", operation_id="listJobs")
+    @get("/", operation_id="listJobs", responses=error_responses(401, 422, 429, 503))
     async def list_jobs(
         self, gw: NamedDependency[Gateway], caller: NamedDependency[Caller],
         status: Annotated[JobStatus | None, QueryParameter(description="Only jobs in this state")] = None,
@@ -63,7 +66,7 @@ class JobController(Controller):
         last = rows[limit - 1] if len(rows) > limit else None
         return JobList(jobs=page, next_cursor=_encode_cursor(last["created_at"], last["id"]) if last else None)
 
-    @get("/{job_id:str}", operation_id="getJob")
+    @get("/{job_id:str}", operation_id="getJob", responses=error_responses(401, 404, 429, 503))
     async def get_job(
         self, gw: NamedDependency[Gateway], caller: NamedDependency[Caller],
         job_id: Annotated[str, PathParameter(description="The job's id")],

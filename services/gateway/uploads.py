@@ -20,6 +20,7 @@ from shared.ids import uuid7
 from shared.settings import Settings
 
 from .auth import Caller, authenticate
+from .openapi import SECURITY, error_responses
 from .state import Gateway
 
 UPLOAD_PREFIX = "uploads/"
@@ -70,8 +71,10 @@ class UploadController(Controller):
     path = "/api/uploads"
     tags = ["uploads"]
     before_request = authenticate
+    security = SECURITY
 
-    @post("/", operation_id="createUploadSlot", status_code=201)
+    @post("/", operation_id="createUploadSlot", status_code=201,
+          responses=error_responses(400, 401, 413, 415, 422, 429, 503))
     async def create_slot(
         self, gw: NamedDependency[Gateway], caller: NamedDependency[Caller],
         data: JSONBody[UploadSlotRequest | None] = None,
@@ -98,7 +101,7 @@ class UploadController(Controller):
             parts=parts,
         )
 
-    @get("/status", operation_id="getUploadStatus")
+    @get("/status", operation_id="getUploadStatus", responses=error_responses(401, 404, 422, 429, 503))
     async def status(
         self, gw: NamedDependency[Gateway], caller: NamedDependency[Caller], key: Annotated[str, QueryParameter()],
         upload_id: Annotated[str, QueryParameter(name="uploadId")],
@@ -110,7 +113,8 @@ class UploadController(Controller):
         parts = [UploadPart(part_number=n, etag=etag.strip('"'), size=size) for n, etag, size in stored]
         return UploadStatus(key=key, upload_id=upload_id, parts=parts)
 
-    @post("/complete", operation_id="completeUpload", status_code=200)
+    @post("/complete", operation_id="completeUpload", status_code=200,
+          responses=error_responses(400, 401, 404, 413, 415, 422, 429, 503))
     async def complete(
         self, gw: NamedDependency[Gateway], caller: NamedDependency[Caller], data: JSONBody[UploadRef]
     ) -> UploadDone:

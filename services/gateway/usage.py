@@ -9,6 +9,7 @@ from shared.contracts import Usage, UsageCounter
 from shared.db import keys
 
 from .auth import Caller, authenticate
+from .openapi import SECURITY, error_responses
 from .state import Gateway
 
 
@@ -16,8 +17,9 @@ class UsageController(Controller):
     path = "/api/usage"
     tags = ["keys"]
     before_request = authenticate
+    security = SECURITY
 
-    @get("/", operation_id="getUsage")
+    @get("/", operation_id="getUsage", responses=error_responses(401, 429, 503))
     async def usage(self, gw: NamedDependency[Gateway], caller: NamedDependency[Caller]) -> Usage:
         """The calling key's use of its quotas today (UTC) and its limits."""
         settings = gw.res.settings
