@@ -6,14 +6,10 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -23,6 +19,7 @@ from shared.devstack import free_port
 from shared.resources import Resources
 from shared.settings import Settings, settings_env
 from tests.conftest import Workers, authorize, make_key, wait_for_job
+from tests.gateway_proc import gateway_process
 from tests.http_source import MediaServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,28 +153,6 @@ async def test_listing_pages_newest_first(client: AsyncTestClient[Any], resource
 async def test_auth_off_needs_no_key(client: AsyncTestClient[Any]) -> None:
     client.headers.pop("Authorization")
     assert (await client.post("/api/jobs", json=job_body(priority="fast"))).status_code == 202
-
-
-@contextmanager
-def gateway_process(settings: Settings, port: int) -> Iterator[str]:
-    env = {**os.environ, **settings_env(msgspec.structs.replace(settings, gateway_port=port))}
-    proc = subprocess.Popen([sys.executable, "-m", "services", "gateway"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + GATEWAY_START_TIMEOUT_SEC
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 @pytest.mark.settings(rate_limit_per_min=8, rate_limit_anon_per_min=4)
