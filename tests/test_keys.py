@@ -24,7 +24,6 @@ from tests.http_source import MediaServer
 
 REPO = Path(__file__).resolve().parent.parent
 URL_SOURCE = {"type": "url", "url": "https://media.example.com/talk.mp4"}
-GATEWAY_START_TIMEOUT_SEC = 60.0
 
 
 def job_body(start: float = 1, end: float = 3, **extra: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,8 @@ async def test_the_gateway_holds_to_its_openapi_document(
     token = await make_key(resources.db, "fuzz", admin=True)
     st = Path(sys.executable).parent / "st"
     with gateway_process(settings, free_port()) as url:
-        run = subprocess.run(
+        run = await asyncio.to_thread(
+            subprocess.run,
             [str(st), "run", f"{url}/schema/openapi.json", "--header", f"Authorization: Bearer {token}",
              "--checks", CHECKS, "--max-examples", str(EXAMPLES_PER_OPERATION), "--max-time", str(FUZZ_BUDGET_SEC),
              "--seed", SEED, "--generation-deterministic", "--no-color", "--report-dir", str(tmp_path)],
