@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("stage", choices=sorted(STAGES))
     sub.add_parser("reaper", help="run the reaper: outbox, expiry, stuck jobs, staging cleanup, partitions")
     sub.add_parser("migrate", help="apply database migrations and create partitions")
+    from services import keyscmd
+
+    keyscmd.add_parser(sub)
     sub.add_parser("models", help="verify the speech model (ASR_MODEL) and assemble it into ASR_MODELS_DIR now")
     schemas = sub.add_parser("schemas", help="write schemas/ from the msgspec contracts")
     schemas.add_argument("--dir", type=Path, default=SCHEMAS_DIR)
@@ -98,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_run_reaper(settings))
         case "migrate":
             asyncio.run(_migrate(settings))
+        case "keys":
+            return asyncio.run(keyscmd.run(args, settings))
         case "models":
             from shared.asr.models import resolve_model
 

@@ -39,6 +39,8 @@ import msgspec
 from services.registry import GATEWAY, REAPER, service_commands
 from services.stackdemo import CLIP_NAME, run_demo
 from services.stackidentity import stack_identity
+from services.stackkey import ENV_NAME as API_KEY_ENV
+from services.stackkey import stack_api_key
 from services.supervisor import Child, Policy, ServerRun, Supervisor, say
 from shared.devstack import (
     DevStackError,
@@ -216,15 +218,15 @@ class _Demo(threading.Thread):
     """The demo in a thread of its own, so the main thread keeps supervising (and is the only one starting
     processes) while it runs."""
 
-    def __init__(self, base_url: str, data_dir: Path) -> None:
+    def __init__(self, base_url: str, data_dir: Path, api_key: str) -> None:
         super().__init__(name="demo", daemon=True)
-        self.base_url, self.data_dir = base_url, data_dir
+        self.base_url, self.data_dir, self.api_key = base_url, data_dir, api_key
         self.error: Exception | None = None
 
     def run(self) -> None:
         try:
             with httpx.Client(trust_env=False, timeout=HTTP_TIMEOUT_S) as http:
-                run_demo(http, self.base_url, self.data_dir)
+                run_demo(http, self.base_url, self.data_dir, self.api_key)
         except Exception as exc:  # whatever stops the demo is the stack's failure, reported by the main thread
             self.error = exc
 
@@ -253,10 +255,11 @@ def _bring_up(supervisor: Supervisor, effective: Settings, scale: dict[str, int]
     return base_url
 
 
-def _write_env(env_file: Path, effective: Settings) -> None:
+def _write_env(env_file: Path, effective: Settings, api_key: str) -> None:
     with os.fdopen(os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, ENV_FILE_MODE), "w") as out:
-        os.fchmod(out.fileno(), ENV_FILE_MODE)  # it holds the S3 secret
+        os.fchmod(out.fileno(), ENV_FILE_MODE)  # it holds the S3 secret and the API key
         out.writelines(f"{k}={v}\n" for k, v in settings_env(effective).items())
+        out.write(f"{API_KEY_ENV}={api_key}\n")
 
 
 def run_stack(settings: Settings, *, demo: bool, exit_after_demo: bool, scale: dict[str, int] | None = None) -> int:
@@ -277,14 +280,17 @@ def run_stack(settings: Settings, *, demo: bool, exit_after_demo: bool, scale: d
             effective = msgspec.structs.replace(identity_settings, nats_url=started.nats_url,
                                                 s3_endpoint_url=started.s3_endpoint_url,
                                                 database_url=started.database_url)
-            _write_env(env_file, effective)
+            api_key = "" if effective.auth == "off" else stack_api_key(effective, data_dir)
+            _write_env(env_file, effective, api_key)
         with httpx.Client(trust_env=False, timeout=HTTP_TIMEOUT_S) as http:
             base_url = _bring_up(supervisor, effective, scale, http)
         say(supervisor.status_line())
         say(f"gateway   {base_url}  (API docs {base_url}/schema)")
         say(f"settings  {env_file}  (set -a; . {env_file}; set +a)")
+        if api_key:
+            say(f"api key   {api_key}  (admin; {API_KEY_ENV} in {env_file.name})")
         if demo:
-            runner = _Demo(base_url, data_dir)
+            runner = _Demo(base_url, data_dir, api_key)
             runner.start()
             supervisor.run_until(lambda: not runner.is_alive(), None, SERVE_POLL_S)
             if runner.error is not None:

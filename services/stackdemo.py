@@ -28,6 +28,9 @@ class DemoError(RuntimeError):
     """The demo job could not be made or did not finish."""
 
 
+AUTH_ARG = '-H "Authorization: Bearer $CLIPJET_API_KEY" '  # what the printed curl lines send
+
+
 def redact_url(url: str) -> str:
     """``url`` without its query string (where a signed URL keeps its credential and signature)."""
     parts = urlsplit(url)
@@ -40,9 +43,10 @@ def _ok(response: httpx.Response, what: str) -> dict[str, Any]:
     return response.json() if response.content else {}
 
 
-def _wait_done(http: httpx.Client, base_url: str, job_id: str) -> dict[str, Any]:
+def _wait_done(http: httpx.Client, base_url: str, job_id: str, auth: dict[str, str]) -> dict[str, Any]:
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    while (job := _ok(http.get(f"{base_url}/api/jobs/{job_id}"), "get job"))["status"] not in ("done", "failed"):
+    url = f"{base_url}/api/jobs/{job_id}"
+    while (job := _ok(http.get(url, headers=auth), "get job"))["status"] not in ("done", "failed"):
         if time.monotonic() > deadline:
             raise DemoError(f"demo job {job_id} still {job['status']} (stage {job['stage']}) after "
                             f"{JOB_TIMEOUT_S:.0f} s")
@@ -52,21 +56,24 @@ def _wait_done(http: httpx.Client, base_url: str, job_id: str) -> dict[str, Any]
     return job
 
 
-def run_demo(http: httpx.Client, base_url: str, data_dir: Path) -> None:
-    """Upload a sample, clip it, download the clip into ``data_dir``, and print what was done."""
+def run_demo(http: httpx.Client, base_url: str, data_dir: Path, api_key: str) -> None:
+    """Upload a sample, clip it, download the clip into ``data_dir``, and print what was done.
+
+    The key goes on the gateway's requests only: a signed storage URL must not carry an Authorization header."""
+    auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     started = time.monotonic()
     sample = make_test_pattern(data_dir / SAMPLE_NAME, seconds=SAMPLE_SECONDS, size=SAMPLE_SIZE, fps=SAMPLE_FPS,
                                gop_frames=SAMPLE_GOP_FRAMES)
     say(f"demo: sample {sample} ({sample.stat().st_size / 1e6:.1f} MB); uploading")
-    slot = _ok(http.post(f"{base_url}/api/uploads", json={"filename": SAMPLE_NAME, "contentType": "video/mp4"}),
-               "upload slot")
+    slot = _ok(http.post(f"{base_url}/api/uploads", headers=auth, json={
+        "filename": SAMPLE_NAME, "contentType": "video/mp4", "sizeBytes": sample.stat().st_size}), "upload slot")
     with sample.open("rb") as body:
         _ok(http.request(slot["method"], slot["url"], headers=slot["headers"], content=body), "upload PUT")
     request = {"source": {"type": "upload", "key": slot["key"]}, "startSec": DEMO_START_S, "endSec": DEMO_END_S,
                "priority": "fast"}
-    job_id = _ok(http.post(f"{base_url}/api/jobs", json=request), "create job")["id"]
+    job_id = _ok(http.post(f"{base_url}/api/jobs", headers=auth, json=request), "create job")["id"]
     say(f"demo: job {job_id} queued; waiting up to {JOB_TIMEOUT_S:.0f} s")
-    job = _wait_done(http, base_url, job_id)
+    job = _wait_done(http, base_url, job_id, auth)
     clip = data_dir / CLIP_NAME
     with http.stream("GET", job["urls"]["video"]) as response, clip.open("wb") as out:
         if response.is_error:
@@ -79,8 +86,10 @@ def run_demo(http: httpx.Client, base_url: str, data_dir: Path) -> None:
                  f"{result['actualEndSec']:.3f} s ({result['durationSec']:.2f} s, {result['size']} bytes, "
                  f"{result.get('cutPath', 'copy')})",
                  f"clip      {clip}",
-                 f"result    {redact_url(job['urls']['video'])}  (signed URL: curl -s {base_url}/api/jobs/{job_id})",
-                 "your own: curl -s -X POST " + base_url + "/api/jobs -H 'Content-Type: application/json' -d '"
+                 f"result    {redact_url(job['urls']['video'])}  (signed URL: curl -s {AUTH_ARG}"
+                 f"{base_url}/api/jobs/{job_id})",
+                 f"your own: set -a; . {data_dir / 'stack.env'}; set +a",
+                 f"          curl -s -X POST {base_url}/api/jobs {AUTH_ARG}-H 'Content-Type: application/json' -d '"
                  + '{"source":{"type":"upload","key":"' + slot["key"] + '"},"startSec":3,"endSec":9}' + "'",
-                 f"          then curl -s {base_url}/api/jobs/<id>   (uploads: POST {base_url}/api/uploads)"):
+                 f"          then curl -s {AUTH_ARG}{base_url}/api/jobs/<id>   (uploads: POST {base_url}/api/uploads)"):
         say("demo: " + line)

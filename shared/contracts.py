@@ -91,6 +91,7 @@ class ClipJobMessage(ClipSpec, kw_only=True):
     """
 
     id: JobId
+    owner: str | None = None  # the API key id that submitted it (the gateway sets it); scopes de-duplication
 
 
 class StreamFacts(WireStruct):
@@ -225,6 +226,32 @@ class JobView(WireStruct, omit_defaults=False):
     urls: ResultUrls | None = None
 
 
+class JobList(WireStruct, omit_defaults=False):
+    """`GET /api/jobs`: the caller's jobs, newest first; pass `nextCursor` as `cursor` for the next page."""
+
+    jobs: list[JobView]
+    next_cursor: str | None = None
+
+
+class UsageCounter(WireStruct, omit_defaults=False):
+    """One quota: what the key used and its limit."""
+
+    used: float
+    limit: float
+
+
+class Usage(WireStruct, omit_defaults=False):
+    """`GET /api/usage`: the calling key's quotas (jobs in flight, jobs and clip seconds this UTC day) and its
+    rate limit. Without auth (AUTH=off) there are no quotas."""
+
+    key_id: str | None
+    priorities: list[str]
+    rate_limit_per_min: int
+    jobs_in_flight: UsageCounter | None = None
+    jobs_today: UsageCounter | None = None
+    source_seconds_today: UsageCounter | None = None
+
+
 class UploadSlotRequest(WireStruct):
     """`POST /api/uploads` body (optional): the file's name, type and size. A size over the single-PUT limit
     gets a multipart slot (one signed URL per part, resumable)."""
@@ -300,5 +327,6 @@ class ErrorBody(WireStruct):
 
 BUS_MESSAGES: tuple[type[WireStruct], ...] = (ClipJobMessage, StageMessage, ProgressEvent, JobEvent)
 REST_BODIES: tuple[type[WireStruct], ...] = (
-    JobRequest, JobAccepted, JobView, UploadSlotRequest, UploadSlot, UploadRef, UploadStatus, UploadDone, ErrorBody,
+    JobRequest, JobAccepted, JobView, JobList, Usage, UploadSlotRequest, UploadSlot, UploadRef, UploadStatus,
+    UploadDone, ErrorBody,
 )

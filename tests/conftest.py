@@ -19,7 +19,9 @@ from litestar.testing import AsyncTestClient
 from services.gateway.app import create_app
 from services.registry import STAGES
 from shared import bus
-from shared.contracts import ProgressEvent
+from shared.apikeys import new_key
+from shared.contracts import PRIORITIES, ProgressEvent
+from shared.db import keys
 from shared.devstack import RunningServer, ensure_postgres, start_nats, start_s3
 from shared.pipeline import DEFAULT_ROUTE_LENGTH
 from shared.resources import Resources, open_resources
@@ -122,9 +124,31 @@ async def workers(resources: Resources) -> AsyncIterator[Workers]:
     await pool.stop()
 
 
+ROOMY_QUOTAS = keys.Quotas(max_in_flight=100_000, max_jobs_per_day=1_000_000, max_source_seconds_per_day=1e9)
+
+
+async def make_key(
+    pool: asyncpg.Pool, name: str = "test", *, admin: bool = False, priorities: tuple[str, ...] = PRIORITIES,
+    quotas: keys.Quotas = ROOMY_QUOTAS,
+) -> str:
+    """A new API key in the test's schema; its token."""
+    made = new_key()
+    await keys.insert_key(pool, made, name, admin=admin, priorities=priorities, quotas=quotas)
+    return made.token
+
+
+async def authorize(client: AsyncTestClient[Any], pool: asyncpg.Pool, **key_options: Any) -> str:
+    """Give `client` a new key (every request carries it); the token."""
+    token = await make_key(pool, **key_options)
+    client.headers["Authorization"] = f"Bearer {token}"
+    return token
+
+
 @pytest.fixture
 async def client(settings: Settings, resources: Resources) -> AsyncIterator[AsyncTestClient[Any]]:
+    """A gateway client with an admin key of its own (it may read jobs published straight to NATS too)."""
     async with AsyncTestClient(create_app(settings)) as test_client:
+        await authorize(test_client, resources.db, admin=True)
         yield test_client
 
 

@@ -22,7 +22,7 @@ from shared.errors import ServiceUnavailable, StorageError
 from shared.resources import Resources, open_resources
 from shared.settings import Settings
 from shared.storage import open_storage
-from tests.conftest import Servers, _drop_everything
+from tests.conftest import Servers, _drop_everything, authorize
 
 GOOD_URL = {"type": "url", "url": "https://media.example/talk.mp4"}
 OPEN_SEC = 1.0
@@ -68,6 +68,7 @@ async def test_nats_outage_gets_503_keeps_the_job_and_recovers(settings: Setting
     ours = msgspec.structs.replace(settings, nats_url=nats.url)
     try:
         async with open_resources(ours, "test") as res, AsyncTestClient(create_app(ours)) as client:
+            await authorize(client, res.db, admin=True)
             nats.stop()
             saved = []
             for _ in range(2):

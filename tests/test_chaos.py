@@ -41,7 +41,7 @@ from tests.chaos import (
     outcome_of,
     submit,
     )
-from tests.conftest import Servers, _drop_everything, make_settings
+from tests.conftest import Servers, _drop_everything, authorize, make_settings
 from tests.http_source import MediaServer
 from tests.s3_fault_proxy import FaultProxy, Request
 
@@ -95,6 +95,7 @@ async def chaos_stack(
             try:
                 with MediaServer(video.parent) as origin:
                     async with AsyncTestClient(create_app(settings)) as client:
+                        await authorize(client, res.db, admin=True)
                         stack = Stack(settings, res, client, fleet, nats, folder, origin.url(video.name))
                         yield stack
             finally:

@@ -59,6 +59,7 @@ class Stack:
     log: Path
     settings: Settings
     base_url: str
+    api_key: str = ""  # CLIPJET_API_KEY of its stack.env
 
     def status(self) -> dict[str, dict[str, Any]]:
         return json.loads((self.data_dir / STATUS_FILE).read_text())
@@ -125,7 +126,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
         await _wait("the stack to serve", up, UP_TIMEOUT_S, stack)
         lines = (data_dir / "stack.env").read_text().splitlines()
-        stack.settings = load_settings(dict(line.split("=", 1) for line in lines if "=" in line))
+        values = dict(line.split("=", 1) for line in lines if "=" in line)
+        stack.settings, stack.api_key = load_settings(values), values["CLIPJET_API_KEY"]
         yield stack
     finally:
         await asyncio.to_thread(_stop_stack, proc)
@@ -139,7 +141,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
 async def _upload_sample(http: httpx.AsyncClient, sample: Path) -> str:
     slot = (await http.post("/api/uploads", json={"filename": "sample.mp4", "contentType": "video/mp4"})).json()
-    put = await http.request(slot["method"], slot["url"], headers=slot["headers"], content=sample.read_bytes())
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, trust_env=False) as storage:  # no API key on S3
+        put = await storage.request(slot["method"], slot["url"], headers=slot["headers"], content=sample.read_bytes())
     assert put.status_code == 200, put.text
     return str(slot["key"])
 
@@ -193,7 +196,9 @@ async def test_sigkill_of_each_worker_type_under_load(stack: Stack, sample_video
     trim2_pid = stack.status()["trim.2"]["pid"]
     marks = [("up", time.monotonic())]
     ids: list[str] = []
-    async with (httpx.AsyncClient(base_url=stack.base_url, timeout=HTTP_TIMEOUT_S, trust_env=False) as http,
+    auth = {"Authorization": f"Bearer {stack.api_key}"}
+    async with (httpx.AsyncClient(base_url=stack.base_url, timeout=HTTP_TIMEOUT_S, trust_env=False,
+                                  headers=auth) as http,
                 open_resources(stack.settings, "test-stack") as res):
         key = await _upload_sample(http, sample_video)
         stop = asyncio.Event()

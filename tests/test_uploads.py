@@ -71,7 +71,7 @@ async def test_upload_limits_and_unknown_uploads(client: AsyncTestClient[Any]) -
     unknown = await client.get("/api/uploads/status", params={"key": small["key"], "uploadId": "nope"})
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "upload_not_found"
     foreign = await client.post("/api/uploads/complete", json={"key": "results/x/clip.mp4", "uploadId": "x"})
-    assert foreign.status_code == 422 and foreign.json()["error"]["code"] == "upload_not_found"
+    assert foreign.status_code == 422 and foreign.json()["error"]["code"] == "upload_not_found"  # not a key form
 
 
 async def test_same_bytes_under_two_uploads_are_one_source(

@@ -7,15 +7,20 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar, get
 from litestar.di import NamedDependency, Provide
-from litestar.openapi import OpenAPIConfig
 
+from shared.logs import get_logger
 from shared.resources import open_resources
 from shared.settings import Settings
 
+from .auth import caller_of, rate_limit_headers
 from .errors import EXCEPTION_HANDLERS
 from .jobs import JobController
+from .openapi import openapi_config
 from .state import Gateway, gateway_of
 from .uploads import UploadController
+from .usage import UsageController
+
+log = get_logger("gateway")
 
 
 @get("/health", operation_id="health", tags=["ops"])
@@ -29,16 +34,22 @@ async def health(gw: NamedDependency[Gateway]) -> dict[str, str]:
 def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if settings.auth == "off":
+            log.warning("auth_off", message="AUTH=off: anyone who reaches this gateway can submit and read every "
+                        "job. Use it only on a private network; set AUTH=on and create keys with `clipjet keys`.")
         async with open_resources(settings, "gateway") as res:
             app.state.gateway = Gateway.for_resources(res)
             await app.state.gateway.scratch.start(res.nc)
             yield
 
     return Litestar(
-        route_handlers=[JobController, UploadController, health],
+        route_handlers=[JobController, UploadController, UsageController, health],
         lifespan=[lifespan],
-        dependencies={"gw": Provide(gateway_of, sync_to_thread=False)},
+        middleware=[rate_limit_headers],
+        dependencies={
+            "gw": Provide(gateway_of, sync_to_thread=False), "caller": Provide(caller_of, sync_to_thread=False),
+        },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.gateway_max_body_bytes,
-        openapi_config=OpenAPIConfig(title="clipjet", version="0.1.0", path="/schema"),
+        openapi_config=openapi_config("0.1.0"),
     )

@@ -11,6 +11,8 @@ from shared.bus import BacklogGauge
 from shared.resources import Resources
 from shared.scratch import ScratchGauge
 
+from .keycache import KeyCache
+
 
 @dataclass
 class Gateway:
@@ -18,12 +20,14 @@ class Gateway:
     backlog: BacklogGauge
     breakers: Breakers
     scratch: ScratchGauge  # the workers' scratch reports: new jobs are refused while every node is full
+    keys: KeyCache  # API key lookups, kept KEY_CACHE_SEC
 
     @classmethod
     def for_resources(cls, res: Resources) -> Gateway:
         settings = res.settings
         breakers = Breakers(settings.breaker_failures, settings.breaker_open_sec)
-        return cls(res, BacklogGauge(res.js, settings), breakers, ScratchGauge(settings))
+        return cls(res, BacklogGauge(res.js, settings), breakers, ScratchGauge(settings),
+                   KeyCache(settings.key_cache_sec))
 
 
 def gateway_of(state: State) -> Gateway:

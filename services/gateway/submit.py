@@ -8,24 +8,39 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
 from shared import bus
 from shared.contracts import ClipJobMessage, JobAccepted, JobRequest, UploadSource
-from shared.db import idempotency, jobs
-from shared.errors import BadRequest, QueueFull, ServiceUnavailable
+from shared.db import idempotency, jobs, keys
+from shared.errors import BadRequest, QueueFull, RetryLater, ServiceUnavailable
 from shared.ids import uuid7
 from shared.jobrules import check_clip
 from shared.settings import Settings
 
+from .auth import Caller
 from .body import BodyTooLarge
 from .formats import require_upload_key
 from .state import Gateway
-from .uploads import check_upload_size
+from .uploads import check_upload_size, owns_upload
 
 _encoder = msgspec.json.Encoder()
 BUS_SHARE = 4  # a job's message may use at most 1/BUS_SHARE of NATS max_payload (stage messages add plan, artifacts)
+IN_FLIGHT_RETRY_AFTER_SEC = 30  # a key at its in-flight quota is told to try again after this long
+
+
+class QuotaExceeded(RetryLater):
+    """The key is at one of its quotas (`clipjet keys create` sets them; GET /api/usage shows them)."""
+
+    code = "quota_exceeded"
+    http_status = 429
+
+
+class PriorityNotAllowed(BadRequest):
+    code = "priority_not_allowed"
+    http_status = 403
 
 
 def check_bounds(data: JobRequest, settings: Settings) -> None:
@@ -39,25 +54,34 @@ def check_bounds(data: JobRequest, settings: Settings) -> None:
         )
 
 
-async def submit_job(gw: Gateway, data: JobRequest, idempotency_key: str | None) -> JobAccepted:
+async def submit_job(gw: Gateway, data: JobRequest, idempotency_key: str | None, caller: Caller) -> JobAccepted:
     """The whole of `POST /api/jobs`."""
     res = gw.res
     check_bounds(data, res.settings)
     check_clip(data, res.settings)  # the same rules the fetcher applies to messages published straight to NATS
+    if data.priority not in caller.priorities:
+        raise PriorityNotAllowed(
+            f"this API key may use priority {' or '.join(caller.priorities)}, not {data.priority!r}",
+            field="priority",
+        )
     for breaker in (gw.breakers.db, gw.breakers.nats):  # shed load before anything is written
         breaker.refuse_if_open()
     gw.scratch.refuse_if_saturated()
-    job = ClipJobMessage(id=str(uuid7()), **msgspec.structs.asdict(data))
+    job = ClipJobMessage(id=str(uuid7()), owner=caller.owner, **msgspec.structs.asdict(data))
     _check_message_size(gw, job)
     if isinstance(data.source, UploadSource):
         async with gw.breakers.s3:
-            await _check_upload(gw, data.source.key)
+            await _check_upload(gw, data.source.key, caller)
     async with gw.breakers.db, res.db.acquire() as conn, conn.transaction():
         if idempotency_key is not None:
             digest = hashlib.sha256(_encoder.encode(data)).hexdigest()
-            earlier = await idempotency.claim(conn, idempotency_key, digest, uuid.UUID(job.id))
+            earlier = await idempotency.claim(conn, caller.owner or "", idempotency_key, digest, uuid.UUID(job.id))
             if earlier is not None:
                 return await _replay(gw, earlier, digest)
+        if caller.owner is not None and caller.quotas is not None:
+            exceeded = await keys.admit_job(conn, caller.owner, caller.quotas, data.end_sec - data.start_sec)
+            if exceeded is not None:
+                raise _quota_exceeded(exceeded, caller.quotas)
         await jobs.insert_job(conn, job)
     await _publish(gw, job)
     async with gw.breakers.db:
@@ -108,8 +132,24 @@ async def _replay(gw: Gateway, earlier: idempotency.Earlier, digest: str) -> Job
     return JobAccepted(id=str(earlier.job_id), status=row["status"] if row else "queued")
 
 
-async def _check_upload(gw: Gateway, key: str) -> None:
-    found = await gw.res.storage.head(key)  # check_clip let only keys under uploads/ through
+def _quota_exceeded(quota: str, quotas: keys.Quotas) -> QuotaExceeded:
+    limits = {"jobs_in_flight": f"{quotas.max_in_flight} jobs queued or processing at once",
+              "jobs_per_day": f"{quotas.max_jobs_per_day} jobs per UTC day",
+              "source_seconds_per_day": f"{quotas.max_source_seconds_per_day:g} clip seconds per UTC day"}
+    if quota == "jobs_in_flight":
+        retry_after = IN_FLIGHT_RETRY_AFTER_SEC
+    else:
+        now = datetime.now(UTC)
+        midnight = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
+        retry_after = max(1, int((midnight - now).total_seconds()) + 1)
+    return QuotaExceeded(
+        f"quota {quota} reached: this API key may have {limits[quota]}; GET /api/usage shows its use",
+        retry_after_sec=retry_after,
+    )
+
+
+async def _check_upload(gw: Gateway, key: str, caller: Caller) -> None:
+    found = await gw.res.storage.head(key) if owns_upload(caller, key) else None
     if found is None:
         raise BadRequest(
             f"no upload at key {key!r}; get a slot from POST /api/uploads and PUT the file first",

@@ -14,17 +14,26 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 
 from shared.contracts import UploadDone, UploadPart, UploadRef, UploadSlot, UploadSlotRequest, UploadStatus
-from shared.errors import BadRequest
+from shared.errors import BadRequest, NotFound
 from shared.settings import Settings
-from shared.upload_keys import upload_key
+from shared.upload_keys import UPLOAD_PREFIX, upload_key
 
+from .auth import Caller, authenticate, authenticated
 from .body import strict_json
 from .formats import require_content_type, require_upload_id, require_upload_key
+from .openapi import SECURITY, error_responses
 from .state import Gateway
 
 MIB = 1024 * 1024
 MAX_PARTS = 10_000  # S3's limit on parts per upload
 DECLARED_SIZE = "declared-size"  # multipart upload metadata: the sizeBytes the slot was given for, bytes
+
+
+def owns_upload(caller: Caller, key: str) -> bool:
+    """Whether `key` is an upload this caller may use (its own; any upload for an admin or without auth)."""
+    if not key.startswith(UPLOAD_PREFIX):
+        return False
+    return caller.owner is None or caller.admin or key.startswith(f"{UPLOAD_PREFIX}{caller.owner}/")
 
 
 def part_size_for(size: int, settings: Settings) -> int:
@@ -55,27 +64,34 @@ def check_upload_size(size: int, settings: Settings) -> None:
     _check_size(size, settings)
 
 
-def _own_upload(key: str, upload_id: str) -> None:
-    """The key and upload id have their real forms (checked before object storage sees them)."""
+def _own_upload(caller: Caller, key: str, upload_id: str) -> None:
+    """The key and upload id have their real forms (checked before object storage sees them); another key's upload
+    is answered exactly like one that does not exist."""
     require_upload_key(key, "key")
     require_upload_id(upload_id, "uploadId")
+    if not owns_upload(caller, key):
+        raise NotFound(f"no upload at key {key!r}", code="upload_not_found", field="key")
 
 
 class UploadController(Controller):
     path = "/api/uploads"
     tags = ["uploads"]
+    before_request = authenticate
+    security = SECURITY
 
     @post("/", operation_id="createUploadSlot", status_code=201,
-          before_request=strict_json(UploadSlotRequest | None, optional=True))
+          before_request=authenticated(strict_json(UploadSlotRequest | None, optional=True)),
+          responses=error_responses(400, 401, 413, 415, 422, 429, 503))
     async def create_slot(
-        self, gw: NamedDependency[Gateway], data: JSONBody[UploadSlotRequest | None] = None
+        self, gw: NamedDependency[Gateway], caller: NamedDependency[Caller],
+        data: JSONBody[UploadSlotRequest | None] = None,
     ) -> UploadSlot:
         """An upload slot: a signed PUT URL, or for a large `sizeBytes` one signed URL per part."""
         request = data or UploadSlotRequest()
         settings, storage = gw.res.settings, gw.res.storage
         require_content_type(request.content_type, "contentType")
         _check_size(request.size_bytes, settings)
-        key, ttl = upload_key(request.filename), settings.signed_url_ttl_sec
+        key, ttl = upload_key(request.filename, caller.owner), settings.signed_url_ttl_sec
         size = request.size_bytes
         if size is None or size <= settings.upload_single_put_max_mb * MIB:
             url = await storage.signed_put_url(key, ttl, request.content_type, size)
@@ -93,22 +109,26 @@ class UploadController(Controller):
             parts=parts,
         )
 
-    @get("/status", operation_id="getUploadStatus")
+    @get("/status", operation_id="getUploadStatus", responses=error_responses(401, 404, 422, 429, 503))
     async def status(
-        self, gw: NamedDependency[Gateway], key: Annotated[str, QueryParameter()],
+        self, gw: NamedDependency[Gateway], caller: NamedDependency[Caller], key: Annotated[str, QueryParameter()],
         upload_id: Annotated[str, QueryParameter(name="uploadId")],
     ) -> UploadStatus:
         """The parts object storage already holds, with fresh URLs for resuming."""
-        _own_upload(key, upload_id)
+        _own_upload(caller, key, upload_id)
         async with gw.breakers.s3:
             stored = await gw.res.storage.stored_parts(key, upload_id)
         parts = [UploadPart(part_number=n, etag=etag.strip('"'), size=size) for n, etag, size in stored]
         return UploadStatus(key=key, upload_id=upload_id, parts=parts)
 
-    @post("/complete", operation_id="completeUpload", status_code=200, before_request=strict_json(UploadRef))
-    async def complete(self, gw: NamedDependency[Gateway], data: JSONBody[UploadRef]) -> UploadDone:
+    @post("/complete", operation_id="completeUpload", status_code=200,
+          before_request=authenticated(strict_json(UploadRef)),
+          responses=error_responses(400, 401, 404, 413, 415, 422, 429, 503))
+    async def complete(
+        self, gw: NamedDependency[Gateway], caller: NamedDependency[Caller], data: JSONBody[UploadRef]
+    ) -> UploadDone:
         """Join a multipart upload's stored parts into the file; then name `key` in a job."""
-        _own_upload(data.key, data.upload_id)
+        _own_upload(caller, data.key, data.upload_id)
         storage, settings = gw.res.storage, gw.res.settings
         async with gw.breakers.s3:
             await storage.complete_multipart(data.key, data.upload_id)

@@ -26,8 +26,8 @@ _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 
 INSERT_JOB = """
-INSERT INTO jobs (id, created_at, priority, shard, request, status)
-SELECT $1, $2, $3, $4, $5, 'queued'
+INSERT INTO jobs (id, created_at, priority, shard, request, status, owner)
+SELECT $1, $2, $3, $4, $5, 'queued', $8
 WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND created_at >= $6 AND created_at < $7)
 RETURNING id
 """
@@ -66,6 +66,14 @@ RETURNING id
 SET_SUBTITLE_KEYS = """
 UPDATE jobs SET result_srt_key = $4, result_vtt_key = $5, result_words_key = $6
 WHERE id = $1 AND created_at >= $2 AND created_at < $3
+"""
+# A caller's jobs newest first, keyset-paginated by (created_at, id); $1 NULL: everyone's (admin, AUTH=off).
+LIST_JOBS = """
+SELECT * FROM jobs
+WHERE ($1::text IS NULL OR owner = $1) AND ($2::text IS NULL OR status = $2)
+  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT $5
 """
 EVENTS_OF = "SELECT ts, type, data FROM job_events WHERE job_id = $1 ORDER BY ts, id"
 
@@ -149,7 +157,7 @@ async def insert_job(conn: asyncpg.Connection, job: ClipJobMessage) -> bool:
     low, high = window(job_id)
     async with conn.transaction():
         row = await conn.fetchrow(
-            INSERT_JOB, job_id, created, job.priority, shard_of(job_id), _plain(job), low, high
+            INSERT_JOB, job_id, created, job.priority, shard_of(job_id), _plain(job), low, high, job.owner
         )
         if row is None:
             return False
@@ -163,6 +171,14 @@ async def mark_published(pool: asyncpg.Pool, job_id: uuid.UUID) -> None:
 
 async def get_job(pool: asyncpg.Pool, job_id: uuid.UUID) -> asyncpg.Record | None:
     return await pool.fetchrow(SELECT_JOB, job_id, *window(job_id))
+
+
+async def list_jobs(
+    pool: asyncpg.Pool, owner: str | None, status: str | None, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> list[asyncpg.Record]:
+    """Jobs of `owner` (None: all), newest first, after the keyset position `after` (created_at, id)."""
+    created, job_id = after if after is not None else (None, None)
+    return await pool.fetch(LIST_JOBS, owner, status, created, job_id, limit)
 
 
 async def job_events(pool: asyncpg.Pool, job_id: uuid.UUID) -> list[asyncpg.Record]:

@@ -1,0 +1,148 @@
+"""Who is calling: the API key on each `/api` request, its rate limit, and what it may do.
+
+Each request costs at most one database round trip here (the rate-limit hit); key lookups are cached for
+KEY_CACHE_SEC, so a revoked key stops working within that time on every replica.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Request
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.apikeys import secret_matches, split_token
+from shared.contracts import PRIORITIES
+from shared.db import keys
+from shared.errors import ClipError, RetryLater
+from shared.logs import get_logger
+
+from .state import Gateway
+
+log = get_logger("auth")
+RATE_WINDOW_SEC = 60  # the sliding window of the rate limit
+CALLER_SCOPE_KEY = "clipjet.caller"
+RATE_SCOPE_KEY = "clipjet.ratelimit"
+POLICY_NAME = "clipjet"
+BeforeHook = Callable[[Any], Awaitable[None]]
+
+
+class Unauthorized(ClipError):
+    """No key, or not a valid one."""
+
+    http_status = 401
+
+
+class RateLimited(RetryLater):
+    code = "rate_limited"
+    http_status = 429
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The key behind a request (`owner` None: AUTH=off, every job and upload is everyone's)."""
+
+    owner: str | None
+    admin: bool
+    priorities: tuple[str, ...]
+    quotas: keys.Quotas | None
+
+    def may_read(self, owner: str | None) -> bool:
+        return self.admin or self.owner is None or owner == self.owner
+
+
+OPEN_CALLER = Caller(owner=None, admin=True, priorities=PRIORITIES, quotas=None)
+
+
+@dataclass(frozen=True)
+class RateState:
+    limit: int
+    remaining: int
+    reset_sec: int
+
+
+async def _rate_limit(gw: Gateway, scope: Scope, subject: str, limit: int) -> None:
+    """Count this request against `subject`'s sliding window; 429 rate_limited when over `limit`."""
+    now = time.time()
+    window_start = int(now // RATE_WINDOW_SEC) * RATE_WINDOW_SEC
+    async with gw.breakers.db:
+        current, previous = await keys.rate_hit(gw.res.db, subject, window_start, RATE_WINDOW_SEC)
+    elapsed = now - window_start
+    used = previous * (1 - elapsed / RATE_WINDOW_SEC) + current
+    reset = max(1, math.ceil(RATE_WINDOW_SEC - elapsed))
+    scope[RATE_SCOPE_KEY] = RateState(limit, max(0, math.floor(limit - used)), reset)
+    if used > limit:
+        raise RateLimited(
+            f"more than {limit} requests in {RATE_WINDOW_SEC} s; wait {reset} s and slow down",
+            retry_after_sec=reset,
+        )
+
+
+def _client_address(request: Request[Any, Any, Any]) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def authenticate(request: Request[Any, Any, Any]) -> None:
+    """Litestar `before_request` of every `/api` controller: put the Caller in the scope, or refuse."""
+    gw: Gateway = request.app.state.gateway
+    settings = gw.res.settings
+    if settings.auth == "off":
+        await _rate_limit(gw, request.scope, f"ip:{_client_address(request)}", settings.rate_limit_per_min)
+        request.scope[CALLER_SCOPE_KEY] = OPEN_CALLER  # type: ignore[literal-required]
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        await _rate_limit(gw, request.scope, f"ip:{_client_address(request)}", settings.rate_limit_anon_per_min)
+        raise Unauthorized("send your API key as `Authorization: Bearer <key>` (clipjet keys create makes one)",
+                           code="auth_required")
+    parts = split_token(token.strip()) if scheme.lower() == "bearer" else None
+    found = await gw.keys.get(gw.res.db, gw.breakers.db, parts[0]) if parts else None
+    if parts is None or not secret_matches(parts[1], found.secret_sha256 if found else None) or (
+        found is None or found.revoked_at is not None
+    ):
+        await _rate_limit(gw, request.scope, f"ip:{_client_address(request)}", settings.rate_limit_anon_per_min)
+        raise Unauthorized("the API key is unknown or revoked", code="auth_invalid")
+    await _rate_limit(gw, request.scope, f"key:{found.key_id}", settings.rate_limit_per_min)
+    request.scope[CALLER_SCOPE_KEY] = Caller(  # type: ignore[literal-required]
+        owner=found.key_id, admin=found.admin, priorities=found.priorities, quotas=found.quotas,
+    )
+
+
+def authenticated(then: Callable[[Request[Any, Any, Any]], Awaitable[None]] | None = None) -> BeforeHook:
+    """A route's `before_request`: `authenticate`, then `then` (e.g. the strict body check), so a request without
+    a valid key is refused before its body is read."""
+
+    async def hook(request: Request[Any, Any, Any]) -> None:
+        await authenticate(request)
+        if then is not None:
+            await then(request)
+
+    return hook
+
+
+def caller_of(request: Request[Any, Any, Any]) -> Caller:
+    """The `caller` dependency of every `/api` handler (set by `authenticate`)."""
+    return request.scope[CALLER_SCOPE_KEY]  # type: ignore[literal-required,no-any-return]
+
+
+def rate_limit_headers(app: ASGIApp) -> ASGIApp:
+    """ASGI middleware: `RateLimit` and `RateLimit-Policy` on every response whose request was counted."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            state = scope.get(RATE_SCOPE_KEY)  # type: ignore[misc]
+            if message["type"] == "http.response.start" and isinstance(state, RateState):
+                headers = list(message.get("headers", []))
+                headers.append((b"ratelimit-policy", f'"{POLICY_NAME}";q={state.limit};w={RATE_WINDOW_SEC}'.encode()))
+                headers.append((b"ratelimit", f'"{POLICY_NAME}";r={state.remaining};t={state.reset_sec}'.encode()))
+                message["headers"] = headers  # type: ignore[typeddict-unknown-key]
+            await send(message)
+
+        await app(scope, receive, send_with_headers)
+
+    return middleware

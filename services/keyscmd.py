@@ -1,0 +1,88 @@
+"""`clipjet keys create|list|revoke`: API keys, stored hashed; a new key is printed once."""
+
+from __future__ import annotations
+
+import argparse
+
+from shared.apikeys import new_key
+from shared.contracts import PRIORITIES
+from shared.db import keys
+from shared.db.pool import create_pool
+from shared.settings import Settings
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("keys", help="create, list and revoke API keys")
+    verbs = parser.add_subparsers(dest="keys_command", required=True)
+    create = verbs.add_parser("create", help="make a key and print it (once)")
+    create.add_argument("--name", required=True, help="who or what the key is for")
+    create.add_argument("--admin", action="store_true", help="may read every job and upload")
+    create.add_argument("--priorities", help="comma-separated priorities it may use (default KEY_DEFAULT_PRIORITIES)")
+    create.add_argument("--max-in-flight", type=int, help="jobs queued or processing at once")
+    create.add_argument("--jobs-per-day", type=int, help="jobs per UTC day")
+    create.add_argument("--source-seconds-per-day", type=float, help="clip seconds per UTC day")
+    verbs.add_parser("list", help="every key: id, name, quotas, state")
+    revoke = verbs.add_parser("revoke", help="revoke a key (every gateway refuses it within KEY_CACHE_SEC)")
+    revoke.add_argument("key_id", help="the key's id (the part after cj_, as `keys list` shows it)")
+
+
+def _priorities(text: str) -> tuple[str, ...]:
+    chosen = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [p for p in chosen if p not in PRIORITIES]
+    if unknown or not chosen:
+        raise SystemExit(f"clipjet keys: priorities must be some of {', '.join(PRIORITIES)}; got {text!r}")
+    return chosen
+
+
+async def create_key(settings: Settings, name: str, *, admin: bool = False, priorities: str | None = None,
+                     max_in_flight: int | None = None, jobs_per_day: int | None = None,
+                     source_seconds_per_day: float | None = None) -> str:
+    """Make a key with the given (else default) quotas; its token, to show once."""
+    quotas = keys.Quotas(
+        max_in_flight if max_in_flight is not None else settings.key_default_max_in_flight,
+        jobs_per_day if jobs_per_day is not None else settings.key_default_jobs_per_day,
+        source_seconds_per_day if source_seconds_per_day is not None
+        else settings.key_default_source_seconds_per_day,
+    )
+    made = new_key()
+    pool = await create_pool(settings)
+    try:
+        await keys.insert_key(pool, made, name, admin=admin,
+                              priorities=_priorities(priorities or settings.key_default_priorities), quotas=quotas)
+    finally:
+        await pool.close()
+    return made.token
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    match args.keys_command:
+        case "create":
+            token = await create_key(
+                settings, args.name, admin=args.admin, priorities=args.priorities, max_in_flight=args.max_in_flight,
+                jobs_per_day=args.jobs_per_day, source_seconds_per_day=args.source_seconds_per_day,
+            )
+            print(token)
+            return 0
+        case "list":
+            pool = await create_pool(settings)
+            try:
+                found = await keys.list_keys(pool)
+            finally:
+                await pool.close()
+            print(f"{'id':<13} {'state':<8} {'admin':<5} {'priorities':<17} {'in-flight':>9} {'jobs/day':>9} "
+                  f"{'secs/day':>10}  name")
+            for key in found:
+                state = "revoked" if key.revoked_at else "active"
+                q = key.quotas
+                print(f"{key.key_id:<13} {state:<8} {'yes' if key.admin else 'no':<5} {','.join(key.priorities):<17} "
+                      f"{q.max_in_flight:>9} {q.max_jobs_per_day:>9} {q.max_source_seconds_per_day:>10g}  {key.name}")
+            return 0
+        case "revoke":
+            pool = await create_pool(settings)
+            try:
+                revoked = await keys.revoke_key(pool, args.key_id.removeprefix("cj_").split("_")[0])
+            finally:
+                await pool.close()
+            print(f"revoked {args.key_id}" if revoked else f"no active key {args.key_id}")
+            return 0 if revoked else 1
+    return 2

@@ -1,0 +1,109 @@
+"""API key rows, the per-key quota admission, and the shared rate-limit windows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from shared.apikeys import NewKey
+
+INSERT_KEY = """
+INSERT INTO api_keys (id, secret_sha256, name, admin, priorities, max_in_flight, max_jobs_per_day,
+                      max_source_seconds_per_day)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+"""
+SELECT_KEY = "SELECT * FROM api_keys WHERE id = $1"
+LIST_KEYS = "SELECT * FROM api_keys ORDER BY created_at"
+REVOKE_KEY = "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id"
+ADMIT_JOB = "SELECT admit_job($1, $2, $3, $4, $5)"
+USAGE = """
+SELECT
+  (SELECT count(*) FROM jobs WHERE owner = $1 AND status IN ('queued', 'processing')) AS in_flight,
+  count(*) AS jobs_today,
+  coalesce(sum((request->>'endSec')::float8 - (request->>'startSec')::float8), 0) AS source_seconds_today
+FROM jobs WHERE owner = $1 AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+"""
+# One round trip: count this request in its window, read the previous window's count.
+RATE_HIT = """
+WITH hit AS (
+    INSERT INTO rate_windows (subject, window_start, hits) VALUES ($1, $2, 1)
+    ON CONFLICT (subject, window_start) DO UPDATE SET hits = rate_windows.hits + 1
+    RETURNING hits
+)
+SELECT (SELECT hits FROM hit) AS current,
+       coalesce((SELECT hits FROM rate_windows WHERE subject = $1 AND window_start = $2 - $3), 0) AS previous
+"""
+RATE_PRUNE = "DELETE FROM rate_windows WHERE window_start < $1"
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """What one key may use: jobs queued or processing at once, jobs and source seconds per UTC day."""
+
+    max_in_flight: int
+    max_jobs_per_day: int
+    max_source_seconds_per_day: float
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key_id: str
+    secret_sha256: bytes
+    name: str
+    admin: bool
+    priorities: tuple[str, ...]
+    quotas: Quotas
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def _key(row: asyncpg.Record) -> ApiKey:
+    quotas = Quotas(row["max_in_flight"], row["max_jobs_per_day"], row["max_source_seconds_per_day"])
+    return ApiKey(row["id"], bytes(row["secret_sha256"]), row["name"], row["admin"], tuple(row["priorities"]),
+                  quotas, row["created_at"], row["revoked_at"])
+
+
+async def insert_key(
+    pool: asyncpg.Pool, new: NewKey, name: str, *, admin: bool, priorities: tuple[str, ...], quotas: Quotas
+) -> None:
+    await pool.execute(INSERT_KEY, new.key_id, new.secret_sha256, name, admin, list(priorities),
+                       quotas.max_in_flight, quotas.max_jobs_per_day, quotas.max_source_seconds_per_day)
+
+
+async def find_key(pool: asyncpg.Pool, key_id: str) -> ApiKey | None:
+    row = await pool.fetchrow(SELECT_KEY, key_id)
+    return _key(row) if row is not None else None
+
+
+async def list_keys(pool: asyncpg.Pool) -> list[ApiKey]:
+    return [_key(row) for row in await pool.fetch(LIST_KEYS)]
+
+
+async def revoke_key(pool: asyncpg.Pool, key_id: str) -> bool:
+    return await pool.fetchval(REVOKE_KEY, key_id) is not None
+
+
+async def admit_job(conn: asyncpg.Connection, owner: str, quotas: Quotas, clip_seconds: float) -> str | None:
+    """The first quota a new job of `owner` would exceed (None: it fits); hold the transaction that inserts it."""
+    return await conn.fetchval(ADMIT_JOB, owner, quotas.max_in_flight, quotas.max_jobs_per_day,
+                               quotas.max_source_seconds_per_day, clip_seconds)
+
+
+async def usage(pool: asyncpg.Pool, owner: str) -> asyncpg.Record:
+    """in_flight, jobs_today, source_seconds_today of a key."""
+    row = await pool.fetchrow(USAGE, owner)
+    assert row is not None  # an aggregate always returns one row
+    return row
+
+
+async def rate_hit(pool: asyncpg.Pool, subject: str, window_start: int, window_sec: int) -> tuple[int, int]:
+    """Count one request of `subject` in the window starting at `window_start`; (this window, the previous one)."""
+    row = await pool.fetchrow(RATE_HIT, subject, window_start, window_sec)
+    assert row is not None
+    return int(row["current"]), int(row["previous"])
+
+
+async def prune_rate_windows(pool: asyncpg.Pool, before: int) -> None:
+    await pool.execute(RATE_PRUNE, before)

@@ -1,0 +1,41 @@
+"""A real gateway process (`python -m services gateway`, uvicorn) on the tests' servers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import msgspec
+
+from shared.settings import Settings, settings_env
+
+REPO = Path(__file__).resolve().parent.parent
+GATEWAY_START_TIMEOUT_SEC = 60.0
+
+
+@contextmanager
+def gateway_process(settings: Settings, port: int) -> Iterator[str]:
+    env = {**os.environ, **settings_env(msgspec.structs.replace(settings, gateway_port=port))}
+    proc = subprocess.Popen([sys.executable, "-m", "services", "gateway"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + GATEWAY_START_TIMEOUT_SEC
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
