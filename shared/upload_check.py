@@ -35,6 +35,8 @@ async def verify_upload(storage: Storage, db: asyncpg.Pool, key: str, settings: 
             f"the upload is {info.size} bytes; uploads are limited to {settings.max_upload_mb} MiB",
             code="upload_too_large",
         )
+    if info.size == 0:
+        raise SourceUnreadable("the upload is empty (0 bytes); upload the media file again")
     digest = await uploads.checked_sha256(db, key, info.etag, info.size)
     if digest is None:
         try:
