@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.contracts import CutPath, Precision, StreamFacts
+from shared.media.coverage import ensure_data_until
 from shared.media.cut import copyable_to_mp4
 from shared.media.keyframes import CutLayout, layout_in
 from shared.media.probe import MediaInfo, opened_media, read_info
@@ -85,6 +86,7 @@ async def probe_and_choose(
             info = read_info(container, keyframe_at=start)
             if check is not None:
                 check(info)
+            ensure_data_until(container, min(end, info.duration_sec))  # a truncated file fails here, once
             if decided is not None:
                 return info, decided
             fits = copyable_to_mp4(info.streams)
