@@ -3,7 +3,9 @@
 The page's host must be in FETCH_ALLOWED_DOMAINS (or a subdomain of one). yt-dlp runs in a thread with a time
 limit, low retries and no throttling waits, every request through the session's guarded proxy (its ffmpeg,
 which downloads the section, gets the proxy and an http(s)-only protocol whitelist as input options). Format
-selection prefers what the trimmer can stream-copy into MP4 (H.264 + AAC), at most YTDLP_MAX_HEIGHT tall.
+selection prefers what the trimmer can stream-copy into MP4 (H.264 + AAC), at most YTDLP_MAX_HEIGHT tall, and
+takes only plain http(s) files: every URL of the chosen formats (and any fragment) passes the guard before it
+is used (`check_formats`), and HLS/DASH streams are not read (a playlist names URLs ffmpeg would open itself).
 
 The fetcher first probes the chosen stream (through the proxy) for the keyframe at or before startSec, then
 asks yt-dlp for the section from that keyframe (`download_ranges`): the section's t=0 is then exactly that
