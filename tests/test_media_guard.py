@@ -16,6 +16,7 @@ from shared.asr.audio import read_audio
 from shared.errors import ClipError
 from shared.media.cut import copy_cut
 from shared.media.encode import encode_clip
+from shared.media.inputs import FORMAT_WHITELIST, demuxer, guard_inputs, staged_demuxer
 from shared.media.keyframes import cut_layout, frame_shown_at
 from shared.media.probe import probe
 from shared.media.smartcut import cut_frames
@@ -203,3 +204,35 @@ async def test_truncated_mp4_fails_once(
     job = await wait_for_job(client, response.json()["id"])
     assert (job["status"], job["attempts"]) == ("failed", 1), job
     assert job["errorCode"] == "source_truncated" and "truncated" in job["errorMessage"], job
+
+
+def test_whitelists_go_before_every_input_once() -> None:
+    """Each input gets the whitelists unless its own options set them (the proxy's, the concat list's)."""
+    args = guard_inputs(["-ss", "1", "-i", "/tmp/a.mp4", "-protocol_whitelist", "http,tcp", "-i",
+                         "http://127.0.0.1:8333/b", "-c", "copy", "out.mp4"])
+    assert args == [
+        "-ss", "1", "-protocol_whitelist", "file", "-format_whitelist", FORMAT_WHITELIST, "-i", "/tmp/a.mp4",
+        "-protocol_whitelist", "http,tcp", "-format_whitelist", FORMAT_WHITELIST, "-i", "http://127.0.0.1:8333/b",
+        "-c", "copy", "out.mp4",
+    ]
+    assert not {"hls", "concat", "image2", "sdp", "rtsp", "dash", "tee", "lavfi"} & set(FORMAT_WHITELIST.split(","))
+
+
+def test_the_sniffed_demuxer_is_what_later_opens_force() -> None:
+    assert demuxer("mov,mp4,m4a,3gp,3g2,mj2") == "mov" and demuxer("matroska,webm") == "matroska"
+    assert staged_demuxer("staging/j1/source.mkv", "j1", "mpegts") == "matroska"  # clipjet staged it
+    assert staged_demuxer("uploads/x/source.mkv", "j1", "mpegts") == "mpegts"  # the upload, read in place
+    for container in ("hls", "concat", ""):
+        with pytest.raises(ClipError) as caught:
+            demuxer(container)
+        assert caught.value.code == "source_unsupported"
+
+
+async def test_a_forced_demuxer_is_used(tmp_path: Path, sample_video: Path) -> None:
+    """Later opens read the bytes as the sniffed demuxer, whatever else they would probe as."""
+    await copy_cut(str(sample_video), tmp_path / "ok.mp4", seek_sec=0, duration_sec=1, fmt="mov")
+    assert (await probe(str(sample_video), fmt="mov")).container.startswith("mov")
+    with pytest.raises(ClipError):
+        await copy_cut(str(sample_video), tmp_path / "no.mp4", seek_sec=0, duration_sec=1, fmt="mpegts")
+    with pytest.raises(ClipError):
+        await probe(str(sample_video), fmt="wav")

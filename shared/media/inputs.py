@@ -43,9 +43,10 @@ def protocols_for(source: str) -> str:
 
 def demuxer(container: str) -> str:
     """The demuxer to force for media sniffed as `container` (libavformat's name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
-    or "matroska,webm"); SourceUnreadable when it is not one clipjet opens (a plan that did not come from a sniff)."""
-    names = [n.strip() for n in container.split(",") if n.strip()]
-    if not names or not all(n in MEDIA_DEMUXERS for n in names):
+    or "matroska,webm": its first name clipjet opens); SourceUnreadable when it names none (a plan that did not
+    come from a sniff)."""
+    names = [n.strip() for n in container.split(",") if n.strip() in MEDIA_DEMUXERS]
+    if not names:
         raise SourceUnreadable(f"the media's container {container!r} is not one clipjet reads; upload a video "
                                f"or audio file (MP4, MOV, Matroska/WebM, MPEG-TS, FLV, AVI, Ogg, WAV, MP3, ...)",
                                code="source_unsupported")
