@@ -12,6 +12,7 @@ from pathlib import Path
 
 from shared.contracts import Artifact, ClipResult, CutPath, MediaPlan, StageMessage
 from shared.errors import Transient
+from shared.media.inputs import STAGED_DEMUXERS
 from shared.media.mp4 import mp4_duration
 from shared.media.probe import probe
 from shared.storage import ObjectInfo, Storage, sha256_file, staging_prefix
@@ -32,7 +33,7 @@ async def source_time_of_zero(media: str, plan: MediaPlan, source: Artifact, job
     keep the offset the plan gives."""
     offset = plan.staged_offset_sec
     if source.key.startswith(staging_prefix(job_id)) and source.key.endswith(".mp4"):
-        offset -= (await probe(media, keyframe_at=0.0)).keyframe_before or 0.0
+        offset -= (await probe(media, keyframe_at=0.0, fmt=STAGED_DEMUXERS[".mp4"])).keyframe_before or 0.0
     return offset
 
 

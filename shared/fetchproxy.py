@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from shared.errors import ClipError, FetchRefused
 from shared.logs import get_logger
+from shared.media.inputs import FORMAT_WHITELIST
 from shared.netguard import Policy, Target, check_target, open_pinned, split_url
 from shared.settings import Settings
 
@@ -34,6 +35,9 @@ PIPE_CHUNK = 64 * 1024
 CLIENT_SNDBUF_BYTES = 64 * 1024  # loopback buffers toward ffmpeg/yt-dlp: little read ahead of what they use
 TLS_OPTIONS = frozenset({"tls_verify", "ca_file"})  # used by ffmpeg only for an https URL
 PLAIN_ONLY_OPTIONS = frozenset({"recv_buffer_size"})  # used by ffmpeg only for an http URL
+# what reading a user URL through this proxy needs: http and https, tcp to the proxy, httpproxy for the CONNECT
+# tunnel of https. Only safe because no demuxer that opens nested URLs may read user media (shared.media.inputs).
+PROXIED_PROTOCOLS = "http,https,tls,tcp,httpproxy"
 HEAD_TIMEOUT_SEC = 10.0  # a client must send its request head within this, s
 HOP_HEADERS = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "upgrade",
                          "transfer-encoding", "trailer"})
@@ -70,10 +74,11 @@ class FetchSession:
             raise
 
     def av_options(self) -> dict[str, str]:
-        """libavformat options for reading a user URL: through this session, http(s) only, certificates
-        verified, bounded silence, small buffers (PyAV's `av.open(url, options=...)`)."""
+        """libavformat options for reading a user URL: through this session, http(s) only, media demuxers only,
+        certificates verified, bounded silence, small buffers (PyAV's `av.open(url, options=...)`)."""
         options = {
-            "http_proxy": self.url, "protocol_whitelist": "http,https,tls,tcp,crypto,httpproxy", "tls_verify": "1",
+            "http_proxy": self.url, "format_whitelist": FORMAT_WHITELIST, "protocol_whitelist": PROXIED_PROTOCOLS,
+            "tls_verify": "1",
             "rw_timeout": str(int(self.idle_sec * 1_000_000)), "recv_buffer_size": str(CLIENT_SNDBUF_BYTES),
         }
         if self.ca_file:

@@ -48,6 +48,8 @@ async def verify_upload(storage: Storage, db: asyncpg.Pool, key: str, settings: 
             f"the upload is {info.size} bytes; uploads are limited to {settings.max_upload_mb} MiB",
             code="upload_too_large",
         )
+    if info.size == 0:
+        raise SourceUnreadable("the upload is empty (0 bytes); upload the media file again")
     first = await uploads.first_use(db, key)
     if first is not None and (first["etag"], first["size"]) != (info.etag, info.size):
         raise _replaced(key)

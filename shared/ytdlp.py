@@ -3,7 +3,9 @@
 The page's host must be in FETCH_ALLOWED_DOMAINS (or a subdomain of one). yt-dlp runs in a thread with a time
 limit, low retries and no throttling waits, every request through the session's guarded proxy (its ffmpeg,
 which downloads the section, gets the proxy and an http(s)-only protocol whitelist as input options). Format
-selection prefers what the trimmer can stream-copy into MP4 (H.264 + AAC), at most YTDLP_MAX_HEIGHT tall.
+selection prefers what the trimmer can stream-copy into MP4 (H.264 + AAC), at most YTDLP_MAX_HEIGHT tall, and
+takes only plain http(s) files: every URL of the chosen formats (and any fragment) passes the guard before it
+is used (`check_formats`), and HLS/DASH streams are not read (a playlist names URLs ffmpeg would open itself).
 
 The fetcher first probes the chosen stream (through the proxy) for the keyframe at or before startSec, then
 asks yt-dlp for the section from that keyframe (`download_ranges`): the section's t=0 is then exactly that
@@ -27,11 +29,16 @@ import yt_dlp.utils
 from shared.errors import FetchRefused, Permanent, SourceUnreachable
 from shared.fetchproxy import FetchSession
 from shared.logs import get_logger
-from shared.netguard import split_url
+from shared.netguard import Policy, check_url, split_url
 from shared.settings import Settings
 
 log = get_logger("ytdlp")
 SECTION_SUFFIXES = (".mp4", ".m4a", ".mkv", ".webm")  # files yt-dlp may write a section as
+# the only yt-dlp protocols clipjet reads: one plain http(s) file per format. Not HLS (a playlist makes ffmpeg
+# open every URL it names, some of them past the guarded proxy: shared.media.inputs), DASH, RTMP, ...
+READABLE_PROTOCOLS = frozenset({"http", "https"})
+PROTOCOL_FILTER = "[protocol^=http][protocol!*=dash]"  # yt-dlp format filter: http/https only
+URL_FIELDS = ("url", "manifest_url", "fragment_base_url")  # where a format names URLs, besides its fragments
 UPLOAD_INSTEAD = "download the video yourself and upload the file instead (POST /api/uploads)"
 
 # (pattern in yt-dlp's error message, stable code, what the user is told): first match wins.
@@ -84,12 +91,28 @@ def check_page_url(url: str, settings: Settings) -> None:
 
 
 def format_selector(max_height: int) -> str:
-    """Video and audio that copy into MP4 (H.264 + AAC, separate or joined) first, at most max_height tall."""
-    h = f"[height<={max_height}]"
+    """Video and audio that copy into MP4 (H.264 + AAC, separate or joined) first, at most max_height tall;
+    plain http(s) files only (READABLE_PROTOCOLS)."""
+    h = f"[height<={max_height}]{PROTOCOL_FILTER}"
+    p = PROTOCOL_FILTER
     return "/".join([
-        f"bv*[vcodec^=avc1]{h}+ba[acodec^=mp4a]", f"b[vcodec^=avc1][acodec^=mp4a]{h}", f"b[ext=mp4]{h}",
-        f"bv*{h}+ba", f"b{h}", "b",
+        f"bv*[vcodec^=avc1]{h}+ba[acodec^=mp4a]{p}", f"b[vcodec^=avc1][acodec^=mp4a]{h}", f"b[ext=mp4]{h}",
+        f"bv*{h}+ba{p}", f"b{h}", f"b{p}",
     ])
+
+
+async def check_formats(formats: list[dict[str, Any]], settings: Settings) -> None:
+    """Every URL the chosen formats name passes the guard (http(s), no user info, no forbidden address: else
+    FetchRefused), and each is a plain http(s) file clipjet reads (else source_unsupported), before any is used."""
+    policy = Policy.of(settings)
+    for fmt in formats:
+        urls = [str(fmt[name]) for name in URL_FIELDS if fmt.get(name)]
+        urls += [str(f["url"]) for f in fmt.get("fragments") or [] if isinstance(f, dict) and f.get("url")]
+        for url in urls:
+            await check_url(url, policy)
+        if str(fmt.get("protocol") or "") not in READABLE_PROTOCOLS or fmt.get("fragments"):
+            raise Permanent(f"the page offers only streamed formats ({fmt.get('protocol')}) clipjet does not read; "
+                            f"{UPLOAD_INSTEAD}", code="source_unsupported")
 
 
 def _options(session: FetchSession, settings: Settings) -> dict[str, Any]:
@@ -169,6 +192,7 @@ async def find_media(url: str, session: FetchSession, settings: Settings) -> Pag
     fmt = chosen[0]
     if not fmt.get("url"):
         raise Permanent(f"the page offers no stream clipjet can read; {UPLOAD_INSTEAD}", code="source_unsupported")
+    await check_formats(chosen, settings)
     ids = "+".join(str(f.get("format_id") or "") for f in chosen)
     identity = f"ytdlp:{info.get('extractor_key', '')}:{info.get('webpage_url', url)}:{info.get('id', '')}:{ids}"
     return PageMedia(

@@ -25,6 +25,7 @@ from shared.media.burnin import burn_in_filter_for
 from shared.media.cut import MP4_VIDEO_CODECS
 from shared.media.encode import encode_clip
 from shared.media.hwenc import VideoEncoder, detect_video_encoder
+from shared.media.inputs import staged_demuxer
 from shared.media.keyframes import frame_shown_at
 from shared.media.probe import KEYFRAME_EPSILON_SEC
 from shared.media.slots import encode_slot, threads_per_encode
@@ -83,9 +84,10 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
         return forward_clip(task, ENCODE, clip, duration, float(clip.metadata.get(START_META, start)), "reencode")
 
     media = await storage.internal_url(source.key, READ_URL_TTL_SEC)
+    fmt = staged_demuxer(source.key, task.job.id, plan.container)  # the demuxer the fetcher sniffed or staged in
     origin = await source_time_of_zero(media, plan, source, task.job.id)
     # a re-encode starts with the frame on screen at startSec (as the trimmer's cuts), sought by its own time
-    first = start if copy_video else origin + await frame_shown_at(media, start - origin)
+    first = start if copy_video else origin + await frame_shown_at(media, start - origin, fmt)
     burn_in = await burn_in_filter_for(task, storage, deps.scratch, settings)  # input -ss: frames start at 0
     encoder = None if copy_video else deps.local
     path = deps.scratch / CLIP_NAME
@@ -96,7 +98,7 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
                 media, path, seek_sec=first - origin, duration_sec=task.job.end_sec - first,
                 streams=plan.streams, encoder=encoder, threads=threads_per_encode(slots),
                 extra_filters=[burn_in] if burn_in else [],
-                on_progress=lambda p: deps.progress.set(ENCODE_SHARE * p),
+                on_progress=lambda p: deps.progress.set(ENCODE_SHARE * p), fmt=fmt,
             )
     clip, duration = await store_clip(storage, key, path, covers_sec=task.job.end_sec - first,
                                       extra={START_META: f"{first:.6f}"})

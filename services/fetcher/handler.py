@@ -13,6 +13,7 @@ from shared.jobrules import check_clip
 from shared.logs import get_logger
 from shared.media.cut import STAGING_FORMATS, copy_cut, copyable_to_mp4
 from shared.media.cutplan import CutDecision, probe_and_choose
+from shared.media.inputs import STAGED_DEMUXERS, demuxer
 from shared.media.probe import MediaInfo, timeline_start
 from shared.pipeline import COPY_ROUTE, FETCH, REENCODE_ROUTE, installed_stages, unavailable, with_subtitles
 from shared.storage import sha256_file, staging_prefix
@@ -116,10 +117,10 @@ async def _stage_range(
         path = deps.scratch / f"staged.{STAGING_FORMATS[container]}"
         await copy_cut(media, path, seek_sec=cut_start, duration_sec=end - cut_start,
                        on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p), container=container,
-                       input_args=input_args or [])
+                       input_args=input_args or [], fmt=demuxer(info.container))
     ext = STAGING_FORMATS[container]
     digest = await sha256_file(path)
     key = f"{staging_prefix(job.id)}source.{ext}"
     size = await deps.res.storage.put_file(key, path, f"video/{ext}", {"sha256": digest})
-    offset = cut_start if container == "mp4" else await timeline_start(str(path))
+    offset = cut_start if container == "mp4" else await timeline_start(str(path), STAGED_DEMUXERS[f".{ext}"])
     return Artifact(stage=FETCH, role="source", key=key, size=size, sha256=digest), offset

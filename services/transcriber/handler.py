@@ -8,6 +8,7 @@ from shared.asr.audio import read_audio
 from shared.asr.engine import AsrEngine
 from shared.contracts import Artifact, StageMessage
 from shared.errors import Permanent
+from shared.media.inputs import staged_demuxer
 from shared.pipeline import TRANSCRIBE
 from shared.settings import Settings
 from shared.storage import ObjectInfo, sha256_file, staging_prefix
@@ -42,7 +43,8 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
 
     media_key, start, duration = _audio_span(task)
     url = await storage.internal_url(media_key, READ_URL_TTL_SEC)
-    audio = await read_audio(url, start_sec=start, duration_sec=duration)
+    fmt = staged_demuxer(media_key, task.job.id, task.plan.container if task.plan else "")
+    audio = await read_audio(url, start_sec=start, duration_sec=duration, fmt=fmt)
     deps.progress.set(AUDIO_SHARE)
     engine: AsrEngine = deps.local
     transcript = await engine.transcribe(

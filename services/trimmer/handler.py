@@ -17,6 +17,7 @@ from shared.contracts import CutPath, StageMessage
 from shared.errors import Permanent
 from shared.logs import get_logger
 from shared.media.cut import copy_cut
+from shared.media.inputs import staged_demuxer
 from shared.media.smartcut import cut_frames
 from shared.pipeline import TRIM
 from shared.storage import staging_prefix
@@ -44,17 +45,18 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
     media = await storage.internal_url(source.key, READ_URL_TTL_SEC)
     path = deps.scratch / "clip.mp4"
     job = task.job
+    fmt = staged_demuxer(source.key, job.id, plan.container)  # the demuxer the fetcher sniffed or staged in
     cut_path: CutPath
     if plan.cut_reason in ("keyframe_precision", "audio_only") or not any(s.kind == "video" for s in plan.streams):
         start, cut_path = plan.cut_start_sec, "copy"
         await copy_cut(media, path, seek_sec=start - plan.staged_offset_sec, duration_sec=job.end_sec - start,
-                       on_progress=lambda p: deps.progress.set(CUT_SHARE * p))
+                       on_progress=lambda p: deps.progress.set(CUT_SHARE * p), fmt=fmt)
     else:
         offset = await source_time_of_zero(media, plan, source, job.id)
         has_audio = any(s.kind == "audio" for s in plan.streams)
         outcome = await cut_frames(media, path, start=job.start_sec - offset, end=job.end_sec - offset,
                                    audio=has_audio, scratch=deps.scratch,
-                                   on_progress=lambda p: deps.progress.set(CUT_SHARE * p))
+                                   on_progress=lambda p: deps.progress.set(CUT_SHARE * p), fmt=fmt)
         start, cut_path = offset + outcome.first_frame, outcome.path
     clip, duration = await store_clip(storage, key, path, covers_sec=job.end_sec - start,
                                       extra={START_META: f"{start:.6f}", PATH_META: cut_path})

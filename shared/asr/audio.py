@@ -7,20 +7,22 @@ import asyncio
 import numpy as np
 
 from shared.media.ffmpeg import raise_for_exit, with_http_retries
+from shared.media.inputs import ffmpeg_input_args
 
 SAMPLE_RATE_HZ = 16_000  # what Whisper expects
 BYTES_PER_SAMPLE = 4  # f32le
 
 
-async def read_audio(source: str, *, start_sec: float, duration_sec: float) -> np.ndarray:
+async def read_audio(source: str, *, start_sec: float, duration_sec: float, fmt: str = "") -> np.ndarray:
     """Decode only [start_sec, start_sec + duration_sec) of `source` (a path or URL) as 16 kHz mono float32.
 
     The samples come through a pipe (no temporary WAV); ffmpeg seeks in the input, so nothing before
     `start_sec` is decoded beyond the seek's keyframe. A source without audio gives an empty array.
+    `fmt`: the demuxer to force (`shared.media.inputs`); the media whitelists apply either way.
     """
     seek = ["-ss", f"{start_sec:.6f}"] if start_sec > 0 else []
     cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", *with_http_retries([
-        *seek, "-i", source, "-t", f"{duration_sec:.6f}",
+        *ffmpeg_input_args(source, fmt), *seek, "-i", source, "-t", f"{duration_sec:.6f}",
         "-map", "0:a:0?", "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(SAMPLE_RATE_HZ), "-f", "f32le", "pipe:1",
     ])]
     proc = await asyncio.create_subprocess_exec(

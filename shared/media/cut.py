@@ -26,16 +26,19 @@ def copyable_to_mp4(streams: list[StreamFacts]) -> bool:
 async def copy_cut(
     source: str, output: Path, *, seek_sec: float, duration_sec: float,
     on_progress: Callable[[float], None] | None = None, container: str = "mp4", input_args: Sequence[str] = (),
+    fmt: str = "",
 ) -> None:
     """Stream-copy `duration_sec` of audio and video from `seek_sec` (a keyframe) into an MP4 with +faststart.
 
     `container="matroska"`: into Matroska, which takes codecs MP4 does not, keeping the source's timestamps
     (`-copyts`): its demuxer may land on an earlier keyframe than asked, and without an edit list the copy's
     t=0 would be wherever the first packet is; with the source's times the file says where it starts.
-    `input_args`: options for reading `source`, e.g. a user URL's guarded proxy (`FetchSession.ffmpeg_input_args`).
+    `input_args`: options for reading `source`, e.g. a user URL's guarded proxy (`FetchSession.ffmpeg_input_args`);
+    `fmt`: the demuxer to read it with (the sniffed one).
     """
     copyts = container != "mp4"
-    args = [*input_args, "-copyts"] if copyts else [*input_args]
+    args = [*input_args, *(["-f", fmt] if fmt else [])]
+    args += ["-copyts"] if copyts else []
     args += ["-ss", f"{seek_sec:.6f}"] if seek_sec > 0 else []
     args += [
         "-i", source, *(["-to", f"{seek_sec + duration_sec:.6f}"] if copyts else ["-t", f"{duration_sec:.6f}"]),

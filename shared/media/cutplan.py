@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.contracts import CutPath, Precision, StreamFacts
+from shared.errors import SourceUnreadable
+from shared.media.coverage import ensure_data_until
 from shared.media.cut import copyable_to_mp4
 from shared.media.keyframes import CutLayout, layout_in
 from shared.media.probe import MediaInfo, opened_media, read_info
@@ -85,11 +87,19 @@ async def probe_and_choose(
             info = read_info(container, keyframe_at=start)
             if check is not None:
                 check(info)
+            # a truncated file fails here, once (after the layout, which reads near the end already: no extra seek)
+            covered = min(end, info.duration_sec)
             if decided is not None:
+                ensure_data_until(container, covered)
                 return info, decided
             fits = copyable_to_mp4(info.streams)
             videos = sum(1 for s in info.streams if s.kind == "video")
-            layout = layout_in(container, start, end) if fits and videos == 1 and precision != "keyframe" else None
+            try:
+                layout = layout_in(container, start, end) if fits and videos == 1 and precision != "keyframe" else None
+            except SourceUnreadable:
+                ensure_data_until(container, covered)  # missing frames because the data stops short: say so
+                raise
+            ensure_data_until(container, covered, read_on=layout is not None)
         return info, decide_cut(precision, info.streams, layout, fits_mp4=fits, encoders=encoders, staged=staged)
 
     return await asyncio.to_thread(run)

@@ -49,14 +49,15 @@ def video_codec_args(
 
 def encode_args(
     source: str, output: Path, *, seek_sec: float, duration_sec: float, streams: Sequence[StreamFacts],
-    encoder: VideoEncoder | None, threads: int, extra_filters: Sequence[str] = (),
+    encoder: VideoEncoder | None, threads: int, extra_filters: Sequence[str] = (), fmt: str = "",
 ) -> list[str]:
-    """The ffmpeg arguments (after the global ones) of `encode_clip`."""
+    """The ffmpeg arguments (after the global ones) of `encode_clip` (`fmt`: the demuxer to read `source` with)."""
     has_video = any(s.kind == "video" for s in streams)
     args = [*(encoder.input_args if encoder and has_video else ()), "-threads", str(threads)]
     seek = seek_sec - FRAME_SEEK_LEAD_SEC if encoder is not None else seek_sec
     args += ["-ss", f"{seek:.6f}"] if seek > 0 else []
-    args += ["-i", source, "-t", f"{duration_sec:.6f}", "-map", "0:V:0?", "-map", "0:a?"]
+    args += [*(["-f", fmt] if fmt else []), "-i", source, "-t", f"{duration_sec:.6f}"]
+    args += ["-map", "0:V:0?", "-map", "0:a?"]
     if has_video:
         args += ["-filter_threads", str(threads), *video_codec_args(encoder, threads, extra_filters)]
     args += audio_codec_args(streams)
@@ -66,7 +67,7 @@ def encode_args(
 async def encode_clip(
     source: str, output: Path, *, seek_sec: float, duration_sec: float, streams: Sequence[StreamFacts],
     encoder: VideoEncoder | None, threads: int, extra_filters: Sequence[str] = (),
-    on_progress: Callable[[float], None] | None = None,
+    on_progress: Callable[[float], None] | None = None, fmt: str = "",
 ) -> None:
     """Cut `duration_sec` from `seek_sec` of `source` into an MP4 (+faststart); the first frame is the one at
     `seek_sec` (ffmpeg decodes from the keyframe before and drops the frames ahead of it).
@@ -75,8 +76,9 @@ async def encode_clip(
     ffmpeg's constant-rate output fills the gap up to the next frame by showing that frame twice.
 
     `encoder` None copies the video (only exact when `seek_sec` is a keyframe); `threads` is this encode's
-    share of the node's cores; `extra_filters` run before the encoder's own (e.g. `subtitles=...`).
+    share of the node's cores; `extra_filters` run before the encoder's own (e.g. `subtitles=...`); `fmt`: the
+    demuxer to read `source` with (the sniffed one).
     """
     args = encode_args(source, output, seek_sec=seek_sec, duration_sec=duration_sec, streams=streams,
-                       encoder=encoder, threads=threads, extra_filters=extra_filters)
+                       encoder=encoder, threads=threads, extra_filters=extra_filters, fmt=fmt)
     await run_ffmpeg(args, duration_sec=duration_sec, on_progress=on_progress)

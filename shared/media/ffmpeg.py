@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 from shared.errors import Permanent, Transient
+from shared.media.inputs import guard_inputs
 
 STDERR_TAIL_CHARS = 2000
 OUT_TIME_KEY = "out_time_us="
@@ -30,11 +31,12 @@ async def run_ffmpeg(
     args: list[str], *, duration_sec: float, on_progress: Callable[[float], None] | None = None
 ) -> None:
     """`ffmpeg <args>`; progress = output time / duration_sec. A non-zero exit raises MediaError.
+    Every input is opened with the media whitelists (`shared.media.inputs.guard_inputs`).
 
     A kill from outside (signal) is Transient: another try may succeed.
     """
     cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-progress", "pipe:1", "-nostats",
-           *with_http_retries(args)]
+           *with_http_retries(guard_inputs(args))]
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
     )

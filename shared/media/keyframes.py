@@ -89,13 +89,18 @@ class _Packet:
     key: bool
 
 
-async def cut_layout(source: str, start: float, end: float, options: dict[str, str] | None = None) -> CutLayout:
-    """The layout of a frame-accurate cut of [start, end) of the first video stream of a local path or URL."""
-    return await asyncio.to_thread(_cut_layout, source, start, end, options)
+async def cut_layout(
+    source: str, start: float, end: float, options: dict[str, str] | None = None, fmt: str = ""
+) -> CutLayout:
+    """The layout of a frame-accurate cut of [start, end) of the first video stream of a local path or URL
+    (`fmt`: the demuxer to force)."""
+    return await asyncio.to_thread(_cut_layout, source, start, end, options, fmt)
 
 
-def _cut_layout(source: str, start: float, end: float, options: dict[str, str] | None = None) -> CutLayout:
-    with opened_media(source, options) as container:
+def _cut_layout(
+    source: str, start: float, end: float, options: dict[str, str] | None = None, fmt: str = ""
+) -> CutLayout:
+    with opened_media(source, options, fmt) as container:
         return layout_in(container, start, end)
 
 
@@ -116,15 +121,15 @@ def layout_in(container: av.container.InputContainer, start: float, end: float) 
     return layout
 
 
-async def frame_shown_at(source: str, t: float) -> float:
+async def frame_shown_at(source: str, t: float, fmt: str = "") -> float:
     """The time of the frame of the first video stream that is on screen at `t` (the last one starting at or
     before it; the first frame when `t` is before it), in a local path or URL. Both times count from the
-    container's start, as ffmpeg's `-ss` does; `t` itself when there is no video."""
-    return await asyncio.to_thread(_frame_shown_at, source, t)
+    container's start, as ffmpeg's `-ss` does; `t` itself when there is no video. `fmt`: the demuxer to force."""
+    return await asyncio.to_thread(_frame_shown_at, source, t, fmt)
 
 
-def _frame_shown_at(source: str, t: float) -> float:
-    with opened_media(source) as container:
+def _frame_shown_at(source: str, t: float, fmt: str = "") -> float:
+    with opened_media(source, fmt=fmt) as container:
         if not container.streams.video:
             return t
         video = container.streams.video[0]

@@ -19,6 +19,7 @@ import av.error
 from shared.contracts import StreamFacts
 from shared.errors import SourceUnreadable, Transient
 from shared.media.ffmpeg import HTTP_INPUT_OPTIONS
+from shared.media.inputs import av_options
 
 OPEN_TIMEOUT_SEC = 30.0  # connecting to / opening the source
 READ_TIMEOUT_SEC = 30.0  # waiting for data once open
@@ -41,29 +42,38 @@ class MediaInfo:
 
 
 def open_options(source: str) -> dict[str, str]:
-    """libavformat options for opening `source`: HTTP(S) inputs (signed S3 URLs) retry on 5xx and network errors."""
-    return dict(HTTP_INPUT_OPTIONS) if source.startswith(("http://", "https://")) else {}
+    """libavformat options for opening `source`: the media whitelists (`shared.media.inputs`); HTTP(S) inputs
+    (signed S3 URLs) retry on 5xx and network errors."""
+    retries = dict(HTTP_INPUT_OPTIONS) if source.startswith(("http://", "https://")) else {}
+    return {**av_options(source), **retries}
 
 
-async def probe(source: str, keyframe_at: float | None = None, options: dict[str, str] | None = None) -> MediaInfo:
+async def probe(
+    source: str, keyframe_at: float | None = None, options: dict[str, str] | None = None, fmt: str = ""
+) -> MediaInfo:
     """Streams and duration of a local path or URL; with `keyframe_at`, the keyframe a copy from there starts at.
 
-    `options`: libavformat options, e.g. a user URL's guarded proxy (`FetchSession.av_options()`)."""
-    return await asyncio.to_thread(_probe, source, keyframe_at, options)
+    `options`: libavformat options, e.g. a user URL's guarded proxy (`FetchSession.av_options()`); `fmt`: the
+    demuxer to force (the sniffed one, `shared.media.inputs.demuxer`)."""
+    return await asyncio.to_thread(_probe, source, keyframe_at, options, fmt)
 
 
-def _probe(source: str, keyframe_at: float | None, options: dict[str, str] | None = None) -> MediaInfo:
-    with opened_media(source, options) as container:
+def _probe(source: str, keyframe_at: float | None, options: dict[str, str] | None = None, fmt: str = "") -> MediaInfo:
+    with opened_media(source, options, fmt) as container:
         return read_info(container, keyframe_at)
 
 
 @contextmanager
-def opened_media(source: str, options: dict[str, str] | None = None) -> Iterator[av.container.InputContainer]:
-    """The source opened by libavformat (`options`: e.g. a user URL's guarded proxy); its read errors as
-    clipjet errors (a timeout is transient, unreadable media permanent)."""
+def opened_media(
+    source: str, options: dict[str, str] | None = None, fmt: str = ""
+) -> Iterator[av.container.InputContainer]:
+    """The source opened by libavformat with the media whitelists (`options` on top: e.g. a user URL's guarded
+    proxy; `fmt`: a demuxer to force); its read errors as clipjet errors (a timeout is transient, unreadable
+    media permanent)."""
     try:
         opts = {**open_options(source), **(options or {})}
-        with av.open(source, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC), options=opts) as container:
+        with av.open(source, format=fmt or None, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC),
+                     options=opts) as container:
             yield container
     except av.error.TimeoutError as exc:
         raise Transient("reading the source timed out", code="probe_timeout") from exc
@@ -128,11 +138,11 @@ def _first_keyframe(container: av.container.InputContainer, video: av.VideoStrea
     return None
 
 
-async def timeline_start(source: str) -> float:
+async def timeline_start(source: str, fmt: str = "") -> float:
     """The container's start time in seconds: where `ffmpeg -ss 0` lands (0 when it has none)."""
-    return await asyncio.to_thread(_timeline_start, source)
+    return await asyncio.to_thread(_timeline_start, source, fmt)
 
 
-def _timeline_start(source: str) -> float:
-    with opened_media(source) as container:
+def _timeline_start(source: str, fmt: str = "") -> float:
+    with opened_media(source, fmt=fmt) as container:
         return (container.start_time or 0) / AV_TIME_BASE

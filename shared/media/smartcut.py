@@ -20,6 +20,7 @@ from pathlib import Path
 
 from shared.contracts import CutPath
 from shared.media.ffmpeg import HTTP_INPUT_OPTIONS, US_PER_SEC, MediaError, run_ffmpeg
+from shared.media.inputs import FILE_PROTOCOLS, FORMAT_WHITELIST, protocols_for
 from shared.media.keyframes import TIME_EPSILON_SEC, CutLayout, VideoFormat, cut_layout
 
 # codec → the encoder a matching head is made with. Only H.264: its copied part gets its own SPS/PPS in-band from
@@ -34,7 +35,10 @@ X264_PROFILES = {
     "Baseline": "baseline", "Constrained Baseline": "baseline", "Main": "main", "High": "high",
     "High 10": "high10", "High 4:2:2": "high422", "High 4:4:4 Predictive": "high444",
 }
-CONCAT_PROTOCOLS = "file,http,https,tcp,tls,crypto"  # what the concat list's entries may be read with
+# the concat list is clipjet's own file; each entry's nested open is restricted by `option` lines: our pieces
+# (MP4 written here) as local files, the media with its own protocols and its sniffed demuxer
+CONCAT_DEMUXER = "concat"
+PIECE_DEMUXER = "mov"  # the head and tail pieces are MP4 written here
 H264_LEVEL_DIVISOR = 10  # H.264 level_idc 31 is level 3.1
 
 
@@ -49,22 +53,24 @@ class CutOutcome:
 
 async def cut_frames(
     source: str, output: Path, *, start: float, end: float, audio: bool, scratch: Path,
-    on_progress: Callable[[float], None] | None = None,
+    on_progress: Callable[[float], None] | None = None, fmt: str = "",
 ) -> CutOutcome:
-    """Frame-accurate cut of [start, end) of `source`: the layout read from the media itself, then `frame_cut`."""
-    layout = await cut_layout(source, start, end)
+    """Frame-accurate cut of [start, end) of `source`: the layout read from the media itself, then `frame_cut`.
+    `fmt`: the demuxer every open of `source` forces (the sniffed one)."""
+    layout = await cut_layout(source, start, end, fmt=fmt)
     if layout.join is None or layout.copy_end is None:
         raise MediaError("no clean keyframe inside the clip: it needs a full re-encode")
     if not layout.exact_copy and layout.video.codec not in SMART_ENCODERS:
         raise MediaError(f"frames of this {layout.video.codec} clip need a re-encode that cannot join a copy here")
-    return await frame_cut(source, output, layout, audio=audio, scratch=scratch, on_progress=on_progress)
+    return await frame_cut(source, output, layout, audio=audio, scratch=scratch, on_progress=on_progress, fmt=fmt)
 
 
 async def frame_cut(
     source: str, output: Path, layout: CutLayout, *, audio: bool, scratch: Path,
-    on_progress: Callable[[float], None] | None = None,
+    on_progress: Callable[[float], None] | None = None, fmt: str = "",
 ) -> CutOutcome:
-    """Cut [layout.first_frame, layout.end) of `source` (a path or URL) into an MP4 with +faststart."""
+    """Cut [layout.first_frame, layout.end) of `source` (a path or URL, read with the demuxer `fmt`) into an MP4
+    with +faststart."""
     report = on_progress or (lambda _: None)
     join = layout.join
     if join is None or layout.copy_end is None:
@@ -82,18 +88,19 @@ async def frame_cut(
         decode_from = layout.start_keyframe if kind == "head" else layout.end_keyframe
         weight = ENCODE_COST_PER_SEC * (b - a) / total
         await encode_segment(source, path, layout.video, decode_from=decode_from, start=a, end=b,
-                             frame_sec=layout.frame_sec, on_progress=lambda p, d=done, w=weight: report(d + w * p))
+                             frame_sec=layout.frame_sec, on_progress=lambda p, d=done, w=weight: report(d + w * p),
+                             fmt=fmt)
         done += weight
     listing = scratch / "join.ffconcat"
-    listing.write_text(_concat_list(source, layout, pieces))
+    listing.write_text(_concat_list(source, layout, pieces, fmt))
     await _join(listing, source, output, layout, audio=audio,
-                on_progress=lambda p: report(done + (1 - done) * p))
+                on_progress=lambda p: report(done + (1 - done) * p), fmt=fmt)
     return CutOutcome(layout.first_frame, layout.last_frame_end, "smart" if pieces else "copy")
 
 
 async def encode_segment(
     source: str, output: Path, video: VideoFormat, *, decode_from: float, start: float, end: float,
-    frame_sec: float, on_progress: Callable[[float], None] | None = None,
+    frame_sec: float, on_progress: Callable[[float], None] | None = None, fmt: str = "",
 ) -> None:
     """Re-encode the frames showing in [start, end), decoded from the keyframe at `decode_from`, with the
     stream's own codec parameters and time base; the first frame is at 0 and keeps its source interval."""
@@ -101,7 +108,8 @@ async def encode_segment(
     seek = max(0.0, decode_from - quarter)
     trim = (f"trim=start={start - seek - quarter:.6f}:end={end - seek - TIME_EPSILON_SEC:.6f},"
             "setpts=PTS-STARTPTS")
-    args = ["-noautorotate", "-ss", f"{seek:.6f}", "-i", source, "-map", "0:v:0", "-an", "-sn", "-dn",
+    args = ["-noautorotate", *(["-f", fmt] if fmt else []), "-ss", f"{seek:.6f}", "-i", source,
+            "-map", "0:v:0", "-an", "-sn", "-dn",
             "-vf", trim, "-fps_mode", "passthrough", *_encoder_args(video), *_timescale(video),
             "-streamid", f"0:{video.stream_id}", "-use_stream_ids_as_track_ids", "1",
             "-f", "mp4", "-y", str(output)]
@@ -143,20 +151,29 @@ def _quote(path: str) -> str:
     return "'" + path.replace("'", "'\\''") + "'"
 
 
-def _concat_list(source: str, layout: CutLayout, pieces: list[tuple[str, float, float, Path]]) -> str:
-    """ffconcat: head, the copied run of the media itself, tail; each with its exact duration."""
+def _piece(path: Path) -> list[str]:
+    """A head or tail piece's lines: a local MP4 written here, opened as one."""
+    return [f"file {_quote(str(path.resolve()))}", f"option format_whitelist {PIECE_DEMUXER}",
+            f"option protocol_whitelist {FILE_PROTOCOLS}"]
+
+
+def _concat_list(source: str, layout: CutLayout, pieces: list[tuple[str, float, float, Path]], fmt: str = "") -> str:
+    """ffconcat: head, the copied run of the media itself, tail; each with its exact duration, each opened with
+    only its own demuxer and protocols (the media: `fmt`, its sniffed demuxer)."""
     assert layout.join is not None and layout.copy_end is not None
     # one declared stream, matched by id: the media's audio stays out of the concat (its first timestamps
     # would otherwise shift the input's start time and with it the video against the audio)
     lines = ["ffconcat version 1.0", "stream", f"exact_stream_id {layout.video.stream_id}"]
     for kind, a, b, path in pieces:
         if kind == "head":
-            lines += [f"file {_quote(str(path.resolve()))}", f"duration {b - a:.6f}"]
+            lines += [*_piece(path), f"duration {b - a:.6f}"]
     if layout.copy_end - layout.join > TIME_EPSILON_SEC:
         # inpoint rounded up to the microsecond: a seek a hair before the keyframe would land on the one before;
         # outpoint (a decode time: packets from it on are left out) a quarter frame before the first one left out
         entry = source if "://" in source else str(Path(source).resolve())  # the list's own folder is not ours
-        lines += [f"file {_quote(entry)}", f"inpoint {math.ceil(layout.join * US_PER_SEC) / US_PER_SEC:.6f}"]
+        lines += [f"file {_quote(entry)}", f"inpoint {math.ceil(layout.join * US_PER_SEC) / US_PER_SEC:.6f}",
+                  f"option format_whitelist {fmt or FORMAT_WHITELIST}",
+                  f"option protocol_whitelist {protocols_for(entry)}"]
         if entry.startswith(("http://", "https://")):  # the concat demuxer opens it: retry reads as ffmpeg -i does
             lines += [f"option {name} {value}" for name, value in HTTP_INPUT_OPTIONS.items()]
         if layout.copy_end_dts is not None:
@@ -164,18 +181,22 @@ def _concat_list(source: str, layout: CutLayout, pieces: list[tuple[str, float, 
         lines.append(f"duration {layout.copy_end - layout.join:.6f}")
     for kind, a, b, path in pieces:
         if kind == "tail":
-            lines += [f"file {_quote(str(path.resolve()))}", f"duration {b - a:.6f}"]
+            lines += [*_piece(path), f"duration {b - a:.6f}"]
     return "\n".join(lines) + "\n"
 
 
 async def _join(
     listing: Path, source: str, output: Path, layout: CutLayout, *, audio: bool,
-    on_progress: Callable[[float], None],
+    on_progress: Callable[[float], None], fmt: str = "",
 ) -> None:
-    """Concat the video pieces by stream copy and mux the source's audio over the same range."""
-    args = ["-f", "concat", "-safe", "0", "-protocol_whitelist", CONCAT_PROTOCOLS, "-i", str(listing)]
+    """Concat the video pieces by stream copy and mux the source's audio over the same range. The list itself is
+    read as a local concat list only (`-safe 0`: its entries are absolute paths and the media's URL)."""
+    protocols = ",".join(dict.fromkeys([FILE_PROTOCOLS, *protocols_for(source).split(",")]))
+    args = ["-f", CONCAT_DEMUXER, "-safe", "0", "-protocol_whitelist", protocols, "-format_whitelist", CONCAT_DEMUXER,
+            "-i", str(listing)]
     if audio:
-        args += ["-ss", f"{layout.first_frame:.6f}", "-to", f"{layout.end:.6f}", "-i", source]
+        args += [*(["-f", fmt] if fmt else []), "-ss", f"{layout.first_frame:.6f}", "-to", f"{layout.end:.6f}",
+                 "-i", source]
     args += ["-map", "0:v:0"] + (["-map", "1:a?", "-copypriorss:a", "0"] if audio else [])
     args += ["-c", "copy", *_timescale(layout.video)]
     if layout.video.rotation:
