@@ -15,7 +15,7 @@ from litestar.testing import AsyncTestClient
 
 from services.reaper.handler import TRY_LOCK, UNLOCK, reap_once, run_reaper
 from shared import bus
-from shared.contracts import ClipJobMessage, JobEvent, Priority, UrlSource
+from shared.contracts import ClipJobMessage, JobEvent, Priority, UploadSource, UrlSource
 from shared.db import jobs
 from shared.ids import uuid7
 from shared.pipeline import ENTRY_STAGE
@@ -30,6 +30,7 @@ POLL_SEC = 0.05
 SET_HEARTBEAT_AGO = "UPDATE jobs SET last_heartbeat_at = now() - make_interval(secs => $2) WHERE id = $1"
 SET_EXPIRED = "UPDATE jobs SET expires_at = now() - interval '1 second' WHERE id = $1"
 SET_STATUS = "UPDATE jobs SET status = $2, published_at = now() WHERE id = $1"
+SET_REQUEST = "UPDATE jobs SET request = $2 WHERE id = $1"
 OLD_PARTITIONS = (
     "CREATE TABLE jobs_20200101 PARTITION OF jobs FOR VALUES FROM ('2020-01-01 00:00Z') TO ('2020-01-02 00:00Z')",
     "CREATE TABLE jobs_20200102 PARTITION OF jobs FOR VALUES FROM ('2020-01-02 00:00Z') TO ('2020-01-03 00:00Z')",
@@ -260,3 +261,27 @@ async def test_reaper_loop_keeps_reaping_until_stopped(resources: Resources) -> 
     stop.set()
     await asyncio.wait_for(loop, timeout=WAIT_SEC)
     assert await pending(resources, "normal") == 1
+
+
+@pytest.mark.settings(outbox_grace_sec=0)
+async def test_a_poison_outbox_row_fails_alone_and_the_rest_are_published(resources: Resources) -> None:
+    """Oldest first: a row the server refuses (over NATS's max_payload) and a row that is no job come before two
+    good ones; each bad row fails its own job, the good ones are published, and nothing is left for next pass."""
+    too_big = new_job()
+    too_big.source = UploadSource(key="k" * (resources.nc.max_payload + 1))
+    not_a_job = new_job()
+    good = [new_job(priority="bulk"), new_job(priority="bulk")]
+    for job in (too_big, not_a_job, *good):
+        await insert_unpublished(resources, job)
+    await resources.db.execute(SET_REQUEST, uuid.UUID(not_a_job.id), {"id": not_a_job.id, "startSec": "soon"})
+
+    report = await reap_once(resources)
+    assert (report.republished, report.outbox_failed, report.outbox_errors, report.errors) == (2, 2, 0, [])
+    assert await pending(resources, "bulk") == 2
+    for bad in (too_big, not_a_job):
+        row = await jobs.get_job(resources.db, uuid.UUID(bad.id))
+        assert row is not None and (row["status"], row["error_code"]) == ("failed", "invalid_message")
+    for job in good:
+        assert (await event_types(resources, job.id)).count("republished") == 1
+    again = await reap_once(resources)
+    assert (again.republished, again.outbox_failed, again.errors) == (0, 0, [])

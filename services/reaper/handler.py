@@ -4,7 +4,8 @@ A pass runs these steps in order, each bounded by REAPER_BATCH rows and each cra
 half-way leaves work the next pass finds again):
 
 1. outbox     queued rows the gateway wrote but never published → published to `<prefix>.fetch.<priority>`
-              (same Nats-Msg-Id as the gateway's), `published_at` set, a `republished` event;
+              (same Nats-Msg-Id as the gateway's), `published_at` set, a `republished` event; row by row, a
+              row that can never be published fails its job, one failing otherwise waits (outbox.py);
 2. expiry     done jobs past `expires_at` → their result objects deleted unless a live done job shares the
               content-hashed key, then → `expired` (event `expired`);
 3. stuck      processing jobs silent past every redelivery whose message is gone → failed `stuck` (past its last
@@ -24,11 +25,9 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-import msgspec
 import structlog
 
 from shared import bus
-from shared.contracts import ClipJobMessage
 from shared.db import jobs
 from shared.errors import Permanent
 from shared.logs import get_logger
@@ -36,6 +35,7 @@ from shared.resources import Resources
 from shared.storage import staging_prefix
 from shared.worker import finish_job_failed
 
+from .outbox import republish_outbox
 from .partitions import drop_old_partitions, ensure_partitions
 from .poison import MAX_DELIVERIES_CODE, MessageState, fail_exhausted, message_state, watch_max_deliveries
 
@@ -50,6 +50,8 @@ class ReapReport:
 
     skipped: bool = False
     republished: int = 0  # outbox rows published
+    outbox_failed: int = 0  # outbox rows that can never be published: their jobs failed (invalid_message)
+    outbox_errors: int = 0  # outbox rows that failed this pass for another reason: tried again next pass
     expired: int = 0  # done jobs → expired
     results_deleted: int = 0  # result objects deleted (no live job shared them)
     stuck_failed: int = 0  # processing jobs failed as `stuck`
@@ -69,28 +71,6 @@ def stuck_after_sec(res: Resources) -> float:
     (QUEUE_VISIBILITY_SEC each, MAX_ATTEMPTS deliveries) is over."""
     settings = res.settings
     return max(settings.stuck_after_sec, settings.queue_visibility_sec * settings.max_attempts)
-
-
-async def republish_outbox(res: Resources, report: ReapReport) -> None:
-    """Unpublished queued rows: the gateway died before publishing, or deferred them at the queue limit;
-    published only as far as the backlog leaves room under QUEUE_BACKLOG_LIMIT."""
-    settings = res.settings
-    room = settings.queue_backlog_limit - await bus.backlog(res.js, settings)
-    if room <= 0:
-        return
-    for row in await jobs.outbox_due(res.db, settings.outbox_grace_sec, min(room, settings.reaper_batch)):
-        job_id = str(row["id"])
-        try:
-            job = msgspec.convert(row["request"], ClipJobMessage)
-        except msgspec.ValidationError as exc:  # never published, never will be: fail it rather than retry forever
-            await finish_job_failed(res, job_id, Permanent(
-                f"the stored request is not a valid job: {exc}", code="invalid_message"
-            ))
-            continue
-        subject = await bus.publish_job(res.js, res.subjects, job)
-        if await jobs.mark_republished(res.db, row["id"], row["created_at"], subject):
-            report.republished += 1
-            log.info("job_republished", job_id=job_id, subject=subject)
 
 
 async def expire_results(res: Resources, report: ReapReport) -> None:
