@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 from shared import bus
 from shared.db.pool import create_pool
 from shared.settings import Settings
+from shared.startup import until_up
 from shared.storage import Storage, open_storage
 
 
@@ -28,15 +29,16 @@ class Resources:
 
 @asynccontextmanager
 async def open_resources(settings: Settings, name: str) -> AsyncIterator[Resources]:
-    """NATS (stream and consumers ensured), PostgreSQL (migrated) and S3 (bucket ensured)."""
-    nc = await bus.connect(settings, name)
+    """NATS (stream and consumers ensured), PostgreSQL (migrated) and S3 (bucket ensured); each waited for while
+    it is down (shared/startup.py)."""
+    nc = await until_up("nats", lambda: bus.connect(settings, name), settings)
     try:
         js = nc.jetstream()
-        await bus.ensure_topology(js, settings)
-        pool = await create_pool(settings)
+        await until_up("nats_jetstream", lambda: bus.ensure_topology(js, settings), settings)
+        pool = await until_up("postgresql", lambda: create_pool(settings), settings)
         try:
             async with open_storage(settings) as storage:
-                await storage.ensure_bucket()
+                await until_up("s3", storage.ensure_bucket, settings)
                 yield Resources(settings, nc, js, pool, storage, bus.Subjects(settings.subject_prefix))
         finally:
             await pool.close()

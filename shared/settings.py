@@ -53,6 +53,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     outage_wait_sec: float = 120.0  # a worker holds its message this long through a PostgreSQL/NATS outage, s
     tail_pad_sec: float = 1.0  # extra media staged after endSec, s
     partition_days_ahead: int = 2  # daily job partitions created ahead of need
+    startup_wait_sec: float = 600.0  # start-up waits this long for NATS/PostgreSQL/S3, then exits, s (0: no limit)
+    startup_retry_max_sec: float = 5.0  # longest pause between two start-up tries (exponential backoff), s
 
     # --- encoder ---
     video_encoder: str = "auto"  # H.264 encoder: auto (hardware when a test encode works, else libx264) or a name

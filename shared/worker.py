@@ -33,6 +33,7 @@ from shared.progress import Progress, heartbeat_loop
 from shared.resources import Resources
 from shared.retry import backoff
 from shared.scratch import ScratchGate
+from shared.startup import until_up
 
 log = get_logger("worker")
 T = TypeVar("T", ClipJobMessage, StageMessage)
@@ -202,9 +203,10 @@ class Worker(Generic[T]):
 
     async def _run(self) -> None:
         settings = self.res.settings
-        await bus.ensure_consumers(self.res.js, settings, self.spec.name)
+        # NATS may have gone away while the stage opened its own resource (a model load takes seconds)
+        await until_up("nats_jetstream", lambda: bus.ensure_consumers(self.res.js, settings, self.spec.name), settings)
         source = PrioritySource(self.res.nc, settings.nats_stream, self.spec.name, self.res.subjects)
-        await source.open()
+        await until_up("nats", source.open, settings)
         slots = asyncio.Semaphore(settings.worker_concurrency)
         stopping = asyncio.create_task(self._stopping.wait())
         gate = ScratchGate(self.res.nc, settings) if self.spec.uses_scratch else None
