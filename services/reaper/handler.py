@@ -8,8 +8,9 @@ half-way leaves work the next pass finds again):
               row that can never be published fails its job, one failing otherwise waits (outbox.py);
 2. expiry     done jobs past `expires_at` → their result objects deleted unless a live done job shares the
               content-hashed key, then → `expired` (event `expired`);
-3. stuck      processing jobs silent past every redelivery whose message is gone → failed `stuck` (past its last
-              delivery but still there → failed `max_deliveries_exceeded`), announced on `<prefix>.events.<id>`;
+3. stuck      jobs silent past every redelivery whose message is gone → published again from the entry stage (at
+              most LOST_REPUBLISH_MAX times), then failed `stuck` (past its last delivery but still there → failed
+              `max_deliveries_exceeded`), announced on `<prefix>.events.<id>` (lost.py);
 4. staging    objects under `staging/<jobId>/` of ended jobs deleted, once (`jobs.staging_cleaned_at`);
 5. partitions the next days' partitions created, old unneeded ones dropped (see partitions.py).
 
@@ -27,17 +28,15 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from shared import bus
 from shared.db import jobs
-from shared.errors import Permanent
 from shared.logs import get_logger
 from shared.resources import Resources
 from shared.storage import staging_prefix
-from shared.worker import finish_job_failed
 
+from .lost import fail_stuck
 from .outbox import republish_outbox
 from .partitions import drop_old_partitions, ensure_partitions
-from .poison import MAX_DELIVERIES_CODE, MessageState, fail_exhausted, message_state, watch_max_deliveries
+from .poison import watch_max_deliveries
 
 log = get_logger("reaper")
 TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext('clipjet-reaper:' || current_schema()))"
@@ -54,7 +53,8 @@ class ReapReport:
     outbox_errors: int = 0  # outbox rows that failed this pass for another reason: tried again next pass
     expired: int = 0  # done jobs → expired
     results_deleted: int = 0  # result objects deleted (no live job shared them)
-    stuck_failed: int = 0  # processing jobs failed as `stuck`
+    stuck_failed: int = 0  # silent jobs failed as `stuck` (or `max_deliveries_exceeded`)
+    lost_republished: int = 0  # silent jobs whose message was gone, published again from their entry stage
     staging_cleaned: int = 0  # ended jobs whose staging prefix was emptied
     staging_objects_deleted: int = 0
     partitions_created: int = 0
@@ -66,13 +66,6 @@ class ReapReport:
         return {name: value for name, value in vars(self).items() if value}
 
 
-def stuck_after_sec(res: Resources) -> float:
-    """Silence after which a processing job is stuck: STUCK_AFTER_SEC, but never before every redelivery
-    (QUEUE_VISIBILITY_SEC each, MAX_ATTEMPTS deliveries) is over."""
-    settings = res.settings
-    return max(settings.stuck_after_sec, settings.queue_visibility_sec * settings.max_attempts)
-
-
 async def expire_results(res: Resources, report: ReapReport) -> None:
     """Objects first, status second: a pass that dies in between leaves the job done, and the next finishes it."""
     for row in await jobs.expiry_due(res.db, res.settings.reaper_batch):
@@ -81,29 +74,6 @@ async def expire_results(res: Resources, report: ReapReport) -> None:
                 report.results_deleted += await res.storage.delete(key)
         if await jobs.expire(res.db, row["id"], row["created_at"]):
             report.expired += 1
-
-
-async def fail_stuck(res: Resources, report: ReapReport) -> None:
-    """Silent processing jobs whose message is gone (or will never be delivered again). A job whose message
-    still waits in the stream is left alone: it moves once a worker of that stage runs."""
-    silent_limit = stuck_after_sec(res)
-    for row in await jobs.stuck_due(res.db, silent_limit, bus.MAX_MESSAGE_AGE_SEC, res.settings.reaper_batch):
-        job_id = str(row["id"])
-        state, seq = await message_state(res, row["id"])
-        if state is MessageState.WAITING:
-            continue
-        if state is MessageState.EXHAUSTED and seq is not None:  # its advisory was missed
-            await fail_exhausted(res, seq, res.settings.max_attempts, f"{row['stage']}")
-            report.stuck_failed += 1
-            log.warning("job_stuck", job_id=job_id, stage=row["stage"], code=MAX_DELIVERIES_CODE)
-            continue
-        message = (
-            f"no worker reported on this job for {row['silent_sec']:.0f} s (stage {row['stage']}), longer than "
-            f"every redelivery of its message takes ({silent_limit:.0f} s); submit it again"
-        )
-        await finish_job_failed(res, job_id, Permanent(message, code="stuck"))
-        report.stuck_failed += 1
-        log.warning("job_stuck", job_id=job_id, stage=row["stage"], silent_sec=round(row["silent_sec"]))
 
 
 async def clean_staging(res: Resources, report: ReapReport) -> None:
