@@ -66,7 +66,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reaper_batch: int = 500  # rows each reaper step handles in one pass
     outbox_grace_sec: float = 30.0  # a queued job unpublished this long is republished, s (under the 120 s dedup)
     lost_republish_max: int = 2  # a silent job whose message is gone is published again this often, then stuck
-    stuck_after_sec: float = 1800.0  # processing, silent this long: failed as stuck, s (>= visibility x (attempts+2))
+    stuck_after_sec: float = 1800.0  # a job silent this long has its message checked (republished if gone), s
 
     # --- fetching user URLs ---
     fetch_allow_private: bool = False  # tests and local demos only: let fetches reach loopback/private addresses
