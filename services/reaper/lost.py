@@ -23,6 +23,7 @@ from shared.contracts import ClipJobMessage, Priority
 from shared.db import jobs
 from shared.errors import Permanent
 from shared.logs import get_logger
+from shared.outage import is_outage
 from shared.pipeline import ENTRY_STAGE
 from shared.resources import Resources
 from shared.worker import finish_job_failed
@@ -77,29 +78,40 @@ async def fail_stuck(res: Resources, report: ReapReport) -> None:
     silent_limit = stuck_after_sec(res)
     entry = _EntryQueues(res)
     for row in await res.db.fetch(SILENT_JOBS, silent_limit, res.settings.reaper_batch):
-        job_id = str(row["id"])
-        state, seq = await message_state(res, row["id"])
-        if state is MessageState.UNKNOWN and row["stage"] is None and row["republished"] == 0:
-            # only the gateway published it: gone once its entry queue holds nothing at all
-            state = MessageState.WAITING if await entry.holds_any(row["priority"]) else MessageState.GONE
-        if state is MessageState.WAITING:
-            continue
-        if state is MessageState.EXHAUSTED and seq is not None:  # its advisory was missed
-            await fail_exhausted(res, seq, res.settings.max_attempts, f"{row['stage']}")
-            report.stuck_failed += 1
-            log.warning("job_stuck", job_id=job_id, stage=row["stage"], code=MAX_DELIVERIES_CODE)
-            continue
-        if row["republished"] < res.settings.lost_republish_max and await _republish(res, row, seq):
-            report.lost_republished += 1
-            continue
-        message = (
-            f"no worker reported on this job for {row['silent_sec']:.0f} s (stage {row['stage']}), longer than "
-            f"every redelivery of its message takes ({silent_limit:.0f} s), and its message was published again "
-            f"{row['republished']} times; submit it again"
-        )
-        await finish_job_failed(res, job_id, Permanent(message, code="stuck"))
+        try:
+            await _check(res, report, row, silent_limit, entry)
+        except Exception as exc:  # one row's trouble must not keep the others waiting; an outage ends the step
+            if is_outage(exc):
+                raise
+            log.error("stuck_check_failed", job_id=str(row["id"]), error=repr(exc))
+
+
+async def _check(
+    res: Resources, report: ReapReport, row: asyncpg.Record, silent_limit: float, entry: _EntryQueues
+) -> None:
+    job_id = str(row["id"])
+    state, seq = await message_state(res, row["id"])
+    if state is MessageState.UNKNOWN and row["stage"] is None and row["republished"] == 0:
+        # only the gateway published it: gone once its entry queue holds nothing at all
+        state = MessageState.WAITING if await entry.holds_any(row["priority"]) else MessageState.GONE
+    if state is MessageState.WAITING:
+        return
+    if state is MessageState.EXHAUSTED and seq is not None:  # its advisory was missed
+        await fail_exhausted(res, seq, res.settings.max_attempts, f"{row['stage']}")
         report.stuck_failed += 1
-        log.warning("job_stuck", job_id=job_id, stage=row["stage"], silent_sec=round(row["silent_sec"]))
+        log.warning("job_stuck", job_id=job_id, stage=row["stage"], code=MAX_DELIVERIES_CODE)
+        return
+    if row["republished"] < res.settings.lost_republish_max and await _republish(res, row, seq):
+        report.lost_republished += 1
+        return
+    message = (
+        f"no worker reported on this job for {row['silent_sec']:.0f} s (stage {row['stage']}), longer than "
+        f"every redelivery of its message takes ({silent_limit:.0f} s), and its message was published again "
+        f"{row['republished']} times; submit it again"
+    )
+    await finish_job_failed(res, job_id, Permanent(message, code="stuck"))
+    report.stuck_failed += 1
+    log.warning("job_stuck", job_id=job_id, stage=row["stage"], silent_sec=round(row["silent_sec"]))
 
 
 async def _republish(res: Resources, row: asyncpg.Record, lost_seq: int | None) -> bool:
