@@ -61,9 +61,14 @@ def msg_id(job_id: str, stage: str) -> str:
 
 
 async def connect(settings: Settings, name: str) -> NatsClient:
-    return await nats.connect(
-        servers=settings.nats_url.split(","), name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5
+    """Connected, or an error at once when no server answers (the caller waits and tries again, logging it:
+    shared/startup.py). Once connected, the client reconnects by itself forever."""
+    nc = await nats.connect(
+        servers=settings.nats_url.split(","), name=name, reconnect_time_wait=0.5,
+        max_reconnect_attempts=1,  # the first connect: one more try per server (with -1 nats-py tries forever)
     )
+    nc.options["max_reconnect_attempts"] = -1  # from now on reconnect forever
+    return nc
 
 
 async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:

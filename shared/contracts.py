@@ -38,6 +38,15 @@ JobId = Annotated[
 ]
 
 
+KeyId = Annotated[
+    str,
+    msgspec.Meta(pattern=r"^[0-9a-f]{12}$", description=(
+        "The public id of the API key that submitted the job (set by the gateway; a system publishing straight to "
+        "NATS leaves it out). An identical earlier request is reused only when the same key made it."
+    )),
+]
+
+
 class WireStruct(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
     """Base of every clipjet message: camelCase on the wire, unknown fields ignored."""
 
@@ -91,7 +100,7 @@ class ClipJobMessage(ClipSpec, kw_only=True):
     """
 
     id: JobId
-    owner: str | None = None  # the API key id that submitted it (the gateway sets it); scopes de-duplication
+    owner: KeyId | None = None  # the API key that submitted it (the gateway sets it); scopes de-duplication
 
 
 class StreamFacts(WireStruct):

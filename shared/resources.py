@@ -14,6 +14,7 @@ from shared import bus
 from shared.db.pool import create_pool
 from shared.scrub import remember_secrets
 from shared.settings import Settings
+from shared.startup import until_up
 from shared.storage import Storage, open_storage
 
 
@@ -29,16 +30,17 @@ class Resources:
 
 @asynccontextmanager
 async def open_resources(settings: Settings, name: str) -> AsyncIterator[Resources]:
-    """NATS (stream and consumers ensured), PostgreSQL (migrated) and S3 (bucket ensured)."""
+    """NATS (stream and consumers ensured), PostgreSQL (migrated) and S3 (bucket ensured); each waited for while
+    it is down (shared/startup.py)."""
     remember_secrets(settings.s3_secret_key, settings.database_url)  # scrubbed from what users and logs see
-    nc = await bus.connect(settings, name)
+    nc = await until_up("nats", lambda: bus.connect(settings, name), settings)
     try:
         js = nc.jetstream()
-        await bus.ensure_topology(js, settings)
-        pool = await create_pool(settings)
+        await until_up("nats_jetstream", lambda: bus.ensure_topology(js, settings), settings)
+        pool = await until_up("postgresql", lambda: create_pool(settings), settings)
         try:
             async with open_storage(settings) as storage:
-                await storage.ensure_bucket()
+                await until_up("s3", storage.ensure_bucket, settings)
                 yield Resources(settings, nc, js, pool, storage, bus.Subjects(settings.subject_prefix))
         finally:
             await pool.close()

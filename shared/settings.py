@@ -56,6 +56,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     outage_wait_sec: float = 120.0  # a worker holds its message this long through a PostgreSQL/NATS outage, s
     tail_pad_sec: float = 1.0  # extra media staged after endSec, s
     partition_days_ahead: int = 2  # daily job partitions created ahead of need
+    startup_wait_sec: float = 600.0  # start-up waits this long for NATS/PostgreSQL/S3, then exits, s (0: no limit)
+    startup_retry_max_sec: float = 5.0  # longest pause between two start-up tries (exponential backoff), s
 
     # --- encoder ---
     video_encoder: str = "auto"  # H.264 encoder: auto (hardware when a test encode works, else libx264) or a name
@@ -66,7 +68,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reaper_interval_sec: float = 30.0  # pause between two reaper passes, s
     reaper_batch: int = 500  # rows each reaper step handles in one pass
     outbox_grace_sec: float = 30.0  # a queued job unpublished this long is republished, s (under the 120 s dedup)
-    stuck_after_sec: float = 1800.0  # processing, silent this long: failed as stuck, s (>= visibility x (attempts+2))
+    lost_republish_max: int = 2  # a silent job whose message is gone is published again this often, then stuck
+    stuck_after_sec: float = 1800.0  # a job silent this long has its message checked (republished if gone), s
 
     # --- fetching user URLs ---
     fetch_allow_private: bool = False  # tests and local demos only: let fetches reach loopback/private addresses

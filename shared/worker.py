@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import msgspec
-import nats.errors
 import structlog
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
+from nats.aio.subscription import Subscription
 
 from shared import bus
 from shared.contracts import PRIORITIES, ClipJobMessage, ClipResult, JobEvent, StageMessage
@@ -35,11 +35,16 @@ from shared.progress import Progress, heartbeat_loop
 from shared.resources import Resources
 from shared.retry import backoff
 from shared.scratch import ScratchGate
+from shared.startup import until_up
 
 log = get_logger("worker")
 T = TypeVar("T", ClipJobMessage, StageMessage)
-FETCH_WAIT_SEC = 5.0  # long-poll length of one pull request
-PULL_RETRY_SEC = 1.0  # pause after a pull request failed for another reason than "no message"
+PULL_RETRY_SEC = 1.0  # pause after a pull request failed for another reason than "no message", s
+PULL_REQUEST_TIMEOUT_SEC = 5.0  # longest wait for JetStream's answer to one no_wait pull, s
+IDLE_PROBE_SEC = 1.0  # with every queue empty, pull again this often even without a publish heard, s
+WAKE_SETTLE_SEC = 0.02  # after hearing a publish, before pulling (the stream stores it a moment later), s
+JS_API_PREFIX = "$JS.API"
+NO_WAIT_PULL = b'{"batch":1,"no_wait":true}'  # one message if one waits, else a 404 status at once
 _encoder = msgspec.json.Encoder()
 
 
@@ -119,47 +124,68 @@ async def finish_job_failed(res: Resources, job_id: str, error: ClipError, refus
 
 
 class PrioritySource:
-    """Pulls from a stage's fast, normal and bulk consumers; always hands out the highest priority ready."""
+    """Hands out one message at a time from a stage's fast, normal and bulk consumers, highest priority first.
 
-    def __init__(self, subs: list[JetStreamContext.PullSubscription]) -> None:
-        self._subs = subs
-        self._tasks: dict[int, asyncio.Task[list[Msg]]] = {}
+    It pulls only when asked, i.e. when a slot is free: every pull is a `no_wait` request for one message, fast
+    first, then normal, then bulk, so no message is ever delivered to this process to wait for a slot (a
+    message waiting without `in_progress()` would see its ack_wait lapse and spend a delivery). While every
+    queue is empty it waits for a publish on the stage's subjects (a core subscription, the wake-up call) or
+    IDLE_PROBE_SEC, whichever comes first (redeliveries after a nak delay or an ack_wait publish nothing).
+    """
 
-    async def next(self) -> Msg:
-        while True:
-            for rank, sub in enumerate(self._subs):
-                if rank not in self._tasks:
-                    self._tasks[rank] = asyncio.create_task(sub.fetch(1, timeout=FETCH_WAIT_SEC))
-            await asyncio.wait(self._tasks.values(), return_when=asyncio.FIRST_COMPLETED)
-            for rank in sorted(self._tasks):
-                task = self._tasks[rank]
-                if not task.done():
-                    continue
-                del self._tasks[rank]
-                try:
-                    return task.result()[0]
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                except Exception as exc:  # a reconnect or a server hiccup: pull again after a pause
-                    log.warning("pull_failed", error=repr(exc))
-                    await asyncio.sleep(PULL_RETRY_SEC)
+    def __init__(self, nc: NatsClient, stream: str, stage: str, subjects: bus.Subjects) -> None:
+        self._nc = nc
+        self._next_subjects = [f"{JS_API_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{bus.consumer_name(stage, p)}"
+                               for p in PRIORITIES]
+        self._wake_subject = subjects.stage_wildcard(stage)
+        self._wake = asyncio.Event()
+        self._sub: Subscription | None = None
+
+    async def open(self) -> None:
+        async def on_publish(_: Msg) -> None:
+            self._wake.set()
+
+        self._sub = await self._nc.subscribe(self._wake_subject, cb=on_publish)
+
+    async def next(self, stopping: asyncio.Event) -> Msg | None:
+        """The highest-priority message ready, waiting for one as long as needed; None once `stopping` is set."""
+        while not stopping.is_set():
+            self._wake.clear()
+            try:
+                msg = await self._probe()
+            except Exception as exc:  # a reconnect or a server hiccup: pull again after a pause
+                log.warning("pull_failed", error=repr(exc))
+                await _wait_any(stopping, PULL_RETRY_SEC)
+                continue
+            if msg is not None:
+                return msg
+            await _wait_any(stopping, IDLE_PROBE_SEC, self._wake)
+            if self._wake.is_set():  # published: the stream may store it a moment after we hear of it
+                await _wait_any(stopping, WAKE_SETTLE_SEC)
+        return None
+
+    async def _probe(self) -> Msg | None:
+        for subject in self._next_subjects:
+            # old_style: a reply inbox of its own, as JetStream delivers the message under its own subject
+            msg = await self._nc.request(subject, NO_WAIT_PULL, timeout=PULL_REQUEST_TIMEOUT_SEC, old_style=True)
+            if not msg.headers or not msg.headers.get("Status"):  # a status (404: nothing waits) is no message
+                return msg
+        return None
 
     async def close(self) -> None:
-        """Stop pulling; messages already handed to this process go straight back to the queue.
-
-        The subscriptions go first, so that no pull request of ours is still open at the server when the
-        handed-back messages return (an open one would take them, and they would wait out ack_wait).
-        """
-        for task in self._tasks.values():
-            task.cancel()
-        for sub in self._subs:
+        if self._sub is not None:
             with suppress(Exception):
-                await sub.unsubscribe()
-        for task in self._tasks.values():
-            with suppress(BaseException):
-                for msg in task.result():
-                    await msg.nak()
-        self._tasks.clear()
+                await self._sub.unsubscribe()
+
+
+async def _wait_any(stopping: asyncio.Event, seconds: float, wake: asyncio.Event | None = None) -> None:
+    """Wait `seconds`, or less when `stopping` (or `wake`) is set."""
+    waiters = {asyncio.create_task(e.wait()) for e in (stopping, wake) if e is not None}
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 class Worker(Generic[T]):
@@ -185,14 +211,10 @@ class Worker(Generic[T]):
 
     async def _run(self) -> None:
         settings = self.res.settings
-        await bus.ensure_consumers(self.res.js, settings, self.spec.name)
-        subs = [
-            await self.res.js.pull_subscribe_bind(
-                durable=bus.consumer_name(self.spec.name, p), stream=settings.nats_stream
-            )
-            for p in PRIORITIES
-        ]
-        source = PrioritySource(subs)
+        # NATS may have gone away while the stage opened its own resource (a model load takes seconds)
+        await until_up("nats_jetstream", lambda: bus.ensure_consumers(self.res.js, settings, self.spec.name), settings)
+        source = PrioritySource(self.res.nc, settings.nats_stream, self.spec.name, self.res.subjects)
+        await until_up("nats", source.open, settings)
         slots = asyncio.Semaphore(settings.worker_concurrency)
         stopping = asyncio.create_task(self._stopping.wait())
         gate = ScratchGate(self.res.nc, settings) if self.spec.uses_scratch else None
@@ -203,14 +225,12 @@ class Worker(Generic[T]):
                 if gate is not None and not await gate.before_pull(stopping):  # no room: pull nothing yet
                     slots.release()
                     break
-                pull = asyncio.create_task(source.next())
-                await asyncio.wait({pull, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if not pull.done():
-                    pull.cancel()
+                msg = await source.next(self._stopping)  # only now, with a slot free (never cancelled mid-pull)
+                if msg is None:
                     slots.release()
                     break
                 ticket = gate.take() if gate is not None else ""
-                task = asyncio.create_task(self._process(pull.result()))
+                task = asyncio.create_task(self._process(msg))
                 self._inflight.add(task)
                 task.add_done_callback(lambda t, k=ticket: self._done(t, k, slots, gate))
         finally:

@@ -47,6 +47,8 @@ from tests.s3_fault_proxy import FaultProxy, Request
 
 pytestmark = pytest.mark.chaos
 FAULT_AFTER_ENDED = 4  # a restart comes once this many jobs ended: mid-load, with work in every stage
+LOST_CHECK_SEC = 10.0  # STUCK_AFTER_SEC of the NATS SIGKILL scenario: silent jobs' messages are checked after this, s
+STOP_WAIT_SEC = 15.0  # longest wait for a SIGKILLed server to be gone, s
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +78,15 @@ class Stack:
     def restart_nats(self) -> None:
         """Stop the NATS server (SIGTERM) and start it again on the same port and data folder."""
         self.nats.stop()
+        port = urlsplit(self.nats.url).port
+        self.nats = start_nats(self.folder / "nats", port)
+
+
+    def kill_nats(self) -> None:
+        """SIGKILL the NATS server (nothing flushed on the way out) and start it again on the same port and folder."""
+        assert self.nats.process is not None
+        self.nats.process.kill()
+        self.nats.process.wait(timeout=STOP_WAIT_SEC)
         port = urlsplit(self.nats.url).port
         self.nats = start_nats(self.folder / "nats", port)
 
@@ -155,6 +166,23 @@ async def restart_nats(stack: Stack, watch: JobWatch) -> int:
     await stack.fleet.wait_started()
     await asyncio.to_thread(stack.restart_nats)
     return 1
+
+
+async def kill_nats(stack: Stack, watch: JobWatch) -> int:
+    await watch.wait_ended(FAULT_AFTER_ENDED)
+    await stack.fleet.wait_started()
+    await asyncio.to_thread(stack.kill_nats)
+    return 1
+
+
+async def test_nats_sigkill_mid_load(
+    servers: Servers, baseline: Outcome, sample_video: Path, tmp_path: Path
+) -> None:
+    """A crash of the broker itself: whatever it lost of the messages it had acknowledged, the reaper publishes
+    again from the job rows (STUCK_AFTER_SEC short here, so it looks within the load's deadline)."""
+    async with chaos_stack(servers, tmp_path, sample_video, stuck_after_sec=LOST_CHECK_SEC) as stack:
+        await run_load("nats_sigkill", stack, baseline, kill_nats)
+        assert not stack.fleet.dead(), stack.fleet.log_tail()
 
 
 async def test_sigkill_of_each_stage_worker_mid_job(

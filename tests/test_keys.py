@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -227,3 +228,15 @@ async def test_an_identical_request_is_answered_from_an_earlier_result_only_for_
     assert "trim" in first
     assert repeat == ["fetch"]  # the same key's identical request: finished from the first result
     assert "trim" in other  # another key's identical request is cut for it, not answered from alice's job
+
+
+async def test_the_reaper_drops_rate_windows_no_request_counts_any_more(resources: Resources) -> None:
+    from services.reaper.handler import reap_once
+
+    now = int(time.time())
+    current = now - now % keys.RATE_WINDOW_SEC
+    for start in (current - 5 * keys.RATE_WINDOW_SEC, current - keys.RATE_WINDOW_SEC, current):
+        await keys.rate_hit(resources.db, "key:reaped", start, keys.RATE_WINDOW_SEC)
+    await reap_once(resources)
+    kept = await resources.db.fetch("SELECT window_start FROM rate_windows WHERE subject = 'key:reaped'")
+    assert sorted(r["window_start"] for r in kept) == [current - keys.RATE_WINDOW_SEC, current]

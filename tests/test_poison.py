@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -78,11 +79,13 @@ async def test_message_that_kills_its_worker_every_time_fails_its_job(
     assert info.state.messages == 0  # the poison message is deleted, not left in the stream
 
 
-@pytest.mark.settings(stuck_after_sec=2, queue_visibility_sec=0.5)
-async def test_silent_job_is_failed_only_when_its_message_is_gone_or_spent(
+@pytest.mark.settings(stuck_after_sec=2, queue_visibility_sec=0.5, lost_republish_max=1)
+async def test_silent_job_is_republished_when_its_message_is_gone_and_failed_when_spent(
     resources: Resources, client: AsyncTestClient[Any]
 ) -> None:
-    """The reaper's stuck step looks at the message by the stream sequence the runtime recorded."""
+    """The reaper's stuck step looks at the message by the stream sequence the runtime recorded: deliverable →
+    left alone; gone → published again from the entry stage (LOST_REPUBLISH_MAX times), then `stuck`; past its
+    last delivery → `max_deliveries_exceeded`."""
     waiting, gone, spent = new_job(), new_job(), new_job()
     attempts = {waiting.id: 1, gone.id: 1, spent.id: resources.settings.max_attempts}
     seqs = {}
@@ -91,16 +94,28 @@ async def test_silent_job_is_failed_only_when_its_message_is_gone_or_spent(
         seqs[job.id] = (await resources.js.get_last_msg(resources.settings.nats_stream, subject_of(resources, job))).seq
         assert await jobs.begin_stage(resources.db, job, ENTRY_STAGE, attempts[job.id], seqs[job.id]) == "processing"
         await resources.db.execute(SET_HEARTBEAT_AGO, uuid.UUID(job.id), 3600.0)
-    await resources.js.delete_msg(resources.settings.nats_stream, seqs[gone.id])  # acked by a worker since
+    await resources.js.delete_msg(resources.settings.nats_stream, seqs[gone.id])  # lost by a NATS crash
 
     report = await reap_once(resources)
-    assert (report.stuck_failed, report.errors) == (2, [])
+    assert (report.stuck_failed, report.lost_republished, report.errors) == (1, 1, [])
     views = {job.id: (await client.get(f"/api/jobs/{job.id}")).json() for job in (waiting, gone, spent)}
     assert views[waiting.id]["status"] == "processing"  # its message waits for a worker: not stuck
-    assert (views[gone.id]["status"], views[gone.id]["errorCode"]) == ("failed", "stuck")
+    assert views[gone.id]["status"] == "processing"  # published again: a worker will take it
     assert (views[spent.id]["status"], views[spent.id]["errorCode"]) == ("failed", MAX_DELIVERIES_CODE)
+    again = await resources.js.get_last_msg(resources.settings.nats_stream, subject_of(resources, gone))
+    assert msgspec.json.decode(again.data, type=ClipJobMessage) == gone
     info = await resources.js.stream_info(resources.settings.nats_stream)
-    assert info.state.messages == 1  # the spent message is deleted, the waiting one kept
+    assert info.state.messages == 2  # the spent message is deleted; the waiting one kept, the lost one back
+    assert (await reap_once(resources)).lost_republished == 0  # heard from now: not silent any more
+
+    await resources.js.delete_msg(resources.settings.nats_stream, again.seq)  # lost once more
+    await resources.db.execute(SET_HEARTBEAT_AGO, uuid.UUID(gone.id), 3600.0)
+    report = await reap_once(resources)
+    assert (report.stuck_failed, report.lost_republished) == (1, 0)  # LOST_REPUBLISH_MAX (1) used up
+    failed = (await client.get(f"/api/jobs/{gone.id}")).json()
+    assert (failed["status"], failed["errorCode"]) == ("failed", "stuck")
+    events = [e["type"] for e in await jobs.job_events(resources.db, uuid.UUID(gone.id))]
+    assert events.count("message_republished") == 1
 
 
 def subject_of(res: Resources, job: ClipJobMessage) -> str:

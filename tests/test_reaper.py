@@ -15,7 +15,7 @@ from litestar.testing import AsyncTestClient
 
 from services.reaper.handler import TRY_LOCK, UNLOCK, reap_once, run_reaper
 from shared import bus
-from shared.contracts import ClipJobMessage, JobEvent, Priority, UrlSource
+from shared.contracts import ClipJobMessage, JobEvent, Priority, UploadSource, UrlSource
 from shared.db import jobs
 from shared.ids import uuid7
 from shared.pipeline import ENTRY_STAGE
@@ -30,6 +30,8 @@ POLL_SEC = 0.05
 SET_HEARTBEAT_AGO = "UPDATE jobs SET last_heartbeat_at = now() - make_interval(secs => $2) WHERE id = $1"
 SET_EXPIRED = "UPDATE jobs SET expires_at = now() - interval '1 second' WHERE id = $1"
 SET_STATUS = "UPDATE jobs SET status = $2, published_at = now() WHERE id = $1"
+SET_PUBLISHED_AGO = "UPDATE jobs SET published_at = now() - make_interval(secs => $2) WHERE id = $1"
+SET_REQUEST = "UPDATE jobs SET request = $2 WHERE id = $1"
 OLD_PARTITIONS = (
     "CREATE TABLE jobs_20200101 PARTITION OF jobs FOR VALUES FROM ('2020-01-01 00:00Z') TO ('2020-01-02 00:00Z')",
     "CREATE TABLE jobs_20200102 PARTITION OF jobs FOR VALUES FROM ('2020-01-02 00:00Z') TO ('2020-01-03 00:00Z')",
@@ -164,7 +166,7 @@ async def test_staging_of_ended_jobs_is_deleted_once_and_of_running_jobs_kept(
     assert (await reap_once(resources)).staging_cleaned == 0  # once
 
 
-@pytest.mark.settings(stuck_after_sec=2)
+@pytest.mark.settings(stuck_after_sec=2, lost_republish_max=0)
 async def test_silent_processing_job_is_failed_as_stuck(
     client: AsyncTestClient[Any], resources: Resources, settings: Settings
 ) -> None:
@@ -182,8 +184,10 @@ async def test_silent_processing_job_is_failed_as_stuck(
         assert await jobs.begin_stage(resources.db, job, ENTRY_STAGE, 1) == "processing"
     await resources.db.execute(SET_HEARTBEAT_AGO, uuid.UUID(stuck.id), 3600.0)
     await resources.db.execute(SET_HEARTBEAT_AGO, uuid.UUID(recent.id), redelivery_window / 2)  # may come back
-    # the fetcher finished and published to the trimmer, whose queue is long: not stuck, only waiting
-    await jobs.record_event(resources.db, uuid.UUID(waiting.id), "stage_finished", {"stage": ENTRY_STAGE})
+    # the fetcher finished and published the next message, whose queue is long: not stuck, only waiting
+    subject = await bus.publish_job(resources.js, resources.subjects, waiting)
+    seq = (await resources.js.get_last_msg(resources.settings.nats_stream, subject)).seq
+    await jobs.record_event(resources.db, uuid.UUID(waiting.id), "stage_finished", {"stage": ENTRY_STAGE, "seq": seq})
     await resources.db.execute(SET_HEARTBEAT_AGO, uuid.UUID(waiting.id), 3600.0)
 
     report = await reap_once(resources)
@@ -260,3 +264,44 @@ async def test_reaper_loop_keeps_reaping_until_stopped(resources: Resources) -> 
     stop.set()
     await asyncio.wait_for(loop, timeout=WAIT_SEC)
     assert await pending(resources, "normal") == 1
+
+
+@pytest.mark.settings(outbox_grace_sec=0)
+async def test_a_poison_outbox_row_fails_alone_and_the_rest_are_published(resources: Resources) -> None:
+    """Oldest first: a row the server refuses (over NATS's max_payload) and a row that is no job come before two
+    good ones; each bad row fails its own job, the good ones are published, and nothing is left for next pass."""
+    too_big = new_job()
+    too_big.source = UploadSource(key="k" * (resources.nc.max_payload + 1))
+    not_a_job = new_job()
+    good = [new_job(priority="bulk"), new_job(priority="bulk")]
+    for job in (too_big, not_a_job, *good):
+        await insert_unpublished(resources, job)
+    await resources.db.execute(SET_REQUEST, uuid.UUID(not_a_job.id), {"id": not_a_job.id, "startSec": "soon"})
+
+    report = await reap_once(resources)
+    assert (report.republished, report.outbox_failed, report.outbox_errors, report.errors) == (2, 2, 0, [])
+    assert await pending(resources, "bulk") == 2
+    for bad in (too_big, not_a_job):
+        row = await jobs.get_job(resources.db, uuid.UUID(bad.id))
+        assert row is not None and (row["status"], row["error_code"]) == ("failed", "invalid_message")
+    for job in good:
+        assert (await event_types(resources, job.id)).count("republished") == 1
+    again = await reap_once(resources)
+    assert (again.republished, again.outbox_failed, again.errors) == (0, 0, [])
+
+
+@pytest.mark.settings(stuck_after_sec=2, queue_visibility_sec=0.5)
+async def test_a_published_job_whose_message_was_lost_is_published_again(resources: Resources) -> None:
+    """The gateway published it (published_at set) and NATS lost the message before any worker took it."""
+    lost, waiting = new_job(priority="bulk"), new_job(priority="fast")
+    for job in (lost, waiting):
+        await insert_unpublished(resources, job)
+        await resources.db.execute(SET_PUBLISHED_AGO, uuid.UUID(job.id), 3600.0)
+    await bus.publish_job(resources.js, resources.subjects, waiting)  # only this one's message is there
+
+    report = await reap_once(resources)
+    assert (report.lost_republished, report.stuck_failed, report.errors) == (1, 0, [])
+    assert await pending(resources, "bulk") == 1 and await pending(resources, "fast") == 1
+    assert (await event_types(resources, lost.id)).count("message_republished") == 1
+    assert "message_republished" not in await event_types(resources, waiting.id)
+    assert (await reap_once(resources)).lost_republished == 0

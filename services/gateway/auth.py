@@ -24,7 +24,7 @@ from shared.logs import get_logger
 from .state import Gateway
 
 log = get_logger("auth")
-RATE_WINDOW_SEC = 60  # the sliding window of the rate limit
+RATE_WINDOW_SEC = keys.RATE_WINDOW_SEC
 CALLER_SCOPE_KEY = "clipjet.caller"
 RATE_SCOPE_KEY = "clipjet.ratelimit"
 POLICY_NAME = "clipjet"

@@ -4,11 +4,13 @@ A pass runs these steps in order, each bounded by REAPER_BATCH rows and each cra
 half-way leaves work the next pass finds again):
 
 1. outbox     queued rows the gateway wrote but never published → published to `<prefix>.fetch.<priority>`
-              (same Nats-Msg-Id as the gateway's), `published_at` set, a `republished` event;
+              (same Nats-Msg-Id as the gateway's), `published_at` set, a `republished` event; row by row, a
+              row that can never be published fails its job, one failing otherwise waits (outbox.py);
 2. expiry     done jobs past `expires_at` → their result objects deleted unless a live done job shares the
               content-hashed key, then → `expired` (event `expired`);
-3. stuck      processing jobs silent past every redelivery whose message is gone → failed `stuck` (past its last
-              delivery but still there → failed `max_deliveries_exceeded`), announced on `<prefix>.events.<id>`;
+3. stuck      jobs silent past every redelivery whose message is gone → published again from the entry stage (at
+              most LOST_REPUBLISH_MAX times), then failed `stuck` (past its last delivery but still there → failed
+              `max_deliveries_exceeded`), announced on `<prefix>.events.<id>` (lost.py);
 4. staging    objects under `staging/<jobId>/` of ended jobs deleted, once (`jobs.staging_cleaned_at`);
 5. partitions the next days' partitions created, old unneeded ones dropped (see partitions.py).
 
@@ -24,20 +26,18 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-import msgspec
 import structlog
 
-from shared import bus
-from shared.contracts import ClipJobMessage
 from shared.db import jobs
-from shared.errors import Permanent
 from shared.logs import get_logger
 from shared.resources import Resources
 from shared.storage import staging_prefix
-from shared.worker import finish_job_failed
 
+from .lost import fail_stuck
+from .outbox import republish_outbox
 from .partitions import drop_old_partitions, ensure_partitions
-from .poison import MAX_DELIVERIES_CODE, MessageState, fail_exhausted, message_state, watch_max_deliveries
+from .poison import watch_max_deliveries
+from .ratelimits import prune_rate_windows
 from .uploads import reap_uploads
 
 log = get_logger("reaper")
@@ -51,9 +51,12 @@ class ReapReport:
 
     skipped: bool = False
     republished: int = 0  # outbox rows published
+    outbox_failed: int = 0  # outbox rows that can never be published: their jobs failed (invalid_message)
+    outbox_errors: int = 0  # outbox rows that failed this pass for another reason: tried again next pass
     expired: int = 0  # done jobs → expired
     results_deleted: int = 0  # result objects deleted (no live job shared them)
-    stuck_failed: int = 0  # processing jobs failed as `stuck`
+    stuck_failed: int = 0  # silent jobs failed as `stuck` (or `max_deliveries_exceeded`)
+    lost_republished: int = 0  # silent jobs whose message was gone, published again from their entry stage
     staging_cleaned: int = 0  # ended jobs whose staging prefix was emptied
     staging_objects_deleted: int = 0
     partitions_created: int = 0
@@ -65,35 +68,6 @@ class ReapReport:
         return {name: value for name, value in vars(self).items() if value}
 
 
-def stuck_after_sec(res: Resources) -> float:
-    """Silence after which a processing job is stuck: STUCK_AFTER_SEC, but never before every redelivery
-    (QUEUE_VISIBILITY_SEC each, MAX_ATTEMPTS deliveries) is over."""
-    settings = res.settings
-    return max(settings.stuck_after_sec, settings.queue_visibility_sec * settings.max_attempts)
-
-
-async def republish_outbox(res: Resources, report: ReapReport) -> None:
-    """Unpublished queued rows: the gateway died before publishing, or deferred them at the queue limit;
-    published only as far as the backlog leaves room under QUEUE_BACKLOG_LIMIT."""
-    settings = res.settings
-    room = settings.queue_backlog_limit - await bus.backlog(res.js, settings)
-    if room <= 0:
-        return
-    for row in await jobs.outbox_due(res.db, settings.outbox_grace_sec, min(room, settings.reaper_batch)):
-        job_id = str(row["id"])
-        try:
-            job = msgspec.convert(row["request"], ClipJobMessage)
-        except msgspec.ValidationError as exc:  # never published, never will be: fail it rather than retry forever
-            await finish_job_failed(res, job_id, Permanent(
-                f"the stored request is not a valid job: {exc}", code="invalid_message"
-            ))
-            continue
-        subject = await bus.publish_job(res.js, res.subjects, job)
-        if await jobs.mark_republished(res.db, row["id"], row["created_at"], subject):
-            report.republished += 1
-            log.info("job_republished", job_id=job_id, subject=subject)
-
-
 async def expire_results(res: Resources, report: ReapReport) -> None:
     """Objects first, status second: a pass that dies in between leaves the job done, and the next finishes it."""
     for row in await jobs.expiry_due(res.db, res.settings.reaper_batch):
@@ -102,29 +76,6 @@ async def expire_results(res: Resources, report: ReapReport) -> None:
                 report.results_deleted += await res.storage.delete(key)
         if await jobs.expire(res.db, row["id"], row["created_at"]):
             report.expired += 1
-
-
-async def fail_stuck(res: Resources, report: ReapReport) -> None:
-    """Silent processing jobs whose message is gone (or will never be delivered again). A job whose message
-    still waits in the stream is left alone: it moves once a worker of that stage runs."""
-    silent_limit = stuck_after_sec(res)
-    for row in await jobs.stuck_due(res.db, silent_limit, bus.MAX_MESSAGE_AGE_SEC, res.settings.reaper_batch):
-        job_id = str(row["id"])
-        state, seq = await message_state(res, row["id"])
-        if state is MessageState.WAITING:
-            continue
-        if state is MessageState.EXHAUSTED and seq is not None:  # its advisory was missed
-            await fail_exhausted(res, seq, res.settings.max_attempts, f"{row['stage']}")
-            report.stuck_failed += 1
-            log.warning("job_stuck", job_id=job_id, stage=row["stage"], code=MAX_DELIVERIES_CODE)
-            continue
-        message = (
-            f"no worker reported on this job for {row['silent_sec']:.0f} s (stage {row['stage']}), longer than "
-            f"every redelivery of its message takes ({silent_limit:.0f} s); submit it again"
-        )
-        await finish_job_failed(res, job_id, Permanent(message, code="stuck"))
-        report.stuck_failed += 1
-        log.warning("job_stuck", job_id=job_id, stage=row["stage"], silent_sec=round(row["silent_sec"]))
 
 
 async def clean_staging(res: Resources, report: ReapReport) -> None:
@@ -146,6 +97,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("stuck", fail_stuck),  # before staging, so a job failed now has its staging cleaned in the same pass
     ("staging", clean_staging),
     ("uploads", reap_uploads),  # old uploads no job uses, and old unfinished multipart uploads (uploads.py)
+    ("rate_limits", prune_rate_windows),  # the gateway's rate-limit windows older than the sliding window
     ("partitions", keep_partitions),  # last: a partition is dropped only once the steps above left it nothing
 )
 

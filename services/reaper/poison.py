@@ -4,7 +4,7 @@ A message that used its last delivery (MAX_ATTEMPTS, the consumers' `max_deliver
 worker holding it died each time (a poison message), is never delivered again: JetStream announces it on
 `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`. The reaper listens there, reads the message by
 its stream sequence, fails its job with `max_deliveries_exceeded` and deletes the message. An advisory is a core
-NATS message and is lost when no reaper listens; the stuck step (handler.fail_stuck) catches those jobs later
+NATS message and is lost when no reaper listens; the stuck step (lost.fail_stuck) catches those jobs later
 with `message_state`, from the stream sequences the worker runtime records in `job_events`.
 """
 
@@ -91,8 +91,10 @@ async def message_state(res: Resources, job_id: uuid.UUID) -> tuple[MessageState
     if not isinstance(seq, int):
         return MessageState.UNKNOWN, None
     try:
-        await res.js.get_msg(res.settings.nats_stream, seq)
+        raw = await res.js.get_msg(res.settings.nats_stream, seq)
     except nats.js.errors.NotFoundError:
+        return MessageState.GONE, seq
+    if message_job_id(raw.data or b"") != str(job_id):  # a crash lost it, and its number went to a new message
         return MessageState.GONE, seq
     taken_last_time = event is not None and event["type"] == "stage_started"
     if taken_last_time and int(data.get("attempt", 0)) >= res.settings.max_attempts:

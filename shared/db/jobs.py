@@ -120,7 +120,8 @@ WHERE status = 'processing' AND last_heartbeat_at < now() - make_interval(secs =
 ORDER BY last_heartbeat_at LIMIT $3
 """
 LAST_STAGE_EVENT = """
-SELECT type, data FROM job_events WHERE job_id = $1 AND type IN ('stage_started', 'stage_finished')
+SELECT type, data FROM job_events
+WHERE job_id = $1 AND type IN ('stage_started', 'stage_finished', 'message_republished')
 ORDER BY ts DESC, id DESC LIMIT 1
 """
 
@@ -315,5 +316,6 @@ async def stuck_due(
 
 
 async def last_stage_event(pool: asyncpg.Pool, job_id: uuid.UUID) -> asyncpg.Record | None:
-    """The job's latest stage_started or stage_finished event (type, data), whose data may carry a stream seq."""
+    """The job's latest stage_started, stage_finished or message_republished event (type, data), whose data may
+    carry the stream seq of the job's current message."""
     return await pool.fetchrow(LAST_STAGE_EVENT, job_id)

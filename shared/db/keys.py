@@ -35,6 +35,7 @@ WITH hit AS (
 SELECT (SELECT hits FROM hit) AS current,
        coalesce((SELECT hits FROM rate_windows WHERE subject = $1 AND window_start = $2 - $3), 0) AS previous
 """
+RATE_WINDOW_SEC = 60  # the sliding window of the gateway's rate limit, s
 RATE_PRUNE = "DELETE FROM rate_windows WHERE window_start < $1"
 
 

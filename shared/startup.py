@@ -1,0 +1,57 @@
+"""Start-up through an outage: a service started while NATS, PostgreSQL or S3 is down waits for it.
+
+Each step of opening the process's clients (connect to NATS, create the stream and consumers, connect to and
+migrate PostgreSQL, ensure the bucket) is tried again with exponential backoff, at most STARTUP_RETRY_MAX_SEC
+between tries, logging `waiting_for_dependency` with the dependency's name each time, until it succeeds or
+STARTUP_WAIT_SEC passed (then the last error is raised and the process exits for its supervisor to restart it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+
+from shared.logs import get_logger
+from shared.settings import Settings
+
+log = get_logger("startup")
+R = TypeVar("R")
+FIRST_PAUSE_SEC = 0.25  # first wait after a failed start-up step, s (doubles up to STARTUP_RETRY_MAX_SEC)
+ERROR_CHARS = 300  # the part of an error's text a log line carries
+
+# Waiting does not mend these: wrong credentials or a database that does not exist.
+NOT_AN_OUTAGE: tuple[type[BaseException], ...] = (
+    asyncpg.InvalidAuthorizationSpecificationError,  # bad user or password
+    asyncpg.InvalidCatalogNameError,  # no such database
+)
+
+
+async def until_up(dependency: str, step: Callable[[], Awaitable[R]], settings: Settings) -> R:
+    """`step()`'s result, trying again while it fails (see the module doc); `dependency` names what it needs."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    pause = FIRST_PAUSE_SEC
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            result = await step()
+        except NOT_AN_OUTAGE:
+            raise
+        except Exception as exc:
+            waited = loop.time() - started
+            if settings.startup_wait_sec > 0 and waited + pause > settings.startup_wait_sec:
+                log.error("dependency_unavailable", dependency=dependency, waited_sec=round(waited, 1),
+                          tries=tries, error=repr(exc)[:ERROR_CHARS])
+                raise
+            log.warning("waiting_for_dependency", dependency=dependency, retry_in_sec=round(pause, 2),
+                        waited_sec=round(waited, 1), error=repr(exc)[:ERROR_CHARS])
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, settings.startup_retry_max_sec)
+            continue
+        if tries > 1:
+            log.info("dependency_up", dependency=dependency, waited_sec=round(loop.time() - started, 1))
+        return result

@@ -1,0 +1,107 @@
+"""A service started while a server it needs is down waits for it (logging what it waits for) and then works."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+import pytest
+
+from shared import bus
+from shared.contracts import ClipJobMessage, UrlSource
+from shared.db import jobs
+from shared.devstack import start_nats
+from shared.devstack.process import LOOPBACK, free_port
+from shared.ids import uuid7
+from shared.resources import open_resources
+from tests.conftest import Servers, _drop_everything, make_settings
+from tests.http_source import MediaServer
+from tests.tcp_forward import TcpForward
+from tests.test_delivery import fetch_worker_processes
+
+WAIT_SEC = 60.0  # longest the test waits for a log line or the job, s
+POLL_SEC = 0.1
+
+
+async def wait_logged(log: Path, *needles: str) -> None:
+    async with asyncio.timeout(WAIT_SEC):
+        while not all(n in (log.read_text() if log.exists() else "") for n in needles):  # noqa: ASYNC110
+            await asyncio.sleep(POLL_SEC)
+
+
+async def test_worker_started_while_nats_is_down_waits_and_then_works(
+    servers: Servers, sample_video: Path, tmp_path: Path
+) -> None:
+    port = free_port()  # nothing listens here yet
+    settings = make_settings(servers, tmp_path, nats_url=f"nats://{LOOPBACK}:{port}", startup_retry_max_sec=0.5)
+    nats = None
+    try:
+        with fetch_worker_processes(settings, tmp_path) as start, MediaServer(sample_video.parent) as origin:
+            worker = start("fetch")
+            log = tmp_path / "fetch.log"
+            await wait_logged(log, "waiting_for_dependency", '"nats"')
+            assert worker.poll() is None, log.read_text()[-2000:]
+            nats = await asyncio.to_thread(start_nats, tmp_path / "nats", port)
+            await wait_logged(log, "worker_started")
+            async with open_resources(settings, "test") as res:
+                job = ClipJobMessage(id=str(uuid7()), source=UrlSource(url=origin.url(sample_video.name)),
+                                     start_sec=2.0, end_sec=4.0)
+                await bus.publish_job(res.js, res.subjects, job)
+                try:
+                    async with asyncio.timeout(WAIT_SEC):
+                        while "stage_finished" not in [  # noqa: ASYNC110 - polling the database
+                            e["type"] for e in await jobs.job_events(res.db, uuid.UUID(job.id))
+                        ]:
+                            await asyncio.sleep(POLL_SEC)
+                finally:
+                    await _drop_everything(settings, res)
+            assert "dependency_up" in log.read_text()
+    finally:
+        if nats is not None:
+            nats.stop()
+
+
+def on_port(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit(":", 1)[0] if parts.port else parts.netloc
+    return urlunsplit(parts._replace(netloc=f"{netloc}:{port}"))
+
+
+@pytest.mark.parametrize(("dependency", "field"), [("postgresql", "database_url"), ("s3", "s3_endpoint_url")])
+async def test_worker_started_while_postgresql_or_s3_is_down_waits_and_then_works(
+    dependency: str, field: str, servers: Servers, sample_video: Path, tmp_path: Path
+) -> None:
+    """The worker reaches the real server through a forwarder that only starts listening later."""
+    direct = make_settings(servers, tmp_path, startup_retry_max_sec=0.5)
+    target = urlsplit(getattr(direct, field)).port
+    assert target is not None
+    port = free_port()
+    settings = msgspec.structs.replace(direct, **{field: on_port(getattr(direct, field), port)})
+    forward = TcpForward(port, target)
+    try:
+        with fetch_worker_processes(settings, tmp_path) as start, MediaServer(sample_video.parent) as origin:
+            worker = start("fetch")
+            log = tmp_path / "fetch.log"
+            await wait_logged(log, "waiting_for_dependency", f'"{dependency}"')
+            assert worker.poll() is None, log.read_text()[-2000:]
+            await forward.start()
+            await wait_logged(log, "worker_started", "dependency_up")
+            async with open_resources(direct, "test") as res:
+                job = ClipJobMessage(id=str(uuid7()), source=UrlSource(url=origin.url(sample_video.name)),
+                                     start_sec=2.0, end_sec=4.0)
+                await bus.publish_job(res.js, res.subjects, job)
+                try:
+                    async with asyncio.timeout(WAIT_SEC):
+                        while "stage_finished" not in [  # noqa: ASYNC110 - polling the database
+                            e["type"] for e in await jobs.job_events(res.db, uuid.UUID(job.id))
+                        ]:
+                            await asyncio.sleep(POLL_SEC)
+                finally:
+                    await _drop_everything(direct, res)
+            worker.terminate()  # stopped while this loop still runs the forwarder its connections go through
+            assert await asyncio.to_thread(worker.wait, WAIT_SEC) == 0
+    finally:
+        await forward.close()
