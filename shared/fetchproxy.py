@@ -35,6 +35,7 @@ CLIENT_SNDBUF_BYTES = 64 * 1024  # loopback buffers toward ffmpeg/yt-dlp: little
 TLS_OPTIONS = frozenset({"tls_verify", "ca_file"})  # used by ffmpeg only for an https URL
 PLAIN_ONLY_OPTIONS = frozenset({"recv_buffer_size"})  # used by ffmpeg only for an http URL
 HEAD_TIMEOUT_SEC = 10.0  # a client must send its request head within this, s
+KIB = 1024  # bytes per KiB (FETCH_MIN_RATE_KBPS)
 HOP_HEADERS = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "upgrade",
                          "transfer-encoding", "trailer"})
 REALM = b'Proxy-Authenticate: Basic realm="clipjet"\r\n'
@@ -50,6 +51,8 @@ class FetchSession:
     idle_sec: float
     ca_file: str = ""  # FETCH_CA_FILE: the CA bundle ffmpeg verifies https sources against ("" = the system's)
     url: str = ""  # http://user:secret@127.0.0.1:port, for ffmpeg -http_proxy, yt-dlp proxy, httpx proxy
+    min_rate_bps: float = 0.0  # FETCH_MIN_RATE_KBPS in bytes/s: a connection whose origin averages less is cut
+    rate_grace_sec: float = 0.0  # FETCH_MIN_RATE_GRACE_SEC: waiting on the origin this long before the rate applies
     received: int = 0
     refusal: ClipError | None = None
     contacted: list[str] = field(default_factory=list)  # "host:port -> address" of every connection made
@@ -115,7 +118,8 @@ class GuardedProxy:
         warn_if_open(settings)
         user = secrets.token_hex(8)
         session = FetchSession(user, Policy.of(settings), settings.fetch_max_bytes, settings.fetch_idle_timeout_sec,
-                               settings.fetch_ca_file)
+                               settings.fetch_ca_file, min_rate_bps=settings.fetch_min_rate_kbps * KIB,
+                               rate_grace_sec=settings.fetch_min_rate_grace_sec)
         session.url = f"http://{user}:{self._secret}@127.0.0.1:{self.port}"
         self._sessions[user] = session
         try:
@@ -161,6 +165,8 @@ class GuardedProxy:
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     ) -> None:
         try:
+            if session.refusal is not None:  # refused once, refused for good: ffmpeg's reconnects get nothing more
+                raise session.refusal
             if method == "CONNECT":
                 host, _, port = target.rpartition(":")
                 checked = await check_target(host, int(port), "https", session.policy)
@@ -241,17 +247,30 @@ async def _relay_response(session: FetchSession, upstream: asyncio.StreamReader,
 async def _pipe(
     source: asyncio.StreamReader, sink: asyncio.StreamWriter, session: FetchSession, counted: FetchSession | None
 ) -> None:
-    """Copy until EOF; bytes toward the client count against the session's budget."""
+    """Copy until EOF; bytes toward the client count against the session's budget, and the origin must send
+    them at the session's minimum rate (`_too_slow`)."""
+    loop = asyncio.get_running_loop()
+    waited, moved = 0.0, 0
     with suppress(ConnectionError, asyncio.IncompleteReadError):
         while True:
+            began = loop.time()
             chunk = await asyncio.wait_for(source.read(PIPE_CHUNK), session.idle_sec)
             if not chunk:
                 break
             if counted is not None:
+                waited, moved = waited + loop.time() - began, moved + len(chunk)
                 counted.received += len(chunk)
                 if counted.received > counted.max_bytes:
                     counted.refuse(FetchRefused(
                         f"the source is over the {counted.max_bytes}-byte limit", code="source_too_large"))
+                    sink.close()
+                    return
+                if _too_slow(counted, waited, moved):
+                    counted.refuse(FetchRefused(
+                        f"the source's server sent {moved} bytes in {waited:.0f} s: under the "
+                        f"{counted.min_rate_bps / KIB:g} KiB/s a source must keep up; give a faster URL or upload "
+                        f"the file", code="source_too_slow"))
+                    log.warning("fetch_too_slow", bytes=moved, waited_sec=round(waited, 1))
                     sink.close()
                     return
             sink.write(chunk)
@@ -259,6 +278,12 @@ async def _pipe(
     with suppress(Exception):
         if sink.can_write_eof():
             sink.write_eof()
+
+
+def _too_slow(session: FetchSession, waited: float, moved: int) -> bool:
+    """The origin of one connection averaged under the session's minimum rate over the time spent waiting on
+    it (time the client took to read is not counted), once that time is past the grace period."""
+    return session.min_rate_bps > 0 and waited > session.rate_grace_sec and moved < session.min_rate_bps * waited
 
 
 _proxies: dict[int, asyncio.Future[GuardedProxy]] = {}

@@ -34,6 +34,7 @@ class MediaInfo:
     container: str
     streams: list[StreamFacts]
     keyframe_before: float | None = None  # the video keyframe at or before the time asked for; None: no video
+    frame_rate: float = 0.0  # the highest average frame rate of its video streams, frames/s (0: none or unknown)
 
     @property
     def has_video(self) -> bool:
@@ -81,7 +82,13 @@ def read_info(container: av.container.InputContainer, keyframe_at: float | None)
     keyframe = None
     if keyframe_at is not None and container.streams.video:
         keyframe = _keyframe_at_or_before(container, container.streams.video[0], keyframe_at)
-    return MediaInfo(duration, container.format.name, streams, keyframe)
+    rate = max((_frame_rate(v) for v in container.streams.video), default=0.0)
+    return MediaInfo(duration, container.format.name, streams, keyframe, rate)
+
+
+def _frame_rate(video: av.VideoStream) -> float:
+    rate = video.average_rate or video.guessed_rate
+    return float(rate) if rate else 0.0
 
 
 def _facts(stream: av.stream.Stream) -> StreamFacts:

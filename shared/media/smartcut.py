@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.contracts import CutPath
+from shared.media.cut import packet_end_clamp
 from shared.media.ffmpeg import HTTP_INPUT_OPTIONS, US_PER_SEC, MediaError, run_ffmpeg
 from shared.media.keyframes import TIME_EPSILON_SEC, CutLayout, VideoFormat, cut_layout
 
@@ -177,7 +178,9 @@ async def _join(
     if audio:
         args += ["-ss", f"{layout.first_frame:.6f}", "-to", f"{layout.end:.6f}", "-i", source]
     args += ["-map", "0:v:0"] + (["-map", "1:a?", "-copypriorss:a", "0"] if audio else [])
-    args += ["-c", "copy", *_timescale(layout.video)]
+    # the copied run's last packet keeps its own duration, which a hostile file sets to hours: ended at endSec
+    clip_sec = layout.end - layout.first_frame
+    args += ["-c", "copy", *_timescale(layout.video), "-t", f"{clip_sec:.6f}", *packet_end_clamp(clip_sec)]
     if layout.video.rotation:
         args += ["-metadata:s:v:0", f"rotate={layout.video.rotation}"]
     args += ["-movflags", "+faststart", "-f", "mp4", "-y", str(output)]
