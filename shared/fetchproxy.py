@@ -64,13 +64,16 @@ class FetchSession:
 
     @contextmanager
     def errors(self) -> Iterator[None]:
-        """Inside: any failure becomes the proxy's refusal when there was one (it says why, with its code)."""
+        """Inside: any failure becomes the proxy's refusal when there was one (it says why, with its code); so
+        does a success after one (ffmpeg takes a connection the proxy cut for the end of its input)."""
         try:
             yield
         except Exception as exc:
             if self.refusal is not None and exc is not self.refusal:
                 raise self.refusal from exc
             raise
+        if self.refusal is not None:
+            raise self.refusal
 
     def av_options(self) -> dict[str, str]:
         """libavformat options for reading a user URL: through this session, http(s) only, certificates
