@@ -3,13 +3,17 @@ keyframe lead-in staged and decoded, and the clip's duration whatever the media'
 
 from __future__ import annotations
 
+import io
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
 from litestar.testing import AsyncTestClient
 
+from shared.errors import SourceUnreadable
+from shared.media.probe import read_info
 from shared.resources import Resources
 from shared.storage import staging_prefix
 from tests.conftest import Workers, wait_for_job
@@ -128,3 +132,28 @@ async def test_a_clip_never_lasts_longer_than_asked_whatever_the_timestamps_clai
     assert float(info["format"]["duration"]) <= asked + CLIP_TOLERANCE_SEC
     for stream in info["streams"]:
         assert float(stream["duration"]) <= asked + CLIP_TOLERANCE_SEC, stream
+
+
+class _CountingFile(io.FileIO):
+    """A file that counts the bytes libavformat reads from it."""
+
+    bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = super().read(size)
+        self.bytes_read += len(data)
+        return data
+
+
+def test_a_keyframe_search_without_an_index_reads_a_bounded_distance(media_dir: Path) -> None:
+    """MPEG-TS has no index: a seek lands near the time asked for and the probe scans forward for a keyframe.
+    With none for 490 s after it, the scan stops after KEYFRAME_SCAN_SEC instead of reading to the end (four
+    times: once per step back)."""
+    path = media_dir / "bounds-far-keyframes.ts"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x90:rate=5:duration=600", *_h264(gop="2950"), "-f", "mpegts",
+            str(path))
+    with _CountingFile(path, "rb") as handle, av.open(handle) as container:
+        with pytest.raises(SourceUnreadable):
+            read_info(container, keyframe_at=100)
+        size = path.stat().st_size
+        assert handle.bytes_read < size, f"{handle.bytes_read} bytes read of a {size}-byte file"
