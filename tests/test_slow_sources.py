@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
+from shared.asr.audio import read_audio
 from shared.errors import ClipError
 from shared.fetchproxy import fetch_session
 from shared.media.cut import copy_cut
@@ -128,4 +129,16 @@ async def test_an_ffmpeg_run_past_its_deadline_is_killed(sample_video: Path, tmp
                                limits=limits)
         took = time.monotonic() - began
     assert caught.value.code == "ffmpeg_deadline"
+    assert limits.deadline(2) <= took < limits.deadline(2) + 2.0
+
+
+async def test_the_transcribers_audio_read_has_a_deadline_too(sample_video: Path) -> None:
+    limits = RunLimits(base_sec=1.0, per_media_sec=0.5)
+    with MediaServer(sample_video.parent) as origin:
+        origin.drip_bytes_per_sec = DRIP_BYTES_PER_SEC
+        began = time.monotonic()
+        with pytest.raises(FfmpegDeadline):
+            async with asyncio.timeout(FAIL_WITHIN_SEC):
+                await read_audio(origin.url(sample_video.name), start_sec=2, duration_sec=2, limits=limits)
+        took = time.monotonic() - began
     assert limits.deadline(2) <= took < limits.deadline(2) + 2.0

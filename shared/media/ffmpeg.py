@@ -101,6 +101,24 @@ async def run_ffmpeg(
     raise_for_exit(code, await stderr_task, "ffmpeg failed")
 
 
+async def communicate_within(
+    proc: asyncio.subprocess.Process, *, duration_sec: float, limits: RunLimits | None = None
+) -> tuple[bytes, bytes]:
+    """(stdout, stderr) of an ffmpeg started with `start_new_session=True`, within the deadline of
+    `duration_sec` of media (`limits`, DEFAULT_LIMITS when None): past it, killed with its process group."""
+    deadline = (limits or DEFAULT_LIMITS).deadline(duration_sec)
+    try:
+        async with asyncio.timeout(deadline):
+            return await proc.communicate()
+    except TimeoutError as exc:
+        await _kill(proc)
+        raise FfmpegDeadline(f"ffmpeg ran past its {deadline:.0f} s deadline for {duration_sec:.1f} s of media "
+                             f"and was stopped", code="ffmpeg_deadline") from exc
+    except asyncio.CancelledError:
+        await _kill(proc)
+        raise
+
+
 async def _kill(proc: asyncio.subprocess.Process) -> None:
     """SIGKILL ffmpeg's process group (it was started in a session of its own) and reap it."""
     with suppress(ProcessLookupError):
