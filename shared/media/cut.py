@@ -21,7 +21,8 @@ def packet_end_clamp(duration_sec: float, *, from_zero: bool = True) -> list[str
     else no packet lasts longer than that): `-t`/`-to` drop packets that start later, but the last one kept
     carries its own duration, which a hostile file sets to hours (a timestamp gap): the copy lasts that long."""
     limit = f"max({MIN_PACKET_TICKS},{duration_sec:.6f}/TB-PTS)" if from_zero else f"{duration_sec:.6f}/TB"
-    return ["-bsf", f"setts=duration='min(DURATION,{limit})'"]
+    # pts and dts named as they are: ffmpeg 5.1's setts otherwise gives every packet its dts as pts
+    return ["-bsf", f"setts=pts=PTS:dts=DTS:duration='min(DURATION,{limit})'"]
 
 
 def copyable_to_mp4(streams: list[StreamFacts]) -> bool:
