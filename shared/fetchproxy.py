@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from shared.errors import ClipError, FetchRefused
+from shared.fetchpipe import KIB, pipe
 from shared.logs import get_logger
 from shared.netguard import Policy, Target, check_target, open_pinned, split_url
 from shared.settings import Settings
@@ -30,12 +31,10 @@ from shared.settings import Settings
 log = get_logger("fetchproxy")
 MAX_HEAD_BYTES = 64 * 1024  # request or response head, bytes
 MAX_BODY_BYTES = 1024 * 1024  # request body a client may send (yt-dlp API POSTs), bytes
-PIPE_CHUNK = 64 * 1024
 CLIENT_SNDBUF_BYTES = 64 * 1024  # loopback buffers toward ffmpeg/yt-dlp: little read ahead of what they use
 TLS_OPTIONS = frozenset({"tls_verify", "ca_file"})  # used by ffmpeg only for an https URL
 PLAIN_ONLY_OPTIONS = frozenset({"recv_buffer_size"})  # used by ffmpeg only for an http URL
 HEAD_TIMEOUT_SEC = 10.0  # a client must send its request head within this, s
-KIB = 1024  # bytes per KiB (FETCH_MIN_RATE_KBPS)
 HOP_HEADERS = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "upgrade",
                          "transfer-encoding", "trailer"})
 REALM = b'Proxy-Authenticate: Basic realm="clipjet"\r\n'
@@ -56,6 +55,15 @@ class FetchSession:
     received: int = 0
     refusal: ClipError | None = None
     contacted: list[str] = field(default_factory=list)  # "host:port -> address" of every connection made
+    streams: set[asyncio.StreamWriter] = field(default_factory=set, repr=False)  # open connections, both sides
+
+    def close_streams(self) -> None:
+        """Cut every connection still open: a reader that outlived its caller's deadline (a yt-dlp thread
+        cannot be killed) reads nothing more once the session ends."""
+        for stream in list(self.streams):
+            with suppress(Exception):
+                stream.close()
+        self.streams.clear()
 
     def refuse(self, error: ClipError) -> ClipError:
         if self.refusal is None:
@@ -129,6 +137,7 @@ class GuardedProxy:
             yield session
         finally:
             del self._sessions[user]
+            session.close_streams()
 
     def _session_of(self, headers: dict[str, str]) -> FetchSession | None:
         scheme, _, value = headers.get("proxy-authorization", "").partition(" ")
@@ -193,16 +202,18 @@ class GuardedProxy:
             log.info("fetch_upstream_unreachable", target=target, error=repr(exc))
             return
         session.contacted.append(f"{checked.host}:{checked.port} -> {checked.address}")
+        session.streams.update((writer, upstream_w))
         try:
             if method == "CONNECT":
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 await asyncio.gather(
-                    _pipe(reader, upstream_w, session, None), _pipe(upstream_r, writer, session, session),
+                    pipe(reader, upstream_w, session, None), pipe(upstream_r, writer, session, session),
                 )
             else:
                 await _forward(session, checked, method, target, headers, lines, reader, upstream_w)
                 await _relay_response(session, upstream_r, writer)
         finally:
+            session.streams.difference_update((writer, upstream_w))
             with suppress(Exception):
                 upstream_w.close()
 
@@ -244,49 +255,7 @@ async def _relay_response(session: FetchSession, upstream: asyncio.StreamReader,
     kept = [line for line in lines if line and line.partition(":")[0].strip().lower() not in
             {"connection", "keep-alive", "proxy-connection"}]
     writer.write(("\r\n".join([status, *kept, "Connection: close"]) + "\r\n\r\n").encode("latin-1"))
-    await _pipe(upstream, writer, session, session)
-
-
-async def _pipe(
-    source: asyncio.StreamReader, sink: asyncio.StreamWriter, session: FetchSession, counted: FetchSession | None
-) -> None:
-    """Copy until EOF; bytes toward the client count against the session's budget, and the origin must send
-    them at the session's minimum rate (`_too_slow`)."""
-    loop = asyncio.get_running_loop()
-    waited, moved = 0.0, 0
-    with suppress(ConnectionError, asyncio.IncompleteReadError):
-        while True:
-            began = loop.time()
-            chunk = await asyncio.wait_for(source.read(PIPE_CHUNK), session.idle_sec)
-            if not chunk:
-                break
-            if counted is not None:
-                waited, moved = waited + loop.time() - began, moved + len(chunk)
-                counted.received += len(chunk)
-                if counted.received > counted.max_bytes:
-                    counted.refuse(FetchRefused(
-                        f"the source is over the {counted.max_bytes}-byte limit", code="source_too_large"))
-                    sink.close()
-                    return
-                if _too_slow(counted, waited, moved):
-                    counted.refuse(FetchRefused(
-                        f"the source's server sent {moved} bytes in {waited:.0f} s: under the "
-                        f"{counted.min_rate_bps / KIB:g} KiB/s a source must keep up; give a faster URL or upload "
-                        f"the file", code="source_too_slow"))
-                    log.warning("fetch_too_slow", bytes=moved, waited_sec=round(waited, 1))
-                    sink.close()
-                    return
-            sink.write(chunk)
-            await sink.drain()
-    with suppress(Exception):
-        if sink.can_write_eof():
-            sink.write_eof()
-
-
-def _too_slow(session: FetchSession, waited: float, moved: int) -> bool:
-    """The origin of one connection averaged under the session's minimum rate over the time spent waiting on
-    it (time the client took to read is not counted), once that time is past the grace period."""
-    return session.min_rate_bps > 0 and waited > session.rate_grace_sec and moved < session.min_rate_bps * waited
+    await pipe(upstream, writer, session, session)
 
 
 _proxies: dict[int, asyncio.Future[GuardedProxy]] = {}

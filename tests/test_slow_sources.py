@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -30,6 +31,7 @@ GRACE_SEC = 2.0  # FETCH_MIN_RATE_GRACE_SEC in these tests
 FAIL_WITHIN_SEC = 55.0  # a dripping source's job fails within this (grace + rate + ffmpeg's reconnect backoff)
 LONG_SEC = 60  # the staging source: 60 s at 2 Mb/s, its moov at the front
 FAST_BYTES = 1024 * 1024  # each response's first MiB comes at full speed: the probe's reads, not the staged range
+SESSION_CUT_WITHIN_SEC = 3.0  # a read through a session that ended stops within this
 STAGED_FROM = 40.0  # the clip's start: its range lies past the first MiB of the file
 STAGING_PROGRESS = 0.6 / DEFAULT_ROUTE_LENGTH  # the job's progress when the fetcher begins staging
 
@@ -142,3 +144,26 @@ async def test_the_transcribers_audio_read_has_a_deadline_too(sample_video: Path
                 await read_audio(origin.url(sample_video.name), start_sec=2, duration_sec=2, limits=limits)
         took = time.monotonic() - began
     assert limits.deadline(2) <= took < limits.deadline(2) + 2.0
+
+
+async def test_a_read_that_outlives_its_session_is_cut_when_the_session_ends(
+    settings: Settings, sample_video: Path
+) -> None:
+    """A yt-dlp thread cannot be killed at its deadline: the end of its fetch session cuts what it still reads."""
+    with MediaServer(sample_video.parent) as origin:
+        origin.drip_bytes_per_sec = DRIP_BYTES_PER_SEC
+        async with fetch_session(settings) as session:
+            http = httpx.AsyncClient(proxy=session.url, timeout=FAIL_WITHIN_SEC, trust_env=False)
+            response = await http.send(http.build_request("GET", origin.url(sample_video.name)), stream=True)
+            chunks = response.aiter_raw(1)
+            assert await anext(chunks)  # the drip has begun
+        began = time.monotonic()
+        try:
+            with pytest.raises(httpx.TransportError):
+                async with asyncio.timeout(SESSION_CUT_WITHIN_SEC):
+                    async for _ in chunks:
+                        pass
+        finally:
+            await http.aclose()
+        took = time.monotonic() - began
+    assert took < SESSION_CUT_WITHIN_SEC

@@ -87,6 +87,16 @@ async def test_oversized_sources_are_refused_at_probe_time(
     assert "upload" in job["errorMessage"]
 
 
+@pytest.mark.settings(max_source_duration_sec=3600)
+async def test_a_source_claiming_hours_over_the_limit_is_refused(
+    client: AsyncTestClient[Any], workers: Workers, bounds_media: Path
+) -> None:
+    workers.start("fetch")
+    with MediaServer(bounds_media) as origin:
+        job = await _job(client, origin.url("hours.mp4"), 1, 2)
+    assert (job["status"], job["errorCode"], job["attempts"]) == ("failed", "source_too_long", 1), job
+
+
 async def test_a_far_keyframe_is_not_copied_into_a_keyframe_precision_clip(
     client: AsyncTestClient[Any], workers: Workers, bounds_media: Path, tmp_path: Path
 ) -> None:
