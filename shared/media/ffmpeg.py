@@ -65,14 +65,15 @@ DEFAULT_LIMITS = RunLimits.of(load_settings())
 
 async def run_ffmpeg(
     args: list[str], *, duration_sec: float, on_progress: Callable[[float], None] | None = None,
-    limits: RunLimits | None = None,
+    limits: RunLimits | None = None, work_sec: float | None = None,
 ) -> None:
     """`ffmpeg <args>`; progress = output time / duration_sec. A non-zero exit raises MediaError.
 
-    A kill from outside (signal) is Transient: another try may succeed. A run past `limits.deadline(duration_sec)`
-    (DEFAULT_LIMITS when None) is killed with its process group: FfmpegDeadline.
+    A kill from outside (signal) is Transient: another try may succeed. A run past `limits.deadline(work_sec)`
+    (DEFAULT_LIMITS when None; work_sec: the media it reads, decoded lead-in included, else duration_sec) is
+    killed with its process group: FfmpegDeadline.
     """
-    deadline = (limits or DEFAULT_LIMITS).deadline(duration_sec)
+    deadline = (limits or DEFAULT_LIMITS).deadline(duration_sec if work_sec is None else work_sec)
     cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-progress", "pipe:1", "-nostats",
            *with_http_retries(args)]
     proc = await asyncio.create_subprocess_exec(

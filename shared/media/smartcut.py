@@ -106,7 +106,7 @@ async def encode_segment(
             "-vf", trim, "-fps_mode", "passthrough", *_encoder_args(video), *_timescale(video),
             "-streamid", f"0:{video.stream_id}", "-use_stream_ids_as_track_ids", "1",
             "-f", "mp4", "-y", str(output)]
-    await run_ffmpeg(args, duration_sec=end - start, on_progress=on_progress)
+    await run_ffmpeg(args, duration_sec=end - start, on_progress=on_progress, work_sec=end - seek)
 
 
 def _encoder_args(video: VideoFormat) -> list[str]:
