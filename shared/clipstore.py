@@ -11,7 +11,7 @@ import secrets
 from pathlib import Path
 
 from shared.contracts import Artifact, ClipResult, CutPath, MediaPlan, StageMessage
-from shared.errors import Transient
+from shared.errors import Permanent, Transient
 from shared.media.inputs import STAGED_DEMUXERS
 from shared.media.mp4 import mp4_duration
 from shared.media.probe import probe
@@ -20,6 +20,7 @@ from shared.storage import ObjectInfo, Storage, sha256_file, staging_prefix
 READ_URL_TTL_SEC = 3600  # lifetime of the signed URL ffmpeg reads the staged media through, s
 DURATION_META = "duration"  # object metadata: the clip's duration in seconds
 SHORT_CLIP_TOLERANCE_SEC = 0.15  # a clip may end this much before endSec (frame and audio-packet rounding)
+LONG_CLIP_TOLERANCE_SEC = 1.0  # a clip may end this much after endSec (a copy's last frames and audio packets)
 START_META = "start"  # object metadata: the clip's first frame in source seconds
 PATH_META = "path"  # object metadata: the cut path that made the clip
 WRITE_META = "write"  # object metadata: a random id of the write that stored the clip (a rewrite changes it)
@@ -52,11 +53,16 @@ async def store_clip(
 
     `covers_sec`: what the clip must last (from its first frame to endSec). ffmpeg can take a failed read of
     its input for the input's end and still exit 0: a clip shorter than that is a transient failure (the stage
-    runs again), never a stored result."""
+    runs again), never a stored result. A clip longer than that (a media's timestamps or durations claiming
+    hours) is never stored either: `output_too_long`, permanent."""
     duration = await asyncio.to_thread(mp4_duration, path)
     if duration < covers_sec - SHORT_CLIP_TOLERANCE_SEC:
         raise Transient(f"the cut came out {duration:.3f} s long instead of {covers_sec:.3f} s (an input read "
                         f"failed part-way)", code="short_output")
+    if duration > covers_sec + LONG_CLIP_TOLERANCE_SEC:
+        raise Permanent(f"the cut came out {duration:.3f} s long instead of {covers_sec:.3f} s: the media's "
+                        f"timestamps claim more than it holds; re-encode it with regular timestamps and upload it",
+                        code="output_too_long")
     metadata = {"sha256": await sha256_file(path), DURATION_META: f"{duration:.6f}",
                 WRITE_META: secrets.token_hex(8), **(extra or {})}
     size = await storage.put_file(key, path, "video/mp4", metadata)

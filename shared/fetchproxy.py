@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from shared.errors import ClipError, FetchRefused
+from shared.fetchpipe import KIB, pipe
 from shared.logs import get_logger
 from shared.media.inputs import FORMAT_WHITELIST
 from shared.netguard import Policy, Target, check_target, open_pinned, split_url
@@ -31,7 +32,6 @@ from shared.settings import Settings
 log = get_logger("fetchproxy")
 MAX_HEAD_BYTES = 64 * 1024  # request or response head, bytes
 MAX_BODY_BYTES = 1024 * 1024  # request body a client may send (yt-dlp API POSTs), bytes
-PIPE_CHUNK = 64 * 1024
 CLIENT_SNDBUF_BYTES = 64 * 1024  # loopback buffers toward ffmpeg/yt-dlp: little read ahead of what they use
 TLS_OPTIONS = frozenset({"tls_verify", "ca_file"})  # used by ffmpeg only for an https URL
 PLAIN_ONLY_OPTIONS = frozenset({"recv_buffer_size"})  # used by ffmpeg only for an http URL
@@ -54,9 +54,20 @@ class FetchSession:
     idle_sec: float
     ca_file: str = ""  # FETCH_CA_FILE: the CA bundle ffmpeg verifies https sources against ("" = the system's)
     url: str = ""  # http://user:secret@127.0.0.1:port, for ffmpeg -http_proxy, yt-dlp proxy, httpx proxy
+    min_rate_bps: float = 0.0  # FETCH_MIN_RATE_KBPS in bytes/s: a connection whose origin averages less is cut
+    rate_grace_sec: float = 0.0  # FETCH_MIN_RATE_GRACE_SEC: waiting on the origin this long before the rate applies
     received: int = 0
     refusal: ClipError | None = None
     contacted: list[str] = field(default_factory=list)  # "host:port -> address" of every connection made
+    streams: set[asyncio.StreamWriter] = field(default_factory=set, repr=False)  # open connections, both sides
+
+    def close_streams(self) -> None:
+        """Cut every connection still open: a reader that outlived its caller's deadline (a yt-dlp thread
+        cannot be killed) reads nothing more once the session ends."""
+        for stream in list(self.streams):
+            with suppress(Exception):
+                stream.close()
+        self.streams.clear()
 
     def refuse(self, error: ClipError) -> ClipError:
         if self.refusal is None:
@@ -65,13 +76,16 @@ class FetchSession:
 
     @contextmanager
     def errors(self) -> Iterator[None]:
-        """Inside: any failure becomes the proxy's refusal when there was one (it says why, with its code)."""
+        """Inside: any failure becomes the proxy's refusal when there was one (it says why, with its code); so
+        does a success after one (ffmpeg takes a connection the proxy cut for the end of its input)."""
         try:
             yield
         except Exception as exc:
             if self.refusal is not None and exc is not self.refusal:
                 raise self.refusal from exc
             raise
+        if self.refusal is not None:
+            raise self.refusal
 
     def av_options(self) -> dict[str, str]:
         """libavformat options for reading a user URL: through this session, http(s) only, media demuxers only,
@@ -120,13 +134,15 @@ class GuardedProxy:
         warn_if_open(settings)
         user = secrets.token_hex(8)
         session = FetchSession(user, Policy.of(settings), settings.fetch_max_bytes, settings.fetch_idle_timeout_sec,
-                               settings.fetch_ca_file)
+                               settings.fetch_ca_file, min_rate_bps=settings.fetch_min_rate_kbps * KIB,
+                               rate_grace_sec=settings.fetch_min_rate_grace_sec)
         session.url = f"http://{user}:{self._secret}@127.0.0.1:{self.port}"
         self._sessions[user] = session
         try:
             yield session
         finally:
             del self._sessions[user]
+            session.close_streams()
 
     def _session_of(self, headers: dict[str, str]) -> FetchSession | None:
         scheme, _, value = headers.get("proxy-authorization", "").partition(" ")
@@ -166,6 +182,8 @@ class GuardedProxy:
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     ) -> None:
         try:
+            if session.refusal is not None:  # refused once, refused for good: ffmpeg's reconnects get nothing more
+                raise session.refusal
             if method == "CONNECT":
                 host, _, port = target.rpartition(":")
                 checked = await check_target(host, int(port), "https", session.policy)
@@ -189,16 +207,18 @@ class GuardedProxy:
             log.info("fetch_upstream_unreachable", target=target, error=repr(exc))
             return
         session.contacted.append(f"{checked.host}:{checked.port} -> {checked.address}")
+        session.streams.update((writer, upstream_w))
         try:
             if method == "CONNECT":
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 await asyncio.gather(
-                    _pipe(reader, upstream_w, session, None), _pipe(upstream_r, writer, session, session),
+                    pipe(reader, upstream_w, session, None), pipe(upstream_r, writer, session, session),
                 )
             else:
                 await _forward(session, checked, method, target, headers, lines, reader, upstream_w)
                 await _relay_response(session, upstream_r, writer)
         finally:
+            session.streams.difference_update((writer, upstream_w))
             with suppress(Exception):
                 upstream_w.close()
 
@@ -240,30 +260,7 @@ async def _relay_response(session: FetchSession, upstream: asyncio.StreamReader,
     kept = [line for line in lines if line and line.partition(":")[0].strip().lower() not in
             {"connection", "keep-alive", "proxy-connection"}]
     writer.write(("\r\n".join([status, *kept, "Connection: close"]) + "\r\n\r\n").encode("latin-1"))
-    await _pipe(upstream, writer, session, session)
-
-
-async def _pipe(
-    source: asyncio.StreamReader, sink: asyncio.StreamWriter, session: FetchSession, counted: FetchSession | None
-) -> None:
-    """Copy until EOF; bytes toward the client count against the session's budget."""
-    with suppress(ConnectionError, asyncio.IncompleteReadError):
-        while True:
-            chunk = await asyncio.wait_for(source.read(PIPE_CHUNK), session.idle_sec)
-            if not chunk:
-                break
-            if counted is not None:
-                counted.received += len(chunk)
-                if counted.received > counted.max_bytes:
-                    counted.refuse(FetchRefused(
-                        f"the source is over the {counted.max_bytes}-byte limit", code="source_too_large"))
-                    sink.close()
-                    return
-            sink.write(chunk)
-            await sink.drain()
-    with suppress(Exception):
-        if sink.can_write_eof():
-            sink.write_eof()
+    await pipe(upstream, writer, session, session)
 
 
 _proxies: dict[int, asyncio.Future[GuardedProxy]] = {}

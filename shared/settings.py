@@ -59,6 +59,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     startup_wait_sec: float = 600.0  # start-up waits this long for NATS/PostgreSQL/S3, then exits, s (0: no limit)
     startup_retry_max_sec: float = 5.0  # longest pause between two start-up tries (exponential backoff), s
 
+    # --- bounds on the work one job causes (issue 12) ---
+    max_keyframe_leadin_sec: float = 10.0  # keyframe precision copies at most this lead-in; more: cut by frame, s
+    max_decode_leadin_sec: float = 60.0  # the keyframe before startSec may be this far ahead of it (decoded), s
+    max_source_pixels: int = 3840 * 2160  # largest video frame (width x height) a source may have, pixels
+    max_source_fps: float = 120.0  # highest average video frame rate a source may have, frames/s
+    max_source_duration_sec: float = 86_400.0  # longest duration a source may claim, s
+    ffmpeg_deadline_base_sec: float = 60.0  # every ffmpeg run is killed after this wall-clock time, s ...
+    ffmpeg_deadline_per_media_sec: float = 10.0  # ... plus this many seconds per second of media it writes, s/s
+    fetch_min_rate_kbps: float = 64.0  # a source read averaging less than this (after the grace) is dropped, KiB/s
+    fetch_min_rate_grace_sec: float = 10.0  # time waiting on an origin before its minimum rate applies, s
+
     # --- encoder ---
     video_encoder: str = "auto"  # H.264 encoder: auto (hardware when a test encode works, else libx264) or a name
     force_cut_path: str = ""  # "reencode": every job goes through the encoder (benchmarks); "": decided per job

@@ -1,4 +1,5 @@
-"""A local HTTP server for URL sources: serves files with Range support, and can stall to simulate a slow origin."""
+"""A local HTTP server for URL sources: serves files with Range support, and can stall or drip (a few bytes a
+second, never silent long enough for an idle timeout) to simulate a slow origin."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class MediaServer:
         self.etag = True  # send an ETag for each file
         self.content_length = True  # False: no Content-Length, the body ends when the connection closes
         self.send_buffer_bytes = 0  # > 0: the socket send buffer, so bytes_sent is close to what left the server
+        self.drip_bytes_per_sec = 0.0  # > 0: past drip_after_bytes of a body, send it this slowly, one byte at a time
+        self.drip_after_bytes = 0  # bytes of each body sent at full speed before the drip starts
         self._stalled = False
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -121,8 +124,27 @@ class MediaServer:
                 if server.content_length:
                     self.send_header("Content-Length", str(end - start + 1))
                 self.end_headers()
-                if body:
+                if body and server.drip_bytes_per_sec > 0:
+                    self._drip_body(path, start, end)
+                elif body:
                     self._send_body(path, start, end)
+
+            def _drip_body(self, path: Path, start: int, end: int) -> None:
+                with path.open("rb") as handle:
+                    handle.seek(start)
+                    data = handle.read(end - start + 1)
+                fast, slow = data[:server.drip_after_bytes], data[server.drip_after_bytes:]
+                try:
+                    self.wfile.write(fast)
+                    self.wfile.flush()
+                    server.bytes_sent += len(fast)
+                    for index in range(len(slow)):
+                        time.sleep(1 / server.drip_bytes_per_sec)
+                        self.wfile.write(slow[index:index + 1])
+                        self.wfile.flush()
+                        server.bytes_sent += 1
+                except (BrokenPipeError, ConnectionResetError):
+                    return
 
             def _send_body(self, path: Path, start: int, end: int) -> None:
                 with server._lock:  # a first whole-file download (no Range, more than a chunk) stalls once

@@ -49,14 +49,16 @@ async def pick_encoder(res: Resources) -> AsyncIterator[VideoEncoder]:
     yield encoder
 
 
-def video_copy_is_exact(task: StageMessage, plan: MediaPlan) -> bool:
+def video_copy_is_exact(task: StageMessage, plan: MediaPlan, max_leadin_sec: float = float("inf")) -> bool:
     """True when copying the video gives the clip asked for: an MP4 codec and a start on a keyframe
-    (or a job that asked for keyframe precision)."""
+    (or a job that asked for keyframe precision, whose keyframe is at most `max_leadin_sec` before startSec:
+    MAX_KEYFRAME_LEADIN_SEC, past which the clip is cut frame-accurately)."""
     videos = [s for s in plan.streams if s.kind == "video"]
     if len(videos) != 1 or videos[0].codec not in MP4_VIDEO_CODECS:
         return False
-    on_keyframe = abs(plan.cut_start_sec - task.job.start_sec) <= KEYFRAME_EPSILON_SEC
-    return on_keyframe or task.job.precision == "keyframe"
+    leadin = task.job.start_sec - plan.cut_start_sec
+    on_keyframe = abs(leadin) <= KEYFRAME_EPSILON_SEC
+    return on_keyframe or (task.job.precision == "keyframe" and leadin <= max_leadin_sec)
 
 
 class NoEncoder(RuntimeError):
@@ -75,7 +77,7 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
     if plan is None or source is None:
         raise Permanent("the encode stage needs the fetcher's plan and staged source", code="invalid_message")
     settings, storage = deps.res.settings, deps.res.storage
-    copy_video = not task.job.subs.burn_in and video_copy_is_exact(task, plan)
+    copy_video = not task.job.subs.burn_in and video_copy_is_exact(task, plan, settings.max_keyframe_leadin_sec)
     start = plan.cut_start_sec if copy_video else task.job.start_sec
     key = f"{staging_prefix(task.job.id)}{CLIP_NAME}"
     existing = await stored_clip(storage, key)

@@ -11,8 +11,10 @@ from shared.fetchproxy import FetchSession, fetch_session
 from shared.fingerprint import request_fingerprint
 from shared.jobrules import check_clip
 from shared.logs import get_logger
+from shared.media.bounds import WorkBounds
 from shared.media.cut import STAGING_FORMATS, copy_cut, copyable_to_mp4
 from shared.media.cutplan import CutDecision, probe_and_choose
+from shared.media.ffmpeg import FfmpegDeadline, RunLimits
 from shared.media.inputs import STAGED_DEMUXERS, demuxer
 from shared.media.probe import MediaInfo, timeline_start
 from shared.pipeline import COPY_ROUTE, FETCH, REENCODE_ROUTE, installed_stages, unavailable, with_subtitles
@@ -60,6 +62,7 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
     info, decision = await probe_and_choose(
         media, job.precision, job.start_sec, job.end_sec, staged=staged is None, options=source.av_options,
         check=lambda found: _check_range(job, found), decided=_decided_by_request(job, deps),
+        bounds=WorkBounds.of(deps.res.settings),
     )
     log.info("cut_path_chosen", cut_path=decision.path, cut_reason=decision.reason)
     route = with_subtitles(REENCODE_ROUTE if decision.path == "reencode" else COPY_ROUTE,
@@ -115,9 +118,16 @@ async def _stage_range(
         path, container = await stager(cut_start, end, deps.scratch), "mp4"
     else:
         path = deps.scratch / f"staged.{STAGING_FORMATS[container]}"
-        await copy_cut(media, path, seek_sec=cut_start, duration_sec=end - cut_start,
-                       on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p), container=container,
-                       input_args=input_args or [], fmt=demuxer(info.container))
+        try:
+            await copy_cut(media, path, seek_sec=cut_start, duration_sec=end - cut_start,
+                           on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p), container=container,
+                           input_args=input_args or [], fmt=demuxer(info.container),
+                           limits=RunLimits.of(deps.res.settings))
+        except FfmpegDeadline as exc:
+            if not input_args:  # our own storage or scratch: transient, retried
+                raise
+            raise Permanent(f"the source's server sent the range too slowly ({exc.message}); give a faster URL "
+                            f"or upload the file", code="source_too_slow") from exc
     ext = STAGING_FORMATS[container]
     digest = await sha256_file(path)
     key = f"{staging_prefix(job.id)}source.{ext}"

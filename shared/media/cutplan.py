@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from shared.contracts import CutPath, Precision, StreamFacts
 from shared.errors import SourceUnreadable
+from shared.media.bounds import WorkBounds, bounded_precision, check_source
 from shared.media.coverage import ensure_data_until
 from shared.media.cut import copyable_to_mp4
 from shared.media.keyframes import CutLayout, layout_in
@@ -74,33 +75,37 @@ def decide_cut(
 async def probe_and_choose(
     media: str, precision: Precision, start: float, end: float, *, staged: bool = True,
     options: dict[str, str] | None = None, check: Callable[[MediaInfo], None] | None = None,
-    decided: CutDecision | None = None,
+    decided: CutDecision | None = None, bounds: WorkBounds | None = None,
 ) -> tuple[MediaInfo, CutDecision]:
     """Probe `media` (a path or URL, read with the libavformat `options`, e.g. a user URL's guarded proxy)
     and decide its cut path, over one opening (a user's URL is read once, not twice): its facts, checked by
-    `check` before the frame layout around the cut points is read (only when it matters), and the decision
-    (`decided`, when the request alone decided it, without reading the layout)."""
+    `check` and against `bounds` (`shared.media.bounds`: a keyframe-precision job whose lead-in is too long is
+    cut frame-accurately) before the frame layout around the cut points is read (only when it matters), and the
+    decision (`decided`, when the request alone decided it, without reading the layout)."""
     encoders = await asyncio.to_thread(available_encoders)
+    limits = bounds or WorkBounds()
 
     def run() -> tuple[MediaInfo, CutDecision]:
         with opened_media(media, options) as container:
             info = read_info(container, keyframe_at=start)
+            check_source(info, limits)
             if check is not None:
                 check(info)
             # a truncated file fails here, once (after the layout, which reads near the end already: no extra seek)
             covered = min(end, info.duration_sec)
+            used = bounded_precision(precision, start, info.keyframe_before, limits)
             if decided is not None:
                 ensure_data_until(container, covered)
                 return info, decided
             fits = copyable_to_mp4(info.streams)
             videos = sum(1 for s in info.streams if s.kind == "video")
             try:
-                layout = layout_in(container, start, end) if fits and videos == 1 and precision != "keyframe" else None
+                layout = layout_in(container, start, end) if fits and videos == 1 and used != "keyframe" else None
             except SourceUnreadable:
                 ensure_data_until(container, covered)  # missing frames because the data stops short: say so
                 raise
             ensure_data_until(container, covered, read_on=layout is not None)
-        return info, decide_cut(precision, info.streams, layout, fits_mp4=fits, encoders=encoders, staged=staged)
+        return info, decide_cut(used, info.streams, layout, fits_mp4=fits, encoders=encoders, staged=staged)
 
     return await asyncio.to_thread(run)
 

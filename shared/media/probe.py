@@ -27,6 +27,7 @@ AV_TIME_BASE = 1_000_000  # libavformat's container time unit (microseconds)
 KEYFRAME_EPSILON_SEC = 0.0005  # a keyframe this close after the asked time counts as "at" it (rounding)
 SEEK_BACK_STEPS_SEC = (0.0, 1.0, 5.0, 30.0)  # extra lead when a seek lands after the time asked for
 STREAM_KINDS = {"video", "audio", "subtitle"}
+KEYFRAME_SCAN_SEC = 120.0  # media read past a seek's landing point looking for a keyframe, at most, s
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class MediaInfo:
     container: str
     streams: list[StreamFacts]
     keyframe_before: float | None = None  # the video keyframe at or before the time asked for; None: no video
+    frame_rate: float = 0.0  # the highest average frame rate of its video streams, frames/s (0: none or unknown)
 
     @property
     def has_video(self) -> bool:
@@ -91,7 +93,13 @@ def read_info(container: av.container.InputContainer, keyframe_at: float | None)
     keyframe = None
     if keyframe_at is not None and container.streams.video:
         keyframe = _keyframe_at_or_before(container, container.streams.video[0], keyframe_at)
-    return MediaInfo(duration, container.format.name, streams, keyframe)
+    rate = max((_frame_rate(v) for v in container.streams.video), default=0.0)
+    return MediaInfo(duration, container.format.name, streams, keyframe, rate)
+
+
+def _frame_rate(video: av.VideoStream) -> float:
+    rate = video.average_rate or video.guessed_rate
+    return float(rate) if rate else 0.0
 
 
 def _facts(stream: av.stream.Stream) -> StreamFacts:
@@ -130,10 +138,19 @@ def _keyframe_at_or_before(container: av.container.InputContainer, video: av.Vid
 
 
 def _first_keyframe(container: av.container.InputContainer, video: av.VideoStream, time_base: Fraction) -> float | None:
+    """The first keyframe from where a seek landed, read at most KEYFRAME_SCAN_SEC of media ahead (a seek
+    without an index lands anywhere: the scan must not read on to the end of a long source)."""
+    first: float | None = None
     for packet in container.demux(video):
-        if packet.pts is not None and packet.is_keyframe:
-            return float(packet.pts * time_base)
-        if packet.pts is None and packet.size == 0:  # the end
+        if packet.pts is None:
+            if packet.size == 0:  # the end
+                return None
+            continue
+        pts = float(packet.pts * time_base)
+        if packet.is_keyframe:
+            return pts
+        first = pts if first is None else first
+        if pts - first > KEYFRAME_SCAN_SEC:
             return None
     return None
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.contracts import CutPath
+from shared.media.cut import packet_end_clamp
 from shared.media.ffmpeg import HTTP_INPUT_OPTIONS, US_PER_SEC, MediaError, run_ffmpeg
 from shared.media.inputs import FILE_PROTOCOLS, FORMAT_WHITELIST, protocols_for
 from shared.media.keyframes import TIME_EPSILON_SEC, CutLayout, VideoFormat, cut_layout
@@ -113,7 +114,7 @@ async def encode_segment(
             "-vf", trim, "-fps_mode", "passthrough", *_encoder_args(video), *_timescale(video),
             "-streamid", f"0:{video.stream_id}", "-use_stream_ids_as_track_ids", "1",
             "-f", "mp4", "-y", str(output)]
-    await run_ffmpeg(args, duration_sec=end - start, on_progress=on_progress)
+    await run_ffmpeg(args, duration_sec=end - start, on_progress=on_progress, work_sec=end - seek)
 
 
 def _encoder_args(video: VideoFormat) -> list[str]:
@@ -198,7 +199,9 @@ async def _join(
         args += [*(["-f", fmt] if fmt else []), "-ss", f"{layout.first_frame:.6f}", "-to", f"{layout.end:.6f}",
                  "-i", source]
     args += ["-map", "0:v:0"] + (["-map", "1:a?", "-copypriorss:a", "0"] if audio else [])
-    args += ["-c", "copy", *_timescale(layout.video)]
+    # the copied run's last packet keeps its own duration, which a hostile file sets to hours: ended at endSec
+    clip_sec = layout.end - layout.first_frame
+    args += ["-c", "copy", *_timescale(layout.video), "-t", f"{clip_sec:.6f}", *packet_end_clamp(clip_sec)]
     if layout.video.rotation:
         args += ["-metadata:s:v:0", f"rotate={layout.video.rotation}"]
     args += ["-movflags", "+faststart", "-f", "mp4", "-y", str(output)]
