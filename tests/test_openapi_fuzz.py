@@ -35,6 +35,6 @@ async def test_the_gateway_holds_to_its_openapi_document(
             [str(st), "run", f"{url}/schema/openapi.json", "--header", f"Authorization: Bearer {token}",
              "--checks", CHECKS, "--max-examples", str(EXAMPLES_PER_OPERATION), "--max-time", str(FUZZ_BUDGET_SEC),
              "--seed", SEED, "--generation-deterministic", "--no-color", "--report-dir", str(tmp_path)],
-            capture_output=True, text=True, timeout=RUN_TIMEOUT_SEC,
+            capture_output=True, text=True, timeout=RUN_TIMEOUT_SEC, cwd=tmp_path,  # its crash cache goes there
         )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
