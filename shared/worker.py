@@ -309,13 +309,6 @@ class Worker(Generic[T]):
         if status != "processing":
             await msg.ack()
             return f"skipped_{status}"
-        if attempt > settings.max_attempts:
-            await finish_job_failed(res, job.id, Permanent(
-                f"the {self.spec.name} stage did not finish in {settings.max_attempts} attempts",
-                code="attempts_exhausted",
-            ))
-            await msg.term()
-            return "exhausted"
         done, total = stage_position(task, self._default_total)
         progress = Progress(self.spec.name, done, total)
         scratch = Path(tempfile.mkdtemp(prefix=f"{self.spec.name}-", dir=_scratch_root(settings.scratch_dir)))
