@@ -188,6 +188,27 @@ async def _wait_any(stopping: asyncio.Event, seconds: float, wake: asyncio.Event
             waiter.cancel()
 
 
+async def _acquire_unless_stopping(slots: asyncio.Semaphore, stopping: asyncio.Event) -> bool:
+    """Take a slot, or give up once `stopping` is set (a stop must not wait for a busy slot to free: in-flight
+    work gets SHUTDOWN_GRACE_SEC in `_drain`, then is handed back). True when a slot was taken."""
+    acquire = asyncio.create_task(slots.acquire())
+    stop = asyncio.create_task(stopping.wait())
+    try:
+        await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not acquire.done():
+            acquire.cancel()
+            with suppress(asyncio.CancelledError):
+                await acquire
+    if acquire.cancelled():
+        return False
+    if stopping.is_set():
+        slots.release()
+        return False
+    return True
+
+
 class Worker(Generic[T]):
     """Runs one stage: WORKER_CONCURRENCY messages at once, graceful stop on `stop()`."""
 
@@ -221,7 +242,8 @@ class Worker(Generic[T]):
         log.info("worker_started", stage=self.spec.name, concurrency=settings.worker_concurrency)
         try:
             while not self._stopping.is_set():
-                await slots.acquire()
+                if not await _acquire_unless_stopping(slots, self._stopping):  # every slot busy until the stop
+                    break
                 if gate is not None and not await gate.before_pull(stopping):  # no room: pull nothing yet
                     slots.release()
                     break
@@ -309,13 +331,6 @@ class Worker(Generic[T]):
         if status != "processing":
             await msg.ack()
             return f"skipped_{status}"
-        if attempt > settings.max_attempts:
-            await finish_job_failed(res, job.id, Permanent(
-                f"the {self.spec.name} stage did not finish in {settings.max_attempts} attempts",
-                code="attempts_exhausted",
-            ))
-            await msg.term()
-            return "exhausted"
         done, total = stage_position(task, self._default_total)
         progress = Progress(self.spec.name, done, total)
         scratch = Path(tempfile.mkdtemp(prefix=f"{self.spec.name}-", dir=_scratch_root(settings.scratch_dir)))

@@ -18,6 +18,7 @@ VISIBILITY_SEC = 1.5  # JetStream ack_wait in this test, s
 BUSY_SEC = 2.5  # each message keeps its worker's only slot this long: longer than VISIBILITY_SEC
 REPLICAS = 2  # worker loops of the stage, WORKER_CONCURRENCY=1 each
 WAIT_SEC = 30.0  # longest the test waits for the workers to handle every message, s
+STOP_WITHIN_SEC = 5.0  # a stop with every slot busy ends within the grace (0.5 s) and this margin, s
 
 
 def job(priority: Priority) -> ClipJobMessage:
@@ -62,3 +63,23 @@ async def test_waiting_messages_spend_no_delivery_and_fast_goes_first(resources:
         consumer = bus.consumer_name(ENTRY_STAGE, priority)
         info = await resources.js.consumer_info(resources.settings.nats_stream, consumer)
         assert info.num_redelivered == 0, (priority, info)
+
+
+@pytest.mark.settings(worker_concurrency=1, shutdown_grace_sec=0.5)
+async def test_a_stop_does_not_wait_for_a_busy_slot(resources: Resources) -> None:
+    """Every slot busy with long work: the worker still stops within SHUTDOWN_GRACE_SEC (the work is handed back)."""
+    started = asyncio.Event()
+
+    async def endless_stage(task: ClipJobMessage, deps: StageDeps) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    spec = StageSpec(ENTRY_STAGE, ClipJobMessage, endless_stage)
+    await bus.publish_job(resources.js, resources.subjects, job("normal"))
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(spec, resources, DEFAULT_ROUTE_LENGTH, stop))
+    async with asyncio.timeout(WAIT_SEC):
+        await started.wait()
+    await asyncio.sleep(0.3)  # the loop is back at "take a slot" with the only slot busy
+    stop.set()
+    await asyncio.wait_for(worker, timeout=STOP_WITHIN_SEC)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from litestar import Litestar
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components, Example, SecurityScheme
 
@@ -44,3 +45,12 @@ def openapi_config(version: str) -> OpenAPIConfig:
                             description="An API key from `clipjet keys create` (none needed with AUTH=off).")
     return OpenAPIConfig(title="clipjet", version=version, path="/schema",
                          components=Components(security_schemes={BEARER: scheme}))
+
+
+def mark_optional_bodies(app: Litestar, operations: list[tuple[str, str]]) -> None:
+    """Say that these operations' bodies may be left out (Litestar marks every JSON body required, even one that
+    defaults to None): `(path, method)` pairs."""
+    for path, method in operations:
+        operation = getattr(app.openapi_schema.paths[path], method)  # type: ignore[index]
+        if operation.request_body is not None:
+            operation.request_body.required = False

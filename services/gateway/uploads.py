@@ -73,8 +73,11 @@ def _own_upload(caller: Caller, key: str, upload_id: str) -> None:
         raise NotFound(f"no upload at key {key!r}", code="upload_not_found", field="key")
 
 
+UPLOAD_SLOTS_PATH = "/api/uploads"
+
+
 class UploadController(Controller):
-    path = "/api/uploads"
+    path = UPLOAD_SLOTS_PATH
     tags = ["uploads"]
     before_request = authenticate
     security = SECURITY
