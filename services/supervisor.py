@@ -99,7 +99,10 @@ class Child:
                 say(f"{self.name} did not stop within {grace_s:.0f} s; killing it")
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=CHILD_KILL_WAIT_S)
+                try:
+                    self.proc.wait(timeout=CHILD_KILL_WAIT_S)
+                except subprocess.TimeoutExpired:  # stuck in the kernel: the stop goes on with the others
+                    say(f"{self.name} did not exit {CHILD_KILL_WAIT_S:.0f} s after SIGKILL; leaving it")
         self._reader.join(timeout=READER_JOIN_S)
 
 
