@@ -5,20 +5,24 @@ quota frees the slot; the reaper cleans a canceled job's staging."""
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from litestar.testing import AsyncTestClient
 
 from services.reaper.handler import ReapReport, clean_staging
 from shared import bus
 from shared.contracts import JobEvent
-from shared.db import jobs, keys
+from shared.db import cancels, jobs, keys
 from shared.resources import Resources
 from shared.storage import staging_prefix
 from tests.conftest import Workers, make_key, wait_for_job
+from tests.media import make_media
 from tests.test_clip_pipeline import upload
 
 WAIT_SEC = 30.0
@@ -164,3 +168,105 @@ async def test_a_done_job_cannot_be_canceled_and_its_end_event_carries_metadata(
     assert (await client.get(f"/api/jobs/{job['id']}")).json()["status"] == "done"
     await until(lambda: arrived(events))
     assert [(e.status, e.metadata) for e in events] == [("done", {"ref": 7})]
+
+
+# --------------------------------------------------------------------------------------- a running encode
+
+LONG_SOURCE_SEC = 14  # a 720p source whose libx264 re-encode takes seconds (as in test_progress.py)
+STOP_WITHIN_SEC = 2.0  # a canceled encode's ffmpeg is gone and the row canceled this soon after the cancel
+ENCODE_RUNNING_SEC = 0.3  # after the encoder's ffmpeg appears, let it work this long before the cancel
+
+
+@pytest.fixture(scope="module")
+def long_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_media(tmp_path_factory.mktemp("long") / "long.mp4", seconds=LONG_SOURCE_SEC, video="libx264",
+                      audio=None, size="1280x720", extra=("-preset", "ultrafast"))
+
+
+def ffmpeg_children() -> list[int]:
+    """ffmpeg processes whose parent is this test process (the workers run in it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if name == "ffmpeg" and int(rest[1]) == os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
+async def start_long_encode(client: AsyncTestClient[Any], workers: Workers, res: Resources, source: Path) -> str:
+    """A job whose encode stage is running its ffmpeg now; its id."""
+    workers.start()
+    key = await upload(client, source)
+    created = await client.post("/api/jobs", json={
+        "source": {"type": "upload", "key": key}, "startSec": 0.5, "endSec": LONG_SOURCE_SEC - 1,
+        "metadata": {"ref": "long"},
+    })
+    job_id = created.json()["id"]
+
+    async def encoding() -> bool:
+        row = await jobs.get_job(res.db, uuid.UUID(job_id))
+        return row is not None and row["stage"] == "encode" and bool(ffmpeg_children())
+
+    await until(encoding)
+    await asyncio.sleep(ENCODE_RUNNING_SEC)
+    assert ffmpeg_children(), "the encode ended before it could be canceled"
+    return job_id
+
+
+async def stopped_within(res: Resources, job_id: str, started: float) -> float:
+    """Seconds from `started` until no ffmpeg child is left and the row is canceled."""
+    async def stopped() -> bool:
+        row = await jobs.get_job(res.db, uuid.UUID(job_id))
+        return not ffmpeg_children() and row is not None and row["status"] == "canceled"
+
+    await until(stopped, STOP_WITHIN_SEC * 5)
+    return time.monotonic() - started
+
+
+async def assert_nothing_after_cancel(client: AsyncTestClient[Any], res: Resources, job_id: str) -> None:
+    """The encode's message was acknowledged, and nothing was uploaded or finished for the job."""
+    await until(lambda: queue_drained(res, "encode"))
+    await asyncio.sleep(SETTLE_SEC)  # time for a wrongly continued stage to upload and finish
+    view = (await client.get(f"/api/jobs/{job_id}")).json()
+    assert view["status"] == "canceled" and view["urls"] is None and view["result"] is None, view
+    assert await res.storage.list_keys("results/") == []
+    types = [e["type"] for e in await jobs.job_events(res.db, uuid.UUID(job_id))]
+    assert "done" not in types and not any(t == "stage_finished" for t in types[types.index("canceled"):]), types
+    assert await queue_drained(res, "upload")
+
+
+@pytest.mark.settings(force_cut_path="reencode", video_encoder="libx264", heartbeat_ms=5000)
+async def test_a_running_encode_stops_at_once(
+    client: AsyncTestClient[Any], workers: Workers, resources: Resources, long_source: Path
+) -> None:
+    """The cancel notice stops it: the heartbeat (every 5 s here) is far too slow to be what did."""
+    events = await record_end_events(resources)
+    job_id = await start_long_encode(client, workers, resources, long_source)
+    started = time.monotonic()
+    canceled = await client.post(f"/api/jobs/{job_id}/cancel")
+    assert canceled.status_code == 200 and canceled.json()["status"] == "canceled", canceled.text
+    took = await stopped_within(resources, job_id, started)
+    print(f"cancel → ffmpeg gone and row canceled: {took:.2f} s")
+    assert took < STOP_WITHIN_SEC, took
+    await assert_nothing_after_cancel(client, resources, job_id)
+    assert events == [JobEvent(job_id=job_id, status="canceled", metadata={"ref": "long"})]
+
+
+@pytest.mark.settings(force_cut_path="reencode", video_encoder="libx264")
+async def test_the_heartbeat_stops_a_canceled_encode_whose_notice_was_lost(
+    client: AsyncTestClient[Any], workers: Workers, resources: Resources, long_source: Path
+) -> None:
+    """Only the row is written (no notice published, as when NATS was away): the next heartbeat stops it."""
+    job_id = await start_long_encode(client, workers, resources, long_source)
+    started = time.monotonic()
+    assert await cancels.cancel(resources.db, uuid.UUID(job_id), None) is not None
+    took = await stopped_within(resources, job_id, started)
+    print(f"row canceled → ffmpeg gone (heartbeat {resources.settings.heartbeat_ms} ms): {took:.2f} s")
+    assert took < STOP_WITHIN_SEC, took
+    await assert_nothing_after_cancel(client, resources, job_id)
