@@ -17,7 +17,7 @@ from litestar.testing import AsyncTestClient
 
 from services.reaper.handler import ReapReport, clean_staging
 from shared import bus
-from shared.contracts import JobEvent
+from shared.contracts import ClipJobMessage, ClipResult, JobEvent, UrlSource
 from shared.db import cancels, jobs, keys
 from shared.resources import Resources
 from shared.storage import staging_prefix
@@ -270,3 +270,19 @@ async def test_the_heartbeat_stops_a_canceled_encode_whose_notice_was_lost(
     print(f"row canceled → ffmpeg gone (heartbeat {resources.settings.heartbeat_ms} ms): {took:.2f} s")
     assert took < STOP_WITHIN_SEC, took
     await assert_nothing_after_cancel(client, resources, job_id)
+
+
+async def test_nothing_ends_a_canceled_job_again(client: AsyncTestClient[Any], resources: Resources) -> None:
+    """A stage that missed the cancel can neither begin, finish nor fail the job, nor requeue it."""
+    created = await client.post("/api/jobs", json=clip_body("http://127.0.0.1:9/never.mp4"))
+    job_id = created.json()["id"]
+    assert (await client.post(f"/api/jobs/{job_id}/cancel")).status_code == 200
+    uid, db = uuid.UUID(job_id), resources.db
+    message = ClipJobMessage(id=job_id, source=UrlSource(url="http://127.0.0.1:9/never.mp4"), start_sec=2, end_sec=4)
+    assert await jobs.begin_stage(db, message, "fetch", 1) == "canceled"
+    result = ClipResult(actual_start_sec=2, actual_end_sec=4, duration_sec=2, size=1, sha256="0" * 64)
+    assert await jobs.complete(db, uid, result, "results/x/clip.mp4", 60) is None
+    assert await jobs.fail(db, uid, "internal_error", "late") is None
+    await jobs.requeue(db, uid, "transient_error", "late", 1, 0.1)
+    row = await jobs.get_job(db, uid)
+    assert row is not None and row["status"] == "canceled" and row["result"] is None, dict(row or {})
