@@ -6,21 +6,25 @@ a notice cancels the handler task of that job (which kills its ffmpeg, see share
 CPU transcription at its next segment, see shared/asr/engine.py). A job is registered *before* its stage marks
 it processing, so a notice cannot fall between the two: either `begin_stage` already sees `canceled` (the row
 is written before the notice), or the notice finds the registered job. A lost notice (NATS down for a moment)
-is caught by the heartbeat, which reads the row every HEARTBEAT_MS (shared/progress.py).
+is caught by the heartbeat, which reads the row every HEARTBEAT_MS (shared/progress.py). A notice is acted on
+only when the row says `canceled`: a stray publish on the subject cannot drop a job's work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
+import asyncpg
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from shared.bus import Subjects
+from shared.db import cancels
 from shared.logs import get_logger
 
 log = get_logger("cancel")
@@ -69,15 +73,24 @@ class Run:
 class CancelWatch:
     """The jobs this worker process runs, and the subscription that cancels them."""
 
-    def __init__(self, nc: NatsClient, subjects: Subjects) -> None:
-        self._nc = nc
+    def __init__(self, nc: NatsClient, subjects: Subjects, db: asyncpg.Pool) -> None:
+        self._nc, self._db = nc, db
         self._subject = subjects.cancel("*")
         self._runs: dict[str, set[Run]] = {}
         self._sub: Subscription | None = None
 
     async def open(self) -> None:
         async def on_notice(msg: Msg) -> None:
-            self.cancel(msg.subject.rsplit(".", 1)[-1])
+            job_id = msg.subject.rsplit(".", 1)[-1]
+            if job_id not in self._runs:  # not running here
+                return
+            try:  # a notice is only a hint: the row says whether the job was canceled
+                confirmed = await cancels.is_canceled(self._db, uuid.UUID(job_id))
+            except Exception as exc:  # the heartbeat reads the row again moments later
+                log.warning("cancel_check_failed", job_id=job_id, error=repr(exc))
+                return
+            if confirmed:
+                self.cancel(job_id)
 
         self._sub = await self._nc.subscribe(self._subject, cb=on_notice)
 

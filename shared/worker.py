@@ -205,7 +205,7 @@ class Worker(Generic[T]):
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._local: Any = None
-        self._cancels = CancelWatch(res.nc, res.subjects)
+        self._cancels = CancelWatch(res.nc, res.subjects, res.db)
 
     def stop(self) -> None:
         self._stopping.set()

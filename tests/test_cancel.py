@@ -286,3 +286,20 @@ async def test_nothing_ends_a_canceled_job_again(client: AsyncTestClient[Any], r
     await jobs.requeue(db, uid, "transient_error", "late", 1, 0.1)
     row = await jobs.get_job(db, uid)
     assert row is not None and row["status"] == "canceled" and row["result"] is None, dict(row or {})
+
+
+@pytest.mark.settings(force_cut_path="reencode", video_encoder="libx264", heartbeat_ms=5000)
+async def test_a_stray_cancel_notice_does_not_stop_a_job(
+    client: AsyncTestClient[Any], workers: Workers, resources: Resources, long_source: Path
+) -> None:
+    """A publish on the cancel subject without the row canceled (anyone on NATS could send one) is ignored."""
+    job_id = await start_long_encode(client, workers, resources, long_source)
+    running = ffmpeg_children()
+    await resources.nc.publish(resources.subjects.cancel(job_id), b"")
+    await resources.nc.flush()
+    await asyncio.sleep(STOP_WITHIN_SEC / 2)
+    row = await jobs.get_job(resources.db, uuid.UUID(job_id))
+    assert row is not None and row["status"] == "processing" and row["stage"] == "encode", dict(row or {})
+    assert set(running) & set(ffmpeg_children()), "the encode's ffmpeg was stopped by a stray notice"
+    assert (await client.post(f"/api/jobs/{job_id}/cancel")).status_code == 200  # the real one still works
+    await stopped_within(resources, job_id, time.monotonic())

@@ -6,7 +6,7 @@ import uuid
 
 import asyncpg
 
-from shared.db.jobs import INSERT_EVENT, NOT_ENDED, window
+from shared.db.jobs import INSERT_EVENT, NOT_ENDED, STATUS_OF, window
 
 CANCEL = f"""
 UPDATE jobs SET status = 'canceled', updated_at = now()
@@ -23,3 +23,7 @@ async def cancel(pool: asyncpg.Pool, job_id: uuid.UUID, by: str | None) -> async
         if row is not None:
             await conn.execute(INSERT_EVENT, job_id, "canceled", {"by": by, "stage": row["stage"]})
         return row
+
+
+async def is_canceled(pool: asyncpg.Pool, job_id: uuid.UUID) -> bool:
+    return await pool.fetchval(STATUS_OF, job_id, *window(job_id)) == "canceled"
