@@ -44,8 +44,10 @@ class Run:
         self._task: asyncio.Task[Any] | None = None
 
     def cancel(self) -> None:
-        if not self.canceled:
-            log.info("job_cancel_received", job_id=self.job_id)
+        """Once: a second cancel (the heartbeat's, after the notice's) would interrupt ffmpeg's clean-up."""
+        if self.canceled:
+            return
+        log.info("job_cancel_received", job_id=self.job_id)
         self.canceled = True
         if self._task is not None:
             self._task.cancel()
@@ -60,14 +62,21 @@ class Run:
             raise JobCanceled(self.job_id)
         self._task = task
         try:
-            return await self._task
+            result = await task
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if self.canceled and (current is None or not current.cancelling()):  # not a shutdown of the worker
                 raise JobCanceled(self.job_id) from None
             raise
+        except Exception:
+            if self.canceled:  # the cancel surfaced as another error (e.g. a killed subprocess's)
+                raise JobCanceled(self.job_id) from None
+            raise
         finally:
             self._task = None
+        if self.canceled:  # it finished as the cancel came: its output is not passed on
+            raise JobCanceled(self.job_id)
+        return result
 
 
 class CancelWatch:

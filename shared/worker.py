@@ -246,8 +246,8 @@ class Worker(Generic[T]):
                 await gate.close()
             stopping.cancel()
             await source.close()
+            await self._drain()  # a job canceled meanwhile still stops at once
             await self._cancels.close()
-            await self._drain()
             log.info("worker_stopped", stage=self.spec.name)
 
     def _done(self, task: asyncio.Task[None], ticket: str, slots: asyncio.Semaphore, gate: ScratchGate | None) -> None:
