@@ -46,7 +46,7 @@ def _ok(response: httpx.Response, what: str) -> dict[str, Any]:
 def _wait_done(http: httpx.Client, base_url: str, job_id: str, auth: dict[str, str]) -> dict[str, Any]:
     deadline = time.monotonic() + JOB_TIMEOUT_S
     url = f"{base_url}/api/jobs/{job_id}"
-    while (job := _ok(http.get(url, headers=auth), "get job"))["status"] not in ("done", "failed"):
+    while (job := _ok(http.get(url, headers=auth), "get job"))["status"] not in ("done", "failed", "canceled"):
         if time.monotonic() > deadline:
             raise DemoError(f"demo job {job_id} still {job['status']} (stage {job['stage']}) after "
                             f"{JOB_TIMEOUT_S:.0f} s")

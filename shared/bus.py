@@ -41,6 +41,10 @@ class Subjects:
         """A job's end event (`*`: every job's); kept in the events stream."""
         return f"{self.prefix}.events.{job_id}"
 
+    def cancel(self, job_id: str) -> str:
+        """Core NATS: a job was canceled, the worker running it stops (`*`: every job's); shared/cancel.py."""
+        return f"{self.prefix}.cancel.{job_id}"
+
     def scratch(self, node: str = "*") -> str:
         """Core NATS: a node's scratch-space reports (`*`: every node's)."""
         return f"{self.prefix}.scratch.{node}"

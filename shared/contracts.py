@@ -6,13 +6,13 @@ addition is an optional field with a default. `schemas/` is generated from these
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 Priority = Literal["fast", "normal", "bulk"]
 PRIORITIES: tuple[Priority, ...] = ("fast", "normal", "bulk")  # drained in this order
-JobStatus = Literal["queued", "processing", "done", "failed", "expired"]
+JobStatus = Literal["queued", "processing", "done", "failed", "expired", "canceled"]
 Precision = Annotated[
     Literal["auto", "keyframe", "frame"],
     msgspec.Meta(description=(
@@ -29,6 +29,13 @@ EndSeconds = Annotated[
 ]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
+Metadata = Annotated[
+    dict[str, Any],
+    msgspec.Meta(description=(
+        "The client's own reference (any JSON object, at most MAX_METADATA_BYTES, default 4096, encoded): stored "
+        "with the job and returned as given in the job's view and its end event; clipjet never reads it."
+    )),
+]
 JobId = Annotated[
     str,
     msgspec.Meta(
@@ -91,6 +98,7 @@ class ClipSpec(WireStruct, kw_only=True):
     subs: Subtitles = msgspec.field(default_factory=Subtitles)
     priority: Priority = "normal"
     precision: Precision = "auto"
+    metadata: Metadata | None = None  # at most MAX_METADATA_BYTES encoded: shared/jobrules.py, on every way in
 
 
 class ClipJobMessage(ClipSpec, kw_only=True):
@@ -183,7 +191,7 @@ class ProgressEvent(WireStruct):
 
 
 class JobEvent(WireStruct):
-    """Published when a job ends (done or failed) on `<prefix>.events.<jobId>`, kept in the JetStream stream
+    """Published when a job ends (done, failed or canceled) on `<prefix>.events.<jobId>`, kept in the JetStream stream
     `<stream>_EVENTS` for EVENTS_MAX_AGE_SEC (a durable consumer reads it later) and seen by core subscribers.
     Its Nats-Msg-Id is `<jobId>:end`."""
 
@@ -191,6 +199,7 @@ class JobEvent(WireStruct):
     status: JobStatus
     error_code: str | None = None
     result: ClipResult | None = None
+    metadata: Metadata | None = None  # the job request's `metadata`, as given
 
 
 # ---------------------------------------------------------------- REST bodies
@@ -233,6 +242,7 @@ class JobView(WireStruct, omit_defaults=False):
     error_message: str | None = None
     result: ClipResult | None = None
     urls: ResultUrls | None = None
+    metadata: Metadata | None = None  # the request's `metadata`, as given
 
 
 class JobList(WireStruct, omit_defaults=False):

@@ -29,6 +29,7 @@ _BOUND_CODES = {"startSec": "start_negative", "endSec": "end_before_start"}
 _BOUND_MARKS = (">", "<")  # msgspec's bound messages: "Expected `float` >= 0.0"
 MAX_KEPT_REQUEST_BYTES = 64 * 1024  # a refused message over this size is not kept in its job row, bytes
 _NUL_ESCAPE = b"\\u0000"  # PostgreSQL's jsonb cannot hold NUL characters
+_encoder = msgspec.json.Encoder()
 
 
 def check_clip(spec: ClipSpec, settings: Settings) -> None:
@@ -42,6 +43,7 @@ def check_clip(spec: ClipSpec, settings: Settings) -> None:
             f"the clip is {spec.end_sec - spec.start_sec:g} s; the longest allowed is {settings.max_clip_seconds:g} s",
             code="clip_too_long", field="endSec",
         )
+    check_metadata(spec, settings)
     match spec.source:
         case UploadSource(key=key):
             check_upload_key(key)
@@ -49,6 +51,22 @@ def check_clip(spec: ClipSpec, settings: Settings) -> None:
             _check_form(lambda: split_url(url))
         case YoutubeSource(url=url):  # the page's site is checked again by the fetcher
             _check_form(lambda: check_page_url(url, settings))
+
+
+def check_metadata(spec: ClipSpec, settings: Settings) -> None:
+    """The client's reference stays small: at most MAX_METADATA_BYTES, JSON-encoded."""
+    if spec.metadata is None:
+        return
+    encoded = _encoder.encode(spec.metadata)
+    if _NUL_ESCAPE in encoded:  # PostgreSQL could not store it
+        raise BadRequest("metadata may not contain NUL characters (\\u0000)", code="invalid_field", field="metadata")
+    size = len(encoded)
+    if size > settings.max_metadata_bytes:
+        raise BadRequest(
+            f"metadata is {size} bytes as JSON; the largest accepted is {settings.max_metadata_bytes}: keep a "
+            f"reference (an id, a few fields) there, not the data itself",
+            code="invalid_field", field="metadata",
+        )
 
 
 def check_upload_key(key: str) -> None:

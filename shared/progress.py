@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
 
 import msgspec
@@ -39,10 +40,14 @@ class Progress:
         return (self._done + self.stage_pct) / self._total
 
 
-async def heartbeat_loop(res: Resources, msg: Msg, job_id: str, progress: Progress) -> None:
+async def heartbeat_loop(
+    res: Resources, msg: Msg, job_id: str, progress: Progress, on_canceled: Callable[[], None] | None = None
+) -> None:
     """Every HEARTBEAT_MS (on a fixed schedule, not drifting by the writes' own time): tell JetStream we are
     alive, write progress, stage and `last_heartbeat_at` to the job row (the reaper's sign of life, so it is
-    written even while progress stands still), and publish a ProgressEvent when progress moved."""
+    written even while progress stands still), and publish a ProgressEvent when progress moved.
+
+    A row found `canceled` calls `on_canceled`: the fallback when the cancel notice (shared/cancel.py) was lost."""
     period = res.settings.heartbeat_ms / 1000
     write_timeout = max(period, min(WRITE_MAX_SEC, res.settings.queue_visibility_sec / VISIBILITY_SHARE))
     uid = uuid.UUID(job_id)
@@ -59,7 +64,9 @@ async def heartbeat_loop(res: Resources, msg: Msg, job_id: str, progress: Progre
         pct = progress.job_pct
         shown = round(pct, PCT_DIGITS)
         try:
-            await asyncio.wait_for(jobs.heartbeat(res.db, uid, progress.stage, pct), write_timeout)
+            status = await asyncio.wait_for(jobs.heartbeat(res.db, uid, progress.stage, pct), write_timeout)
+            if status == "canceled" and on_canceled is not None:
+                on_canceled()
             if shown != last:
                 event = ProgressEvent(job_id=job_id, pct=shown, stage=progress.stage)
                 await res.nc.publish(subject, _encoder.encode(event))

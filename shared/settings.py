@@ -115,6 +115,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gateway_port: int = 8080
     gateway_max_body_bytes: int = 256 * 1024  # largest REST request body, bytes (413 above; NATS takes 1 MiB)
     max_url_chars: int = 8192  # longest `source.url` a job may name, characters
+    max_metadata_bytes: int = 4096  # largest `metadata` (the client's reference) a job may carry, JSON-encoded bytes
 
     # --- API keys, quotas and the rate limit (services/gateway/auth.py) ---
     auth: str = "on"  # on: every /api request needs a key (clipjet keys create); off: open, private networks only

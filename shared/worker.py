@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from shared import bus
+from shared.cancel import CancelWatch, JobCanceled, Run
 from shared.contracts import PRIORITIES, ClipJobMessage, ClipResult, JobEvent, StageMessage
 from shared.db import jobs
 from shared.db import refused as refused_jobs
@@ -102,9 +103,11 @@ async def finish_job_done(
 ) -> bool:
     """Job → done (once) and announce it on `<prefix>.events.<jobId>`; False when it had already ended."""
     uid = uuid.UUID(job_id)
-    if not await jobs.complete(res.db, uid, result, video_key, res.settings.retention_hours * 3600, subtitles):
+    ended = await jobs.complete(res.db, uid, result, video_key, res.settings.retention_hours * 3600, subtitles)
+    if ended is None:
         return False
-    await bus.publish_job_end(res.js, res.subjects, JobEvent(job_id=job_id, status="done", result=result))
+    event = JobEvent(job_id=job_id, status="done", result=result, metadata=ended.metadata)
+    await bus.publish_job_end(res.js, res.subjects, event)
     return True
 
 
@@ -115,12 +118,15 @@ async def finish_job_failed(res: Resources, job_id: str, error: ClipError, refus
     the message) when there is none yet, so its publisher can read why.
     """
     uid = uuid.UUID(job_id)
+    metadata = None
     if refused is None:
-        ended = await jobs.fail(res.db, uid, error.code, error.message)
+        failed = await jobs.fail(res.db, uid, error.code, error.message)
+        ended, metadata = failed is not None, failed.metadata if failed else None
     else:
         ended = await refused_jobs.refuse(res.db, uid, error.code, error.message, *refused_request(refused))
     if ended:
-        await bus.publish_job_end(res.js, res.subjects, JobEvent(job_id=job_id, status="failed", error_code=error.code))
+        event = JobEvent(job_id=job_id, status="failed", error_code=error.code, metadata=metadata)
+        await bus.publish_job_end(res.js, res.subjects, event)
 
 
 class PrioritySource:
@@ -220,6 +226,7 @@ class Worker(Generic[T]):
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._local: Any = None
+        self._cancels = CancelWatch(res.nc, res.subjects, res.db)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -236,6 +243,7 @@ class Worker(Generic[T]):
         await until_up("nats_jetstream", lambda: bus.ensure_consumers(self.res.js, settings, self.spec.name), settings)
         source = PrioritySource(self.res.nc, settings.nats_stream, self.spec.name, self.res.subjects)
         await until_up("nats", source.open, settings)
+        await until_up("nats", self._cancels.open, settings)
         slots = asyncio.Semaphore(settings.worker_concurrency)
         stopping = asyncio.create_task(self._stopping.wait())
         gate = ScratchGate(self.res.nc, settings) if self.spec.uses_scratch else None
@@ -260,7 +268,8 @@ class Worker(Generic[T]):
                 await gate.close()
             stopping.cancel()
             await source.close()
-            await self._drain()
+            await self._drain()  # a job canceled meanwhile still stops at once
+            await self._cancels.close()
             log.info("worker_stopped", stage=self.spec.name)
 
     def _done(self, task: asyncio.Task[None], ticket: str, slots: asyncio.Semaphore, gate: ScratchGate | None) -> None:
@@ -325,6 +334,14 @@ class Worker(Generic[T]):
                 await hold(msg, pause, self.res.settings.heartbeat_ms / 1000)
 
     async def _run_handler(self, msg: Msg, task: T, job: ClipJobMessage, attempt: int) -> str:
+        with self._cancels.watching(job.id) as run:  # before begin_stage: a cancel notice cannot slip between
+            try:
+                return await self._run_stage(msg, task, job, attempt, run)
+            except JobCanceled:  # the client canceled it: nothing is passed on, nothing marks it done
+                await msg.ack()
+                return "canceled"
+
+    async def _run_stage(self, msg: Msg, task: T, job: ClipJobMessage, attempt: int, run: Run) -> str:
         res, settings = self.res, self.res.settings
         seq = msg.metadata.sequence.stream
         status = await jobs.begin_stage(res.db, job, self.spec.name, attempt, seq)
@@ -334,9 +351,9 @@ class Worker(Generic[T]):
         done, total = stage_position(task, self._default_total)
         progress = Progress(self.spec.name, done, total)
         scratch = Path(tempfile.mkdtemp(prefix=f"{self.spec.name}-", dir=_scratch_root(settings.scratch_dir)))
-        beat = asyncio.create_task(heartbeat_loop(res, msg, job.id, progress))
+        beat = asyncio.create_task(heartbeat_loop(res, msg, job.id, progress, run.cancel))
         try:
-            following = await self.spec.handle(task, StageDeps(res, progress, scratch, attempt, self._local))
+            following = await run.run(self.spec.handle(task, StageDeps(res, progress, scratch, attempt, self._local)))
             finished: dict[str, Any] = {"stage": self.spec.name}
             if following is not None:
                 nxt = following.route[0]
@@ -348,6 +365,8 @@ class Worker(Generic[T]):
             await jobs.record_event(res.db, uuid.UUID(job.id), "stage_finished", finished)
             await msg.ack()
             return "ok"
+        except JobCanceled:
+            raise
         except Permanent as exc:
             await asyncio.shield(self._fail(msg, job, exc))
             return f"failed_{exc.code}"

@@ -155,7 +155,7 @@ async def client(settings: Settings, resources: Resources) -> AsyncIterator[Asyn
 async def wait_for_job(
     client: AsyncTestClient[Any], job_id: str, timeout: float = JOB_TIMEOUT_SEC, *, may_be_unknown: bool = False
 ) -> dict[str, Any]:
-    """Poll GET /api/jobs/{id} until the job is done or failed (bounded).
+    """Poll GET /api/jobs/{id} until the job is done, failed or canceled (bounded).
 
     `may_be_unknown`: the job was published straight to NATS, so its row appears only when a worker takes it.
     """
@@ -167,7 +167,7 @@ async def wait_for_job(
                 continue
             assert response.status_code == 200, response.text
             body = response.json()
-            if body["status"] in ("done", "failed"):
+            if body["status"] in ("done", "failed", "canceled"):
                 return body
             await asyncio.sleep(POLL_SEC)
 

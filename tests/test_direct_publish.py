@@ -45,6 +45,8 @@ REFUSED = [
     pytest.param({"startSec": -1}, "start_negative", id="negative-start"),  # refused by decoding (msgspec.Meta)
     pytest.param({"startSec": "soon"}, "invalid_field", id="undecodable"),
     pytest.param({"source": {"type": "ftp", "url": "ftp://x/a.mp4"}}, "unknown_source_type", id="unknown-type"),
+    pytest.param({"metadata": {"k": "x" * 5000}}, "invalid_field", id="metadata-too-large"),
+    pytest.param({"metadata": ["not", "an", "object"]}, "invalid_field", id="metadata-not-an-object"),
 ]
 
 

@@ -15,7 +15,7 @@ MAX_UPLOAD_ID_CHARS = 1024  # longest multipart upload id accepted, characters (
 MAX_CONTENT_TYPE_CHARS = 255  # longest upload Content-Type accepted, characters
 MAX_SHOWN_CHARS = 80  # a client's value is quoted in an error message up to this many characters
 # S3 upload ids are opaque URL-safe tokens (SeaweedFS: hex and "_"; AWS: base64url-like with "." and "-")
-UPLOAD_ID = re.compile(rf"[A-Za-z0-9._~+=/-]{{1,{MAX_UPLOAD_ID_CHARS}}}")
+UPLOAD_ID = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_UPLOAD_ID_CHARS}}}")
 _TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"  # RFC 9110 token
 _QUOTED = r'"[^"\\\x00-\x1f\x7f]*"'
 # RFC 9110 media type: type/subtype, then optional `; name=value` parameters (no line breaks, no controls)

@@ -21,6 +21,7 @@ from shared.scrub import scrub
 
 from .auth import Caller, authenticate, authenticated
 from .body import strict_json
+from .cancel import cancel_job
 from .formats import shown
 from .openapi import SECURITY, error_responses
 from .state import Gateway
@@ -86,6 +87,16 @@ class JobController(Controller):
             raise NotFound(f"no job with id {uid}", code="job_not_found")
         return await job_view(gw, row)
 
+    @post("/{job_id:str}/cancel", operation_id="cancelJob", status_code=200,
+          responses=error_responses(401, 404, 409, 429, 503))
+    async def cancel(
+        self, gw: NamedDependency[Gateway], caller: NamedDependency[Caller],
+        job_id: Annotated[str, PathParameter(description="The job's id")],
+    ) -> JobView:
+        """Cancel a queued or processing job: it ends `canceled` at once (its end event is published); a stage
+        running it stops within moments and uploads nothing. 409 `job_already_ended` when it had ended."""
+        return await job_view(gw, await cancel_job(gw, job_id, caller))
+
 
 async def job_view(gw: Gateway, row: Any) -> JobView:
     """What a client sees of a job row (signed URLs of its files once done)."""
@@ -100,7 +111,7 @@ async def job_view(gw: Gateway, row: Any) -> JobView:
         id=str(row["id"]), status=row["status"], priority=row["priority"], stage=row["stage"],
         progress=round(float(row["progress"]), 4), attempts=row["attempts"],
         created_at=row["created_at"].isoformat(), updated_at=row["updated_at"].isoformat(),
-        request=_request_of(row["request"]),
+        request=(request := _request_of(row["request"])), metadata=request.metadata if request else None,
         error_code=row["error_code"], error_message=scrub(row["error_message"] or "") or None,
         result=result, urls=urls,
     )

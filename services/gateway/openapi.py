@@ -17,6 +17,8 @@ _ERRORS: dict[int, tuple[str, str, str]] = {  # status → (description, example
     403: ("The key may not do this (e.g. use this priority).", "priority_not_allowed",
           "this API key may use priority normal or bulk, not 'fast'"),
     404: ("No such job or upload for this key.", "job_not_found", "no job with id '0193…'"),
+    409: ("The job has already ended (done, failed, expired or canceled).", "job_already_ended",
+          "job '0193…' has already ended: its status is done; only a queued or processing job can be canceled"),
     413: ("The body is too large.", "body_too_large", "Request Entity Too Large"),
     415: ("The body is not sent as application/json.", "unsupported_media_type",
           "send the body as JSON with Content-Type: application/json"),

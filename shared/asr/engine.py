@@ -37,6 +37,10 @@ R = TypeVar("R")
 OOM_MARKERS = ("out of memory", "cuda_error_out_of_memory", "cublas_status_alloc_failed")
 
 
+class TranscriptionStopped(Exception):
+    """Raised inside the transcription thread once its job was canceled (or its worker stopped)."""
+
+
 @dataclass(frozen=True)
 class Transcript:
     """The words of one clip and the language they were recognised in."""
@@ -162,8 +166,20 @@ class AsrEngine:
             if language is None:
                 language = await asyncio.to_thread(self._detect_language, audio)
             return await self.batcher.transcribe(audio, language)
+        stop = threading.Event()  # a canceled job's thread stops at its next segment (a thread cannot be killed)
+
+        def report(pct: float) -> None:
+            if stop.is_set():
+                raise TranscriptionStopped("the job's transcription was canceled")
+            if on_progress is not None:
+                on_progress(pct)
+
         async with self._lock:
-            return await asyncio.to_thread(self._transcribe_sync, audio, language, on_progress)
+            try:
+                return await asyncio.to_thread(self._transcribe_sync, audio, language, report)
+            except asyncio.CancelledError:
+                stop.set()
+                raise
 
     def _options(self) -> dict[str, Any]:
         return transcribe_options(self.settings)

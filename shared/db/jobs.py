@@ -20,7 +20,8 @@ from shared.ids import created_at_of
 from shared.scrub import scrub, scrub_value
 
 SHARDS = 64  # shard = crc32(id) % SHARDS, stored for locality
-TERMINAL = ("done", "failed", "expired")
+TERMINAL = ("done", "failed", "expired", "canceled")
+NOT_ENDED = "status NOT IN ('done', 'failed', 'expired', 'canceled')"  # TERMINAL as SQL: a job still under way
 _FAR_PAST = datetime(1970, 1, 1, tzinfo=UTC)
 _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
@@ -36,31 +37,32 @@ SELECT_JOB = "SELECT * FROM jobs WHERE id = $1 AND created_at >= $2 AND created_
 MARK_PUBLISHED = """
 UPDATE jobs SET published_at = now() WHERE id = $1 AND created_at >= $2 AND created_at < $3
 """
-BEGIN_STAGE = """
+BEGIN_STAGE = f"""
 UPDATE jobs SET status = 'processing', stage = $4, attempts = GREATEST(attempts, $5),
        last_heartbeat_at = now(), updated_at = now(), error_code = NULL, error_message = NULL
-WHERE id = $1 AND created_at >= $2 AND created_at < $3 AND status NOT IN ('done', 'failed', 'expired')
+WHERE id = $1 AND created_at >= $2 AND created_at < $3 AND {NOT_ENDED}
 RETURNING status
 """
 STATUS_OF = "SELECT status FROM jobs WHERE id = $1 AND created_at >= $2 AND created_at < $3"
 HEARTBEAT = """
 UPDATE jobs SET progress = GREATEST(progress, $4), stage = $5, last_heartbeat_at = now(), updated_at = now()
 WHERE id = $1 AND created_at >= $2 AND created_at < $3 AND status = 'processing'
+RETURNING status
 """
-COMPLETE = """
+COMPLETE = f"""
 UPDATE jobs SET status = 'done', progress = 1, stage = NULL, result = $4, result_video_key = $5,
        expires_at = now() + make_interval(secs => $6), updated_at = now()
-WHERE id = $1 AND created_at >= $2 AND created_at < $3 AND status NOT IN ('done', 'failed', 'expired')
-RETURNING id
+WHERE id = $1 AND created_at >= $2 AND created_at < $3 AND {NOT_ENDED}
+RETURNING id, request->'metadata' AS metadata
 """
-FAIL = """
+FAIL = f"""
 UPDATE jobs SET status = 'failed', error_code = $4, error_message = $5, updated_at = now()
-WHERE id = $1 AND created_at >= $2 AND created_at < $3 AND status NOT IN ('done', 'failed', 'expired')
-RETURNING id
+WHERE id = $1 AND created_at >= $2 AND created_at < $3 AND {NOT_ENDED}
+RETURNING id, request->'metadata' AS metadata
 """
-REQUEUE = """
+REQUEUE = f"""
 UPDATE jobs SET status = 'queued', error_code = $4, error_message = $5, updated_at = now()
-WHERE id = $1 AND created_at >= $2 AND created_at < $3 AND status NOT IN ('done', 'failed', 'expired')
+WHERE id = $1 AND created_at >= $2 AND created_at < $3 AND {NOT_ENDED}
 RETURNING id
 """
 SET_SUBTITLE_KEYS = """
@@ -105,7 +107,8 @@ SELECT EXISTS (
 )
 """
 STAGING_DUE = """
-SELECT id, created_at FROM jobs WHERE staging_cleaned_at IS NULL AND status IN ('done', 'failed', 'expired')
+SELECT id, created_at FROM jobs
+WHERE staging_cleaned_at IS NULL AND status IN ('done', 'failed', 'expired', 'canceled')
 ORDER BY created_at LIMIT $1
 """
 MARK_STAGING_CLEANED = "UPDATE jobs SET staging_cleaned_at = now() WHERE id = $1 AND created_at = $2"
@@ -133,6 +136,13 @@ class SubtitleKeys:
     srt: str
     vtt: str
     words: str
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A job this call ended; `metadata` is its request's (the client's reference, for the end event)."""
+
+    metadata: dict[str, Any] | None
 
 
 def window(job_id: uuid.UUID) -> tuple[datetime, datetime]:
@@ -210,8 +220,10 @@ async def begin_stage(
     return await begin_stage(pool, job, stage, attempt, seq)
 
 
-async def heartbeat(pool: asyncpg.Pool, job_id: uuid.UUID, stage: str, progress: float) -> None:
-    await pool.execute(HEARTBEAT, job_id, *window(job_id), progress, stage)
+async def heartbeat(pool: asyncpg.Pool, job_id: uuid.UUID, stage: str, progress: float) -> str | None:
+    """Write a sign of life; the job's status ("processing", or what it became meanwhile, e.g. canceled)."""
+    status = await pool.fetchval(HEARTBEAT, job_id, *window(job_id), progress, stage)
+    return str(status) if status is not None else await pool.fetchval(STATUS_OF, job_id, *window(job_id))
 
 
 async def record_event(pool: asyncpg.Pool, job_id: uuid.UUID, type_: str, data: dict[str, Any]) -> None:
@@ -222,30 +234,30 @@ async def record_event(pool: asyncpg.Pool, job_id: uuid.UUID, type_: str, data: 
 async def complete(
     pool: asyncpg.Pool, job_id: uuid.UUID, result: ClipResult, video_key: str, retention_sec: float,
     subtitles: SubtitleKeys | None = None,
-) -> bool:
-    """Job → done with its result and subtitle keys (once: False when it had already ended)."""
+) -> Ended | None:
+    """Job → done with its result and subtitle keys (once: None when it had already ended)."""
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             COMPLETE, job_id, *window(job_id), _plain(result), video_key, retention_sec
         )
         if row is None:
-            return False
+            return None
         if subtitles is not None:
             keys = (subtitles.srt, subtitles.vtt, subtitles.words)
             await conn.execute(SET_SUBTITLE_KEYS, job_id, *window(job_id), *keys)
         await conn.execute(INSERT_EVENT, job_id, "done", {"videoKey": video_key})
-        return True
+        return Ended(row["metadata"])
 
 
-async def fail(pool: asyncpg.Pool, job_id: uuid.UUID, code: str, message: str) -> bool:
-    """Job → failed with a code (once: False when it had already ended); the message is scrubbed."""
+async def fail(pool: asyncpg.Pool, job_id: uuid.UUID, code: str, message: str) -> Ended | None:
+    """Job → failed with a code (once: None when it had already ended); the message is scrubbed."""
     message = scrub(message)
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(FAIL, job_id, *window(job_id), code, message)
         if row is None:
-            return False
+            return None
         await conn.execute(INSERT_EVENT, job_id, "failed", {"code": code, "message": message})
-        return True
+        return Ended(row["metadata"])
 
 
 async def requeue(

@@ -1,0 +1,64 @@
+"""`POST /api/jobs/{id}/cancel`: the row is written `canceled` first (the truth every stage checks), then the
+end event is published and a core NATS notice stops the worker running it (shared/cancel.py)."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import msgspec
+
+from shared import bus
+from shared.contracts import JobEvent
+from shared.db import cancels, jobs
+from shared.errors import ClipError, NotFound
+from shared.ids import parse_job_id
+from shared.logs import get_logger
+
+from .auth import Caller
+from .formats import shown
+from .state import Gateway
+
+log = get_logger("gateway")
+
+
+class JobAlreadyEnded(ClipError):
+    """Only a queued or processing job can be canceled."""
+
+    code = "job_already_ended"
+    http_status = 409
+
+
+async def cancel_job(gw: Gateway, job_id: str, caller: Caller) -> asyncpg.Record:
+    """Cancel the caller's job; its row as it is now."""
+    uid = parse_job_id(job_id)
+    if uid is None:
+        raise NotFound(f"no job with id {shown(job_id)}: job ids are UUIDs", code="job_not_found")
+    async with gw.breakers.db:
+        row = await jobs.get_job(gw.res.db, uid)
+        if row is None or not caller.may_read(row["owner"]):  # another key's job is answered as no job
+            raise NotFound(f"no job with id {uid}", code="job_not_found")
+        canceled = await cancels.cancel(gw.res.db, uid, caller.owner)
+        if canceled is None:
+            now = await jobs.get_job(gw.res.db, uid)
+            status = now["status"] if now is not None else row["status"]
+            raise JobAlreadyEnded(
+                f"job {uid} has already ended: its status is {status}; only a queued or processing job can be "
+                f"canceled", field="status",
+            )
+    await _announce(gw, uid, canceled)
+    return canceled
+
+
+async def _announce(gw: Gateway, uid: uuid.UUID, row: asyncpg.Record) -> None:
+    """The end event and the stop notice. The cancel stands without them: a worker still running the job sees
+    the row at its next heartbeat; only the end event is missing when NATS did not answer."""
+    res, job_id = gw.res, str(uid)
+    metadata = row["request"].get("metadata") if isinstance(row["request"], dict) else None
+    event = JobEvent(job_id=job_id, status="canceled", metadata=metadata if isinstance(metadata, dict) else None)
+    try:
+        async with gw.breakers.nats:
+            await res.nc.publish(res.subjects.cancel(job_id), b"")
+            await bus.publish_job_end(res.js, res.subjects, event)
+    except Exception as exc:
+        log.warning("cancel_announce_failed", job_id=job_id, error=repr(exc), event=msgspec.to_builtins(event))
