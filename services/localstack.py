@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -54,7 +55,10 @@ from shared.devstack import (
 from shared.pipeline import installed_stages
 from shared.settings import Settings, settings_env
 
-__all__ = ["CLIP_NAME", "NATS_PORT_ENV", "S3_PORT_ENV", "Child", "run_stack", "spawn_service", "wait_healthy"]
+__all__ = [
+    "CLIP_NAME", "NATS_PORT_ENV", "S3_PORT_ENV", "Child", "read_stack_env", "run_stack", "spawn_service",
+    "wait_healthy",
+]
 
 LOOPBACK = "127.0.0.1"
 NATS_PORT_ENV, DEFAULT_NATS_PORT = "CLIPJET_STACK_NATS_PORT", 14222
@@ -258,8 +262,18 @@ def _bring_up(supervisor: Supervisor, effective: Settings, scale: dict[str, int]
 def _write_env(env_file: Path, effective: Settings, api_key: str) -> None:
     with os.fdopen(os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, ENV_FILE_MODE), "w") as out:
         os.fchmod(out.fileno(), ENV_FILE_MODE)  # it holds the S3 secret and the API key
-        out.writelines(f"{k}={v}\n" for k, v in settings_env(effective).items())
-        out.write(f"{API_KEY_ENV}={api_key}\n")
+        values = {**settings_env(effective), API_KEY_ENV: api_key}
+        out.writelines(f"{k}={shlex.quote(v)}\n" for k, v in values.items())  # sourced by a shell and by honcho
+
+
+def read_stack_env(env_file: Path) -> dict[str, str]:
+    """The settings a stack wrote to its ``stack.env`` (values shell-quoted, as ``_write_env`` writes them)."""
+    values = {}
+    for line in env_file.read_text().splitlines():
+        name, sep, quoted = line.partition("=")
+        if sep and name.isidentifier():
+            values[name] = "".join(shlex.split(quoted)) if quoted else ""
+    return values
 
 
 def run_stack(settings: Settings, *, demo: bool, exit_after_demo: bool, scale: dict[str, int] | None = None) -> int:

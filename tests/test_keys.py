@@ -35,6 +35,7 @@ async def test_requests_without_a_valid_key_are_refused(client: AsyncTestClient[
     token = client.headers.pop("Authorization")
     missing = await client.post("/api/jobs", json=job_body())
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "auth_required"
+    assert "<redacted>" not in missing.json()["error"]["message"]  # says what to send, readably
     for bad in ("Bearer nope", "Bearer cj_000000000000_" + "A" * 43, "Basic " + token.split()[1],
                 token[:-1] + ("A" if token[-1] != "A" else "B")):
         answer = await client.get("/api/jobs", headers={"Authorization": bad})

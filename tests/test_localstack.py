@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.localstack import CLIP_NAME, NATS_PORT_ENV, S3_PORT_ENV
+from services.localstack import CLIP_NAME, NATS_PORT_ENV, S3_PORT_ENV, read_stack_env
 from services.stackidentity import stack_identity
 from shared.devstack import free_port, postgres_reachable
 from shared.settings import load_settings
@@ -23,10 +23,6 @@ from tests.media import codecs, probe
 STACK_TIMEOUT_SEC = 150  # servers, four services, a 30 s 720p sample encode and the job on 2 busy cores
 STOP_WAIT_SEC = 30
 CLIP_MIN_SEC, CLIP_MAX_SEC = 7.45, 7.55  # asked 12.5-20 s: 7.5 s, frame-accurate by default (within a frame)
-
-
-def _read_env(path: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
 async def _drop_schema(url: str, schema: str) -> None:
@@ -61,7 +57,7 @@ def test_stack_demo_makes_a_clip(tmp_path: Path) -> None:
         pytest.fail(f"the stack did not finish within {STACK_TIMEOUT_SEC} s:\n{output[-6000:]}")
     finally:
         stack_env = data_dir / "stack.env"
-        db_url = _read_env(stack_env).get("DATABASE_URL") if stack_env.exists() else None
+        db_url = read_stack_env(stack_env).get("DATABASE_URL") if stack_env.exists() else None
         if db_url and postgres_reachable(db_url):  # a reused server outlives the stack: leave no schema behind
             asyncio.run(_drop_schema(db_url, schema))
     assert proc.returncode == 0, output[-6000:]
@@ -74,5 +70,12 @@ def test_stack_demo_makes_a_clip(tmp_path: Path) -> None:
     assert CLIP_MIN_SEC <= float(info["format"]["duration"]) <= CLIP_MAX_SEC
     assert str(clip) in output and "status done" in output
     assert "X-Amz-Signature" not in output and "X-Amz-Credential" not in output  # no signed URL printed
-    secret = _read_env(data_dir / "stack.env")["S3_SECRET_KEY"]
+    secret = read_stack_env(data_dir / "stack.env")["S3_SECRET_KEY"]
     assert secret == stack_identity(data_dir).s3_secret_key != load_settings({}).s3_secret_key  # not a constant
+    # the README's `set -a; . .data/stack.env; set +a` gives a shell every value as written, without errors
+    script = f'set -a; . "{data_dir / "stack.env"}"; set +a; printf "%s\\n%s" "$SUBS_STYLE" "$CLIPJET_API_KEY"'
+    sourced = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=10)
+    assert sourced.stderr == "" and sourced.returncode == 0, sourced.stderr
+    env_values = read_stack_env(data_dir / "stack.env")
+    assert sourced.stdout.split("\n") == [load_settings({}).subs_style, env_values["CLIPJET_API_KEY"]]
+    assert env_values["CLIPJET_API_KEY"].startswith("cj_")

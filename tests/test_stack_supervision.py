@@ -23,7 +23,7 @@ import asyncpg
 import httpx
 import pytest
 
-from services.localstack import NATS_PORT_ENV, S3_PORT_ENV, STATUS_FILE
+from services.localstack import NATS_PORT_ENV, S3_PORT_ENV, STATUS_FILE, read_stack_env
 from services.stackidentity import SCHEMA_PREFIX
 from shared.devstack import free_port
 from shared.pipeline import ENCODE, FETCH, STAGES, TRANSCRIBE, TRIM, UPLOAD
@@ -125,8 +125,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
             return "serving; press Ctrl-C" in stack.log.read_text(errors="replace")
 
         await _wait("the stack to serve", up, UP_TIMEOUT_S, stack)
-        lines = (data_dir / "stack.env").read_text().splitlines()
-        values = dict(line.split("=", 1) for line in lines if "=" in line)
+        values = read_stack_env(data_dir / "stack.env")
         stack.settings, stack.api_key = load_settings(values), values["CLIPJET_API_KEY"]
         yield stack
     finally:

@@ -98,8 +98,10 @@ async def authenticate(request: Request[Any, Any, Any]) -> None:
     scheme, _, token = header.partition(" ")
     if not header:
         await _rate_limit(gw, request.scope, f"ip:{_client_address(request)}", settings.rate_limit_anon_per_min)
-        raise Unauthorized("send your API key as `Authorization: Bearer <key>` (clipjet keys create makes one)",
-                           code="auth_required")
+        raise Unauthorized(
+            "send your API key in the Authorization header (scheme: Bearer); `clipjet keys create` makes one",
+            code="auth_required",
+        )
     parts = split_token(token.strip()) if scheme.lower() == "bearer" else None
     found = await gw.keys.get(gw.res.db, gw.breakers.db, parts[0]) if parts else None
     if parts is None or not secret_matches(parts[1], found.secret_sha256 if found else None) or (

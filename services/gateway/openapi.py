@@ -13,7 +13,7 @@ SECURITY = [{BEARER: []}]
 _ERRORS: dict[int, tuple[str, str, str]] = {  # status → (description, example code, example message)
     400: ("The body is not JSON.", "malformed_json", "the body is not valid JSON"),
     401: ("No API key, or not a valid one.", "auth_required",
-          "send your API key as `Authorization: Bearer <key>` (clipjet keys create makes one)"),
+          "send your API key in the Authorization header (scheme: Bearer); `clipjet keys create` makes one"),
     403: ("The key may not do this (e.g. use this priority).", "priority_not_allowed",
           "this API key may use priority normal or bulk, not 'fast'"),
     404: ("No such job or upload for this key.", "job_not_found", "no job with id '0193…'"),
