@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from shared.errors import FetchRefused, SourceUnreachable, SourceUnreadable
+from shared.errors import FetchRefused, Permanent, SourceUnreachable, SourceUnreadable
 from shared.fetchproxy import FetchSession, fetch_session
 from shared.logs import get_logger
 from shared.netguard import Policy, Target, join_url, split_url
@@ -70,8 +70,17 @@ async def _client(session: FetchSession, settings: Settings) -> AsyncIterator[ht
         with session.errors():
             try:
                 yield c
+            except httpx.ReadTimeout as exc:  # connected, then silent: the origin's doing, not the network's
+                raise _too_slow(settings.fetch_idle_timeout_sec) from exc
             except httpx.TransportError as exc:
                 raise SourceUnreachable(f"could not reach the source: {type(exc).__name__}") from exc
+
+
+def _too_slow(silent_sec: float) -> Permanent:
+    """A source that accepted the connection and then sent nothing: failed once (retrying holds a fetch slot of
+    ours per attempt, and other users' jobs wait behind it)."""
+    return Permanent(f"the source's server accepted the request and sent nothing for {silent_sec:.0f} s; give a "
+                     f"URL that answers, or upload the file", code="source_too_slow")
 
 
 async def _check_location(response: httpx.Response) -> None:
@@ -87,7 +96,13 @@ async def _open(
     """GET `url` following at most FETCH_MAX_REDIRECTS redirects, each hop checked; the final URL and response."""
     for _ in range(settings.fetch_max_redirects + 1):
         await check_url(url, settings)
-        response = await client.send(client.build_request("GET", url, headers=headers), stream=True)
+        try:  # the headers must come within the rate floor's grace: a silent origin is below any rate
+            response = await asyncio.wait_for(
+                client.send(client.build_request("GET", url, headers=headers), stream=True),
+                CONNECT_TIMEOUT_SEC + settings.fetch_min_rate_grace_sec,
+            )
+        except TimeoutError as exc:
+            raise _too_slow(settings.fetch_min_rate_grace_sec) from exc
         if response.status_code in REDIRECT_CODES and "location" in response.headers:
             await response.aclose()
             url = join_url(url, response.headers["location"])

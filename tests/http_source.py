@@ -33,6 +33,7 @@ class MediaServer:
         self.etag = True  # send an ETag for each file
         self.content_length = True  # False: no Content-Length, the body ends when the connection closes
         self.send_buffer_bytes = 0  # > 0: the socket send buffer, so bytes_sent is close to what left the server
+        self.silent_before_headers_sec = 0.0  # > 0: accept the request, then send nothing this long (a silent origin)
         self.drip_bytes_per_sec = 0.0  # > 0: past drip_after_bytes of a body, send it this slowly, one byte at a time
         self.drip_after_bytes = 0  # bytes of each body sent at full speed before the drip starts
         self._stalled = False
@@ -76,6 +77,8 @@ class MediaServer:
 
             def _serve(self, body: bool) -> None:
                 server.requests.append((self.command, self.path, self.headers.get("Range")))
+                if server.silent_before_headers_sec > 0:
+                    time.sleep(server.silent_before_headers_sec)
                 with server._lock:
                     failing = body and server.fail_first_gets > 0
                     server.fail_first_gets -= 1 if failing else 0

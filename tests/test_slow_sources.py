@@ -28,6 +28,8 @@ from tests.media import FFMPEG_TIMEOUT_SEC
 
 DRIP_BYTES_PER_SEC = 2.0  # the origin's pace once it drips: never silent long enough for an idle timeout
 GRACE_SEC = 2.0  # FETCH_MIN_RATE_GRACE_SEC in these tests
+SILENT_SEC = 120.0  # a silent origin sends nothing this long (longer than any retry round of the old code)
+SILENT_FAIL_WITHIN_SEC = 25.0  # connect allowance + the grace + the worker's bookkeeping, with margin on 2 cores
 FAIL_WITHIN_SEC = 55.0  # a dripping source's job fails within this (grace + rate + ffmpeg's reconnect backoff)
 LONG_SEC = 60  # the staging source: 60 s at 2 Mb/s, its moov at the front
 FAST_BYTES = 1024 * 1024  # each response's first MiB comes at full speed: the probe's reads, not the staged range
@@ -69,6 +71,20 @@ async def test_a_dripping_origin_fails_its_job_with_source_too_slow(
     assert (job["status"], job["errorCode"], job["attempts"]) == ("failed", "source_too_slow", 1), job
     assert "upload" in job["errorMessage"]
     print(f"failed after {took:.1f} s")
+
+
+@pytest.mark.settings(fetch_min_rate_grace_sec=GRACE_SEC)
+async def test_a_silent_origin_fails_once_and_frees_its_fetch_slot(
+    client: AsyncTestClient[Any], workers: Workers, sample_video: Path
+) -> None:
+    """An origin that accepts the connection and sends nothing (not even headers) is below any rate: the job fails
+    once with source_too_slow after the grace, instead of holding a fetch slot for the idle timeout per attempt."""
+    workers.start("fetch")
+    with MediaServer(sample_video.parent) as origin:
+        origin.silent_before_headers_sec = SILENT_SEC
+        job, took = await _job(client, origin.url(sample_video.name), 2, 4)
+    assert (job["status"], job["errorCode"], job["attempts"]) == ("failed", "source_too_slow", 1), job
+    assert took < SILENT_FAIL_WITHIN_SEC, f"the silent origin held the job {took:.1f} s"
 
 
 @pytest.mark.settings(fetch_min_rate_grace_sec=GRACE_SEC)
