@@ -55,6 +55,10 @@ def _run_gateway(settings: Settings) -> None:
     uvicorn.run(
         create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
         log_level="warning", access_log=False, lifespan="on",
+        # the client address (the anonymous rate limit's subject) comes from X-Forwarded-For only when it is sent
+        # by a proxy named in GATEWAY_TRUSTED_PROXIES; else anyone could pick their own address
+        proxy_headers=bool(settings.gateway_trusted_proxies),
+        forwarded_allow_ips=settings.gateway_trusted_proxies or None,
     )
 
 

@@ -113,6 +113,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # --- gateway ---
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
+    gateway_trusted_proxies: str = ""  # IPs/CIDRs (comma-separated) whose X-Forwarded-For is believed; "" = none
     gateway_max_body_bytes: int = 256 * 1024  # largest REST request body, bytes (413 above; NATS takes 1 MiB)
     max_url_chars: int = 8192  # longest `source.url` a job may name, characters
     max_metadata_bytes: int = 4096  # largest `metadata` (the client's reference) a job may carry, JSON-encoded bytes

@@ -170,6 +170,8 @@ async def test_rate_limit_is_shared_by_two_gateway_processes(settings: Settings,
         async with httpx.AsyncClient(timeout=10) as anonymous:  # no key: limited per client address
             codes = [(await anonymous.get(f"{(first, second)[n % 2]}/api/jobs")).status_code for n in range(6)]
             assert codes == [401] * 4 + [429] * 2
+            spoofed = await anonymous.get(f"{first}/api/jobs", headers={"X-Forwarded-For": "10.9.8.7"})
+            assert spoofed.status_code == 429  # no trusted proxy: a client cannot pick another address to count on
 
 
 def test_keys_command_creates_lists_and_revokes(settings: Settings, resources: Resources) -> None:
