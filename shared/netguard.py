@@ -63,6 +63,9 @@ SPECIAL_RANGES: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str, 
         ("ff00::/8", "a multicast address", False),
     )
 )
+# Cloud metadata services outside the link-local ranges: never reachable, whatever FETCH_ALLOW_PRIVATE or
+# FETCH_ALLOW_NETWORKS say (Alibaba Cloud's sits in carrier-grade NAT space, AWS's IPv6 one in unique-local space)
+METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in ("100.100.100.200", "fd00:ec2::254"))
 CONNECT_TIMEOUT_SEC = 10.0  # opening a TCP connection to a checked address, s
 PINNED_RCVBUF_BYTES = 256 * 1024  # receive buffer of a connection to a source, bytes
 _NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+))*\.?$", re.IGNORECASE)
@@ -115,6 +118,8 @@ def refusal_reason(ip: IPAddress, policy: Policy) -> str | None:
         return f"it embeds {inner}, {why}" if why else None
     if ip.is_link_local:  # never, whatever FETCH_ALLOW_NETWORKS says
         return "a link-local (cloud metadata) address"
+    if ip in METADATA_ADDRESSES:
+        return "a cloud metadata address"
     if any(ip.version == net.version and ip in net for net in policy.allow_networks):
         return None
     for net, why, private_ok in SPECIAL_RANGES:

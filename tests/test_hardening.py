@@ -41,6 +41,16 @@ def test_allow_private_opens_only_loopback_and_private_ranges() -> None:
         assert refusal_reason(ipaddress.ip_address(address), PRIVATE_OK) is not None, address
 
 
+def test_cloud_metadata_addresses_stay_refused_whatever_is_opened() -> None:
+    """Alibaba's metadata service is in CGNAT space and AWS's IPv6 one in unique-local space: the ranges the demo's
+    FETCH_ALLOW_PRIVATE opens, or an operator's FETCH_ALLOW_NETWORKS."""
+    everything = Policy(allow_private=True, allow_networks=(ipaddress.ip_network("100.64.0.0/10"),
+                                                            ipaddress.ip_network("fc00::/7")))
+    for address in ("100.100.100.200", "fd00:ec2::254", "::ffff:0:6464:64c8"):
+        assert refusal_reason(ipaddress.ip_address(address), everything) is not None, address
+    assert refusal_reason(ipaddress.ip_address("100.100.100.201"), everything) is None  # the rest stays open
+
+
 @pytest.mark.parametrize("url", ["http://[::1", "http://[::1]:99999/", "https://a.example:port/"])
 def test_malformed_urls_are_refusals(url: str) -> None:
     with pytest.raises(FetchRefused) as caught:
