@@ -44,6 +44,17 @@ HOP_HEADERS = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-
 REALM = b'Proxy-Authenticate: Basic realm="clipjet"\r\n'
 
 
+def _bracketed(target: str) -> str:
+    """An absolute URI whose IPv6 literal lost its brackets (ffmpeg's proxy requests send `http://::1:80/x`) with
+    them put back; any other target as it is."""
+    scheme, sep, rest = target.partition("://")
+    authority, slash, path = rest.partition("/")
+    if not sep or "[" in authority or authority.count(":") < 2:
+        return target
+    host, _, port = authority.rpartition(":")
+    return f"{scheme}://[{host}]:{port}{slash}{path}"
+
+
 @dataclass
 class FetchSession:
     """One caller's use of the proxy: its policy, its byte budget and the proxy's first refusal."""
@@ -186,9 +197,10 @@ class GuardedProxy:
                 raise session.refusal
             if method == "CONNECT":
                 host, _, port = target.rpartition(":")
-                checked = await check_target(host, int(port), "https", session.policy)
+                checked = await check_target(host.removeprefix("[").removesuffix("]"), int(port), "https",
+                                             session.policy)
             else:
-                parts, scheme, port_num = split_url(target)
+                parts, scheme, port_num = split_url(_bracketed(target))
                 if scheme != "http":
                     raise FetchRefused("https goes through CONNECT, not as an absolute URI")
                 assert parts.hostname is not None

@@ -78,3 +78,15 @@ def test_scratch_default_is_not_a_shared_temporary_path() -> None:
     scratch = Settings().scratch_dir
     assert scratch == DEFAULT_DATA_DIR / "scratch"
     assert not scratch.resolve().is_relative_to(Path(tempfile.gettempdir()).resolve())
+
+
+@pytest.mark.parametrize(("sent", "meant"), [
+    ("http://::1:8080/a.mp4", "http://[::1]:8080/a.mp4"),  # how ffmpeg's proxy requests write an IPv6 literal
+    ("http://2001:db8::7:80/", "http://[2001:db8::7]:80/"),
+    ("http://[::1]:8080/a.mp4", "http://[::1]:8080/a.mp4"), ("http://a.example:8080/a", "http://a.example:8080/a"),
+])
+def test_the_proxy_reads_an_ipv6_literal_without_brackets_as_its_client_meant_it(sent: str, meant: str) -> None:
+    from shared.fetchproxy import _bracketed
+
+    assert _bracketed(sent) == meant
+    assert split_url(_bracketed(sent))[0].hostname == split_url(meant)[0].hostname
