@@ -10,6 +10,8 @@ from shared.db import keys
 from shared.db.pool import create_pool
 from shared.settings import Settings
 
+GIB = 1024**3
+
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("keys", help="create, list and revoke API keys")
@@ -21,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     create.add_argument("--max-in-flight", type=int, help="jobs queued or processing at once")
     create.add_argument("--jobs-per-day", type=int, help="jobs per UTC day")
     create.add_argument("--source-seconds-per-day", type=float, help="clip seconds per UTC day")
+    create.add_argument("--upload-gib-per-day", type=float, help="GiB of upload slots per UTC day")
     verbs.add_parser("list", help="every key: id, name, quotas, state")
     revoke = verbs.add_parser("revoke", help="revoke a key (every gateway refuses it within KEY_CACHE_SEC)")
     revoke.add_argument("key_id", help="the key's id (the part after cj_, as `keys list` shows it)")
@@ -36,13 +39,15 @@ def _priorities(text: str) -> tuple[str, ...]:
 
 async def create_key(settings: Settings, name: str, *, admin: bool = False, priorities: str | None = None,
                      max_in_flight: int | None = None, jobs_per_day: int | None = None,
-                     source_seconds_per_day: float | None = None) -> str:
+                     source_seconds_per_day: float | None = None, upload_gib_per_day: float | None = None) -> str:
     """Make a key with the given (else default) quotas; its token, to show once."""
     quotas = keys.Quotas(
         max_in_flight if max_in_flight is not None else settings.key_default_max_in_flight,
         jobs_per_day if jobs_per_day is not None else settings.key_default_jobs_per_day,
         source_seconds_per_day if source_seconds_per_day is not None
         else settings.key_default_source_seconds_per_day,
+        int((upload_gib_per_day if upload_gib_per_day is not None else settings.key_default_upload_gib_per_day)
+            * GIB),
     )
     made = new_key()
     pool = await create_pool(settings)
@@ -60,6 +65,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             token = await create_key(
                 settings, args.name, admin=args.admin, priorities=args.priorities, max_in_flight=args.max_in_flight,
                 jobs_per_day=args.jobs_per_day, source_seconds_per_day=args.source_seconds_per_day,
+                upload_gib_per_day=args.upload_gib_per_day,
             )
             print(token)
             return 0
@@ -70,12 +76,13 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             finally:
                 await pool.close()
             print(f"{'id':<13} {'state':<8} {'admin':<5} {'priorities':<17} {'in-flight':>9} {'jobs/day':>9} "
-                  f"{'secs/day':>10}  name")
+                  f"{'secs/day':>10} {'GiB/day':>8}  name")
             for key in found:
                 state = "revoked" if key.revoked_at else "active"
                 q = key.quotas
                 print(f"{key.key_id:<13} {state:<8} {'yes' if key.admin else 'no':<5} {','.join(key.priorities):<17} "
-                      f"{q.max_in_flight:>9} {q.max_jobs_per_day:>9} {q.max_source_seconds_per_day:>10g}  {key.name}")
+                      f"{q.max_in_flight:>9} {q.max_jobs_per_day:>9} {q.max_source_seconds_per_day:>10g} "
+                      f"{q.max_upload_bytes_per_day / GIB:>8g}  {key.name}")
             return 0
         case "revoke":
             pool = await create_pool(settings)

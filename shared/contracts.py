@@ -269,15 +269,17 @@ class Usage(WireStruct, omit_defaults=False):
     jobs_in_flight: UsageCounter | None = None
     jobs_today: UsageCounter | None = None
     source_seconds_today: UsageCounter | None = None
+    upload_bytes_today: UsageCounter | None = None
 
 
 class UploadSlotRequest(WireStruct):
-    """`POST /api/uploads` body (optional): the file's name, type and size. A size over the single-PUT limit
-    gets a multipart slot (one signed URL per part, resumable)."""
+    """`POST /api/uploads` body: the file's size (required: the slot's signature binds it, and it counts against
+    the key's upload bytes per day), name and type. A size over the single-PUT limit gets a multipart slot (one
+    signed URL per part, resumable)."""
 
+    size_bytes: Annotated[int, msgspec.Meta(ge=1)]
     filename: str = "source"
     content_type: str = "application/octet-stream"
-    size_bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class UploadPart(WireStruct):

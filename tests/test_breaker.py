@@ -163,4 +163,4 @@ async def test_bad_requests_leave_the_gateways_breakers_closed(
     assert await resources.db.fetchval("SELECT count(*) FROM jobs") == 0
     good = await client.post("/api/jobs", json={"source": GOOD_URL, "startSec": 1, "endSec": 2})
     assert good.status_code == 202, good.text
-    assert (await client.post("/api/uploads", json={"filename": "a.mp4"})).status_code == 201
+    assert (await client.post("/api/uploads", json={"filename": "a.mp4", "sizeBytes": 10})).status_code == 201

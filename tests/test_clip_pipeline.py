@@ -25,7 +25,9 @@ AUDIO_SLACK_SEC = 0.1  # copied audio may run up to a few AAC frames past the vi
 
 async def upload(client: AsyncTestClient[Any], path: Path) -> str:
     """Get an upload slot from the gateway and PUT the file straight to object storage."""
-    slot = await client.post("/api/uploads", json={"filename": path.name, "contentType": "video/mp4"})
+    slot = await client.post("/api/uploads", json={
+        "filename": path.name, "contentType": "video/mp4", "sizeBytes": path.stat().st_size,
+    })
     assert slot.status_code == 201, slot.text
     body = slot.json()
     async with httpx.AsyncClient() as s3:

@@ -70,7 +70,8 @@ async def test_accepted_job_is_queued_and_published(client: AsyncTestClient[Any]
 
 
 async def test_upload_slot_is_a_signed_put_url(client: AsyncTestClient[Any]) -> None:
-    response = await client.post("/api/uploads", json={"filename": "../../etc/passwd", "contentType": "video/mp4"})
+    response = await client.post("/api/uploads", json={"filename": "../../etc/passwd", "contentType": "video/mp4",
+                                                            "sizeBytes": 10})
     assert response.status_code == 201
     slot = response.json()
     assert slot["key"].startswith("uploads/") and ".." not in slot["key"]

@@ -72,7 +72,7 @@ async def test_jobs_and_uploads_belong_to_their_key(client: AsyncTestClient[Any]
     assert [j["id"] for j in (await client.get("/api/jobs", headers=bob)).json()["jobs"]] == []
     assert [j["id"] for j in (await client.get("/api/jobs", headers=alice)).json()["jobs"]] == [job_id]
 
-    slot = (await client.post("/api/uploads", json={"filename": "a.mp4"}, headers=alice)).json()
+    slot = (await client.post("/api/uploads", json={"filename": "a.mp4", "sizeBytes": 1000}, headers=alice)).json()
     used_by_bob = await client.post("/api/jobs", json={"source": {"type": "upload", "key": slot["key"]},
                                                        "startSec": 1, "endSec": 2}, headers=bob)
     assert used_by_bob.status_code == 422 and used_by_bob.json()["error"]["code"] == "upload_not_found"
@@ -243,3 +243,18 @@ async def test_the_reaper_drops_rate_windows_no_request_counts_any_more(resource
     await reap_once(resources)
     kept = await resources.db.fetch("SELECT window_start FROM rate_windows WHERE subject = 'key:reaped'")
     assert sorted(r["window_start"] for r in kept) == [current - keys.RATE_WINDOW_SEC, current]
+
+
+async def test_upload_slots_count_against_the_keys_bytes_per_day(
+    client: AsyncTestClient[Any], resources: Resources
+) -> None:
+    quotas = keys.Quotas(max_in_flight=10, max_jobs_per_day=10, max_source_seconds_per_day=100,
+                         max_upload_bytes_per_day=1000)
+    await authorize(client, resources.db, quotas=quotas)
+    answers = await asyncio.gather(*(client.post("/api/uploads", json={"sizeBytes": 300}) for _ in range(5)))
+    assert sorted(a.status_code for a in answers) == [201] * 3 + [429] * 2  # 900 of 1000 bytes, atomically
+    refused = next(a for a in answers if a.status_code == 429)
+    assert refused.json()["error"]["code"] == "quota_exceeded"
+    assert "upload_bytes_per_day" in refused.json()["error"]["message"]
+    assert (await client.get("/api/usage")).json()["uploadBytesToday"] == {"used": 900, "limit": 1000}
+    assert (await client.post("/api/uploads", json={})).status_code == 422  # a slot's size is required

@@ -139,7 +139,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
 
 async def _upload_sample(http: httpx.AsyncClient, sample: Path) -> str:
-    slot = (await http.post("/api/uploads", json={"filename": "sample.mp4", "contentType": "video/mp4"})).json()
+    slot = (await http.post("/api/uploads", json={"filename": "sample.mp4", "contentType": "video/mp4",
+                                                  "sizeBytes": sample.stat().st_size})).json()
     async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, trust_env=False) as storage:  # no API key on S3
         put = await storage.request(slot["method"], slot["url"], headers=slot["headers"], content=sample.read_bytes())
     assert put.status_code == 200, put.text

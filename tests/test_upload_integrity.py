@@ -65,15 +65,17 @@ async def test_second_put_after_the_fetch_changes_nothing_a_job_cuts(
     even bytes written there anyway (a store that ignored If-None-Match) reach no job: job 1 cuts A, job 2 on the
     key is refused with `upload_changed` rather than cutting B under A's fingerprint."""
     assert _width(sample_video) != _width(other_video)
-    slot = await _slot(client)
-    assert await _put(slot["url"], sample_video.read_bytes(), slot["headers"]) == 200
+    original = sample_video.read_bytes()
+    slot = await _slot(client, sizeBytes=len(original))
+    assert await _put(slot["url"], original, slot["headers"]) == 200
     workers.start("fetch")
     first = (await client.post("/api/jobs", json={
         "source": {"type": "upload", "key": slot["key"]}, "startSec": 1, "endSec": 4,
     })).json()["id"]
     await _wait_trim_pending(resources)
-    assert await _put(slot["url"], other_video.read_bytes(), slot["headers"]) == 412  # If-None-Match: *
-    assert await _put(slot["url"], other_video.read_bytes(), {"Content-Type": "video/mp4"}) == 403  # it is signed
+    swapped = original[:-1] + bytes([original[-1] ^ 0xFF])  # other bytes of the signed length
+    assert await _put(slot["url"], swapped, slot["headers"]) == 412  # If-None-Match: *
+    assert await _put(slot["url"], swapped, {"Content-Type": "video/mp4"}) == 403  # it is signed
     await resources.storage.put_file(slot["key"], other_video, "video/mp4", {})  # B at the key anyway
     workers.start("trim", "upload")
     job = await wait_for_job(client, first)

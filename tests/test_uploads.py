@@ -101,12 +101,17 @@ async def test_same_bytes_under_two_uploads_are_one_source(
 
 
 @pytest.mark.settings(max_upload_mb=1)
-async def test_stored_upload_over_the_limit_is_not_used(client: AsyncTestClient[Any], larger_video: Path) -> None:
-    """A single PUT declares no size: the stored object's size is checked before a job may use it."""
-    slot = (await client.post("/api/uploads", json={"filename": "big.mp4", "contentType": "video/mp4"})).json()
-    async with httpx.AsyncClient() as s3:
+async def test_stored_upload_over_the_limit_is_not_used(
+    client: AsyncTestClient[Any], resources: Resources, larger_video: Path
+) -> None:
+    """The stored object's size is checked again before a job may use it (an object written at an upload key by
+    other means than its slot, whose signature binds sizeBytes)."""
+    slot = (await client.post("/api/uploads", json={"filename": "big.mp4", "contentType": "video/mp4",
+                                                    "sizeBytes": 1000})).json()
+    async with httpx.AsyncClient() as s3:  # the slot itself takes no more than its 1000 bytes
         put = await s3.put(slot["url"], content=larger_video.read_bytes(), headers=slot["headers"])
-    assert put.status_code == 200
+    assert put.status_code == 403
+    await resources.storage.put_file(slot["key"], larger_video, "video/mp4", {})
     response = await client.post("/api/jobs", json={
         "source": {"type": "upload", "key": slot["key"]}, "startSec": 0, "endSec": 2,
     })

@@ -15,9 +15,9 @@ from shared.settings import Settings
 from .auth import caller_of, rate_limit_headers
 from .errors import EXCEPTION_HANDLERS
 from .jobs import JobController
-from .openapi import mark_optional_bodies, openapi_config
+from .openapi import openapi_config
 from .state import Gateway, gateway_of
-from .uploads import UPLOAD_SLOTS_PATH, UploadController
+from .uploads import UploadController
 from .usage import UsageController
 
 log = get_logger("gateway")
@@ -53,5 +53,4 @@ def create_app(settings: Settings) -> Litestar:
         request_max_body_size=settings.gateway_max_body_bytes,
         openapi_config=openapi_config("0.1.0"),
     )
-    mark_optional_bodies(app, [(UPLOAD_SLOTS_PATH, "post")])  # an upload slot's request is optional
     return app

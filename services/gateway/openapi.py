@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from litestar import Litestar
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components, Example, SecurityScheme
 
@@ -48,11 +47,3 @@ def openapi_config(version: str) -> OpenAPIConfig:
     return OpenAPIConfig(title="clipjet", version=version, path="/schema",
                          components=Components(security_schemes={BEARER: scheme}))
 
-
-def mark_optional_bodies(app: Litestar, operations: list[tuple[str, str]]) -> None:
-    """Say that these operations' bodies may be left out (Litestar marks every JSON body required, even one that
-    defaults to None): `(path, method)` pairs."""
-    for path, method in operations:
-        operation = getattr(app.openapi_schema.paths[path], method)  # type: ignore[index]
-        if operation.request_body is not None:
-            operation.request_body.required = False

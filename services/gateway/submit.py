@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import UTC, datetime, timedelta
 
 import msgspec
 
 from shared import bus
 from shared.contracts import ClipJobMessage, JobAccepted, JobRequest, UploadSource
 from shared.db import idempotency, jobs, keys
-from shared.errors import BadRequest, QueueFull, RetryLater, ServiceUnavailable
+from shared.errors import BadRequest, QueueFull, ServiceUnavailable
 from shared.ids import uuid7
 from shared.jobrules import check_clip
 from shared.settings import Settings
@@ -23,19 +22,12 @@ from shared.settings import Settings
 from .auth import Caller
 from .body import BodyTooLarge
 from .formats import require_upload_key
+from .quotas import quota_exceeded
 from .state import Gateway
 from .uploads import check_upload_size, owns_upload
 
 _encoder = msgspec.json.Encoder()
 BUS_SHARE = 4  # a job's message may use at most 1/BUS_SHARE of NATS max_payload (stage messages add plan, artifacts)
-IN_FLIGHT_RETRY_AFTER_SEC = 30  # a key at its in-flight quota is told to try again after this long
-
-
-class QuotaExceeded(RetryLater):
-    """The key is at one of its quotas (`clipjet keys create` sets them; GET /api/usage shows them)."""
-
-    code = "quota_exceeded"
-    http_status = 429
 
 
 class PriorityNotAllowed(BadRequest):
@@ -81,7 +73,7 @@ async def submit_job(gw: Gateway, data: JobRequest, idempotency_key: str | None,
         if caller.owner is not None and caller.quotas is not None:
             exceeded = await keys.admit_job(conn, caller.owner, caller.quotas, data.end_sec - data.start_sec)
             if exceeded is not None:
-                raise _quota_exceeded(exceeded, caller.quotas)
+                raise quota_exceeded(exceeded, caller.quotas)
         await jobs.insert_job(conn, job)
     await _publish(gw, job)
     async with gw.breakers.db:
@@ -130,22 +122,6 @@ async def _replay(gw: Gateway, earlier: idempotency.Earlier, digest: str) -> Job
         )
     row = await jobs.get_job(gw.res.db, earlier.job_id)
     return JobAccepted(id=str(earlier.job_id), status=row["status"] if row else "queued")
-
-
-def _quota_exceeded(quota: str, quotas: keys.Quotas) -> QuotaExceeded:
-    limits = {"jobs_in_flight": f"{quotas.max_in_flight} jobs queued or processing at once",
-              "jobs_per_day": f"{quotas.max_jobs_per_day} jobs per UTC day",
-              "source_seconds_per_day": f"{quotas.max_source_seconds_per_day:g} clip seconds per UTC day"}
-    if quota == "jobs_in_flight":
-        retry_after = IN_FLIGHT_RETRY_AFTER_SEC
-    else:
-        now = datetime.now(UTC)
-        midnight = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
-        retry_after = max(1, int((midnight - now).total_seconds()) + 1)
-    return QuotaExceeded(
-        f"quota {quota} reached: this API key may have {limits[quota]}; GET /api/usage shows its use",
-        retry_after_sec=retry_after,
-    )
 
 
 async def _check_upload(gw: Gateway, key: str, caller: Caller) -> None:

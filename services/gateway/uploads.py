@@ -14,6 +14,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 
 from shared.contracts import UploadDone, UploadPart, UploadRef, UploadSlot, UploadSlotRequest, UploadStatus
+from shared.db import keys
 from shared.errors import BadRequest, NotFound
 from shared.settings import Settings
 from shared.upload_keys import UPLOAD_PREFIX, upload_key
@@ -22,6 +23,7 @@ from .auth import Caller, authenticate, authenticated
 from .body import strict_json
 from .formats import require_content_type, require_upload_id, require_upload_key
 from .openapi import SECURITY, error_responses
+from .quotas import upload_quota_exceeded
 from .state import Gateway
 
 MIB = 1024 * 1024
@@ -83,20 +85,24 @@ class UploadController(Controller):
     security = SECURITY
 
     @post("/", operation_id="createUploadSlot", status_code=201,
-          before_request=authenticated(strict_json(UploadSlotRequest | None, optional=True)),
+          before_request=authenticated(strict_json(UploadSlotRequest)),
           responses=error_responses(400, 401, 413, 415, 422, 429, 503))
     async def create_slot(
-        self, gw: NamedDependency[Gateway], caller: NamedDependency[Caller],
-        data: JSONBody[UploadSlotRequest | None] = None,
+        self, gw: NamedDependency[Gateway], caller: NamedDependency[Caller], data: JSONBody[UploadSlotRequest],
     ) -> UploadSlot:
-        """An upload slot: a signed PUT URL, or for a large `sizeBytes` one signed URL per part."""
-        request = data or UploadSlotRequest()
+        """An upload slot for `sizeBytes`: a signed PUT URL, or for a large file one signed URL per part."""
+        request = data
         settings, storage = gw.res.settings, gw.res.storage
         require_content_type(request.content_type, "contentType")
         _check_size(request.size_bytes, settings)
         key, ttl = upload_key(request.filename, caller.owner), settings.signed_url_ttl_sec
         size = request.size_bytes
-        if size is None or size <= settings.upload_single_put_max_mb * MIB:
+        if caller.owner is not None and caller.quotas is not None:
+            async with gw.breakers.db:
+                admitted = await keys.admit_upload(gw.res.db, caller.owner, key, size, caller.quotas)
+            if not admitted:
+                raise upload_quota_exceeded(caller.quotas)
+        if size <= settings.upload_single_put_max_mb * MIB:
             url = await storage.signed_put_url(key, ttl, request.content_type, size)
             return UploadSlot(key=key, url=url, method="PUT", headers=put_headers(request.content_type),
                               expires_in_sec=ttl)

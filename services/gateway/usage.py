@@ -34,4 +34,7 @@ class UsageController(Controller):
         view.jobs_today = UsageCounter(used=used["jobs_today"], limit=quotas.max_jobs_per_day)
         view.source_seconds_today = UsageCounter(used=round(used["source_seconds_today"], 3),
                                                  limit=quotas.max_source_seconds_per_day)
+        async with gw.breakers.db:
+            uploaded = await keys.uploaded_today(gw.res.db, caller.owner)
+        view.upload_bytes_today = UsageCounter(used=uploaded, limit=quotas.max_upload_bytes_per_day)
         return view

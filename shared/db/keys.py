@@ -11,13 +11,19 @@ from shared.apikeys import NewKey
 
 INSERT_KEY = """
 INSERT INTO api_keys (id, secret_sha256, name, admin, priorities, max_in_flight, max_jobs_per_day,
-                      max_source_seconds_per_day)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                      max_source_seconds_per_day, max_upload_bytes_per_day)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 """
 SELECT_KEY = "SELECT * FROM api_keys WHERE id = $1"
 LIST_KEYS = "SELECT * FROM api_keys ORDER BY created_at"
 REVOKE_KEY = "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id"
 ADMIT_JOB = "SELECT admit_job($1, $2, $3, $4, $5)"
+ADMIT_UPLOAD = "SELECT admit_upload($1, $2, $3, $4)"
+UPLOADED_TODAY = """
+SELECT coalesce(sum(size), 0) FROM upload_slots
+WHERE owner = $1 AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+"""
+UPLOAD_SLOTS_PRUNE = "DELETE FROM upload_slots WHERE created_at < now() - interval '2 days'"
 USAGE = """
 SELECT
   (SELECT count(*) FROM jobs WHERE owner = $1 AND status IN ('queued', 'processing')) AS in_flight,
@@ -46,6 +52,7 @@ class Quotas:
     max_in_flight: int
     max_jobs_per_day: int
     max_source_seconds_per_day: float
+    max_upload_bytes_per_day: int = 100 * 1024**3  # the sizes of its upload slots per UTC day, bytes
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,8 @@ class ApiKey:
 
 
 def _key(row: asyncpg.Record) -> ApiKey:
-    quotas = Quotas(row["max_in_flight"], row["max_jobs_per_day"], row["max_source_seconds_per_day"])
+    quotas = Quotas(row["max_in_flight"], row["max_jobs_per_day"], row["max_source_seconds_per_day"],
+                    row["max_upload_bytes_per_day"])
     return ApiKey(row["id"], bytes(row["secret_sha256"]), row["name"], row["admin"], tuple(row["priorities"]),
                   quotas, row["created_at"], row["revoked_at"])
 
@@ -70,7 +78,8 @@ async def insert_key(
     pool: asyncpg.Pool, new: NewKey, name: str, *, admin: bool, priorities: tuple[str, ...], quotas: Quotas
 ) -> None:
     await pool.execute(INSERT_KEY, new.key_id, new.secret_sha256, name, admin, list(priorities),
-                       quotas.max_in_flight, quotas.max_jobs_per_day, quotas.max_source_seconds_per_day)
+                       quotas.max_in_flight, quotas.max_jobs_per_day, quotas.max_source_seconds_per_day,
+                       quotas.max_upload_bytes_per_day)
 
 
 async def find_key(pool: asyncpg.Pool, key_id: str) -> ApiKey | None:
@@ -92,6 +101,16 @@ async def admit_job(conn: asyncpg.Connection, owner: str, quotas: Quotas, clip_s
                                quotas.max_source_seconds_per_day, clip_seconds)
 
 
+async def admit_upload(pool: asyncpg.Pool, owner: str, key: str, size: int, quotas: Quotas) -> bool:
+    """Record a new upload slot of `size` bytes for `owner`; False (nothing recorded) when it would go over the
+    key's upload bytes this UTC day."""
+    return bool(await pool.fetchval(ADMIT_UPLOAD, owner, key, size, quotas.max_upload_bytes_per_day))
+
+
+async def uploaded_today(pool: asyncpg.Pool, owner: str) -> int:
+    return int(await pool.fetchval(UPLOADED_TODAY, owner))
+
+
 async def usage(pool: asyncpg.Pool, owner: str) -> asyncpg.Record:
     """in_flight, jobs_today, source_seconds_today of a key."""
     row = await pool.fetchrow(USAGE, owner)
@@ -107,4 +126,6 @@ async def rate_hit(pool: asyncpg.Pool, subject: str, window_start: int, window_s
 
 
 async def prune_rate_windows(pool: asyncpg.Pool, before: int) -> None:
+    """Drop rate-limit windows before `before` and upload-slot records no daily quota reads any more."""
     await pool.execute(RATE_PRUNE, before)
+    await pool.execute(UPLOAD_SLOTS_PRUNE)
