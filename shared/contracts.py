@@ -277,7 +277,7 @@ class UploadSlotRequest(WireStruct):
     the key's upload bytes per day), name and type. A size over the single-PUT limit gets a multipart slot (one
     signed URL per part, resumable)."""
 
-    size_bytes: Annotated[int, msgspec.Meta(ge=1)]
+    size_bytes: Annotated[int, msgspec.Meta(ge=0)]
     filename: str = "source"
     content_type: str = "application/octet-stream"
 
