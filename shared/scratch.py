@@ -192,17 +192,28 @@ def _total(entries: dict[str, list[str | int]]) -> int:
     return sum(int(v[1]) for v in entries.values())
 
 
-async def report_loop(nc: NatsClient, settings: Settings, quota: ScratchQuota, changed: asyncio.Event) -> None:
-    """Publish the node's use every SCRATCH_REPORT_SEC and at once when a stage starts or stops waiting."""
+async def report_loop(
+    nc: NatsClient, settings: Settings, quota: ScratchQuota, changed: asyncio.Event, stopping: asyncio.Event
+) -> None:
+    """Publish the node's use every SCRATCH_REPORT_SEC and at once when a stage starts or stops waiting, until
+    `stopping` is set. (It waits with `asyncio.wait`, not `wait_for`: on Python 3.11 a `wait_for` whose event fires
+    as the task is cancelled swallows the cancel, and a worker's stop then waited on this loop forever.)"""
     subject = Subjects(settings.subject_prefix).scratch(node_name(settings))
-    while True:
+    while not stopping.is_set():
         used = await asyncio.to_thread(quota.used)
         report = ScratchReport(node_name(settings), used, quota.quota, quota.waiting)
         with suppress(Exception):
             await nc.publish(subject, msgspec.json.encode(report))
         changed.clear()
-        with suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), settings.scratch_report_sec)
+        waiters = {asyncio.create_task(changed.wait()), asyncio.create_task(stopping.wait())}
+        try:
+            await asyncio.wait(waiters, timeout=settings.scratch_report_sec, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+
+REPORTER_STOP_SEC = 5.0  # longest a worker's stop waits for its scratch reporter, s
 
 
 class ScratchGate:
@@ -211,7 +222,8 @@ class ScratchGate:
     def __init__(self, nc: NatsClient, settings: Settings) -> None:
         self.quota = ScratchQuota(settings)
         self._changed = asyncio.Event()
-        self._reporter = asyncio.create_task(report_loop(nc, settings, self.quota, self._changed))
+        self._stopping = asyncio.Event()
+        self._reporter = asyncio.create_task(report_loop(nc, settings, self.quota, self._changed, self._stopping))
 
     async def before_pull(self, stopping: asyncio.Future[object]) -> bool:
         """Wait for room for one message; False when the worker is stopping instead."""
@@ -232,9 +244,9 @@ class ScratchGate:
         self._changed.set()
 
     async def close(self) -> None:
+        self._stopping.set()
         self._reporter.cancel()
-        with suppress(asyncio.CancelledError):
-            await self._reporter
+        await asyncio.wait({self._reporter}, timeout=REPORTER_STOP_SEC)
 
 
 @dataclass
