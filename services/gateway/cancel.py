@@ -29,15 +29,24 @@ class JobAlreadyEnded(ClipError):
     http_status = 409
 
 
-async def cancel_job(gw: Gateway, job_id: str, caller: Caller) -> asyncpg.Record:
-    """Cancel the caller's job; its row as it is now."""
+async def readable_job(gw: Gateway, caller: Caller, job_id: str) -> asyncpg.Record:
+    """The row of a job the caller may read; 404 `job_not_found` otherwise (another key's job is answered exactly
+    like one that does not exist)."""
     uid = parse_job_id(job_id)
     if uid is None:
         raise NotFound(f"no job with id {shown(job_id)}: job ids are UUIDs", code="job_not_found")
     async with gw.breakers.db:
         row = await jobs.get_job(gw.res.db, uid)
-        if row is None or not caller.may_read(row["owner"]):  # another key's job is answered as no job
-            raise NotFound(f"no job with id {uid}", code="job_not_found")
+    if row is None or not caller.may_read(row["owner"]):
+        raise NotFound(f"no job with id {uid}", code="job_not_found")
+    return row
+
+
+async def cancel_job(gw: Gateway, job_id: str, caller: Caller) -> asyncpg.Record:
+    """Cancel the caller's job; its row as it is now."""
+    row = await readable_job(gw, caller, job_id)
+    uid = row["id"]
+    async with gw.breakers.db:
         canceled = await cancels.cancel(gw.res.db, uid, caller.owner)
         if canceled is None:
             now = await jobs.get_job(gw.res.db, uid)

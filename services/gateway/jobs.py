@@ -15,14 +15,12 @@ from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParam
 
 from shared.contracts import ClipResult, JobAccepted, JobList, JobRequest, JobStatus, JobView, ResultUrls
 from shared.db import jobs
-from shared.errors import BadRequest, NotFound
-from shared.ids import parse_job_id
+from shared.errors import BadRequest
 from shared.scrub import scrub
 
 from .auth import Caller, authenticate, authenticated
 from .body import strict_json
-from .cancel import cancel_job
-from .formats import shown
+from .cancel import cancel_job, readable_job
 from .openapi import SECURITY, error_responses
 from .state import Gateway
 from .submit import submit_job
@@ -78,14 +76,7 @@ class JobController(Controller):
         job_id: Annotated[str, PathParameter(description="The job's id")],
     ) -> JobView:
         """A job's status, stage, progress and, once done, signed URLs of its files."""
-        uid = parse_job_id(job_id)
-        if uid is None:
-            raise NotFound(f"no job with id {shown(job_id)}: job ids are UUIDs", code="job_not_found")
-        async with gw.breakers.db:
-            row = await jobs.get_job(gw.res.db, uid)
-        if row is None or not caller.may_read(row["owner"]):  # another key's job is answered as no job
-            raise NotFound(f"no job with id {uid}", code="job_not_found")
-        return await job_view(gw, row)
+        return await job_view(gw, await readable_job(gw, caller, job_id))
 
     @post("/{job_id:str}/cancel", operation_id="cancelJob", status_code=200,
           responses=error_responses(401, 404, 409, 429, 503))
