@@ -17,6 +17,7 @@ from shared.devstack import start_nats
 from shared.devstack.process import LOOPBACK, free_port
 from shared.ids import uuid7
 from shared.resources import open_resources
+from shared.settings import Settings
 from tests.conftest import Servers, _drop_everything, make_settings
 from tests.http_source import MediaServer
 from tests.tcp_forward import TcpForward
@@ -46,18 +47,7 @@ async def test_worker_started_while_nats_is_down_waits_and_then_works(
             assert worker.poll() is None, log.read_text()[-2000:]
             nats = await asyncio.to_thread(start_nats, tmp_path / "nats", port)
             await wait_logged(log, "worker_started")
-            async with open_resources(settings, "test") as res:
-                job = ClipJobMessage(id=str(uuid7()), source=UrlSource(url=origin.url(sample_video.name)),
-                                     start_sec=2.0, end_sec=4.0)
-                await bus.publish_job(res.js, res.subjects, job)
-                try:
-                    async with asyncio.timeout(WAIT_SEC):
-                        while "stage_finished" not in [  # noqa: ASYNC110 - polling the database
-                            e["type"] for e in await jobs.job_events(res.db, uuid.UUID(job.id))
-                        ]:
-                            await asyncio.sleep(POLL_SEC)
-                finally:
-                    await _drop_everything(settings, res)
+            await _a_job_passes_the_fetch_stage(settings, origin.url(sample_video.name))
             assert "dependency_up" in log.read_text()
     finally:
         if nats is not None:
@@ -89,19 +79,23 @@ async def test_worker_started_while_postgresql_or_s3_is_down_waits_and_then_work
             assert worker.poll() is None, log.read_text()[-2000:]
             await forward.start()
             await wait_logged(log, "worker_started", "dependency_up")
-            async with open_resources(direct, "test") as res:
-                job = ClipJobMessage(id=str(uuid7()), source=UrlSource(url=origin.url(sample_video.name)),
-                                     start_sec=2.0, end_sec=4.0)
-                await bus.publish_job(res.js, res.subjects, job)
-                try:
-                    async with asyncio.timeout(WAIT_SEC):
-                        while "stage_finished" not in [  # noqa: ASYNC110 - polling the database
-                            e["type"] for e in await jobs.job_events(res.db, uuid.UUID(job.id))
-                        ]:
-                            await asyncio.sleep(POLL_SEC)
-                finally:
-                    await _drop_everything(direct, res)
+            await _a_job_passes_the_fetch_stage(direct, origin.url(sample_video.name))
             worker.terminate()  # stopped while this loop still runs the forwarder its connections go through
             assert await asyncio.to_thread(worker.wait, WAIT_SEC) == 0
     finally:
         await forward.close()
+
+
+async def _a_job_passes_the_fetch_stage(settings: Settings, url: str) -> None:
+    """Publish a job for `url` and wait until the fetch stage finished it; the test's servers are emptied after."""
+    async with open_resources(settings, "test") as res:
+        job = ClipJobMessage(id=str(uuid7()), source=UrlSource(url=url), start_sec=2.0, end_sec=4.0)
+        await bus.publish_job(res.js, res.subjects, job)
+        try:
+            async with asyncio.timeout(WAIT_SEC):
+                while "stage_finished" not in [  # noqa: ASYNC110 - polling the database
+                    e["type"] for e in await jobs.job_events(res.db, uuid.UUID(job.id))
+                ]:
+                    await asyncio.sleep(POLL_SEC)
+        finally:
+            await _drop_everything(settings, res)
