@@ -9,7 +9,7 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -172,15 +172,23 @@ async def wait_for_job(
             await asyncio.sleep(POLL_SEC)
 
 
-async def record_progress(res: Resources) -> list[ProgressEvent]:
-    """Every ProgressEvent published from now on (any job), appended as it arrives."""
-    received: list[ProgressEvent] = []
+R = TypeVar("R")
+
+
+async def record(res: Resources, subject: str, kind: type[R]) -> list[R]:
+    """Every `kind` message published on `subject` from now on (a core subscription), appended as it arrives."""
+    received: list[R] = []
 
     async def keep(msg: Any) -> None:
-        received.append(msgspec.json.decode(msg.data, type=ProgressEvent))
+        received.append(msgspec.json.decode(msg.data, type=kind))
 
-    await res.nc.subscribe(res.subjects.progress("*"), cb=keep)
+    await res.nc.subscribe(subject, cb=keep)
     return received
+
+
+async def record_progress(res: Resources) -> list[ProgressEvent]:
+    """Every ProgressEvent published from now on (any job), appended as it arrives."""
+    return await record(res, res.subjects.progress("*"), ProgressEvent)
 
 
 @pytest.fixture(scope="session")

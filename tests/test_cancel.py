@@ -11,7 +11,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -21,7 +20,7 @@ from shared.contracts import ClipJobMessage, ClipResult, JobEvent, UrlSource
 from shared.db import cancels, jobs, keys
 from shared.resources import Resources
 from shared.storage import staging_prefix
-from tests.conftest import Workers, make_key, wait_for_job
+from tests.conftest import Workers, make_key, record, wait_for_job
 from tests.media import make_media
 from tests.test_clip_pipeline import upload
 
@@ -37,13 +36,7 @@ def clip_body(key_or_url: str, **extra: Any) -> dict[str, Any]:
 
 async def record_end_events(res: Resources) -> list[JobEvent]:
     """Every end event published from now on (core subscription), appended as it arrives."""
-    received: list[JobEvent] = []
-
-    async def keep(msg: Any) -> None:
-        received.append(msgspec.json.decode(msg.data, type=JobEvent))
-
-    await res.nc.subscribe(res.subjects.events("*"), cb=keep)
-    return received
+    return await record(res, res.subjects.events("*"), JobEvent)
 
 
 async def until(predicate: Any, timeout: float = WAIT_SEC) -> None:
