@@ -47,6 +47,18 @@ async def _run_reaper(settings: Settings) -> None:
         await run_reaper(res, stop)
 
 
+async def _run_notifier(settings: Settings) -> None:
+    from services.notifier.run import run_notifier
+    from shared.fetchproxy import guarded_proxy, warn_if_open
+    from shared.resources import open_resources
+
+    stop = _stop_on_signals()
+    warn_if_open(settings)
+    await guarded_proxy()  # webhooks go through the same guarded proxy as sources
+    async with open_resources(settings, "notifier") as res:
+        await run_notifier(res, stop)
+
+
 def _run_gateway(settings: Settings) -> None:
     import uvicorn
 
@@ -78,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = sub.add_parser("worker", help="run one stage's worker")
     worker.add_argument("stage", choices=sorted(STAGES))
     sub.add_parser("reaper", help="run the reaper: outbox, expiry, stuck jobs, staging cleanup, partitions")
+    sub.add_parser("notifier", help="run the notifier: POST signed webhooks when jobs end, retried for hours")
     sub.add_parser("migrate", help="apply database migrations and create partitions")
     from services import keyscmd
 
@@ -103,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_run_worker(args.stage, settings))
         case "reaper":
             asyncio.run(_run_reaper(settings))
+        case "notifier":
+            asyncio.run(_run_notifier(settings))
         case "migrate":
             asyncio.run(_migrate(settings))
         case "keys":

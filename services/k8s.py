@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from services.k8s_network import network_policies
-from shared.bus import consumer_name
+from shared.bus import NOTIFIER_CONSUMER, consumer_name, events_stream
 from shared.contracts import PRIORITIES
 from shared.settings import Settings
 
@@ -27,6 +27,7 @@ SCRATCH_HEADROOM_PCT = 10  # the emptyDir's sizeLimit is the quota plus this muc
 MIB_PER_GIB = 1024
 GATEWAY_REPLICAS = 2
 REAPER_REPLICAS = 1  # safe with more: every step runs under an advisory lock
+NOTIFIER_MAX_REPLICAS = 5  # webhook deliveries wait on receivers, not CPU: few replicas go a long way
 LABEL = "app.kubernetes.io/name"
 
 # What a stage's pod asks for (requests) and may use (limits); encode and transcribe are the heavy ones.
@@ -97,6 +98,23 @@ def scratch_size_limit(settings: Settings) -> str:
     return f"{mib // MIB_PER_GIB}Gi" if mib % MIB_PER_GIB == 0 else f"{mib}Mi"
 
 
+def _jetstream_trigger(stream: str, consumer: str) -> dict[str, Any]:
+    """A KEDA trigger on one durable consumer's lag."""
+    return {"type": "nats-jetstream", "metadata": {
+        "natsServerMonitoringEndpoint": NATS_MONITORING_ENDPOINT, "account": "$G",
+        "stream": stream, "consumer": consumer,
+        "lagThreshold": str(LAG_THRESHOLD), "activationLagThreshold": "0",
+    }}
+
+
+def _scaled_object(name: str, max_replicas: int, triggers: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": name},
+        "spec": {"scaleTargetRef": {"name": name}, "minReplicaCount": 1, "maxReplicaCount": max_replicas,
+                 "triggers": triggers},
+    }
+
+
 def _worker(stage: str, settings: Settings) -> list[dict[str, Any]]:
     name = f"clipjet-{stage}"
     container = _container(stage, ["worker", stage], WORKER_RESOURCES.get(stage, DEFAULT_WORKER_RESOURCES))
@@ -106,20 +124,17 @@ def _worker(stage: str, settings: Settings) -> list[dict[str, Any]]:
         "containers": [container],
         "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": scratch_size_limit(settings)}}],
     }
-    triggers = [
-        {"type": "nats-jetstream", "metadata": {
-            "natsServerMonitoringEndpoint": NATS_MONITORING_ENDPOINT, "account": "$G",
-            "stream": settings.nats_stream, "consumer": consumer_name(stage, priority),
-            "lagThreshold": str(LAG_THRESHOLD), "activationLagThreshold": "0",
-        }}
-        for priority in PRIORITIES
-    ]
-    scaled = {
-        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": name},
-        "spec": {"scaleTargetRef": {"name": name}, "minReplicaCount": 1, "maxReplicaCount": MAX_REPLICAS,
-                 "triggers": triggers},
-    }
-    return [_deployment(name, 1, pod), scaled]
+    triggers = [_jetstream_trigger(settings.nats_stream, consumer_name(stage, priority)) for priority in PRIORITIES]
+    return [_deployment(name, 1, pod), _scaled_object(name, MAX_REPLICAS, triggers)]
+
+
+def _notifier(settings: Settings) -> list[dict[str, Any]]:
+    """The webhook notifier: scaled on its consumer of the end events' stream (services/notifier)."""
+    name = "clipjet-notifier"
+    pod = {"terminationGracePeriodSeconds": int(settings.shutdown_grace_sec) + GRACE_MARGIN_SEC,
+           "containers": [_container("notifier", ["notifier"], DEFAULT_WORKER_RESOURCES)]}
+    trigger = _jetstream_trigger(events_stream(settings), NOTIFIER_CONSUMER)
+    return [_deployment(name, 1, pod), _scaled_object(name, NOTIFIER_MAX_REPLICAS, [trigger])]
 
 
 def _reaper() -> list[dict[str, Any]]:
@@ -128,10 +143,11 @@ def _reaper() -> list[dict[str, Any]]:
 
 
 def render_manifests(stages: list[str], settings: Settings | None = None) -> dict[str, str]:
-    """File name → YAML text of the base: config, gateway, reaper, one file per worker stage."""
+    """File name → YAML text of the base: config, gateway, reaper, notifier, one file per worker stage."""
     settings = settings or Settings()
     documents: dict[str, list[dict[str, Any]]] = {
         "config.yaml": [_config(settings)], "gateway.yaml": _gateway(settings), "reaper.yaml": _reaper(),
+        "notifier.yaml": _notifier(settings),
         "network-policies.yaml": network_policies(stages),
     }
     for stage in stages:

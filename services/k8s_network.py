@@ -3,8 +3,9 @@
 Every pod holds the S3 key and the database URL, and the workers parse untrusted media, so none may reach more
 than it needs: DNS, NATS, PostgreSQL and S3 (in the namespaces the ConfigMap's service names point at; an
 overlay patches them for another layout). The fetcher alone also reaches the internet, because it downloads
-user URLs itself (through its in-process guarded proxy, `shared/fetchproxy.py`): any public address, never a
-private, link-local (cloud metadata), CGNAT or loopback one. Ingress is not restricted here (the gateway's
+user URLs itself (through its in-process guarded proxy, `shared/fetchproxy.py`), and so does the notifier, which
+POSTs webhooks to user URLs through the same guard: any public address, never a private, link-local (cloud
+metadata), CGNAT or loopback one. Ingress is not restricted here (the gateway's
 Service takes client traffic).
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 LABEL = "app.kubernetes.io/name"
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"  # set by Kubernetes on every namespace
 FETCH_STAGE = "fetch"  # the one stage that downloads user URLs
+PUBLIC_EGRESS_APPS = (f"clipjet-{FETCH_STAGE}", "clipjet-notifier")  # reach user URLs: sources, webhooks
 # (namespace, TCP port) of each cluster service clipjet uses; the ConfigMap names nats.nats.svc and s3.storage.svc
 NATS = ("nats", 4222)
 S3 = ("storage", 8333)
@@ -55,9 +57,9 @@ def _policy(app: str, egress: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def network_policies(stages: list[str]) -> list[dict[str, Any]]:
-    """One egress policy per Deployment: the gateway, the reaper and each stage's workers."""
-    apps = ["clipjet-gateway", "clipjet-reaper", *(f"clipjet-{stage}" for stage in stages)]
+    """One egress policy per Deployment: the gateway, the reaper, the notifier and each stage's workers."""
+    apps = ["clipjet-gateway", "clipjet-reaper", "clipjet-notifier", *(f"clipjet-{stage}" for stage in stages)]
     return [
-        _policy(app, [*cluster_egress(), internet_egress()] if app == f"clipjet-{FETCH_STAGE}" else cluster_egress())
+        _policy(app, [*cluster_egress(), internet_egress()] if app in PUBLIC_EGRESS_APPS else cluster_egress())
         for app in apps
     ]

@@ -1,14 +1,19 @@
-"""`clipjet keys create|list|revoke`: API keys, stored hashed; a new key is printed once."""
+"""`clipjet keys create|list|revoke|webhook-secret`: API keys, stored hashed; a new key is printed once, with its
+webhook signing secret (`webhook-secret` replaces that secret and prints the new one)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from shared.apikeys import new_key
 from shared.contracts import PRIORITIES
-from shared.db import keys
+from shared.db import keys, webhooks
 from shared.db.pool import create_pool
+from shared.errors import FetchRefused
+from shared.netguard import split_url
 from shared.settings import Settings
+from shared.webhook_sign import new_secret
 
 GIB = 1024**3
 
@@ -24,9 +29,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     create.add_argument("--jobs-per-day", type=int, help="jobs per UTC day")
     create.add_argument("--source-seconds-per-day", type=float, help="clip seconds per UTC day")
     create.add_argument("--upload-gib-per-day", type=float, help="GiB of upload slots per UTC day")
+    create.add_argument("--webhook", help="default webhook URL of its jobs that name none")
     verbs.add_parser("list", help="every key: id, name, quotas, state")
     revoke = verbs.add_parser("revoke", help="revoke a key (every gateway refuses it within KEY_CACHE_SEC)")
     revoke.add_argument("key_id", help="the key's id (the part after cj_, as `keys list` shows it)")
+    rotate = verbs.add_parser("webhook-secret", help="replace a key's webhook signing secret and print the new one")
+    rotate.add_argument("key_id", help="the key's id (the part after cj_, as `keys list` shows it)")
 
 
 def _priorities(text: str) -> tuple[str, ...]:
@@ -39,8 +47,14 @@ def _priorities(text: str) -> tuple[str, ...]:
 
 async def create_key(settings: Settings, name: str, *, admin: bool = False, priorities: str | None = None,
                      max_in_flight: int | None = None, jobs_per_day: int | None = None,
-                     source_seconds_per_day: float | None = None, upload_gib_per_day: float | None = None) -> str:
-    """Make a key with the given (else default) quotas; its token, to show once."""
+                     source_seconds_per_day: float | None = None, upload_gib_per_day: float | None = None,
+                     webhook: str | None = None) -> tuple[str, str]:
+    """Make a key with the given (else default) quotas; its token and webhook signing secret, to show once."""
+    if webhook is not None:
+        try:
+            split_url(webhook)
+        except FetchRefused as exc:
+            raise SystemExit(f"clipjet keys: --webhook: {exc.message}") from exc
     quotas = keys.Quotas(
         max_in_flight if max_in_flight is not None else settings.key_default_max_in_flight,
         jobs_per_day if jobs_per_day is not None else settings.key_default_jobs_per_day,
@@ -52,23 +66,33 @@ async def create_key(settings: Settings, name: str, *, admin: bool = False, prio
     made = new_key()
     pool = await create_pool(settings)
     try:
-        await keys.insert_key(pool, made, name, admin=admin,
-                              priorities=_priorities(priorities or settings.key_default_priorities), quotas=quotas)
+        secret = await keys.insert_key(pool, made, name, admin=admin, quotas=quotas, default_webhook=webhook,
+                                       priorities=_priorities(priorities or settings.key_default_priorities))
     finally:
         await pool.close()
-    return made.token
+    return made.token, secret
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     match args.keys_command:
         case "create":
-            token = await create_key(
+            token, secret = await create_key(
                 settings, args.name, admin=args.admin, priorities=args.priorities, max_in_flight=args.max_in_flight,
                 jobs_per_day=args.jobs_per_day, source_seconds_per_day=args.source_seconds_per_day,
-                upload_gib_per_day=args.upload_gib_per_day,
+                upload_gib_per_day=args.upload_gib_per_day, webhook=args.webhook,
             )
             print(token)
+            print(f"webhook signing secret: {secret}", file=sys.stderr)  # stdout stays the token alone (scripts)
             return 0
+        case "webhook-secret":
+            secret = new_secret()
+            pool = await create_pool(settings)
+            try:
+                found = await webhooks.rotate_secret(pool, args.key_id.removeprefix("cj_").split("_")[0], secret)
+            finally:
+                await pool.close()
+            print(secret if found else f"no key {args.key_id}")
+            return 0 if found else 1
         case "list":
             pool = await create_pool(settings)
             try:

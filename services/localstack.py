@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
-from services.registry import GATEWAY, REAPER, service_commands
+from services.registry import GATEWAY, NOTIFIER, REAPER, service_commands
 from services.stackdemo import CLIP_NAME, run_demo
 from services.stackidentity import stack_identity
 from services.stackkey import ENV_NAME as API_KEY_ENV
@@ -236,7 +236,8 @@ class _Demo(threading.Thread):
 
 
 def _bring_up(supervisor: Supervisor, effective: Settings, scale: dict[str, int], http: httpx.Client) -> str:
-    """The gateway (it migrates the database), then every worker process and the reaper; the gateway's URL."""
+    """The gateway (it migrates the database), then every worker process, the reaper and the notifier; the gateway's
+    URL."""
     commands = service_commands(tuple(scale))
 
     def service(name: str, args: tuple[str, ...]) -> Callable[[], Child]:
@@ -256,6 +257,7 @@ def _bring_up(supervisor: Supervisor, effective: Settings, scale: dict[str, int]
         for n in range(1, count + 1):
             supervisor.add(f"{stage}.{n}", service(f"{stage}.{n}", commands[stage]))
     supervisor.add(REAPER, service(REAPER, commands[REAPER]))
+    supervisor.add(NOTIFIER, service(NOTIFIER, commands[NOTIFIER]))
     return base_url
 
 

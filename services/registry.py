@@ -9,7 +9,7 @@ from typing import Any
 from shared.pipeline import SERVICE_PACKAGES
 from shared.worker import StageSpec
 
-GATEWAY, REAPER = "gateway", "reaper"
+GATEWAY, REAPER, NOTIFIER = "gateway", "reaper", "notifier"
 
 
 def _spec(stage: str, package: str) -> StageSpec[Any]:
@@ -23,5 +23,7 @@ STAGES: dict[str, StageSpec[Any]] = {stage: _spec(stage, package) for stage, pac
 
 
 def service_commands(stages: tuple[str, ...] | list[str] = tuple(STAGES)) -> dict[str, tuple[str, ...]]:
-    """`clipjet` arguments of each process: the gateway, one worker per stage in `stages`, the reaper."""
-    return {GATEWAY: (GATEWAY,), **{stage: ("worker", stage) for stage in stages}, REAPER: (REAPER,)}
+    """`clipjet` arguments of each process: the gateway, one worker per stage in `stages`, the reaper, the notifier
+    (webhooks)."""
+    return {GATEWAY: (GATEWAY,), **{stage: ("worker", stage) for stage in stages}, REAPER: (REAPER,),
+            NOTIFIER: (NOTIFIER,)}

@@ -38,7 +38,7 @@ def stack_api_key(settings: Settings, data_dir: Path) -> str:
     token = path.read_text().strip() if path.exists() else ""
     if token and asyncio.run(_still_valid(settings, token)):
         return token
-    token = asyncio.run(create_key(settings, KEY_NAME, admin=True, priorities=",".join(PRIORITIES)))
+    token, _ = asyncio.run(create_key(settings, KEY_NAME, admin=True, priorities=",".join(PRIORITIES)))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, KEY_FILE_MODE)
     with os.fdopen(fd, "w") as out:
         os.fchmod(out.fileno(), KEY_FILE_MODE)

@@ -9,7 +9,7 @@ import nats
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, PubAck, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck, RetentionPolicy, StorageType, StreamConfig
 
 from shared.contracts import PRIORITIES, ClipJobMessage, JobEvent, Priority
 from shared.pipeline import ENTRY_STAGE, STAGES
@@ -19,6 +19,8 @@ DUPLICATE_WINDOW_SEC = 120.0  # Nats-Msg-Id de-duplication window
 EVENTS_STREAM_SUFFIX = "_EVENTS"  # the end events' stream is <NATS_STREAM>_EVENTS
 END_MSG_ID_SUFFIX = "end"  # a job's end event has Nats-Msg-Id <jobId>:end
 MAX_MESSAGE_AGE_SEC = 7 * 24 * 3600.0  # a message nobody takes is dropped after a week
+NOTIFIER_CONSUMER = "notifier"  # the webhook notifier's durable consumer on the end events' stream
+NOTIFIER_ACK_MARGIN_SEC = 30.0  # its ack_wait is one delivery's WEBHOOK_TIMEOUT_SEC plus this, s
 _encoder = msgspec.json.Encoder()
 
 
@@ -131,10 +133,28 @@ async def ensure_consumers(js: JetStreamContext, settings: Settings, stage: str)
         )
 
 
+async def ensure_notifier_consumer(js: JetStreamContext, settings: Settings) -> None:
+    """The notifier's durable pull consumer on the end events' stream (services/notifier): every event from the
+    stream's start, a retry is a nak with a delay (redelivered by JetStream however long it takes, across
+    restarts), so deliveries are never limited here; the notifier counts them on the job row."""
+    await js.add_consumer(
+        events_stream(settings),
+        ConsumerConfig(
+            durable_name=NOTIFIER_CONSUMER,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=settings.webhook_timeout_sec + NOTIFIER_ACK_MARGIN_SEC,
+            max_deliver=-1,
+            max_ack_pending=settings.webhook_max_pending,
+        ),
+    )
+
+
 async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
-    """Streams and every stage's consumers."""
+    """Streams, every stage's consumers and the notifier's."""
     await ensure_stream(js, settings)
     await ensure_events_stream(js, settings)
+    await ensure_notifier_consumer(js, settings)
     for stage in STAGES:
         await ensure_consumers(js, settings, stage)
 

@@ -45,6 +45,17 @@ JobId = Annotated[
 ]
 
 
+WebhookUrl = Annotated[
+    str,
+    msgspec.Meta(min_length=1, description=(
+        "An http(s) URL clipjet POSTs the job's view to when it ends (done, failed or canceled), signed with the "
+        "API key's webhook secret (header Clipjet-Signature) and retried with backoff for hours. Public addresses "
+        "only. Without it, the key's default webhook (if any) is used."
+    )),
+]
+WebhookStatus = Literal["pending", "delivered", "failing", "gave_up"]
+
+
 KeyId = Annotated[
     str,
     msgspec.Meta(pattern=r"^[0-9a-f]{12}$", description=(
@@ -99,6 +110,7 @@ class ClipSpec(WireStruct, kw_only=True):
     priority: Priority = "normal"
     precision: Precision = "auto"
     metadata: Metadata | None = None  # at most MAX_METADATA_BYTES encoded: shared/jobrules.py, on every way in
+    webhook: WebhookUrl | None = None  # checked at submit (services/gateway/webhook.py) and at each delivery
 
 
 class ClipJobMessage(ClipSpec, kw_only=True):
@@ -226,6 +238,17 @@ class ResultUrls(WireStruct):
     words: str | None = None
 
 
+class WebhookState(WireStruct, omit_defaults=False):
+    """The job's webhook delivery: its URL, where it stands, and what the last try got."""
+
+    url: str
+    status: WebhookStatus  # pending: not tried yet, or the job has not ended; failing: will be tried again
+    attempts: int
+    last_status_code: int | None = None  # the receiver's HTTP status on the last try (None: no answer)
+    last_error: str | None = None
+    last_attempt_at: str | None = None
+
+
 class JobView(WireStruct, omit_defaults=False):
     """`GET /api/jobs/{id}`: the job's state as a client sees it."""
 
@@ -243,6 +266,7 @@ class JobView(WireStruct, omit_defaults=False):
     result: ClipResult | None = None
     urls: ResultUrls | None = None
     metadata: Metadata | None = None  # the request's `metadata`, as given
+    webhook: WebhookState | None = None  # the job names a webhook (or its key has a default)
 
 
 class JobList(WireStruct, omit_defaults=False):

@@ -97,6 +97,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ytdlp_timeout_sec: float = 60.0  # yt-dlp's whole extraction of one page, s
     ytdlp_retries: int = 1  # yt-dlp's retries of a failed request
 
+    # --- webhooks (services/notifier) ---
+    webhook_max_attempts: int = 15  # tries of one job's webhook before it is given up (`gave_up`): ~5-6.5 h in all
+    webhook_retry_base_sec: float = 10.0  # first retry's delay ceiling, s (doubles per try; waits c/2..c)
+    webhook_retry_max_sec: float = 3600.0  # longest delay between two deliveries, s
+    webhook_timeout_sec: float = 10.0  # one delivery (connect, send, the receiver's answer) is cut after this, s
+    webhook_concurrency: int = 16  # deliveries one notifier process makes at once
+    webhook_max_pending: int = 10_000  # events handed out and not yet acked (retries waiting included) per consumer
+    webhook_secret: str = ""  # signs webhooks of jobs without an API key (AUTH=off, direct publishes); "": refused
+
     # --- uploads ---
     max_upload_mb: int = 20_480  # largest upload a slot is given for, MiB
     upload_single_put_max_mb: int = 256  # larger uploads get a multipart slot, MiB

@@ -13,6 +13,7 @@ import yaml
 from services.k8s import render_manifests
 from services.k8s_network import LABEL, NATS, POSTGRES, S3
 from services.registry import STAGES
+from shared import bus
 from shared.resources import Resources
 from shared.settings import Settings
 
@@ -32,11 +33,13 @@ async def test_every_keda_trigger_names_an_existing_consumer(settings: Settings,
     rendered = render_manifests(list(STAGES), settings)
     scaled = [doc for text in rendered.values() for doc in yaml.safe_load_all(text)
               if doc and doc["kind"] == "ScaledObject"]
-    assert {doc["spec"]["scaleTargetRef"]["name"] for doc in scaled} == {f"clipjet-{s}" for s in STAGES}
+    assert {doc["spec"]["scaleTargetRef"]["name"] for doc in scaled} == {
+        *(f"clipjet-{s}" for s in STAGES), "clipjet-notifier"}
     for doc in scaled:
         for trigger in doc["spec"]["triggers"]:
             meta = trigger["metadata"]
-            assert meta["stream"] == settings.nats_stream
+            notifier = doc["metadata"]["name"] == "clipjet-notifier"
+            assert meta["stream"] == (bus.events_stream(settings) if notifier else settings.nats_stream)
             info = await resources.js.consumer_info(meta["stream"], meta["consumer"])
             assert info.config.durable_name == meta["consumer"]
 
@@ -101,7 +104,7 @@ def test_egress_policies_keep_media_workers_inside_the_cluster() -> None:
         public = ("8.8.8.8", "2001:4860:4860::8888")
         private = ("10.1.2.3", "172.20.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "127.0.0.1",
                    "fd00::1", "fe80::1", "::1")
-        if app == "clipjet-fetch":  # downloads user URLs itself: the internet, never a private range
+        if app in ("clipjet-fetch", "clipjet-notifier"):  # reach user URLs: the internet, never a private range
             assert all(_allowed(policy, a) for a in public)
             assert not any(_allowed(policy, a) for a in private)
         else:

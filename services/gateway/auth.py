@@ -50,6 +50,7 @@ class Caller:
     admin: bool
     priorities: tuple[str, ...]
     quotas: keys.Quotas | None
+    webhook: str | None = None  # the key's default webhook, for its jobs that name none
 
     def may_read(self, owner: str | None) -> bool:
         return self.admin or self.owner is None or owner == self.owner
@@ -112,6 +113,7 @@ async def authenticate(request: Request[Any, Any, Any]) -> None:
     await _rate_limit(gw, request.scope, f"key:{found.key_id}", settings.rate_limit_per_min)
     request.scope[CALLER_SCOPE_KEY] = Caller(  # type: ignore[literal-required]
         owner=found.key_id, admin=found.admin, priorities=found.priorities, quotas=found.quotas,
+        webhook=found.default_webhook,
     )
 
 

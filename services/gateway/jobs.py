@@ -8,15 +8,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-import msgspec
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 
-from shared.contracts import ClipResult, JobAccepted, JobList, JobRequest, JobStatus, JobView, ResultUrls
+from shared.contracts import JobAccepted, JobList, JobRequest, JobStatus, JobView
 from shared.db import jobs
 from shared.errors import BadRequest
-from shared.scrub import scrub
+from shared.jobview import job_view as shared_job_view
 
 from .auth import Caller, authenticate, authenticated
 from .body import strict_json
@@ -25,9 +24,6 @@ from .openapi import SECURITY, error_responses
 from .state import Gateway
 from .submit import submit_job
 
-CLIP_DOWNLOAD_NAME = "clip.mp4"
-SUBTITLE_COLUMNS = {"srt": ("result_srt_key", "clip.srt"), "vtt": ("result_vtt_key", "clip.vtt"),
-                    "words": ("result_words_key", "clip.words.json")}  # ResultUrls field → (column, download name)
 IDEMPOTENCY_KEY_MAX_CHARS = 200
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"  # visible ASCII only (no spaces, controls or NUL: it is stored as text)
 LIST_DEFAULT, LIST_MAX = 20, 100  # jobs per page of GET /api/jobs
@@ -90,38 +86,8 @@ class JobController(Controller):
 
 
 async def job_view(gw: Gateway, row: Any) -> JobView:
-    """What a client sees of a job row (signed URLs of its files once done)."""
-    res = gw.res
-    result = msgspec.convert(row["result"], ClipResult) if row["result"] else None
-    urls = None
-    if row["status"] == "done" and row["result_video_key"]:
-        ttl = res.settings.signed_url_ttl_sec
-        video = await res.storage.signed_get_url(row["result_video_key"], ttl, CLIP_DOWNLOAD_NAME)
-        urls = ResultUrls(video=video, expires_in_sec=ttl, **await _subtitle_urls(gw, row, ttl))
-    return JobView(
-        id=str(row["id"]), status=row["status"], priority=row["priority"], stage=row["stage"],
-        progress=round(float(row["progress"]), 4), attempts=row["attempts"],
-        created_at=row["created_at"].isoformat(), updated_at=row["updated_at"].isoformat(),
-        request=(request := _request_of(row["request"])), metadata=request.metadata if request else None,
-        error_code=row["error_code"], error_message=scrub(row["error_message"] or "") or None,
-        result=result, urls=urls,
-    )
-
-
-def _request_of(stored: dict[str, Any]) -> JobRequest | None:
-    """The job's request; None for a message refused off the bus because it did not fit the contract."""
-    try:
-        return msgspec.convert({k: v for k, v in stored.items() if k not in ("id", "owner")}, JobRequest)
-    except msgspec.ValidationError:
-        return None
-
-
-async def _subtitle_urls(gw: Gateway, row: Any, ttl: int) -> dict[str, str]:
-    """Signed URLs of the job's subtitle files, for those it has."""
-    return {
-        field: await gw.res.storage.signed_get_url(row[column], ttl, filename)
-        for field, (column, filename) in SUBTITLE_COLUMNS.items() if row[column]
-    }
+    """What a client sees of a job row (shared/jobview.py: the notifier POSTs the same view)."""
+    return await shared_job_view(gw.res, row)
 
 
 def _encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:

@@ -25,6 +25,7 @@ from .formats import require_upload_key
 from .quotas import quota_exceeded
 from .state import Gateway
 from .uploads import check_upload_size, owns_upload
+from .webhook import job_webhook
 
 _encoder = msgspec.json.Encoder()
 BUS_SHARE = 4  # a job's message may use at most 1/BUS_SHARE of NATS max_payload (stage messages add plan, artifacts)
@@ -56,10 +57,11 @@ async def submit_job(gw: Gateway, data: JobRequest, idempotency_key: str | None,
             f"this API key may use priority {' or '.join(caller.priorities)}, not {data.priority!r}",
             field="priority",
         )
+    webhook = await job_webhook(data, caller, res.settings)
     for breaker in (gw.breakers.db, gw.breakers.nats):  # shed load before anything is written
         breaker.refuse_if_open()
     gw.scratch.refuse_if_saturated()
-    job = ClipJobMessage(id=str(uuid7()), owner=caller.owner, **msgspec.structs.asdict(data))
+    job = ClipJobMessage(id=str(uuid7()), owner=caller.owner, **(msgspec.structs.asdict(data) | {"webhook": webhook}))
     _check_message_size(gw, job)
     if isinstance(data.source, UploadSource):
         async with gw.breakers.s3:

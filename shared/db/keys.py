@@ -8,11 +8,12 @@ from datetime import datetime
 import asyncpg
 
 from shared.apikeys import NewKey
+from shared.webhook_sign import new_secret
 
 INSERT_KEY = """
 INSERT INTO api_keys (id, secret_sha256, name, admin, priorities, max_in_flight, max_jobs_per_day,
-                      max_source_seconds_per_day, max_upload_bytes_per_day)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                      max_source_seconds_per_day, max_upload_bytes_per_day, webhook_secret, default_webhook)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 """
 SELECT_KEY = "SELECT * FROM api_keys WHERE id = $1"
 LIST_KEYS = "SELECT * FROM api_keys ORDER BY created_at"
@@ -65,21 +66,26 @@ class ApiKey:
     quotas: Quotas
     created_at: datetime
     revoked_at: datetime | None
+    default_webhook: str | None = None  # the webhook of its jobs that name none
 
 
 def _key(row: asyncpg.Record) -> ApiKey:
     quotas = Quotas(row["max_in_flight"], row["max_jobs_per_day"], row["max_source_seconds_per_day"],
                     row["max_upload_bytes_per_day"])
     return ApiKey(row["id"], bytes(row["secret_sha256"]), row["name"], row["admin"], tuple(row["priorities"]),
-                  quotas, row["created_at"], row["revoked_at"])
+                  quotas, row["created_at"], row["revoked_at"], row["default_webhook"])
 
 
 async def insert_key(
-    pool: asyncpg.Pool, new: NewKey, name: str, *, admin: bool, priorities: tuple[str, ...], quotas: Quotas
-) -> None:
+    pool: asyncpg.Pool, new: NewKey, name: str, *, admin: bool, priorities: tuple[str, ...], quotas: Quotas,
+    webhook_secret: str | None = None, default_webhook: str | None = None,
+) -> str:
+    """Store the key; its webhook signing secret (`webhook_secret`, else a new one), to show once."""
+    secret = webhook_secret or new_secret()
     await pool.execute(INSERT_KEY, new.key_id, new.secret_sha256, name, admin, list(priorities),
                        quotas.max_in_flight, quotas.max_jobs_per_day, quotas.max_source_seconds_per_day,
-                       quotas.max_upload_bytes_per_day)
+                       quotas.max_upload_bytes_per_day, secret, default_webhook)
+    return secret
 
 
 async def find_key(pool: asyncpg.Pool, key_id: str) -> ApiKey | None:

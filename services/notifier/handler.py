@@ -1,0 +1,68 @@
+"""One job end → one try at its webhook: sign the job's view, POST it through the guard, keep the outcome on
+the job, and say whether (and when) to try again."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import msgspec
+
+from shared.contracts import JobEvent, WebhookStatus
+from shared.db import jobs, webhooks
+from shared.jobview import job_view, request_of
+from shared.logs import get_logger
+from shared.resources import Resources
+from shared.retry import backoff_at_least_half
+from shared.webhook_post import Answer, post_webhook
+from shared.webhook_sign import EVENT_ID_HEADER, SIGNATURE_HEADER, event_id, signature
+
+log = get_logger("notifier")
+FINISHED_STATES = frozenset({"delivered", "gave_up"})
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass
+class NotifierDeps:
+    """What the handler gets besides the event."""
+
+    res: Resources
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """`retry_after_sec` None: nothing more to do for this event (ack); else try again after it (nak)."""
+
+    status: str  # "no_webhook" | "already_finished" | WebhookStatus
+    retry_after_sec: float | None = None
+
+
+async def handle(event: JobEvent, deps: NotifierDeps) -> Outcome:
+    """Deliver the job's webhook once, if it has one that is not delivered or given up yet."""
+    res, settings = deps.res, deps.res.settings
+    uid = uuid.UUID(event.job_id)
+    row = await jobs.get_job(res.db, uid)
+    request = request_of(row["request"]) if row is not None else None
+    if row is None or request is None or request.webhook is None:
+        return Outcome("no_webhook")
+    if row["webhook_status"] in FINISHED_STATES:  # a redelivery after its outcome was written
+        return Outcome("already_finished")
+    attempt = row["webhook_attempts"] + 1
+    secret = await webhooks.signing_secret(res.db, row["owner"]) if row["owner"] else None
+    secret = secret or settings.webhook_secret
+    if not secret:
+        answer = Answer(None, "no signing secret: the job has no API key and WEBHOOK_SECRET is not set", final=True)
+    else:
+        body = _encoder.encode(await job_view(res, row))
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature(secret, body, int(time.time())),
+                   EVENT_ID_HEADER: event_id(event.job_id, event.status)}
+        answer = await post_webhook(request.webhook, body, headers, settings)
+    status: WebhookStatus = "delivered" if answer.ok else (
+        "gave_up" if answer.final or attempt >= settings.webhook_max_attempts else "failing")
+    await webhooks.record_attempt(res.db, uid, status, attempt, answer.status_code, answer.error)
+    log.info("webhook_attempt", status=status, attempt=attempt, status_code=answer.status_code, error=answer.error)
+    if status != "failing":
+        return Outcome(status)
+    return Outcome(status, backoff_at_least_half(attempt, settings.webhook_retry_base_sec,
+                                                 settings.webhook_retry_max_sec))

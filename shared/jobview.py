@@ -1,0 +1,63 @@
+"""A job as a client sees it (`GET /api/jobs/{id}`): built from its row in one place, for the gateway and for the
+notifier, which POSTs the same view to the job's webhook."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from shared.contracts import ClipResult, JobRequest, JobView, ResultUrls, WebhookState
+from shared.resources import Resources
+from shared.scrub import scrub
+
+CLIP_DOWNLOAD_NAME = "clip.mp4"
+SUBTITLE_COLUMNS = {"srt": ("result_srt_key", "clip.srt"), "vtt": ("result_vtt_key", "clip.vtt"),
+                    "words": ("result_words_key", "clip.words.json")}  # ResultUrls field → (column, download name)
+
+
+async def job_view(res: Resources, row: Any) -> JobView:
+    """What a client sees of a job row (signed URLs of its files once done)."""
+    result = msgspec.convert(row["result"], ClipResult) if row["result"] else None
+    urls = None
+    if row["status"] == "done" and row["result_video_key"]:
+        ttl = res.settings.signed_url_ttl_sec
+        video = await res.storage.signed_get_url(row["result_video_key"], ttl, CLIP_DOWNLOAD_NAME)
+        urls = ResultUrls(video=video, expires_in_sec=ttl, **await _subtitle_urls(res, row, ttl))
+    request = request_of(row["request"])
+    return JobView(
+        id=str(row["id"]), status=row["status"], priority=row["priority"], stage=row["stage"],
+        progress=round(float(row["progress"]), 4), attempts=row["attempts"],
+        created_at=row["created_at"].isoformat(), updated_at=row["updated_at"].isoformat(),
+        request=request, metadata=request.metadata if request else None,
+        error_code=row["error_code"], error_message=scrub(row["error_message"] or "") or None,
+        result=result, urls=urls, webhook=webhook_state(row, request),
+    )
+
+
+def request_of(stored: dict[str, Any]) -> JobRequest | None:
+    """The job's request; None for a message refused off the bus because it did not fit the contract."""
+    try:
+        return msgspec.convert({k: v for k, v in stored.items() if k not in ("id", "owner")}, JobRequest)
+    except msgspec.ValidationError:
+        return None
+
+
+def webhook_state(row: Any, request: JobRequest | None) -> WebhookState | None:
+    """The job's webhook delivery, when it names a webhook (`pending` until the notifier first tries it)."""
+    if request is None or request.webhook is None:
+        return None
+    at = row["webhook_last_attempt_at"]
+    return WebhookState(
+        url=request.webhook, status=row["webhook_status"] or "pending", attempts=row["webhook_attempts"],
+        last_status_code=row["webhook_last_status_code"], last_error=row["webhook_last_error"],
+        last_attempt_at=at.isoformat() if at else None,
+    )
+
+
+async def _subtitle_urls(res: Resources, row: Any, ttl: int) -> dict[str, str]:
+    """Signed URLs of the job's subtitle files, for those it has."""
+    return {
+        field: await res.storage.signed_get_url(row[column], ttl, filename)
+        for field, (column, filename) in SUBTITLE_COLUMNS.items() if row[column]
+    }
