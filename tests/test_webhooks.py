@@ -1,0 +1,274 @@
+"""Webhooks against a real HTTP receiver on loopback: retried through JetStream until the receiver accepts (same
+event id, a valid signature each try), a restart of the notifier mid-retry loses nothing, a receiver that never
+accepts ends `gave_up`, private addresses are refused at submit and at delivery, a slow receiver is cut off."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from aiohttp import web
+from litestar.testing import AsyncTestClient
+
+from services.gateway.app import create_app
+from services.notifier.run import run_notifier
+from shared.apikeys import new_key
+from shared.db import keys
+from shared.resources import Resources
+from shared.settings import Settings, settings_env
+from shared.webhook_sign import EVENT_ID_HEADER, SIGNATURE_HEADER, new_secret, verify
+from tests.conftest import ROOMY_QUOTAS
+
+REPO = Path(__file__).resolve().parent.parent
+WAIT_SEC = 30.0  # longest wait for one expected outcome
+POLL_SEC = 0.05
+QUIET_SEC = 1.5  # after the last expected try, how long nothing more may arrive
+REFUSED_AT_SUBMIT = [  # (webhook, the 422's code)
+    ("http://127.0.0.1:8080/hook", "webhook_refused"), ("http://10.1.2.3/hook", "webhook_refused"),
+    ("http://169.254.169.254/latest", "webhook_refused"), ("http://[::1]/hook", "webhook_refused"),
+    ("ftp://example.com/x", "webhook_invalid"), ("not a url", "webhook_invalid"),
+    ("http://user@example.com/x", "webhook_invalid"),
+]
+FAST_RETRIES = {"webhook_retry_base_sec": 0.2, "webhook_retry_max_sec": 0.5}
+
+
+@dataclasses.dataclass
+class Hit:
+    body: bytes
+    headers: dict[str, str]
+    at: float
+
+
+class Receiver:
+    """An aiohttp server on loopback that answers `statuses` in turn (then the last one), after `delay_sec`."""
+
+    def __init__(self, statuses: list[int], delay_sec: float = 0.0) -> None:
+        self.statuses, self.delay_sec = statuses, delay_sec
+        self.hits: list[Hit] = []
+        self.url = ""
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        self.hits.append(Hit(await request.read(), dict(request.headers), time.monotonic()))
+        await asyncio.sleep(self.delay_sec)
+        status = self.statuses[min(len(self.hits) - 1, len(self.statuses) - 1)]
+        return web.Response(status=status, text="ok" if status < 300 else "not now")
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Receiver]:
+        app = web.Application()
+        app.router.add_post("/hook", self._hook)
+        runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/hook"
+        try:
+            yield self
+        finally:
+            await runner.cleanup()
+
+
+@asynccontextmanager
+async def gateway(settings: Settings, res: Resources, **key: Any) -> AsyncIterator[tuple[AsyncTestClient[Any], str]]:
+    """A gateway client with a key of its own; the key's webhook signing secret."""
+    made, secret = new_key(), new_secret()
+    await keys.insert_key(res.db, made, "hooks", admin=False, priorities=("normal",), quotas=ROOMY_QUOTAS,
+                          webhook_secret=secret, **key)
+    async with AsyncTestClient(create_app(settings)) as client:
+        client.headers["Authorization"] = f"Bearer {made.token}"
+        yield client, secret
+
+
+@asynccontextmanager
+async def notifier(res: Resources) -> AsyncIterator[None]:
+    """The notifier running in this event loop; stopped (gracefully, bounded) on exit."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_notifier(res, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=WAIT_SEC)
+
+
+async def ended_job(client: AsyncTestClient[Any], **fields: Any) -> str:
+    """A job with these extra fields, canceled at once (no worker runs): its end event is published."""
+    body = {"source": {"type": "url", "url": "http://127.0.0.1:9/never.mp4"}, "startSec": 0, "endSec": 2, **fields}
+    made = await client.post("/api/jobs", json=body)
+    assert made.status_code == 202, made.text
+    job_id = made.json()["id"]
+    canceled = await client.post(f"/api/jobs/{job_id}/cancel")
+    assert canceled.status_code == 200, canceled.text
+    return str(job_id)
+
+
+async def wait_until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = WAIT_SEC) -> Any:
+    """`check()`'s first truthy result, polled (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := await check():
+            return found
+        await asyncio.sleep(POLL_SEC)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+async def webhook_state(client: AsyncTestClient[Any], job_id: str, status: str) -> dict[str, Any] | None:
+    view = (await client.get(f"/api/jobs/{job_id}")).json()
+    return view if view["webhook"] and view["webhook"]["status"] == status else None
+
+
+async def hits_at_least(receiver: Receiver, n: int) -> bool:
+    return len(receiver.hits) >= n
+
+
+@pytest.mark.settings(webhook_max_attempts=5, **FAST_RETRIES)
+async def test_receiver_failing_twice_gets_the_third_try_signed_with_one_event_id(
+    settings: Settings, resources: Resources,
+) -> None:
+    async with Receiver([500, 503, 200]).running() as receiver, gateway(settings, resources) as (client, secret):
+        job_id = await ended_job(client, webhook=receiver.url)
+        async with notifier(resources):
+            view = await wait_until(lambda: webhook_state(client, job_id, "delivered"), "the third try to land")
+            await asyncio.sleep(QUIET_SEC)
+        assert len(receiver.hits) == 3
+        assert view["webhook"]["attempts"] == 3 and view["webhook"]["lastStatusCode"] == 200
+        assert view["webhook"]["url"] == receiver.url and view["webhook"]["lastAttemptAt"]
+        assert {hit.headers[EVENT_ID_HEADER] for hit in receiver.hits} == {f"{job_id}:canceled"}
+        for hit in receiver.hits:
+            assert verify(secret, hit.body, hit.headers[SIGNATURE_HEADER]), hit.headers
+            assert not verify(new_secret(), hit.body, hit.headers[SIGNATURE_HEADER])
+            sent = json.loads(hit.body)
+            assert sent["id"] == job_id and sent["status"] == "canceled"
+            assert hit.headers["Content-Type"] == "application/json"
+        assert receiver.hits[1].at - receiver.hits[0].at >= 0.05  # retried after a delay, not at once
+
+
+@pytest.mark.settings(webhook_max_attempts=3, **FAST_RETRIES)
+async def test_a_receiver_that_never_accepts_ends_gave_up_after_the_last_try(
+    settings: Settings, resources: Resources,
+) -> None:
+    async with Receiver([500]).running() as receiver, gateway(settings, resources) as (client, _):
+        job_id = await ended_job(client, webhook=receiver.url)
+        async with notifier(resources):
+            view = await wait_until(lambda: webhook_state(client, job_id, "gave_up"), "the webhook to be given up")
+            await asyncio.sleep(QUIET_SEC)
+        assert len(receiver.hits) == 3
+        assert view["webhook"]["attempts"] == 3 and view["webhook"]["lastStatusCode"] == 500
+        assert "500" in view["webhook"]["lastError"]
+
+
+def _spawn_notifier(settings: Settings) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "services", "notifier"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=WAIT_SEC)
+
+
+@pytest.mark.settings(webhook_max_attempts=5, webhook_retry_base_sec=4.0, webhook_retry_max_sec=4.0)
+async def test_killing_the_notifier_mid_retry_loses_nothing(settings: Settings, resources: Resources) -> None:
+    """The first try fails; the notifier process is killed (SIGKILL) while the retry waits in JetStream; a new
+    process makes the second and third tries."""
+    async with Receiver([500, 500, 200]).running() as receiver, gateway(settings, resources) as (client, secret):
+        job_id = await ended_job(client, webhook=receiver.url)
+        first = _spawn_notifier(settings)
+        try:
+            await wait_until(lambda: webhook_state(client, job_id, "failing"), "the first try to fail")
+            await asyncio.sleep(0.5)  # its nak (with the retry's delay) reaches JetStream
+        finally:
+            _kill(first)
+        assert len(receiver.hits) == 1
+        second = _spawn_notifier(settings)
+        try:
+            view = await wait_until(lambda: webhook_state(client, job_id, "delivered"), "the retries after the kill")
+        finally:
+            _kill(second)
+        assert view["webhook"]["attempts"] == 3 and len(receiver.hits) == 3
+        assert {hit.headers[EVENT_ID_HEADER] for hit in receiver.hits} == {f"{job_id}:canceled"}
+        assert all(verify(secret, hit.body, hit.headers[SIGNATURE_HEADER]) for hit in receiver.hits)
+
+
+@pytest.mark.settings(fetch_allow_private=False)
+async def test_private_and_malformed_webhooks_are_refused_at_submit(settings: Settings, resources: Resources) -> None:
+    body = {"source": {"type": "url", "url": "https://example.com/a.mp4"}, "startSec": 0, "endSec": 2}
+    async with gateway(settings, resources) as (client, _):
+        for url, code in REFUSED_AT_SUBMIT:
+            answer = await client.post("/api/jobs", json={**body, "webhook": url})
+            assert answer.status_code == 422, (url, answer.text)
+            assert answer.json()["error"]["code"] == code, (url, answer.text)
+            assert answer.json()["error"]["field"] == "webhook"
+        listed = (await client.get("/api/jobs")).json()
+        assert listed["jobs"] == []  # nothing was written
+
+
+@pytest.mark.settings(webhook_max_attempts=5, **FAST_RETRIES)
+async def test_a_private_receiver_is_refused_at_delivery_when_private_addresses_are_not_allowed(
+    settings: Settings, resources: Resources,
+) -> None:
+    """The gateway allowed it (FETCH_ALLOW_PRIVATE there), the notifier does not: refused at once, never
+    contacted, given up after one try (the guard would refuse every retry too)."""
+    async with Receiver([200]).running() as receiver, gateway(settings, resources) as (client, _):
+        job_id = await ended_job(client, webhook=receiver.url)
+        strict = dataclasses.replace(resources, settings=msgspec.structs.replace(settings, fetch_allow_private=False))
+        async with notifier(strict):
+            view = await wait_until(lambda: webhook_state(client, job_id, "gave_up"), "the refusal")
+            await asyncio.sleep(QUIET_SEC)
+        assert receiver.hits == []
+        assert view["webhook"]["attempts"] == 1 and view["webhook"]["lastStatusCode"] is None
+        assert "refused" in view["webhook"]["lastError"] and "127.0.0.1" in view["webhook"]["lastError"]
+
+
+@pytest.mark.settings(webhook_max_attempts=2, webhook_timeout_sec=1.0, **FAST_RETRIES)
+async def test_a_slow_receiver_is_cut_off_by_the_timeout(settings: Settings, resources: Resources) -> None:
+    async with Receiver([200], delay_sec=20.0).running() as receiver, gateway(settings, resources) as (client, _):
+        job_id = await ended_job(client, webhook=receiver.url)
+        started = time.monotonic()
+        async with notifier(resources):
+            view = await wait_until(lambda: webhook_state(client, job_id, "gave_up"), "both tries to time out")
+        took = time.monotonic() - started
+        assert len(receiver.hits) == 2
+        assert took < 2 * settings.webhook_timeout_sec + 5.0, took  # never the receiver's 20 s
+        assert view["webhook"]["lastStatusCode"] is None and "no answer within 1 s" in view["webhook"]["lastError"]
+
+
+async def test_a_keys_default_webhook_applies_to_its_jobs_that_name_none(
+    settings: Settings, resources: Resources,
+) -> None:
+    async with Receiver([200]).running() as receiver, gateway(settings, resources, default_webhook=receiver.url) as (
+        client, _
+    ):
+        job_id = await ended_job(client)
+        own = await ended_job(client, webhook=receiver.url + "?own=1")
+        view = (await client.get(f"/api/jobs/{job_id}")).json()
+        assert view["webhook"] == {"url": receiver.url, "status": "pending", "attempts": 0, "lastStatusCode": None,
+                                   "lastError": None, "lastAttemptAt": None}
+        assert (await client.get(f"/api/jobs/{own}")).json()["webhook"]["url"] == receiver.url + "?own=1"
+
+
+async def test_jobs_without_a_webhook_show_none_and_are_acked(settings: Settings, resources: Resources) -> None:
+    async with gateway(settings, resources) as (client, _):
+        job_id = await ended_job(client)
+        async with notifier(resources):
+            async def acked() -> bool:
+                info = await resources.js.consumer_info(f"{settings.nats_stream}_EVENTS", "notifier")
+                return info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.consumer_seq >= 1
+
+            await wait_until(acked, "the notifier to ack the event")
+        assert (await client.get(f"/api/jobs/{job_id}")).json()["webhook"] is None
