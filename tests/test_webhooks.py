@@ -33,6 +33,7 @@ from tests.conftest import ROOMY_QUOTAS
 
 REPO = Path(__file__).resolve().parent.parent
 WAIT_SEC = 30.0  # longest wait for one expected outcome
+PROCESS_WAIT_SEC = 90.0  # the same when a notifier process must start first (the import takes seconds under load)
 POLL_SEC = 0.05
 QUIET_SEC = 1.5  # after the last expected try, how long nothing more may arrive
 REFUSED_AT_SUBMIT = [  # (webhook, the 422's code)
@@ -190,14 +191,16 @@ async def test_killing_the_notifier_mid_retry_loses_nothing(settings: Settings, 
         job_id = await ended_job(client, webhook=receiver.url)
         first = _spawn_notifier(settings)
         try:
-            await wait_until(lambda: webhook_state(client, job_id, "failing"), "the first try to fail")
+            await wait_until(lambda: webhook_state(client, job_id, "failing"), "the first try to fail",
+                             PROCESS_WAIT_SEC)
             await asyncio.sleep(0.5)  # its nak (with the retry's delay) reaches JetStream
         finally:
             _kill(first)
         assert len(receiver.hits) == 1
         second = _spawn_notifier(settings)
         try:
-            view = await wait_until(lambda: webhook_state(client, job_id, "delivered"), "the retries after the kill")
+            view = await wait_until(lambda: webhook_state(client, job_id, "delivered"), "the retries after the kill",
+                                    PROCESS_WAIT_SEC)
         finally:
             _kill(second)
         assert view["webhook"]["attempts"] == 3 and len(receiver.hits) == 3
