@@ -45,6 +45,16 @@ REFUSED_AT_SUBMIT = [  # (webhook, the 422's code)
 FAST_RETRIES = {"webhook_retry_base_sec": 0.2, "webhook_retry_max_sec": 0.5}
 
 
+def readme_receiver() -> Callable[[str, bytes, str], bool]:
+    """The README's receiver check (the Python block after `<!-- webhook-receiver -->`), run as written: the
+    signatures must verify the way a user's receiver verifies them, not only with clipjet's own code."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("<!-- webhook-receiver -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict[str, Any] = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    return scope["verified"]  # type: ignore[no-any-return]
+
+
 @dataclasses.dataclass
 class Hit:
     body: bytes
@@ -148,9 +158,12 @@ async def test_receiver_failing_twice_gets_the_third_try_signed_with_one_event_i
         assert view["webhook"]["attempts"] == 3 and view["webhook"]["lastStatusCode"] == 200
         assert view["webhook"]["url"] == receiver.url and view["webhook"]["lastAttemptAt"]
         assert {hit.headers[EVENT_ID_HEADER] for hit in receiver.hits} == {f"{job_id}:canceled"}
+        verified = readme_receiver()
         for hit in receiver.hits:
-            assert verify(secret, hit.body, hit.headers[SIGNATURE_HEADER]), hit.headers
-            assert not verify(new_secret(), hit.body, hit.headers[SIGNATURE_HEADER])
+            header = hit.headers[SIGNATURE_HEADER]
+            assert verified(secret, hit.body, header) and verify(secret, hit.body, header), hit.headers
+            assert not verified(new_secret(), hit.body, header)
+            assert not verified(secret, hit.body + b" ", header)
             sent = json.loads(hit.body)
             assert sent["id"] == job_id and sent["status"] == "canceled"
             assert hit.headers["Content-Type"] == "application/json"
@@ -205,7 +218,7 @@ async def test_killing_the_notifier_mid_retry_loses_nothing(settings: Settings, 
             _kill(second)
         assert view["webhook"]["attempts"] == 3 and len(receiver.hits) == 3
         assert {hit.headers[EVENT_ID_HEADER] for hit in receiver.hits} == {f"{job_id}:canceled"}
-        assert all(verify(secret, hit.body, hit.headers[SIGNATURE_HEADER]) for hit in receiver.hits)
+        assert all(readme_receiver()(secret, hit.body, hit.headers[SIGNATURE_HEADER]) for hit in receiver.hits)
 
 
 @pytest.mark.settings(fetch_allow_private=False)

@@ -45,7 +45,7 @@ async def run_notifier(res: Resources, stop: asyncio.Event) -> None:
                 continue
             try:
                 msgs = await sub.fetch(room, timeout=FETCH_WAIT_SEC)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):  # no event within FETCH_WAIT_SEC
                 continue
             except Exception as exc:  # a reconnect or a server hiccup: pull again after a pause
                 log.warning("pull_failed", error=repr(exc))
