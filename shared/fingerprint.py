@@ -14,9 +14,9 @@ _encoder = msgspec.json.Encoder(order="deterministic")
 
 def request_fingerprint(job: ClipJobMessage, source_identity: str) -> str:
     """sha256 over what decides the output: the source's identity (not its key or URL alone), the range,
-    the options, and the pipeline version. Priority, id and the client's metadata are left out."""
+    the options, and the pipeline version. Priority, id, the client's metadata and webhook are left out."""
     fields = msgspec.to_builtins(job)
-    for ignored in ("id", "priority", "source", "metadata"):
+    for ignored in ("id", "priority", "source", "metadata", "webhook"):
         fields.pop(ignored, None)
     canonical = _encoder.encode({"v": PIPELINE_VERSION, "source": source_identity, "request": fields})
     return hashlib.sha256(canonical).hexdigest()

@@ -29,7 +29,8 @@ from shared.db import keys
 from shared.resources import Resources
 from shared.settings import Settings, settings_env
 from shared.webhook_sign import EVENT_ID_HEADER, SIGNATURE_HEADER, new_secret, verify
-from tests.conftest import ROOMY_QUOTAS
+from tests.conftest import ROOMY_QUOTAS, Workers
+from tests.http_source import MediaServer
 
 REPO = Path(__file__).resolve().parent.parent
 WAIT_SEC = 30.0  # longest wait for one expected outcome
@@ -288,3 +289,35 @@ async def test_jobs_without_a_webhook_show_none_and_are_acked(settings: Settings
 
             await wait_until(acked, "the notifier to ack the event")
         assert (await client.get(f"/api/jobs/{job_id}")).json()["webhook"] is None
+
+
+@pytest.mark.settings(webhook_max_attempts=3, **FAST_RETRIES)
+async def test_done_and_failed_jobs_post_their_final_view(
+    settings: Settings, resources: Resources, workers: Workers, sample_video: Path,
+) -> None:
+    """Through the real stages: a clip that is made posts its `done` view with a signed URL of the clip, one whose
+    source answers 404 posts its `failed` view with the error code."""
+    workers.start("fetch", "trim", "upload")
+    async with Receiver([200]).running() as receiver, gateway(settings, resources) as (client, secret), \
+            notifier(resources):
+        with MediaServer(sample_video.parent) as origin:
+            ids = {}
+            for name in (sample_video.name, "gone.mp4"):
+                made = await client.post("/api/jobs", json={
+                    "source": {"type": "url", "url": origin.url(name)}, "startSec": 1, "endSec": 3,
+                    "webhook": receiver.url,
+                })
+                assert made.status_code == 202, made.text
+                ids[name] = made.json()["id"]
+            for job_id in ids.values():
+                await wait_until(lambda j=job_id: webhook_state(client, j, "delivered"), "the end's webhook", 90.0)
+        posted = {json.loads(hit.body)["id"]: (json.loads(hit.body), hit) for hit in receiver.hits}
+        assert set(posted) == set(ids.values()) and len(receiver.hits) == 2
+        done, done_hit = posted[ids[sample_video.name]]
+        assert done["status"] == "done" and done["urls"]["video"].startswith("http") and done["result"]["durationSec"]
+        assert done_hit.headers[EVENT_ID_HEADER] == f"{done['id']}:done"
+        failed, failed_hit = posted[ids["gone.mp4"]]
+        assert failed["status"] == "failed" and failed["errorCode"] == "source_unreadable"
+        assert failed_hit.headers[EVENT_ID_HEADER] == f"{failed['id']}:failed"
+        verified = readme_receiver()
+        assert all(verified(secret, hit.body, hit.headers[SIGNATURE_HEADER]) for hit in receiver.hits)
