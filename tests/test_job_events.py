@@ -16,7 +16,11 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+import uvicorn
 
+from services.gateway import events
+from services.gateway.app import create_app
+from services.gateway.cancel import cancel_job
 from shared.devstack import free_port
 from shared.resources import Resources
 from shared.settings import Settings
@@ -191,12 +195,13 @@ async def test_last_event_id_resumes_after_it(
                 await until(lambda: first.events, STREAM_SEC, "no first event")
             seen = first.events[-1]
             assert seen.kind == "progress" and seen.data["stage"] == "fetch", first.events
-            resumed = await follow(http, url, job_id, last_id=seen.id)
-            ended = await follow(http, url, job_id, last_id=END_ID - 1)
+            resumed, ended = await asyncio.gather(  # both connect while the fetch still stands still
+                follow(http, url, job_id, last_id=seen.id), follow(http, url, job_id, last_id=END_ID - 1))
+            state = (await http.get(f"{url}/api/jobs/{job_id}")).json()
     assert resumed.events and resumed.events[-1].kind == "end", resumed.events
     assert all(e.id is not None and e.id > seen.id for e in resumed.events), (seen, resumed.events)
     assert [e.kind for e in ended.events] == ["end"]
-    assert resumed.events[-1].data["status"] == "done"
+    assert resumed.events[-1].data["status"] == state["status"] == "done"
 
 
 async def test_a_job_canceled_while_followed_ends_the_stream(settings: Settings, resources: Resources) -> None:
@@ -273,3 +278,41 @@ async def test_gateway_shutdown_ends_open_streams(settings: Settings, resources:
                     await reader  # the stream ends cleanly (no end event: the client reconnects elsewhere)
                 assert await asyncio.to_thread(proc.wait, STOPPED_WITHIN_SEC) is not None
     assert [e.kind for e in reading.events] == ["progress"]
+
+
+@asynccontextmanager
+async def serve_in_process(settings: Settings) -> AsyncIterator[str]:
+    """The gateway app under a real uvicorn server in this event loop (so a test may patch what it calls)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        await until(lambda: server.started or task.done(), STREAM_SEC, "uvicorn did not start")
+        assert server.started
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(STOPPED_WITHIN_SEC):
+            await task
+
+
+@pytest.mark.settings(sse_ping_sec=60)
+async def test_a_job_ending_between_the_read_and_the_stream_is_not_missed(
+    settings: Settings, resources: Resources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job ends (its end event is published) just after the connect's database read saw it queued: the
+    stream still ends with it, at once (not at the next ping's check of the events stream)."""
+    read_job = events.readable_job
+
+    async def read_then_end(gw: Any, caller: Any, job_id: str) -> Any:
+        row = await read_job(gw, caller, job_id)
+        await cancel_job(gw, job_id, caller)  # row written canceled, end event published (acknowledged)
+        return row  # the stale row: queued
+
+    monkeypatch.setattr(events, "readable_job", read_then_end)
+    token = await make_key(resources.db)
+    async with serve_in_process(settings) as url, client(token) as http:
+        job_id = await submit(http, url, "http://127.0.0.1:9/never.mp4")
+        reading = await follow(http, url, job_id, timeout=AT_ONCE_SEC)
+    assert [(e.id, e.kind) for e in reading.events] == [(0, "progress"), (END_ID, "end")]
+    assert reading.events[-1].data["status"] == "canceled"
