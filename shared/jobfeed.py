@@ -139,6 +139,9 @@ class JobFeed:
             msg = await res.js.get_last_msg(bus.events_stream(res.settings), res.subjects.events(job_id))
         except nats.js.errors.NotFoundError:
             return None
+        except (nats.errors.Error, TimeoutError) as exc:  # NATS away: the stream stays open, asks again later
+            log.warning("jobfeed_stored_end_failed", job_id=job_id, error=repr(exc))
+            return None
         return _end_decoder.decode(msg.data) if msg.data else None
 
     async def _on_progress(self, msg: Msg) -> None:

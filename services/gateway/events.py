@@ -31,6 +31,7 @@ from shared.errors import BadRequest, NotFound
 from shared.ids import parse_job_id
 from shared.jobfeed import JobFeed, Listener
 from shared.logs import get_logger
+from shared.progress import PCT_DIGITS
 
 from .auth import Caller, authenticate
 from .cancel import readable_job
@@ -110,7 +111,8 @@ async def _follow(
         if row["status"] in ENDED:
             yield _event(END_EVENT_ID, "end", _encoder.encode(await job_view(gw, row)))
             return
-        now = JobProgress(job_id=job_id, status=row["status"], stage=row["stage"], pct=float(row["progress"]))
+        pct = round(float(row["progress"]), PCT_DIGITS)
+        now = JobProgress(job_id=job_id, status=row["status"], stage=row["stage"], pct=pct)
         last = after
         if (n := _progress_id(now.pct)) > last:
             yield _event(n, "progress", _encoder.encode(now))
