@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from typing import TypeVar
 
 import msgspec
 import nats.errors
@@ -27,6 +28,7 @@ from shared.resources import Resources
 
 log = get_logger("jobfeed")
 END_CONSUMER_HEARTBEAT_SEC = 5.0  # the ordered consumer's idle heartbeat: a stalled one is recreated, s
+T = TypeVar("T")
 _progress_decoder = msgspec.json.Decoder(ProgressEvent)
 _end_decoder = msgspec.json.Decoder(JobEvent)
 
@@ -145,25 +147,23 @@ class JobFeed:
         return _end_decoder.decode(msg.data) if msg.data else None
 
     async def _on_progress(self, msg: Msg) -> None:
-        followers = self._by_job.get(msg.subject.rpartition(".")[2])
-        if not followers:
-            return  # most jobs have nobody following them: not even decoded
-        try:
-            event = _progress_decoder.decode(msg.data)
-        except msgspec.DecodeError:
-            return
-        for listener in followers:
+        for listener, event in self._deliveries(msg, _progress_decoder):
             listener.progress = event
             listener.changed.set()
 
     async def _on_end(self, msg: Msg) -> None:
-        followers = self._by_job.get(msg.subject.rpartition(".")[2])
-        if not followers:
-            return
-        try:
-            event = _end_decoder.decode(msg.data)
-        except msgspec.DecodeError:
-            return
-        for listener in followers:
+        for listener, event in self._deliveries(msg, _end_decoder):
             listener.end = event
             listener.changed.set()
+
+    def _deliveries(self, msg: Msg, decoder: msgspec.json.Decoder[T]) -> list[tuple[Listener, T]]:
+        """The listeners of the message's job (its subject's last token), each with the decoded message; a job
+        nobody follows (most) costs a lookup, not a decode."""
+        followers = self._by_job.get(msg.subject.rpartition(".")[2])
+        if not followers:
+            return []
+        try:
+            event = decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return []
+        return [(listener, event) for listener in followers]

@@ -22,6 +22,7 @@ from services.gateway import events
 from services.gateway.app import create_app
 from services.gateway.cancel import cancel_job
 from shared.devstack import free_port
+from shared.jobfeed import JobFeed
 from shared.resources import Resources
 from shared.settings import Settings
 from tests.conftest import Workers, make_key, record_progress
@@ -50,6 +51,7 @@ class Reading:
     events: list[Event] = field(default_factory=list)
     pings: int = 0
     headers: httpx.Headers | None = None
+    task: asyncio.Task[None] | None = None  # open_stream's reader
 
     @property
     def progress(self) -> list[Event]:
@@ -88,17 +90,17 @@ async def follow(http: httpx.AsyncClient, url: str, job_id: str, *, last_id: int
 
 @asynccontextmanager
 async def open_stream(http: httpx.AsyncClient, url: str, job_id: str, **headers: str) -> AsyncIterator[Reading]:
-    """A stream held open in the background while the block runs (closed, i.e. the client disconnects, after)."""
+    """A stream read in the background (`reading.task`) while the block runs; the client closes it after."""
     reading = Reading()
     async with asyncio.timeout(STREAM_SEC):
         async with http.stream("GET", f"{url}/api/jobs/{job_id}/events", headers=headers) as response:
             assert response.status_code == 200, await response.aread()
-            task = asyncio.create_task(read_stream(response, reading))
+            reading.task = asyncio.create_task(read_stream(response, reading))
             try:
                 yield reading
             finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                reading.task.cancel()
+                await asyncio.gather(reading.task, return_exceptions=True)
 
 
 async def stream_status(http: httpx.AsyncClient, url: str) -> int:
@@ -210,14 +212,12 @@ async def test_a_job_canceled_while_followed_ends_the_stream(settings: Settings,
     with gateway(settings) as (_, url):
         async with client(token) as http:
             job_id = await submit(http, url, "http://127.0.0.1:9/never.mp4")
-            reading = Reading()
-            async with asyncio.timeout(STREAM_SEC), http.stream("GET", f"{url}/api/jobs/{job_id}/events") as response:
-                reader = asyncio.create_task(read_stream(response, reading))
+            async with open_stream(http, url, job_id) as reading:
                 await until(lambda: reading.events, STREAM_SEC, "no first event")
                 assert [(e.id, e.data["status"], e.data["pct"]) for e in reading.events] == [(0, "queued", 0.0)]
                 assert (await http.post(f"{url}/api/jobs/{job_id}/cancel")).status_code == 200
                 async with asyncio.timeout(AT_ONCE_SEC):
-                    await reader  # the server closes the stream after the end event
+                    await asyncio.shield(reading.task)  # the server closes the stream after the end event
     assert [(e.id, e.kind) for e in reading.events] == [(0, "progress"), (END_ID, "end")]
     assert reading.events[-1].data["status"] == "canceled" and reading.events[-1].data["id"] == job_id
 
@@ -269,13 +269,11 @@ async def test_gateway_shutdown_ends_open_streams(settings: Settings, resources:
     with gateway(settings) as (proc, url):
         async with client(token) as http:
             job_id = await submit(http, url, "http://127.0.0.1:9/never.mp4")
-            reading = Reading()
-            async with asyncio.timeout(STREAM_SEC), http.stream("GET", f"{url}/api/jobs/{job_id}/events") as response:
-                reader = asyncio.create_task(read_stream(response, reading))
+            async with open_stream(http, url, job_id) as reading:
                 await until(lambda: reading.pings, STREAM_SEC, "no ping")
                 proc.terminate()
                 async with asyncio.timeout(STOPPED_WITHIN_SEC):
-                    await reader  # the stream ends cleanly (no end event: the client reconnects elsewhere)
+                    await asyncio.shield(reading.task)  # ends cleanly (no end event: the client reconnects elsewhere)
                 assert await asyncio.to_thread(proc.wait, STOPPED_WITHIN_SEC) is not None
     assert [e.kind for e in reading.events] == ["progress"]
 
@@ -314,5 +312,28 @@ async def test_a_job_ending_between_the_read_and_the_stream_is_not_missed(
     async with serve_in_process(settings) as url, client(token) as http:
         job_id = await submit(http, url, "http://127.0.0.1:9/never.mp4")
         reading = await follow(http, url, job_id, timeout=AT_ONCE_SEC)
+    assert [(e.id, e.kind) for e in reading.events] == [(0, "progress"), (END_ID, "end")]
+    assert reading.events[-1].data["status"] == "canceled"
+
+
+@pytest.mark.settings(sse_ping_sec=0.3)
+async def test_a_lost_end_delivery_is_found_in_the_events_stream(
+    settings: Settings, resources: Resources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The feed never hears the end (a lost delivery): a quiet stream looks the end up in the events stream at
+    its next ping, so it still ends."""
+
+    async def deaf(self: JobFeed, msg: Any) -> None:
+        return None
+
+    monkeypatch.setattr(JobFeed, "_on_end", deaf)
+    token = await make_key(resources.db)
+    async with serve_in_process(settings) as url, client(token) as http:
+        job_id = await submit(http, url, "http://127.0.0.1:9/never.mp4")
+        async with open_stream(http, url, job_id) as reading:
+            await until(lambda: reading.events, STREAM_SEC, "no first event")
+            assert (await http.post(f"{url}/api/jobs/{job_id}/cancel")).status_code == 200
+            async with asyncio.timeout(AT_ONCE_SEC):
+                await asyncio.shield(reading.task)
     assert [(e.id, e.kind) for e in reading.events] == [(0, "progress"), (END_ID, "end")]
     assert reading.events[-1].data["status"] == "canceled"
