@@ -13,6 +13,7 @@ from shared.resources import open_resources
 from shared.settings import Settings
 
 from .auth import caller_of, rate_limit_headers
+from .batches import BatchController
 from .errors import EXCEPTION_HANDLERS
 from .jobs import JobController
 from .openapi import openapi_config
@@ -43,7 +44,7 @@ def create_app(settings: Settings) -> Litestar:
             yield
 
     app = Litestar(
-        route_handlers=[JobController, UploadController, UsageController, health],
+        route_handlers=[JobController, BatchController, UploadController, UsageController, health],
         lifespan=[lifespan],
         middleware=[rate_limit_headers],
         dependencies={
