@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
+from services.reaper.handler import reap_once
 from shared.db import keys
 from shared.resources import Resources
+from shared.storage import staging_prefix
 from tests.conftest import JOB_TIMEOUT_SEC, POLL_SEC, Workers, authorize, wait_for_job
 from tests.http_source import MediaServer
 from tests.media import probe
@@ -21,6 +23,7 @@ from tests.test_clip_pipeline import assert_clip_matches, download
 # Three overlapping clips of the 20 s sample (GOP 2 s): two keyframe-precision, one frame-accurate.
 CLIPS = [(4.5, 9.0, "keyframe"), (5.0, 10.0, "keyframe"), (6.5, 11.0, "frame")]
 ONE_FRAME_SEC = 1 / 30
+ORIGIN_SNDBUF_BYTES = 128 * 1024  # as tests/test_range_reads.py: bytes_sent near what the client really read
 
 
 def _batch_body(url: str, clips: list[tuple[float, float, str]] = CLIPS) -> dict[str, Any]:
@@ -47,7 +50,7 @@ async def test_batch_reads_the_source_once(
 ) -> None:
     workers.start()
     with MediaServer(sample_video.parent) as origin:
-        origin.ranges = ranges
+        origin.ranges, origin.send_buffer_bytes = ranges, ORIGIN_SNDBUF_BYTES
         url = origin.url(sample_video.name)
         single = await client.post("/api/jobs", json={
             "source": {"type": "url", "url": url}, "startSec": CLIPS[0][0], "endSec": CLIPS[0][1],
@@ -81,7 +84,7 @@ async def test_batch_reads_the_source_once(
 
 
 async def test_jobs_of_a_batch_end_on_their_own(
-    client: AsyncTestClient[Any], workers: Workers, sample_video: Path
+    client: AsyncTestClient[Any], workers: Workers, resources: Resources, sample_video: Path
 ) -> None:
     """One clip canceled before any worker runs and one past the source's end: the third is still done."""
     clips = [(2.0, 5.0, "keyframe"), (6.0, 9.0, "keyframe"), (15.0, 25.0, "keyframe")]
@@ -96,6 +99,14 @@ async def test_jobs_of_a_batch_end_on_their_own(
     assert statuses == ["done", "canceled", "failed"], batch
     assert batch["jobs"][2]["errorCode"] == "end_past_duration"
     assert batch["counts"] == {"queued": 0, "processing": 0, "done": 1, "failed": 1, "expired": 0, "canceled": 1}
+    # the batch's staged span is deleted by the reaper once every job ended, and once
+    spans = [key for key in await resources.storage.list_keys("staging/")
+             if not any(key.startswith(staging_prefix(job_id)) for job_id in ids)]
+    assert len(spans) == 1, spans
+    report = await reap_once(resources)
+    assert report.batch_staging_cleaned == 1 and not report.errors
+    assert await resources.storage.list_keys(spans[0]) == []
+    assert (await reap_once(resources)).batch_staging_cleaned == 0
 
 
 async def test_stopped_fetcher_hands_the_staging_on(
