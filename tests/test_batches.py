@@ -14,7 +14,9 @@ from litestar.testing import AsyncTestClient
 from services.reaper.handler import reap_once
 from shared.db import keys
 from shared.resources import Resources
+from shared.settings import Settings
 from shared.storage import staging_prefix
+from tests.chaos import Fleet
 from tests.conftest import JOB_TIMEOUT_SEC, POLL_SEC, Workers, authorize, wait_for_job
 from tests.http_source import MediaServer
 from tests.media import probe
@@ -129,6 +131,30 @@ async def test_stopped_fetcher_hands_the_staging_on(
             batch = await _wait_for_batch(client, response.json()["batchId"])
         finally:
             await rest.stop()
+    assert [job["status"] for job in batch["jobs"]] == ["done"] * len(CLIPS), batch
+
+
+async def test_killed_fetcher_hands_the_staging_on(
+    client: AsyncTestClient[Any], workers: Workers, settings: Settings, sample_video: Path, tmp_path: Path
+) -> None:
+    """A fetcher process killed (SIGKILL) while it stages the batch's source: its staging turn ends with its
+    PostgreSQL connection, another fetcher stages the source, the killed one's messages come back after ack_wait,
+    and every job of the batch ends done."""
+    fleet = Fleet(settings, tmp_path)
+    try:
+        with MediaServer(sample_video.parent) as origin:
+            origin.ranges = False
+            origin.stall_first_get_sec = 60.0  # the first whole download hangs after its first chunk
+            fleet.start_worker("fetch")
+            await fleet.wait_started()
+            response = await client.post("/api/jobs", json=_batch_body(origin.url(sample_video.name)))
+            assert response.status_code == 202, response.text
+            assert await asyncio.wait_for(asyncio.to_thread(origin.first_get_started.wait, 60), 65)
+            fleet.kill("fetch")
+            workers.start()
+            batch = await _wait_for_batch(client, response.json()["batchId"])
+    finally:
+        fleet.stop()
     assert [job["status"] for job in batch["jobs"]] == ["done"] * len(CLIPS), batch
 
 
