@@ -7,8 +7,10 @@ with its connection) and stages the union of the batch's clip ranges: the clips 
 (BATCH_MERGE_GAP_SEC), each span copied once from the keyframe before its start into object storage, and the
 result recorded on the batch row. The other jobs wait for that record (within BATCH_STAGE_WAIT_SEC) and read
 their span from storage, exactly as an upload is read: their own probe, cut plan and route, in source time
-(`Located.offset_sec`). A permanent error while staging is recorded too: the batch's other jobs fail with it
-without reading the origin again. A job canceled while it stages simply ends its turn; the next job stages.
+(`Located.offset_sec`: the source time of the span's t=0, measured on the staged copy, so every later stage
+reads it as it reads an upload, without the correction `shared.clipstore` makes for a job's own range). A
+permanent error while staging is recorded too: the batch's other jobs fail with it without reading the origin
+again. A job canceled while it stages simply ends its turn; the next job stages.
 
 Uploads are not staged here (the upload check already copies them once for every job naming them), nor yt-dlp
 pages (each job downloads its own section); a job whose batch is not its own (published straight to NATS) is
@@ -30,6 +32,7 @@ from shared.fetchproxy import FetchSession
 from shared.logs import get_logger
 from shared.media.bounds import WorkBounds, check_source
 from shared.media.cut import copyable_to_mp4
+from shared.media.inputs import STAGED_DEMUXERS
 from shared.media.probe import probe
 from shared.pipeline import FETCH
 from shared.worker import StageDeps
@@ -112,6 +115,10 @@ async def _stage(batch: batches.Batch, job: ClipJobMessage, deps: StageDeps, ses
             span_job = msgspec.structs.replace(job, id=str(uuid.uuid5(batch.id, f"span{index}")), end_sec=end)
             artifact, offset = await _stage_range(span_job, located.media, cut, info, deps, container,
                                                   located.ffmpeg_args)
+            if container == "mp4":  # where the copy put the keyframe's timestamp (B-frame delay): as clipstore does
+                staged_url = await deps.res.storage.internal_url(artifact.key, PROBE_URL_TTL_SEC)
+                first = await probe(staged_url, keyframe_at=0.0, fmt=STAGED_DEMUXERS[".mp4"])
+                offset -= first.keyframe_before or 0.0
             spans.append(StagedSpan(cut_start_sec=cut, end_sec=min(end, duration), offset_sec=offset,
                                     key=artifact.key, size=artifact.size, sha256=artifact.sha256))
         staged = StagedSource(identity=located.identity, duration_sec=duration, spans=spans)
