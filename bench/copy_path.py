@@ -96,13 +96,18 @@ class JobRunner:
         response = await self.http.post("/api/jobs", json=body)
         response.raise_for_status()
         job_id = response.json()["id"]
+        await self.done(job_id)
+        return job_id, time.perf_counter() - began
+
+    async def done(self, job_id: str, timeout: float = JOB_TIMEOUT_SEC) -> JobEvent:
+        """The job's end event, once it is published (raises unless the job ended done)."""
         future = self._ends.setdefault(job_id, asyncio.get_running_loop().create_future())
         if job_id in self._early:
             future.set_result(self._early.pop(job_id))
-        event = await asyncio.wait_for(future, JOB_TIMEOUT_SEC)
+        event = await asyncio.wait_for(future, timeout)
         if event.status != "done":
             raise RuntimeError(f"job {job_id} ended {event.status}: {event.error_code}")
-        return job_id, time.perf_counter() - began
+        return event
 
 
 async def reference_once(stack: BenchStack, storage: Any, source: Path, out: Path, start: float, end: float) -> float:

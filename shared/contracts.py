@@ -65,6 +65,19 @@ KeyId = Annotated[
 ]
 
 
+BatchId = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$",
+        description=(
+            "The batch (`POST /api/jobs` with `clips`) the gateway made this job in: the fetcher stages the source "
+            "once for every job of the batch. A job published straight to NATS leaves it out (or names a batch "
+            "that is not its own: then it is fetched on its own)."
+        ),
+    ),
+]
+
+
 class WireStruct(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
     """Base of every clipjet message: camelCase on the wire, unknown fields ignored."""
 
@@ -121,6 +134,7 @@ class ClipJobMessage(ClipSpec, kw_only=True):
 
     id: JobId
     owner: KeyId | None = None  # the API key that submitted it (the gateway sets it); scopes de-duplication
+    batch_id: BatchId | None = None  # the batch the gateway made it in: its source is staged once for the batch
 
 
 class StreamFacts(WireStruct):
@@ -221,11 +235,57 @@ class JobRequest(ClipSpec, kw_only=True):
     """`POST /api/jobs` body: the fields of ClipJobMessage without the id."""
 
 
+class BatchClip(WireStruct):
+    """One clip of a batch: its range, and optionally its own precision, subtitles and metadata (else the
+    batch's)."""
+
+    start_sec: Seconds
+    end_sec: EndSeconds
+    precision: Precision | None = None
+    subs: Subtitles | None = None
+    metadata: Metadata | None = None
+
+
+class BatchRequest(WireStruct):
+    """`POST /api/jobs` body with `clips` instead of startSec/endSec: one job per clip, one batch, the source
+    fetched and staged once for them all. Top-level subs, precision and metadata apply to clips without their
+    own."""
+
+    source: Source
+    clips: Annotated[list[BatchClip], msgspec.Meta(min_length=1, description=(
+        "The clips, at most MAX_BATCH_CLIPS (default 50); each becomes a job of its own."))]
+    subs: Subtitles = msgspec.field(default_factory=Subtitles)
+    priority: Priority = "normal"
+    precision: Precision = "auto"
+    metadata: Metadata | None = None
+
+
+class JobSubmission(WireStruct):
+    """`POST /api/jobs` body: one clip (`startSec`, `endSec`: a JobRequest) or a batch (`clips`: a
+    BatchRequest); never both."""
+
+    source: Source
+    start_sec: Seconds | None = None
+    end_sec: EndSeconds | None = None
+    clips: list[BatchClip] | None = None
+    subs: Subtitles = msgspec.field(default_factory=Subtitles)
+    priority: Priority = "normal"
+    precision: Precision = "auto"
+    metadata: Metadata | None = None
+
+
 class JobAccepted(WireStruct):
     """`POST /api/jobs` answer: the new job's id and status."""
 
     id: str
     status: JobStatus
+
+
+class BatchAccepted(WireStruct):
+    """`POST /api/jobs` answer to a batch: its id and one job per clip, in the order of `clips`."""
+
+    batch_id: str
+    jobs: list[JobAccepted]
 
 
 class ResultUrls(WireStruct):
@@ -267,6 +327,7 @@ class JobView(WireStruct, omit_defaults=False):
     urls: ResultUrls | None = None
     metadata: Metadata | None = None  # the request's `metadata`, as given
     webhook: WebhookState | None = None  # the job names a webhook (or its key has a default)
+    batch_id: str | None = None  # the batch it was submitted in
 
 
 class JobProgress(WireStruct, omit_defaults=False):
@@ -276,6 +337,15 @@ class JobProgress(WireStruct, omit_defaults=False):
     status: JobStatus  # queued or processing
     stage: str | None  # None while queued before any stage took the job
     pct: Fraction  # 0..1 over the whole job
+
+
+class BatchView(WireStruct, omit_defaults=False):
+    """`GET /api/batches/{id}`: the batch's jobs (in the order of its `clips`) and how many are in each state."""
+
+    id: str
+    created_at: str
+    jobs: list[JobView]
+    counts: dict[str, int]
 
 
 class JobList(WireStruct, omit_defaults=False):
@@ -381,6 +451,6 @@ class ErrorBody(WireStruct):
 
 BUS_MESSAGES: tuple[type[WireStruct], ...] = (ClipJobMessage, StageMessage, ProgressEvent, JobEvent)
 REST_BODIES: tuple[type[WireStruct], ...] = (
-    JobRequest, JobAccepted, JobView, JobList, Usage, UploadSlotRequest, UploadSlot, UploadRef, UploadStatus,
-    UploadDone, ErrorBody,
+    JobRequest, JobAccepted, JobView, JobList, BatchRequest, BatchAccepted, BatchView, Usage, UploadSlotRequest,
+    UploadSlot, UploadRef, UploadStatus, UploadDone, ErrorBody,
 )

@@ -32,6 +32,7 @@ async def job_view(res: Resources, row: Any) -> JobView:
         request=request, metadata=request.metadata if request else None,
         error_code=row["error_code"], error_message=scrub(row["error_message"] or "") or None,
         result=result, urls=urls, webhook=webhook_state(row, request),
+        batch_id=row["request"].get("batchId"),
     )
 
 

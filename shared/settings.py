@@ -55,6 +55,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_grace_sec: float = 20.0  # in-flight work gets this long to finish on SIGTERM, s
     outage_wait_sec: float = 120.0  # a worker holds its message this long through a PostgreSQL/NATS outage, s
     tail_pad_sec: float = 1.0  # extra media staged after endSec, s
+    max_batch_clips: int = 50  # most clips one POST /api/jobs with `clips` may ask for
+    batch_merge_gap_sec: float = 10.0  # a batch's clips closer than this are staged as one span of the source, s
+    batch_stage_wait_sec: float = 600.0  # a batch's job waits this long for another job staging the source, s
+    batch_lock_poll_sec: float = 0.2  # how often a waiting batch job looks whether the source is staged, s
     partition_days_ahead: int = 2  # daily job partitions created ahead of need
     startup_wait_sec: float = 600.0  # start-up waits this long for NATS/PostgreSQL/S3, then exits, s (0: no limit)
     startup_retry_max_sec: float = 5.0  # longest pause between two start-up tries (exponential backoff), s

@@ -21,6 +21,7 @@ from shared.pipeline import COPY_ROUTE, FETCH, REENCODE_ROUTE, installed_stages,
 from shared.storage import sha256_file, staging_prefix
 from shared.worker import StageDeps, finish_job_done
 
+from .batch import batch_source
 from .locate import Located, Stager, locate, release_download
 
 DURATION_TOLERANCE_SEC = 0.05  # endSec may exceed the probed duration by this much (container rounding)
@@ -43,7 +44,7 @@ async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
 
 
 async def _handle(job: ClipJobMessage, deps: StageDeps, session: FetchSession) -> StageMessage | None:
-    source = await locate(job, deps, session)
+    source = await batch_source(job, deps, session) or await locate(job, deps, session)
     try:
         return await _plan(job, deps, source)
     finally:
@@ -59,9 +60,11 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
         await finish_job_done(deps.res, job.id, *earlier)
         return None
     deps.progress.set(0.3)
+    shift, span = source.offset_sec, source.duration_sec is not None  # a batch's staged span: source time - shift
     info, decision = await probe_and_choose(
-        media, job.precision, job.start_sec, job.end_sec, staged=staged is None, options=source.av_options,
-        check=lambda found: _check_range(job, found), decided=_decided_by_request(job, deps),
+        media, job.precision, job.start_sec - shift, job.end_sec - shift, staged=staged is None or span,
+        options=source.av_options, check=lambda found: _check_range(job, source.duration_sec or found.duration_sec),
+        decided=_decided_by_request(job, deps),
         bounds=WorkBounds.of(deps.res.settings),
     )
     log.info("cut_path_chosen", cut_path=decision.path, cut_reason=decision.reason)
@@ -71,17 +74,18 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
         codecs = ", ".join(sorted({s.codec for s in info.streams}))
         raise Permanent(f"this clip needs the {', '.join(missing)} stage ({decision.reason}; codecs {codecs}), "
                         f"which this installation does not run", code="stage_unavailable")
-    cut_start = job.start_sec if info.keyframe_before is None else info.keyframe_before
+    cut_start = job.start_sec if info.keyframe_before is None else info.keyframe_before + shift
     deps.progress.set(0.6)
     if staged is None:
         container = "mp4" if copyable_to_mp4(info.streams) else "matroska"
         staged, offset = await _stage_range(job, media, cut_start, info, deps, container, source.ffmpeg_args,
                                             source.stage)
     else:
-        offset = 0.0
+        offset = shift
     plan = MediaPlan(
-        duration_sec=info.duration_sec, container=info.container, streams=source.section_streams or info.streams,
-        cut_start_sec=cut_start, staged_offset_sec=offset, cut_path=decision.path, cut_reason=decision.reason,
+        duration_sec=source.duration_sec or info.duration_sec, container=info.container,
+        streams=source.section_streams or info.streams, cut_start_sec=cut_start, staged_offset_sec=offset,
+        cut_path=decision.path, cut_reason=decision.reason,
     )
     return StageMessage(job=job, route=list(route), done=[FETCH], plan=plan, artifacts=[staged])
 
@@ -96,10 +100,10 @@ def _decided_by_request(job: ClipJobMessage, deps: StageDeps) -> CutDecision | N
     return None
 
 
-def _check_range(job: ClipJobMessage, info: MediaInfo) -> None:
-    if job.end_sec > info.duration_sec + DURATION_TOLERANCE_SEC:
+def _check_range(job: ClipJobMessage, duration_sec: float) -> None:
+    if job.end_sec > duration_sec + DURATION_TOLERANCE_SEC:
         raise EndPastDuration(
-            f"endSec {job.end_sec:g} is past the media's duration ({info.duration_sec:.3f} s); "
+            f"endSec {job.end_sec:g} is past the media's duration ({duration_sec:.3f} s); "
             f"ask for a range inside it"
         )
 

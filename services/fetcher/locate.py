@@ -43,6 +43,8 @@ class Located:
     stage: Stager | None = None  # writes [keyframe, end] into a folder itself (yt-dlp); None: ffmpeg copy
     scratch_ticket: str = ""  # a scratch reservation for a whole download, released when the message is done
     section_streams: list[StreamFacts] = field(default_factory=list)  # the staged section's streams (yt-dlp)
+    offset_sec: float = 0.0  # source time of the media's t=0 (a batch's staged span starts inside the source)
+    duration_sec: float | None = None  # the source's duration when `media` holds only a span of it (a batch)
 
 
 def _remote(url: str, session: FetchSession, identity: str, headers: dict[str, str] | None = None) -> Located:

@@ -13,6 +13,7 @@ from shared.resources import open_resources
 from shared.settings import Settings
 
 from .auth import caller_of, rate_limit_headers
+from .batches import BatchController
 from .errors import EXCEPTION_HANDLERS
 from .events import JobEventsController, job_feed_lifespan
 from .jobs import JobController
@@ -44,7 +45,8 @@ def create_app(settings: Settings) -> Litestar:
             yield
 
     app = Litestar(
-        route_handlers=[JobController, JobEventsController, UploadController, UsageController, health],
+        route_handlers=[JobController, JobEventsController, BatchController, UploadController, UsageController,
+                        health],
         lifespan=[lifespan, job_feed_lifespan],
         middleware=[rate_limit_headers],
         dependencies={

@@ -8,17 +8,27 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from litestar import Controller, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 
-from shared.contracts import JobAccepted, JobList, JobRequest, JobStatus, JobView
+from shared.contracts import (
+    BatchAccepted,
+    BatchRequest,
+    JobAccepted,
+    JobList,
+    JobRequest,
+    JobStatus,
+    JobSubmission,
+    JobView,
+)
 from shared.db import jobs
 from shared.errors import BadRequest
 from shared.jobview import job_view as shared_job_view
 
 from .auth import Caller, authenticate, authenticated
-from .body import strict_json
+from .batches import strict_submission, submit_batch
+from .body import decode_strict
 from .cancel import cancel_job, readable_job
 from .openapi import SECURITY, error_responses
 from .state import Gateway
@@ -36,18 +46,24 @@ class JobController(Controller):
     before_request = authenticate
     security = SECURITY
 
-    @post("/", operation_id="createJob", status_code=202, before_request=authenticated(strict_json(JobRequest)),
+    @post("/", operation_id="createJob", status_code=202, before_request=authenticated(strict_submission),
           responses=error_responses(400, 401, 403, 413, 415, 422, 429, 503))
     async def create_job(
-        self, data: JSONBody[JobRequest], gw: NamedDependency[Gateway], caller: NamedDependency[Caller],
+        self, request: Request[Any, Any, Any], data: JSONBody[JobSubmission], gw: NamedDependency[Gateway],
+        caller: NamedDependency[Caller],
         idempotency_key: Annotated[str | None, HeaderParameter(
             name="Idempotency-Key", required=False, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_CHARS,
             pattern=IDEMPOTENCY_KEY_PATTERN,
             description="Repeat a request safely: the same key and body return the same job.",
         )] = None,
-    ) -> Response[JobAccepted]:
-        """Queue a clip job; poll `GET /api/jobs/{id}` (its `Location`) for its progress and result."""
-        accepted = await submit_job(gw, data, idempotency_key, caller)
+    ) -> Response[JobAccepted | BatchAccepted]:
+        """Queue a clip job; poll `GET /api/jobs/{id}` (its `Location`) for its progress and result. With `clips`
+        instead of startSec/endSec: one job per clip under one batch (`GET /api/batches/{id}`, its `Location`)."""
+        if data.clips is not None:  # the body passed strict_submission as a BatchRequest
+            batch = await submit_batch(gw, decode_strict(await request.body(), BatchRequest), idempotency_key, caller)
+            return Response(batch, status_code=202, headers={"Location": f"/api/batches/{batch.batch_id}"})
+        single = decode_strict(await request.body(), JobRequest)
+        accepted = await submit_job(gw, single, idempotency_key, caller)
         return Response(accepted, status_code=202, headers={"Location": f"{self.path}/{accepted.id}"})
 
     @get("/", operation_id="listJobs", responses=error_responses(401, 422, 429, 503))

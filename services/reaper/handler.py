@@ -12,6 +12,7 @@ half-way leaves work the next pass finds again):
               most LOST_REPUBLISH_MAX times), then failed `stuck` (past its last delivery but still there → failed
               `max_deliveries_exceeded`), announced on `<prefix>.events.<id>` (lost.py);
 4. staging    objects under `staging/<jobId>/` of ended jobs deleted, once (`jobs.staging_cleaned_at`);
+   batch_staging  a batch's shared source spans deleted once every job of the batch ended (batches.py);
 5. partitions the next days' partitions created, old unneeded ones dropped (see partitions.py).
 
 Replicas are safe: a pass runs under a PostgreSQL advisory lock per schema, and a replica that finds it taken
@@ -33,6 +34,7 @@ from shared.logs import get_logger
 from shared.resources import Resources
 from shared.storage import staging_prefix
 
+from .batches import clean_batch_staging
 from .lost import fail_stuck
 from .outbox import republish_outbox
 from .partitions import drop_old_partitions, ensure_partitions
@@ -59,6 +61,7 @@ class ReapReport:
     lost_republished: int = 0  # silent jobs whose message was gone, published again from their entry stage
     staging_cleaned: int = 0  # ended jobs whose staging prefix was emptied
     staging_objects_deleted: int = 0
+    batch_staging_cleaned: int = 0  # batches whose staged source spans were deleted (every job of theirs ended)
     partitions_created: int = 0
     partitions_dropped: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # steps that raised (logged; retried next pass)
@@ -96,6 +99,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("expiry", expire_results),
     ("stuck", fail_stuck),  # before staging, so a job failed now has its staging cleaned in the same pass
     ("staging", clean_staging),
+    ("batch_staging", clean_batch_staging),  # a batch's shared source spans, once all its jobs ended (batches.py)
     ("uploads", reap_uploads),  # old uploads no job uses, and old unfinished multipart uploads (uploads.py)
     ("rate_limits", prune_rate_windows),  # the gateway's rate-limit windows older than the sliding window
     ("partitions", keep_partitions),  # last: a partition is dropped only once the steps above left it nothing
