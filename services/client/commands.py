@@ -92,7 +92,7 @@ def _clip(api: Api, args: argparse.Namespace, poll_sec: float) -> int:
         job_id = api.create_job(_job_body(args, source))
         display.line(f"job       {job_id}")
         raw, view = follow(api, job_id, display.job, deadline=time.monotonic() + args.timeout, poll_sec=poll_sec,
-                           use_stream=not args.poll)
+                           use_stream=not args.poll, on_note=display.line)
         if view.status != "done" or view.urls is None:
             display.close()
             return _job_failed(args, raw, view)

@@ -54,13 +54,13 @@ class _NoStream(Exception):
 
 
 def follow(api: Api, job_id: str, on_update: OnUpdate, *, deadline: float, poll_sec: float,
-           use_stream: bool = True) -> tuple[dict[str, Any], JobView]:
-    """The job's final view (as sent, and decoded), reporting progress on the way."""
+           use_stream: bool = True, on_note: Callable[[str], None] = print) -> tuple[dict[str, Any], JobView]:
+    """The job's final view (as sent, and decoded), reporting progress on the way (and on_note: a fallback)."""
     if use_stream:
         try:
             return _stream(api, job_id, on_update, deadline)
         except _NoStream:
-            pass
+            on_note(f"polling   every {poll_sec:g} s: no event stream from this gateway for the job")
     return _poll(api, job_id, on_update, deadline, poll_sec)
 
 
