@@ -99,7 +99,7 @@ class RichDisplay:
     def job(self, update: Update) -> None:
         info = " ".join(part for part in (update.status, update.stage) if part)
         if self._job is None:
-            self._job = self.progress.add_task("clip", total=1.0, info=info)
+            self._job = self.progress.add_task("job", total=1.0, info=info)
         self.progress.update(self._job, completed=update.pct, info=info)
 
     def download(self, name: str, total: int | None) -> OnBytes:
