@@ -14,19 +14,24 @@ from pathlib import Path
 
 import httpx
 import pytest
+import srt
+import webvtt
 
 from shared.db import jobs, keys
 from shared.devstack import free_port
-from shared.media.testpattern import make_test_pattern
 from shared.resources import Resources
 from shared.settings import Settings
 from tests.conftest import Workers, make_key
 from tests.gateway_proc import gateway_process
 from tests.http_source import MediaServer
 from tests.media import probe
+from tests.speech import SpeechVideo, word_error_rate
+from tests.test_uploads import larger_video  # noqa: F401 (a session fixture: a file that goes up in 3 parts)
 
 REPO = Path(__file__).resolve().parent.parent
 COMMAND_TIMEOUT_SEC = 120.0  # longest one `clipjet` command may run in these tests
+SUBS_COMMAND_TIMEOUT_SEC = 300.0  # longest a command waits for a clip with subtitles (Whisper on the CPU)
+MAX_WER = 0.15  # word error rate of the saved subtitles against the spoken text (as tests/test_subtitles.py)
 FRAME_SEC = 1 / 30  # the test videos' frame duration
 MIB = 1024 * 1024
 
@@ -46,7 +51,8 @@ class Cli:
     key: str
     cwd: Path
 
-    async def __call__(self, *args: str, key: str | None = None, **env: str) -> Run:
+    async def __call__(self, *args: str, key: str | None = None, timeout: float = COMMAND_TIMEOUT_SEC,
+                       **env: str) -> Run:
         environ = {**os.environ, "PYTHONPATH": str(REPO), "CLIPJET_API_URL": self.url,
                    "CLIPJET_API_KEY": self.key if key is None else key, **env}
         proc = await asyncio.create_subprocess_exec(
@@ -54,7 +60,7 @@ class Cli:
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), COMMAND_TIMEOUT_SEC)
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
         except TimeoutError:
             proc.kill()
             await proc.wait()
@@ -167,19 +173,25 @@ async def test_unreachable_gateway(cli: Cli) -> None:
     assert run.code == 1 and "unreachable" in run.stderr and cli.url in run.stderr
 
 
-@pytest.fixture(scope="session")
-def larger_video(media_dir: Path) -> Path:
-    """About 12 MB: three 5 MiB multipart parts."""
-    return make_test_pattern(media_dir / "larger.mp4", seconds=24, video_bitrate="4M")
-
-
 @pytest.mark.settings(upload_single_put_max_mb=1, upload_part_mb=5)
-async def test_a_big_file_goes_up_in_parts(cli: Cli, workers: Workers, larger_video: Path) -> None:
+async def test_a_big_file_goes_up_in_parts(cli: Cli, workers: Workers, larger_video: Path) -> None:  # noqa: F811
     assert larger_video.stat().st_size > 10 * MIB  # over the single-PUT limit: a multipart slot, three parts
     workers.start()
     run = await cli("clip", str(larger_video), "--start", "20", "--end", "22.5", "-o", "big.mp4")
     assert run.code == 0, run.stderr
     assert abs(duration(cli.cwd / "big.mp4") - 2.5) <= 2 * FRAME_SEC
+
+
+async def test_subtitles_are_saved_next_to_the_clip(cli: Cli, workers: Workers, speech_video: SpeechVideo) -> None:
+    workers.start()
+    run = await cli("clip", str(speech_video.path), "--start", "5.5", "--end", "19.5", "--subs", "--lang", "en",
+                    "-o", "talk.mp4", timeout=SUBS_COMMAND_TIMEOUT_SEC)
+    assert run.code == 0, run.stderr
+    srt_path, vtt_path = cli.cwd / "talk.srt", cli.cwd / "talk.vtt"
+    assert f"subtitles {srt_path}" in run.stdout and f"subtitles {vtt_path}" in run.stdout
+    cues = list(srt.parse(srt_path.read_text()))  # real parsers of what was saved
+    assert word_error_rate(speech_video.text, " ".join(cue.content for cue in cues)) <= MAX_WER
+    assert [c.text for c in webvtt.read(str(vtt_path)).captions] == [cue.content for cue in cues]
 
 
 async def test_progress_comes_over_the_event_stream(cli: Cli, workers: Workers, media_server: MediaServer) -> None:
