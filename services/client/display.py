@@ -69,7 +69,7 @@ def _steps(display: PlainDisplay, label: str, total: int) -> OnBytes:
     def count(sent: int) -> None:
         state["done"] += sent
         if total and state["done"] / total >= state["next"]:
-            display.line(f"{label} {state['done'] / total:.0%}")
+            display.line(f"{label} {state['done'] * 100 // total}%")  # floored: 100% only once all is sent
             state["next"] = int(state["done"] / total * 4 + 1) / 4
 
     return count
