@@ -18,7 +18,8 @@ _decoder = msgspec.json.Decoder()
 
 
 class ApiError(Exception):
-    """An error answer of the gateway (or no answer at all: `status` 0, code `unreachable`)."""
+    """What the command reports as its error: an answer of the gateway (`status`, its body's code and message), or
+    a failure on the way (`status` 0: `unreachable`, `upload_failed`, `download_failed`, `invalid_source`, …)."""
 
     def __init__(self, status: int, code: str, message: str, *, retry_after: str | None = None,
                  job_id: str | None = None, body: Any = None) -> None:

@@ -86,32 +86,39 @@ def _time(text: str) -> float:
 def _clip(api: Api, args: argparse.Namespace, poll_sec: float) -> int:
     human = sys.stderr if args.json else sys.stdout  # with --json stdout carries the JSON alone
     display = make_display(human, live=human.isatty())
-    job_id = None
+    made: list[str] = []  # the job's id, once the gateway took it
     try:
-        source, stem = _source(args.source, api, display)
-        job_id = api.create_job(_job_body(args, source))
-        display.line(f"job       {job_id}")
-        raw, view = follow(api, job_id, display.job, deadline=time.monotonic() + args.timeout, poll_sec=poll_sec,
-                           use_stream=not args.poll, on_note=display.line)
-        if view.status != "done" or view.urls is None:
-            display.close()
-            return _job_failed(args, raw, view)
-        out = args.output or Path(f"{stem}_{args.start:g}-{args.end:g}.mp4")
-        paths = save_results(api, view.urls, out, display)
+        try:
+            raw, view, paths = _make_clip(api, args, poll_sec, display, made)
+        finally:
+            display.close()  # the live bar stops before anything else is written
     except KeyboardInterrupt:
-        display.close()
-        running = f"; job {job_id} keeps running (`clipjet jobs` shows it)" if job_id else ""
+        running = f"; job {made[0]} keeps running (`clipjet jobs` shows it)" if made else ""
         print(f"interrupted{running}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except FollowTimeout as exc:
-        display.close()
         return _fail(args, ApiError(0, "timeout", str(exc)))
-    display.close()
+    if not paths:
+        return _job_failed(args, raw, view)
     for line in _summary(view, paths):
         print(line, file=human)
     if args.json:
         print(json.dumps(raw))
     return 0
+
+
+def _make_clip(api: Api, args: argparse.Namespace, poll_sec: float, display: Display,
+               made: list[str]) -> tuple[dict[str, Any], JobView, list[Path]]:
+    """Upload (a local file), submit, follow, download: the final view and the saved files (none: it failed)."""
+    source, stem = _source(args.source, api, display)
+    made.append(api.create_job(_job_body(args, source)))
+    display.line(f"job       {made[0]}")
+    raw, view = follow(api, made[0], display.job, deadline=time.monotonic() + args.timeout, poll_sec=poll_sec,
+                       use_stream=not args.poll, on_note=display.line)
+    if view.status != "done" or view.urls is None:
+        return raw, view, []
+    out = args.output or Path(f"{stem}_{args.start:g}-{args.end:g}.mp4")
+    return raw, view, save_results(api, view.urls, out, display)
 
 
 def _job_body(args: argparse.Namespace, source: dict[str, str]) -> dict[str, Any]:
