@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -51,14 +52,17 @@ class Cli:
     key: str
     cwd: Path
 
-    async def __call__(self, *args: str, key: str | None = None, timeout: float = COMMAND_TIMEOUT_SEC,
-                       **env: str) -> Run:
+    async def start(self, *args: str, key: str | None = None, **env: str) -> asyncio.subprocess.Process:
         environ = {**os.environ, "PYTHONPATH": str(REPO), "CLIPJET_API_URL": self.url,
                    "CLIPJET_API_KEY": self.key if key is None else key, **env}
-        proc = await asyncio.create_subprocess_exec(
+        return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "services", *args, cwd=self.cwd, env=environ,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
+
+    async def __call__(self, *args: str, key: str | None = None, timeout: float = COMMAND_TIMEOUT_SEC,
+                       **env: str) -> Run:
+        proc = await self.start(*args, key=key, **env)
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)
         except TimeoutError:
@@ -165,6 +169,26 @@ async def test_gateway_refusals_exit_non_zero_with_code_and_message(
     assert bad_time.code == 2 and "[HH:]MM:SS[.ms]" in bad_time.stderr  # refused before any request
     missing = await cli("clip", "no-such-file.mp4", "--start", "1", "--end", "2")
     assert missing.code == 1 and "invalid_source" in missing.stderr
+
+
+async def test_ctrl_c_ends_the_command_not_the_job(cli: Cli, resources: Resources,
+                                                  media_server: MediaServer) -> None:
+    """No workers: the job stays queued while the command follows it; SIGINT stops the command only."""
+    proc = await cli.start("clip", media_server.url("sample.mp4"), "--start", "1", "--end", "2")
+    try:
+        async with asyncio.timeout(COMMAND_TIMEOUT_SEC):
+            assert proc.stdout is not None
+            while not (line := (await proc.stdout.readline()).decode()).startswith("job "):
+                assert line, "the command ended before it named its job"
+            proc.send_signal(signal.SIGINT)
+            _, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 130 and "keeps running" in err.decode(), err
+    row = await jobs.get_job(resources.db, uuid.UUID(line.split()[1]))
+    assert row["status"] == "queued"
 
 
 async def test_unreachable_gateway(cli: Cli) -> None:
