@@ -1,4 +1,4 @@
-"""The `clipjet` command: run a service, the local stack, or maintenance tasks."""
+"""The `clipjet` command: clip a video through the API, run a service, the local stack, or maintenance tasks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
-from shared.logs import configure_logging
+from services.client import commands as client
+from shared.pipeline import STAGES as STAGE_NAMES
 from shared.settings import Settings, load_settings
 
 SCHEMAS_DIR = Path("schemas")
@@ -82,13 +83,15 @@ async def _migrate(settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from services.registry import STAGES
-
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in client.COMMANDS:  # the API client: no server module is imported, so it starts fast
+        return client.main(argv)
     parser = argparse.ArgumentParser(prog="clipjet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    client.add_parsers(sub)
     sub.add_parser("gateway", help="run the REST gateway")
     worker = sub.add_parser("worker", help="run one stage's worker")
-    worker.add_argument("stage", choices=sorted(STAGES))
+    worker.add_argument("stage", choices=sorted(STAGE_NAMES))
     sub.add_parser("reaper", help="run the reaper: outbox, expiry, stuck jobs, staging cleanup, partitions")
     sub.add_parser("notifier", help="run the notifier: POST signed webhooks when jobs end, retried for hours")
     sub.add_parser("migrate", help="apply database migrations and create partitions")
@@ -106,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     stack.add_argument("--scale", action="append", default=[], metavar="STAGE=N[,STAGE=N]",
                        help="worker processes per stage, e.g. trim=2,fetch=2 (adds to STACK_SCALE; default 1)")
     args = parser.parse_args(argv)
+    if args.command in client.COMMANDS:
+        return client.run(args)
+    from shared.logs import configure_logging
 
     settings = load_settings()
     configure_logging(settings.log_level)
@@ -133,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(path)
         case "k8s":
             from services.k8s import write_manifests
+            from services.registry import STAGES
 
             for path in write_manifests(args.dir, list(STAGES)):
                 print(path)

@@ -53,7 +53,7 @@ from shared.devstack import (
     start_s3,
 )
 from shared.pipeline import installed_stages
-from shared.settings import Settings, settings_env
+from shared.settings import Settings, read_stack_env, settings_env
 
 __all__ = [
     "CLIP_NAME", "NATS_PORT_ENV", "S3_PORT_ENV", "Child", "read_stack_env", "run_stack", "spawn_service",
@@ -266,16 +266,6 @@ def _write_env(env_file: Path, effective: Settings, api_key: str) -> None:
         os.fchmod(out.fileno(), ENV_FILE_MODE)  # it holds the S3 secret and the API key
         values = {**settings_env(effective), API_KEY_ENV: api_key}
         out.writelines(f"{k}={shlex.quote(v)}\n" for k, v in values.items())  # sourced by a shell and by honcho
-
-
-def read_stack_env(env_file: Path) -> dict[str, str]:
-    """The settings a stack wrote to its ``stack.env`` (values shell-quoted, as ``_write_env`` writes them)."""
-    values = {}
-    for line in env_file.read_text().splitlines():
-        name, sep, quoted = line.partition("=")
-        if sep and name.isidentifier():
-            values[name] = "".join(shlex.split(quoted)) if quoted else ""
-    return values
 
 
 def run_stack(settings: Settings, *, demo: bool, exit_after_demo: bool, scale: dict[str, int] | None = None) -> int:

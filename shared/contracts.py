@@ -231,8 +231,18 @@ class JobEvent(WireStruct):
 # ---------------------------------------------------------------- REST bodies
 
 
+Timecode = Annotated[str, msgspec.Meta(max_length=32, description=(
+    "A time as a string: seconds (\"62.5\") or [HH:]MM:SS[.ms] (\"1:02.5\", \"01:02:03.250\"); the gateway "
+    "converts it to seconds (an invalid one: 422 invalid_time)."
+))]
+
+
 class JobRequest(ClipSpec, kw_only=True):
-    """`POST /api/jobs` body: the fields of ClipJobMessage without the id."""
+    """`POST /api/jobs` body: the fields of ClipJobMessage without the id. `startSec` and `endSec` may also be
+    timecode strings (`"1:02.5"`); the job's message carries them in seconds."""
+
+    start_sec: Seconds | Timecode
+    end_sec: EndSeconds | Timecode
 
 
 class BatchClip(WireStruct):

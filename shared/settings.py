@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -194,7 +195,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return int(self.nvme_scratch_gb * 1024**3)
 
 
+class ClientSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The `clipjet clip` / `clipjet jobs` client's settings; the environment variable is the field name in upper
+    case. Unset, the API URL and key come from `.data/stack.env` in the working folder when there is one."""
+
+    clipjet_api_url: str = "http://127.0.0.1:8080"  # the gateway the client talks to
+    clipjet_api_key: str = ""  # sent as `Authorization: Bearer …` (`clipjet keys create`; the local stack's: stack.env)
+    clipjet_poll_sec: float = 0.5  # job polling period when the gateway has no event stream (/events: 404), s
+    clipjet_http_timeout_sec: float = 60.0  # longest wait for one HTTP answer or stream chunk (SSE pings: 15 s), s
+
+
+STACK_ENV_FILE = DEFAULT_DATA_DIR / "stack.env"  # the local stack's settings, written by `clipjet stack`
 _FIELDS = {name.upper(): name for name in Settings.__struct_fields__}
+_CLIENT_FIELDS = {name.upper(): name for name in ClientSettings.__struct_fields__}
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -203,6 +216,32 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     raw: dict[str, object] = {_FIELDS[k]: v for k, v in env.items() if k in _FIELDS}
     raw.update(overrides)
     return msgspec.convert(raw, Settings, strict=False, dec_hook=_decode_path)
+
+
+def load_client_settings(environ: Mapping[str, str] | None = None, stack_env: Path = STACK_ENV_FILE) -> ClientSettings:
+    """The client's settings from the environment; the API URL and key, when unset, from the local stack's
+    `stack_env` (its CLIPJET_API_KEY, and its gateway's address) when that file exists."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, object] = {_CLIENT_FIELDS[k]: v for k, v in env.items() if k in _CLIENT_FIELDS}
+    if ("clipjet_api_key" not in raw or "clipjet_api_url" not in raw) and stack_env.is_file():
+        stack = read_stack_env(stack_env)
+        if stack.get("CLIPJET_API_KEY"):
+            raw.setdefault("clipjet_api_key", stack["CLIPJET_API_KEY"])
+        if stack.get("GATEWAY_PORT"):
+            host = stack.get("GATEWAY_HOST", "127.0.0.1")
+            host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+            raw.setdefault("clipjet_api_url", f"http://{f'[{host}]' if ':' in host else host}:{stack['GATEWAY_PORT']}")
+    return msgspec.convert(raw, ClientSettings, strict=False)
+
+
+def read_stack_env(env_file: Path) -> dict[str, str]:
+    """The settings a local stack wrote to its ``stack.env`` (values shell-quoted, one ``NAME=value`` a line)."""
+    values = {}
+    for line in env_file.read_text().splitlines():
+        name, sep, quoted = line.partition("=")
+        if sep and name.isidentifier():
+            values[name] = "".join(shlex.split(quoted)) if quoted else ""
+    return values
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -25,7 +25,8 @@ GOOD_URL = {"type": "url", "url": "https://media.example/talk.mp4"}
      "upload_not_found"),
     ({"source": {"type": "upload", "key": "results/sha256/aa/secret/clip.mp4"}, "startSec": 0, "endSec": 5}, 422,
      "upload_not_found"),
-    ({"source": GOOD_URL, "startSec": "soon", "endSec": 5}, 422, "invalid_field"),
+    ({"source": GOOD_URL, "startSec": "soon", "endSec": 5}, 422, "invalid_time"),
+    ({"source": GOOD_URL, "startSec": "1:75", "endSec": 5}, 422, "invalid_time"),
     ({"source": GOOD_URL, "startSec": 0, "endSec": 5, "priority": "urgent"}, 422, "invalid_field"),
 ])
 async def test_bad_requests_get_stable_codes(

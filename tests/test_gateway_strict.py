@@ -26,8 +26,8 @@ async def _no_jobs(resources: Resources) -> None:
 
 
 INVALID_FIELDS = [
-    ({**GOOD_JOB, "startSec": "1"}, "startSec"),
-    ({**GOOD_JOB, "endSec": "2"}, "endSec"),
+    ({**GOOD_JOB, "startSec": [1]}, "startSec"),  # a string is a timecode ("1", "0:01"): tests/test_timecode.py
+    ({**GOOD_JOB, "endSec": {"sec": 2}}, "endSec"),
     ({**GOOD_JOB, "startSec": True}, "startSec"),
     ({**GOOD_JOB, "priority": 1}, "priority"),
     ({**GOOD_JOB, "subs": {"enabled": "yes"}}, "subs.enabled"),

@@ -18,6 +18,7 @@ from shared.errors import BadRequest, QueueFull, ServiceUnavailable
 from shared.ids import uuid7
 from shared.jobrules import check_clip
 from shared.settings import Settings
+from shared.timecode import InvalidTimecode, to_seconds
 
 from .auth import Caller
 from .body import BodyTooLarge
@@ -47,9 +48,22 @@ def check_bounds(data: JobRequest, settings: Settings) -> None:
         )
 
 
+def in_seconds(data: JobRequest) -> JobRequest:
+    """The request with `startSec`/`endSec` in seconds (they may come as timecodes: `"1:02.5"`); an invalid
+    timecode is a 422 `invalid_time` naming the field. The rules (shared/jobrules.py) then check the numbers."""
+    times = {}
+    for attr, field in (("start_sec", "startSec"), ("end_sec", "endSec")):
+        try:
+            times[attr] = to_seconds(getattr(data, attr))
+        except InvalidTimecode as exc:
+            raise BadRequest(f"{field}: {exc}", code="invalid_time", field=field) from exc
+    return msgspec.structs.replace(data, **times)
+
+
 async def submit_job(gw: Gateway, data: JobRequest, idempotency_key: str | None, caller: Caller) -> JobAccepted:
     """The whole of `POST /api/jobs`."""
     res = gw.res
+    data = in_seconds(data)
     check_bounds(data, res.settings)
     check_clip(data, res.settings)  # the same rules the fetcher applies to messages published straight to NATS
     if data.priority not in caller.priorities:
