@@ -249,8 +249,8 @@ class BatchClip(WireStruct):
     """One clip of a batch: its range, and optionally its own precision, subtitles and metadata (else the
     batch's)."""
 
-    start_sec: Seconds
-    end_sec: EndSeconds
+    start_sec: Seconds | Timecode
+    end_sec: EndSeconds | Timecode
     precision: Precision | None = None
     subs: Subtitles | None = None
     metadata: Metadata | None = None
@@ -275,8 +275,8 @@ class JobSubmission(WireStruct):
     BatchRequest); never both."""
 
     source: Source
-    start_sec: Seconds | None = None
-    end_sec: EndSeconds | None = None
+    start_sec: Seconds | Timecode | None = None
+    end_sec: EndSeconds | Timecode | None = None
     clips: list[BatchClip] | None = None
     subs: Subtitles = msgspec.field(default_factory=Subtitles)
     priority: Priority = "normal"

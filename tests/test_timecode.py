@@ -83,3 +83,16 @@ async def test_the_openapi_schema_shows_number_or_string(client: AsyncTestClient
     request = schema["components"]["schemas"]["JobRequest"]["properties"]["startSec"]
     kinds = {option.get("type") for option in request.get("oneOf", request.get("anyOf", []))}
     assert kinds == {"number", "string"}, request
+
+
+async def test_batch_clips_take_timecodes_too(client: AsyncTestClient[Any], resources: Resources) -> None:
+    answer = await client.post("/api/jobs", json={"source": URL_SOURCE, "clips": [
+        {"startSec": "0:10", "endSec": "0:12.5"}, {"startSec": 20, "endSec": "0:21"}]})
+    assert answer.status_code == 202, answer.text
+    rows = [await jobs.get_job(resources.db, uuid.UUID(job["id"])) for job in answer.json()["jobs"]]
+    assert [(r["request"]["startSec"], r["request"]["endSec"]) for r in rows] == [(10.0, 12.5), (20.0, 21.0)]
+    bad = await client.post("/api/jobs", json={"source": URL_SOURCE, "clips": [
+        {"startSec": 1, "endSec": 2}, {"startSec": "1:75", "endSec": 100}]})
+    assert bad.status_code == 422, bad.text
+    assert (bad.json()["error"]["code"], bad.json()["error"]["field"]) == ("invalid_time", "clips[1].startSec")
+    assert await resources.db.fetchval("SELECT count(*) FROM jobs") == 2

@@ -42,7 +42,7 @@ from .formats import shown
 from .openapi import SECURITY, error_responses
 from .quotas import quota_exceeded
 from .state import Gateway
-from .submit import PriorityNotAllowed, _check_message_size, _check_upload, _publish, check_bounds
+from .submit import PriorityNotAllowed, _check_message_size, _check_upload, _publish, check_bounds, in_seconds
 
 _encoder = msgspec.json.Encoder()
 _raw_decoder = msgspec.json.Decoder()
@@ -88,8 +88,8 @@ def _check_clips(data: BatchRequest, gw: Gateway) -> list[JobRequest]:
         )
     requests = []
     for index, clip in enumerate(data.clips):
-        request = clip_request(data, clip)
         try:
+            request = in_seconds(clip_request(data, clip))
             check_clip(request, settings)
         except BadRequest as exc:
             if exc.field not in _CLIP_FIELDS:
