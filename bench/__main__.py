@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.copy_path import latency, throughput, upload_source
+from bench.copy_path import STACK_SETTINGS, handoff, latency, throughput, upload_source
 from bench.reencode import reencode_benchmarks
 from bench.smartcut import smartcut
 from bench.stack import bench_stack
@@ -22,6 +22,7 @@ from shared.media.testpattern import make_test_pattern
 DATA = Path(".data/bench")
 RESULTS = Path("bench/results")
 SOURCE_SEC = 600
+HANDOFF_RUNS = 10  # staged ranges handed over through S3 and read locally, each (bench.copy_path.handoff)
 
 
 def machine() -> str:
@@ -33,15 +34,17 @@ async def copy_benchmarks(runs: int, jobs: int, rounds: int) -> dict[str, object
     DATA.mkdir(parents=True, exist_ok=True)
     source = make_test_pattern(DATA / "source-600s-720p.mp4", seconds=SOURCE_SEC, size="1280x720", fps=30,
                                gop_frames=60, video_bitrate="2M")
-    with tempfile.TemporaryDirectory(dir=DATA) as work, bench_stack(Path(work) / "stack") as stack:
+    with tempfile.TemporaryDirectory(dir=DATA) as work, bench_stack(Path(work) / "stack", **STACK_SETTINGS) as stack:
         await upload_source(stack, source)
         series = await latency(stack, source, SOURCE_SEC, runs, Path(work))
         flows = [await throughput(stack, source, SOURCE_SEC, jobs, Path(work), round_=i) for i in range(rounds)]
+        staging = await handoff(stack, source, SOURCE_SEC, HANDOFF_RUNS, Path(work))
     medians = {
         name: statistics.median(float(f[name]) for f in flows)  # type: ignore[arg-type]
         for name in ("clipjet_per_min", "reference_per_min")
     }
-    return {"latency": {s.name: s.summary() for s in series}, "throughput_median": medians, "throughput": flows}
+    return {"latency": {s.name: s.summary() for s in series}, "throughput_median": medians, "throughput": flows,
+            "handoff": staging}
 
 
 async def smartcut_benchmarks(runs: int) -> dict[str, object]:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from shared.contracts import Artifact, ClipResult, CutPath, MediaPlan, StageMessage
+from shared.contracts import Artifact, ClipResult, CutPath, MediaPlan, StageMessage, StreamFacts
 from shared.errors import Permanent, Transient
+from shared.media.cut import copy_cut
+from shared.media.ffmpeg import RunLimits
 from shared.media.inputs import STAGED_DEMUXERS
 from shared.media.mp4 import mp4_duration
 from shared.media.probe import probe
@@ -24,6 +27,41 @@ LONG_CLIP_TOLERANCE_SEC = 1.0  # a clip may end this much after endSec (a copy's
 START_META = "start"  # object metadata: the clip's first frame in source seconds
 PATH_META = "path"  # object metadata: the cut path that made the clip
 WRITE_META = "write"  # object metadata: a random id of the write that stored the clip (a rewrite changes it)
+PLAIN_COPY_REASONS = frozenset({"keyframe_precision", "audio_only"})  # cut reasons whose clip is one stream copy
+CLIP_NAME = "clip.mp4"  # the clip's name in the job's staging prefix and in a stage's scratch folder
+
+
+def clip_key(job_id: str) -> str:
+    """Where a cutting stage (fetcher, trimmer, encoder) stores the job's clip: one key per job, whichever cut it."""
+    return f"{staging_prefix(job_id)}{CLIP_NAME}"
+
+
+def is_plain_copy(cut_reason: str, streams: list[StreamFacts]) -> bool:
+    """Whether the clip is one stream copy from the keyframe at or before startSec to endSec, with no head or tail
+    work (keyframe precision, audio only, no video): the stage that can read the source cuts it right away."""
+    return cut_reason in PLAIN_COPY_REASONS or not any(s.kind == "video" for s in streams)
+
+
+async def copy_clip(
+    storage: Storage, job_id: str, media: str, path: Path, *, start: float, seek: float, end: float, fmt: str,
+    input_args: Sequence[str] = (), on_progress: Callable[[float], None] | None = None,
+    limits: RunLimits | None = None,
+) -> tuple[ObjectInfo, float, float]:
+    """The plain-copy clip of `job_id` stored at `clip_key`, its duration and its first frame in source seconds.
+
+    `media` is stream copied from `seek` (its own time of the keyframe at `start`, in source seconds) to `end`
+    into `path` and stored with its start and cut path as metadata; a clip an earlier delivery stored there is
+    reused as it is (with the start it recorded)."""
+    key = clip_key(job_id)
+    existing = await stored_clip(storage, key)
+    if existing is not None:
+        clip, duration = existing
+        return clip, duration, float(clip.metadata.get(START_META, start))
+    await copy_cut(media, path, seek_sec=seek, duration_sec=end - start, on_progress=on_progress, fmt=fmt,
+                   input_args=input_args, limits=limits)
+    clip, duration = await store_clip(storage, key, path, covers_sec=end - start,
+                                      extra={START_META: f"{start:.6f}", PATH_META: "copy"})
+    return clip, duration, start
 
 
 async def source_time_of_zero(media: str, plan: MediaPlan, source: Artifact, job_id: str) -> float:

@@ -15,6 +15,7 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import httpx
@@ -58,11 +59,18 @@ class Remote:
     ranges: bool  # the server answered a Range request with 206: ffmpeg can seek instead of downloading
 
 
+@lru_cache(maxsize=4)
+def tls_context(ca_file: str) -> ssl.SSLContext:
+    """The certificate-verifying TLS context of every client of this process for FETCH_CA_FILE `ca_file` (empty:
+    httpx's default bundle): built once, as loading a CA bundle takes ~0.1 s (a client per check paid it each
+    time, even for http://). Verification settings never change after it is built."""
+    return ssl.create_default_context(cafile=ca_file) if ca_file else httpx.create_ssl_context(trust_env=False)
+
+
 @asynccontextmanager
 async def _client(session: FetchSession, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     timeout = httpx.Timeout(settings.fetch_idle_timeout_sec, connect=CONNECT_TIMEOUT_SEC)
-    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=settings.fetch_ca_file) \
-        if settings.fetch_ca_file else True
+    verify = tls_context(settings.fetch_ca_file)
     async with httpx.AsyncClient(
         follow_redirects=False, timeout=timeout, trust_env=False, proxy=session.url, verify=verify,
         event_hooks={"response": [_check_location]},

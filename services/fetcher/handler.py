@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from shared.clipstore import CLIP_NAME, copy_clip, forward_clip, is_plain_copy
 from shared.contracts import Artifact, ClipJobMessage, MediaPlan, StageMessage
 from shared.db import fingerprints
 from shared.errors import EndPastDuration, Permanent
@@ -17,7 +20,15 @@ from shared.media.cutplan import CutDecision, probe_and_choose
 from shared.media.ffmpeg import FfmpegDeadline, RunLimits
 from shared.media.inputs import STAGED_DEMUXERS, demuxer
 from shared.media.probe import MediaInfo, timeline_start
-from shared.pipeline import COPY_ROUTE, FETCH, REENCODE_ROUTE, installed_stages, unavailable, with_subtitles
+from shared.pipeline import (
+    COPY_ROUTE,
+    CUT_BY_FETCHER_ROUTE,
+    FETCH,
+    REENCODE_ROUTE,
+    installed_stages,
+    unavailable,
+    with_subtitles,
+)
 from shared.storage import sha256_file, staging_prefix
 from shared.worker import StageDeps, finish_job_done
 
@@ -68,14 +79,23 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
         bounds=WorkBounds.of(deps.res.settings),
     )
     log.info("cut_path_chosen", cut_path=decision.path, cut_reason=decision.reason)
-    route = with_subtitles(REENCODE_ROUTE if decision.path == "reencode" else COPY_ROUTE,
-                           job.subs.enabled, job.subs.burn_in)
+    # a plain copy is cut here, straight from the source (one copy per clip); a yt-dlp section is staged as before
+    cut_here = decision.path == "copy" and is_plain_copy(decision.reason, info.streams) and source.stage is None
+    route = with_subtitles(
+        REENCODE_ROUTE if decision.path == "reencode" else CUT_BY_FETCHER_ROUTE if cut_here else COPY_ROUTE,
+        job.subs.enabled, job.subs.burn_in,
+    )
     if missing := unavailable(route, installed_stages(deps.res.settings.installed_stages)):
         codecs = ", ".join(sorted({s.codec for s in info.streams}))
         raise Permanent(f"this clip needs the {', '.join(missing)} stage ({decision.reason}; codecs {codecs}), "
                         f"which this installation does not run", code="stage_unavailable")
     cut_start = job.start_sec if info.keyframe_before is None else info.keyframe_before + shift
     deps.progress.set(0.6)
+    if cut_here:
+        plan = MediaPlan(duration_sec=info.duration_sec, container=info.container, streams=info.streams,
+                         cut_start_sec=cut_start, cut_path=decision.path, cut_reason=decision.reason)
+        task = StageMessage(job=job, route=[FETCH, *route], plan=plan, artifacts=[staged] if staged else [])
+        return await _cut_clip(task, plan, deps, source, info)
     if staged is None:
         container = "mp4" if copyable_to_mp4(info.streams) else "matroska"
         staged, offset = await _stage_range(job, media, cut_start, info, deps, container, source.ffmpeg_args,
@@ -88,6 +108,35 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
         cut_path=decision.path, cut_reason=decision.reason,
     )
     return StageMessage(job=job, route=list(route), done=[FETCH], plan=plan, artifacts=[staged])
+
+
+async def _cut_clip(
+    task: StageMessage, plan: MediaPlan, deps: StageDeps, source: Located, info: MediaInfo
+) -> StageMessage:
+    """Stream copy the clip straight from the source into the job's clip key and pass it on (the trimmer is
+    not in the route): the clip is the only copy made, and nothing is staged for another stage to read."""
+    job = task.job
+    with _slow_source_fails(bool(source.ffmpeg_args)):
+        clip, duration, start = await copy_clip(
+            deps.res.storage, job.id, source.media, deps.scratch / CLIP_NAME, start=plan.cut_start_sec,
+            seek=plan.cut_start_sec, end=job.end_sec, fmt=demuxer(info.container), input_args=source.ffmpeg_args,
+            on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p), limits=RunLimits.of(deps.res.settings))
+    log.info("clip_cut", cut_path="copy", planned=plan.cut_path, reason=plan.cut_reason, start=round(start, 6),
+             duration=round(duration, 6))
+    return forward_clip(task, FETCH, clip, duration, start, "copy")
+
+
+@contextmanager
+def _slow_source_fails(user_url: bool) -> Iterator[None]:
+    """An ffmpeg run past its deadline reading a user's URL fails the job (the origin is too slow); reading our
+    own storage or scratch, it stays transient (retried)."""
+    try:
+        yield
+    except FfmpegDeadline as exc:
+        if not user_url:
+            raise
+        raise Permanent(f"the source's server sent the range too slowly ({exc.message}); give a faster URL or "
+                        f"upload the file", code="source_too_slow") from exc
 
 
 def _decided_by_request(job: ClipJobMessage, deps: StageDeps) -> CutDecision | None:
@@ -122,16 +171,11 @@ async def _stage_range(
         path, container = await stager(cut_start, end, deps.scratch), "mp4"
     else:
         path = deps.scratch / f"staged.{STAGING_FORMATS[container]}"
-        try:
+        with _slow_source_fails(bool(input_args)):
             await copy_cut(media, path, seek_sec=cut_start, duration_sec=end - cut_start,
                            on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p), container=container,
                            input_args=input_args or [], fmt=demuxer(info.container),
                            limits=RunLimits.of(deps.res.settings))
-        except FfmpegDeadline as exc:
-            if not input_args:  # our own storage or scratch: transient, retried
-                raise
-            raise Permanent(f"the source's server sent the range too slowly ({exc.message}); give a faster URL "
-                            f"or upload the file", code="source_too_slow") from exc
     ext = STAGING_FORMATS[container]
     digest = await sha256_file(path)
     key = f"{staging_prefix(job.id)}source.{ext}"

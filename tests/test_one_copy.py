@@ -1,0 +1,127 @@
+"""One copy per clip: a plain stream copy (keyframe precision) is cut once, by the fetcher, straight from the
+source; nothing is staged for a trimmer to copy again. Real NATS, PostgreSQL, S3, ffmpeg and an HTTP origin."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from services.fetcher.handler import handle as fetch
+from services.trimmer.handler import handle as trim
+from services.uploader.handler import handle as upload_result
+from shared.clipstore import WRITE_META, clip_key
+from shared.contracts import Artifact, ClipJobMessage, MediaPlan, StageMessage, UploadSource, UrlSource
+from shared.db import jobs
+from shared.ids import uuid7
+from shared.pipeline import DEFAULT_ROUTE_LENGTH, FETCH, TRIM, UPLOAD
+from shared.progress import Progress
+from shared.resources import Resources
+from shared.worker import StageDeps
+from tests.conftest import Workers, wait_for_job
+from tests.http_source import MediaServer
+from tests.test_clip_pipeline import assert_clip_matches, download, upload
+
+
+def _deps(resources: Resources, folder: Path, name: str) -> StageDeps:
+    scratch = folder / f"{name}-{len(list(folder.iterdir()))}"
+    scratch.mkdir()
+    return StageDeps(resources, Progress(name, 0, DEFAULT_ROUTE_LENGTH), scratch, 1)
+
+
+async def _stages_run(resources: Resources, job_id: str) -> list[str]:
+    events = await jobs.job_events(resources.db, uuid.UUID(job_id))
+    return [e["data"]["stage"] for e in events if e["type"] == "stage_started"]
+
+
+async def test_keyframe_clip_of_a_url_is_cut_once_by_the_fetcher(
+    client: AsyncTestClient[Any], workers: Workers, resources: Resources, sample_video: Path, tmp_path: Path
+) -> None:
+    """No staged copy of the range is stored, and the trimmer does not run: the clip is the only copy."""
+    workers.start()
+    with MediaServer(sample_video.parent) as origin:
+        response = await client.post("/api/jobs", json={
+            "source": {"type": "url", "url": origin.url(sample_video.name)}, "startSec": 5.5, "endSec": 12.0,
+            "precision": "keyframe",
+        })
+        assert response.status_code == 202, response.text
+        job = await wait_for_job(client, response.json()["id"])
+    assert job["status"] == "done", job
+    assert job["result"]["actualStartSec"] == pytest.approx(4.0, abs=1e-3)  # the keyframe before 5.5
+    clip = await download(job["urls"]["video"], tmp_path / "clip.mp4")
+    assert_clip_matches(clip, sample_video, job, 5.5, 12.0)
+    assert await _stages_run(resources, job["id"]) == [FETCH, UPLOAD]
+    assert await resources.storage.list_keys(f"staging/{job['id']}/") == [clip_key(job["id"])]
+
+
+async def test_keyframe_clip_of_an_upload_skips_the_trimmer(
+    client: AsyncTestClient[Any], workers: Workers, resources: Resources, sample_video: Path, tmp_path: Path
+) -> None:
+    workers.start()
+    key = await upload(client, sample_video)
+    response = await client.post("/api/jobs", json={
+        "source": {"type": "upload", "key": key}, "startSec": 8.0, "endSec": 13.0, "precision": "keyframe",
+    })
+    job = await wait_for_job(client, response.json()["id"])
+    assert job["status"] == "done", job
+    assert job["result"]["actualStartSec"] == pytest.approx(8.0, abs=1e-3)
+    assert_clip_matches(await download(job["urls"]["video"], tmp_path / "clip.mp4"), sample_video, job, 8.0, 13.0)
+    assert await _stages_run(resources, job["id"]) == [FETCH, UPLOAD]
+
+
+async def test_frame_accurate_clip_still_goes_through_the_trimmer(
+    client: AsyncTestClient[Any], workers: Workers, resources: Resources, sample_video: Path
+) -> None:
+    workers.start()
+    key = await upload(client, sample_video)
+    response = await client.post("/api/jobs", json={
+        "source": {"type": "upload", "key": key}, "startSec": 5.5, "endSec": 9.0,
+    })
+    job = await wait_for_job(client, response.json()["id"])
+    assert job["status"] == "done", job
+    assert job["result"]["actualStartSec"] == pytest.approx(5.5, abs=1 / 30)
+    assert await _stages_run(resources, job["id"]) == [FETCH, TRIM, UPLOAD]
+
+
+async def test_fetcher_cut_run_twice_reuses_the_stored_clip(
+    resources: Resources, sample_video: Path, tmp_path: Path
+) -> None:
+    """A fetcher that stored the clip and died before acking: the redelivery passes the same clip on, uncut."""
+    with MediaServer(sample_video.parent) as origin:
+        job = ClipJobMessage(id=str(uuid7()), source=UrlSource(url=origin.url(sample_video.name)), start_sec=2.5,
+                             end_sec=6, precision="keyframe")
+        assert await jobs.begin_stage(resources.db, job, FETCH, 1) == "processing"
+        once = await fetch(job, _deps(resources, tmp_path, "fetch"))
+        first_write = await resources.storage.head(clip_key(job.id))
+        again = await fetch(job, _deps(resources, tmp_path, "fetch"))
+        second_write = await resources.storage.head(clip_key(job.id))
+    assert once is not None and once == again
+    assert (once.route, once.done) == ([UPLOAD], [FETCH])
+    assert first_write is not None and second_write is not None
+    assert first_write.metadata[WRITE_META] == second_write.metadata[WRITE_META]  # not cut and written again
+    assert await upload_result(once, _deps(resources, tmp_path, "upload")) is None
+    row = await jobs.get_job(resources.db, uuid.UUID(job.id))
+    assert row is not None and row["status"] == "done"
+
+
+async def test_trimmer_still_cuts_a_plain_copy_staged_by_an_older_fetcher(
+    client: AsyncTestClient[Any], resources: Resources, sample_video: Path, tmp_path: Path
+) -> None:
+    """A message already queued for the trimmer when the fetcher changed (rolling upgrade) is cut as before."""
+    key = await upload(client, sample_video)
+    job = ClipJobMessage(id=str(uuid7()), source=UploadSource(key=key), start_sec=5.5, end_sec=12.0,
+                         precision="keyframe")
+    info = await resources.storage.head(key)
+    assert info is not None
+    source = Artifact(stage=FETCH, role="source", key=key, size=info.size)
+    plan = MediaPlan(duration_sec=20.0, container="mov,mp4,m4a,3gp,3g2,mj2", streams=[], cut_start_sec=4.0,
+                     cut_reason="keyframe_precision")
+    assert await jobs.begin_stage(resources.db, job, FETCH, 1) == "processing"
+    message = StageMessage(job=job, route=[TRIM, UPLOAD], done=[FETCH], plan=plan, artifacts=[source])
+    trimmed = await trim(message, _deps(resources, tmp_path, "trim"))
+    assert trimmed.result is not None and trimmed.result.actual_start_sec == pytest.approx(4.0, abs=1e-3)
+    assert (trimmed.route, trimmed.done) == ([UPLOAD], [FETCH, TRIM])
+    assert trimmed.result.duration_sec == pytest.approx(8.0, abs=0.15)
