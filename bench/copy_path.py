@@ -28,7 +28,7 @@ CLIP_SEC = 30.0
 FIRST_START_SEC = 31.3  # not on a keyframe: the copy starts at the keyframe before
 START_STEP_SEC = 17.1  # each job cuts somewhere else
 JOB_TIMEOUT_SEC = 60.0
-UPLOAD_KEY = "uploads/bench/source.mp4"
+UPLOAD_KEY = "uploads/0192f000-0000-7000-8000-00000000be7c/source.mp4"  # the form POST /api/uploads makes
 COPY_PRECISION = "keyframe"  # the stream-copy path (the default, auto, smart-cuts these starts: bench/smartcut.py)
 THROUGHPUT_FIRST_CLIP = 100  # clip numbers of the throughput rounds start here (latency runs use the first ones)
 
