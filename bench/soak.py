@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
 import uuid
@@ -218,9 +219,14 @@ async def staging_left(stack: BenchStack) -> list[str]:
 
 
 def speech_source() -> Path:
+    """The soak's source, made once (under a temporary name, then renamed: a present file is complete)."""
     DATA.mkdir(parents=True, exist_ok=True)
-    return make_speech_video(DATA / "speech-60s-360p.mp4", SPEECH_TEXT, offset_sec=2.0, gap_sec=0.6,
-                             seconds=SOURCE_SEC, size="640x360").path
+    path = DATA / "speech-60s-360p.mp4"
+    if not path.is_file():
+        made = make_speech_video(DATA / f"speech-60s-360p-{os.getpid()}.mp4", SPEECH_TEXT, offset_sec=2.0,
+                                 gap_sec=0.6, seconds=SOURCE_SEC, size="640x360").path
+        made.replace(path)
+    return path
 
 
 def growth(sampler: RssSampler, jobs: int, warmup: int) -> dict[str, dict[str, float]]:
