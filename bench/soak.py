@@ -56,6 +56,7 @@ SAMPLE_SEC = 2.0  # RSS sampling period, s
 CLEAN_TIMEOUT_SEC = 60.0  # for the reaper to empty staging after the last job
 REAPER_INTERVAL_SEC = 2.0
 END_SETTLE_SEC = 2.0  # after the last job: late duplicate end events would arrive by then
+POST_ATTEMPTS = 3
 JOB_COUNTS = """SELECT status, count(*) AS n FROM jobs WHERE id = ANY($1::uuid[]) GROUP BY status"""
 
 
@@ -117,6 +118,7 @@ class Driver:
         self.stack = stack
         self.ends: dict[str, list[JobEvent]] = {}
         self._waiting: dict[str, asyncio.Future[JobEvent]] = {}
+        self.post_retries = 0
 
     async def __aenter__(self) -> Driver:
         self.nc = await connect(self.stack.settings, "soak")
@@ -138,7 +140,17 @@ class Driver:
     async def run(self, body: dict[str, Any]) -> tuple[str, float, str]:
         """(job id, seconds from POST to its end event, its status)."""
         began = time.perf_counter()
-        response = await self.http.post("/api/jobs", json=body)
+        # a pooled connection the server closed as idle fails the next request (ReadError): the POST is sent
+        # again under the same Idempotency-Key, so a job is never submitted twice
+        headers = {"Idempotency-Key": str(uuid.uuid4())}
+        for attempt in range(POST_ATTEMPTS):
+            try:
+                response = await self.http.post("/api/jobs", json=body, headers=headers)
+                break
+            except httpx.TransportError:
+                if attempt == POST_ATTEMPTS - 1:
+                    raise
+                self.post_retries += 1
         if response.is_error:
             raise RuntimeError(f"POST /api/jobs {body} → {response.status_code} {response.text[:300]}")
         job_id = response.json()["id"]
@@ -182,7 +194,7 @@ async def run_mixed(
     return {
         "jobs": len(ids), "wall_sec": round(wall, 1), "jobs_per_min": round(len(ids) / wall * 60, 1),
         "statuses": dict(statuses), "end_events_per_job": {str(k): v for k, v in sorted(per_job.items())},
-        "not_done_exactly_once": not_done[:20], "ids": ids,
+        "not_done_exactly_once": not_done[:20], "ids": ids, "post_retries": driver.post_retries,
         "post_to_done": {kind: s.summary() for kind, s in times.items() if s.seconds},
     }
 
