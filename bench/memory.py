@@ -22,6 +22,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,8 @@ async def idle_rss(stack: BenchStack, names: tuple[str, ...] | None = None) -> d
 async def memory(jobs: int, concurrency: int, model: str) -> dict[str, Any]:
     references = {name: reference_rss(code) for name, code in REFERENCES.items()}
     source = speech_source()
-    work = DATA / f"memory-{int(time.time())}"
-    with bench_stack(work / "stack", reaper=True, asr_model=model) as stack:
+    with (tempfile.TemporaryDirectory(dir=DATA, prefix="memory-") as work,
+          bench_stack(Path(work) / "stack", reaper=True, asr_model=model) as stack):
         await upload_source(stack, source)
         await asyncio.sleep(IDLE_SETTLE_SEC)
         idle = await idle_rss(stack)

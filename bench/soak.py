@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import statistics
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -255,8 +256,9 @@ def growth(sampler: RssSampler, jobs: int, warmup: int) -> dict[str, dict[str, f
 async def soak(jobs: int, concurrency: int, mix: dict[str, int], warmup_share: float, max_growth_mb: float,
                model: str) -> dict[str, Any]:
     source = speech_source()
-    work = DATA / f"soak-{int(time.time())}"
-    with bench_stack(work / "stack", reaper=True, asr_model=model, reaper_interval_sec=REAPER_INTERVAL_SEC) as stack:
+    with (tempfile.TemporaryDirectory(dir=DATA, prefix="soak-") as work,
+          bench_stack(Path(work) / "stack", reaper=True, asr_model=model,
+                      reaper_interval_sec=REAPER_INTERVAL_SEC) as stack):
         await upload_source(stack, source)
         sampler = RssSampler(stack)
         stop = asyncio.Event()
