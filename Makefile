@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= .data
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap run test chaos lint schemas bench clean
+.PHONY: help bootstrap run test chaos lint schemas bench soak memory clean
 
 help:  ## this list
 	@echo "clipjet: make <target>"
@@ -32,6 +32,12 @@ schemas: bootstrap  ## write schemas/ from the msgspec contracts
 
 bench: bootstrap  ## the benchmarks (python -m bench)
 	$(PY) -m bench
+
+soak: bootstrap  ## N mixed jobs through the stack (SOAK_JOBS, default 2000): none lost, RSS flat, nothing left over
+	$(PY) -m bench.soak --jobs $${SOAK_JOBS:-2000}
+
+memory: bootstrap  ## RSS of every process: idle, after 500 jobs, the transcriber with its model
+	$(PY) -m bench.memory
 
 clean:  ## remove the local stack's data (.data, or DATA_DIR=...); stop `make run` first
 	rm -rf $(DATA_DIR)

@@ -28,8 +28,9 @@ class BenchStack:
 
 
 @contextmanager
-def bench_stack(data_dir: Path, **overrides: object) -> Iterator[BenchStack]:
-    """NATS and S3 of its own, PostgreSQL reused or private, gateway and one process per stage."""
+def bench_stack(data_dir: Path, *, reaper: bool = False, **overrides: object) -> Iterator[BenchStack]:
+    """NATS and S3 of its own, PostgreSQL reused or private, gateway and one process per stage (and the reaper,
+    which empties the staging of ended jobs, with `reaper`)."""
     servers = [start_nats(data_dir / "nats"), start_s3(data_dir / "s3", S3_KEY, S3_SECRET)]
     children: list[Child] = []
     try:
@@ -47,6 +48,8 @@ def bench_stack(data_dir: Path, **overrides: object) -> Iterator[BenchStack]:
         with httpx.Client() as http:
             wait_healthy(http, base_url, children)
         children += [spawn_service(settings, stage, "worker", stage) for stage in STAGES]
+        if reaper:
+            children.append(spawn_service(settings, "reaper", "reaper"))
         yield BenchStack(settings, base_url, children)
     finally:
         for child in children:

@@ -1,13 +1,21 @@
 """Every worker stage's spec, derived from the one stage list (shared.pipeline.SERVICE_PACKAGES), and the
-commands of every process an installation runs (the local stack and the Procfile use these)."""
+commands of every process an installation runs (the local stack and the Procfile use these).
+
+`STAGES` is lazy: its names come from the stage list, and a stage's package (its handler and the libraries
+it needs: PyAV, the speech engine, ...) is imported only when its spec is asked for. A worker process thus
+imports only the stage it runs, and the CLI, the local stack, the Kubernetes base and the Procfile, which need
+only the names, import no handler at all."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.pipeline import SERVICE_PACKAGES
-from shared.worker import StageSpec
+
+if TYPE_CHECKING:  # the runtime (NATS, S3 clients) is the stage package's import, not the stage list's
+    from shared.worker import StageSpec
 
 GATEWAY, REAPER, NOTIFIER = "gateway", "reaper", "notifier"
 
@@ -19,7 +27,33 @@ def _spec(stage: str, package: str) -> StageSpec[Any]:
     return spec
 
 
-STAGES: dict[str, StageSpec[Any]] = {stage: _spec(stage, package) for stage, package in SERVICE_PACKAGES.items()}
+class _LazyStages(Mapping[str, "StageSpec[Any]"]):
+    """Stage name → spec, in the stage list's order; a spec is imported on first access and kept."""
+
+    def __init__(self, packages: Mapping[str, str]) -> None:
+        self._packages = dict(packages)
+        self._loaded: dict[str, StageSpec[Any]] = {}
+
+    def __getitem__(self, stage: str) -> StageSpec[Any]:
+        if stage not in self._loaded:
+            self._loaded[stage] = _spec(stage, self._packages[stage])  # KeyError for a name that is no stage
+        return self._loaded[stage]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._packages)
+
+    def __len__(self) -> int:
+        return len(self._packages)
+
+    def __contains__(self, stage: object) -> bool:
+        return stage in self._packages
+
+    def loaded(self) -> tuple[str, ...]:
+        """The stages whose package this process has imported."""
+        return tuple(self._loaded)
+
+
+STAGES = _LazyStages(SERVICE_PACKAGES)
 
 
 def service_commands(stages: tuple[str, ...] | list[str] = tuple(STAGES)) -> dict[str, tuple[str, ...]]:

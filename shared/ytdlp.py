@@ -13,6 +13,9 @@ keyframe, which is what the trim stage expects of staged media.
 
 Site blocks (HTTP 403, sign-in or bot checks, geo-blocks, private or removed videos, unsupported pages)
 become permanent errors with stable codes and a message that says what to do instead.
+
+yt-dlp itself (about 28 MB resident once imported) is imported on the first page read, not with this module:
+every worker checks page URLs (`check_page_url`), only the fetcher reads pages.
 """
 
 from __future__ import annotations
@@ -21,10 +24,8 @@ import asyncio
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
-
-import yt_dlp
-import yt_dlp.utils
 
 from shared.errors import FetchRefused, Permanent, SourceUnreachable
 from shared.fetchproxy import FetchSession
@@ -143,16 +144,24 @@ class _Quiet:
         log.info("ytdlp_error", detail=msg[:500])
 
 
+def _yt_dlp() -> ModuleType:
+    """The yt_dlp package, imported on first use."""
+    import yt_dlp
+    import yt_dlp.utils
+
+    return yt_dlp
+
+
 def _extract(url: str, options: dict[str, Any]) -> dict[str, Any]:
-    with yt_dlp.YoutubeDL(options) as ydl:
+    with _yt_dlp().YoutubeDL(options) as ydl:
         info = ydl.extract_info(url, download=False)
         if info is None:
-            raise yt_dlp.utils.DownloadError("no video formats found")
+            raise _yt_dlp().utils.DownloadError("no video formats found")
         return info
 
 
 def _download(info: dict[str, Any], options: dict[str, Any], folder: Path) -> Path | None:
-    with yt_dlp.YoutubeDL(options) as ydl:
+    with _yt_dlp().YoutubeDL(options) as ydl:
         ydl.process_ie_result(dict(info), download=True)
     found = sorted(p for p in folder.glob("section.*") if p.suffix in SECTION_SUFFIXES)
     return found[0] if found else None
@@ -173,6 +182,7 @@ async def _run(session: FetchSession, settings: Settings, what: str, fn: Any, *a
 
     On timeout the thread cannot be killed: it ends when yt-dlp's own socket timeout hits (the proxy session
     is closed by then, so it can fetch nothing more)."""
+    yt_dlp = _yt_dlp()
     with session.errors():
         try:
             return await asyncio.wait_for(asyncio.to_thread(fn, *args), settings.ytdlp_timeout_sec)
@@ -207,7 +217,7 @@ async def download_section(
     """yt-dlp downloads [start_sec, end_sec] of the chosen formats (start_sec a keyframe) into an MP4 in folder."""
     options = {
         **_options(session, settings), "skip_download": False, "outtmpl": {"default": str(folder / "section.%(ext)s")},
-        "download_ranges": yt_dlp.utils.download_range_func(None, [(start_sec, end_sec)]),
+        "download_ranges": _yt_dlp().utils.download_range_func(None, [(start_sec, end_sec)]),
         "external_downloader_args": {"ffmpeg_i": session.ffmpeg_input_args(page.url)},
     }
     found = await _run(session, settings, "downloading the section", _download, page.info, options, folder)

@@ -5,11 +5,12 @@ outputs that look like failed reads and are tried again."""
 from __future__ import annotations
 
 from fractions import Fraction
-
-import av
-import av.error
+from typing import TYPE_CHECKING
 
 from shared.errors import SourceUnreadable
+
+if TYPE_CHECKING:
+    import av
 
 COVERAGE_LEAD_SEC = 0.5  # a packet at or after (t - this) proves the data reaches t (streams end a packet apart)
 READ_ON_PACKETS = 32  # packets read on from where the container stands before seeking (a seek is a new range read)
@@ -22,6 +23,8 @@ def ensure_data_until(container: av.container.InputContainer, t: float, *, read_
 
     `read_on`: the container stands near `t` already (the layout read its end): first read on from there, which
     costs no new range request; seek only when that does not reach it."""
+    import av.error  # loaded already: the container is open (imported lazily: shared/media/probe.py)
+
     streams = [s for s in container.streams if s.type in MEDIA_KINDS]
     if not streams or t <= COVERAGE_LEAD_SEC:
         return
@@ -49,6 +52,8 @@ def ensure_data_until(container: av.container.InputContainer, t: float, *, read_
 def _reaches(container: av.container.InputContainer, streams: list[av.stream.Stream], target: float,
              limit: int | None) -> bool:
     """A packet at or after `target` comes within `limit` packets (None: before the end of the data)."""
+    import av.error
+
     try:
         for count, packet in enumerate(container.demux(streams)):
             if limit is not None and count >= limit:

@@ -11,12 +11,13 @@ import asyncio
 import itertools
 from dataclasses import dataclass, replace
 from fractions import Fraction
-
-import av
-import av.error
+from typing import TYPE_CHECKING
 
 from shared.errors import SourceUnreadable
 from shared.media.probe import AV_TIME_BASE, _keyframe_at_or_before, opened_media
+
+if TYPE_CHECKING:
+    import av
 
 TIME_EPSILON_SEC = 0.001  # times this close count as equal (container rounding of startSec/endSec)
 RATE_TOLERANCE = 0.02  # frame intervals within 2 % of each other are one constant frame rate

@@ -12,14 +12,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
-
-import av
-import av.error
+from typing import TYPE_CHECKING
 
 from shared.contracts import StreamFacts
 from shared.errors import SourceUnreadable, Transient
 from shared.media.ffmpeg import HTTP_INPUT_OPTIONS
 from shared.media.inputs import av_options
+
+if TYPE_CHECKING:  # PyAV (about 20 MB resident) is imported when media is first opened, not with the stage
+    import av
+    import av.error
 
 OPEN_TIMEOUT_SEC = 30.0  # connecting to / opening the source
 READ_TIMEOUT_SEC = 30.0  # waiting for data once open
@@ -72,6 +74,9 @@ def opened_media(
     """The source opened by libavformat with the media whitelists (`options` on top: e.g. a user URL's guarded
     proxy; `fmt`: a demuxer to force); its read errors as clipjet errors (a timeout is transient, unreadable
     media permanent)."""
+    import av  # every use of PyAV starts with an opened container: imported here, on the first one
+    import av.error
+
     try:
         opts = {**open_options(source), **(options or {})}
         with av.open(source, format=fmt or None, timeout=(OPEN_TIMEOUT_SEC, READ_TIMEOUT_SEC),

@@ -13,6 +13,7 @@ re-encoded head in between).
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,14 +85,26 @@ async def frame_cut(
     clip_sec = layout.end - layout.first_frame
     encode_cost = ENCODE_COST_PER_SEC * sum(b - a for _, a, b, _ in pieces)
     total = encode_cost + clip_sec
-    done = 0.0
-    for kind, a, b, path in pieces:
-        decode_from = layout.start_keyframe if kind == "head" else layout.end_keyframe
-        weight = ENCODE_COST_PER_SEC * (b - a) / total
-        await encode_segment(source, path, layout.video, decode_from=decode_from, start=a, end=b,
-                             frame_sec=layout.frame_sec, on_progress=lambda p, d=done, w=weight: report(d + w * p),
-                             fmt=fmt)
-        done += weight
+    weights = [ENCODE_COST_PER_SEC * (b - a) / total for _, a, b, _ in pieces]
+    shares = [0.0] * len(pieces)
+
+    def piece_progress(i: int, p: float) -> None:
+        shares[i] = weights[i] * p
+        report(sum(shares))
+
+    # head and tail are independent encodes (each decodes from its own keyframe): run them side by side; when one
+    # fails the other is stopped, and the first failure is raised as it is (MediaError, FfmpegDeadline, ...)
+    try:
+        async with asyncio.TaskGroup() as group:
+            for i, (kind, a, b, path) in enumerate(pieces):
+                group.create_task(encode_segment(
+                    source, path, layout.video,
+                    decode_from=layout.start_keyframe if kind == "head" else layout.end_keyframe,
+                    start=a, end=b, frame_sec=layout.frame_sec,
+                    on_progress=lambda p, i=i: piece_progress(i, p), fmt=fmt))
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    done = sum(weights)
     listing = scratch / "join.ffconcat"
     listing.write_text(_concat_list(source, layout, pieces, fmt))
     await _join(listing, source, output, layout, audio=audio,
@@ -106,15 +119,25 @@ async def encode_segment(
     """Re-encode the frames showing in [start, end), decoded from the keyframe at `decode_from`, with the
     stream's own codec parameters and time base; the first frame is at 0 and keeps its source interval."""
     quarter = frame_sec / 4  # `start` is a frame's own time; `end` excludes a frame showing at it
-    seek = max(0.0, decode_from - quarter)
+    seek = decode_seek(decode_from, frame_sec)
     trim = (f"trim=start={start - seek - quarter:.6f}:end={end - seek - TIME_EPSILON_SEC:.6f},"
             "setpts=PTS-STARTPTS")
-    args = ["-noautorotate", *(["-f", fmt] if fmt else []), "-ss", f"{seek:.6f}", "-i", source,
+    args = ["-noautorotate", *(["-f", fmt] if fmt else []), "-noaccurate_seek", "-ss", f"{seek:.6f}", "-i", source,
             "-map", "0:v:0", "-an", "-sn", "-dn",
             "-vf", trim, "-fps_mode", "passthrough", *_encoder_args(video), *_timescale(video),
             "-streamid", f"0:{video.stream_id}", "-use_stream_ids_as_track_ids", "1",
             "-f", "mp4", "-y", str(output)]
     await run_ffmpeg(args, duration_sec=end - start, on_progress=on_progress, work_sec=end - seek)
+
+
+def decode_seek(keyframe: float, frame_sec: float) -> float:
+    """The `-ss` (with -noaccurate_seek) that makes ffmpeg start decoding at `keyframe` and not earlier.
+
+    ffmpeg's input seek lands on the last keyframe at or before it: a quarter frame past the keyframe, so that
+    one and not the one before (a seek a hair before it decoded a whole extra GOP: a one-frame tail decoded
+    3.3 s of video). -noaccurate_seek keeps the frames from the keyframe on, their times relative to this
+    seek; the segment's trim filter alone picks the frames it encodes."""
+    return keyframe + frame_sec / 4
 
 
 def _encoder_args(video: VideoFormat) -> list[str]:
