@@ -119,7 +119,8 @@ async def _cut_clip(
     with _slow_source_fails(bool(source.ffmpeg_args)):
         clip, duration, start = await copy_clip(
             deps.res.storage, job.id, source.media, deps.scratch / CLIP_NAME, start=plan.cut_start_sec,
-            seek=plan.cut_start_sec - source.offset_sec, end=job.end_sec, fmt=demuxer(info.container), input_args=source.ffmpeg_args,
+            seek=plan.cut_start_sec - source.offset_sec, end=job.end_sec, fmt=demuxer(info.container),
+            input_args=source.ffmpeg_args,
             on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p), limits=RunLimits.of(deps.res.settings))
     log.info("clip_cut", cut_path="copy", planned=plan.cut_path, reason=plan.cut_reason, start=round(start, 6),
              duration=round(duration, 6))
