@@ -144,7 +144,7 @@ async def test_url_source_with_typed_points_and_subtitles(
         page, errors = await open_page(browser, url, token)
         await page.get_by_label("or a URL").fill(media.url(speech_video.path.name))
         await page.get_by_role("button", name="Use URL").click()
-        await page.wait_for_function("() => document.getElementById('player').readyState >= 1")  # a preview from the URL
+        await page.wait_for_function("() => document.getElementById('player').readyState >= 1")  # a preview
         await page.get_by_label("In (s)").fill("5")
         await page.get_by_label("Out (s)").fill("12.5")
         await page.get_by_label("Subtitles").check()
@@ -154,7 +154,7 @@ async def test_url_source_with_typed_points_and_subtitles(
         clip = await download(page, "Download the clip (MP4)", tmp_path / "clip.mp4")
         srt = await download(page, "Subtitles (SRT)", tmp_path / "clip.srt")
         await download(page, "Subtitles (WebVTT)", tmp_path / "clip.vtt")
-        await page.wait_for_function("() => document.querySelectorAll('#result track').length === 1")  # shown on the clip
+        await page.wait_for_function("() => document.querySelectorAll('#result track').length === 1")  # on the clip
         assert errors.seen == []
 
     assert float(probe(clip)["format"]["duration"]) == pytest.approx(7.5, abs=0.1)
