@@ -3,6 +3,8 @@ process, the stage workers and S3: what a user does with the mouse and keyboard,
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import shutil
@@ -17,7 +19,7 @@ import pytest
 from shared.devstack import free_port
 from shared.resources import Resources
 from shared.settings import Settings
-from tests.conftest import JOB_TIMEOUT_SEC, Workers, make_key
+from tests.conftest import JOB_TIMEOUT_SEC, POLL_SEC, Workers, make_key
 from tests.gateway_proc import gateway_process
 from tests.http_source import MediaServer
 from tests.media import probe
@@ -34,6 +36,7 @@ STEP_TIMEOUT_MS = 30_000  # one page action or expectation, ms
 JOB_TIMEOUT_MS = int(JOB_TIMEOUT_SEC * 1000)  # a job's end, seen on the page, ms
 SUBS_JOB_TIMEOUT_MS = 120_000  # a job with speech recognition, ms
 HTTP_TIMEOUT_SEC = 10.0
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
 @pytest.fixture
@@ -188,3 +191,61 @@ async def test_page_needs_no_key_has_a_strict_policy_and_the_bucket_allows_only_
     assert preflights[url].status_code == 200
     assert preflights[url].headers["access-control-allow-origin"] == url
     assert "access-control-allow-origin" not in preflights["http://elsewhere.example"].headers
+
+
+class ContractStream:
+    """Stands in for `GET /api/jobs/{id}/events` (helper `sse` builds the real one) with the contract's bytes:
+    the first connection gets a progress event and drops; the resumed one (Last-Event-ID) gets the `end` event
+    with the job's real view, read from the real gateway once the job ended."""
+
+    def __init__(self, gateway_url: str, token: str) -> None:
+        self.gateway_url, self.token = gateway_url, token
+        self.resumed_after: list[str | None] = []
+
+    async def handle(self, route: Any) -> None:
+        job_id = route.request.url.rsplit("/", 2)[-2]
+        self.resumed_after.append(await route.request.header_value("last-event-id"))
+        if len(self.resumed_after) == 1:
+            progress = {"jobId": job_id, "status": "processing", "stage": "trim", "pct": 0.5}
+            await route.fulfill(status=200, headers=SSE_HEADERS, body=f": ping\n\nid: 1\nevent: progress\n"
+                                f"data: {json.dumps(progress)}\n\n")
+            return
+        view = await self._ended_view(job_id)
+        await route.fulfill(status=200, headers=SSE_HEADERS, body=f"id: 2\nevent: end\ndata: {view}\n\n")
+
+    async def _ended_view(self, job_id: str) -> str:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_SEC) as http, asyncio.timeout(JOB_TIMEOUT_SEC):
+            while True:
+                response = await http.get(f"{self.gateway_url}/api/jobs/{job_id}",
+                                          headers={"Authorization": f"Bearer {self.token}"})
+                if response.json()["status"] in ("done", "failed", "canceled"):
+                    return response.text
+                await asyncio.sleep(POLL_SEC)
+
+
+async def test_progress_from_the_event_stream_resumed_after_a_drop(
+    settings: Settings, resources: Resources, workers: Workers, sample_video: Path, browser: Any, tmp_path: Path
+) -> None:
+    token = await make_key(resources.db, "web")
+    workers.start()
+    port = free_port()
+    with gateway_process(page_settings(settings, port), port) as url:
+        page, errors = await open_page(browser, url, token)
+        stream = ContractStream(url, token)
+        await page.route("**/api/jobs/*/events", stream.handle)
+        polls: list[str] = []
+        page.on("request", lambda request: polls.append(request.url)
+                if re.search(r"/api/jobs/[^/]+$", request.url) and request.method == "GET" else None)
+        await page.get_by_label("Video file").set_input_files(sample_video)
+        await page.get_by_label("In (s)").fill("1")
+        await page.get_by_label("Out (s)").fill("4")
+        await page.get_by_role("button", name="Make the clip").click()
+        await async_api.expect(page.locator("#job-state")).to_have_text("processing: trim")  # the progress event
+        assert await page.locator("#progress").evaluate("bar => bar.value") == 0.5
+        await wait_done(page, JOB_TIMEOUT_MS)
+        clip = await download(page, "Download the clip (MP4)", tmp_path / "clip.mp4")
+        assert errors.seen == []
+
+    assert stream.resumed_after == [None, "1"]  # dropped after event 1, resumed after it
+    assert polls == []  # the page followed the stream, it did not poll
+    assert float(probe(clip)["format"]["duration"]) == pytest.approx(3.0, abs=0.1)
