@@ -249,3 +249,21 @@ async def test_progress_from_the_event_stream_resumed_after_a_drop(
     assert stream.resumed_after == [None, "1"]  # dropped after event 1, resumed after it
     assert polls == []  # the page followed the stream, it did not poll
     assert float(probe(clip)["format"]["duration"]) == pytest.approx(3.0, abs=0.1)
+
+
+async def test_a_key_in_the_link_is_kept_and_leaves_the_address_bar(
+    settings: Settings, resources: Resources, browser: Any
+) -> None:
+    token = await make_key(resources.db, "web")
+    port = free_port()
+    with gateway_process(page_settings(settings, port), port) as url:
+        page = await browser.new_page()
+        page.set_default_timeout(STEP_TIMEOUT_MS)
+        await page.goto(f"{url}/#key={token}")  # what `make run` prints
+        await async_api.expect(page.locator("#key-state")).to_have_text("key OK")
+        assert page.url == f"{url}/"  # the key is not left in the address bar (nor in the history)
+        await page.reload()  # kept in localStorage
+        await async_api.expect(page.locator("#key-state")).to_have_text("key OK")
+        await page.get_by_label("API key").fill("cj_000000000000_wrong")
+        await page.get_by_role("button", name="Save key").click()
+        await async_api.expect(page.locator("#key-state")).to_have_text(re.compile(r"^key refused: auth_invalid"))
