@@ -36,6 +36,7 @@ STEP_TIMEOUT_MS = 30_000  # one page action or expectation, ms
 JOB_TIMEOUT_MS = int(JOB_TIMEOUT_SEC * 1000)  # a job's end, seen on the page, ms
 SUBS_JOB_TIMEOUT_MS = 120_000  # a job with speech recognition, ms
 HTTP_TIMEOUT_SEC = 10.0
+PART_MIB = 5  # multipart part size in the parts test (S3's smallest part but the last), MiB
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
@@ -135,6 +136,28 @@ async def test_upload_points_by_keyboard_and_download_of_the_clip(
     assert len(uploads) == 1 and uploads[0].endswith("/sample.mp4")  # the browser PUT it straight into the bucket
 
 
+@pytest.mark.settings(upload_single_put_max_mb=0, upload_part_mb=PART_MIB)
+async def test_a_file_over_the_single_put_limit_goes_up_in_parts(
+    settings: Settings, resources: Resources, workers: Workers, sample_video: Path, browser: Any, tmp_path: Path
+) -> None:
+    token = await make_key(resources.db, "web")
+    workers.start()
+    port = free_port()
+    with gateway_process(page_settings(settings, port), port) as url:
+        page, errors = await open_page(browser, url, token)
+        parts: list[str] = []
+        page.on("request", lambda request: parts.append(request.url)
+                if request.method == "PUT" and "partNumber=" in request.url else None)
+        await page.get_by_label("Video file").set_input_files(sample_video)
+        await page.get_by_label("In (s)").fill("3")
+        await page.get_by_label("Out (s)").fill("5")
+        await page.get_by_role("button", name="Make the clip").click()
+        await wait_done(page, JOB_TIMEOUT_MS)
+        clip = await download(page, "Download the clip (MP4)", tmp_path / "clip.mp4")
+        assert errors.seen == []
+
+    assert len(parts) == -(-sample_video.stat().st_size // (PART_MIB * 1024 * 1024)) >= 2  # one PUT per part
+    assert float(probe(clip)["format"]["duration"]) == pytest.approx(2.0, abs=0.1)
 @pytest.mark.settings(asr_model="tiny.en")
 async def test_url_source_with_typed_points_and_subtitles(
     settings: Settings, resources: Resources, workers: Workers, speech_video: SpeechVideo, browser: Any,
