@@ -27,9 +27,10 @@ from tests.speech import SpeechVideo
 
 async_api = pytest.importorskip("playwright.async_api", reason="playwright is not installed (pip install playwright)")
 CHROMIUM = os.environ.get("CLIPJET_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no chromium executable (apt-get install chromium, or set CLIPJET_CHROMIUM)"
-)
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium executable (apt-get install chromium, or set CLIPJET_CHROMIUM)"),
+    pytest.mark.timeout(300),  # a browser, a gateway process and a job on 2 busy cores
+]
 
 ONE_FRAME_SEC = 1 / 30  # the test videos are 30 fps
 STEP_TIMEOUT_MS = 30_000  # one page action or expectation, ms
