@@ -28,7 +28,7 @@ from tests.speech import SpeechVideo
 async_api = pytest.importorskip("playwright.async_api", reason="playwright is not installed (pip install playwright)")
 CHROMIUM = os.environ.get("CLIPJET_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None, reason="no chromium executable (apt-get install chromium, or set CLIPJET_CHROMIUM)"),
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium, or set CLIPJET_CHROMIUM)"),
     pytest.mark.timeout(300),  # a browser, a gateway process and a job on 2 busy cores
 ]
 
