@@ -208,6 +208,7 @@ async def test_page_needs_no_key_has_a_strict_policy_and_the_bucket_allows_only_
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     policy = page.headers["content-security-policy"]
     assert "script-src 'self'" in policy and "default-src 'none'" in policy and "unsafe-inline" not in policy
+    assert "frame-ancestors 'none'" in policy and "unsafe-eval" not in policy
     assert settings.public_s3_endpoint.rstrip("/") in policy  # connect-src: uploads go to the bucket
     assert "<script>" not in page.text and 'src="/web/app.js"' in page.text  # no inline script
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
