@@ -52,7 +52,8 @@ async function api(method, path, body) {
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const text = await response.text();
-  const data = text ? JSON.parse(text) : null;
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = null; } // e.g. a proxy's HTML error page
   if (!response.ok) {
     const error = (data && data.error) || { code: `http_${response.status}`, message: response.statusText };
     throw new ApiError(response.status, error.code, error.message);
