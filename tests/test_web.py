@@ -22,7 +22,7 @@ from shared.settings import Settings
 from tests.conftest import JOB_TIMEOUT_SEC, POLL_SEC, Workers, make_key
 from tests.gateway_proc import gateway_process
 from tests.http_source import MediaServer
-from tests.media import probe
+from tests.media import make_source, probe
 from tests.speech import SpeechVideo
 
 async_api = pytest.importorskip("playwright.async_api", reason="playwright is not installed (pip install playwright)")
@@ -44,7 +44,8 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
     async with async_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--autoplay-policy=no-user-gesture-required"])
         try:
             yield browser
         finally:
@@ -188,6 +189,27 @@ async def test_url_source_with_typed_points_and_subtitles(
     assert any(word in srt.read_text().lower() for word in speech_video.text.lower().split())
 
 
+async def test_frame_steps_follow_the_frame_rate_measured_while_playing(
+    settings: Settings, resources: Resources, browser: Any, tmp_path: Path
+) -> None:
+    source = make_source(tmp_path / "25fps.mp4", seconds=4, fps="25")
+    token = await make_key(resources.db, "web")
+    port = free_port()
+    with gateway_process(page_settings(settings, port), port) as url:
+        page, errors = await open_page(browser, url, token)
+        await page.get_by_label("Video file").set_input_files(source)
+        assert await page.get_by_label("Frames per second").input_value() == "30"  # until it plays
+        # slowly, so a loaded machine still presents frames one after another
+        await page.evaluate("() => { const v = document.getElementById('player'); v.loop = true; "
+                            "v.playbackRate = 0.25; v.play(); }")
+        await page.wait_for_function("() => document.getElementById('fps').value === '25'")
+        await page.evaluate("() => document.getElementById('player').pause()")
+        await seek(page, 1.0)
+        await page.locator("#player").focus()
+        await page.keyboard.press("ArrowRight")
+        await page.keyboard.press("i")
+        assert await page.get_by_label("In (s)").input_value() == "1.040"  # one frame at 25 fps
+        assert errors.seen == []
 async def test_page_needs_no_key_has_a_strict_policy_and_the_bucket_allows_only_its_origin(
     settings: Settings, resources: Resources
 ) -> None:

@@ -18,7 +18,7 @@ const page = {
   lang: $("lang"), precision: $("precision"), submit: $("submit"), progress: $("progress"),
   jobState: $("job-state"), result: $("result"), downloads: $("downloads"),
 };
-const state = { source: null, inSec: null, outSec: null, busy: false, resultUrls: [] };
+const state = { source: null, inSec: null, outSec: null, busy: false, resultUrls: [], fpsTyped: false, frame: null };
 
 // ---- the API key ---------------------------------------------------------------------------------------------
 function apiKey() { return localStorage.getItem(KEY_STORE) || ""; }
@@ -130,6 +130,32 @@ function put(url, blob, headers, onProgress) {
 }
 
 // ---- in and out points ---------------------------------------------------------------------------------------
+// The frame rate: 30 until measured while the video plays (the shortest gap between two presented frames' media
+// times, once seen FPS_SAMPLES times, so a frame the player dropped does not count), unless the user typed one.
+const FPS_SAMPLES = 3;
+const MAX_FRAME_GAP_SEC = 0.1; // slower than 10 fps: not measured
+const SAME_GAP_SEC = 0.0005;
+
+function measureFrameRate() {
+  if (!("requestVideoFrameCallback" in HTMLVideoElement.prototype)) return;
+  const onFrame = (_now, frame) => {
+    const last = state.frame;
+    if (last && last.src === page.player.currentSrc) {
+      const gap = frame.mediaTime - last.mediaTime;
+      if (gap > 0.001 && gap < last.shortest - SAME_GAP_SEC) Object.assign(last, { shortest: gap, seen: 1 });
+      else if (Math.abs(gap - last.shortest) <= SAME_GAP_SEC) last.seen += 1;
+      last.mediaTime = frame.mediaTime;
+      if (!state.fpsTyped && last.seen >= FPS_SAMPLES && last.shortest <= MAX_FRAME_GAP_SEC) {
+        page.fps.value = String(Math.round(100 / last.shortest) / 100);
+      }
+    } else {
+      state.frame = { src: page.player.currentSrc, mediaTime: frame.mediaTime, shortest: Infinity, seen: 0 };
+    }
+    page.player.requestVideoFrameCallback(onFrame);
+  };
+  page.player.requestVideoFrameCallback(onFrame);
+}
+
 function fps() {
   const value = Number(page.fps.value);
   return value > 0 ? value : DEFAULT_FPS;
@@ -370,6 +396,7 @@ function start() {
   $("fwd-frame").addEventListener("click", () => stepFrames(1));
   $("set-in").addEventListener("click", () => setPoint("inSec", page.player.currentTime));
   $("set-out").addEventListener("click", () => setPoint("outSec", page.player.currentTime));
+  page.fps.addEventListener("input", () => { state.fpsTyped = true; });
   page.inSec.addEventListener("input", () => pointFromField("inSec"));
   page.outSec.addEventListener("input", () => pointFromField("outSec"));
   page.player.addEventListener("timeupdate", () => { page.playhead.textContent = formatTime(page.player.currentTime); });
@@ -380,6 +407,7 @@ function start() {
   page.subs.addEventListener("change", () => { page.burn.disabled = page.lang.disabled = !page.subs.checked; });
   $("job-form").addEventListener("submit", (event) => { event.preventDefault(); if (!page.submit.disabled) submitJob(); });
   document.addEventListener("keydown", onKey, true);
+  measureFrameRate();
   checkKey();
 }
 
