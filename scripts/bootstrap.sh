@@ -2,7 +2,7 @@
 # Make this checkout runnable on a Debian/Ubuntu machine; safe to run again (it only does what is missing).
 #
 #   1. Debian packages, installed only when absent: ffmpeg, openssl, fonts-dejavu-core (the burn-in font), espeak-ng
-#      (speech for the subtitle tests), postgresql (only when no
+#      (speech for the subtitle tests), chromium (the web page's tests), postgresql (only when no
 #      PostgreSQL answers at 127.0.0.1:5432 and no server binaries exist), python3-venv (when venv is broken).
 #   2. .venv with Python >= 3.11 (PYTHON=/path/to/python3.x picks the interpreter), then
 #      pip install -e '.[test]' (output in .venv/pip-install.log), skipped while
@@ -53,6 +53,7 @@ if command -v dpkg >/dev/null 2>&1; then
     have_pkg fonts-dejavu-core || missing+=(fonts-dejavu-core)
 fi
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the web page's tests drive it (Playwright)
 if ! postgres_reachable && ! postgres_installed; then
     missing+=(postgresql)
 fi

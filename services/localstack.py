@@ -153,10 +153,18 @@ def _effective(settings: Settings, data_dir: Path, demo: bool) -> Settings:
         say("FETCH_ALLOW_PRIVATE is ON: URL sources may reach loopback and private networks.")
         say("That is for local use only; never expose this stack.")
         say("!" * 78)
+    port = _pick_port("gateway", settings.gateway_port)
+    cors = settings.s3_cors_origins if "S3_CORS_ORIGINS" in os.environ else page_origins(settings.gateway_host, port)
     return msgspec.structs.replace(
         settings, data_dir=data_dir, scratch_dir=data_dir / "scratch", fetch_allow_private=allow_private,
-        gateway_port=_pick_port("gateway", settings.gateway_port),
+        gateway_port=port, s3_cors_origins=cors,
     )
+
+
+def page_origins(host: str, port: int) -> str:
+    """The origins a browser may open the web page at (the bucket's CORS lets them upload)."""
+    hosts = [host, "localhost"] if host == "127.0.0.1" else [host]
+    return ",".join(f"http://{name}:{port}" for name in hosts)
 
 
 def spawn_service(settings: Settings, name: str, *args: str) -> Child:
@@ -302,6 +310,7 @@ def run_stack(settings: Settings, *, demo: bool, exit_after_demo: bool, scale: d
             if runner.error is not None:
                 raise StackError(f"demo: {type(runner.error).__name__}: {runner.error}")
         if not (demo and exit_after_demo):
+            say(f"web page  open {base_url}/" + (f"#key={api_key}" if api_key else ""))
             say(f"serving; press Ctrl-C to stop (status in {data_dir / STATUS_FILE})")
             supervisor.run_until(lambda: False, None, SERVE_POLL_S)
     except KeyboardInterrupt:

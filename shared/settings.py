@@ -35,6 +35,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     s3_access_key: str = "clipjet"
     s3_secret_key: str = "clipjet-secret-key"
     s3_bucket: str = "clipjet"
+    s3_cors_origins: str = ""  # web page origins (comma-separated) set as bucket CORS by the gateway; "": left alone
 
     # --- limits and timing (seed defaults) ---
     max_clip_seconds: float = 120.0  # longest clip a job may ask for, seconds

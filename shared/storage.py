@@ -87,6 +87,12 @@ class Storage:
         except ClientError:
             await self._client.create_bucket(Bucket=self.bucket)
 
+    async def allow_browser_origins(self, origins: list[str], max_age_sec: int) -> None:
+        """Bucket CORS: these browser origins may PUT uploads and GET (ranges of) results with signed URLs."""
+        rule = {"AllowedOrigins": origins, "AllowedMethods": ["GET", "HEAD", "PUT"], "AllowedHeaders": ["*"],
+                "ExposeHeaders": ["ETag", "Content-Length", "Content-Range"], "MaxAgeSeconds": max_age_sec}
+        await self._client.put_bucket_cors(Bucket=self.bucket, CORSConfiguration={"CORSRules": [rule]})
+
     async def head(self, key: str) -> ObjectInfo | None:
         """The object's size and recorded sha256, or None when it does not exist."""
         try:

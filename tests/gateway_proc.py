@@ -16,7 +16,7 @@ import msgspec
 from shared.settings import Settings, settings_env
 
 REPO = Path(__file__).resolve().parent.parent
-GATEWAY_START_TIMEOUT_SEC = 60.0
+GATEWAY_START_TIMEOUT_SEC = 120.0  # imports and migrations of a fresh process on 2 busy cores
 GATEWAY_STOP_TIMEOUT_SEC = 20.0
 
 

@@ -245,6 +245,25 @@ async def test_sigkill_of_each_worker_type_under_load(stack: Stack, sample_video
 
 
 
+async def test_the_printed_web_page_link_serves_the_page_and_its_origin_may_upload(stack: Stack) -> None:
+    """The link `make run` prints: the gateway's web page with the stack's key in the fragment; the bucket's CORS
+    lets the page's origins (127.0.0.1 and localhost) PUT an upload, and no other origin."""
+    links = re.findall(r"web page  open (\S+)", stack.output(chars=1_000_000))
+    assert links == [f"{stack.base_url}/#key={stack.api_key}"], stack.output()
+    port = stack.base_url.rsplit(":", 1)[1]
+    origins = {stack.base_url: True, f"http://localhost:{port}": True, "http://elsewhere.example": False}
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=HTTP_TIMEOUT_S, trust_env=False,
+                                 headers={"Authorization": f"Bearer {stack.api_key}"}) as http:
+        page = await http.get("/", headers={"Authorization": ""})
+        slot = (await http.post("/api/uploads", json={"filename": "a.mp4", "contentType": "video/mp4",
+                                                      "sizeBytes": 1})).json()
+    assert page.status_code == 200 and "content-security-policy" in page.headers
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, trust_env=False) as storage:
+        for origin, allowed in origins.items():
+            preflight = await storage.options(slot["url"], headers={
+                "Origin": origin, "Access-Control-Request-Method": "PUT",
+                "Access-Control-Request-Headers": "content-type,if-none-match"})
+            assert (preflight.headers.get("access-control-allow-origin") == origin) is allowed, (origin, preflight)
 async def test_a_crash_looping_worker_stops_only_itself(tmp_path: Path) -> None:
     """A transcriber that cannot load its model exits at every start: restarted with backoff, then reported as
     a crash loop and left stopped, while every other process keeps running and the gateway keeps serving; the

@@ -21,6 +21,7 @@ from .openapi import openapi_config
 from .state import Gateway, gateway_of
 from .uploads import UploadController
 from .usage import UsageController
+from .web import allow_page_origins, web_router
 
 log = get_logger("gateway")
 
@@ -42,11 +43,12 @@ def create_app(settings: Settings) -> Litestar:
         async with open_resources(settings, "gateway") as res:
             app.state.gateway = Gateway.for_resources(res)
             await app.state.gateway.scratch.start(res.nc)
+            await allow_page_origins(res)
             yield
 
     app = Litestar(
         route_handlers=[JobController, JobEventsController, BatchController, UploadController, UsageController,
-                        health],
+                        health, web_router],
         lifespan=[lifespan, job_feed_lifespan],
         middleware=[rate_limit_headers],
         dependencies={
