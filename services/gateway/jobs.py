@@ -91,13 +91,16 @@ class JobController(Controller):
 
 async def job_view(gw: Gateway, row: Any) -> JobView:
     """What a client sees of a job row (signed URLs of its files once done)."""
-    res = gw.res
     result = msgspec.convert(row["result"], ClipResult) if row["result"] else None
     urls = None
     if row["status"] == "done" and row["result_video_key"]:
-        ttl = res.settings.signed_url_ttl_sec
-        video = await res.storage.signed_get_url(row["result_video_key"], ttl, CLIP_DOWNLOAD_NAME)
-        urls = ResultUrls(video=video, expires_in_sec=ttl, **await _subtitle_urls(gw, row, ttl))
+        video, left = await gw.signed.get(row["result_video_key"], CLIP_DOWNLOAD_NAME)
+        subtitles: dict[str, str] = {}
+        for field, (column, filename) in SUBTITLE_COLUMNS.items():
+            if row[column]:
+                subtitles[field], lasts = await gw.signed.get(row[column], filename)
+                left = min(left, lasts)
+        urls = ResultUrls(video=video, expires_in_sec=left, **subtitles)
     return JobView(
         id=str(row["id"]), status=row["status"], priority=row["priority"], stage=row["stage"],
         progress=round(float(row["progress"]), 4), attempts=row["attempts"],
@@ -114,14 +117,6 @@ def _request_of(stored: dict[str, Any]) -> JobRequest | None:
         return msgspec.convert({k: v for k, v in stored.items() if k not in ("id", "owner")}, JobRequest)
     except msgspec.ValidationError:
         return None
-
-
-async def _subtitle_urls(gw: Gateway, row: Any, ttl: int) -> dict[str, str]:
-    """Signed URLs of the job's subtitle files, for those it has."""
-    return {
-        field: await gw.res.storage.signed_get_url(row[column], ttl, filename)
-        for field, (column, filename) in SUBTITLE_COLUMNS.items() if row[column]
-    }
 
 
 def _encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
