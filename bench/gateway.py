@@ -153,8 +153,10 @@ def run_floor(settings: Settings, kind: str, seconds: float, job_id: str) -> Fig
     env = {**os.environ, **settings_env(settings)}
     out = subprocess.run(
         [sys.executable, "-m", "bench.gateway", "--floor", kind, "--seconds", str(seconds), "--job", job_id],
-        env=env, capture_output=True, text=True, timeout=seconds + 60, check=True,
+        env=env, capture_output=True, text=True, timeout=seconds + 60,
     )
+    if out.returncode != 0:
+        raise RuntimeError(f"the {kind} floor failed: {out.stderr[-2000:]}")
     return msgspec.json.decode(out.stdout.strip().splitlines()[-1], type=Figure)
 
 
