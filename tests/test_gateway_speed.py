@@ -21,11 +21,12 @@ from litestar.testing import AsyncTestClient
 from services.gateway.published import PublishedMarks
 from shared import bus
 from shared.contracts import ClipJobMessage, ClipResult, UrlSource
-from shared.db import jobs
+from shared.db import jobs, keys
 from shared.devstack import free_port
 from shared.ids import uuid7
 from shared.resources import Resources
 from shared.settings import Settings, settings_env
+from tests.conftest import authorize
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD_URL = {"type": "url", "url": "https://media.example.com/talk.mp4"}
@@ -176,3 +177,27 @@ def _serving(pid: int) -> list[int]:
     which runs no server)."""
     return [child for child in _children(pid)
             if "multiprocessing.resource_tracker" not in Path(f"/proc/{child}/cmdline").read_text()]
+
+
+async def test_in_flight_quota_counts_jobs_as_they_start_and_end(
+    client: AsyncTestClient[Any], resources: Resources
+) -> None:
+    await authorize(client, resources.db, quotas=keys.Quotas(max_in_flight=2, max_jobs_per_day=100,
+                                                             max_source_seconds_per_day=1e6))
+    body = {"source": GOOD_URL, "startSec": 1, "endSec": 2}
+    first, second = [(await client.post("/api/jobs", json=body)).json()["id"] for _ in range(2)]
+    assert (await client.post("/api/jobs", json=body)).status_code == 429
+    await jobs.begin_stage(resources.db, _message(first), "fetch", 1)  # queued → processing: still in flight
+    assert (await client.post("/api/jobs", json=body)).status_code == 429
+    assert (await client.post(f"/api/jobs/{second}/cancel")).status_code == 200  # ended: room for one
+    third = (await client.post("/api/jobs", json=body)).json()["id"]
+    assert (await client.post("/api/jobs", json=body)).status_code == 429
+    await jobs.fail(resources.db, uuid.UUID(first), "source_unreachable", "gone")
+    await jobs.fail(resources.db, uuid.UUID(third), "source_unreachable", "gone")
+    assert [(await client.post("/api/jobs", json=body)).status_code for _ in range(3)] == [202, 202, 429]
+    usage = (await client.get("/api/usage")).json()  # counted row by row: the same numbers
+    assert usage["jobsInFlight"]["used"] == 2 and usage["jobsToday"]["used"] == 5
+
+
+def _message(job_id: str) -> ClipJobMessage:
+    return ClipJobMessage(id=job_id, source=UrlSource(url=GOOD_URL["url"]), start_sec=1, end_sec=2)
