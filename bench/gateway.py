@@ -47,7 +47,7 @@ from shared.bus import connect
 from shared.contracts import ClipJobMessage, UploadSource
 from shared.db import jobs as job_rows
 from shared.db.pool import create_pool
-from shared.devstack import ensure_postgres, free_port, start_nats, start_s3
+from shared.devstack import ensure_postgres, free_port, start_nats, start_postgres, start_s3
 from shared.ids import uuid7
 from shared.media.testpattern import make_test_pattern
 from shared.settings import Settings, load_settings, settings_env
@@ -200,11 +200,12 @@ class Stack:
 
 
 @contextmanager
-def gateway_stack(data_dir: Path) -> Iterator[Stack]:
+def gateway_stack(data_dir: Path, private_postgres: bool = False) -> Iterator[Stack]:
     servers = [start_nats(data_dir / "nats"), start_s3(data_dir / "s3", S3_KEY, S3_SECRET)]
     stack: Stack | None = None
     try:
-        postgres = ensure_postgres(load_settings().database_url, data_dir / "pg")
+        postgres = (start_postgres(data_dir / "pg") if private_postgres
+                    else ensure_postgres(load_settings().database_url, data_dir / "pg"))
         servers.append(postgres)
         tag = secrets.token_hex(3)
         settings = load_settings(
@@ -335,13 +336,13 @@ def say(what: str) -> None:
     print(f"[{time.monotonic() - _BEGAN:6.1f} s] {what}", file=sys.stderr, flush=True)
 
 
-def benchmark(seconds: float, runs: int, processes: int | None) -> dict[str, Any]:
+def benchmark(seconds: float, runs: int, processes: int | None, private_postgres: bool) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("bench.gateway needs wrk: apt-get install -y wrk")
     DATA.mkdir(parents=True, exist_ok=True)
     source = make_test_pattern(DATA / f"source-{SOURCE_SEC}s-360p.mp4", seconds=SOURCE_SEC)
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(dir=DATA) as tmp, gateway_stack(Path(tmp) / "stack") as stack:
+    with tempfile.TemporaryDirectory(dir=DATA) as tmp, gateway_stack(Path(tmp) / "stack", private_postgres) as stack:
         work = Path(tmp)
         gateway_changes: dict[str, Any] = {} if processes is None else {"gateway_processes": processes}
         stack.settings = msgspec.structs.replace(stack.settings, **gateway_changes)
@@ -368,6 +369,7 @@ def benchmark(seconds: float, runs: int, processes: int | None) -> dict[str, Any
         "machine": f"{platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()})",
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
+        "postgres": "private" if private_postgres else "the machine's",
         "seconds_per_run": seconds, "runs": runs, "connections": CONNECTIONS,
         "workers_idle": idle.summary(), "auth_off_idle": auth_off.summary(), "workers_busy": busy.summary(),
     }
@@ -378,6 +380,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each load run, s")
     parser.add_argument("--runs", type=int, default=3, help="rounds per figure (the median is reported)")
     parser.add_argument("--processes", type=int, help="GATEWAY_PROCESSES (default: the setting's default)")
+    parser.add_argument("--private-postgres", action="store_true",
+                        help="a PostgreSQL cluster of its own (when the machine's is shared and out of connections)")
     parser.add_argument("--floor", choices=("post", "get"), help=argparse.SUPPRESS)  # the floor's own process
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -387,7 +391,7 @@ def main() -> None:
         print(msgspec.json.encode(figure).decode())
         return
     began = time.time()
-    results = benchmark(args.seconds, args.runs, args.processes)
+    results = benchmark(args.seconds, args.runs, args.processes, args.private_postgres)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"gateway-{int(began)}.json"
     out.write_text(json.dumps(results, indent=2))
