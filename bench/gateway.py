@@ -342,7 +342,8 @@ def benchmark(seconds: float, runs: int, processes: int | None, private_postgres
     DATA.mkdir(parents=True, exist_ok=True)
     source = make_test_pattern(DATA / f"source-{SOURCE_SEC}s-360p.mp4", seconds=SOURCE_SEC)
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(dir=DATA) as tmp, gateway_stack(Path(tmp) / "stack", private_postgres) as stack:
+    with (tempfile.TemporaryDirectory(dir=DATA.resolve()) as tmp,
+          gateway_stack(Path(tmp) / "stack", private_postgres) as stack):
         work = Path(tmp)
         gateway_changes: dict[str, Any] = {} if processes is None else {"gateway_processes": processes}
         stack.settings = msgspec.structs.replace(stack.settings, **gateway_changes)
