@@ -41,7 +41,7 @@ import httpx
 import msgspec
 
 from services.keyscmd import create_key
-from services.localstack import Child, spawn_service, wait_healthy
+from services.localstack import Child, healthy, spawn_service
 from services.registry import STAGES
 from shared.bus import connect
 from shared.contracts import ClipJobMessage, UploadSource
@@ -62,6 +62,7 @@ SOURCE_SEC, CLIP = 6, (1.0, 3.0)  # the uploaded source and the clip every POST 
 UPLOAD_KEY_NAME = "source.mp4"
 DONE_TIMEOUT_SEC = 60.0
 STOP_GRACE_SEC = 10.0
+GATEWAY_START_SEC = 180.0  # migrations and every gateway process, on a machine that may be busy
 FLOOR_STREAM, FLOOR_SUBJECT = "BENCHFLOOR", "benchfloor.jobs"
 BIG = 10**9  # quotas and rate limit the benchmark never reaches (they are still checked on every request)
 
@@ -179,8 +180,12 @@ class Stack:
         self.stop_gateway()
         settings = msgspec.structs.replace(self.settings, **changes)
         self.gateway = spawn_service(settings, "gateway", "gateway")
+        deadline = time.monotonic() + GATEWAY_START_SEC
         with httpx.Client() as http:
-            wait_healthy(http, self.base_url, [self.gateway])
+            while not healthy(http, self.base_url):
+                if self.gateway.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the gateway did not start: {self.gateway.describe_exit()}")
+                time.sleep(0.2)
 
     def stop_gateway(self) -> None:
         if self.gateway is not None:
