@@ -63,10 +63,11 @@ async def _run_notifier(settings: Settings) -> None:
 def _run_gateway(settings: Settings) -> None:
     import uvicorn
 
-    from services.gateway.app import create_app
+    from services.gateway.app import gateway_processes
 
     uvicorn.run(
-        create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
+        "services.gateway.app:app_from_environment", factory=True, workers=gateway_processes(settings),
+        host=settings.gateway_host, port=settings.gateway_port, http="httptools", loop="uvloop",
         log_level="warning", access_log=False, lifespan="on",
         # the client address (the anonymous rate limit's subject) comes from X-Forwarded-For only when it is sent
         # by a proxy named in GATEWAY_TRUSTED_PROXIES; else anyone could pick their own address

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import msgspec
@@ -161,26 +162,37 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
 
 async def backlog(js: JetStreamContext, settings: Settings) -> int:
     """Messages waiting or handed out and not yet acked, over every stage and priority (what KEDA scales on)."""
-    total = 0
-    for stage in STAGES:
-        for priority in PRIORITIES:
-            info = await js.consumer_info(settings.nats_stream, consumer_name(stage, priority))
-            total += info.num_pending + info.num_ack_pending
-    return total
+    infos = await asyncio.gather(*(
+        js.consumer_info(settings.nats_stream, consumer_name(stage, priority))
+        for stage in STAGES for priority in PRIORITIES
+    ))
+    return sum(info.num_pending + info.num_ack_pending for info in infos)
 
 
 class BacklogGauge:
-    """The backlog, read at most every BACKLOG_CHECK_SEC (one consumer lookup per stage and priority)."""
+    """The backlog, read at most every BACKLOG_CHECK_SEC (one consumer lookup per stage and priority, all at once).
+
+    One reading at a time: requests that find the reading stale while it is being refreshed wait for that
+    refresh instead of each starting their own."""
 
     def __init__(self, js: JetStreamContext, settings: Settings) -> None:
         self._js, self._settings = js, settings
         self._value, self._read_at = 0, float("-inf")
+        self._reading: asyncio.Future[None] | None = None
 
     async def over_limit(self) -> bool:
-        now = time.monotonic()
-        if now - self._read_at >= self._settings.backlog_check_sec:
-            self._value, self._read_at = await backlog(self._js, self._settings), now
+        if time.monotonic() - self._read_at >= self._settings.backlog_check_sec:
+            if self._reading is None:
+                self._reading = asyncio.ensure_future(self._read())
+            await asyncio.shield(self._reading)
         return self._value >= self._settings.queue_backlog_limit
+
+    async def _read(self) -> None:
+        try:
+            began = time.monotonic()
+            self._value, self._read_at = await backlog(self._js, self._settings), began
+        finally:
+            self._reading = None
 
 
 async def publish(js: JetStreamContext, subject: str, payload: bytes, message_id: str) -> PubAck:

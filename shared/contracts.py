@@ -268,6 +268,7 @@ class BatchRequest(WireStruct):
     priority: Priority = "normal"
     precision: Precision = "auto"
     metadata: Metadata | None = None
+    webhook: WebhookUrl | None = None  # every job of the batch POSTs its end there (else the key's default)
 
 
 class JobSubmission(WireStruct):
@@ -282,6 +283,7 @@ class JobSubmission(WireStruct):
     priority: Priority = "normal"
     precision: Precision = "auto"
     metadata: Metadata | None = None
+    webhook: WebhookUrl | None = None
 
 
 class JobAccepted(WireStruct):

@@ -3,6 +3,7 @@ notifier, which POSTs the same view to the job's webhook."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -16,14 +17,23 @@ SUBTITLE_COLUMNS = {"srt": ("result_srt_key", "clip.srt"), "vtt": ("result_vtt_k
                     "words": ("result_words_key", "clip.words.json")}  # ResultUrls field → (column, download name)
 
 
-async def job_view(res: Resources, row: Any) -> JobView:
-    """What a client sees of a job row (signed URLs of its files once done)."""
+Signer = Callable[[str, str], Awaitable[tuple[str, int]]]  # (key, download name) → signed URL, seconds it stays valid
+
+
+async def job_view(res: Resources, row: Any, sign: Signer | None = None) -> JobView:
+    """What a client sees of a job row (signed URLs of its files once done). `sign`: how a URL is signed (the
+    gateway reuses recent ones, services/gateway/signed.py); by default a new one valid SIGNED_URL_TTL_SEC."""
     result = msgspec.convert(row["result"], ClipResult) if row["result"] else None
     urls = None
     if row["status"] == "done" and row["result_video_key"]:
-        ttl = res.settings.signed_url_ttl_sec
-        video = await res.storage.signed_get_url(row["result_video_key"], ttl, CLIP_DOWNLOAD_NAME)
-        urls = ResultUrls(video=video, expires_in_sec=ttl, **await _subtitle_urls(res, row, ttl))
+        signer = sign or _fresh_signer(res)
+        video, left = await signer(row["result_video_key"], CLIP_DOWNLOAD_NAME)
+        subtitles: dict[str, str] = {}
+        for field, (column, filename) in SUBTITLE_COLUMNS.items():
+            if row[column]:
+                subtitles[field], lasts = await signer(row[column], filename)
+                left = min(left, lasts)
+        urls = ResultUrls(video=video, expires_in_sec=left, **subtitles)
     request = request_of(row["request"])
     return JobView(
         id=str(row["id"]), status=row["status"], priority=row["priority"], stage=row["stage"],
@@ -56,9 +66,9 @@ def webhook_state(row: Any, request: JobRequest | None) -> WebhookState | None:
     )
 
 
-async def _subtitle_urls(res: Resources, row: Any, ttl: int) -> dict[str, str]:
-    """Signed URLs of the job's subtitle files, for those it has."""
-    return {
-        field: await res.storage.signed_get_url(row[column], ttl, filename)
-        for field, (column, filename) in SUBTITLE_COLUMNS.items() if row[column]
-    }
+def _fresh_signer(res: Resources) -> Signer:
+    ttl = res.settings.signed_url_ttl_sec
+
+    async def sign(key: str, filename: str) -> tuple[str, int]:
+        return await res.storage.signed_get_url(key, ttl, filename), ttl
+    return sign

@@ -51,6 +51,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     s3_max_attempts: int = 6  # tries of one S3 call by botocore (standard retry mode: 5xx, SlowDown, timeouts)
     retention_hours: float = 24.0  # results are kept this long, hours
     signed_url_ttl_sec: int = 900  # lifetime of signed result and upload URLs, s
+    signed_url_reuse_sec: float = 60.0  # a gateway hands out the same signed result URL this long (at most TTL/2), s
     max_attempts: int = 3  # deliveries of one stage message before the job fails
     retry_base_delay_sec: float = 1.0  # first retry's backoff ceiling, s (full jitter, doubles each attempt)
     worker_concurrency: int = 2  # messages one worker process handles at once
@@ -128,6 +129,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # --- gateway ---
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
+    gateway_processes: int = 0  # gateway processes sharing its port; 0 = one per CPU this process may use
+    upload_seen_cache_sec: float = 60.0  # a gateway reuses a found upload's size this long (uploads never change), s
     gateway_trusted_proxies: str = ""  # IPs/CIDRs (comma-separated) whose X-Forwarded-For is believed; "" = none
     gateway_max_body_bytes: int = 256 * 1024  # largest REST request body, bytes (413 above; NATS takes 1 MiB)
     max_url_chars: int = 8192  # longest `source.url` a job may name, characters

@@ -321,3 +321,19 @@ async def test_done_and_failed_jobs_post_their_final_view(
         assert failed_hit.headers[EVENT_ID_HEADER] == f"{failed['id']}:failed"
         verified = readme_receiver()
         assert all(verified(secret, hit.body, hit.headers[SIGNATURE_HEADER]) for hit in receiver.hits)
+
+
+async def test_a_batch_names_one_webhook_for_its_jobs_checked_like_a_jobs(
+    settings: Settings, resources: Resources,
+) -> None:
+    source = {"type": "url", "url": "https://example.com/a.mp4"}
+    clips = [{"startSec": 0, "endSec": 2}, {"startSec": 4, "endSec": 6}]
+    async with gateway(settings, resources) as (client, _), Receiver([200]).running() as receiver:
+        refused = await client.post("/api/jobs", json={"source": source, "clips": clips, "webhook": "ftp://x/y"})
+        assert refused.status_code == 422 and refused.json()["error"]["code"] == "webhook_invalid", refused.text
+        assert (await client.get("/api/jobs")).json()["jobs"] == []  # nothing was written
+        made = await client.post("/api/jobs", json={"source": source, "clips": clips, "webhook": receiver.url})
+        assert made.status_code == 202, made.text
+        for job in made.json()["jobs"]:
+            view = (await client.get(f"/api/jobs/{job['id']}")).json()
+            assert view["webhook"]["url"] == receiver.url and view["webhook"]["status"] == "pending", view

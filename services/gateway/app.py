@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar, get
 from litestar.di import NamedDependency, Provide
 
-from shared.logs import get_logger
+from shared.logs import configure_logging, get_logger
 from shared.resources import open_resources
-from shared.settings import Settings
+from shared.settings import Settings, load_settings
 
 from .auth import caller_of, rate_limit_headers
 from .batches import BatchController
@@ -59,3 +60,15 @@ def create_app(settings: Settings) -> Litestar:
         openapi_config=openapi_config("0.1.0"),
     )
     return app
+
+
+def gateway_processes(settings: Settings) -> int:
+    """GATEWAY_PROCESSES, or one process per CPU this process may run on when it is 0."""
+    return settings.gateway_processes if settings.gateway_processes > 0 else len(os.sched_getaffinity(0))
+
+
+def app_from_environment() -> Litestar:
+    """uvicorn's app factory in each gateway process (`clipjet gateway`): the settings from the environment."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

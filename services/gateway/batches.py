@@ -43,6 +43,7 @@ from .openapi import SECURITY, error_responses
 from .quotas import quota_exceeded
 from .state import Gateway
 from .submit import PriorityNotAllowed, _check_message_size, _check_upload, _publish, check_bounds, in_seconds
+from .webhook import job_webhook
 
 _encoder = msgspec.json.Encoder()
 _raw_decoder = msgspec.json.Decoder()
@@ -75,7 +76,7 @@ def clip_request(data: BatchRequest, clip: BatchClip) -> JobRequest:
         source=data.source, start_sec=clip.start_sec, end_sec=clip.end_sec, priority=data.priority,
         subs=clip.subs if clip.subs is not None else data.subs,
         precision=clip.precision if clip.precision is not None else data.precision,
-        metadata=clip.metadata if clip.metadata is not None else data.metadata,
+        metadata=clip.metadata if clip.metadata is not None else data.metadata, webhook=data.webhook,
     )
 
 
@@ -110,12 +111,13 @@ async def submit_batch(gw: Gateway, data: BatchRequest, idempotency_key: str | N
             f"this API key may use priority {' or '.join(caller.priorities)}, not {data.priority!r}",
             field="priority",
         )
+    webhook = await job_webhook(requests[0], caller, res.settings)  # the batch's (or the key's), for every job
     for breaker in (gw.breakers.db, gw.breakers.nats):
         breaker.refuse_if_open()
     gw.scratch.refuse_if_saturated()
     batch_id = uuid7()
     made = [ClipJobMessage(id=str(uuid7()), owner=caller.owner, batch_id=str(batch_id),
-                           **msgspec.structs.asdict(request)) for request in requests]
+                           **(msgspec.structs.asdict(request) | {"webhook": webhook})) for request in requests]
     for job in made:
         _check_message_size(gw, job)
     if isinstance(data.source, UploadSource):

@@ -102,8 +102,9 @@ class JobController(Controller):
 
 
 async def job_view(gw: Gateway, row: Any) -> JobView:
-    """What a client sees of a job row (shared/jobview.py: the notifier POSTs the same view)."""
-    return await shared_job_view(gw.res, row)
+    """What a client sees of a job row (shared/jobview.py: the notifier POSTs the same view), its signed URLs
+    reused for SIGNED_URL_REUSE_SEC (services/gateway/signed.py)."""
+    return await shared_job_view(gw.res, row, gw.signed.get)
 
 
 def _encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:

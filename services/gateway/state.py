@@ -12,6 +12,11 @@ from shared.resources import Resources
 from shared.scratch import ScratchGauge
 
 from .keycache import KeyCache
+from .published import PublishedMarks
+from .signed import SignedUrls
+from .ttlcache import TtlCache
+
+UPLOADS_SEEN_MAX = 10_000  # found uploads remembered per gateway process
 
 
 @dataclass
@@ -21,13 +26,17 @@ class Gateway:
     breakers: Breakers
     scratch: ScratchGauge  # the workers' scratch reports: new jobs are refused while every node is full
     keys: KeyCache  # API key lookups, kept KEY_CACHE_SEC
+    signed: SignedUrls  # signed result URLs, each reused SIGNED_URL_REUSE_SEC
+    uploads_seen: TtlCache[str, int]  # upload key → its size, for UPLOAD_SEEN_CACHE_SEC after a HEAD found it
+    published: PublishedMarks  # published_at of new jobs, written in batches
 
     @classmethod
     def for_resources(cls, res: Resources) -> Gateway:
         settings = res.settings
         breakers = Breakers(settings.breaker_failures, settings.breaker_open_sec)
         return cls(res, BacklogGauge(res.js, settings), breakers, ScratchGauge(settings),
-                   KeyCache(settings.key_cache_sec))
+                   KeyCache(settings.key_cache_sec), SignedUrls(res.storage, settings),
+                   TtlCache(settings.upload_seen_cache_sec, UPLOADS_SEEN_MAX), PublishedMarks(res.db))
 
 
 def gateway_of(state: State) -> Gateway:

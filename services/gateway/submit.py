@@ -13,7 +13,7 @@ import msgspec
 
 from shared import bus
 from shared.contracts import ClipJobMessage, JobAccepted, JobRequest, UploadSource
-from shared.db import idempotency, jobs, keys
+from shared.db import idempotency, jobs, submissions
 from shared.errors import BadRequest, QueueFull, ServiceUnavailable
 from shared.ids import uuid7
 from shared.jobrules import check_clip
@@ -29,6 +29,7 @@ from .uploads import check_upload_size, owns_upload
 from .webhook import job_webhook
 
 _encoder = msgspec.json.Encoder()
+QUOTAS = frozenset({"jobs_in_flight", "jobs_per_day", "source_seconds_per_day"})  # what admit_job may refuse for
 BUS_SHARE = 4  # a job's message may use at most 1/BUS_SHARE of NATS max_payload (stage messages add plan, artifacts)
 
 
@@ -78,22 +79,22 @@ async def submit_job(gw: Gateway, data: JobRequest, idempotency_key: str | None,
     job = ClipJobMessage(id=str(uuid7()), owner=caller.owner, **(msgspec.structs.asdict(data) | {"webhook": webhook}))
     _check_message_size(gw, job)
     if isinstance(data.source, UploadSource):
-        async with gw.breakers.s3:
-            await _check_upload(gw, data.source.key, caller)
-    async with gw.breakers.db, res.db.acquire() as conn, conn.transaction():
-        if idempotency_key is not None:
-            digest = hashlib.sha256(_encoder.encode(data)).hexdigest()
-            earlier = await idempotency.claim(conn, caller.owner or "", idempotency_key, digest, uuid.UUID(job.id))
-            if earlier is not None:
-                return await _replay(gw, earlier, digest)
-        if caller.owner is not None and caller.quotas is not None:
-            exceeded = await keys.admit_job(conn, caller.owner, caller.quotas, data.end_sec - data.start_sec)
-            if exceeded is not None:
-                raise quota_exceeded(exceeded, caller.quotas)
-        await jobs.insert_job(conn, job)
+        await _check_upload(gw, data.source.key, caller)
+    claim = None
+    if idempotency_key is not None:
+        digest = hashlib.sha256(_encoder.encode(data)).hexdigest()
+        claim = submissions.IdempotencyClaim(caller.owner or "", idempotency_key, digest)
+    async with gw.breakers.db:  # one round trip: idempotency, quotas (under the key's lock), the row
+        submitted = await submissions.submit(res.db, job, claim, caller.quotas)
+    if submitted.earlier is not None and claim is not None:
+        return await _replay(gw, submitted.earlier, claim.request_sha256)
+    if submitted.outcome in QUOTAS and caller.quotas is not None:
+        raise quota_exceeded(submitted.outcome, caller.quotas)
+    if submitted.outcome != submissions.INSERTED:
+        raise RuntimeError(f"job {job.id} was not written: {submitted.outcome}")
     await _publish(gw, job)
     async with gw.breakers.db:
-        await jobs.mark_published(res.db, uuid.UUID(job.id))
+        await gw.published.mark(uuid.UUID(job.id))
     return JobAccepted(id=job.id, status="queued")
 
 
@@ -141,10 +142,25 @@ async def _replay(gw: Gateway, earlier: idempotency.Earlier, digest: str) -> Job
 
 
 async def _check_upload(gw: Gateway, key: str, caller: Caller) -> None:
-    found = await gw.res.storage.head(key) if owns_upload(caller, key) else None
-    if found is None:
-        raise BadRequest(
-            f"no upload at key {key!r}; get a slot from POST /api/uploads and PUT the file first",
-            code="upload_not_found", field="source.key",
-        )
-    check_upload_size(found.size, gw.res.settings)
+    """The caller's upload exists (a HEAD, or one that found it within UPLOAD_SEEN_CACHE_SEC: an upload's object is
+    written once and never changed) and is not over MAX_UPLOAD_MB."""
+    if not owns_upload(caller, key):
+        raise _no_upload(key)
+    seen = gw.uploads_seen.get(key)
+    if seen is not None:
+        size = seen[1]
+    else:
+        async with gw.breakers.s3:
+            found = await gw.res.storage.head(key)
+        if found is None:
+            raise _no_upload(key)
+        size = found.size
+        gw.uploads_seen.put(key, size)
+    check_upload_size(size, gw.res.settings)
+
+
+def _no_upload(key: str) -> BadRequest:
+    return BadRequest(
+        f"no upload at key {key!r}; get a slot from POST /api/uploads and PUT the file first",
+        code="upload_not_found", field="source.key",
+    )

@@ -37,6 +37,10 @@ SELECT_JOB = "SELECT * FROM jobs WHERE id = $1 AND created_at >= $2 AND created_
 MARK_PUBLISHED = """
 UPDATE jobs SET published_at = now() WHERE id = $1 AND created_at >= $2 AND created_at < $3
 """
+# Many at once ($2, $3: the union of their windows, so a batch of new jobs reads one day's partition).
+MARK_MANY_PUBLISHED = """
+UPDATE jobs SET published_at = now() WHERE id = ANY($1::uuid[]) AND created_at >= $2 AND created_at < $3
+"""
 BEGIN_STAGE = f"""
 UPDATE jobs SET status = 'processing', stage = $4, attempts = GREATEST(attempts, $5),
        last_heartbeat_at = now(), updated_at = now(), error_code = NULL, error_message = NULL
@@ -157,7 +161,8 @@ def shard_of(job_id: uuid.UUID) -> int:
     return zlib.crc32(job_id.bytes) % SHARDS
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A contract as the builtins its jsonb column stores."""
     return msgspec.to_builtins(value)
 
 
@@ -168,7 +173,7 @@ async def insert_job(conn: asyncpg.Connection, job: ClipJobMessage) -> bool:
     low, high = window(job_id)
     async with conn.transaction():
         row = await conn.fetchrow(
-            INSERT_JOB, job_id, created, job.priority, shard_of(job_id), _plain(job), low, high, job.owner
+            INSERT_JOB, job_id, created, job.priority, shard_of(job_id), plain(job), low, high, job.owner
         )
         if row is None:
             return False
@@ -178,6 +183,11 @@ async def insert_job(conn: asyncpg.Connection, job: ClipJobMessage) -> bool:
 
 async def mark_published(pool: asyncpg.Pool, job_id: uuid.UUID) -> None:
     await pool.execute(MARK_PUBLISHED, job_id, *window(job_id))
+
+
+async def mark_many_published(pool: asyncpg.Pool, job_ids: list[uuid.UUID]) -> None:
+    windows = [window(job_id) for job_id in job_ids]
+    await pool.execute(MARK_MANY_PUBLISHED, job_ids, min(w[0] for w in windows), max(w[1] for w in windows))
 
 
 async def get_job(pool: asyncpg.Pool, job_id: uuid.UUID) -> asyncpg.Record | None:
@@ -238,7 +248,7 @@ async def complete(
     """Job → done with its result and subtitle keys (once: None when it had already ended)."""
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
-            COMPLETE, job_id, *window(job_id), _plain(result), video_key, retention_sec
+            COMPLETE, job_id, *window(job_id), plain(result), video_key, retention_sec
         )
         if row is None:
             return None
