@@ -231,7 +231,7 @@ class JobEvent(WireStruct):
 # ---------------------------------------------------------------- REST bodies
 
 
-Timecode = Annotated[str, msgspec.Meta(max_length=32, description=(
+Timecode = Annotated[str, msgspec.Meta(description=(  # its length is the parser's to refuse: invalid_time
     "A time as a string: seconds (\"62.5\") or [HH:]MM:SS[.ms] (\"1:02.5\", \"01:02:03.250\"); the gateway "
     "converts it to seconds (an invalid one: 422 invalid_time)."
 ))]

@@ -59,6 +59,8 @@ async def test_the_api_takes_timecode_strings_and_stores_seconds(
     ({"startSec": "-1", "endSec": 100}, "startSec"),
     ({"startSec": "", "endSec": 100}, "startSec"),
     ({"startSec": 1, "endSec": "soon"}, "endSec"),
+    ({"startSec": "0" * 40 + "1", "endSec": 100}, "startSec"),  # over the parser's length: still invalid_time
+    ({"startSec": 1, "endSec": "0" * 40 + "5"}, "endSec"),
 ])
 async def test_an_invalid_timecode_is_invalid_time(
     client: AsyncTestClient[Any], resources: Resources, body: dict[str, Any], field: str
@@ -96,3 +98,10 @@ async def test_batch_clips_take_timecodes_too(client: AsyncTestClient[Any], reso
     assert bad.status_code == 422, bad.text
     assert (bad.json()["error"]["code"], bad.json()["error"]["field"]) == ("invalid_time", "clips[1].startSec")
     assert await resources.db.fetchval("SELECT count(*) FROM jobs") == 2
+
+
+async def test_an_over_long_timecode_in_a_batch_clip_is_invalid_time(client: AsyncTestClient[Any]) -> None:
+    answer = await client.post("/api/jobs", json={"source": URL_SOURCE, "clips": [
+        {"startSec": "0" * 40 + "1", "endSec": 100}]})
+    assert answer.status_code == 422, answer.text
+    assert (answer.json()["error"]["code"], answer.json()["error"]["field"]) == ("invalid_time", "clips[0].startSec")
