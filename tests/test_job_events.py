@@ -19,6 +19,8 @@ import uvicorn
 from services.gateway import events
 from services.gateway.app import create_app
 from services.gateway.cancel import cancel_job
+from shared.apikeys import split_token
+from shared.db import keys
 from shared.devstack import free_port
 from shared.jobfeed import JobFeed
 from shared.resources import Resources
@@ -148,8 +150,9 @@ async def test_another_keys_job_and_bad_input(settings: Settings, resources: Res
             assert other.status_code == 404 and other.json()["error"]["code"] == "job_not_found"
             unknown = await as_alice.get(f"{url}/api/jobs/not-a-uuid/events")
             assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "job_not_found"
-            bad = await as_alice.get(f"{url}/api/jobs/{job_id}/events", headers={"Last-Event-ID": "soon"})
-            assert bad.status_code == 422 and bad.json()["error"]["field"] == "Last-Event-ID"
+            for last_id in ("soon", "-5", "10_000", "1e3", "99999999"):
+                bad = await as_alice.get(f"{url}/api/jobs/{job_id}/events", headers={"Last-Event-ID": last_id})
+                assert bad.status_code == 422 and bad.json()["error"]["field"] == "Last-Event-ID", last_id
             async with httpx.AsyncClient(timeout=10) as nobody:
                 anonymous = await nobody.get(f"{url}/api/jobs/{job_id}/events")
             assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "auth_required"
@@ -254,3 +257,19 @@ async def test_a_lost_end_delivery_is_found_in_the_events_stream(
                 await asyncio.shield(reading.task)
     assert [(e.id, e.kind) for e in reading.events] == [(0, "progress"), (END_ID, "end")]
     assert reading.events[-1].data["status"] == "canceled"
+
+
+@pytest.mark.settings(key_cache_sec=0.2, sse_ping_sec=0.5)
+async def test_a_revoked_keys_stream_closes_without_the_end(settings: Settings, resources: Resources) -> None:
+    """A stream opened with a key that is then revoked ends at its next ping, and never sends the end view
+    (which carries signed URLs)."""
+    token = await make_key(resources.db, "revoked soon")
+    with gateway(settings) as (_, url):
+        async with client(token) as http:
+            job_id = await submit(http, url, "http://127.0.0.1:9/never.mp4")
+            async with open_stream(http, url, job_id) as reading:
+                await until(lambda: reading.events, STREAM_SEC, "no first event")
+                assert await keys.revoke_key(resources.db, split_token(token)[0])
+                async with asyncio.timeout(AT_ONCE_SEC):
+                    await asyncio.shield(reading.task)  # closed by the server
+    assert [e.kind for e in reading.events] == ["progress"]

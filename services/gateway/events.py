@@ -40,6 +40,7 @@ from .jobs import job_view
 from .openapi import SECURITY, error_responses
 from .state import Gateway
 
+MAX_EVENT_ID_DIGITS = 6  # event ids go up to END_EVENT_ID (10001)
 log = get_logger("gateway")
 PCT_SCALE = 10_000  # a progress event's id is round(pct * PCT_SCALE)
 END_EVENT_ID = PCT_SCALE + 1
@@ -77,7 +78,7 @@ class JobEventsController(Controller):
         except BaseException:
             feed.remove(listener)
             raise
-        content = _follow(gw, feed, listener, row, after)
+        content = _follow(gw, feed, listener, row, after, caller)
         weakref.finalize(content, feed.remove, listener)  # a stream never started (client gone at once) too
         return Stream(content, media_type="text/event-stream", headers=HEADERS)
 
@@ -86,11 +87,11 @@ def _event_id(header: str | None) -> int:
     """The Last-Event-ID to resume after (-1: from the start)."""
     if header is None or not header.strip():
         return -1
-    try:
-        return int(header.strip())
-    except ValueError:
-        raise BadRequest(f"Last-Event-ID must be an event id this stream sent (an integer), not {shown(header)}",
-                         code="invalid_field", field="Last-Event-ID") from None
+    text = header.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= MAX_EVENT_ID_DIGITS):
+        raise BadRequest(f"Last-Event-ID must be an event id this stream sent (digits), not {shown(header)}",
+                         code="invalid_field", field="Last-Event-ID")
+    return int(text)
 
 
 def _event(event_id: int, kind: str, data: bytes) -> bytes:
@@ -101,10 +102,20 @@ def _progress_id(pct: float) -> int:
     return round(pct * PCT_SCALE)
 
 
+async def _key_still_valid(gw: Gateway, caller: Caller) -> bool:
+    """Whether the stream's key is still good (the per-process key cache: a revoke reaches it within
+    KEY_CACHE_SEC): checked at each ping and before the end event, whose view carries signed URLs."""
+    if caller.owner is None:
+        return True
+    found = await gw.keys.get(gw.res.db, gw.breakers.db, caller.owner)
+    return found is not None and found.revoked_at is None
+
+
 async def _follow(
-    gw: Gateway, feed: JobFeed, listener: Listener, row: asyncpg.Record, after: int
+    gw: Gateway, feed: JobFeed, listener: Listener, row: asyncpg.Record, after: int, caller: Caller
 ) -> AsyncIterator[bytes]:
-    """The stream's bytes: the state read at connect, then what the feed brings, pings while nothing does."""
+    """The stream's bytes: the state read at connect, then what the feed brings, pings while nothing does;
+    closed without more once the key is revoked."""
     ping_sec = gw.res.settings.sse_ping_sec
     job_id = listener.job_id
     try:
@@ -121,11 +132,16 @@ async def _follow(
             if not await _wait(listener.changed, ping_sec) and listener.end is None:
                 listener.end = await feed.stored_end(job_id)  # nothing for a while: was an end delivery lost?
                 if listener.end is None:
+                    if not await _key_still_valid(gw, caller):
+                        log.info("job_events_key_revoked", job_id=job_id)
+                        return
                     yield PING
                     continue
             if feed.closing:
                 return
             if listener.end is not None:
+                if not await _key_still_valid(gw, caller):
+                    return
                 async with gw.breakers.db:
                     ended = await jobs.get_job(gw.res.db, row["id"])
                 yield _event(END_EVENT_ID, "end", _encoder.encode(await job_view(gw, ended or row)))
