@@ -27,9 +27,21 @@ function keyFromFragment() {
   const params = new URLSearchParams(location.hash.slice(1));
   const key = params.get("key");
   if (key) {
-    localStorage.setItem(KEY_STORE, key.trim());
     history.replaceState(null, "", location.pathname + location.search); // not kept in the address bar
+    const stored = localStorage.getItem(KEY_STORE);
+    const given = key.trim();
+    // a link must not silently swap the key this browser uses (uploads and clips would go to another key)
+    if (stored && stored !== given &&
+        !confirm(`Replace the API key kept in this browser (id ${keyId(stored)}) with the one in the link (id ${keyId(given)})?`)) {
+      return;
+    }
+    localStorage.setItem(KEY_STORE, given);
   }
+}
+
+function keyId(token) {
+  const parts = token.split("_");
+  return parts.length >= 3 ? parts[1] : "?";
 }
 
 async function checkKey() {
@@ -37,7 +49,7 @@ async function checkKey() {
   page.key.value = apiKey();
   try {
     await api("GET", "/api/usage");
-    page.keyState.textContent = "key OK";
+    page.keyState.textContent = `key OK (id ${keyId(apiKey())})`;
   } catch (err) {
     page.keyState.textContent = `key refused: ${err.message}`;
   }
@@ -309,7 +321,8 @@ function showJob(job) {
   }
   const urls = job.urls;
   const result = job.result || {};
-  const span = result.endSec !== undefined ? `, ${formatTime(result.startSec)} to ${formatTime(result.endSec)}` : "";
+  const span = result.actualEndSec !== undefined
+    ? `, ${formatTime(result.actualStartSec)} to ${formatTime(result.actualEndSec)}` : "";
   showProgress(1, `done${span}`);
   page.result.src = urls.video;
   page.result.hidden = false;
