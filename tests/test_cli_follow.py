@@ -46,7 +46,8 @@ def progress(n: int, pct: float) -> bytes:
 class Gateway:
     """`mode`: "stream" (a stream that drops after two events, then resumes), "no-stream", "foreign",
     "bad-view" (no stream; the job's view off the contract), "bad-end" (an end event off the contract) or "hostile"
-    (terminal escapes, bidi and markup in the job list and in error answers)."""
+    (terminal escapes, bidi and markup in the job list and in error answers), "clip" (no stream; a job that is
+    done at once, its clip served here)."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
@@ -65,6 +66,17 @@ class Gateway:
                 gateway.authorizations.append(self.headers.get("Authorization"))
                 if self.path == f"/api/jobs/{JOB}/events":
                     gateway.events(self)
+                elif self.path == "/api/jobs" and gateway.mode == "clip" and self.command == "POST":
+                    self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                    self._json(201, {"id": JOB})
+                elif self.path == f"/api/jobs/{JOB}" and gateway.mode == "clip":
+                    self._json(200, {**view("done", 1.0), "urls": {"video": f"{gateway.url}/clip.mp4",
+                                                                   "expiresInSec": 600}})
+                elif self.path == "/clip.mp4":
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(CLIP_BYTES)))
+                    self.end_headers()
+                    self.wfile.write(CLIP_BYTES)
                 elif self.path == f"/api/jobs/{JOB}" and gateway.mode == "bad-view":
                     gateway.polls += 1
                     self._json(200, {**view("processing", 0.3), "status": 7, "progress": "lots"})
@@ -85,6 +97,8 @@ class Gateway:
 
 
 
+            do_POST = do_GET
+
             def _json(self, status: int, body: dict[str, Any]) -> None:
                 raw = json.dumps(body).encode()
                 self.send_response(status)
@@ -98,7 +112,7 @@ class Gateway:
         self.server.daemon_threads = True
 
     def events(self, request: Any) -> None:
-        if self.mode in ("no-stream", "bad-view", "hostile"):
+        if self.mode in ("no-stream", "bad-view", "hostile", "clip"):
             return request._json(404, {"error": {"code": "not_found", "message": "Not Found"}})
         if self.mode == "foreign":
             return request._json(404, {"error": {"code": "job_not_found", "message": f"no job with id {JOB}"}})
@@ -194,6 +208,33 @@ def test_jobs_with_a_list_off_the_contract_exits_1(gateway: Gateway, tmp_path: P
     done = clipjet("jobs", env={"CLIPJET_API_URL": gateway.url, "CLIPJET_API_KEY": "cj_k_s"}, cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     assert "does not understand" in done.stderr and "Traceback" not in done.stderr
+
+
+CLIP_BYTES = b"\0\0\0\x18ftypmp42 not a real clip"
+
+
+@pytest.mark.parametrize("gateway", ["clip"], indirect=True)
+def test_output_naming_a_folder_saves_the_clip_inside_it(gateway: Gateway, tmp_path: Path) -> None:
+    env = {"CLIPJET_API_URL": gateway.url, "CLIPJET_API_KEY": "cj_k_s"}
+    (tmp_path / "clips").mkdir()
+    done = clipjet("clip", "http://127.0.0.1:9/talk.mp4", "--start", "1", "--end", "2.5", "-o", "clips",
+                   "--poll", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "clips" / "talk_1-2.5.mp4").read_bytes() == CLIP_BYTES
+    assert sorted(p.name for p in (tmp_path / "clips").iterdir()) == ["talk_1-2.5.mp4"]  # no .part left
+    named = clipjet("clip", "http://127.0.0.1:9/talk.mp4", "--start", "1", "--end", "2", "-o", "clips/mine.mp4",
+                    "--poll", env=env, cwd=tmp_path)
+    assert named.returncode == 0 and (tmp_path / "clips" / "mine.mp4").read_bytes() == CLIP_BYTES
+
+
+@pytest.mark.parametrize("gateway", ["stream"], indirect=True)
+@pytest.mark.parametrize("limit", ["0", "-3", "x"])
+def test_jobs_limit_below_one_is_a_usage_error(gateway: Gateway, tmp_path: Path, limit: str) -> None:
+    done = clipjet("jobs", "--limit", limit, env={"CLIPJET_API_URL": gateway.url, "CLIPJET_API_KEY": "k"},
+                   cwd=tmp_path)
+    assert done.returncode == 2 and "--limit" in done.stderr
+    assert gateway.authorizations == []  # nothing was asked
+    assert clipjet("jobs", "--limit", "1", env={"CLIPJET_API_URL": gateway.url}, cwd=tmp_path).returncode == 0
 
 
 UNSAFE = ("\x1b", "\x07", "\r", "\x9b", "\u202e", "\u2066", "\u200b")
