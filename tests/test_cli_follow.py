@@ -95,8 +95,6 @@ class Gateway:
                 else:
                     self._json(404, {"error": {"code": "not_found", "message": "no route"}})
 
-
-
             do_POST = do_GET
 
             def _json(self, status: int, body: dict[str, Any]) -> None:
