@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 
 from services.client.api import Api, ApiError
-from services.client.display import RichDisplay
+from services.client.display import PlainDisplay, RichDisplay
 from services.client.follow import Update, follow
+from services.client.results import save_results
+from shared.contracts import ResultUrls
 
 REPO = Path(__file__).resolve().parent.parent
 COMMAND_TIMEOUT_SEC = 60.0  # longest one `clipjet` process may run in these tests
@@ -223,6 +225,21 @@ def test_output_naming_a_folder_saves_the_clip_inside_it(gateway: Gateway, tmp_p
     named = clipjet("clip", "http://127.0.0.1:9/talk.mp4", "--start", "1", "--end", "2", "-o", "clips/mine.mp4",
                     "--poll", env=env, cwd=tmp_path)
     assert named.returncode == 0 and (tmp_path / "clips" / "mine.mp4").read_bytes() == CLIP_BYTES
+
+
+@pytest.mark.parametrize("gateway", ["clip"], indirect=True)
+def test_a_download_that_cannot_take_its_name_is_kept(gateway: Gateway, tmp_path: Path) -> None:
+    taken = tmp_path / "clip.mp4"
+    taken.mkdir()  # e.g. made while the job ran
+    api = Api(gateway.url, "", timeout_sec=5)
+    try:
+        with pytest.raises(ApiError) as failed:
+            save_results(api, ResultUrls(video=f"{gateway.url}/clip.mp4", expires_in_sec=600), taken,
+                         PlainDisplay(io.StringIO()))
+    finally:
+        api.close()
+    assert failed.value.code == "save_failed" and "clip.mp4.part" in str(failed.value)
+    assert (tmp_path / "clip.mp4.part").read_bytes() == CLIP_BYTES
 
 
 @pytest.mark.parametrize("gateway", ["stream"], indirect=True)
