@@ -104,7 +104,7 @@ def _clip(api: Api, args: argparse.Namespace, poll_sec: float) -> int:
         finally:
             display.close()  # the live bar stops before anything else is written
     except KeyboardInterrupt:
-        running = f"; job {made[0]} keeps running (`clipjet jobs` shows it)" if made else ""
+        running = f"; job {clean(made[0])} keeps running (`clipjet jobs` shows it)" if made else ""
         print(f"interrupted{running}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except FollowTimeout as exc:
@@ -124,7 +124,7 @@ def _make_clip(api: Api, args: argparse.Namespace, poll_sec: float, display: Dis
     source, stem = _source(args.source, api, display)
     out = _output(args, stem)
     made.append(api.create_job(_job_body(args, source)))
-    display.line(f"job       {made[0]}")
+    display.line(f"job       {clean(made[0])}")
     raw, view = follow(api, made[0], display.job, deadline=time.monotonic() + args.timeout, poll_sec=poll_sec,
                        use_stream=not args.poll, on_note=display.line)
     if view.status != "done" or view.urls is None:
