@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import msgspec
@@ -201,7 +202,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 class ClientSettings(msgspec.Struct, frozen=True, kw_only=True):
     """The `clipjet clip` / `clipjet jobs` client's settings; the environment variable is the field name in upper
-    case. Unset, the API URL and key come from `.data/stack.env` in the working folder when there is one."""
+    case. When neither CLIPJET_API_URL nor CLIPJET_API_KEY is set, both come from `.data/stack.env` in the working
+    folder when there is one and it names a loopback gateway."""
 
     clipjet_api_url: str = "http://127.0.0.1:8080"  # the gateway the client talks to
     clipjet_api_key: str = ""  # sent as `Authorization: Bearer …` (`clipjet keys create`; the local stack's: stack.env)
@@ -222,20 +224,38 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     return msgspec.convert(raw, Settings, strict=False, dec_hook=_decode_path)
 
 
-def load_client_settings(environ: Mapping[str, str] | None = None, stack_env: Path = STACK_ENV_FILE) -> ClientSettings:
-    """The client's settings from the environment; the API URL and key, when unset, from the local stack's
-    `stack_env` (its CLIPJET_API_KEY, and its gateway's address) when that file exists."""
+def load_client_settings(environ: Mapping[str, str] | None = None, stack_env: Path = STACK_ENV_FILE,
+                         on_note: Callable[[str], None] | None = None) -> ClientSettings:
+    """The client's settings. The API URL and key come from one place: the environment when it sets either
+    (an unset URL is the default), else the local stack's `stack_env` (its CLIPJET_API_KEY and its gateway's
+    address) when that file exists and names a loopback gateway; `on_note` hears which file was used (or not)."""
     env = os.environ if environ is None else environ
     raw: dict[str, object] = {_CLIENT_FIELDS[k]: v for k, v in env.items() if k in _CLIENT_FIELDS}
-    if ("clipjet_api_key" not in raw or "clipjet_api_url" not in raw) and stack_env.is_file():
+    if "clipjet_api_key" not in raw and "clipjet_api_url" not in raw and stack_env.is_file():
         stack = read_stack_env(stack_env)
-        if stack.get("CLIPJET_API_KEY"):
-            raw.setdefault("clipjet_api_key", stack["CLIPJET_API_KEY"])
-        if stack.get("GATEWAY_PORT"):
-            host = stack.get("GATEWAY_HOST", "127.0.0.1")
-            host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
-            raw.setdefault("clipjet_api_url", f"http://{f'[{host}]' if ':' in host else host}:{stack['GATEWAY_PORT']}")
+        host = stack.get("GATEWAY_HOST", "127.0.0.1")
+        host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+        if not _is_loopback(host):
+            if on_note is not None:
+                on_note(f"settings: {stack_env} ignored: its gateway {host} is not on this machine (loopback); "
+                        "set CLIPJET_API_URL and CLIPJET_API_KEY")
+        elif stack.get("GATEWAY_PORT") or stack.get("CLIPJET_API_KEY"):
+            if stack.get("CLIPJET_API_KEY"):
+                raw["clipjet_api_key"] = stack["CLIPJET_API_KEY"]
+            if stack.get("GATEWAY_PORT"):
+                raw["clipjet_api_url"] = f"http://{f'[{host}]' if ':' in host else host}:{stack['GATEWAY_PORT']}"
+            if on_note is not None:
+                on_note(f"settings: gateway and key from {stack_env} (CLIPJET_API_URL and CLIPJET_API_KEY unset)")
     return msgspec.convert(raw, ClientSettings, strict=False)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def read_stack_env(env_file: Path) -> dict[str, str]:

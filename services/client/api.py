@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import msgspec
@@ -15,6 +15,8 @@ from shared.contracts import JobList, JobView, UploadDone, UploadSlot, UploadSta
 ENDED = frozenset({"done", "failed", "canceled", "expired"})  # a job in one of these will not change again
 EVENT_STREAM = "text/event-stream"
 _decoder = msgspec.json.Decoder()
+T = TypeVar("T")
+NOT_UNDERSTOOD = "the gateway sent an answer this client does not understand"
 
 
 class ApiError(Exception):
@@ -72,20 +74,23 @@ class Api:
 
     def create_upload_slot(self, size: int, filename: str, content_type: str) -> UploadSlot:
         body = {"sizeBytes": size, "filename": filename, "contentType": content_type}
-        return msgspec.json.decode(self.call("POST", "/api/uploads", json=body).content, type=UploadSlot)
+        return decode(self.call("POST", "/api/uploads", json=body).content, UploadSlot)
 
     def upload_status(self, key: str, upload_id: str) -> UploadStatus:
         answer = self.call("GET", "/api/uploads/status", params={"key": key, "uploadId": upload_id})
-        return msgspec.json.decode(answer.content, type=UploadStatus)
+        return decode(answer.content, UploadStatus)
 
     def complete_upload(self, key: str, upload_id: str) -> UploadDone:
         answer = self.call("POST", "/api/uploads/complete", json={"key": key, "uploadId": upload_id})
-        return msgspec.json.decode(answer.content, type=UploadDone)
+        return decode(answer.content, UploadDone)
 
     def create_job(self, body: dict[str, Any]) -> str:
         """The new job's id. A 429 `queue_full` names a job that was written and will run: its id too."""
         try:
-            return str(self.call("POST", "/api/jobs", json=body).json()["id"])
+            answer = decode(self.call("POST", "/api/jobs", json=body).content, dict)
+            if not isinstance(answer.get("id"), str) or not answer["id"]:
+                raise ApiError(0, "unexpected_answer", f"{NOT_UNDERSTOOD} (a new job without an id)")
+            return answer["id"]
         except ApiError as exc:
             if exc.code == "queue_full" and exc.job_id:
                 return exc.job_id
@@ -98,7 +103,7 @@ class Api:
     def list_jobs(self, limit: int, status: str | None) -> tuple[dict[str, Any], JobList]:
         params: dict[str, Any] = {"limit": limit, **({"status": status} if status else {})}
         content = self.call("GET", "/api/jobs", params=params).content
-        return _decoder.decode(content), msgspec.json.decode(content, type=JobList)
+        return decode(content, dict), decode(content, JobList)
 
     @contextmanager
     def events(self, job_id: str, last_event_id: str | None) -> Iterator[httpx.Response]:
@@ -111,5 +116,14 @@ class Api:
 
 
 def view_of(content: bytes | str) -> tuple[dict[str, Any], JobView]:
-    """A job view's JSON as sent and decoded."""
-    return _decoder.decode(content), msgspec.json.decode(content, type=JobView)
+    """A job view's JSON as sent and decoded; one that does not match the contract raises ApiError."""
+    return decode(content, dict), decode(content, JobView)
+
+
+def decode(content: bytes | str, type_: type[T]) -> T:
+    """`content` decoded as `type_`; an answer that is not JSON or does not match the contract raises ApiError
+    (`unexpected_answer`, status 0)."""
+    try:
+        return msgspec.json.decode(content, type=type_)
+    except msgspec.DecodeError as exc:  # ValidationError too
+        raise ApiError(0, "unexpected_answer", f"{NOT_UNDERSTOOD} ({exc})") from exc

@@ -23,6 +23,7 @@ from .api import Api, ApiError
 from .display import Display, make_display
 from .follow import FollowTimeout, follow
 from .results import save_results
+from .text import clean
 from .upload import upload_file
 
 COMMANDS = ("clip", "jobs")
@@ -51,7 +52,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     clip.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SEC, help="longest wait for the job, s")
     clip.add_argument("--poll", action="store_true", help="poll the job instead of reading its event stream")
     jobs = sub.add_parser("jobs", help="list your recent jobs")
-    jobs.add_argument("--limit", type=int, default=20, help="how many, newest first (at most 100)")
+    jobs.add_argument("--limit", type=_positive, default=20, help="how many, newest first (at most 100)")
     jobs.add_argument("--status", choices=("queued", "processing", "done", "failed", "expired", "canceled"))
     jobs.add_argument("--json", action="store_true", help="print the API's answer as JSON")
 
@@ -64,7 +65,7 @@ def main(argv: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_client_settings()
+    settings = load_client_settings(on_note=lambda note: print(note, file=sys.stderr))
     api = Api(settings.clipjet_api_url, settings.clipjet_api_key, settings.clipjet_http_timeout_sec)
     try:
         if args.command == "jobs":
@@ -83,6 +84,16 @@ def _time(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: at least 1")
+    return value
+
+
 def _clip(api: Api, args: argparse.Namespace, poll_sec: float) -> int:
     human = sys.stderr if args.json else sys.stdout  # with --json stdout carries the JSON alone
     display = make_display(human, live=human.isatty())
@@ -93,7 +104,7 @@ def _clip(api: Api, args: argparse.Namespace, poll_sec: float) -> int:
         finally:
             display.close()  # the live bar stops before anything else is written
     except KeyboardInterrupt:
-        running = f"; job {made[0]} keeps running (`clipjet jobs` shows it)" if made else ""
+        running = f"; job {clean(made[0])} keeps running (`clipjet jobs` shows it)" if made else ""
         print(f"interrupted{running}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except FollowTimeout as exc:
@@ -111,14 +122,22 @@ def _make_clip(api: Api, args: argparse.Namespace, poll_sec: float, display: Dis
                made: list[str]) -> tuple[dict[str, Any], JobView, list[Path]]:
     """Upload (a local file), submit, follow, download: the final view and the saved files (none: it failed)."""
     source, stem = _source(args.source, api, display)
+    out = _output(args, stem)
     made.append(api.create_job(_job_body(args, source)))
-    display.line(f"job       {made[0]}")
+    display.line(f"job       {clean(made[0])}")
     raw, view = follow(api, made[0], display.job, deadline=time.monotonic() + args.timeout, poll_sec=poll_sec,
                        use_stream=not args.poll, on_note=display.line)
     if view.status != "done" or view.urls is None:
         return raw, view, []
-    out = args.output or Path(f"{stem}_{args.start:g}-{args.end:g}.mp4")
     return raw, view, save_results(api, view.urls, out, display)
+
+
+def _output(args: argparse.Namespace, stem: str) -> Path:
+    """Where the clip goes: -o, or the default name (in -o when that is a folder, as `cp` does)."""
+    name = f"{stem}_{args.start:g}-{args.end:g}.mp4"
+    if args.output is None:
+        return Path(name)
+    return args.output / name if args.output.is_dir() else args.output
 
 
 def _job_body(args: argparse.Namespace, source: dict[str, str]) -> dict[str, Any]:
@@ -156,7 +175,7 @@ def _summary(view: JobView, paths: list[Path]) -> list[str]:
     if result := view.result:
         lines.append(f"clip      {paths[0]}  ({format_timecode(result.actual_start_sec)} to "
                      f"{format_timecode(result.actual_end_sec)}, {result.duration_sec:.2f} s, "
-                     f"{result.size / 1e6:.1f} MB, {result.cut_path})")
+                     f"{result.size / 1e6:.1f} MB, {clean(result.cut_path)})")
     else:
         lines.append(f"clip      {paths[0]}")
     lines.extend(f"subtitles {path}" for path in paths[1:])
@@ -165,7 +184,8 @@ def _summary(view: JobView, paths: list[Path]) -> list[str]:
 
 def _job_failed(args: argparse.Namespace, raw: dict[str, Any], view: JobView) -> int:
     code = view.error_code or view.status
-    print(f"error: job {view.id} {view.status}: {code}: {view.error_message or view.status}", file=sys.stderr)
+    print(clean(f"error: job {view.id} {view.status}: {code}: {view.error_message or view.status}"),
+          file=sys.stderr)
     if args.json:
         print(json.dumps(raw))
     return EXIT_FAILED
@@ -173,7 +193,7 @@ def _job_failed(args: argparse.Namespace, raw: dict[str, Any], view: JobView) ->
 
 def _fail(args: argparse.Namespace, exc: ApiError) -> int:
     hint = f" ({AUTH_HINT})" if exc.status == 401 else ""
-    print(f"error: {exc}{hint}", file=sys.stderr)
+    print(f"error: {clean(exc)}{hint}", file=sys.stderr)
     if getattr(args, "json", False):
         body = exc.body if isinstance(exc.body, dict) and "error" in exc.body else {
             "error": {"code": exc.code, "message": exc.message}}
@@ -182,7 +202,7 @@ def _fail(args: argparse.Namespace, exc: ApiError) -> int:
 
 
 def _jobs(api: Api, args: argparse.Namespace) -> int:
-    raw, listed = api.list_jobs(max(1, min(args.limit, 100)), args.status)
+    raw, listed = api.list_jobs(min(args.limit, 100), args.status)
     if args.json:
         print(json.dumps(raw))
         return 0
@@ -191,14 +211,15 @@ def _jobs(api: Api, args: argparse.Namespace) -> int:
 
 
 def _table(listed: JobList) -> str:
-    rows = [("ID", "STATUS", "PROGRESS", "CREATED", "RANGE", "SOURCE / ERROR")]
+    rows: list[tuple[str, ...]] = [("ID", "STATUS", "PROGRESS", "CREATED", "RANGE", "SOURCE / ERROR")]
     for job in listed.jobs:
         request = job.request
         where = f"{_when(request.start_sec)}-{_when(request.end_sec)}" if request else "-"
         source = (getattr(request.source, "url", None) or getattr(request.source, "key", "")) if request else ""
         detail = f"{job.error_code}: {job.error_message or ''}" if job.error_code else source
         progress = f"{job.stage or ''} {job.progress:.0%}".strip() if job.status in ("queued", "processing") else ""
-        rows.append((job.id, job.status, progress, job.created_at[:19].replace("T", " "), where, detail[:70]))
+        cells = (job.id, job.status, progress, job.created_at[:19].replace("T", " "), where, detail)
+        rows.append(tuple(clean(cell)[:70] for cell in cells))  # the gateway's text, safe on a terminal
     if len(rows) == 1:
         return "no jobs yet"
     widths = [max(len(row[n]) for row in rows) for n in range(len(rows[0]) - 1)]

@@ -10,6 +10,7 @@ import threading
 from typing import Any, Protocol, TextIO
 
 from .follow import Update
+from .text import clean
 from .upload import OnBytes
 
 PLAIN_STEP = 0.1  # plain lines report the job's progress in steps of this fraction
@@ -51,8 +52,8 @@ class PlainDisplay:
         if where != self._last or update.pct >= self._next_pct:
             self._last = where
             self._next_pct = (int(update.pct / PLAIN_STEP) + 1) * PLAIN_STEP
-            stage = f" {update.stage}" if update.stage else ""
-            self.line(f"progress  {update.status}{stage} {update.pct:.0%}")
+            stage = f" {clean(update.stage)}" if update.stage else ""
+            self.line(f"progress  {clean(update.status)}{stage} {update.pct:.0%}")
 
     def download(self, name: str, total: int | None) -> OnBytes:
         self.line(f"download  {name}" + (f" ({total / MIB:.1f} MiB)" if total else ""))
@@ -85,7 +86,7 @@ class RichDisplay:
         self.console = Console(file=stream)
         self.progress = Progress(
             TextColumn("{task.description:<10}"), BarColumn(), TaskProgressColumn(),
-            TextColumn("{task.fields[info]}"), console=self.console, transient=False,
+            TextColumn("{task.fields[info]}", markup=False), console=self.console, transient=False,
         )
         self._job: Any = None
         self.progress.start()
@@ -97,7 +98,7 @@ class RichDisplay:
         return self._bytes("upload", name, total)
 
     def job(self, update: Update) -> None:
-        info = " ".join(part for part in (update.status, update.stage) if part)
+        info = " ".join(clean(part) for part in (update.status, update.stage) if part)
         if self._job is None:
             self._job = self.progress.add_task("job", total=1.0, info=info)
         self.progress.update(self._job, completed=update.pct, info=info)

@@ -18,7 +18,7 @@ import msgspec
 from shared.contracts import JobView
 
 from .api import ENDED, EVENT_STREAM, Api, ApiError, view_of
-from .sse import SseParser
+from .sse import SseParser, SseTooLarge
 
 STREAM_RECONNECTS = 3  # stream openings in a row that end without news before the client polls instead
 RECONNECT_PAUSE_SEC = 0.5  # pause before opening a broken stream again, s
@@ -83,6 +83,8 @@ def _stream(api: Api, job_id: str, on_update: OnUpdate, deadline: float) -> tupl
                             news = msgspec.json.decode(event.data, type=Progress)
                             on_update(Update(news.status, news.stage, news.pct))
                     _check(deadline, job_id)
+        except SseTooLarge as exc:
+            raise ApiError(0, "unexpected_answer", f"the gateway's event stream for job {job_id}: {exc}") from exc
         except (httpx.HTTPError, msgspec.DecodeError):
             pass  # a dropped connection or a garbled event: open it again after the last id seen
         last_id = parser.last_event_id

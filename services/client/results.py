@@ -42,9 +42,15 @@ def _download(api: Api, url: str, path: Path, display: Display) -> Path:
                 for chunk in response.iter_bytes():
                     out.write(chunk)
                     on_bytes(len(chunk))
-        os.replace(partial, path)
     except httpx.HTTPError as exc:
-        raise ApiError(0, "download_failed", f"the download of {path.name} broke off: {exc}") from exc
-    finally:
         partial.unlink(missing_ok=True)
+        raise ApiError(0, "download_failed", f"the download of {path.name} broke off: {exc}") from exc
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    try:
+        os.replace(partial, path)
+    except OSError as exc:  # e.g. `path` is a folder now: the whole file stays where it was written
+        raise ApiError(0, "save_failed", f"could not name the download {path} ({exc.strerror}); "
+                                         f"it is complete in {partial}") from exc
     return path.resolve()

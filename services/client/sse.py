@@ -4,13 +4,23 @@ Lines end with CRLF, LF or CR (a CR at the end of one chunk and an LF at the sta
 end); a line starting with `:` is a comment (`: ping`); `field: value` loses one space after the colon; `data`
 lines join with LF; a blank line dispatches the event (none when it has no data); `id` sets the last event id
 (kept across events, never with a NUL); an event without `event:` is a `message`.
+
+A line longer than MAX_LINE_BYTES, or an event whose data grows past MAX_EVENT_BYTES, raises SseTooLarge: the
+parser holds at most one line and one event, and reads each byte once (time linear in the stream's length).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-_LINE_ENDS = (b"\r\n", b"\n", b"\r")
+MAX_LINE_BYTES = 1024 * 1024  # longest line the parser holds, bytes
+MAX_EVENT_BYTES = 1024 * 1024  # most data (its lines joined) one event may carry, bytes
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class SseTooLarge(ValueError):
+    """The stream has a line or an event past the parser's bounds."""
 
 
 @dataclass(frozen=True)
@@ -26,29 +36,34 @@ class SseParser:
     """Feed it the response body's chunks; it returns the events each chunk completes."""
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._buffer = b""  # the start of a line whose end has not come yet
         self._skip_lf = False  # the previous chunk ended with CR: an LF starting this one belongs to it
         self._event = ""
         self._data: list[str] = []
+        self._data_bytes = 0
         self.last_event_id: str | None = None
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
         if self._skip_lf and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         self._skip_lf = False
-        self._buffer += chunk
+        buffer = self._buffer + chunk if self._buffer else chunk
         events: list[SseEvent] = []
-        while True:
-            cut = _first_line_end(self._buffer)
-            if cut is None:
-                return events
-            start, end = cut
-            if end == len(self._buffer) and self._buffer.endswith(b"\r"):
-                self._skip_lf = True  # a CRLF may be split across two chunks
-            line, self._buffer = self._buffer[:start], self._buffer[end:]
-            event = self._line(line.decode("utf-8", errors="replace"))
+        start = 0
+        for end in _LINE_END.finditer(buffer):
+            if end.start() - start > MAX_LINE_BYTES:
+                raise SseTooLarge(f"an event stream line is longer than {MAX_LINE_BYTES} bytes")
+            event = self._line(buffer[start:end.start()].decode("utf-8", errors="replace"))
             if event is not None:
                 events.append(event)
+            start = end.end()
+            if start == len(buffer) and end.group() == b"\r":
+                self._skip_lf = True  # a CRLF may be split across two chunks
+        self._buffer = buffer[start:]
+        if len(self._buffer) > MAX_LINE_BYTES:
+            self._buffer = b""
+            raise SseTooLarge(f"an event stream line is longer than {MAX_LINE_BYTES} bytes")
+        return events
 
     def _line(self, line: str) -> SseEvent | None:
         if not line:
@@ -62,6 +77,9 @@ class SseParser:
             case "event":
                 self._event = value
             case "data":
+                self._data_bytes += len(value) + 1
+                if self._data_bytes > MAX_EVENT_BYTES:
+                    raise SseTooLarge(f"an event's data is larger than {MAX_EVENT_BYTES} bytes")
                 self._data.append(value)
             case "id" if "\0" not in value:
                 self.last_event_id = value
@@ -69,13 +87,8 @@ class SseParser:
 
     def _dispatch(self) -> SseEvent | None:
         event, data = self._event or "message", self._data
-        self._event, self._data = "", []
+        self._event, self._data, self._data_bytes = "", [], 0
         if not data:
             return None
         return SseEvent(event=event, data="\n".join(data), id=self.last_event_id)
 
-
-def _first_line_end(buffer: bytes) -> tuple[int, int] | None:
-    """(start, end) of the first line end in `buffer`, or None."""
-    found = [(at, at + len(mark)) for mark in _LINE_ENDS if (at := buffer.find(mark)) >= 0]
-    return min(found, key=lambda cut: (cut[0], -cut[1])) if found else None  # CRLF before its CR alone
