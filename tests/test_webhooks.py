@@ -337,3 +337,25 @@ async def test_a_batch_names_one_webhook_for_its_jobs_checked_like_a_jobs(
         for job in made.json()["jobs"]:
             view = (await client.get(f"/api/jobs/{job['id']}")).json()
             assert view["webhook"]["url"] == receiver.url and view["webhook"]["status"] == "pending", view
+
+
+@pytest.mark.settings(fetch_allow_private=False, fetch_allow_networks="127.0.0.0/8")
+async def test_a_refused_key_default_says_so_and_a_job_may_name_its_own(
+    settings: Settings, resources: Resources,
+) -> None:
+    """A key whose stored default webhook the guard refuses (set before the check, or the policy changed): its
+    jobs that name none get a 422 that names the key's default and the command that changes it; a job that names
+    an allowed webhook of its own still goes through, and a refused own webhook is not blamed on the key."""
+    body = {"source": {"type": "url", "url": "https://example.com/a.mp4"}, "startSec": 0, "endSec": 2}
+    async with gateway(settings, resources, default_webhook="http://10.1.2.3/hook") as (client, _):
+        refused = await client.post("/api/jobs", json=body)
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "webhook_refused" and error["field"] == "webhook", error
+        assert "default webhook" in error["message"] and "clipjet keys webhook" in error["message"], error
+        assert "10.1.2.3" in error["message"], error
+        own_refused = await client.post("/api/jobs", json={**body, "webhook": "http://10.9.9.9/hook"})
+        assert own_refused.status_code == 422 and own_refused.json()["error"]["code"] == "webhook_refused"
+        assert "default" not in own_refused.json()["error"]["message"], own_refused.text
+        own = await client.post("/api/jobs", json={**body, "webhook": "http://127.0.0.1:9/hook"})
+        assert own.status_code == 202, own.text
