@@ -89,7 +89,7 @@ async def set_webhook(settings: Settings, key_id: str, url: str | None) -> bool:
         await _check_webhook(url, settings, "webhook")
     pool = await create_pool(settings)
     try:
-        return await keys.set_default_webhook(pool, key_id.removeprefix("cj_").split("_")[0], url)
+        return await webhooks.set_default_webhook(pool, key_id.removeprefix("cj_").split("_")[0], url)
     finally:
         await pool.close()
 

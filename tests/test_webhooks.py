@@ -24,6 +24,7 @@ from litestar.testing import AsyncTestClient
 
 from services.gateway.app import create_app
 from services.notifier.run import run_notifier
+from services.notifier.slots import Slots, receiver_of
 from shared.apikeys import new_key
 from shared.db import keys
 from shared.resources import Resources
@@ -70,10 +71,16 @@ class Receiver:
         self.statuses, self.delay_sec = statuses, delay_sec
         self.hits: list[Hit] = []
         self.url = ""
+        self.open = self.most_open = 0  # requests being answered now, and the most at once
 
     async def _hook(self, request: web.Request) -> web.Response:
         self.hits.append(Hit(await request.read(), dict(request.headers), time.monotonic()))
-        await asyncio.sleep(self.delay_sec)
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            await asyncio.sleep(self.delay_sec)
+        finally:
+            self.open -= 1
         status = self.statuses[min(len(self.hits) - 1, len(self.statuses) - 1)]
         return web.Response(status=status, text="ok" if status < 300 else "not now")
 
@@ -359,3 +366,39 @@ async def test_a_refused_key_default_says_so_and_a_job_may_name_its_own(
         assert "default" not in own_refused.json()["error"]["message"], own_refused.text
         own = await client.post("/api/jobs", json={**body, "webhook": "http://127.0.0.1:9/hook"})
         assert own.status_code == 202, own.text
+
+
+@pytest.mark.settings(webhook_max_attempts=1, webhook_timeout_sec=4.0, webhook_concurrency=4,
+                      webhook_per_receiver_concurrency=2, webhook_busy_retry_sec=0.5)
+async def test_a_black_hole_receiver_flooded_by_one_key_does_not_hold_up_another_keys_webhook(
+    settings: Settings, resources: Resources,
+) -> None:
+    """Key A's 12 jobs name a receiver that never answers (each try holds a slot for WEBHOOK_TIMEOUT_SEC), key B's
+    one job, published after them, names a healthy one. Without per-receiver shares the notifier's 4 slots go to
+    A's tries, 4 at a time, and B waits 12 s; with them A holds at most 2 and B lands within a try's timeout.
+    Events handed back for want of a slot are not counted as tries."""
+    flood = 12
+    async with Receiver([200], delay_sec=60.0).running() as hole, Receiver([200]).running() as healthy, \
+            gateway(settings, resources) as (a, _), gateway(settings, resources) as (b, _):
+        a_jobs = [await ended_job(a, webhook=hole.url) for _ in range(flood)]
+        b_job = await ended_job(b, webhook=healthy.url)
+        started = time.monotonic()
+        async with notifier(resources):
+            await wait_until(lambda: webhook_state(b, b_job, "delivered"), "key B's webhook", 3 * flood)
+            took = time.monotonic() - started
+            await wait_until(lambda: hits_at_least(hole, 2), "key A's first tries")
+            views = [(await a.get(f"/api/jobs/{job_id}")).json()["webhook"] for job_id in a_jobs]
+        assert took < settings.webhook_timeout_sec, f"key B's webhook took {took:.1f} s"
+        assert hole.most_open <= settings.webhook_per_receiver_concurrency, hole.most_open
+        assert all(view["attempts"] <= 1 for view in views), views  # a hand-back for want of a slot is no try
+        assert sum(view["attempts"] for view in views) <= len(hole.hits), (views, len(hole.hits))  # tries reached it
+
+
+def test_slots_bound_each_receiver_and_each_key() -> None:
+    slots = Slots(per_receiver=2, per_key=3)
+    one, two = receiver_of("https://Hooks.Example.com/a?x=1"), receiver_of("https://hooks.example.com:8443/b")
+    assert one == receiver_of("https://hooks.example.com/other") and one != two
+    assert slots.take(one, "a") and slots.take(one, "b") and not slots.take(one, "c")  # the receiver is full
+    assert slots.take(two, "a") and slots.take(two, "a") and not slots.take(receiver_of("http://x/"), "a")  # key
+    slots.give_back(one, "a")
+    assert slots.take(one, "a") and not slots.take(one, "c")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -18,6 +19,8 @@ from shared.retry import backoff_at_least_half
 from shared.webhook_post import Answer, post_webhook
 from shared.webhook_sign import EVENT_ID_HEADER, SIGNATURE_HEADER, event_id, signature
 
+from .slots import Slots, receiver_of
+
 log = get_logger("notifier")
 FINISHED_STATES = frozenset({"delivered", "gave_up"})
 _encoder = msgspec.json.Encoder()
@@ -28,13 +31,14 @@ class NotifierDeps:
     """What the handler gets besides the event."""
 
     res: Resources
+    slots: Slots  # this process's deliveries under way, per receiver and per key
 
 
 @dataclass(frozen=True)
 class Outcome:
     """`retry_after_sec` None: nothing more to do for this event (ack); else try again after it (nak)."""
 
-    status: str  # "no_webhook" | "already_finished" | WebhookStatus
+    status: str  # "no_webhook" | "already_finished" | "busy" (no slot: not tried, not counted) | WebhookStatus
     retry_after_sec: float | None = None
 
 
@@ -48,6 +52,18 @@ async def handle(event: JobEvent, deps: NotifierDeps) -> Outcome:
         return Outcome("no_webhook")
     if row["webhook_status"] in FINISHED_STATES:  # a redelivery after its outcome was written
         return Outcome("already_finished")
+    receiver, owner = receiver_of(request.webhook), row["owner"]
+    if not deps.slots.take(receiver, owner):  # its receiver's or key's share is in use: back soon, not a try
+        return Outcome("busy", settings.webhook_busy_retry_sec)
+    try:
+        return await _try(event, deps, row, request.webhook)
+    finally:
+        deps.slots.give_back(receiver, owner)
+
+
+async def _try(event: JobEvent, deps: NotifierDeps, row: Any, url: str) -> Outcome:
+    res, settings = deps.res, deps.res.settings
+    uid = uuid.UUID(event.job_id)
     attempt = row["webhook_attempts"] + 1
     secret = await webhooks.signing_secret(res.db, row["owner"]) if row["owner"] else None
     secret = secret or settings.webhook_secret
@@ -57,7 +73,7 @@ async def handle(event: JobEvent, deps: NotifierDeps) -> Outcome:
         body = _encoder.encode(await job_view(res, row))
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature(secret, body, int(time.time())),
                    EVENT_ID_HEADER: event_id(event.job_id, event.status)}
-        answer = await post_webhook(request.webhook, body, headers, settings)
+        answer = await post_webhook(url, body, headers, settings)
     status: WebhookStatus = "delivered" if answer.ok else (
         "gave_up" if answer.final or attempt >= settings.webhook_max_attempts else "failing")
     await webhooks.record_attempt(res.db, uid, status, attempt, answer.status_code, answer.error)

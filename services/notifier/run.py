@@ -20,6 +20,7 @@ from shared.retry import backoff
 from shared.startup import until_up
 
 from .handler import NotifierDeps, handle
+from .slots import Slots
 
 log = get_logger("notifier")
 FETCH_WAIT_SEC = 1.0  # one pull waits this long for an event (and a stop is noticed within it), s
@@ -33,7 +34,7 @@ async def run_notifier(res: Resources, stop: asyncio.Event) -> None:
     await until_up("nats_jetstream", lambda: bus.ensure_notifier_consumer(res.js, settings), settings)
     sub = await until_up("nats_jetstream", lambda: res.js.pull_subscribe_bind(
         durable=bus.NOTIFIER_CONSUMER, stream=bus.events_stream(settings)), settings)
-    deps = NotifierDeps(res)
+    deps = NotifierDeps(res, Slots(settings.webhook_per_receiver_concurrency, settings.webhook_per_key_concurrency))
     inflight: set[asyncio.Task[None]] = set()
     stopping = asyncio.create_task(stop.wait())
     log.info("notifier_started", concurrency=settings.webhook_concurrency)

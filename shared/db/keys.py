@@ -17,7 +17,6 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 """
 SELECT_KEY = "SELECT * FROM api_keys WHERE id = $1"
 LIST_KEYS = "SELECT * FROM api_keys ORDER BY created_at"
-SET_DEFAULT_WEBHOOK = "UPDATE api_keys SET default_webhook = $2 WHERE id = $1 RETURNING id"
 REVOKE_KEY = "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id"
 ADMIT_JOB = "SELECT admit_job($1, $2, $3, $4, $5)"
 ADMIT_UPLOAD = "SELECT admit_upload($1, $2, $3, $4)"
@@ -96,11 +95,6 @@ async def find_key(pool: asyncpg.Pool, key_id: str) -> ApiKey | None:
 
 async def list_keys(pool: asyncpg.Pool) -> list[ApiKey]:
     return [_key(row) for row in await pool.fetch(LIST_KEYS)]
-
-
-async def set_default_webhook(pool: asyncpg.Pool, key_id: str, url: str | None) -> bool:
-    """Set (or, with None, clear) the key's default webhook; False when there is no such key."""
-    return await pool.fetchval(SET_DEFAULT_WEBHOOK, key_id, url) is not None
 
 
 async def revoke_key(pool: asyncpg.Pool, key_id: str) -> bool:
