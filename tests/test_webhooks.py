@@ -402,3 +402,26 @@ def test_slots_bound_each_receiver_and_each_key() -> None:
     assert slots.take(two, "a") and slots.take(two, "a") and not slots.take(receiver_of("http://x/"), "a")  # key
     slots.give_back(one, "a")
     assert slots.take(one, "a") and not slots.take(one, "c")
+
+
+@pytest.mark.settings(webhook_max_attempts=5, webhook_retry_base_sec=60.0, webhook_retry_max_sec=60.0,
+                      webhook_max_pending=3)
+async def test_one_keys_waiting_retries_do_not_use_up_the_ack_pending_room_of_new_events(
+    settings: Settings, resources: Resources,
+) -> None:
+    """Key A's 5 webhooks fail their first try and wait a minute for the next; with room for 3 events handed out and
+    not acked (WEBHOOK_MAX_PENDING), key B's new event must still be tried at once: waiting retries are held in the
+    retries stream, not as ack-pending on the end events' consumer."""
+    flood = 5
+    async with Receiver([500]).running() as failing, Receiver([200]).running() as healthy, \
+            gateway(settings, resources) as (a, _), gateway(settings, resources) as (b, _):
+        a_jobs = [await ended_job(a, webhook=failing.url) for _ in range(flood)]
+        async with notifier(resources):
+            for job_id in a_jobs:
+                await wait_until(lambda j=job_id: webhook_state(a, j, "failing"), "key A's first tries")
+            b_job = await ended_job(b, webhook=healthy.url)
+            started = time.monotonic()
+            await wait_until(lambda: webhook_state(b, b_job, "delivered"), "key B's webhook")
+            took = time.monotonic() - started
+        assert took < 10.0, f"key B's webhook took {took:.1f} s"
+        assert len(failing.hits) == flood  # A's retries wait their minute

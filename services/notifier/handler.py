@@ -3,6 +3,7 @@ the job, and say whether (and when) to try again."""
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -38,12 +39,14 @@ class NotifierDeps:
 class Outcome:
     """`retry_after_sec` None: nothing more to do for this event (ack); else try again after it (nak)."""
 
-    status: str  # "no_webhook" | "already_finished" | "busy" (no slot: not tried, not counted) | WebhookStatus
+    status: str  # "no_webhook" | "already_finished" | "already_retrying" | "busy" (no slot: not tried, not counted)
+    #              | WebhookStatus
     retry_after_sec: float | None = None
 
 
-async def handle(event: JobEvent, deps: NotifierDeps) -> Outcome:
-    """Deliver the job's webhook once, if it has one that is not delivered or given up yet."""
+async def handle(event: JobEvent, deps: NotifierDeps, *, first_try: bool = True) -> Outcome:
+    """Deliver the job's webhook once, if it has one that is not delivered or given up yet. `first_try`: the event
+    comes from the end events (a webhook already `failing` is the retries stream's: not tried here)."""
     res, settings = deps.res, deps.res.settings
     uid = uuid.UUID(event.job_id)
     row = await jobs.get_job(res.db, uid)
@@ -52,9 +55,12 @@ async def handle(event: JobEvent, deps: NotifierDeps) -> Outcome:
         return Outcome("no_webhook")
     if row["webhook_status"] in FINISHED_STATES:  # a redelivery after its outcome was written
         return Outcome("already_finished")
+    if first_try and row["webhook_status"] == "failing":  # a redelivered end event after its first try failed
+        return Outcome("already_retrying", 0.0)
     receiver, owner = receiver_of(request.webhook), row["owner"]
     if not deps.slots.take(receiver, owner):  # its receiver's or key's share is in use: back soon, not a try
-        return Outcome("busy", settings.webhook_busy_retry_sec)
+        return Outcome("busy", random.uniform(settings.webhook_busy_retry_sec,  # a held slot is free within a
+                                              max(settings.webhook_busy_retry_sec, settings.webhook_timeout_sec)))
     try:
         return await _try(event, deps, row, request.webhook)
     finally:
