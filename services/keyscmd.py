@@ -1,5 +1,7 @@
-"""`clipjet keys create|list|revoke|webhook-secret`: API keys, stored hashed; a new key is printed once, with its
-webhook signing secret (`webhook-secret` replaces that secret and prints the new one)."""
+"""`clipjet keys create|list|revoke|webhook|webhook-secret`: API keys, stored hashed; a new key is printed once,
+with its webhook signing secret (`webhook-secret` replaces that secret and prints the new one); `webhook` sets or
+clears the key's default webhook. A default webhook is checked like a job's at submit (no private address unless
+FETCH_ALLOW_PRIVATE): a refused default would refuse every job of the key that names none."""
 
 from __future__ import annotations
 
@@ -10,10 +12,9 @@ from shared.apikeys import new_key
 from shared.contracts import PRIORITIES
 from shared.db import keys, webhooks
 from shared.db.pool import create_pool
-from shared.errors import FetchRefused
-from shared.netguard import split_url
 from shared.settings import Settings
 from shared.webhook_sign import new_secret
+from shared.webhook_url import WebhookUrlError, check_webhook_url
 
 GIB = 1024**3
 
@@ -33,6 +34,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     verbs.add_parser("list", help="every key: id, name, quotas, state")
     revoke = verbs.add_parser("revoke", help="revoke a key (every gateway refuses it within KEY_CACHE_SEC)")
     revoke.add_argument("key_id", help="the key's id (the part after cj_, as `keys list` shows it)")
+    hook = verbs.add_parser("webhook", help="set or clear a key's default webhook (jobs that name none POST there)")
+    hook.add_argument("key_id", help="the key's id (the part after cj_, as `keys list` shows it)")
+    target = hook.add_mutually_exclusive_group(required=True)
+    target.add_argument("url", nargs="?", help="the new default webhook URL")
+    target.add_argument("--none", action="store_true", help="clear the default: jobs that name none get no webhook")
     rotate = verbs.add_parser("webhook-secret", help="replace a key's webhook signing secret and print the new one")
     rotate.add_argument("key_id", help="the key's id (the part after cj_, as `keys list` shows it)")
 
@@ -51,10 +57,7 @@ async def create_key(settings: Settings, name: str, *, admin: bool = False, prio
                      webhook: str | None = None) -> tuple[str, str]:
     """Make a key with the given (else default) quotas; its token and webhook signing secret, to show once."""
     if webhook is not None:
-        try:
-            split_url(webhook)
-        except FetchRefused as exc:
-            raise SystemExit(f"clipjet keys: --webhook: {exc.message}") from exc
+        await _check_webhook(webhook, settings, "--webhook")
     quotas = keys.Quotas(
         max_in_flight if max_in_flight is not None else settings.key_default_max_in_flight,
         jobs_per_day if jobs_per_day is not None else settings.key_default_jobs_per_day,
@@ -73,6 +76,24 @@ async def create_key(settings: Settings, name: str, *, admin: bool = False, prio
     return made.token, secret
 
 
+async def _check_webhook(url: str, settings: Settings, what: str) -> None:
+    try:
+        await check_webhook_url(url, settings)
+    except WebhookUrlError as exc:
+        raise SystemExit(f"clipjet keys: {what}: {exc.message} ({exc.code})") from exc
+
+
+async def set_webhook(settings: Settings, key_id: str, url: str | None) -> bool:
+    """Check `url` (None: clear) and store it as the key's default webhook; False when there is no such key."""
+    if url is not None:
+        await _check_webhook(url, settings, "webhook")
+    pool = await create_pool(settings)
+    try:
+        return await webhooks.set_default_webhook(pool, key_id.removeprefix("cj_").split("_")[0], url)
+    finally:
+        await pool.close()
+
+
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     match args.keys_command:
         case "create":
@@ -84,6 +105,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             print(token)
             print(f"webhook signing secret: {secret}", file=sys.stderr)  # stdout stays the token alone (scripts)
             return 0
+        case "webhook":
+            url = None if args.none else args.url
+            found = await set_webhook(settings, args.key_id, url)
+            print((f"default webhook of {args.key_id}: {url or 'none'}") if found else f"no key {args.key_id}")
+            return 0 if found else 1
         case "webhook-secret":
             secret = new_secret()
             pool = await create_pool(settings)

@@ -22,6 +22,10 @@ END_MSG_ID_SUFFIX = "end"  # a job's end event has Nats-Msg-Id <jobId>:end
 MAX_MESSAGE_AGE_SEC = 7 * 24 * 3600.0  # a message nobody takes is dropped after a week
 NOTIFIER_CONSUMER = "notifier"  # the webhook notifier's durable consumer on the end events' stream
 NOTIFIER_ACK_MARGIN_SEC = 30.0  # its ack_wait is one delivery's WEBHOOK_TIMEOUT_SEC plus this, s
+WEBHOOK_RETRIES_STREAM_SUFFIX = "_WEBHOOK_RETRIES"  # webhooks that failed a try wait in <NATS_STREAM>_WEBHOOK_RETRIES
+NOTIFIER_RETRY_CONSUMER = "notifier-retry"  # the notifier's durable consumer on that stream
+RETRY_AT_HEADER = "Clipjet-Retry-At"  # a retry message's earliest try, unix time (s)
+RETRY_MSG_ID_SUFFIX = "webhook-retry"  # a job's retry message has Nats-Msg-Id <jobId>:webhook-retry
 _encoder = msgspec.json.Encoder()
 
 
@@ -43,6 +47,10 @@ class Subjects:
     def events(self, job_id: str) -> str:
         """A job's end event (`*`: every job's); kept in the events stream."""
         return f"{self.prefix}.events.{job_id}"
+
+    def webhook_retry(self, job_id: str) -> str:
+        """A job whose webhook failed its first try waits here for its retries (`*`: every job's)."""
+        return f"{self.prefix}.webhook_retry.{job_id}"
 
     def cancel(self, job_id: str) -> str:
         """Core NATS: a job was canceled, the worker running it stops (`*`: every job's); shared/cancel.py."""
@@ -134,10 +142,40 @@ async def ensure_consumers(js: JetStreamContext, settings: Settings, stage: str)
         )
 
 
+def webhook_retries_stream(settings: Settings) -> str:
+    """The JetStream stream where webhooks that failed their first try wait for the next ones."""
+    return settings.nats_stream + WEBHOOK_RETRIES_STREAM_SUFFIX
+
+
 async def ensure_notifier_consumer(js: JetStreamContext, settings: Settings) -> None:
-    """The notifier's durable pull consumer on the end events' stream (services/notifier): every event from the
-    stream's start, a retry is a nak with a delay (redelivered by JetStream however long it takes, across
-    restarts), so deliveries are never limited here; the notifier counts them on the job row."""
+    """The notifier's durable pull consumers (services/notifier). `notifier` on the end events' stream: every
+    event from the stream's start, one first try each. A webhook that fails it moves to the retries stream (a work
+    queue, one message per job) and `notifier-retry` there: each retry is a nak with a delay (redelivered by
+    JetStream however long it takes, across restarts). Waiting retries are ack-pending on `notifier-retry` only,
+    so however many fail, first tries never wait for ack-pending room. Deliveries are never limited here; the
+    notifier counts them on the job row."""
+    config = StreamConfig(
+        name=webhook_retries_stream(settings),
+        subjects=[Subjects(settings.subject_prefix).webhook_retry("*")],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW_SEC,
+        max_age=settings.events_max_age_sec,
+    )
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        await js.update_stream(config)
+    await js.add_consumer(
+        webhook_retries_stream(settings),
+        ConsumerConfig(
+            durable_name=NOTIFIER_RETRY_CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=settings.webhook_timeout_sec + NOTIFIER_ACK_MARGIN_SEC,
+            max_deliver=-1,
+            max_ack_pending=settings.webhook_max_pending,
+        ),
+    )
     await js.add_consumer(
         events_stream(settings),
         ConsumerConfig(
@@ -211,3 +249,10 @@ async def publish_job_end(js: JetStreamContext, subjects: Subjects, event: JobEv
     """Announce a job's end on `<prefix>.events.<jobId>`: kept in the events stream (a retried publish is dropped
     by its Nats-Msg-Id) and delivered to core subscribers too."""
     await publish(js, subjects.events(event.job_id), _encoder.encode(event), msg_id(event.job_id, END_MSG_ID_SUFFIX))
+
+
+async def publish_webhook_retry(js: JetStreamContext, subjects: Subjects, event: JobEvent, at: float) -> None:
+    """Hand a job's webhook to the retries stream, to be tried again at unix time `at` (a retried publish, or a
+    second one within DUPLICATE_WINDOW_SEC, is dropped by its Nats-Msg-Id)."""
+    await js.publish(subjects.webhook_retry(event.job_id), _encoder.encode(event),
+                     headers={"Nats-Msg-Id": msg_id(event.job_id, RETRY_MSG_ID_SUFFIX), RETRY_AT_HEADER: f"{at:.3f}"})

@@ -111,6 +111,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_retry_max_sec: float = 3600.0  # longest delay between two deliveries, s
     webhook_timeout_sec: float = 10.0  # one delivery (connect, send, the receiver's answer) is cut after this, s
     webhook_concurrency: int = 16  # deliveries one notifier process makes at once
+    webhook_per_receiver_concurrency: int = 4  # of those, at most this many to one receiver (scheme, host, port)
+    webhook_per_key_concurrency: int = 8  # of those, at most this many for one API key's jobs
+    webhook_busy_retry_sec: float = 1.0  # an event over those shares waits this up to WEBHOOK_TIMEOUT_SEC (no try), s
     webhook_max_pending: int = 10_000  # events handed out and not yet acked (retries waiting included) per consumer
     webhook_secret: str = ""  # signs webhooks of jobs without an API key (AUTH=off, direct publishes); "": refused
 

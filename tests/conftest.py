@@ -7,12 +7,14 @@ import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
+import nats.js.errors
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -82,6 +84,8 @@ def make_settings(servers: Servers, tmp_path: Path, **overrides: Any) -> Setting
 async def _drop_everything(settings: Settings, res: Resources) -> None:
     await res.js.delete_stream(settings.nats_stream)
     await res.js.delete_stream(bus.events_stream(settings))
+    with suppress(nats.js.errors.NotFoundError):  # made by the notifier only
+        await res.js.delete_stream(bus.webhook_retries_stream(settings))
     await res.storage.delete_prefix("")
     await res.storage._client.delete_bucket(Bucket=settings.s3_bucket)
     conn = await asyncpg.connect(settings.database_url)

@@ -258,3 +258,48 @@ async def test_upload_slots_count_against_the_keys_bytes_per_day(
     assert "upload_bytes_per_day" in refused.json()["error"]["message"]
     assert (await client.get("/api/usage")).json()["uploadBytesToday"] == {"used": 900, "limit": 1000}
     assert (await client.post("/api/uploads", json={})).status_code == 422  # a slot's size is required
+
+
+@pytest.mark.settings(fetch_allow_private=False, fetch_allow_networks="127.0.0.0/8")
+def test_a_keys_default_webhook_is_checked_like_a_jobs_and_can_be_changed(
+    settings: Settings, resources: Resources,
+) -> None:
+    """`keys create --webhook` and `keys webhook` refuse a private address (it would refuse every job of the key
+    later); `keys webhook ID URL` sets an allowed one, `--none` clears it."""
+    env = {**os.environ, **settings_env(settings)}
+
+    def clipjet(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "services", "keys", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    refused = clipjet("create", "--name", "private hook", "--webhook", "http://10.0.0.1/hook")
+    assert refused.returncode != 0 and "webhook_refused" in refused.stderr, refused
+    assert "private hook" not in clipjet("list").stdout  # no key was made
+    made = clipjet("create", "--name", "hooked", "--webhook", "http://127.0.0.1:9/a")
+    assert made.returncode == 0, made.stderr
+    key_id = made.stdout.strip().split("_")[1]
+
+    def default_of() -> str | None:
+        return asyncio.run(_stored_default_webhook(settings, key_id))
+
+    assert default_of() == "http://127.0.0.1:9/a"
+    bad = clipjet("webhook", key_id, "http://192.168.1.1/hook")
+    assert bad.returncode != 0 and "webhook_refused" in bad.stderr, bad
+    assert clipjet("webhook", key_id, "ftp://example.com/x").returncode != 0
+    assert default_of() == "http://127.0.0.1:9/a"  # unchanged by the refusals
+    assert clipjet("webhook", key_id, "http://127.0.0.1:9/b").returncode == 0
+    assert default_of() == "http://127.0.0.1:9/b"
+    cleared = clipjet("webhook", key_id, "--none")
+    assert cleared.returncode == 0, cleared.stderr
+    assert default_of() is None
+    assert clipjet("webhook", "nosuchkey000", "--none").returncode == 1
+
+
+async def _stored_default_webhook(settings: Settings, key_id: str) -> str | None:
+    import asyncpg
+
+    conn = await asyncpg.connect(settings.database_url, server_settings={"search_path": settings.db_schema})
+    try:
+        return await conn.fetchval("SELECT default_webhook FROM api_keys WHERE id = $1", key_id)  # type: ignore[no-any-return]
+    finally:
+        await conn.close()

@@ -24,6 +24,7 @@ from litestar.testing import AsyncTestClient
 
 from services.gateway.app import create_app
 from services.notifier.run import run_notifier
+from services.notifier.slots import Slots, receiver_of
 from shared.apikeys import new_key
 from shared.db import keys
 from shared.resources import Resources
@@ -70,10 +71,16 @@ class Receiver:
         self.statuses, self.delay_sec = statuses, delay_sec
         self.hits: list[Hit] = []
         self.url = ""
+        self.open = self.most_open = 0  # requests being answered now, and the most at once
 
     async def _hook(self, request: web.Request) -> web.Response:
         self.hits.append(Hit(await request.read(), dict(request.headers), time.monotonic()))
-        await asyncio.sleep(self.delay_sec)
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            await asyncio.sleep(self.delay_sec)
+        finally:
+            self.open -= 1
         status = self.statuses[min(len(self.hits) - 1, len(self.statuses) - 1)]
         return web.Response(status=status, text="ok" if status < 300 else "not now")
 
@@ -337,3 +344,84 @@ async def test_a_batch_names_one_webhook_for_its_jobs_checked_like_a_jobs(
         for job in made.json()["jobs"]:
             view = (await client.get(f"/api/jobs/{job['id']}")).json()
             assert view["webhook"]["url"] == receiver.url and view["webhook"]["status"] == "pending", view
+
+
+@pytest.mark.settings(fetch_allow_private=False, fetch_allow_networks="127.0.0.0/8")
+async def test_a_refused_key_default_says_so_and_a_job_may_name_its_own(
+    settings: Settings, resources: Resources,
+) -> None:
+    """A key whose stored default webhook the guard refuses (set before the check, or the policy changed): its
+    jobs that name none get a 422 that names the key's default and the command that changes it; a job that names
+    an allowed webhook of its own still goes through, and a refused own webhook is not blamed on the key."""
+    body = {"source": {"type": "url", "url": "https://example.com/a.mp4"}, "startSec": 0, "endSec": 2}
+    async with gateway(settings, resources, default_webhook="http://10.1.2.3/hook") as (client, _):
+        refused = await client.post("/api/jobs", json=body)
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "webhook_refused" and error["field"] == "webhook", error
+        assert "default webhook" in error["message"] and "clipjet keys webhook" in error["message"], error
+        assert "10.1.2.3" in error["message"], error
+        own_refused = await client.post("/api/jobs", json={**body, "webhook": "http://10.9.9.9/hook"})
+        assert own_refused.status_code == 422 and own_refused.json()["error"]["code"] == "webhook_refused"
+        assert "default" not in own_refused.json()["error"]["message"], own_refused.text
+        own = await client.post("/api/jobs", json={**body, "webhook": "http://127.0.0.1:9/hook"})
+        assert own.status_code == 202, own.text
+
+
+@pytest.mark.settings(webhook_max_attempts=1, webhook_timeout_sec=4.0, webhook_concurrency=4,
+                      webhook_per_receiver_concurrency=2, webhook_busy_retry_sec=0.5)
+async def test_a_black_hole_receiver_flooded_by_one_key_does_not_hold_up_another_keys_webhook(
+    settings: Settings, resources: Resources,
+) -> None:
+    """Key A's 12 jobs name a receiver that never answers (each try holds a slot for WEBHOOK_TIMEOUT_SEC), key B's
+    one job, published after them, names a healthy one. Without per-receiver shares the notifier's 4 slots go to
+    A's tries, 4 at a time, and B waits 12 s; with them A holds at most 2 and B lands within a try's timeout.
+    Events handed back for want of a slot are not counted as tries."""
+    flood = 12
+    async with Receiver([200], delay_sec=60.0).running() as hole, Receiver([200]).running() as healthy, \
+            gateway(settings, resources) as (a, _), gateway(settings, resources) as (b, _):
+        a_jobs = [await ended_job(a, webhook=hole.url) for _ in range(flood)]
+        b_job = await ended_job(b, webhook=healthy.url)
+        started = time.monotonic()
+        async with notifier(resources):
+            await wait_until(lambda: webhook_state(b, b_job, "delivered"), "key B's webhook", 3 * flood)
+            took = time.monotonic() - started
+            await wait_until(lambda: hits_at_least(hole, 2), "key A's first tries")
+            views = [(await a.get(f"/api/jobs/{job_id}")).json()["webhook"] for job_id in a_jobs]
+        assert took < settings.webhook_timeout_sec, f"key B's webhook took {took:.1f} s"
+        assert hole.most_open <= settings.webhook_per_receiver_concurrency, hole.most_open
+        assert all(view["attempts"] <= 1 for view in views), views  # a hand-back for want of a slot is no try
+        assert sum(view["attempts"] for view in views) <= len(hole.hits), (views, len(hole.hits))  # tries reached it
+
+
+def test_slots_bound_each_receiver_and_each_key() -> None:
+    slots = Slots(per_receiver=2, per_key=3)
+    one, two = receiver_of("https://Hooks.Example.com/a?x=1"), receiver_of("https://hooks.example.com:8443/b")
+    assert one == receiver_of("https://hooks.example.com/other") and one != two
+    assert slots.take(one, "a") and slots.take(one, "b") and not slots.take(one, "c")  # the receiver is full
+    assert slots.take(two, "a") and slots.take(two, "a") and not slots.take(receiver_of("http://x/"), "a")  # key
+    slots.give_back(one, "a")
+    assert slots.take(one, "a") and not slots.take(one, "c")
+
+
+@pytest.mark.settings(webhook_max_attempts=5, webhook_retry_base_sec=60.0, webhook_retry_max_sec=60.0,
+                      webhook_max_pending=3)
+async def test_one_keys_waiting_retries_do_not_use_up_the_ack_pending_room_of_new_events(
+    settings: Settings, resources: Resources,
+) -> None:
+    """Key A's 5 webhooks fail their first try and wait a minute for the next; with room for 3 events handed out and
+    not acked (WEBHOOK_MAX_PENDING), key B's new event must still be tried at once: waiting retries are held in the
+    retries stream, not as ack-pending on the end events' consumer."""
+    flood = 5
+    async with Receiver([500]).running() as failing, Receiver([200]).running() as healthy, \
+            gateway(settings, resources) as (a, _), gateway(settings, resources) as (b, _):
+        a_jobs = [await ended_job(a, webhook=failing.url) for _ in range(flood)]
+        async with notifier(resources):
+            for job_id in a_jobs:
+                await wait_until(lambda j=job_id: webhook_state(a, j, "failing"), "key A's first tries")
+            b_job = await ended_job(b, webhook=healthy.url)
+            started = time.monotonic()
+            await wait_until(lambda: webhook_state(b, b_job, "delivered"), "key B's webhook")
+            took = time.monotonic() - started
+        assert took < 10.0, f"key B's webhook took {took:.1f} s"
+        assert len(failing.hits) == flood  # A's retries wait their minute

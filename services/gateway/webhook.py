@@ -1,18 +1,16 @@
 """A job's webhook, checked at submit: the request's, else the key's default; an http(s) URL the notifier may
-reach (the same guard as sources: no private address unless FETCH_ALLOW_PRIVATE), and a secret to sign with."""
+reach (the same guard as sources: no private address unless FETCH_ALLOW_PRIVATE), and a secret to sign with.
+A refused key default says so, and how to change it, since the job itself did not name it."""
 
 from __future__ import annotations
 
-import asyncio
-
 from shared.contracts import JobRequest
-from shared.errors import BadRequest, ClipError, FetchRefused
-from shared.netguard import Policy, check_url, split_url
+from shared.errors import BadRequest
 from shared.settings import Settings
+from shared.webhook_url import WebhookUrlError, check_form, check_reachable
 
 from .auth import Caller
 
-RESOLVE_TIMEOUT_SEC = 5.0  # longest the gateway waits to resolve a webhook's host at submit, s
 FIELD = "webhook"
 
 
@@ -21,22 +19,18 @@ async def job_webhook(data: JobRequest, caller: Caller, settings: Settings) -> s
     url = data.webhook or caller.webhook
     if url is None:
         return None
-    if len(url) > settings.max_url_chars:
-        raise BadRequest(f"webhook is {len(url)} characters; the longest accepted is {settings.max_url_chars}",
-                         code="webhook_invalid", field=FIELD)
+    from_key = data.webhook is None
     try:
-        split_url(url)
-    except FetchRefused as exc:
-        raise BadRequest(f"webhook: {exc.message}", code="webhook_invalid", field=FIELD) from exc
-    if caller.owner is None and not settings.webhook_secret:
-        raise BadRequest("webhooks need a signing secret: use an API key, or set WEBHOOK_SECRET for AUTH=off",
-                         code="webhook_secret_missing", field=FIELD)
-    try:
-        async with asyncio.timeout(RESOLVE_TIMEOUT_SEC):
-            await check_url(url, Policy.of(settings))
-    except FetchRefused as exc:
-        raise BadRequest(f"webhook: {exc.message}", code="webhook_refused", field=FIELD) from exc
-    except (ClipError, TimeoutError) as exc:
-        raise BadRequest(f"webhook: the host of {url[:200]!r} does not resolve; name a public host",
-                         code="webhook_unresolvable", field=FIELD) from exc
+        check_form(url, settings)
+        if caller.owner is None and not settings.webhook_secret:
+            raise BadRequest("webhooks need a signing secret: use an API key, or set WEBHOOK_SECRET for AUTH=off",
+                             code="webhook_secret_missing", field=FIELD)
+        await check_reachable(url, settings)
+    except WebhookUrlError as exc:
+        message = exc.message
+        if from_key:
+            message = (f"the API key's default webhook is not accepted ({message}); the job names no webhook of its "
+                       f"own. Name one in the job, or have an operator change the key's default: "
+                       f"`clipjet keys webhook {caller.owner} URL` (or `--none` to clear it)")
+        raise BadRequest(message, code=exc.code, field=FIELD) from exc
     return url
