@@ -241,7 +241,7 @@ async def _drop_schema(settings: Settings) -> None:
 async def _prepare(stack: Stack, source: Path) -> tuple[str, str]:
     """A key, the uploaded source, the floor's stream; (token, upload key)."""
     settings = stack.settings
-    token = await create_key(settings, "bench", max_in_flight=BIG, jobs_per_day=BIG, source_seconds_per_day=BIG,
+    token, _ = await create_key(settings, "bench", max_in_flight=BIG, jobs_per_day=BIG, source_seconds_per_day=BIG,
                              upload_gib_per_day=BIG)
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=stack.base_url, headers=headers, timeout=30) as http:
