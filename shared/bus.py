@@ -86,6 +86,14 @@ async def connect(settings: Settings, name: str) -> NatsClient:
     return nc
 
 
+async def _add_or_update_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream, or bring an existing one to `config`."""
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        await js.update_stream(config)
+
+
 async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
     """Create or update the stream so it holds every stage subject (and nothing else)."""
     subjects = Subjects(settings.subject_prefix)
@@ -97,10 +105,7 @@ async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
         duplicate_window=DUPLICATE_WINDOW_SEC,
         max_age=MAX_MESSAGE_AGE_SEC,
     )
-    try:
-        await js.add_stream(config)
-    except nats.js.errors.BadRequestError:
-        await js.update_stream(config)
+    await _add_or_update_stream(js, config)
 
 
 def events_stream(settings: Settings) -> str:
@@ -119,10 +124,7 @@ async def ensure_events_stream(js: JetStreamContext, settings: Settings) -> None
         duplicate_window=DUPLICATE_WINDOW_SEC,
         max_age=settings.events_max_age_sec,
     )
-    try:
-        await js.add_stream(config)
-    except nats.js.errors.BadRequestError:
-        await js.update_stream(config)
+    await _add_or_update_stream(js, config)
 
 
 async def ensure_consumers(js: JetStreamContext, settings: Settings, stage: str) -> None:
@@ -162,10 +164,7 @@ async def ensure_notifier_consumer(js: JetStreamContext, settings: Settings) -> 
         duplicate_window=DUPLICATE_WINDOW_SEC,
         max_age=settings.events_max_age_sec,
     )
-    try:
-        await js.add_stream(config)
-    except nats.js.errors.BadRequestError:
-        await js.update_stream(config)
+    await _add_or_update_stream(js, config)
     await js.add_consumer(
         webhook_retries_stream(settings),
         ConsumerConfig(

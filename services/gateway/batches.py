@@ -42,7 +42,15 @@ from .formats import shown
 from .openapi import SECURITY, error_responses
 from .quotas import quota_exceeded
 from .state import Gateway
-from .submit import PriorityNotAllowed, _check_message_size, _check_upload, _publish, check_bounds, in_seconds
+from .submit import (
+    PriorityNotAllowed,
+    _check_message_size,
+    _check_upload,
+    _publish,
+    check_bounds,
+    check_same_body,
+    in_seconds,
+)
 from .webhook import job_webhook
 
 _encoder = msgspec.json.Encoder()
@@ -153,16 +161,12 @@ async def _publish_all(gw: Gateway, batch_id: uuid.UUID, made: list[ClipJobMessa
                            f"queues take them. {exc.message}")
             raise
         async with gw.breakers.db:
-            await jobs.mark_published(gw.res.db, uuid.UUID(job.id))
+            await gw.published.mark(uuid.UUID(job.id))  # with other requests' marks, as a single job's
 
 
 async def _replay(gw: Gateway, earlier: idempotency.Earlier, digest: str) -> BatchAccepted:
     """The batch an Idempotency-Key already made, when the body is the same one."""
-    if earlier.request_sha256 != digest:
-        raise BadRequest(
-            "this Idempotency-Key was used with another request body; use a new key for a new request",
-            code="idempotency_key_reused",
-        )
+    check_same_body(earlier, digest)
     batch = await batches.get(gw.res.db, earlier.job_id)
     if batch is None:  # cannot be: the key and the batch are written in one transaction
         raise BadRequest("this Idempotency-Key was used for a single job; use a new key for a batch",

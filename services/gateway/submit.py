@@ -130,13 +130,18 @@ async def _defer(gw: Gateway, job: ClipJobMessage) -> None:
     )
 
 
-async def _replay(gw: Gateway, earlier: idempotency.Earlier, digest: str) -> JobAccepted:
-    """The job an Idempotency-Key already made, when the body is the same one."""
+def check_same_body(earlier: idempotency.Earlier, digest: str) -> None:
+    """An Idempotency-Key answers again only the body it was first sent with (a job's or a batch's)."""
     if earlier.request_sha256 != digest:
         raise BadRequest(
             "this Idempotency-Key was used with another request body; use a new key for a new request",
             code="idempotency_key_reused",
         )
+
+
+async def _replay(gw: Gateway, earlier: idempotency.Earlier, digest: str) -> JobAccepted:
+    """The job an Idempotency-Key already made, when the body is the same one."""
+    check_same_body(earlier, digest)
     row = await jobs.get_job(gw.res.db, earlier.job_id)
     return JobAccepted(id=str(earlier.job_id), status=row["status"] if row else "queued")
 

@@ -34,9 +34,6 @@ RETURNING id
 """
 INSERT_EVENT = "INSERT INTO job_events (job_id, type, data) VALUES ($1, $2, $3)"
 SELECT_JOB = "SELECT * FROM jobs WHERE id = $1 AND created_at >= $2 AND created_at < $3"
-MARK_PUBLISHED = """
-UPDATE jobs SET published_at = now() WHERE id = $1 AND created_at >= $2 AND created_at < $3
-"""
 # Many at once ($2, $3: the union of their windows, so a batch of new jobs reads one day's partition).
 MARK_MANY_PUBLISHED = """
 UPDATE jobs SET published_at = now() WHERE id = ANY($1::uuid[]) AND created_at >= $2 AND created_at < $3
@@ -179,10 +176,6 @@ async def insert_job(conn: asyncpg.Connection, job: ClipJobMessage) -> bool:
             return False
         await conn.execute(INSERT_EVENT, job_id, "queued", {"priority": job.priority})
         return True
-
-
-async def mark_published(pool: asyncpg.Pool, job_id: uuid.UUID) -> None:
-    await pool.execute(MARK_PUBLISHED, job_id, *window(job_id))
 
 
 async def mark_many_published(pool: asyncpg.Pool, job_ids: list[uuid.UUID]) -> None:

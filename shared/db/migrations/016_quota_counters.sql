@@ -52,32 +52,15 @@ CREATE TRIGGER jobs_count_owner_status AFTER UPDATE OF status ON jobs
     EXECUTE FUNCTION jobs_count_owner();
 
 -- The same answers as before (010_api_keys.sql), from the counters.
+-- One job is a batch of one: admit_batch (below) reads the counters for both.
 CREATE OR REPLACE FUNCTION admit_job(p_owner text, p_max_in_flight integer, p_max_jobs_per_day integer,
                                      p_max_source_seconds_per_day double precision, p_clip_seconds double precision)
-RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    in_flight integer;
-    today_jobs integer;
-    today_seconds double precision;
-BEGIN
-    PERFORM pg_advisory_xact_lock(hashtext('clipjet-quota:' || current_schema() || ':' || p_owner));
-    SELECT coalesce((SELECT jobs FROM key_in_flight WHERE owner = p_owner), 0) INTO in_flight;
-    IF in_flight + 1 > p_max_in_flight THEN
-        RETURN 'jobs_in_flight';
-    END IF;
-    SELECT coalesce(d.jobs, 0), coalesce(d.source_seconds, 0) INTO today_jobs, today_seconds
-      FROM (SELECT 1) AS one
-      LEFT JOIN key_days d ON d.owner = p_owner AND d.day = (now() AT TIME ZONE 'UTC')::date;
-    IF today_jobs + 1 > p_max_jobs_per_day THEN
-        RETURN 'jobs_per_day';
-    END IF;
-    IF today_seconds + p_clip_seconds > p_max_source_seconds_per_day THEN
-        RETURN 'source_seconds_per_day';
-    END IF;
-    RETURN NULL;
-END $$;
+RETURNS text LANGUAGE sql AS $$
+    SELECT admit_batch(p_owner, p_max_in_flight, p_max_jobs_per_day, p_max_source_seconds_per_day, 1,
+                       p_clip_seconds)
+$$;
 
--- A batch's admission (014_batches.sql) reads the same counters.
+-- A batch's admission (014_batches.sql) and a job's read the counters: the key's lock, then each quota.
 CREATE OR REPLACE FUNCTION admit_batch(p_owner text, p_max_in_flight integer, p_max_jobs_per_day integer,
                                        p_max_source_seconds_per_day double precision, p_count integer,
                                        p_clip_seconds double precision)
