@@ -108,7 +108,7 @@ class Series:
 
 async def _floor(settings: Settings, kind: str, seconds: float, job_id: str, concurrency: int) -> Figure:
     """Bare asyncpg (+ JetStream for POST) at `concurrency` requests in flight for `seconds`."""
-    pool = await create_pool(msgspec.structs.replace(settings, db_pool_max=concurrency), migrate=False)
+    pool = await create_pool(msgspec.structs.replace(settings, db_pool_max=concurrency), check_migrated=False)
     nc = await connect(settings, "bench-floor")
     js = nc.jetstream()
     request = msgspec.to_builtins(_job(job_id))

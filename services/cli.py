@@ -76,11 +76,18 @@ def _run_gateway(settings: Settings) -> None:
     )
 
 
-async def _migrate(settings: Settings) -> None:
-    from shared.db.pool import create_pool
+def _init(settings: Settings, *, update_streams: bool, database_only: bool = False) -> int:
+    """`clipjet init` (or `migrate`: the database part only): what was done, one line each; 1 and why on failure."""
+    from services.init import InitFailed, run_init
 
-    pool = await create_pool(settings)
-    await pool.close()
+    try:
+        lines = asyncio.run(run_init(settings, update_streams=update_streams, database_only=database_only))
+    except InitFailed as exc:
+        print(f"clipjet init: FAILED: {exc}", file=sys.stderr)
+        return 1
+    for line in lines:
+        print(line)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("stage", choices=sorted(STAGE_NAMES))
     sub.add_parser("reaper", help="run the reaper: outbox, expiry, stuck jobs, staging cleanup, partitions")
     sub.add_parser("notifier", help="run the notifier: POST signed webhooks when jobs end, retried for hours")
-    sub.add_parser("migrate", help="apply database migrations and create partitions")
+    init = sub.add_parser("init", help="apply migrations, create the NATS streams and consumers and the S3 bucket "
+                          "(run before the services; safe to run again)")
+    init.add_argument("--update-streams", action="store_true",
+                      help="also set clipjet's own fields of existing streams and consumers (replicas and limits "
+                      "the operator set are kept)")
+    sub.add_parser("migrate", help="only the database part of `init`: migrations, partitions, DB_APP_ROLE's grants")
     from services import keyscmd
 
     keyscmd.add_parser(sub)
@@ -125,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_run_reaper(settings))
         case "notifier":
             asyncio.run(_run_notifier(settings))
+        case "init":
+            return _init(settings, update_streams=args.update_streams)
         case "migrate":
-            asyncio.run(_migrate(settings))
+            return _init(settings, update_streams=False, database_only=True)
         case "keys":
             return asyncio.run(keyscmd.run(args, settings))
         case "models":

@@ -22,6 +22,7 @@ processes per stage (``trim.1``, ``trim.2``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shlex
@@ -37,6 +38,7 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
+from services.init import InitFailed, run_init
 from services.registry import GATEWAY, NOTIFIER, REAPER, service_commands
 from services.stackdemo import CLIP_NAME, run_demo
 from services.stackidentity import stack_identity
@@ -63,7 +65,7 @@ __all__ = [
 LOOPBACK = "127.0.0.1"
 NATS_PORT_ENV, DEFAULT_NATS_PORT = "CLIPJET_STACK_NATS_PORT", 14222
 S3_PORT_ENV, DEFAULT_S3_PORT = "CLIPJET_STACK_S3_PORT", 18333
-HEALTH_TIMEOUT_S = 60.0  # gateway start-up, migrations included
+HEALTH_TIMEOUT_S = 60.0  # gateway start-up
 HEALTH_POLL_S = 0.25
 HTTP_TIMEOUT_S = 30.0  # one HTTP request of the demo (the upload included)
 CHILD_STOP_GRACE_S = 5.0  # on top of settings.shutdown_grace_sec, before SIGKILL
@@ -244,8 +246,8 @@ class _Demo(threading.Thread):
 
 
 def _bring_up(supervisor: Supervisor, effective: Settings, scale: dict[str, int], http: httpx.Client) -> str:
-    """The gateway (it migrates the database), then every worker process, the reaper and the notifier; the gateway's
-    URL."""
+    """The gateway, then every worker process, the reaper and the notifier (`clipjet init` ran before); the
+    gateway's URL."""
     commands = service_commands(tuple(scale))
 
     def service(name: str, args: tuple[str, ...]) -> Callable[[], Child]:
@@ -294,6 +296,8 @@ def run_stack(settings: Settings, *, demo: bool, exit_after_demo: bool, scale: d
             effective = msgspec.structs.replace(identity_settings, nats_url=started.nats_url,
                                                 s3_endpoint_url=started.s3_endpoint_url,
                                                 database_url=started.database_url)
+            say("init      migrations, streams and consumers, bucket (`clipjet init`)")
+            asyncio.run(run_init(effective))  # the services only wait for what it makes
             api_key = "" if effective.auth == "off" else stack_api_key(effective, data_dir)
             _write_env(env_file, effective, api_key)
         with httpx.Client(trust_env=False, timeout=HTTP_TIMEOUT_S) as http:
@@ -315,7 +319,7 @@ def run_stack(settings: Settings, *, demo: bool, exit_after_demo: bool, scale: d
             supervisor.run_until(lambda: False, None, SERVE_POLL_S)
     except KeyboardInterrupt:
         say("stopping")
-    except (StackError, DevStackError, httpx.HTTPError, OSError, subprocess.SubprocessError) as exc:
+    except (StackError, DevStackError, InitFailed, httpx.HTTPError, OSError, subprocess.SubprocessError) as exc:
         say(f"FAILED: {exc}")
         code = 1
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import msgspec
@@ -15,6 +16,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck, Retent
 from shared.contracts import PRIORITIES, ClipJobMessage, JobEvent, Priority
 from shared.pipeline import ENTRY_STAGE, STAGES
 from shared.settings import Settings
+from shared.startup import NotInitialized
 
 DUPLICATE_WINDOW_SEC = 120.0  # Nats-Msg-Id de-duplication window
 EVENTS_STREAM_SUFFIX = "_EVENTS"  # the end events' stream is <NATS_STREAM>_EVENTS
@@ -86,18 +88,13 @@ async def connect(settings: Settings, name: str) -> NatsClient:
     return nc
 
 
-async def _add_or_update_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create the stream, or bring an existing one to `config`."""
-    try:
-        await js.add_stream(config)
-    except nats.js.errors.BadRequestError:
-        await js.update_stream(config)
+CREATED, KEPT, UPDATED = "created", "kept", "updated"  # what `clipjet init` did to a stream or consumer
 
 
-async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
-    """Create or update the stream so it holds every stage subject (and nothing else)."""
+def stream_config(settings: Settings) -> StreamConfig:
+    """The work-queue stream: every stage subject (and nothing else)."""
     subjects = Subjects(settings.subject_prefix)
-    config = StreamConfig(
+    return StreamConfig(
         name=settings.nats_stream,
         subjects=[subjects.stage_wildcard(stage) for stage in STAGES],
         retention=RetentionPolicy.WORK_QUEUE,
@@ -105,7 +102,6 @@ async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
         duplicate_window=DUPLICATE_WINDOW_SEC,
         max_age=MAX_MESSAGE_AGE_SEC,
     )
-    await _add_or_update_stream(js, config)
 
 
 def events_stream(settings: Settings) -> str:
@@ -113,10 +109,10 @@ def events_stream(settings: Settings) -> str:
     return settings.nats_stream + EVENTS_STREAM_SUFFIX
 
 
-async def ensure_events_stream(js: JetStreamContext, settings: Settings) -> None:
-    """Create or update the end events' stream: limits retention (every consumer sees every event, nothing is
-    removed by reading it), kept EVENTS_MAX_AGE_SEC, retried publishes dropped by Nats-Msg-Id."""
-    config = StreamConfig(
+def events_stream_config(settings: Settings) -> StreamConfig:
+    """The end events' stream: limits retention (every consumer sees every event, nothing is removed by reading
+    it), kept EVENTS_MAX_AGE_SEC, retried publishes dropped by Nats-Msg-Id."""
+    return StreamConfig(
         name=events_stream(settings),
         subjects=[Subjects(settings.subject_prefix).events(">")],
         retention=RetentionPolicy.LIMITS,
@@ -124,24 +120,22 @@ async def ensure_events_stream(js: JetStreamContext, settings: Settings) -> None
         duplicate_window=DUPLICATE_WINDOW_SEC,
         max_age=settings.events_max_age_sec,
     )
-    await _add_or_update_stream(js, config)
 
 
-async def ensure_consumers(js: JetStreamContext, settings: Settings, stage: str) -> None:
-    """The stage's durable pull consumers, one per priority (created before any worker scales)."""
+def stage_consumer_configs(settings: Settings, stage: str) -> list[tuple[str, ConsumerConfig]]:
+    """(stream, config) of the stage's durable pull consumers, one per priority."""
     subjects = Subjects(settings.subject_prefix)
-    for priority in PRIORITIES:
-        await js.add_consumer(
-            settings.nats_stream,
-            ConsumerConfig(
-                durable_name=consumer_name(stage, priority),
-                filter_subject=subjects.stage(stage, priority),
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=settings.queue_visibility_sec,
-                max_deliver=settings.max_attempts,  # then the MAX_DELIVERIES advisory (services/reaper/poison.py)
-                max_ack_pending=1000,
-            ),
-        )
+    return [
+        (settings.nats_stream, ConsumerConfig(
+            durable_name=consumer_name(stage, priority),
+            filter_subject=subjects.stage(stage, priority),
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=settings.queue_visibility_sec,
+            max_deliver=settings.max_attempts,  # then the MAX_DELIVERIES advisory (services/reaper/poison.py)
+            max_ack_pending=1000,
+        ))
+        for priority in PRIORITIES
+    ]
 
 
 def webhook_retries_stream(settings: Settings) -> str:
@@ -149,14 +143,9 @@ def webhook_retries_stream(settings: Settings) -> str:
     return settings.nats_stream + WEBHOOK_RETRIES_STREAM_SUFFIX
 
 
-async def ensure_notifier_consumer(js: JetStreamContext, settings: Settings) -> None:
-    """The notifier's durable pull consumers (services/notifier). `notifier` on the end events' stream: every
-    event from the stream's start, one first try each. A webhook that fails it moves to the retries stream (a work
-    queue, one message per job) and `notifier-retry` there: each retry is a nak with a delay (redelivered by
-    JetStream however long it takes, across restarts). Waiting retries are ack-pending on `notifier-retry` only,
-    so however many fail, first tries never wait for ack-pending room. Deliveries are never limited here; the
-    notifier counts them on the job row."""
-    config = StreamConfig(
+def webhook_retries_stream_config(settings: Settings) -> StreamConfig:
+    """A work queue, one message per job whose webhook failed its first try (see notifier_consumer_configs)."""
+    return StreamConfig(
         name=webhook_retries_stream(settings),
         subjects=[Subjects(settings.subject_prefix).webhook_retry("*")],
         retention=RetentionPolicy.WORK_QUEUE,
@@ -164,37 +153,107 @@ async def ensure_notifier_consumer(js: JetStreamContext, settings: Settings) -> 
         duplicate_window=DUPLICATE_WINDOW_SEC,
         max_age=settings.events_max_age_sec,
     )
-    await _add_or_update_stream(js, config)
-    await js.add_consumer(
-        webhook_retries_stream(settings),
-        ConsumerConfig(
-            durable_name=NOTIFIER_RETRY_CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=settings.webhook_timeout_sec + NOTIFIER_ACK_MARGIN_SEC,
-            max_deliver=-1,
-            max_ack_pending=settings.webhook_max_pending,
-        ),
-    )
-    await js.add_consumer(
-        events_stream(settings),
-        ConsumerConfig(
-            durable_name=NOTIFIER_CONSUMER,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=settings.webhook_timeout_sec + NOTIFIER_ACK_MARGIN_SEC,
-            max_deliver=-1,
-            max_ack_pending=settings.webhook_max_pending,
-        ),
-    )
 
 
-async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
-    """Streams, every stage's consumers and the notifier's."""
-    await ensure_stream(js, settings)
-    await ensure_events_stream(js, settings)
-    await ensure_notifier_consumer(js, settings)
-    for stage in STAGES:
-        await ensure_consumers(js, settings, stage)
+def notifier_consumer_configs(settings: Settings) -> list[tuple[str, ConsumerConfig]]:
+    """The notifier's durable pull consumers (services/notifier). `notifier` on the end events' stream: every
+    event from the stream's start, one first try each. A webhook that fails it moves to the retries stream (a work
+    queue, one message per job) and `notifier-retry` there: each retry is a nak with a delay (redelivered by
+    JetStream however long it takes, across restarts). Waiting retries are ack-pending on `notifier-retry` only,
+    so however many fail, first tries never wait for ack-pending room. Deliveries are never limited here; the
+    notifier counts them on the job row."""
+    ack_wait = settings.webhook_timeout_sec + NOTIFIER_ACK_MARGIN_SEC
+    return [
+        (webhook_retries_stream(settings), ConsumerConfig(
+            durable_name=NOTIFIER_RETRY_CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait,
+            max_deliver=-1, max_ack_pending=settings.webhook_max_pending,
+        )),
+        (events_stream(settings), ConsumerConfig(
+            durable_name=NOTIFIER_CONSUMER, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ack_wait, max_deliver=-1, max_ack_pending=settings.webhook_max_pending,
+        )),
+    ]
+
+
+def stream_configs(settings: Settings) -> list[StreamConfig]:
+    """Every stream clipjet uses."""
+    return [stream_config(settings), events_stream_config(settings), webhook_retries_stream_config(settings)]
+
+
+def consumer_configs(settings: Settings) -> list[tuple[str, ConsumerConfig]]:
+    """(stream, config) of every durable consumer clipjet uses."""
+    return [*notifier_consumer_configs(settings),
+            *(pair for stage in STAGES for pair in stage_consumer_configs(settings, stage))]
+
+
+# The fields of a stream's config that are clipjet's; the rest (replicas, max_bytes, max_msgs, placement, ...)
+# belong to the operator and are never changed by clipjet, `--update-streams` included.
+CLIPJET_STREAM_FIELDS = ("subjects", "retention", "storage", "duplicate_window", "max_age")
+
+
+async def make_stream(js: JetStreamContext, config: StreamConfig, *, update: bool = False) -> str:
+    """Create the stream when it is missing (CREATED). An existing one is the operator's and is KEPT as it is,
+    except that subjects clipjet needs and it lacks are added (a new stage's); with `update`, clipjet's fields
+    (CLIPJET_STREAM_FIELDS) are set to `config`'s (UPDATED) and the others still kept."""
+    try:
+        info = await js.stream_info(config.name)
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(config)
+        return CREATED
+    current = info.config
+    if update:
+        await js.update_stream(dataclasses.replace(
+            current, **{name: getattr(config, name) for name in CLIPJET_STREAM_FIELDS}))
+        return UPDATED
+    missing = [subject for subject in config.subjects or [] if subject not in (current.subjects or [])]
+    if missing:
+        await js.update_stream(dataclasses.replace(current, subjects=[*(current.subjects or []), *missing]))
+        return UPDATED
+    return KEPT
+
+
+async def make_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig, *, update: bool = False) -> str:
+    """Create the durable consumer when it is missing (CREATED); an existing one is KEPT as it is (its limits may
+    be the operator's), or with `update` set to `config` (UPDATED)."""
+    assert config.durable_name is not None
+    try:
+        await js.consumer_info(stream, config.durable_name)
+    except nats.js.errors.NotFoundError:
+        await js.add_consumer(stream, config)
+        return CREATED
+    if update:
+        await js.add_consumer(stream, config)  # the durable's create request updates an existing one
+        return UPDATED
+    return KEPT
+
+
+async def ensure_topology(js: JetStreamContext, settings: Settings, *, update: bool = False) -> list[str]:
+    """Every stream and durable consumer created when missing (`clipjet init`); one line per thing: what it is and
+    CREATED, KEPT or UPDATED."""
+    done = [f"stream {config.name}: {await make_stream(js, config, update=update)}"
+            for config in stream_configs(settings)]
+    for stream, config in consumer_configs(settings):
+        outcome = await make_consumer(js, stream, config, update=update)
+        done.append(f"consumer {stream}/{config.durable_name}: {outcome}")
+    return done
+
+
+async def require_streams(js: JetStreamContext, settings: Settings) -> None:
+    """Every stream clipjet uses exists (services wait for `clipjet init` to make them: NotInitialized)."""
+    for config in stream_configs(settings):
+        try:
+            await js.stream_info(config.name)
+        except nats.js.errors.NotFoundError:
+            raise NotInitialized(f"NATS stream {config.name} does not exist") from None
+
+
+async def require_consumers(js: JetStreamContext, consumers: list[tuple[str, ConsumerConfig]]) -> None:
+    """These durable consumers exist (NotInitialized while one does not)."""
+    for stream, config in consumers:
+        try:
+            await js.consumer_info(stream, config.durable_name)
+        except nats.js.errors.NotFoundError:
+            raise NotInitialized(f"NATS consumer {stream}/{config.durable_name} does not exist") from None
 
 
 async def backlog(js: JetStreamContext, settings: Settings) -> int:

@@ -30,17 +30,17 @@ class Resources:
 
 @asynccontextmanager
 async def open_resources(settings: Settings, name: str) -> AsyncIterator[Resources]:
-    """NATS (stream and consumers ensured), PostgreSQL (migrated) and S3 (bucket ensured); each waited for while
-    it is down (shared/startup.py)."""
+    """NATS (its streams found), PostgreSQL (its schema found migrated) and S3 (its bucket found); each waited
+    for while it is down or while what `clipjet init` makes is missing (shared/startup.py). Nothing is created."""
     remember_secrets(settings.s3_secret_key, settings.database_url)  # scrubbed from what users and logs see
     nc = await until_up("nats", lambda: bus.connect(settings, name), settings)
     try:
         js = nc.jetstream()
-        await until_up("nats_jetstream", lambda: bus.ensure_topology(js, settings), settings)
+        await until_up("nats_jetstream", lambda: bus.require_streams(js, settings), settings)
         pool = await until_up("postgresql", lambda: create_pool(settings), settings)
         try:
             async with open_storage(settings) as storage:
-                await until_up("s3", storage.ensure_bucket, settings)
+                await until_up("s3", storage.require_bucket, settings)
                 yield Resources(settings, nc, js, pool, storage, bus.Subjects(settings.subject_prefix))
         finally:
             await pool.close()

@@ -30,6 +30,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"  # asyncpg DSN
     db_schema: str = "clipjet"  # PostgreSQL schema holding clipjet's tables
     db_pool_max: int = 10  # connections per process
+    init_database_url: str = ""  # DSN `clipjet init` migrates with (a role with DDL rights); "": DATABASE_URL
+    db_app_role: str = ""  # role `clipjet init` grants the services' rights (DML, no DDL) on DB_SCHEMA; "": none
     s3_endpoint_url: str = "http://127.0.0.1:8333"  # S3-compatible endpoint
     s3_public_endpoint_url: str = ""  # endpoint used in signed URLs handed to clients (default: s3_endpoint_url)
     s3_region: str = "us-east-1"

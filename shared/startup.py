@@ -1,9 +1,12 @@
 """Start-up through an outage: a service started while NATS, PostgreSQL or S3 is down waits for it.
 
-Each step of opening the process's clients (connect to NATS, create the stream and consumers, connect to and
-migrate PostgreSQL, ensure the bucket) is tried again with exponential backoff, at most STARTUP_RETRY_MAX_SEC
-between tries, logging `waiting_for_dependency` with the dependency's name each time, until it succeeds or
-STARTUP_WAIT_SEC passed (then the last error is raised and the process exits for its supervisor to restart it).
+Each step of opening the process's clients (connect to NATS, find the streams and consumers, connect to
+PostgreSQL and find its schema migrated, find the bucket) is tried again with exponential backoff, at most
+STARTUP_RETRY_MAX_SEC between tries, logging `waiting_for_dependency` with the dependency's name each time,
+until it succeeds or STARTUP_WAIT_SEC passed (then the last error is raised and the process exits for its
+supervisor to restart it).
+What `clipjet init` makes (services/init.py) and a service only looks for is waited for the same way: while it is
+missing the service logs `waiting_for_init` saying "run `clipjet init`".
 """
 
 from __future__ import annotations
@@ -27,6 +30,15 @@ NOT_AN_OUTAGE: tuple[type[BaseException], ...] = (
     asyncpg.InvalidAuthorizationSpecificationError,  # bad user or password
     asyncpg.InvalidCatalogNameError,  # no such database
 )
+RUN_INIT = "run `clipjet init`"  # what a service waiting for init's work tells the operator
+
+
+class NotInitialized(RuntimeError):
+    """What `clipjet init` makes (a stream, a consumer, the schema's migrations, the bucket) is missing."""
+
+    def __init__(self, missing: str) -> None:
+        super().__init__(f"{missing}: {RUN_INIT}")
+        self.missing = missing
 
 
 async def until_up(dependency: str, step: Callable[[], Awaitable[R]], settings: Settings) -> R:
@@ -47,8 +59,12 @@ async def until_up(dependency: str, step: Callable[[], Awaitable[R]], settings: 
                 log.error("dependency_unavailable", dependency=dependency, waited_sec=round(waited, 1),
                           tries=tries, error=repr(exc)[:ERROR_CHARS])
                 raise
-            log.warning("waiting_for_dependency", dependency=dependency, retry_in_sec=round(pause, 2),
-                        waited_sec=round(waited, 1), error=repr(exc)[:ERROR_CHARS])
+            if isinstance(exc, NotInitialized):
+                log.warning("waiting_for_init", dependency=dependency, missing=exc.missing, message=RUN_INIT,
+                            retry_in_sec=round(pause, 2), waited_sec=round(waited, 1))
+            else:
+                log.warning("waiting_for_dependency", dependency=dependency, retry_in_sec=round(pause, 2),
+                            waited_sec=round(waited, 1), error=repr(exc)[:ERROR_CHARS])
             await asyncio.sleep(pause)
             pause = min(pause * 2, settings.startup_retry_max_sec)
             continue

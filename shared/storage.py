@@ -18,11 +18,13 @@ from shared.adaptive import THROTTLE_CODES, AdaptiveLimit
 from shared.errors import Conflict, NotFound, Permanent, StorageError
 from shared.retry import backoff
 from shared.settings import Settings
+from shared.startup import NotInitialized
 
 MIB = 1024 * 1024
 HASH_CHUNK = 4 * MIB  # bytes read at a time when hashing
 COPY_MAX_SINGLE = 5 * 1024 * MIB  # S3 CopyObject limit; larger objects copy part by part
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+CORS_MAX_AGE_SEC = 3600  # browsers cache the bucket's answer to a CORS preflight this long, s
 NO_UPLOAD_CODES = frozenset({"404", "NoSuchUpload", "NoSuchKey"})
 PART_TRIES = 5  # tries of one multipart part after botocore's own retries gave up on a throttle
 PART_RETRY_BASE_SEC = 0.2  # first backoff ceiling between two tries of a part, s (full jitter, doubles)
@@ -81,11 +83,23 @@ class Storage:
         if response is not None and _is_throttle(response[0].status_code, response[1]):
             self.part_limit.throttled()
 
-    async def ensure_bucket(self) -> None:
+    async def ensure_bucket(self) -> bool:
+        """Create the bucket when it does not exist (`clipjet init`); whether it was created."""
         try:
             await self._client.head_bucket(Bucket=self.bucket)
         except ClientError:
             await self._client.create_bucket(Bucket=self.bucket)
+            return True
+        return False
+
+    async def require_bucket(self) -> None:
+        """The bucket exists (a service waits for `clipjet init` to make it: NotInitialized); other errors raise."""
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _error_code(exc) in NOT_FOUND_CODES | {"NoSuchBucket"}:
+                raise NotInitialized(f"S3 bucket {self.bucket!r} does not exist") from None
+            raise
 
     async def allow_browser_origins(self, origins: list[str], max_age_sec: int) -> None:
         """Bucket CORS: these browser origins may PUT uploads and GET (ranges of) results with signed URLs."""

@@ -240,7 +240,8 @@ class Worker(Generic[T]):
     async def _run(self) -> None:
         settings = self.res.settings
         # NATS may have gone away while the stage opened its own resource (a model load takes seconds)
-        await until_up("nats_jetstream", lambda: bus.ensure_consumers(self.res.js, settings, self.spec.name), settings)
+        await until_up("nats_jetstream", lambda: bus.require_consumers(
+            self.res.js, bus.stage_consumer_configs(settings, self.spec.name)), settings)
         source = PrioritySource(self.res.nc, settings.nats_stream, self.spec.name, self.res.subjects)
         await until_up("nats", source.open, settings)
         await until_up("nats", self._cancels.open, settings)

@@ -19,6 +19,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from services.gateway.app import create_app
+from services.init import run_init
 from services.registry import STAGES
 from shared import bus
 from shared.apikeys import new_key
@@ -84,8 +85,7 @@ def make_settings(servers: Servers, tmp_path: Path, **overrides: Any) -> Setting
 async def _drop_everything(settings: Settings, res: Resources) -> None:
     await res.js.delete_stream(settings.nats_stream)
     await res.js.delete_stream(bus.events_stream(settings))
-    with suppress(nats.js.errors.NotFoundError):  # made by the notifier only
-        await res.js.delete_stream(bus.webhook_retries_stream(settings))
+    await res.js.delete_stream(bus.webhook_retries_stream(settings))
     await res.storage.delete_prefix("")
     await res.storage._client.delete_bucket(Bucket=settings.s3_bucket)
     conn = await asyncpg.connect(settings.database_url)
@@ -97,6 +97,8 @@ async def _drop_everything(settings: Settings, res: Resources) -> None:
 
 @pytest.fixture
 async def resources(settings: Settings) -> AsyncIterator[Resources]:
+    """The test's clients, after `clipjet init` made its schema, streams and bucket (dropped after)."""
+    await run_init(settings)
     async with open_resources(settings, "test") as res:
         yield res
         await _drop_everything(settings, res)

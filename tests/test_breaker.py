@@ -19,6 +19,7 @@ from services.reaper.handler import reap_once
 from shared.breaker import CircuitBreaker
 from shared.devstack import free_port, start_nats
 from shared.errors import ServiceUnavailable, StorageError
+from services.init import run_init
 from shared.resources import Resources, open_resources
 from shared.settings import Settings
 from shared.storage import open_storage
@@ -67,6 +68,7 @@ async def test_nats_outage_gets_503_keeps_the_job_and_recovers(settings: Setting
     port = int(nats.url.rsplit(":", 1)[1])
     ours = msgspec.structs.replace(settings, nats_url=nats.url)
     try:
+        await run_init(ours)
         async with open_resources(ours, "test") as res, AsyncTestClient(create_app(ours)) as client:
             await authorize(client, res.db, admin=True)
             nats.stop()

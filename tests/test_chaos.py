@@ -24,6 +24,7 @@ from litestar.testing import AsyncTestClient
 from services.gateway.app import create_app
 from services.registry import STAGES
 from shared.devstack import RunningServer, start_nats, start_postgres
+from services.init import run_init
 from shared.resources import Resources, open_resources
 from shared.settings import Settings
 from tests.chaos import (
@@ -101,6 +102,7 @@ async def chaos_stack(
     fleet = Fleet(settings, folder)
     stack: Stack | None = None
     try:
+        await run_init(settings)
         async with open_resources(settings, "chaos-test") as res:
             fleet.start_all()
             try:

@@ -16,6 +16,7 @@ from shared.db import jobs
 from shared.devstack import start_nats
 from shared.devstack.process import LOOPBACK, free_port
 from shared.ids import uuid7
+from services.init import run_init
 from shared.resources import open_resources
 from shared.settings import Settings
 from tests.conftest import Servers, _drop_everything, make_settings
@@ -46,6 +47,7 @@ async def test_worker_started_while_nats_is_down_waits_and_then_works(
             await wait_logged(log, "waiting_for_dependency", '"nats"')
             assert worker.poll() is None, log.read_text()[-2000:]
             nats = await asyncio.to_thread(start_nats, tmp_path / "nats", port)
+            await run_init(settings)  # what the worker waits for next
             await wait_logged(log, "worker_started")
             await _a_job_passes_the_fetch_stage(settings, origin.url(sample_video.name))
             assert "dependency_up" in log.read_text()
@@ -71,6 +73,7 @@ async def test_worker_started_while_postgresql_or_s3_is_down_waits_and_then_work
     port = free_port()
     settings = msgspec.structs.replace(direct, **{field: on_port(getattr(direct, field), port)})
     forward = TcpForward(port, target)
+    await run_init(direct)  # only the forwarder to PostgreSQL or S3 is missing
     try:
         with fetch_worker_processes(settings, tmp_path) as start, MediaServer(sample_video.parent) as origin:
             worker = start("fetch")

@@ -18,13 +18,13 @@ from litestar.static_files import create_static_files_router
 from shared.logs import get_logger
 from shared.resources import Resources
 from shared.settings import Settings
+from shared.storage import CORS_MAX_AGE_SEC
 
 from .state import Gateway
 
 log = get_logger("web")
 STATIC_DIR = Path(__file__).parent / "static"
 ASSETS_PATH = "/web"  # the page's script and style sheet
-CORS_MAX_AGE_SEC = 3600  # browsers cache the bucket's answer to a CORS preflight this long, s
 INDEX_HTML = (STATIC_DIR / "index.html").read_bytes()
 
 

@@ -48,7 +48,8 @@ class Lane:
 async def run_notifier(res: Resources, stop: asyncio.Event) -> None:
     """Deliver webhooks until `stop` is set; deliveries under way get SHUTDOWN_GRACE_SEC, the rest are handed back."""
     settings = res.settings
-    await until_up("nats_jetstream", lambda: bus.ensure_notifier_consumer(res.js, settings), settings)
+    await until_up("nats_jetstream", lambda: bus.require_consumers(res.js, bus.notifier_consumer_configs(settings)),
+                   settings)
     first = await until_up("nats_jetstream", lambda: res.js.pull_subscribe_bind(
         durable=bus.NOTIFIER_CONSUMER, stream=bus.events_stream(settings)), settings)
     retries = await until_up("nats_jetstream", lambda: res.js.pull_subscribe_bind(

@@ -41,7 +41,7 @@ SELECT EXISTS (
     SELECT 1 FROM {table} WHERE status IN ('queued', 'processing', 'done') OR staging_cleaned_at IS NULL
 )
 """
-DROP_PARTITION = "DROP TABLE {table}"
+DROP_PARTITION = "SELECT drop_job_partition($1)"  # as its owner (migration 017): the reaper owns no table
 
 
 def partition_day(name: str) -> datetime | None:
@@ -88,7 +88,7 @@ async def _drop_if_unneeded(conn: asyncpg.Connection, name: str) -> bool:
             await conn.execute(LOCK_JOBS)
             if await conn.fetchval(STILL_NEEDED.format(table=table)):
                 return False
-            await conn.execute(DROP_PARTITION.format(table=table))
+            await conn.execute(DROP_PARTITION, name)
     except asyncpg.LockNotAvailableError:
         log.warning("partition_drop_postponed", partition=name, reason="jobs is busy")
         return False

@@ -1,14 +1,19 @@
-"""The asyncpg pool: one per process, search_path set to clipjet's schema, jsonb as Python objects."""
+"""The asyncpg pool: one per process, search_path set to clipjet's schema, jsonb as Python objects.
+
+Services never change the schema: `clipjet init` migrates it (services/init.py); a pool is only opened once every
+migration this code knows has been applied (NotInitialized until then, which start-up waits for)."""
 
 from __future__ import annotations
 
 import asyncpg
 import msgspec
 
-from shared.db.migrate import apply_migrations
+from shared.db.migrate import migration_files
 from shared.settings import Settings
+from shared.startup import NotInitialized
 
 ENSURE_PARTITIONS = "SELECT ensure_job_partitions($1)"
+APPLIED = "SELECT name FROM schema_migrations"
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -18,15 +23,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-async def create_pool(settings: Settings, *, migrate: bool = True) -> asyncpg.Pool:
-    """Open the pool; with `migrate`, apply migrations and make sure the next days' partitions exist."""
-    if migrate:
-        conn = await asyncpg.connect(settings.database_url)
-        try:
-            await apply_migrations(conn, settings.db_schema)
-            await conn.execute(ENSURE_PARTITIONS, settings.partition_days_ahead)
-        finally:
-            await conn.close()
+async def require_migrated(conn: asyncpg.Connection, schema: str) -> None:
+    """NotInitialized unless every migration of this code is recorded in `schema` (a newer one may be too)."""
+    try:
+        done = {row["name"] for row in await conn.fetch(APPLIED)}
+    except asyncpg.UndefinedTableError:  # no schema_migrations in the search path: the schema was never migrated
+        raise NotInitialized(f"PostgreSQL schema {schema!r} is not migrated") from None
+    if missing := [name for name, _ in migration_files() if name not in done]:
+        raise NotInitialized(f"PostgreSQL schema {schema!r} lacks migrations {', '.join(missing)}")
+
+
+async def create_pool(settings: Settings, *, check_migrated: bool = True) -> asyncpg.Pool:
+    """Open the pool; with `check_migrated`, NotInitialized while the schema lacks a migration."""
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=1,
@@ -35,5 +43,11 @@ async def create_pool(settings: Settings, *, migrate: bool = True) -> asyncpg.Po
         init=_init_connection,
     )
     assert pool is not None
+    if check_migrated:
+        try:
+            async with pool.acquire() as conn:
+                await require_migrated(conn, settings.db_schema)
+        except BaseException:
+            await pool.close()
+            raise
     return pool
-
