@@ -7,14 +7,12 @@ import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
-import nats.js.errors
 import pytest
 from litestar.testing import AsyncTestClient
 

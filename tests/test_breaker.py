@@ -15,11 +15,11 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from services.gateway.app import create_app
+from services.init import run_init
 from services.reaper.handler import reap_once
 from shared.breaker import CircuitBreaker
 from shared.devstack import free_port, start_nats
 from shared.errors import ServiceUnavailable, StorageError
-from services.init import run_init
 from shared.resources import Resources, open_resources
 from shared.settings import Settings
 from shared.storage import open_storage

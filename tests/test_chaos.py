@@ -22,9 +22,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from services.gateway.app import create_app
+from services.init import run_init
 from services.registry import STAGES
 from shared.devstack import RunningServer, start_nats, start_postgres
-from services.init import run_init
 from shared.resources import Resources, open_resources
 from shared.settings import Settings
 from tests.chaos import (
@@ -41,7 +41,7 @@ from tests.chaos import (
     load_specs,
     outcome_of,
     submit,
-    )
+)
 from tests.conftest import Servers, _drop_everything, authorize, make_settings
 from tests.http_source import MediaServer
 from tests.s3_fault_proxy import FaultProxy, Request

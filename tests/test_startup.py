@@ -10,13 +10,13 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 import pytest
 
+from services.init import run_init
 from shared import bus
 from shared.contracts import ClipJobMessage, UrlSource
 from shared.db import jobs
 from shared.devstack import start_nats
 from shared.devstack.process import LOOPBACK, free_port
 from shared.ids import uuid7
-from services.init import run_init
 from shared.resources import open_resources
 from shared.settings import Settings
 from tests.conftest import Servers, _drop_everything, make_settings
