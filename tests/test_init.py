@@ -68,8 +68,8 @@ def test_init_twice_is_idempotent(dropped: Settings) -> None:
     assert all(line.endswith(": kept") for line in made), made
 
 
-def test_init_with_a_dependency_down_fails_clearly(settings: Settings) -> None:
-    down = msgspec.structs.replace(settings, nats_url="nats://127.0.0.1:9", startup_wait_sec=1.0,
+def test_init_with_a_dependency_down_fails_clearly(dropped: Settings) -> None:
+    down = msgspec.structs.replace(dropped, nats_url="nats://127.0.0.1:9", startup_wait_sec=1.0,
                                    startup_retry_max_sec=0.2)
     done = clipjet(down, "init")
     assert done.returncode == 1
