@@ -41,7 +41,7 @@ import httpx
 import msgspec
 
 from services.keyscmd import create_key
-from services.localstack import Child, healthy, spawn_service
+from services.localstack import Child, healthy, init_in_child, spawn_service
 from services.registry import STAGES
 from shared.bus import connect
 from shared.contracts import ClipJobMessage, UploadSource
@@ -219,6 +219,7 @@ def gateway_stack(data_dir: Path, private_postgres: bool = False) -> Iterator[St
             scratch_dir=str(data_dir / "scratch"), gateway_port=free_port(), log_level="warning", auth="on",
             rate_limit_per_min=BIG, queue_backlog_limit=BIG,
         )
+        init_in_child(settings)
         stack = Stack(settings, f"http://127.0.0.1:{settings.gateway_port}")
         yield stack
     finally:

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import msgspec
 
-from services.localstack import spawn_service, wait_healthy
+from services.localstack import init_in_child, spawn_service, wait_healthy
 from shared.bus import Subjects, connect
 from shared.contracts import ProgressEvent
 from shared.devstack import ensure_postgres, free_port, start_nats, start_s3
@@ -54,6 +54,7 @@ def gateway_only(folder: Path, streams: int) -> Iterator[tuple[Settings, str, in
             rate_limit_per_min=streams * 10,
         )
         url = f"http://127.0.0.1:{settings.gateway_port}"
+        init_in_child(settings)
         child = spawn_service(settings, "gateway", "gateway")
         with httpx.Client() as http:
             wait_healthy(http, url, [child])

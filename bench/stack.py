@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import msgspec
 
-from services.localstack import Child, spawn_service, wait_healthy
+from services.localstack import Child, init_in_child, spawn_service, wait_healthy
 from services.registry import STAGES
 from shared.devstack import ensure_postgres, free_port, start_nats, start_s3
 from shared.settings import Settings, load_settings
@@ -44,6 +44,7 @@ def bench_stack(data_dir: Path, *, reaper: bool = False, **overrides: object) ->
             **({"auth": "off"} | overrides),  # the pipeline's figures; the gateway's own (auth on) are measured apart
         )
         base_url = f"http://127.0.0.1:{settings.gateway_port}"
+        init_in_child(settings)
         children.append(spawn_service(settings, "gateway", "gateway"))
         with httpx.Client() as http:
             wait_healthy(http, base_url, children)

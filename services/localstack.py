@@ -58,7 +58,8 @@ from shared.pipeline import installed_stages
 from shared.settings import Settings, read_stack_env, settings_env
 
 __all__ = [
-    "CLIP_NAME", "NATS_PORT_ENV", "S3_PORT_ENV", "Child", "read_stack_env", "run_stack", "spawn_service",
+    "CLIP_NAME", "NATS_PORT_ENV", "S3_PORT_ENV", "Child", "init_in_child", "read_stack_env", "run_stack",
+    "spawn_service",
     "wait_healthy",
 ]
 
@@ -172,6 +173,14 @@ def page_origins(host: str, port: int) -> str:
 def spawn_service(settings: Settings, name: str, *args: str) -> Child:
     """``python -m services ARGS`` with ``settings`` in its environment."""
     return Child(name, [sys.executable, "-m", "services", *args], {**os.environ, **settings_env(settings)})
+
+
+def init_in_child(settings: Settings) -> None:
+    """`clipjet init` for ``settings`` in a child process (for callers whose event loop is running: benchmarks)."""
+    done = subprocess.run([sys.executable, "-m", "services", "init"], env={**os.environ, **settings_env(settings)},
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise StackError(f"clipjet init failed: {done.stderr[-2000:]}")
 
 
 def _check_alive(children: list[Child]) -> None:
