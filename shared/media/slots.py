@@ -23,7 +23,8 @@ SLOT_POLL_SEC = 0.1  # pause between two rounds of trying every slot while all a
 
 
 def threads_per_encode(max_parallel: int, cores: int | None = None) -> int:
-    """This encode's share of the CPUs this process may use (its cgroup limit) when `max_parallel` encodes run at once (at least 1)."""
+    """This encode's share of the CPUs this process may use (its cgroup limit, shared/cpus.py) when `max_parallel`
+    encodes run at once (at least 1)."""
     available = cores if cores is not None else available_cpus()
     return max(1, available // max(1, max_parallel))
 
