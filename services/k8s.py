@@ -129,7 +129,8 @@ def _deployment(name: str, replicas: int | None, pod: dict[str, Any]) -> dict[st
 
 
 def _gateway(settings: Settings) -> list[dict[str, Any]]:
-    container = _container("gateway", ["gateway"], GATEWAY_RESOURCES, GATEWAY_DB_POOL_MAX)
+    resources = _with_storage(GATEWAY_RESOURCES, settings, scratch=False)
+    container = _container("gateway", ["gateway"], resources, GATEWAY_DB_POOL_MAX)
     container["ports"] = [{"name": "http", "containerPort": settings.gateway_port, "protocol": "TCP"},
                           *container["ports"]]
     container |= probes("http")  # /livez and /readyz on the API port; readiness outlasts a database blip

@@ -93,8 +93,8 @@ def _allowed(policy: dict[str, Any], address: str) -> bool:
 def test_egress_policies_keep_media_workers_inside_the_cluster() -> None:
     docs = _documents()
     policies = {d["spec"]["podSelector"]["matchLabels"][LABEL]: d for d in docs if d["kind"] == "NetworkPolicy"}
-    deployments = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
-    assert set(policies) == deployments  # every pod is covered
+    deployments = {d["metadata"]["name"] for d in docs if d["kind"] in ("Deployment", "Job")}
+    assert set(policies) == deployments  # every pod is covered (the init Job too)
     cluster_ports = {53, NATS[1], S3[1], POSTGRES[1]}
     for app, policy in policies.items():
         assert policy["spec"]["policyTypes"] == ["Egress"]
