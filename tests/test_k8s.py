@@ -71,7 +71,7 @@ def test_scratch_volume_is_larger_than_the_quota_it_holds(quota_gib: float) -> N
                {f"clipjet-{s}" for s in STAGES}]
     assert len(workers) == len(STAGES)
     for deployment in workers:
-        (volume,) = deployment["spec"]["template"]["spec"]["volumes"]
+        (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "scratch"]
         limit = quantity_bytes(volume["emptyDir"]["sizeLimit"])
         assert settings.scratch_bytes == int(quota_gib * 1024**3)  # GiB, the unit of the limit
         assert settings.scratch_bytes < limit <= settings.scratch_bytes * 1.2 + 1024**2, volume
