@@ -6,13 +6,13 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= .data
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap run test chaos lint schemas bench soak memory clean
+.PHONY: help bootstrap run test chaos lint schemas lock bench soak memory clean
 
 help:  ## this list
 	@echo "clipjet: make <target>"
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-bootstrap:  ## install what is missing (Debian packages, .venv, pip install -e '.[test]')
+bootstrap:  ## install what is missing (Debian packages, .venv, pip install -e '.[test,local]')
 	@bash scripts/bootstrap.sh
 
 run: bootstrap  ## NATS, S3, PostgreSQL and every service on loopback, clip a sample, serve until Ctrl-C
@@ -29,6 +29,12 @@ lint: bootstrap  ## ruff check
 
 schemas: bootstrap  ## write schemas/ from the msgspec contracts
 	$(VENV)/bin/clipjet schemas
+
+LOCK_ARGS := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --quiet \
+	--custom-compile-command "make lock"
+lock: bootstrap  ## pin the image's dependencies (requirements.lock, requirements-gpu.lock) from pyproject.toml
+	$(VENV)/bin/uv pip compile pyproject.toml $(LOCK_ARGS) -o requirements.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra gpu $(LOCK_ARGS) -o requirements-gpu.lock
 
 bench: bootstrap  ## the benchmarks (python -m bench)
 	$(PY) -m bench

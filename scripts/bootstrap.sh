@@ -5,7 +5,7 @@
 #      (speech for the subtitle tests), chromium (the web page's tests), postgresql (only when no
 #      PostgreSQL answers at 127.0.0.1:5432 and no server binaries exist), python3-venv (when venv is broken).
 #   2. .venv with Python >= 3.11 (PYTHON=/path/to/python3.x picks the interpreter), then
-#      pip install -e '.[test]' (output in .venv/pip-install.log), skipped while
+#      pip install -e '.[test,local]' (output in .venv/pip-install.log), skipped while
 #      .venv/.installed-<sha256 of pyproject.toml> exists.
 #
 # Runs as root, or through sudo when that is available.
@@ -96,7 +96,7 @@ stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-64)"
 if [[ ! -e $stamp ]]; then
     say "installing clipjet and its test tools into $VENV (pip, quiet)"
     pip_log="$VENV/pip-install.log"
-    if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' >"$pip_log" 2>&1; then
+    if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,local]' >"$pip_log" 2>&1; then
         tail -n 30 "$pip_log" >&2
         die "pip install failed; full output in $pip_log"
     fi

@@ -56,9 +56,10 @@ def _policy(app: str, egress: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def network_policies(stages: list[str]) -> list[dict[str, Any]]:
-    """One egress policy per Deployment: the gateway, the reaper, the notifier and each stage's workers."""
-    apps = ["clipjet-gateway", "clipjet-reaper", "clipjet-notifier", *(f"clipjet-{stage}" for stage in stages)]
+def network_policies(stages: list[str], jobs: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """One egress policy per Deployment (the gateway, the reaper, the notifier and each stage's workers) and per
+    Job named in `jobs` (their pods' app label)."""
+    apps = ["clipjet-gateway", "clipjet-reaper", "clipjet-notifier", *(f"clipjet-{stage}" for stage in stages), *jobs]
     return [
         _policy(app, [*cluster_egress(), internet_egress()] if app in PUBLIC_EGRESS_APPS else cluster_egress())
         for app in apps

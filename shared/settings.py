@@ -10,13 +10,14 @@ from pathlib import Path
 
 import msgspec
 
+from shared.cpus import available_cpus
 from shared.pipeline import installed_stages
 
 DEFAULT_DATA_DIR = Path(".data")
 
 
 def _default_encoders() -> int:
-    return max(1, min((os.cpu_count() or 2) // 2, 6))
+    return max(1, min(available_cpus() // 2, 6))
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -164,7 +165,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     asr_device: str = "auto"  # auto (CUDA when present) | cpu | cuda
     asr_compute_type: str = "auto"  # auto: int8 on CPU, float16 on CUDA; or a CTranslate2 type (int8_float16, ...)
     asr_beam_size: int = 5  # beam search width (1 = greedy, faster)
-    asr_cpu_threads: int = msgspec.field(default_factory=lambda: os.cpu_count() or 2)  # CTranslate2 threads per clip
+    asr_cpu_threads: int = msgspec.field(default_factory=lambda: available_cpus())  # CTranslate2 threads, per clip
     asr_gpu_batch: int = 8  # speech chunks per batched forward pass on a GPU (halved on out-of-memory)
     asr_gpu_batch_wait_ms: int = 50  # GPU: clips arriving this soon after the first join its batch, ms
     asr_vad_min_silence_ms: int = 1000  # Silero VAD: silence this long splits speech, ms

@@ -71,7 +71,7 @@ def test_scratch_volume_is_larger_than_the_quota_it_holds(quota_gib: float) -> N
                {f"clipjet-{s}" for s in STAGES}]
     assert len(workers) == len(STAGES)
     for deployment in workers:
-        (volume,) = deployment["spec"]["template"]["spec"]["volumes"]
+        (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "scratch"]
         limit = quantity_bytes(volume["emptyDir"]["sizeLimit"])
         assert settings.scratch_bytes == int(quota_gib * 1024**3)  # GiB, the unit of the limit
         assert settings.scratch_bytes < limit <= settings.scratch_bytes * 1.2 + 1024**2, volume
@@ -93,8 +93,8 @@ def _allowed(policy: dict[str, Any], address: str) -> bool:
 def test_egress_policies_keep_media_workers_inside_the_cluster() -> None:
     docs = _documents()
     policies = {d["spec"]["podSelector"]["matchLabels"][LABEL]: d for d in docs if d["kind"] == "NetworkPolicy"}
-    deployments = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
-    assert set(policies) == deployments  # every pod is covered
+    deployments = {d["metadata"]["name"] for d in docs if d["kind"] in ("Deployment", "Job")}
+    assert set(policies) == deployments  # every pod is covered (the init Job too)
     cluster_ports = {53, NATS[1], S3[1], POSTGRES[1]}
     for app, policy in policies.items():
         assert policy["spec"]["policyTypes"] == ["Egress"]

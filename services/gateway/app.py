@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar, get
 from litestar.di import NamedDependency, Provide
 
+from shared.cpus import available_cpus
 from shared.logs import configure_logging, get_logger
 from shared.resources import open_resources
 from shared.settings import Settings, load_settings
@@ -63,8 +63,8 @@ def create_app(settings: Settings) -> Litestar:
 
 
 def gateway_processes(settings: Settings) -> int:
-    """GATEWAY_PROCESSES, or one process per CPU this process may run on when it is 0."""
-    return settings.gateway_processes if settings.gateway_processes > 0 else len(os.sched_getaffinity(0))
+    """GATEWAY_PROCESSES, or one process per CPU this process may use (its cgroup limit) when it is 0."""
+    return settings.gateway_processes if settings.gateway_processes > 0 else available_cpus()
 
 
 def app_from_environment() -> Litestar:

