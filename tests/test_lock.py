@@ -11,6 +11,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from services.k8s_pod import RUN_AS_USER
+
 ROOT = Path(__file__).resolve().parent.parent
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", re.MULTILINE)
 TARGET = {"python_version": "3.11", "python_full_version": "3.11.7", "sys_platform": "linux",
@@ -65,6 +67,7 @@ def test_image_installs_the_lock_before_the_code() -> None:
     install = next(i for i, line in enumerate(lines) if "--require-hashes -r" in line)
     copy_code = next(i for i, line in enumerate(lines) if line.startswith("COPY shared"))
     assert install < copy_code
+    assert f"USER {RUN_AS_USER}:{RUN_AS_USER}" in lines  # the user the pods' securityContext runs as
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert ignored[ignored.index("*") + 1:]  # everything is ignored except what is listed
     assert "!requirements.lock" in ignored and ".venv" not in "".join(line for line in ignored if line.startswith("!"))
