@@ -25,6 +25,11 @@ HASH_CHUNK = 4 * MIB  # bytes read at a time when hashing
 COPY_MAX_SINGLE = 5 * 1024 * MIB  # S3 CopyObject limit; larger objects copy part by part
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 CORS_MAX_AGE_SEC = 3600  # browsers cache the bucket's answer to a CORS preflight this long, s
+
+
+def cors_origins(setting: str) -> list[str]:
+    """The origins S3_CORS_ORIGINS names (comma-separated, no trailing slash)."""
+    return [origin.strip().rstrip("/") for origin in setting.split(",") if origin.strip()]
 NO_UPLOAD_CODES = frozenset({"404", "NoSuchUpload", "NoSuchKey"})
 PART_TRIES = 5  # tries of one multipart part after botocore's own retries gave up on a throttle
 PART_RETRY_BASE_SEC = 0.2  # first backoff ceiling between two tries of a part, s (full jitter, doubles)
