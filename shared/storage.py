@@ -97,14 +97,19 @@ class Storage:
             return True
         return False
 
-    async def require_bucket(self) -> None:
-        """The bucket exists (a service waits for `clipjet init` to make it: NotInitialized); other errors raise."""
+    async def bucket_exists(self) -> bool:
         try:
             await self._client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
             if _error_code(exc) in NOT_FOUND_CODES | {"NoSuchBucket"}:
-                raise NotInitialized(f"S3 bucket {self.bucket!r} does not exist") from None
+                return False
             raise
+        return True
+
+    async def require_bucket(self) -> None:
+        """The bucket exists (a service waits for `clipjet init` to make it: NotInitialized); other errors raise."""
+        if not await self.bucket_exists():
+            raise NotInitialized(f"S3 bucket {self.bucket!r} does not exist")
 
     async def allow_browser_origins(self, origins: list[str], max_age_sec: int) -> None:
         """Bucket CORS: these browser origins may PUT uploads and GET (ranges of) results with signed URLs."""
