@@ -25,7 +25,7 @@ from shared.logs import get_logger
 from shared.scrub import remember_secrets
 from shared.settings import Settings
 from shared.startup import until_up
-from shared.storage import CORS_MAX_AGE_SEC, open_storage
+from shared.storage import CORS_MAX_AGE_SEC, cors_origins, open_storage
 
 log = get_logger("init")
 
@@ -64,8 +64,7 @@ async def init_storage(settings: Settings) -> list[str]:
     async with open_storage(settings) as storage:
         created = await until_up("s3", storage.ensure_bucket, settings)
         lines = [f"bucket {settings.s3_bucket}: {bus.CREATED if created else bus.KEPT}"]
-        origins = [o.strip().rstrip("/") for o in settings.s3_cors_origins.split(",") if o.strip()]
-        if origins:
+        if origins := cors_origins(settings.s3_cors_origins):
             await storage.allow_browser_origins(origins, CORS_MAX_AGE_SEC)
             lines.append(f"bucket CORS: {', '.join(origins)}")
         return lines

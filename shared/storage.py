@@ -25,6 +25,11 @@ HASH_CHUNK = 4 * MIB  # bytes read at a time when hashing
 COPY_MAX_SINGLE = 5 * 1024 * MIB  # S3 CopyObject limit; larger objects copy part by part
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 CORS_MAX_AGE_SEC = 3600  # browsers cache the bucket's answer to a CORS preflight this long, s
+
+
+def cors_origins(setting: str) -> list[str]:
+    """The origins S3_CORS_ORIGINS names (comma-separated, no trailing slash)."""
+    return [origin.strip().rstrip("/") for origin in setting.split(",") if origin.strip()]
 NO_UPLOAD_CODES = frozenset({"404", "NoSuchUpload", "NoSuchKey"})
 PART_TRIES = 5  # tries of one multipart part after botocore's own retries gave up on a throttle
 PART_RETRY_BASE_SEC = 0.2  # first backoff ceiling between two tries of a part, s (full jitter, doubles)
@@ -92,14 +97,19 @@ class Storage:
             return True
         return False
 
-    async def require_bucket(self) -> None:
-        """The bucket exists (a service waits for `clipjet init` to make it: NotInitialized); other errors raise."""
+    async def bucket_exists(self) -> bool:
         try:
             await self._client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
             if _error_code(exc) in NOT_FOUND_CODES | {"NoSuchBucket"}:
-                raise NotInitialized(f"S3 bucket {self.bucket!r} does not exist") from None
+                return False
             raise
+        return True
+
+    async def require_bucket(self) -> None:
+        """The bucket exists (a service waits for `clipjet init` to make it: NotInitialized); other errors raise."""
+        if not await self.bucket_exists():
+            raise NotInitialized(f"S3 bucket {self.bucket!r} does not exist")
 
     async def allow_browser_origins(self, origins: list[str], max_age_sec: int) -> None:
         """Bucket CORS: these browser origins may PUT uploads and GET (ranges of) results with signed URLs."""

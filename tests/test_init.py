@@ -23,8 +23,11 @@ from services.gateway.app import create_app
 from services.init import InitFailed, run_init
 from services.reaper.handler import reap_once
 from shared import bus
+from shared.db.pool import create_pool
 from shared.resources import open_resources
 from shared.settings import Settings, settings_env
+from shared.startup import NotInitialized
+from shared.storage import open_storage
 from tests.conftest import Servers, Workers, _drop_everything, authorize, make_settings, wait_for_job
 from tests.http_source import MediaServer
 from tests.test_delivery import fetch_worker_processes
@@ -199,3 +202,19 @@ async def test_services_run_with_a_role_without_ddl(
         await run_init(msgspec.structs.replace(owner, s3_cors_origins=""))
         async with open_resources(owner, "test-cleanup") as res:
             await _drop_everything(owner, res)
+
+
+async def test_what_init_makes_is_reported_missing_not_made(settings: Settings) -> None:
+    """Each check a service waits on says what is missing, and creates nothing."""
+    async with open_storage(settings) as storage:
+        with pytest.raises(NotInitialized, match="bucket"):
+            await storage.require_bucket()
+        assert not await storage.bucket_exists()
+    nc = await bus.connect(settings, "test")
+    try:
+        with pytest.raises(NotInitialized, match=settings.nats_stream):
+            await bus.require_streams(nc.jetstream(), settings)
+    finally:
+        await nc.close()
+    with pytest.raises(NotInitialized, match="not migrated"):
+        await create_pool(settings)

@@ -18,7 +18,7 @@ from litestar.static_files import create_static_files_router
 from shared.logs import get_logger
 from shared.resources import Resources
 from shared.settings import Settings
-from shared.storage import CORS_MAX_AGE_SEC
+from shared.storage import CORS_MAX_AGE_SEC, cors_origins
 
 from .state import Gateway
 
@@ -64,7 +64,7 @@ web_router = Router(path="/", route_handlers=[
 
 async def allow_page_origins(res: Resources) -> None:
     """Set the bucket's CORS to S3_CORS_ORIGINS (a browser PUTs uploads and reads subtitles straight from it)."""
-    origins = [origin.strip().rstrip("/") for origin in res.settings.s3_cors_origins.split(",") if origin.strip()]
+    origins = cors_origins(res.settings.s3_cors_origins)
     if not origins:
         return
     try:
