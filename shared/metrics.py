@@ -92,8 +92,9 @@ def encode_running() -> Iterator[None]:
 
 
 def split_outcome(outcome: str) -> tuple[str, str]:
-    """The worker's outcome word (`failed_source_not_found`, `skipped_done`) → (outcome, code)."""
-    for prefix in ("failed", "skipped"):
+    """The worker's outcome word (`failed_source_not_found`, `retry_source_unreachable`, `skipped_done`) →
+    (outcome, code)."""
+    for prefix in ("failed", "retry", "skipped"):
         if outcome.startswith(prefix + "_"):
             return prefix, outcome[len(prefix) + 1:]
     return outcome, ""

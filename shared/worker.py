@@ -387,7 +387,7 @@ class Worker(Generic[T]):
             delay = backoff(attempt, settings.retry_base_delay_sec)
             await jobs.requeue(res.db, uuid.UUID(job.id), error.code, error.message, attempt, delay)
             await msg.nak(delay=delay)
-            return "retry"
+            return f"retry_{error.code}"
         finally:
             beat.cancel()
             shutil.rmtree(scratch, ignore_errors=True)

@@ -62,6 +62,7 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.gateway_max_body_bytes,
         openapi_config=openapi_config("0.1.0"),
+        logging_config=None,  # every logger goes through shared/logs.py (Litestar's default replaces the root's)
     )
     return app
 
