@@ -146,6 +146,8 @@ async def run_reaper(res: Resources, stop: asyncio.Event) -> None:
         with suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=res.settings.reaper_interval_sec)
     depth.cancel()
+    with suppress(asyncio.CancelledError):
+        await depth
     with suppress(Exception):
         await advisories.unsubscribe()
     log.info("reaper_stopped")
