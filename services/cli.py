@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
@@ -16,12 +17,22 @@ SCHEMAS_DIR = Path("schemas")
 K8S_BASE_DIR = Path("k8s/base")
 
 
-def _stop_on_signals() -> asyncio.Event:
-    """An event set by SIGTERM or SIGINT: the service finishes what it is doing and stops."""
+def _stop_on_signals(settings: Settings) -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT: the service drains (/readyz 503), finishes what it is doing and stops.
+    The ops port (/metrics, /livez, /readyz) is served from here on."""
+    from shared.ops import HEALTH, serve_ops, watch_event_loop
+
+    serve_ops(settings.metrics_port)
+    watch_event_loop(settings.liveness_stall_sec)
     stop = asyncio.Event()
+
+    def draining() -> None:
+        HEALTH.mark_draining()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, draining)
     return stop
 
 
@@ -32,7 +43,7 @@ async def _run_worker(stage: str, settings: Settings) -> None:
     from shared.resources import open_resources
     from shared.worker import run_worker
 
-    stop = _stop_on_signals()
+    stop = _stop_on_signals(settings)
     warn_if_open(settings)
     await guarded_proxy()  # the process's guarded proxy for user URLs, up before the first message
     async with open_resources(settings, f"worker-{stage}") as res:
@@ -43,7 +54,7 @@ async def _run_reaper(settings: Settings) -> None:
     from services.reaper.handler import run_reaper
     from shared.resources import open_resources
 
-    stop = _stop_on_signals()
+    stop = _stop_on_signals(settings)
     async with open_resources(settings, "reaper") as res:
         await run_reaper(res, stop)
 
@@ -53,7 +64,7 @@ async def _run_notifier(settings: Settings) -> None:
     from shared.fetchproxy import guarded_proxy, warn_if_open
     from shared.resources import open_resources
 
-    stop = _stop_on_signals()
+    stop = _stop_on_signals(settings)
     warn_if_open(settings)
     await guarded_proxy()  # webhooks go through the same guarded proxy as sources
     async with open_resources(settings, "notifier") as res:
@@ -61,14 +72,23 @@ async def _run_notifier(settings: Settings) -> None:
 
 
 def _run_gateway(settings: Settings) -> None:
+    import tempfile
+
+    # every uvicorn process records into files here (set before prometheus_client is imported); this one serves
+    # their sum on METRICS_PORT
+    metrics_dir = tempfile.TemporaryDirectory(prefix="clipjet-gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir.name
     import uvicorn
 
     from services.gateway.app import gateway_processes
+    from shared.ops import serve_ops
+
+    serve_ops(settings.metrics_port, probes=False)  # the gateway's /livez and /readyz are on its API port
 
     uvicorn.run(
         "services.gateway.app:app_from_environment", factory=True, workers=gateway_processes(settings),
         host=settings.gateway_host, port=settings.gateway_port, http="httptools", loop="uvloop",
-        log_level="warning", access_log=False, lifespan="on",
+        log_level="warning", access_log=False, lifespan="on", log_config=None,  # logs: shared/logs.py
         # the client address (the anonymous rate limit's subject) comes from X-Forwarded-For only when it is sent
         # by a proxy named in GATEWAY_TRUSTED_PROXIES; else anyone could pick their own address
         proxy_headers=bool(settings.gateway_trusted_proxies),

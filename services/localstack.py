@@ -254,13 +254,19 @@ class _Demo(threading.Thread):
             self.error = exc
 
 
-def _bring_up(supervisor: Supervisor, effective: Settings, scale: dict[str, int], http: httpx.Client) -> str:
+def _bring_up(supervisor: Supervisor, effective: Settings, scale: dict[str, int], http: httpx.Client,
+              metrics_ports: dict[str, int]) -> str:
     """The gateway, then every worker process, the reaper and the notifier (`clipjet init` ran before); the
-    gateway's URL."""
+    gateway's URL. Each process gets an ops port of its own (/metrics, /livez, /readyz), noted in `metrics_ports`,
+    unless METRICS_PORT is 0."""
     commands = service_commands(tuple(scale))
 
     def service(name: str, args: tuple[str, ...]) -> Callable[[], Child]:
-        return lambda: spawn_service(effective, name, *args)
+        ops = effective
+        if effective.metrics_port > 0:  # many processes on one machine: one free port each (kept on restarts)
+            metrics_ports[name] = free_port()
+            ops = msgspec.structs.replace(effective, metrics_port=metrics_ports[name])
+        return lambda: spawn_service(ops, name, *args)
 
     supervisor.add(GATEWAY, service(GATEWAY, commands[GATEWAY]))
     base_url = f"http://{effective.gateway_host}:{effective.gateway_port}"
@@ -298,6 +304,7 @@ def run_stack(settings: Settings, *, demo: bool, exit_after_demo: bool, scale: d
     interrupts = _Interrupts()
     supervisor = Supervisor(Policy.from_settings(settings), data_dir / STATUS_FILE, interrupts.held)
     code = 0
+    metrics_ports: dict[str, int] = {}
     try:
         with interrupts.held():
             identity_settings = _effective(settings, data_dir, demo)
@@ -310,8 +317,11 @@ def run_stack(settings: Settings, *, demo: bool, exit_after_demo: bool, scale: d
             api_key = "" if effective.auth == "off" else stack_api_key(effective, data_dir)
             _write_env(env_file, effective, api_key)
         with httpx.Client(trust_env=False, timeout=HTTP_TIMEOUT_S) as http:
-            base_url = _bring_up(supervisor, effective, scale, http)
+            base_url = _bring_up(supervisor, effective, scale, http, metrics_ports)
         say(supervisor.status_line())
+        if metrics_ports:
+            say("metrics   " + ", ".join(f"{name} :{port}" for name, port in metrics_ports.items())
+                + f"  (http://{LOOPBACK}:PORT/metrics, /livez, /readyz)")
         say(f"gateway   {base_url}  (API docs {base_url}/schema)")
         say(f"settings  {env_file}  (set -a; . {env_file}; set +a)")
         if api_key:

@@ -35,6 +35,7 @@ from nats.aio.msg import Msg
 from shared.bus import Subjects
 from shared.errors import ScratchFull
 from shared.logs import get_logger
+from shared.metrics import record_scratch
 from shared.settings import Settings
 
 log = get_logger("scratch")
@@ -201,6 +202,7 @@ async def report_loop(
     subject = Subjects(settings.subject_prefix).scratch(node_name(settings))
     while not stopping.is_set():
         used = await asyncio.to_thread(quota.used)
+        record_scratch(used, quota.quota)
         report = ScratchReport(node_name(settings), used, quota.quota, quota.waiting)
         with suppress(Exception):
             await nc.publish(subject, msgspec.json.encode(report))

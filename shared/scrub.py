@@ -36,6 +36,9 @@ _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/\-]+=*")
 _CREDENTIAL_SCOPE = re.compile(r"\b[A-Za-z0-9]{4,128}/\d{8}/[a-z0-9\-]+/s3/aws4_request\b")
 # internal object keys: where a stage stages its work and where results live (a job id is shown on its own)
 _INTERNAL_KEY = re.compile(r"(?<![\w\-])(?:staging|results)/[^\s\"'<>,;)]+")
+# one cheap search: a text none of the patterns above could match (no "://", "=", auth word, "/s3/", staging/ or
+# results/ key) is returned as it is (most log fields: event names, ids, routes), unless it holds a secret
+_MAYBE_SECRET = re.compile(r"(?i)://|=|authorization|bearer|/s3/|staging/|results/")
 _known_secrets: set[str] = set()  # this process's configured secrets, replaced wherever they appear
 
 
@@ -49,6 +52,8 @@ def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
     """`text` without signed query strings, URL credentials, tokens, internal object keys, this process's
     remembered secrets and the `secrets` given."""
     if not text:
+        return text
+    if _MAYBE_SECRET.search(text) is None and not any(secret in text for secret in (*_known_secrets, *secrets)):
         return text
     text = _QUERY.sub(rf"\1?{REDACTED}", text)
     text = _USERINFO.sub(rf"\1{REDACTED}@", text)

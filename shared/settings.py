@@ -84,7 +84,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # --- encoder ---
     video_encoder: str = "auto"  # H.264 encoder: auto (hardware when a test encode works, else libx264) or a name
     force_cut_path: str = ""  # "reencode": every job goes through the encoder (benchmarks); "": decided per job
-    metrics_port: int = 0  # Prometheus /metrics port of a worker process; 0 = off
+
+    # --- ops: metrics and health (shared/ops.py) ---
+    metrics_port: int = 9464  # every process serves Prometheus /metrics here (workers: /livez, /readyz too); 0 = off
+    liveness_stall_sec: float = 30.0  # /livez answers 503 once the event loop has not ticked for this long, s
+    readiness_db_grace_sec: float = 60.0  # the gateway's /readyz fails only after PostgreSQL is down this long, s
+    queue_depth_interval_sec: float = 15.0  # the reaper reads every consumer's pending counts this often, s
 
     # --- reaper ---
     reaper_interval_sec: float = 30.0  # pause between two reaper passes, s

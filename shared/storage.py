@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 
 from shared.adaptive import THROTTLE_CODES, AdaptiveLimit
 from shared.errors import Conflict, NotFound, Permanent, StorageError
+from shared.metrics import observe_s3
 from shared.retry import backoff
 from shared.settings import Settings
 from shared.startup import NotInitialized
@@ -82,6 +83,7 @@ class Storage:
         # parts in flight over all of this process's multipart uploads: lowered on 503 SlowDown, raised after successes
         self.part_limit = AdaptiveLimit(settings.s3_multipart_concurrency)
         client.meta.events.register("needs-retry.s3.UploadPart", self._watch_part_attempt)
+        observe_s3(client.meta.events)  # latency and retries of every call, in Prometheus
 
     def _watch_part_attempt(self, response: Any = None, **_: Any) -> None:
         """Every try of a part botocore makes, retried ones included: a throttle lowers the part limit."""

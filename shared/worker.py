@@ -31,6 +31,8 @@ from shared.db import refused as refused_jobs
 from shared.errors import ClipError, Permanent, Transient
 from shared.jobrules import refusal_for_decode_error, refused_request
 from shared.logs import get_logger
+from shared.metrics import record_claim, record_stage_message
+from shared.ops import HEALTH, ready_while_connected
 from shared.outage import OutageBudget, hold, is_outage
 from shared.progress import Progress, heartbeat_loop
 from shared.resources import Resources
@@ -229,6 +231,7 @@ class Worker(Generic[T]):
         self._cancels = CancelWatch(res.nc, res.subjects, res.db)
 
     def stop(self) -> None:
+        HEALTH.mark_draining()
         self._stopping.set()
 
     async def run(self) -> None:
@@ -248,6 +251,7 @@ class Worker(Generic[T]):
         slots = asyncio.Semaphore(settings.worker_concurrency)
         stopping = asyncio.create_task(self._stopping.wait())
         gate = ScratchGate(self.res.nc, settings) if self.spec.uses_scratch else None
+        ready_while_connected(self.res.nc)  # connected and bound to its consumers
         log.info("worker_started", stage=self.spec.name, concurrency=settings.worker_concurrency)
         try:
             while not self._stopping.is_set():
@@ -292,12 +296,15 @@ class Worker(Generic[T]):
     async def _process(self, msg: Msg) -> None:
         started = time.perf_counter()
         attempt = msg.metadata.num_delivered
+        priority = msg.subject.rpartition(".")[2]  # <prefix>.<stage>.<priority>
+        record_claim(self.spec.name, priority, attempt, msg.metadata.timestamp.timestamp())
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(stage=self.spec.name, attempt=attempt)
         try:
             task = self._decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
             await self._reject(msg, exc)
+            record_stage_message(self.spec.name, priority, "invalid", time.perf_counter() - started)
             return
         job = job_of(task)
         structlog.contextvars.bind_contextvars(job_id=job.id)
@@ -315,10 +322,9 @@ class Worker(Generic[T]):
             with suppress(Exception):
                 await msg.nak(delay=backoff(attempt, self.res.settings.retry_base_delay_sec))
         finally:
-            log.info(
-                "stage_message", outcome=outcome, ms=round((time.perf_counter() - started) * 1000, 1),
-                priority=job.priority,
-            )
+            seconds = time.perf_counter() - started
+            record_stage_message(self.spec.name, priority, outcome, seconds)
+            log.info("stage_message", outcome=outcome, ms=round(seconds * 1000, 1), priority=job.priority)
 
     async def _run_through_outages(self, msg: Msg, task: T, job: ClipJobMessage, attempt: int) -> str:
         """Run the stage; through a PostgreSQL or NATS outage, hold the message and run it again on the same
@@ -382,7 +388,7 @@ class Worker(Generic[T]):
             delay = backoff(attempt, settings.retry_base_delay_sec)
             await jobs.requeue(res.db, uuid.UUID(job.id), error.code, error.message, attempt, delay)
             await msg.nak(delay=delay)
-            return "retry"
+            return f"retry_{error.code}"
         finally:
             beat.cancel()
             shutil.rmtree(scratch, ignore_errors=True)

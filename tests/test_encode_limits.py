@@ -25,7 +25,7 @@ from shared.devstack import free_port
 from shared.ids import uuid7
 from shared.media import hwenc
 from shared.media.slots import SLOT_DIR, threads_per_encode
-from shared.metrics import serve_metrics
+from shared.ops import serve_ops as serve_metrics
 from shared.pipeline import DEFAULT_ROUTE_LENGTH, FETCH, UPLOAD
 from shared.progress import Progress
 from shared.resources import Resources
@@ -131,7 +131,7 @@ def test_detection_picks_a_working_encoder_and_falls_back_to_libx264() -> None:
 
 
 async def test_startup_reports_the_encoder_in_a_metric(settings: Settings, resources: Resources) -> None:
-    async with pick_encoder(resources) as encoder:  # METRICS_PORT 0: no server
+    async with pick_encoder(resources) as encoder:  # the ops port is the process's (services/cli.py), not the stage's
         pass
     chosen = hwenc.detect_video_encoder(settings.video_encoder)
     assert encoder == chosen

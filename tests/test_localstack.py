@@ -69,6 +69,7 @@ def test_stack_demo_makes_a_clip(tmp_path: Path) -> None:
     assert codecs(info) == {"video": "h264", "audio": "aac"}
     assert CLIP_MIN_SEC <= float(info["format"]["duration"]) <= CLIP_MAX_SEC
     assert str(clip) in output and "status done" in output
+    assert "metrics   gateway :" in output and "upload.1 :" in output  # each process's own ops port
     assert "X-Amz-Signature" not in output and "X-Amz-Credential" not in output  # no signed URL printed
     secret = read_stack_env(data_dir / "stack.env")["S3_SECRET_KEY"]
     assert secret == stack_identity(data_dir).s3_secret_key != load_settings({}).s3_secret_key  # not a constant

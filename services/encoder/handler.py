@@ -29,7 +29,7 @@ from shared.media.inputs import staged_demuxer
 from shared.media.keyframes import frame_shown_at
 from shared.media.probe import KEYFRAME_EPSILON_SEC
 from shared.media.slots import encode_slot, threads_per_encode
-from shared.metrics import encode_running, record_video_encoder, serve_metrics
+from shared.metrics import encode_running, record_video_encoder
 from shared.pipeline import ENCODE
 from shared.resources import Resources
 from shared.storage import staging_prefix
@@ -43,7 +43,6 @@ CLIP_NAME = "encoded.mp4"
 async def pick_encoder(res: Resources) -> AsyncIterator[VideoEncoder]:
     """StageSpec.open_local of the encoder: the H.264 encoder picked by test encodes once per process, before
     the first pull (logged, and in the `clipjet_video_encoder` metric)."""
-    serve_metrics(res.settings.metrics_port)
     encoder = await asyncio.to_thread(detect_video_encoder, res.settings.video_encoder)
     record_video_encoder(encoder.name, encoder.hardware)
     yield encoder

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar, get
 from litestar.di import NamedDependency, Provide
+from litestar.types import ASGIApp
 
 from shared.cpus import available_cpus
 from shared.logs import configure_logging, get_logger
@@ -17,7 +18,9 @@ from .auth import caller_of, rate_limit_headers
 from .batches import BatchController
 from .errors import EXCEPTION_HANDLERS
 from .events import JobEventsController, job_feed_lifespan
+from .health import DbReadiness, livez, readyz
 from .jobs import JobController
+from .observe import observed
 from .openapi import openapi_config
 from .state import Gateway, gateway_of
 from .uploads import UploadController
@@ -43,13 +46,14 @@ def create_app(settings: Settings) -> Litestar:
                         "job. Use it only on a private network; set AUTH=on and create keys with `clipjet keys`.")
         async with open_resources(settings, "gateway") as res:
             app.state.gateway = Gateway.for_resources(res)
+            app.state.db_readiness = DbReadiness(settings.readiness_db_grace_sec)
             await app.state.gateway.scratch.start(res.nc)
             await allow_page_origins(res)
             yield
 
     app = Litestar(
         route_handlers=[JobController, JobEventsController, BatchController, UploadController, UsageController,
-                        health, web_router],
+                        health, livez, readyz, web_router],
         lifespan=[lifespan, job_feed_lifespan],
         middleware=[rate_limit_headers],
         dependencies={
@@ -58,6 +62,7 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.gateway_max_body_bytes,
         openapi_config=openapi_config("0.1.0"),
+        logging_config=None,  # every logger goes through shared/logs.py (Litestar's default replaces the root's)
     )
     return app
 
@@ -67,8 +72,9 @@ def gateway_processes(settings: Settings) -> int:
     return settings.gateway_processes if settings.gateway_processes > 0 else available_cpus()
 
 
-def app_from_environment() -> Litestar:
-    """uvicorn's app factory in each gateway process (`clipjet gateway`): the settings from the environment."""
+def app_from_environment() -> ASGIApp:
+    """uvicorn's app factory in each gateway process (`clipjet gateway`): the settings from the environment; every
+    request gets a request id, a log line and its metrics (observe.py)."""
     settings = load_settings()
     configure_logging(settings.log_level)
-    return create_app(settings)
+    return observed(create_app(settings))

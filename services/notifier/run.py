@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 from shared import bus
 from shared.contracts import JobEvent
 from shared.logs import get_logger
+from shared.ops import ready_while_connected
 from shared.resources import Resources
 from shared.retry import backoff
 from shared.startup import until_up
@@ -60,6 +61,7 @@ async def run_notifier(res: Resources, stop: asyncio.Event) -> None:
     lanes = (Lane(first, True, cap), Lane(retries, False, cap))
     inflight: set[asyncio.Task[None]] = set()
     stopping = asyncio.create_task(stop.wait())
+    ready_while_connected(res.nc)
     log.info("notifier_started", concurrency=concurrency)
     try:
         while not stop.is_set():

@@ -31,6 +31,7 @@ import structlog
 
 from shared.db import jobs
 from shared.logs import get_logger
+from shared.ops import ready_while_connected
 from shared.resources import Resources
 from shared.storage import staging_prefix
 
@@ -39,6 +40,7 @@ from .lost import fail_stuck
 from .outbox import republish_outbox
 from .partitions import drop_old_partitions, ensure_partitions
 from .poison import watch_max_deliveries
+from .queuedepth import queue_depth_loop
 from .ratelimits import prune_rate_windows
 from .uploads import reap_uploads
 
@@ -134,6 +136,8 @@ async def run_reaper(res: Resources, stop: asyncio.Event) -> None:
     """A pass every REAPER_INTERVAL_SEC until `stop` is set (a pass under way finishes first)."""
     log.info("reaper_started", interval_sec=res.settings.reaper_interval_sec)
     advisories = await watch_max_deliveries(res)
+    depth = asyncio.create_task(queue_depth_loop(res, stop))
+    ready_while_connected(res.nc)
     while not stop.is_set():
         try:
             await reap_once(res)
@@ -141,6 +145,9 @@ async def run_reaper(res: Resources, stop: asyncio.Event) -> None:
             log.error("reaper_pass_failed", error=repr(exc))
         with suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=res.settings.reaper_interval_sec)
+    depth.cancel()
+    with suppress(asyncio.CancelledError):
+        await depth
     with suppress(Exception):
         await advisories.unsubscribe()
     log.info("reaper_stopped")

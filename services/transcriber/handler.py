@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 
 from shared.asr.audio import read_audio
@@ -9,6 +11,7 @@ from shared.asr.engine import AsrEngine
 from shared.contracts import Artifact, StageMessage
 from shared.errors import Permanent
 from shared.media.inputs import staged_demuxer
+from shared.metrics import record_asr
 from shared.pipeline import TRANSCRIBE
 from shared.settings import Settings
 from shared.storage import ObjectInfo, sha256_file, staging_prefix
@@ -47,9 +50,11 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
     audio = await read_audio(url, start_sec=start, duration_sec=duration, fmt=fmt)
     deps.progress.set(AUDIO_SHARE)
     engine: AsrEngine = deps.local
+    started = time.perf_counter()
     transcript = await engine.transcribe(
         audio, task.job.subs.lang, lambda p: deps.progress.set(AUDIO_SHARE + (0.9 - AUDIO_SHARE) * p)
     )
+    record_asr(engine.ref.name, duration, time.perf_counter() - started)
     cues = build_cues(transcript.words, cue_rules(deps.res.settings), clip_end=duration)
     bodies = {
         "srt": to_srt(cues).encode(), "vtt": to_vtt(cues).encode(), "words": to_words_json(transcript.words),
