@@ -102,6 +102,7 @@ async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
         subjects=[subjects.stage_wildcard(stage) for stage in STAGES],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
+        num_replicas=settings.nats_stream_replicas,
         duplicate_window=DUPLICATE_WINDOW_SEC,
         max_age=MAX_MESSAGE_AGE_SEC,
     )
@@ -121,6 +122,7 @@ async def ensure_events_stream(js: JetStreamContext, settings: Settings) -> None
         subjects=[Subjects(settings.subject_prefix).events(">")],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
+        num_replicas=settings.nats_stream_replicas,
         duplicate_window=DUPLICATE_WINDOW_SEC,
         max_age=settings.events_max_age_sec,
     )
@@ -161,6 +163,7 @@ async def ensure_notifier_consumer(js: JetStreamContext, settings: Settings) -> 
         subjects=[Subjects(settings.subject_prefix).webhook_retry("*")],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
+        num_replicas=settings.nats_stream_replicas,
         duplicate_window=DUPLICATE_WINDOW_SEC,
         max_age=settings.events_max_age_sec,
     )
