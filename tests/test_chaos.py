@@ -360,6 +360,10 @@ async def replica_current(js: Any, stream: str, server: str) -> bool:
     )
 
 
+CLUSTER_TEST_TIMEOUT_SEC = 480  # the fault-free baseline (when this test is the module's first) and the load, loaded
+
+
+@pytest.mark.timeout(CLUSTER_TEST_TIMEOUT_SEC)
 async def test_nats_cluster_stream_leader_sigkill_mid_load(
     servers: Servers, baseline: Outcome, sample_video: Path, tmp_path: Path
 ) -> None:
