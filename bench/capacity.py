@@ -76,6 +76,25 @@ def server_pids(data_dir: Path) -> list[int]:
     return pids
 
 
+def run_and_wait_sec(pid: int) -> tuple[float, float]:
+    """Seconds a process's threads ran, and waited to run (run queue), so far (/proc/<pid>/task/*/schedstat)."""
+    run = wait = 0
+    for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            fields = task.read_text().split()
+        except OSError:
+            continue
+        run, wait = run + int(fields[0]), wait + int(fields[1])
+    return run / 1e9, wait / 1e9
+
+
+def runnable_wall(wall: float, ran: float, waited: float, cpu: float) -> float:
+    """The wall time a stage would take on a machine with a free core: the measured span less the share its
+    threads spent waiting for a CPU (a loaded machine), never below its own CPU time over the machine's cores."""
+    share = ran / (ran + waited) if ran + waited > 0 else 1.0
+    return max(wall * share, cpu / (os.cpu_count() or 1))
+
+
 def machine_busy_sec() -> float:
     """Core-seconds every process of the machine spent so far (/proc/stat, not idle or iowait)."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -101,12 +120,14 @@ async def measure_kind(stack: BenchStack, runner: JobRunner, db: asyncpg.Connect
     stage_pids = {c.name: c.pid for c in stack.children if c.name != "gateway"}
     shared_pids = server_pids(data_dir) + [c.pid for c in stack.children if c.name == "gateway"]
     cpu: dict[str, list[float]] = {}
-    wall: dict[str, list[float]] = {}
+    wall: dict[str, list[float]] = {}  # runnable_wall of each job
+    measured: dict[str, list[float]] = {}  # the span in job_events
     servers: list[float] = []
     starts = [clip_range(900 + i, SOURCE_SEC)[0] for i in range(jobs + 1)] if kind == "copy" else \
         [STARTS_SEC[i % len(STARTS_SEC)] for i in range(jobs + 1)]
     for i, start in enumerate(starts):
         before = {name: cpu_seconds_of([pid]) for name, pid in stage_pids.items()}
+        sched = {name: run_and_wait_sec(pid) for name, pid in stage_pids.items()}
         before_servers = cpu_seconds_of(shared_pids)
         response = await runner.http.post("/api/jobs", json=request(kind, start))
         response.raise_for_status()
@@ -118,12 +139,15 @@ async def measure_kind(stack: BenchStack, runner: JobRunner, db: asyncpg.Connect
         spans = {r["stage"]: float(r["wall_sec"]) for r in await db.fetch(STAGE_SPANS, uuid.UUID(job_id))}
         for name, pid in stage_pids.items():
             if name in spans:
-                cpu.setdefault(name, []).append(cpu_seconds_of([pid]) - before[name])
-                wall.setdefault(name, []).append(spans[name])
+                used = cpu_seconds_of([pid]) - before[name]
+                ran, waited = (now - then for now, then in zip(run_and_wait_sec(pid), sched[name], strict=True))
+                cpu.setdefault(name, []).append(used)
+                measured.setdefault(name, []).append(spans[name])
+                wall.setdefault(name, []).append(runnable_wall(spans[name], ran, waited, used))
         servers.append(cpu_seconds_of(shared_pids) - before_servers)
     route = [s for s in STAGE_ORDER if s in wall]
-    stages = tuple(StageCost(s, round(statistics.median(cpu[s]), 3), round(statistics.median(wall[s]), 3))
-                   for s in route)
+    stages = tuple(StageCost(s, round(statistics.median(cpu[s]), 3), round(statistics.median(wall[s]), 3),
+                             round(statistics.median(measured[s]), 3)) for s in route)
     return Profile(kind, stages, servers_cpu_sec=round(statistics.median(servers), 3),
                    nats_messages=len(stages) + 1)  # the entry publish, one per hop, the end event
 

@@ -18,11 +18,13 @@ UTILISATION = 0.7  # replicas are planned to run at this share of their capacity
 
 @dataclass(frozen=True)
 class StageCost:
-    """What one job costs one stage: core-seconds and seconds holding a slot (measured one job at a time)."""
+    """What one job costs one stage: core-seconds and seconds holding a slot (measured one job at a time; on a
+    loaded machine, less the time its threads waited for a CPU: `wall_sec_measured` is the span as measured)."""
 
     stage: str
     cpu_sec: float
     wall_sec: float
+    wall_sec_measured: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,9 @@ def plan(load: dict[str, float], profiles: dict[str, Profile], a: Assumptions, g
         replicas = max(1, math.ceil(per_sec / (one * UTILISATION)))
         result.stages.append(StagePlan(stage, round(per_sec, 3), replicas, bound, round(one, 3)))
         if replicas > a.max_replicas:
-            result.warnings.append(f"{stage}: {replicas} replicas is over MAX_REPLICAS {a.max_replicas}")
+            fix = "raise WORKER_CONCURRENCY (it waits on I/O, not CPU)" if bound == "slots" else "give it more cores"
+            result.warnings.append(f"{stage}: {replicas} replicas is over MAX_REPLICAS {a.max_replicas}: raise "
+                                   f"it, or {fix}")
     gateway_load = total / a.gateway_posts_per_sec + total * a.reads_per_job / a.gateway_gets_per_sec
     result.gateway_replicas = max(2, math.ceil(gateway_load / UTILISATION))
     result.nats_publishes_per_sec = round(sum(profiles[k].nats_messages * r for k, r in load.items()), 1)
