@@ -92,7 +92,8 @@ def replica_rate(cost: StageCost, cores: float, slots: int) -> tuple[float, str]
 
 
 def gpu_transcribe(cost: StageCost, a: Assumptions) -> StageCost:
-    """The transcribe stage on a GPU: a slot is held for the clip's media time over the batched speed-up."""
+    """The transcribe stage on a GPU: the GPU is busy for the clip's media time over the batched speed-up (its
+    batches hold many clips at once: the replica counts as one slot at that speed)."""
     return StageCost(cost.stage, cpu_sec=0.0, wall_sec=a.clip_sec / a.gpu_transcribe_x_real_time)
 
 
@@ -112,8 +113,8 @@ def plan(load: dict[str, float], profiles: dict[str, Profile], a: Assumptions, g
         # one stage serving several kinds: the rate-weighted mean cost of a job there
         mixed = StageCost(stage, sum(r * c.cpu_sec for r, c in costs[stage]) / per_sec,
                           sum(r * c.wall_sec for r, c in costs[stage]) / per_sec)
-        one, bound = replica_rate(mixed, 1.0 if gpu and stage == "transcribe" else a.cores_per_replica,
-                                  a.slots_per_replica)
+        on_gpu = gpu and stage == "transcribe"  # one GPU per replica; its batched speed is the whole GPU's
+        one, bound = replica_rate(mixed, a.cores_per_replica, 1 if on_gpu else a.slots_per_replica)
         replicas = max(1, math.ceil(per_sec / (one * UTILISATION)))
         result.stages.append(StagePlan(stage, round(per_sec, 3), replicas, bound, round(one, 3)))
         if replicas > a.max_replicas:

@@ -40,7 +40,7 @@ def test_gpu_transcribers_are_sized_by_batched_speed() -> None:
     gpu_plan = plan({"subtitled": 10.0}, PROFILES, a, gpu=True)
     on_cpu = next(s for s in cpu_plan.stages if s.stage == "transcribe")
     on_gpu = next(s for s in gpu_plan.stages if s.stage == "transcribe")
-    assert on_gpu.replicas == 2  # a slot holds a clip 0.15 s: 2 slots -> 13.3 jobs/s, 10 / (13.3 * 0.7) -> 2
+    assert on_gpu.replicas == 3  # a GPU does a clip per 0.15 s: 6.7 jobs/s, 10 / (6.7 * 0.7) -> 3
     assert on_gpu.replicas < on_cpu.replicas
 
 
