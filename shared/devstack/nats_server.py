@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared.devstack.process import (
     LOOPBACK,
-    PROBE_TIMEOUT_S,
     RunningServer,
     find_binary,
     free_port,
@@ -86,7 +83,8 @@ class NatsCluster:
         self.names = [f"n{i + 1}" for i in range(size)]
         self.nodes: list[RunningServer] = []
         try:
-            self.nodes = [self._spawn(i) for i in range(size)]  # all at once: JetStream needs a quorum to be ready
+            for i in range(size):  # all started before any is awaited: JetStream needs a quorum to be ready
+                self.nodes.append(self._spawn(i))
             for node in self.nodes:
                 _wait_nats(node, CLUSTER_READY_TIMEOUT_S)
         except BaseException:
@@ -113,14 +111,6 @@ class NatsCluster:
         self.nodes[i].stop()
         self.nodes[i] = self._spawn(i)
         _wait_nats(self.nodes[i], CLUSTER_READY_TIMEOUT_S)
-
-    def jsz(self, i: int) -> dict[str, object]:
-        """Node i's JetStream monitoring view (`/jsz`, with streams)."""
-        url = f"{self.nodes[i].extra['monitor_url']}/jsz?streams=true"
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(url, timeout=PROBE_TIMEOUT_S) as resp:
-            result: dict[str, object] = json.loads(resp.read())
-            return result
 
     def stop(self) -> None:
         for node in self.nodes:
