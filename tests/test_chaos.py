@@ -1,7 +1,8 @@
-"""Chaos on the real servers: during a load of 30 jobs, workers are SIGKILLed mid-job, NATS and PostgreSQL restart.
+"""Chaos on the real servers: during a load of 30 jobs, workers are SIGKILLed mid-job, NATS and PostgreSQL restart,
+a three-node NATS cluster loses its stream leader.
 
-Faults go only to servers this module starts (its own NATS per test, its own PostgreSQL cluster for the
-PostgreSQL restart); workers and the reaper run as separate processes, the gateway in the test's process.
+Faults go only to servers this module starts (its own NATS or NATS cluster per test, its own PostgreSQL cluster
+for the PostgreSQL restart); workers and the reaper run as separate processes, the gateway in the test's process.
 Each scenario must end with every job done once, with the same bytes as a fault-free run: see tests/chaos.py.
 """
 
