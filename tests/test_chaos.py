@@ -361,7 +361,7 @@ async def replica_current(js: Any, stream: str, server: str) -> bool:
     )
 
 
-CLUSTER_TEST_TIMEOUT_SEC = 480  # the fault-free baseline (when this test is the module's first) and the load, loaded
+CLUSTER_TEST_TIMEOUT_SEC = 600  # the fault-free baseline (when this test is the module's first) and the load, loaded
 
 
 @pytest.mark.timeout(CLUSTER_TEST_TIMEOUT_SEC)
