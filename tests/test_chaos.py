@@ -323,7 +323,8 @@ def kill_stream_leader(cs: ClusterStack, notes: dict[str, Any]) -> Fault:
         leader = await stream_leader(stack.res.js, stream)
         assert leader is not None
         ended = await watch.ended_count()
-        notes["killed_leader"], notes["jobs_open_at_kill"] = leader, len(watch.ids) - ended
+        notes["killed_leader"], notes["jobs_open_at_kill"] = leader, len(load_specs()) - ended
+        assert ended < len(load_specs()), "the load ended before the leader was killed: give it more jobs"
         killed_at = time.monotonic()
         await asyncio.to_thread(cs.cluster.kill, cs.cluster.index(leader))
         next_end = asyncio.create_task(ended_at(watch, ended + 1))
