@@ -99,6 +99,7 @@ def stream_config(settings: Settings) -> StreamConfig:
         subjects=[subjects.stage_wildcard(stage) for stage in STAGES],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
+        num_replicas=settings.nats_stream_replicas,
         duplicate_window=DUPLICATE_WINDOW_SEC,
         max_age=MAX_MESSAGE_AGE_SEC,
     )
@@ -117,6 +118,7 @@ def events_stream_config(settings: Settings) -> StreamConfig:
         subjects=[Subjects(settings.subject_prefix).events(">")],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
+        num_replicas=settings.nats_stream_replicas,
         duplicate_window=DUPLICATE_WINDOW_SEC,
         max_age=settings.events_max_age_sec,
     )
@@ -150,6 +152,7 @@ def webhook_retries_stream_config(settings: Settings) -> StreamConfig:
         subjects=[Subjects(settings.subject_prefix).webhook_retry("*")],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
+        num_replicas=settings.nats_stream_replicas,
         duplicate_window=DUPLICATE_WINDOW_SEC,
         max_age=settings.events_max_age_sec,
     )

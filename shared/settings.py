@@ -26,6 +26,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # --- servers ---
     nats_url: str = "nats://127.0.0.1:4222"  # NATS server(s), comma-separated
     nats_stream: str = "CLIPS"  # JetStream stream holding every stage subject
+    nats_stream_replicas: int = 1  # copies of each stream in a NATS cluster (3 on a three-node cluster; max 5)
     subject_prefix: str = "clips"  # subjects are <prefix>.<stage>.<priority>
     events_max_age_sec: float = 7 * 24 * 3600.0  # job end events stay in the <stream>_EVENTS stream this long, s
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"  # asyncpg DSN

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,10 +107,25 @@ class Fleet:
     def start_worker(self, stage: str) -> None:
         self.start(stage, "worker", stage)
 
-    def start_all(self) -> None:
+    def start_workers(self) -> None:
+        """A worker per stage: one more worker "node" when this fleet has a SCRATCH_DIR of its own."""
         for stage in STAGES:
             self.start_worker(stage)
+
+    def start_all(self) -> None:
+        self.start_workers()
         self.start("reaper", "reaper")
+
+    def stage_messages_done(self) -> int:
+        """Stage messages this fleet's workers (every process it started) handled to the end (`outcome` ok)."""
+        done = 0
+        for path in self.folder.glob("*.log"):
+            for line in path.read_text().splitlines():
+                with suppress(ValueError):
+                    entry = json.loads(line)
+                    done += isinstance(entry, dict) and entry.get("event") == "stage_message" \
+                        and entry.get("outcome") == "ok"
+        return done
 
     def kill(self, name: str) -> None:
         """SIGKILL: no graceful stop, its messages come back only after ack_wait."""
@@ -294,7 +310,7 @@ async def stored_sha256(storage: Storage, key: str, folder: Path) -> str:
 
 async def judge(
     scenario: str, faults: int, ids: list[str], rows: dict[str, asyncpg.Record], storage: Storage,
-    baseline: Outcome, folder: Path, wall_sec: float,
+    baseline: Outcome, folder: Path, wall_sec: float, notes: dict[str, Any] | None = None,
 ) -> Figures:
     """Compare a faulty run with the fault-free one: every figure but `jobs`, `faults`, `done` must be 0."""
     run = await outcome_of(rows, ids, storage)
@@ -315,6 +331,7 @@ async def judge(
             if await stored_sha256(storage, row["result_video_key"], download) != row["result"]["sha256"]:
                 figures.mismatched += 1
     figures.notes["baseline_p95_delay_sec"] = p95(baseline.delays)
+    figures.notes.update(notes or {})
     errors = sorted({rows[i]["error_code"] for i in ids if i in rows and rows[i]["status"] == "failed"})
     if errors:
         figures.notes["error_codes"] = errors

@@ -1,7 +1,8 @@
-"""Chaos on the real servers: during a load of 30 jobs, workers are SIGKILLed mid-job, NATS and PostgreSQL restart.
+"""Chaos on the real servers: during a load of 30 jobs, workers are SIGKILLed mid-job, NATS and PostgreSQL restart,
+a three-node NATS cluster loses its stream leader.
 
-Faults go only to servers this module starts (its own NATS per test, its own PostgreSQL cluster for the
-PostgreSQL restart); workers and the reaper run as separate processes, the gateway in the test's process.
+Faults go only to servers this module starts (its own NATS or NATS cluster per test, its own PostgreSQL cluster
+for the PostgreSQL restart); workers and the reaper run as separate processes, the gateway in the test's process.
 Each scenario must end with every job done once, with the same bytes as a fault-free run: see tests/chaos.py.
 """
 
@@ -18,13 +19,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
 from services.gateway.app import create_app
 from services.init import run_init
 from services.registry import STAGES
-from shared.devstack import RunningServer, start_nats, start_postgres
+from shared.devstack import NatsCluster, RunningServer, start_nats, start_nats_cluster, start_postgres
 from shared.resources import Resources, open_resources
 from shared.settings import Settings
 from tests.chaos import (
@@ -72,12 +74,13 @@ class Stack:
     res: Resources
     client: AsyncTestClient[Any]
     fleet: Fleet
-    nats: RunningServer
+    nats: RunningServer | None  # None: the test holds a NatsCluster
     folder: Path
     source_url: str
 
     def restart_nats(self) -> None:
         """Stop the NATS server (SIGTERM) and start it again on the same port and data folder."""
+        assert self.nats is not None
         self.nats.stop()
         port = urlsplit(self.nats.url).port
         self.nats = start_nats(self.folder / "nats", port)
@@ -99,30 +102,39 @@ async def chaos_stack(
     """A private NATS, the fleet of worker processes and the reaper, the gateway in-process."""
     nats = start_nats(folder / "nats")
     settings = make_settings(servers, folder, **{**CHAOS_TIMING, "nats_url": nats.url, **overrides})
-    fleet = Fleet(settings, folder)
     stack: Stack | None = None
     try:
-        await run_init(settings)
-        async with open_resources(settings, "chaos-test") as res:
-            fleet.start_all()
-            try:
-                with MediaServer(video.parent) as origin:
-                    async with AsyncTestClient(create_app(settings)) as client:
-                        await authorize(client, res.db, admin=True)
-                        stack = Stack(settings, res, client, fleet, nats, folder, origin.url(video.name))
-                        yield stack
-            finally:
-                fleet.stop()
-                await _drop_everything(settings, res)
+        async with serving(settings, Fleet(settings, folder), nats, video) as stack:
+            yield stack
     finally:
-        (stack.nats if stack else nats).stop()
+        (stack.nats if stack and stack.nats else nats).stop()
+
+
+@asynccontextmanager
+async def serving(settings: Settings, fleet: Fleet, nats: RunningServer | None, video: Path) -> AsyncIterator[Stack]:
+    """`fleet` started (every stage and the reaper), the gateway in-process, the sample served by HTTP; at the
+    end the fleet stopped and the test's stream, bucket and schema dropped."""
+    await run_init(settings)
+    async with open_resources(settings, "chaos-test") as res:
+        fleet.start_all()
+        try:
+            with MediaServer(video.parent) as origin:
+                async with AsyncTestClient(create_app(settings)) as client:
+                    await authorize(client, res.db, admin=True)
+                    yield Stack(settings, res, client, fleet, nats, fleet.folder, origin.url(video.name))
+        finally:
+            fleet.stop()
+            await _drop_everything(settings, res)
 
 
 Fault = Callable[[Stack, JobWatch], Awaitable[int]]
 
 
-async def run_load(name: str, stack: Stack, baseline: Outcome, fault: Fault) -> None:
-    """Submit the load while `fault` runs; wait for every job; judge against the fault-free run."""
+async def run_load(
+    name: str, stack: Stack, baseline: Outcome, fault: Fault, notes: dict[str, Any] | None = None
+) -> None:
+    """Submit the load while `fault` runs; wait for every job; judge against the fault-free run (`notes`, filled
+    by the fault, go into the figures)."""
     started = time.monotonic()
     ids: list[str] = []
     watch = JobWatch(stack.settings, ids)
@@ -131,7 +143,7 @@ async def run_load(name: str, stack: Stack, baseline: Outcome, fault: Fault) -> 
     faults = await asyncio.wait_for(injector, timeout=LOAD_DEADLINE_SEC)
     rows = await watch.wait_all_ended()
     figures = await judge(
-        name, faults, ids, rows, stack.res.storage, baseline, stack.folder, time.monotonic() - started
+        name, faults, ids, rows, stack.res.storage, baseline, stack.folder, time.monotonic() - started, notes
     )
     assert_flawless(figures, stack.fleet.log_tail())
     assert faults >= 1
@@ -251,3 +263,123 @@ async def test_s3_503_injection_mid_load(
                 return len(proxy.failed)
 
             await run_load("s3_503_every_5th", stack, baseline, count_503s)
+
+
+CLUSTER_NODES = 3  # NATS servers in the cluster scenario, every stream replicated on each
+WORKER_NODES = ("node-a", "node-b")  # worker "nodes" of the cluster scenario: a SCRATCH_DIR (and node name) each
+LEADER_CHECK_SEC = 1.0  # longest wait for one stream-info answer while the cluster elects a leader, s
+
+
+@dataclass
+class ClusterStack:
+    """The cluster scenario: three NATS nodes, two worker nodes (the first also runs the reaper)."""
+
+    stack: Stack
+    cluster: NatsCluster
+    nodes: list[Fleet]
+
+
+@asynccontextmanager
+async def cluster_stack(servers: Servers, folder: Path, video: Path, **overrides: Any) -> AsyncIterator[ClusterStack]:
+    """A three-node NATS cluster (streams with three replicas, every client given every node's URL), two worker
+    nodes with a scratch folder each, the reaper and the gateway."""
+    cluster = await asyncio.to_thread(start_nats_cluster, folder / "nats", CLUSTER_NODES)
+    try:
+        settings = make_settings(servers, folder / WORKER_NODES[0], **{
+            **CHAOS_TIMING, "nats_url": cluster.url, "nats_stream_replicas": CLUSTER_NODES, **overrides,
+        })
+        nodes = []
+        for name in WORKER_NODES:
+            (folder / name).mkdir(exist_ok=True)
+            nodes.append(Fleet(msgspec.structs.replace(settings, scratch_dir=folder / name / "scratch"), folder / name))
+        async with serving(settings, nodes[0], None, video) as stack:
+            for node in nodes[1:]:
+                node.start_workers()
+            try:
+                yield ClusterStack(stack, cluster, nodes)
+            finally:
+                for node in nodes[1:]:
+                    node.stop()
+    finally:
+        await asyncio.to_thread(cluster.stop)
+
+
+async def stream_leader(js: Any, stream: str) -> str | None:
+    """The server name of the stream's leader, None while there is none (or no answer within LEADER_CHECK_SEC)."""
+    try:
+        info = await asyncio.wait_for(js.stream_info(stream), LEADER_CHECK_SEC)
+    except Exception:  # no leader yet, or the client is moving to another node
+        return None
+    return info.cluster.leader if info.cluster else None
+
+
+def kill_stream_leader(cs: ClusterStack, notes: dict[str, Any]) -> Fault:
+    """Once the load is under way: SIGKILL the node leading the work stream, time until the stream has a new
+    leader, start the node again and time until it is a current replica again."""
+
+    async def fault(stack: Stack, watch: JobWatch) -> int:
+        await watch.wait_ended(FAULT_AFTER_ENDED)
+        for node in cs.nodes:
+            await node.wait_started()
+        stream = stack.settings.nats_stream
+        leader = await stream_leader(stack.res.js, stream)
+        assert leader is not None
+        ended = await watch.ended_count()
+        notes["killed_leader"], notes["jobs_open_at_kill"] = leader, len(load_specs()) - ended
+        assert ended < len(load_specs()), "the load ended before the leader was killed: give it more jobs"
+        killed_at = time.monotonic()
+        await asyncio.to_thread(cs.cluster.kill, cs.cluster.index(leader))
+        next_end = asyncio.create_task(ended_at(watch, ended + 1))
+        async with asyncio.timeout(LOAD_DEADLINE_SEC):
+            while (new_leader := await stream_leader(stack.res.js, stream)) in (None, leader):  # noqa: ASYNC110 - NATS
+                await asyncio.sleep(POLL_SEC)
+        notes["new_leader"] = new_leader
+        notes["kill_to_new_leader_sec"] = round(time.monotonic() - killed_at, 2)
+        await asyncio.to_thread(cs.cluster.restart, cs.cluster.index(leader))
+        async with asyncio.timeout(LOAD_DEADLINE_SEC):
+            while not await replica_current(stack.res.js, stream, leader):  # noqa: ASYNC110 - polling NATS
+                await asyncio.sleep(POLL_SEC)
+        notes["kill_to_replica_back_sec"] = round(time.monotonic() - killed_at, 2)
+        notes["kill_to_next_job_end_sec"] = round(await next_end - killed_at, 2)
+        return 1
+
+    return fault
+
+
+async def ended_at(watch: JobWatch, count: int) -> float:
+    """The time (monotonic) at which `count` of the load's jobs had ended."""
+    await watch.wait_ended(count)
+    return time.monotonic()
+
+
+async def replica_current(js: Any, stream: str, server: str) -> bool:
+    """Whether `server` holds a caught-up copy of the stream (as leader or as a current follower)."""
+    try:
+        info = await asyncio.wait_for(js.stream_info(stream), LEADER_CHECK_SEC)
+    except Exception:
+        return False
+    cluster = info.cluster
+    return cluster is not None and (
+        cluster.leader == server or any(peer.name == server and peer.current for peer in cluster.replicas or [])
+    )
+
+
+CLUSTER_TEST_TIMEOUT_SEC = 600  # the fault-free baseline (when this test is the module's first) and the load, loaded
+
+
+@pytest.mark.timeout(CLUSTER_TEST_TIMEOUT_SEC)
+async def test_nats_cluster_stream_leader_sigkill_mid_load(
+    servers: Servers, baseline: Outcome, sample_video: Path, tmp_path: Path
+) -> None:
+    """Three NATS nodes, streams with three replicas, two worker nodes sharing the load: the work stream's leader
+    is SIGKILLed mid-load and started again. Every job is done exactly once (one result, one `done` event, the
+    fault-free bytes), and both worker nodes did part of the work."""
+    notes: dict[str, Any] = {}
+    async with cluster_stack(servers, tmp_path, sample_video) as cs:
+        info = await cs.stack.res.js.stream_info(cs.stack.settings.nats_stream)
+        assert info.config.num_replicas == CLUSTER_NODES
+        await run_load("nats_cluster_leader_sigkill", cs.stack, baseline, kill_stream_leader(cs, notes), notes)
+        done_per_node = [node.stage_messages_done() for node in cs.nodes]
+        print(f"stage messages done per worker node: {dict(zip(WORKER_NODES, done_per_node, strict=True))}")
+        assert all(done_per_node), (done_per_node, cs.stack.fleet.log_tail())
+        assert not any(node.dead() for node in cs.nodes), [node.log_tail() for node in cs.nodes]

@@ -5,7 +5,7 @@ not kill it before an orderly stop) and writes its output to a log file under it
 wait is bounded: a server that does not come up is stopped and :class:`DevStackError` carries its log tail.
 """
 
-from shared.devstack.nats_server import start_nats
+from shared.devstack.nats_server import NatsCluster, start_nats, start_nats_cluster
 from shared.devstack.postgres_server import (
     ensure_postgres,
     find_postgres_bindir,
@@ -24,6 +24,7 @@ from shared.devstack.process import (
 from shared.devstack.s3_server import start_s3
 
 __all__ = [
-    "PACKAGE_FOR_BINARY", "DevStackError", "RunningServer", "ensure_postgres", "find_binary", "find_postgres_bindir",
-    "free_port", "log_tail", "postgres_reachable", "start_nats", "start_postgres", "start_s3", "stop_with_parent",
+    "PACKAGE_FOR_BINARY", "DevStackError", "NatsCluster", "RunningServer", "ensure_postgres", "find_binary",
+    "find_postgres_bindir", "free_port", "log_tail", "postgres_reachable", "start_nats", "start_nats_cluster",
+    "start_postgres", "start_s3", "stop_with_parent",
 ]
