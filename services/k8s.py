@@ -43,6 +43,7 @@ SCRATCH_MOUNT = "/scratch"  # SCRATCH_DIR inside the pods (an emptyDir a little 
 SCRATCH_HEADROOM_PCT = 10  # the emptyDir's sizeLimit is the quota plus this much, % (the kubelet evicts past it)
 MIB_PER_GIB = 1024
 GATEWAY = "clipjet-gateway"
+NATS_CLUSTER_NODES = 3  # the NATS Helm chart's cluster (k8s/README.md): every stream replicated on each node
 GATEWAY_REPLICAS = 2  # fixed (not KEDA-managed): the gateway's work is requests, not a queue
 REAPER_REPLICAS = 1  # safe with more: every step runs under an advisory lock
 NOTIFIER_MAX_REPLICAS = 5  # webhook deliveries wait on receivers, not CPU: few replicas go a long way
@@ -81,6 +82,7 @@ def _config(settings: Settings) -> dict[str, Any]:
     data = {
         "NATS_URL": "nats://nats.nats.svc.cluster.local:4222",
         "NATS_STREAM": settings.nats_stream,
+        "NATS_STREAM_REPLICAS": str(NATS_CLUSTER_NODES),  # what `clipjet init` gives a stream it creates
         "SUBJECT_PREFIX": settings.subject_prefix,
         "DB_SCHEMA": settings.db_schema,
         "S3_ENDPOINT_URL": "http://s3.storage.svc.cluster.local:8333",
