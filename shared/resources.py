@@ -28,6 +28,9 @@ class Resources:
     subjects: bus.Subjects
 
 
+NO_SESSION_STATE = frozenset({"gateway"})  # processes whose database sessions hold no state between uses
+
+
 @asynccontextmanager
 async def open_resources(settings: Settings, name: str) -> AsyncIterator[Resources]:
     """NATS (stream and consumers ensured), PostgreSQL (migrated) and S3 (bucket ensured); each waited for while
@@ -37,7 +40,8 @@ async def open_resources(settings: Settings, name: str) -> AsyncIterator[Resourc
     try:
         js = nc.jetstream()
         await until_up("nats_jetstream", lambda: bus.ensure_topology(js, settings), settings)
-        pool = await until_up("postgresql", lambda: create_pool(settings), settings)
+        pool = await until_up(
+            "postgresql", lambda: create_pool(settings, session_state=name not in NO_SESSION_STATE), settings)
         try:
             async with open_storage(settings) as storage:
                 await until_up("s3", storage.ensure_bucket, settings)

@@ -18,8 +18,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-async def create_pool(settings: Settings, *, migrate: bool = True) -> asyncpg.Pool:
-    """Open the pool; with `migrate`, apply migrations and make sure the next days' partitions exist."""
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A released connection's reset when its users leave no session state behind (see `create_pool`)."""
+
+
+async def create_pool(settings: Settings, *, migrate: bool = True, session_state: bool = True) -> asyncpg.Pool:
+    """Open the pool; with `migrate`, apply migrations and make sure the next days' partitions exist.
+
+    `session_state=False`: the process never leaves session state on a connection (no session advisory lock,
+    LISTEN, SET or open cursor outside a transaction), so a released connection skips asyncpg's reset query
+    (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`), a round trip on every release. An open
+    transaction is still rolled back (asyncpg does that before any reset)."""
     if migrate:
         conn = await asyncpg.connect(settings.database_url)
         try:
@@ -33,6 +42,7 @@ async def create_pool(settings: Settings, *, migrate: bool = True) -> asyncpg.Po
         max_size=settings.db_pool_max,
         server_settings={"search_path": settings.db_schema},
         init=_init_connection,
+        reset=None if session_state else _keep_session,
     )
     assert pool is not None
     return pool
