@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
+from services.gateway.groupcommit import GroupCommit
 from services.gateway.published import PublishedMarks
 from shared import bus
 from shared.contracts import ClipJobMessage, ClipResult, UrlSource
@@ -108,6 +110,18 @@ async def test_published_marks_written_together_each_reach_their_row(resources: 
     await asyncio.gather(*(marks.mark(job_id) for job_id in made))  # all at once: a few statements mark them
     rows = await resources.db.fetch("SELECT published_at FROM jobs")
     assert len(rows) == 60 and all(row["published_at"] is not None for row in rows)
+
+
+async def test_rate_hits_written_together_count_as_if_one_after_the_other(resources: Resources) -> None:
+    window = keys.RATE_WINDOW_SEC
+    start = (int(time.time()) // window + 10) * window  # a window of its own
+    await keys.rate_hit(resources.db, "key:a", start - window, window)  # the previous window: 1 hit
+    hits = [("key:a", start), ("key:b", start), ("key:a", start), ("key:a", start)]
+    assert await keys.rate_hits(resources.db, hits, window) == [(1, 1), (1, 0), (2, 1), (3, 1)]
+    together = GroupCommit(partial(keys.rate_hits, resources.db, window_sec=window), 500)
+    counts = await asyncio.gather(*(together.add(("key:c", start)) for _ in range(40)))
+    assert sorted(current for current, _ in counts) == list(range(1, 41))  # each request its own count
+    assert await keys.rate_hit(resources.db, "key:a", start, window) == (4, 1)
 
 
 async def test_one_backlog_reading_serves_requests_arriving_together(resources: Resources) -> None:

@@ -1,7 +1,8 @@
 """Who is calling: the API key on each `/api` request, its rate limit, and what it may do.
 
-Each request costs at most one database round trip here (the rate-limit hit); key lookups are cached for
-KEY_CACHE_SEC, so a revoked key stops working within that time on every replica.
+Each request costs at most one database round trip here (the rate-limit hit, written together with the hits of
+the requests arriving meanwhile: services/gateway/state.py); key lookups are cached for KEY_CACHE_SEC, so a
+revoked key stops working within that time on every replica.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ async def _rate_limit(gw: Gateway, scope: Scope, subject: str, limit: int) -> No
     now = time.time()
     window_start = int(now // RATE_WINDOW_SEC) * RATE_WINDOW_SEC
     async with gw.breakers.db:
-        current, previous = await keys.rate_hit(gw.res.db, subject, window_start, RATE_WINDOW_SEC)
+        current, previous = await gw.rate_hits.add((subject, window_start))
     elapsed = now - window_start
     used = previous * (1 - elapsed / RATE_WINDOW_SEC) + current
     reset = max(1, math.ceil(RATE_WINDOW_SEC - elapsed))
@@ -129,8 +130,10 @@ def authenticated(then: Callable[[Request[Any, Any, Any]], Awaitable[None]] | No
     return hook
 
 
-def caller_of(request: Request[Any, Any, Any]) -> Caller:
-    """The `caller` dependency of every `/api` handler (set by `authenticate`)."""
+def caller_of(request: Request[Any, Any, Any], gw: Gateway) -> Caller:
+    """The `caller` dependency of every `/api` handler (set by `authenticate`). It names `gw` only to be resolved
+    after it: Litestar resolves independent dependencies of a handler in an anyio task group (two tasks per
+    request), dependent ones one after the other, directly."""
     return request.scope[CALLER_SCOPE_KEY]  # type: ignore[literal-required,no-any-return]
 
 

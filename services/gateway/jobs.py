@@ -28,7 +28,7 @@ from shared.jobview import job_view as shared_job_view
 
 from .auth import Caller, authenticate, authenticated
 from .batches import strict_submission, submit_batch
-from .body import decode_strict
+from .body import checked_body
 from .cancel import cancel_job, readable_job
 from .openapi import SECURITY, error_responses
 from .state import Gateway
@@ -59,11 +59,11 @@ class JobController(Controller):
     ) -> Response[JobAccepted | BatchAccepted]:
         """Queue a clip job; poll `GET /api/jobs/{id}` (its `Location`) for its progress and result. With `clips`
         instead of startSec/endSec: one job per clip under one batch (`GET /api/batches/{id}`, its `Location`)."""
-        if data.clips is not None:  # the body passed strict_submission as a BatchRequest
-            batch = await submit_batch(gw, decode_strict(await request.body(), BatchRequest), idempotency_key, caller)
+        body: JobRequest | BatchRequest = checked_body(request)  # strict_submission's value (`data` is the same)
+        if isinstance(body, BatchRequest):
+            batch = await submit_batch(gw, body, idempotency_key, caller)
             return Response(batch, status_code=202, headers={"Location": f"/api/batches/{batch.batch_id}"})
-        single = decode_strict(await request.body(), JobRequest)
-        accepted = await submit_job(gw, single, idempotency_key, caller)
+        accepted = await submit_job(gw, body, idempotency_key, caller)
         return Response(accepted, status_code=202, headers={"Location": f"{self.path}/{accepted.id}"})
 
     @get("/", operation_id="listJobs", responses=error_responses(401, 422, 429, 503))
