@@ -21,6 +21,7 @@ from litestar.testing import AsyncTestClient
 
 from services.gateway.groupcommit import GroupCommit
 from services.gateway.published import PublishedMarks
+from services.gateway.ttlcache import TtlCache
 from shared import bus
 from shared.contracts import ClipJobMessage, ClipResult, UrlSource
 from shared.db import jobs, keys
@@ -215,3 +216,20 @@ async def test_in_flight_quota_counts_jobs_as_they_start_and_end(
 
 def _message(job_id: str) -> ClipJobMessage:
     return ClipJobMessage(id=job_id, source=UrlSource(url=GOOD_URL["url"]), start_sec=1, end_sec=2)
+
+
+async def test_requests_missing_the_same_cached_entry_wait_for_one_lookup() -> None:
+    cache: TtlCache[str, int] = TtlCache(60.0, 10)
+    lookups = 0
+
+    async def head(found: int | None) -> int | None:
+        nonlocal lookups
+        lookups += 1
+        await asyncio.sleep(0.05)
+        return found
+
+    sizes = await asyncio.gather(*(cache.get_or_load("uploads/a", lambda: head(7)) for _ in range(20)))
+    assert sizes == [7] * 20 and lookups == 1  # one HEAD for twenty requests arriving together
+    assert await cache.get_or_load("uploads/a", lambda: head(8)) == 7 and lookups == 1  # kept
+    assert await cache.get_or_load("uploads/b", lambda: head(None)) is None
+    assert await cache.get_or_load("uploads/b", lambda: head(9)) == 9 and lookups == 3  # "not found" is not kept
