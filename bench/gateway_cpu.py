@@ -57,6 +57,15 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def fast_parts(pid: int) -> dict[str, bool]:
+    """Whether the process has uvloop and httptools loaded (uvicorn imports each only when it runs with it)."""
+    try:
+        maps = (PROC / str(pid) / "maps").read_text()
+    except OSError:
+        return {"uvloop": False, "httptools": False}
+    return {"uvloop": "/uvloop/" in maps, "httptools": "/httptools/" in maps}
+
+
 def gateway_cpu(stack: Stack, method: str, url: str, body: dict[str, Any] | None, token: str, seconds: float,
                 work: Path, profile: Path | None = None) -> dict[str, float]:
     """One wrk run; the gateway's CPU µs per answered request (and the rate, for what it is worth)."""
@@ -99,6 +108,9 @@ def benchmark(seconds: float, runs: int, processes: int, profile: Path | None) -
         job_id = asyncio.run(_done_job(stack, token, key))
         stack.stop_workers()
         say("stack up, done job made")
+        assert stack.gateway is not None
+        pids = descendants(stack.gateway.proc.pid)
+        parts = {pid: fast_parts(pid) for pid in (pids[1:] or pids)}  # uvicorn's workers (the process itself if 1)
         body = {"source": {"type": "upload", "key": key}, "startSec": CLIP[0], "endSec": CLIP[1],
                 "precision": "keyframe"}
         post_url, get_url = f"{stack.base_url}/api/jobs", f"{stack.base_url}/api/jobs/{job_id}"
@@ -114,7 +126,7 @@ def benchmark(seconds: float, runs: int, processes: int, profile: Path | None) -
             profile.mkdir(parents=True, exist_ok=True)
             gateway_cpu(stack, "POST", post_url, body, token, seconds, work, profile)
             gateway_cpu(stack, "GET", get_url, None, token, seconds, work, profile)
-    out: dict[str, Any] = {"processes": processes, "seconds": seconds, "runs": runs}
+    out: dict[str, Any] = {"processes": processes, "seconds": seconds, "runs": runs, "serving_processes": parts}
     for name, series in rows.items():
         out[name] = {"cpu_us_per_req": statistics.median(r["cpu_us_per_req"] for r in series),
                      "req_per_s": statistics.median(r["req_per_s"] for r in series),
