@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from bench.cpu import cpu_seconds_of
+from bench.cpu import CLOCK_TICKS
 from bench.gateway import (
     CLIP,
     DATA,
@@ -57,6 +57,18 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def user_system(pids: list[int]) -> tuple[float, float]:
+    """User and system CPU seconds so far of these processes (/proc/<pid>/stat fields 14 and 15)."""
+    user = system = 0.0
+    for pid in pids:
+        try:
+            fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user, system = user + int(fields[11]) / CLOCK_TICKS, system + int(fields[12]) / CLOCK_TICKS
+    return user, system
+
+
 def fast_parts(pid: int) -> dict[str, bool]:
     """Whether the process has uvloop and httptools loaded (uvicorn imports each only when it runs with it)."""
     try:
@@ -80,12 +92,14 @@ def gateway_cpu(stack: Stack, method: str, url: str, body: dict[str, Any] | None
                  "speedscope", "--output", str(out), "--duration", str(max(1, round(seconds))), "--rate", "200",
                  "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(0.5)
-    before = cpu_seconds_of(pids)
+    before = user_system(pids)
     figure = run_wrk(url, method, body, token, seconds, work)
-    used = cpu_seconds_of(pids) - before
+    user, system = (after - then for after, then in zip(user_system(pids), before, strict=True))
+    used = user + system
     for spy in spies:
         spy.wait(timeout=seconds + 30)
-    return {"cpu_us_per_req": round(used / max(1, figure.requests) * 1e6, 1), "requests": figure.requests,
+    return {"cpu_us_per_req": round(used / max(1, figure.requests) * 1e6, 1),
+            "system_share": round(system / used, 2) if used else 0.0, "requests": figure.requests,
             "req_per_s": round(figure.rate, 1), "p99_ms": round(figure.p99_ms, 1), "bad": figure.bad}
 
 
@@ -129,6 +143,7 @@ def benchmark(seconds: float, runs: int, processes: int, profile: Path | None) -
     out: dict[str, Any] = {"processes": processes, "seconds": seconds, "runs": runs, "serving_processes": parts}
     for name, series in rows.items():
         out[name] = {"cpu_us_per_req": statistics.median(r["cpu_us_per_req"] for r in series),
+                     "system_share": statistics.median(r.get("system_share", 0.0) for r in series),
                      "req_per_s": statistics.median(r["req_per_s"] for r in series),
                      "bad": sum(r.get("bad", 0) for r in series)}
     for name in ("post", "get"):
