@@ -7,7 +7,8 @@ POST /api/jobs (an upload source) and GET /api/jobs/{id} (a done job, with signe
 gateway processes' user + system CPU over the run, divided by the requests answered, is its CPU per request.
 The floor (a bare asyncpg INSERT + JetStream publish per POST, a bare asyncpg SELECT per GET, in a process of
 its own) is measured the same way. `--profile DIR` also records each gateway process with py-spy (speedscope
-files) during a second run of each kind.
+files) during a second run of each kind. Two HTTP-only references (bench/hello.py: a bare ASGI app and a
+one-handler Litestar app under the same uvicorn) show what HTTP and the framework alone cost per request.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from bench.gateway import (
     run_wrk,
     say,
 )
+from shared.devstack import free_port
 from shared.media.testpattern import make_test_pattern
 
 PROC = Path("/proc")
@@ -103,6 +105,29 @@ def gateway_cpu(stack: Stack, method: str, url: str, body: dict[str, Any] | None
             "req_per_s": round(figure.rate, 1), "p99_ms": round(figure.p99_ms, 1), "bad": figure.bad}
 
 
+def http_reference(app: str, seconds: float, work: Path) -> dict[str, float]:
+    """An HTTP-only reference (bench/hello.py) under uvicorn as the gateway runs, one process: its CPU µs per GET."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", f"bench.hello:{app}", "--port", str(port), "--http", "httptools",
+         "--loop", "uvloop", "--log-level", "warning", "--no-access-log"])
+    try:
+        url = f"http://127.0.0.1:{port}/api/jobs/0193a3c2-0000-7000-8000-000000000000"
+        deadline = time.monotonic() + 30
+        while subprocess.run(["curl", "-sf", "-o", "/dev/null", url]).returncode != 0:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError(f"bench.hello:{app} did not start")
+            time.sleep(0.2)
+        run_wrk(url, "GET", None, None, 1, work)  # warm-up
+        before = user_system([server.pid])
+        figure = run_wrk(url, "GET", None, None, seconds, work)
+        used = sum(user_system([server.pid])) - sum(before)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    return {"cpu_us_per_req": round(used / max(1, figure.requests) * 1e6, 1), "req_per_s": round(figure.rate, 1)}
+
+
 def floor_cpu(stack: Stack, kind: str, seconds: float, job_id: str) -> dict[str, float]:
     figure = run_floor(stack.settings, kind, seconds, job_id)
     return {"cpu_us_per_req": round(figure.cpu_sec / max(1, figure.requests) * 1e6, 1),
@@ -136,6 +161,8 @@ def benchmark(seconds: float, runs: int, processes: int, profile: Path | None) -
             rows["post_floor"].append(floor_cpu(stack, "post", seconds, job_id))
             rows["get"].append(gateway_cpu(stack, "GET", get_url, None, token, seconds, work))
             rows["get_floor"].append(floor_cpu(stack, "get", seconds, job_id))
+        for app in ("bare", "litestar"):
+            rows[f"http_{app}"] = [http_reference(app, seconds, work) for _ in range(runs)]
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
             gateway_cpu(stack, "POST", post_url, body, token, seconds, work, profile)

@@ -130,11 +130,16 @@ def authenticated(then: Callable[[Request[Any, Any, Any]], Awaitable[None]] | No
     return hook
 
 
-def caller_of(request: Request[Any, Any, Any], gw: Gateway) -> Caller:
-    """The `caller` dependency of every `/api` handler (set by `authenticate`). It names `gw` only to be resolved
-    after it: Litestar resolves independent dependencies of a handler in an anyio task group (two tasks per
-    request), dependent ones one after the other, directly."""
+def caller_of(request: Request[Any, Any, Any]) -> Caller:
+    """The Caller `authenticate` put in the request's scope."""
     return request.scope[CALLER_SCOPE_KEY]  # type: ignore[literal-required,no-any-return]
+
+
+def caller_dependency(request: Request[Any, Any, Any], gw: Gateway) -> Caller:
+    """The `caller` dependency of the `/api` handlers. It names `gw` only to be resolved after it: Litestar resolves
+    independent dependencies of a handler in an anyio task group (two tasks per request), dependent ones one
+    after the other, directly."""
+    return caller_of(request)
 
 
 def rate_limit_headers(app: ASGIApp) -> ASGIApp:
