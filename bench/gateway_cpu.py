@@ -153,6 +153,9 @@ def benchmark(seconds: float, runs: int, processes: int, profile: Path | None) -
         body = {"source": {"type": "upload", "key": key}, "startSec": CLIP[0], "endSec": CLIP[1],
                 "precision": "keyframe"}
         post_url, get_url = f"{stack.base_url}/api/jobs", f"{stack.base_url}/api/jobs/{job_id}"
+        before = sum(user_system(pids))
+        time.sleep(seconds)  # no requests: what the gateway spends on its own (timers, heartbeats)
+        idle_ms_per_s = (sum(user_system(pids)) - before) / seconds * 1e3
         gateway_cpu(stack, "POST", post_url, body, token, 1, work)  # warm-up: caches, prepared statements
         gateway_cpu(stack, "GET", get_url, None, token, 1, work)
         rows: dict[str, list[dict[str, float]]] = {"post": [], "post_floor": [], "get": [], "get_floor": []}
@@ -167,7 +170,8 @@ def benchmark(seconds: float, runs: int, processes: int, profile: Path | None) -
             profile.mkdir(parents=True, exist_ok=True)
             gateway_cpu(stack, "POST", post_url, body, token, seconds, work, profile)
             gateway_cpu(stack, "GET", get_url, None, token, seconds, work, profile)
-    out: dict[str, Any] = {"processes": processes, "seconds": seconds, "runs": runs, "serving_processes": parts}
+    out: dict[str, Any] = {"processes": processes, "seconds": seconds, "runs": runs, "serving_processes": parts,
+                           "idle_cpu_ms_per_s": round(idle_ms_per_s, 1)}
     for name, series in rows.items():
         out[name] = {"cpu_us_per_req": statistics.median(r["cpu_us_per_req"] for r in series),
                      "system_share": statistics.median(r.get("system_share", 0.0) for r in series),
