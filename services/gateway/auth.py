@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request
+from litestar.di import NamedDependency
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.apikeys import secret_matches, split_token
@@ -135,7 +136,7 @@ def caller_of(request: Request[Any, Any, Any]) -> Caller:
     return request.scope[CALLER_SCOPE_KEY]  # type: ignore[literal-required,no-any-return]
 
 
-def caller_dependency(request: Request[Any, Any, Any], gw: Gateway) -> Caller:
+def caller_dependency(request: Request[Any, Any, Any], gw: NamedDependency[Gateway]) -> Caller:
     """The `caller` dependency of the `/api` handlers. It names `gw` only to be resolved after it: Litestar resolves
     independent dependencies of a handler in an anyio task group (two tasks per request), dependent ones one
     after the other, directly."""
