@@ -25,6 +25,7 @@ from services.gateway.ttlcache import TtlCache
 from shared import bus
 from shared.contracts import ClipJobMessage, ClipResult, UrlSource
 from shared.db import jobs, keys
+from shared.db.pool import create_pool
 from shared.devstack import free_port
 from shared.ids import uuid7
 from shared.resources import Resources
@@ -233,3 +234,19 @@ async def test_requests_missing_the_same_cached_entry_wait_for_one_lookup() -> N
     assert await cache.get_or_load("uploads/a", lambda: head(8)) == 7 and lookups == 1  # kept
     assert await cache.get_or_load("uploads/b", lambda: head(None)) is None
     assert await cache.get_or_load("uploads/b", lambda: head(9)) == 9 and lookups == 3  # "not found" is not kept
+
+
+async def test_the_gateways_pool_skips_the_reset_query_but_still_rolls_back(resources: Resources) -> None:
+    settings = msgspec.structs.replace(resources.settings, db_pool_max=1)  # one connection: the same session
+    for session_state, name_after in ((False, "kept"), (True, "")):
+        pool = await create_pool(settings, migrate=False, session_state=session_state)
+        try:
+            async with pool.acquire() as conn:
+                await conn.execute("SET application_name = 'kept'")
+                await conn.execute("BEGIN")  # left open, as a failed request might
+            async with pool.acquire() as conn:
+                assert not conn.is_in_transaction()  # rolled back on release either way
+                # the reset query (RESET ALL, ...) runs only for processes whose sessions hold state
+                assert await conn.fetchval("SHOW application_name") == name_after
+        finally:
+            await pool.close()
