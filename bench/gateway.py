@@ -88,6 +88,8 @@ class Figure:
     p50_ms: float
     p99_ms: float
     bad: int = 0  # non-2xx answers and socket errors
+    requests: int = 0  # requests answered in the run
+    cpu_sec: float = 0.0  # CPU seconds (user + system) of the floor's process over its loop (0: not measured)
 
     def as_dict(self) -> dict[str, float]:
         return {"req_per_s": round(self.rate, 1), "p50_ms": round(self.p50_ms, 2), "p99_ms": round(self.p99_ms, 2),
@@ -133,14 +135,15 @@ async def _floor(settings: Settings, kind: str, seconds: float, job_id: str, con
             await once()
             latencies.append(time.monotonic() - began)
 
-    started = time.monotonic()
+    started, cpu_before = time.monotonic(), time.process_time()
     await asyncio.gather(*(loop() for _ in range(concurrency)))
-    elapsed = time.monotonic() - started
+    elapsed, cpu_sec = time.monotonic() - started, time.process_time() - cpu_before
     await nc.close()
     await pool.close()
     ordered = sorted(latencies)
     return Figure(len(ordered) / elapsed, ordered[len(ordered) // 2] * 1000,
-                  ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000)
+                  ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, requests=len(ordered),
+                  cpu_sec=cpu_sec)
 
 
 FLOOR_INSERT = """
@@ -297,7 +300,7 @@ def run_wrk(url: str, method: str, body: dict[str, Any] | None, token: str | Non
         raise RuntimeError(f"wrk failed: {out.stderr or out.stdout}")
     found = json.loads(out.stdout.strip().splitlines()[-1])
     rate = found["requests"] / (found["duration_us"] / 1e6)
-    return Figure(rate, found["p50_ms"], found["p99_ms"], found["non2xx"] + found["errors"])
+    return Figure(rate, found["p50_ms"], found["p99_ms"], found["non2xx"] + found["errors"], found["requests"])
 
 
 # ------------------------------------------------------------------------------------------------ phases

@@ -28,6 +28,9 @@ class Resources:
     subjects: bus.Subjects
 
 
+NO_SESSION_STATE = frozenset({"gateway"})  # processes whose database sessions hold no state between uses
+
+
 @asynccontextmanager
 async def open_resources(settings: Settings, name: str) -> AsyncIterator[Resources]:
     """NATS (its streams found), PostgreSQL (its schema found migrated) and S3 (its bucket found); each waited
@@ -37,7 +40,8 @@ async def open_resources(settings: Settings, name: str) -> AsyncIterator[Resourc
     try:
         js = nc.jetstream()
         await until_up("nats_jetstream", lambda: bus.require_streams(js, settings), settings)
-        pool = await until_up("postgresql", lambda: create_pool(settings), settings)
+        pool = await until_up(
+            "postgresql", lambda: create_pool(settings, session_state=name not in NO_SESSION_STATE), settings)
         try:
             async with open_storage(settings) as storage:
                 await until_up("s3", storage.require_bucket, settings)

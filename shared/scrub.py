@@ -36,9 +36,8 @@ _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/\-]+=*")
 _CREDENTIAL_SCOPE = re.compile(r"\b[A-Za-z0-9]{4,128}/\d{8}/[a-z0-9\-]+/s3/aws4_request\b")
 # internal object keys: where a stage stages its work and where results live (a job id is shown on its own)
 _INTERNAL_KEY = re.compile(r"(?<![\w\-])(?:staging|results)/[^\s\"'<>,;)]+")
-# one cheap search: a text none of the patterns above could match (no "://", "=", auth word, "/s3/", staging/ or
-# results/ key) is returned as it is (most log fields: event names, ids, routes), unless it holds a secret
-_MAYBE_SECRET = re.compile(r"(?i)://|=|authorization|bearer|/s3/|staging/|results/")
+# what each pattern above cannot match without (lower case): an ASCII text holding none of them skips the patterns
+_PATTERN_MARKERS = ("://", "x-amz-", "authorization", "bearer", "/s3/aws4_request", "staging/", "results/")
 _known_secrets: set[str] = set()  # this process's configured secrets, replaced wherever they appear
 
 
@@ -53,17 +52,30 @@ def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
     remembered secrets and the `secrets` given."""
     if not text:
         return text
-    if _MAYBE_SECRET.search(text) is None and not any(secret in text for secret in (*_known_secrets, *secrets)):
-        return text
+    if _may_hold_pattern(text):
+        text = _patterns_scrubbed(text)
+    for secret in (*_known_secrets, *secrets):
+        if len(secret) >= MIN_SECRET_CHARS:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def _may_hold_pattern(text: str) -> bool:
+    """Whether `text` holds something one of the patterns needs (substring checks, far cheaper than the seven
+    patterns: most log fields are ids, names and numbers that hold none of it)."""
+    if not text.isascii():
+        return True  # the patterns ignore case beyond ASCII too (long s, Kelvin sign): they decide
+    lowered = text.lower()
+    return any(marker in lowered for marker in _PATTERN_MARKERS)
+
+
+def _patterns_scrubbed(text: str) -> str:
     text = _QUERY.sub(rf"\1?{REDACTED}", text)
     text = _USERINFO.sub(rf"\1{REDACTED}@", text)
     text = _AMZ_PARAM.sub(REDACTED, text)
     text = _AUTH_HEADER.sub(rf"\1: {REDACTED}", text)
     text = _BEARER.sub(rf"\1 {REDACTED}", text)
     text = _CREDENTIAL_SCOPE.sub(REDACTED, text)
-    for secret in (*_known_secrets, *secrets):
-        if len(secret) >= MIN_SECRET_CHARS:
-            text = text.replace(secret, REDACTED)
     return _INTERNAL_KEY.sub(INTERNAL_KEY, text)
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,13 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
+from services.gateway.groupcommit import GroupCommit
 from services.gateway.published import PublishedMarks
+from services.gateway.ttlcache import TtlCache
 from shared import bus
 from shared.contracts import ClipJobMessage, ClipResult, UrlSource
 from shared.db import jobs, keys
+from shared.db.pool import create_pool
 from shared.devstack import free_port
 from shared.ids import uuid7
 from shared.resources import Resources
@@ -108,6 +112,18 @@ async def test_published_marks_written_together_each_reach_their_row(resources: 
     await asyncio.gather(*(marks.mark(job_id) for job_id in made))  # all at once: a few statements mark them
     rows = await resources.db.fetch("SELECT published_at FROM jobs")
     assert len(rows) == 60 and all(row["published_at"] is not None for row in rows)
+
+
+async def test_rate_hits_written_together_count_as_if_one_after_the_other(resources: Resources) -> None:
+    window = keys.RATE_WINDOW_SEC
+    start = (int(time.time()) // window + 10) * window  # a window of its own
+    await keys.rate_hit(resources.db, "key:a", start - window, window)  # the previous window: 1 hit
+    hits = [("key:a", start), ("key:b", start), ("key:a", start), ("key:a", start)]
+    assert await keys.rate_hits(resources.db, hits, window) == [(1, 1), (1, 0), (2, 1), (3, 1)]
+    together = GroupCommit(partial(keys.rate_hits, resources.db, window_sec=window), 500)
+    counts = await asyncio.gather(*(together.add(("key:c", start)) for _ in range(40)))
+    assert sorted(current for current, _ in counts) == list(range(1, 41))  # each request its own count
+    assert await keys.rate_hit(resources.db, "key:a", start, window) == (4, 1)
 
 
 async def test_one_backlog_reading_serves_requests_arriving_together(resources: Resources) -> None:
@@ -201,3 +217,36 @@ async def test_in_flight_quota_counts_jobs_as_they_start_and_end(
 
 def _message(job_id: str) -> ClipJobMessage:
     return ClipJobMessage(id=job_id, source=UrlSource(url=GOOD_URL["url"]), start_sec=1, end_sec=2)
+
+
+async def test_requests_missing_the_same_cached_entry_wait_for_one_lookup() -> None:
+    cache: TtlCache[str, int] = TtlCache(60.0, 10)
+    lookups = 0
+
+    async def head(found: int | None) -> int | None:
+        nonlocal lookups
+        lookups += 1
+        await asyncio.sleep(0.05)
+        return found
+
+    sizes = await asyncio.gather(*(cache.get_or_load("uploads/a", lambda: head(7)) for _ in range(20)))
+    assert sizes == [7] * 20 and lookups == 1  # one HEAD for twenty requests arriving together
+    assert await cache.get_or_load("uploads/a", lambda: head(8)) == 7 and lookups == 1  # kept
+    assert await cache.get_or_load("uploads/b", lambda: head(None)) is None
+    assert await cache.get_or_load("uploads/b", lambda: head(9)) == 9 and lookups == 3  # "not found" is not kept
+
+
+async def test_the_gateways_pool_skips_the_reset_query_but_still_rolls_back(resources: Resources) -> None:
+    settings = msgspec.structs.replace(resources.settings, db_pool_max=1)  # one connection: the same session
+    for session_state, name_after in ((False, "kept"), (True, "")):
+        pool = await create_pool(settings, migrate=False, session_state=session_state)
+        try:
+            async with pool.acquire() as conn:
+                await conn.execute("SET application_name = 'kept'")
+                await conn.execute("BEGIN")  # left open, as a failed request might
+            async with pool.acquire() as conn:
+                assert not conn.is_in_transaction()  # rolled back on release either way
+                # the reset query (RESET ALL, ...) runs only for processes whose sessions hold state
+                assert await conn.fetchval("SHOW application_name") == name_after
+        finally:
+            await pool.close()

@@ -49,6 +49,14 @@ def test_signed_urls_credentials_and_keys_are_replaced() -> None:
     assert scrub(out) == out  # scrubbing twice (the database, then the gateway) changes nothing more
 
 
+def test_text_with_nothing_to_hide_is_kept_and_other_cases_are_still_caught() -> None:
+    plain = ("0193a3c2-0000-7000-8000-000000000000", "POST /api/jobs 202", "uploads/k1/a.mp4", "caf\u00e9 42")
+    assert [scrub(text) for text in plain] == list(plain)  # untouched (the patterns' fast path)
+    # the patterns ignore case beyond ASCII too (a dotless i still spells "authorization" for them)
+    assert scrub("Proxy-Authorizat\u0131on: Basic dXNlcjpodW50ZXIy") == f"Proxy-Authorizat\u0131on: {REDACTED}"
+    assert scrub("BEARER abc.def") == f"BEARER {REDACTED}"
+
+
 def test_nested_values_and_secret_named_fields() -> None:
     data = {"message": SIGNED, "attempt": 2, "detail": [{"url": SIGNED}], "password": "pw", "Token": "t"}
     out = scrub_value(data)

@@ -14,7 +14,7 @@ from shared.logs import configure_logging, get_logger
 from shared.resources import open_resources
 from shared.settings import Settings, load_settings
 
-from .auth import caller_of, rate_limit_headers
+from .auth import caller_dependency, rate_limit_headers
 from .batches import BatchController
 from .errors import EXCEPTION_HANDLERS
 from .events import JobEventsController, job_feed_lifespan
@@ -57,7 +57,7 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan, job_feed_lifespan],
         middleware=[rate_limit_headers],
         dependencies={
-            "gw": Provide(gateway_of, sync_to_thread=False), "caller": Provide(caller_of, sync_to_thread=False),
+            "gw": Provide(gateway_of, sync_to_thread=False), "caller": Provide(caller_dependency, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.gateway_max_body_bytes,

@@ -1,7 +1,8 @@
 """Who is calling: the API key on each `/api` request, its rate limit, and what it may do.
 
-Each request costs at most one database round trip here (the rate-limit hit); key lookups are cached for
-KEY_CACHE_SEC, so a revoked key stops working within that time on every replica.
+Each request costs at most one database round trip here (the rate-limit hit, written together with the hits of
+the requests arriving meanwhile: services/gateway/state.py); key lookups are cached for KEY_CACHE_SEC, so a
+revoked key stops working within that time on every replica.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request
+from litestar.di import NamedDependency
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.apikeys import secret_matches, split_token
@@ -71,7 +73,7 @@ async def _rate_limit(gw: Gateway, scope: Scope, subject: str, limit: int) -> No
     now = time.time()
     window_start = int(now // RATE_WINDOW_SEC) * RATE_WINDOW_SEC
     async with gw.breakers.db:
-        current, previous = await keys.rate_hit(gw.res.db, subject, window_start, RATE_WINDOW_SEC)
+        current, previous = await gw.rate_hits.add((subject, window_start))
     elapsed = now - window_start
     used = previous * (1 - elapsed / RATE_WINDOW_SEC) + current
     reset = max(1, math.ceil(RATE_WINDOW_SEC - elapsed))
@@ -130,8 +132,15 @@ def authenticated(then: Callable[[Request[Any, Any, Any]], Awaitable[None]] | No
 
 
 def caller_of(request: Request[Any, Any, Any]) -> Caller:
-    """The `caller` dependency of every `/api` handler (set by `authenticate`)."""
+    """The Caller `authenticate` put in the request's scope."""
     return request.scope[CALLER_SCOPE_KEY]  # type: ignore[literal-required,no-any-return]
+
+
+def caller_dependency(request: Request[Any, Any, Any], gw: NamedDependency[Gateway]) -> Caller:
+    """The `caller` dependency of the `/api` handlers. It names `gw` only to be resolved after it: Litestar resolves
+    independent dependencies of a handler in an anyio task group (two tasks per request), dependent ones one
+    after the other, directly."""
+    return caller_of(request)
 
 
 def rate_limit_headers(app: ASGIApp) -> ASGIApp:

@@ -2,8 +2,9 @@
 
 Litestar converts a body into its struct leniently (`"startSec": "1"` becomes 1.0) and ignores unknown fields
 (a typo like `precison` silently runs `auto`). Each route with a body runs `strict_json(T)` first, as its
-`before_request` hook: it decodes the body once more, strictly, and refuses with a stable code what the
-lenient conversion would have let through. A body that passes converts to the same value both ways.
+`before_request` hook: it decodes the body strictly, refuses with a stable code what the lenient conversion
+would have let through, and leaves the value it made in the request's scope (`checked_body`) for the handler.
+A body that passes converts to the same value both ways.
 
 Refusals: no JSON content type → 415 `unsupported_media_type` (a cross-site form can send `text/plain` but
 not `application/json` without a CORS preflight); empty, invalid or too deeply nested → 400 `malformed_json`;
@@ -29,6 +30,7 @@ UTF8_CHARSETS = frozenset({"utf-8", "utf8"})
 _ERROR_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 _MISSING_FIELD = re.compile(r"^Object missing required field `(?P<name>[^`]+)`")
 _decoder = msgspec.json.Decoder()
+BODY_SCOPE_KEY = "clipjet.body"  # the strictly decoded body, for the handler
 
 BodyHook = Callable[[Request[Any, Any, Any]], Awaitable[None]]
 
@@ -54,15 +56,27 @@ def strict_json(target: Any, *, optional: bool = False) -> BodyHook:
     """
 
     async def check(request: Request[Any, Any, Any]) -> None:
-        raw = await request.body()  # over request_max_body_size: 413 body_too_large
-        if not raw.strip():
-            if optional:
-                return
-            raise MalformedJson("the body is empty; send a JSON object with Content-Type: application/json")
-        check_content_type(request.headers.get("content-type"))
-        decode_strict(raw, target)
+        raw = await json_body(request, optional=optional)
+        if raw is not None:
+            request.scope[BODY_SCOPE_KEY] = decode_strict(raw, target)  # type: ignore[literal-required]
 
     return check
+
+
+async def json_body(request: Request[Any, Any, Any], *, optional: bool = False) -> bytes | None:
+    """The raw body once it is known to be declared as JSON (None: empty and `optional`)."""
+    raw = await request.body()  # over request_max_body_size: 413 body_too_large
+    if not raw.strip():
+        if optional:
+            return None
+        raise MalformedJson("the body is empty; send a JSON object with Content-Type: application/json")
+    check_content_type(request.headers.get("content-type"))
+    return raw
+
+
+def checked_body(request: Request[Any, Any, Any]) -> Any:
+    """The body as the route's strict check decoded it (its handler uses this value: the body is decoded once)."""
+    return request.scope[BODY_SCOPE_KEY]  # type: ignore[literal-required]
 
 
 def check_content_type(header: str | None) -> None:
@@ -81,12 +95,21 @@ def check_content_type(header: str | None) -> None:
 
 def decode_strict(raw: bytes, target: Any) -> Any:
     """`raw` as `target`: exact JSON types (no "1" for a number), every field known; a coded error otherwise."""
+    return convert_strict(decode_json(raw), target)
+
+
+def decode_json(raw: bytes) -> Any:
+    """`raw` as plain JSON values; 400 malformed_json when it is not JSON."""
     try:
-        value = _decoder.decode(raw)
+        return _decoder.decode(raw)
     except RecursionError as exc:
         raise MalformedJson("the body is nested too deeply; send a flat JSON object") from exc
     except msgspec.DecodeError as exc:
         raise MalformedJson(f"the body is not valid JSON: {exc}") from exc
+
+
+def convert_strict(value: Any, target: Any) -> Any:
+    """Decoded JSON `value` as `target`: exact types, every field known; a coded error otherwise."""
     try:
         result = msgspec.convert(value, target, strict=True)
     except msgspec.ValidationError as exc:

@@ -26,12 +26,12 @@ from shared.db import jobs
 from shared.errors import BadRequest
 from shared.jobview import job_view as shared_job_view
 
-from .auth import Caller, authenticate, authenticated
+from .auth import Caller, authenticate, authenticated, caller_of
 from .batches import strict_submission, submit_batch
-from .body import decode_strict
+from .body import checked_body
 from .cancel import cancel_job, readable_job
 from .openapi import SECURITY, error_responses
-from .state import Gateway
+from .state import Gateway, gateway_of
 from .submit import submit_job
 
 IDEMPOTENCY_KEY_MAX_CHARS = 200
@@ -49,8 +49,7 @@ class JobController(Controller):
     @post("/", operation_id="createJob", status_code=202, before_request=authenticated(strict_submission),
           responses=error_responses(400, 401, 403, 413, 415, 422, 429, 503))
     async def create_job(
-        self, request: Request[Any, Any, Any], data: JSONBody[JobSubmission], gw: NamedDependency[Gateway],
-        caller: NamedDependency[Caller],
+        self, request: Request[Any, Any, Any], data: JSONBody[JobSubmission],
         idempotency_key: Annotated[str | None, HeaderParameter(
             name="Idempotency-Key", required=False, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_CHARS,
             pattern=IDEMPOTENCY_KEY_PATTERN,
@@ -59,11 +58,12 @@ class JobController(Controller):
     ) -> Response[JobAccepted | BatchAccepted]:
         """Queue a clip job; poll `GET /api/jobs/{id}` (its `Location`) for its progress and result. With `clips`
         instead of startSec/endSec: one job per clip under one batch (`GET /api/batches/{id}`, its `Location`)."""
-        if data.clips is not None:  # the body passed strict_submission as a BatchRequest
-            batch = await submit_batch(gw, decode_strict(await request.body(), BatchRequest), idempotency_key, caller)
+        gw, caller = gateway_of(request.app.state), caller_of(request)  # not injected: a hot path (BENCHMARKS.md)
+        body: JobRequest | BatchRequest = checked_body(request)  # strict_submission's value (`data` is the same)
+        if isinstance(body, BatchRequest):
+            batch = await submit_batch(gw, body, idempotency_key, caller)
             return Response(batch, status_code=202, headers={"Location": f"/api/batches/{batch.batch_id}"})
-        single = decode_strict(await request.body(), JobRequest)
-        accepted = await submit_job(gw, single, idempotency_key, caller)
+        accepted = await submit_job(gw, body, idempotency_key, caller)
         return Response(accepted, status_code=202, headers={"Location": f"{self.path}/{accepted.id}"})
 
     @get("/", operation_id="listJobs", responses=error_responses(401, 422, 429, 503))
@@ -84,11 +84,11 @@ class JobController(Controller):
 
     @get("/{job_id:str}", operation_id="getJob", responses=error_responses(401, 404, 429, 503))
     async def get_job(
-        self, gw: NamedDependency[Gateway], caller: NamedDependency[Caller],
-        job_id: Annotated[str, PathParameter(description="The job's id")],
+        self, request: Request[Any, Any, Any], job_id: Annotated[str, PathParameter(description="The job's id")],
     ) -> JobView:
         """A job's status, stage, progress and, once done, signed URLs of its files."""
-        return await job_view(gw, await readable_job(gw, caller, job_id))
+        gw = gateway_of(request.app.state)  # not injected: a hot path (BENCHMARKS.md)
+        return await job_view(gw, await readable_job(gw, caller_of(request), job_id))
 
     @post("/{job_id:str}/cancel", operation_id="cancelJob", status_code=200,
           responses=error_responses(401, 404, 409, 429, 503))

@@ -148,19 +148,18 @@ async def _replay(gw: Gateway, earlier: idempotency.Earlier, digest: str) -> Job
 
 async def _check_upload(gw: Gateway, key: str, caller: Caller) -> None:
     """The caller's upload exists (a HEAD, or one that found it within UPLOAD_SEEN_CACHE_SEC: an upload's object is
-    written once and never changed) and is not over MAX_UPLOAD_MB."""
+    written once and never changed; requests arriving during a HEAD wait for it) and is not over MAX_UPLOAD_MB."""
     if not owns_upload(caller, key):
         raise _no_upload(key)
-    seen = gw.uploads_seen.get(key)
-    if seen is not None:
-        size = seen[1]
-    else:
+
+    async def head_size() -> int | None:
         async with gw.breakers.s3:
             found = await gw.res.storage.head(key)
-        if found is None:
-            raise _no_upload(key)
-        size = found.size
-        gw.uploads_seen.put(key, size)
+        return None if found is None else found.size
+
+    size = await gw.uploads_seen.get_or_load(key, head_size)
+    if size is None:
+        raise _no_upload(key)
     check_upload_size(size, gw.res.settings)
 
 

@@ -33,14 +33,24 @@ async def require_migrated(conn: asyncpg.Connection, schema: str) -> None:
         raise NotInitialized(f"PostgreSQL schema {schema!r} lacks migrations {', '.join(missing)}")
 
 
-async def create_pool(settings: Settings, *, check_migrated: bool = True) -> asyncpg.Pool:
-    """Open the pool; with `check_migrated`, NotInitialized while the schema lacks a migration."""
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A released connection's reset when its users leave no session state behind (see `create_pool`)."""
+
+
+async def create_pool(settings: Settings, *, check_migrated: bool = True, session_state: bool = True) -> asyncpg.Pool:
+    """Open the pool; with `check_migrated`, NotInitialized while the schema lacks a migration.
+
+    `session_state=False`: the process never leaves session state on a connection (no session advisory lock,
+    LISTEN, SET or open cursor outside a transaction), so a released connection skips asyncpg's reset query
+    (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`), a round trip on every release. An open
+    transaction is still rolled back (asyncpg does that before any reset)."""
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=1,
         max_size=settings.db_pool_max,
         server_settings={"search_path": settings.db_schema},
         init=_init_connection,
+        reset=None if session_state else _keep_session,
     )
     assert pool is not None
     if check_migrated:

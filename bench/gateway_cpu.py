@@ -1,0 +1,196 @@
+"""`python -m bench.gateway_cpu`: the gateway's CPU per request, next to its database + publish floor's.
+
+On a shared machine requests per second say more about the neighbours than about the gateway; CPU seconds
+per request do not (much). The stack is bench.gateway's (AUTH on, one key, the rate limit and quotas checked
+on every request); the gateway runs `--processes` uvicorn processes (default 1). `wrk` (32 connections) drives
+POST /api/jobs (an upload source) and GET /api/jobs/{id} (a done job, with signed URLs) for `--seconds`; the
+gateway processes' user + system CPU over the run, divided by the requests answered, is its CPU per request.
+The floor (a bare asyncpg INSERT + JetStream publish per POST, a bare asyncpg SELECT per GET, in a process of
+its own) is measured the same way. `--profile DIR` also records each gateway process with py-spy (speedscope
+files) during a second run of each kind. Two HTTP-only references (bench/hello.py: a bare ASGI app and a
+one-handler Litestar app under the same uvicorn) show what HTTP and the framework alone cost per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from bench.cpu import CLOCK_TICKS
+from bench.gateway import (
+    CLIP,
+    DATA,
+    SOURCE_SEC,
+    Stack,
+    _done_job,
+    _prepare,
+    gateway_stack,
+    run_floor,
+    run_wrk,
+    say,
+)
+from shared.devstack import free_port
+from shared.media.testpattern import make_test_pattern
+
+PROC = Path("/proc")
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (uvicorn's supervisor and its workers)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in (PROC / str(current) / "task").glob("*/children"):
+            try:
+                todo.extend(int(child) for child in task.read_text().split())
+            except OSError:
+                continue
+    return found
+
+
+def user_system(pids: list[int]) -> tuple[float, float]:
+    """User and system CPU seconds so far of these processes (/proc/<pid>/stat fields 14 and 15)."""
+    user = system = 0.0
+    for pid in pids:
+        try:
+            fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user, system = user + int(fields[11]) / CLOCK_TICKS, system + int(fields[12]) / CLOCK_TICKS
+    return user, system
+
+
+def fast_parts(pid: int) -> dict[str, bool]:
+    """Whether the process has uvloop and httptools loaded (uvicorn imports each only when it runs with it)."""
+    try:
+        maps = (PROC / str(pid) / "maps").read_text()
+    except OSError:
+        return {"uvloop": False, "httptools": False}
+    return {"uvloop": "/uvloop/" in maps, "httptools": "/httptools/" in maps}
+
+
+def gateway_cpu(stack: Stack, method: str, url: str, body: dict[str, Any] | None, token: str, seconds: float,
+                work: Path, profile: Path | None = None) -> dict[str, float]:
+    """One wrk run; the gateway's CPU µs per answered request (and the rate, for what it is worth)."""
+    assert stack.gateway is not None
+    pids = descendants(stack.gateway.proc.pid)
+    spies = []
+    if profile is not None:
+        for pid in pids[1:] or pids:
+            out = profile / f"{method.lower()}-{pid}.speedscope.json"
+            spies.append(subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format",
+                 "speedscope", "--output", str(out), "--duration", str(max(1, round(seconds))), "--rate", "200",
+                 "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(0.5)
+    before = user_system(pids)
+    figure = run_wrk(url, method, body, token, seconds, work)
+    user, system = (after - then for after, then in zip(user_system(pids), before, strict=True))
+    used = user + system
+    for spy in spies:
+        spy.wait(timeout=seconds + 30)
+    return {"cpu_us_per_req": round(used / max(1, figure.requests) * 1e6, 1),
+            "system_share": round(system / used, 2) if used else 0.0, "requests": figure.requests,
+            "req_per_s": round(figure.rate, 1), "p99_ms": round(figure.p99_ms, 1), "bad": figure.bad}
+
+
+def http_reference(app: str, seconds: float, work: Path) -> dict[str, float]:
+    """An HTTP-only reference (bench/hello.py) under uvicorn as the gateway runs, one process: its CPU µs per GET."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", f"bench.hello:{app}", "--port", str(port), "--http", "httptools",
+         "--loop", "uvloop", "--log-level", "warning", "--no-access-log"])
+    try:
+        url = f"http://127.0.0.1:{port}/api/jobs/0193a3c2-0000-7000-8000-000000000000"
+        deadline = time.monotonic() + 30
+        while subprocess.run(["curl", "-sf", "-o", "/dev/null", url]).returncode != 0:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError(f"bench.hello:{app} did not start")
+            time.sleep(0.2)
+        run_wrk(url, "GET", None, None, 1, work)  # warm-up
+        before = user_system([server.pid])
+        figure = run_wrk(url, "GET", None, None, seconds, work)
+        used = sum(user_system([server.pid])) - sum(before)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    return {"cpu_us_per_req": round(used / max(1, figure.requests) * 1e6, 1), "req_per_s": round(figure.rate, 1)}
+
+
+def floor_cpu(stack: Stack, kind: str, seconds: float, job_id: str) -> dict[str, float]:
+    figure = run_floor(stack.settings, kind, seconds, job_id)
+    return {"cpu_us_per_req": round(figure.cpu_sec / max(1, figure.requests) * 1e6, 1),
+            "requests": figure.requests, "req_per_s": round(figure.rate, 1)}
+
+
+def benchmark(seconds: float, runs: int, processes: int, profile: Path | None) -> dict[str, Any]:
+    DATA.mkdir(parents=True, exist_ok=True)
+    source = make_test_pattern(DATA / f"source-{SOURCE_SEC}s-360p.mp4", seconds=SOURCE_SEC)
+    with (tempfile.TemporaryDirectory(dir=DATA.resolve()) as tmp,
+          gateway_stack(Path(tmp) / "stack") as stack):
+        work = Path(tmp)
+        stack.settings = msgspec.structs.replace(stack.settings, gateway_processes=processes)
+        stack.start_gateway()
+        token, key = asyncio.run(_prepare(stack, source))
+        stack.start_workers()
+        job_id = asyncio.run(_done_job(stack, token, key))
+        stack.stop_workers()
+        say("stack up, done job made")
+        assert stack.gateway is not None
+        pids = descendants(stack.gateway.proc.pid)
+        parts = {pid: fast_parts(pid) for pid in (pids[1:] or pids)}  # uvicorn's workers (the process itself if 1)
+        body = {"source": {"type": "upload", "key": key}, "startSec": CLIP[0], "endSec": CLIP[1],
+                "precision": "keyframe"}
+        post_url, get_url = f"{stack.base_url}/api/jobs", f"{stack.base_url}/api/jobs/{job_id}"
+        before = sum(user_system(pids))
+        time.sleep(seconds)  # no requests: what the gateway spends on its own (timers, heartbeats)
+        idle_ms_per_s = (sum(user_system(pids)) - before) / seconds * 1e3
+        gateway_cpu(stack, "POST", post_url, body, token, 1, work)  # warm-up: caches, prepared statements
+        gateway_cpu(stack, "GET", get_url, None, token, 1, work)
+        rows: dict[str, list[dict[str, float]]] = {"post": [], "post_floor": [], "get": [], "get_floor": []}
+        for _ in range(runs):
+            rows["post"].append(gateway_cpu(stack, "POST", post_url, body, token, seconds, work))
+            rows["post_floor"].append(floor_cpu(stack, "post", seconds, job_id))
+            rows["get"].append(gateway_cpu(stack, "GET", get_url, None, token, seconds, work))
+            rows["get_floor"].append(floor_cpu(stack, "get", seconds, job_id))
+        for app in ("bare", "litestar"):
+            rows[f"http_{app}"] = [http_reference(app, seconds, work) for _ in range(runs)]
+        if profile is not None:
+            profile.mkdir(parents=True, exist_ok=True)
+            gateway_cpu(stack, "POST", post_url, body, token, seconds, work, profile)
+            gateway_cpu(stack, "GET", get_url, None, token, seconds, work, profile)
+    out: dict[str, Any] = {"processes": processes, "seconds": seconds, "runs": runs, "serving_processes": parts,
+                           "idle_cpu_ms_per_s": round(idle_ms_per_s, 1)}
+    for name, series in rows.items():
+        out[name] = {"cpu_us_per_req": statistics.median(r["cpu_us_per_req"] for r in series),
+                     "system_share": statistics.median(r.get("system_share", 0.0) for r in series),
+                     "req_per_s": statistics.median(r["req_per_s"] for r in series),
+                     "bad": sum(r.get("bad", 0) for r in series)}
+    for name in ("post", "get"):
+        out[f"{name}_cpu_ratio"] = round(out[f"{name}_floor"]["cpu_us_per_req"] / out[name]["cpu_us_per_req"], 3)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.gateway_cpu", description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each wrk run, s")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (the median is reported)")
+    parser.add_argument("--processes", type=int, default=1, help="GATEWAY_PROCESSES")
+    parser.add_argument("--profile", type=Path, help="also record py-spy speedscope profiles into this folder")
+    args = parser.parse_args()
+    print(json.dumps(benchmark(args.seconds, args.runs, args.processes, args.profile), indent=2))
+
+
+if __name__ == "__main__":
+    main()
