@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from litestar import Litestar, get
 from litestar.di import NamedDependency, Provide
 
+from shared import tracing
 from shared.logs import configure_logging, get_logger
 from shared.resources import open_resources
 from shared.settings import Settings, load_settings
@@ -20,6 +21,7 @@ from .events import JobEventsController, job_feed_lifespan
 from .jobs import JobController
 from .openapi import openapi_config
 from .state import Gateway, gateway_of
+from .tracing import request_spans
 from .uploads import UploadController
 from .usage import UsageController
 from .web import allow_page_origins, web_router
@@ -51,7 +53,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[JobController, JobEventsController, BatchController, UploadController, UsageController,
                         health, web_router],
         lifespan=[lifespan, job_feed_lifespan],
-        middleware=[rate_limit_headers],
+        middleware=[*([request_spans] if tracing.active() else []), rate_limit_headers],
         dependencies={
             "gw": Provide(gateway_of, sync_to_thread=False), "caller": Provide(caller_of, sync_to_thread=False),
         },
@@ -71,4 +73,5 @@ def app_from_environment() -> Litestar:
     """uvicorn's app factory in each gateway process (`clipjet gateway`): the settings from the environment."""
     settings = load_settings()
     configure_logging(settings.log_level)
+    tracing.start(settings, "gateway")  # in each gateway process: the exporter's thread does not survive a fork
     return create_app(settings)

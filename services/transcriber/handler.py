@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from shared import tracing
 from shared.asr.audio import read_audio
 from shared.asr.engine import AsrEngine
 from shared.contracts import Artifact, StageMessage
@@ -47,9 +48,10 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
     audio = await read_audio(url, start_sec=start, duration_sec=duration, fmt=fmt)
     deps.progress.set(AUDIO_SHARE)
     engine: AsrEngine = deps.local
-    transcript = await engine.transcribe(
-        audio, task.job.subs.lang, lambda p: deps.progress.set(AUDIO_SHARE + (0.9 - AUDIO_SHARE) * p)
-    )
+    with tracing.child_span("transcribe", **{"clipjet.audio_sec": duration}):
+        transcript = await engine.transcribe(
+            audio, task.job.subs.lang, lambda p: deps.progress.set(AUDIO_SHARE + (0.9 - AUDIO_SHARE) * p)
+        )
     cues = build_cues(transcript.words, cue_rules(deps.res.settings), clip_end=duration)
     bodies = {
         "srt": to_srt(cues).encode(), "vtt": to_vtt(cues).encode(), "words": to_words_json(transcript.words),
