@@ -1,9 +1,9 @@
 """OpenTelemetry spans for a job's way through the gateway, NATS, every stage and S3 (one trace per job).
 
-Tracing is on when a TracerProvider of the SDK is installed (`shared.tracing_export.start_exporting`, which
-the services call when OTEL_EXPORTER_OTLP_ENDPOINT is set). Off, nothing here starts a span: each helper
-checks `active()` (one type check) and hands back a shared null context, the gateway adds no middleware, S3
-calls get no hooks, and no trace headers are written.
+Tracing is on once `use_provider` installed a TracerProvider of the SDK (`start` does, through
+`shared.tracing_export`, when OTEL_EXPORTER_OTLP_ENDPOINT is set). Off, nothing here starts a span: each
+helper checks `active()` (one attribute read) and hands back a shared null context, the gateway adds no
+middleware, S3 calls get no hooks, no trace headers are written, and the SDK is never imported.
 
 The trace context travels in NATS message headers (W3C `traceparent`/`tracestate`): a publish is a PRODUCER
 span whose context is injected into the message, a stage's handling of the message a CONSUMER span that is its
@@ -20,7 +20,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from opentelemetry import propagate, trace
-from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -48,9 +48,24 @@ def start(settings: Settings, service: str) -> bool:
     return start_exporting(settings, service)
 
 
+class _Switch:
+    """Whether this process traces: one attribute read on every hot path (the API's own provider lookup reads
+    the environment each time)."""
+
+    on = False
+
+
+def use_provider(provider: TracerProvider | None) -> None:
+    """Trace into `provider` from now on (an SDK TracerProvider); None: stop tracing. The API takes the first
+    provider a process sets and keeps it."""
+    if provider is not None and trace.get_tracer_provider() is not provider:
+        trace.set_tracer_provider(provider)
+    _Switch.on = provider is not None
+
+
 def active() -> bool:
-    """Whether a real (SDK) TracerProvider is installed: without one every helper here does nothing."""
-    return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider | NoOpTracerProvider)
+    """Whether tracing is on (`use_provider`): when off, every helper here does nothing."""
+    return _Switch.on
 
 
 def current_job_id() -> str | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -54,6 +53,6 @@ def start_exporting(settings: Settings, service: str) -> bool:
     if not settings.otel_exporter_otlp_endpoint:
         return False
     exporter = OTLPSpanExporter(endpoint=traces_url(settings.otel_exporter_otlp_endpoint))
-    trace.set_tracer_provider(new_provider(service, BatchSpanProcessor(exporter)))
+    tracing.use_provider(new_provider(service, BatchSpanProcessor(exporter)))
     log.info("tracing_on", endpoint=settings.otel_exporter_otlp_endpoint, service=SERVICE_PREFIX + service)
     return True

@@ -6,6 +6,9 @@ starts a trace of its own at the stage."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,12 +17,10 @@ import httpx
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
-from opentelemetry import trace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.util._once import Once
 
 from services.gateway.app import create_app
 from shared import bus, tracing
@@ -36,6 +37,7 @@ from tests.gateway_proc import gateway_process
 from tests.http_source import MediaServer
 from tests.otlp_receiver import ReceivedSpan, otlp_receiver
 
+ROOT = Path(__file__).resolve().parents[1]
 COPY_ROUTE = ("fetch", "trim", "upload")  # a stream-copy job's stages
 SPANS_WAIT_SEC = 30.0  # longest wait for the last stage's span to be exported
 PROCESS_JOB_TIMEOUT_SEC = 180.0  # a job through freshly started processes on 2 busy cores
@@ -49,26 +51,16 @@ def memory_provider() -> tuple[TracerProvider, InMemorySpanExporter]:
     return new_provider("test", SimpleSpanProcessor(exporter)), exporter
 
 
-def _install(provider: TracerProvider | None) -> None:
-    """Install (None: remove) the global TracerProvider; the API lets a process set it once, a test suite
-    needs it for some tests only."""
-    trace._TRACER_PROVIDER_SET_ONCE = Once()
-    trace._TRACER_PROVIDER = None
-    if provider is not None:
-        trace.set_tracer_provider(provider)
-
-
 @pytest.fixture
 def spans(memory_provider: tuple[TracerProvider, InMemorySpanExporter]) -> Iterator[InMemorySpanExporter]:
     """Tracing on in this process for one test (ask for it before the gateway and workers are made)."""
     provider, exporter = memory_provider
     exporter.clear()
-    _install(provider)
-    assert tracing.active()
+    tracing.use_provider(provider)
     try:
         yield exporter
     finally:
-        _install(None)
+        tracing.use_provider(None)
 
 
 def _received(span: ReadableSpan) -> ReceivedSpan:
@@ -202,3 +194,40 @@ async def _poll_done(http: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
             if body["status"] in ("done", "failed", "canceled"):
                 return body
             await asyncio.sleep(POLL_SEC)
+
+
+def test_tracing_off_installs_nothing() -> None:
+    """No endpoint: a gateway process loads no SDK and adds no middleware (the hot path is as without tracing)."""
+    probe = ("import sys\nfrom services.gateway.app import app_from_environment\n"
+             "from services.gateway.tracing import request_spans\nfrom shared import tracing\n"
+             "app = app_from_environment()\n"
+             "print(tracing.active(), request_spans in app.middleware, any(m.startswith('opentelemetry.sdk') "
+             "for m in sys.modules))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | {"PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, env=env,
+                         timeout=60, check=True).stdout
+    assert out.split() == ["False", "False", "False"]
+
+
+async def test_a_publish_carries_the_trace_context_only_when_tracing_is_on(
+    memory_provider: tuple[TracerProvider, InMemorySpanExporter], resources: Resources
+) -> None:
+    subject = resources.subjects.stage(ENTRY_STAGE, "normal")
+    heard: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+
+    async def keep(msg: Any) -> None:
+        heard.put_nowait(dict(msg.headers or {}))
+
+    await resources.nc.subscribe(subject, cb=keep)
+    job_id = str(uuid7())
+    await bus.publish(resources.js, subject, b"{}", "off", job_id)
+    assert "traceparent" not in await asyncio.wait_for(heard.get(), SPANS_WAIT_SEC)
+    tracing.use_provider(memory_provider[0])
+    try:
+        await bus.publish(resources.js, subject, b"{}", "on", job_id)
+    finally:
+        tracing.use_provider(None)
+    context = (await asyncio.wait_for(heard.get(), SPANS_WAIT_SEC))["traceparent"]
+    sent = next(s for s in memory_provider[1].get_finished_spans() if s.name == f"send {subject}")
+    assert context.startswith(f"00-{sent.context.trace_id:032x}-{sent.context.span_id:016x}-")
+    assert sent.attributes is not None and sent.attributes[tracing.JOB_ID] == job_id
