@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 JOB_ID = "clipjet.job_id"  # the attribute naming the job on every span
+BATCH_ID = "clipjet.batch_id"  # a batch request's span names its batch and ...
+JOB_IDS = "clipjet.job_ids"  # ... every job it made (each job's own spans name the job)
 STAGE = "clipjet.stage"
 OUTCOME = "clipjet.outcome"  # how a stage message ended (ok, retry, failed_<code>, ...)
 TRACER_NAME = "clipjet"
@@ -79,6 +81,15 @@ def bind_job(job_id: str) -> None:
         return
     _job_id.set(job_id)
     trace.get_current_span().set_attribute(JOB_ID, job_id)
+
+
+def bind_batch(batch_id: str, job_ids: list[str]) -> None:
+    """The current span (a batch request's) names the batch and the jobs it made."""
+    if not active():
+        return
+    span = trace.get_current_span()
+    span.set_attribute(BATCH_ID, batch_id)
+    span.set_attribute(JOB_IDS, job_ids)
 
 
 def producer_span(subject: str, job_id: str | None, headers: dict[str, str]) -> AbstractContextManager[Any]:

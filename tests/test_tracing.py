@@ -138,6 +138,36 @@ async def test_a_job_is_one_connected_trace(
     assert (_kind(server), server.attributes["http.response.status_code"]) == ("SERVER", 202)
 
 
+async def test_a_batch_is_one_trace_naming_its_jobs(
+    spans: InMemorySpanExporter, settings: Settings, resources: Resources, workers: Workers, sample_video: Path
+) -> None:
+    workers.start(*COPY_ROUTE)
+    async with AsyncTestClient(create_app(settings)) as client:
+        await authorize(client, resources.db, admin=True)
+        with MediaServer(sample_video.parent) as origin:
+            response = await client.post("/api/jobs", json={
+                "source": {"type": "url", "url": origin.url(sample_video.name)},
+                "clips": [{"startSec": 2.0, "endSec": 5.0}, {"startSec": 8.0, "endSec": 11.0}],
+            })
+            assert response.status_code == 202, response.text
+            accepted = response.json()
+            job_ids = [job["id"] for job in accepted["jobs"]]
+            for job_id in job_ids:
+                assert (await wait_for_job(client, job_id))["status"] == "done"
+    async with asyncio.timeout(SPANS_WAIT_SEC):
+        while sum(s.name == "process upload" for s in spans.get_finished_spans()) < len(job_ids):  # noqa: ASYNC110
+            await asyncio.sleep(POLL_SEC)
+    exported = [_received(s) for s in spans.get_finished_spans()]
+    root = next(s for s in exported if s.attributes.get(tracing.BATCH_ID) == accepted["batchId"])
+    assert (root.name, root.parent_id, list(root.attributes[tracing.JOB_IDS])) == ("POST /api/jobs", "", job_ids)
+    tree = [s for s in exported if s.trace_id == root.trace_id]
+    ids = {s.span_id for s in tree}
+    assert all(s is root or s.parent_id in ids for s in tree)
+    assert all(s is root or s.attributes.get(tracing.JOB_ID) in job_ids for s in tree)
+    for job_id in job_ids:
+        assert_stages_linked([s for s in tree if s is root or s.attributes.get(tracing.JOB_ID) == job_id])
+
+
 async def test_a_message_without_trace_headers_starts_a_trace_at_the_stage(
     spans: InMemorySpanExporter, settings: Settings, resources: Resources, workers: Workers, sample_video: Path
 ) -> None:
