@@ -132,8 +132,11 @@ async def test_a_job_is_one_connected_trace(
             assert response.status_code == 202, response.text
             job_id = response.json()["id"]
             assert (await wait_for_job(client, job_id))["status"] == "done"
-    tree = job_trace(await _exported(spans, "process upload"), job_id, "POST /api/jobs")
+        assert (await client.get("/health")).status_code == 200
+    exported = await _exported(spans, "process upload")
+    tree = job_trace(exported, job_id, "POST /api/jobs")
     assert_stages_linked(tree)
+    assert not [s for s in exported if s.attributes.get("http.route") == "/health"]  # probes are not traced
     server = next(s for s in tree if s.parent_id == "")
     assert (_kind(server), server.attributes["http.response.status_code"]) == ("SERVER", 202)
 

@@ -12,6 +12,7 @@ from shared import tracing
 PROPAGATED_HEADERS = (b"traceparent", b"tracestate", b"baggage")  # a caller's trace context, W3C
 SERVER_ERROR_STATUS = 500  # a response status from here on fails the span
 JOB_ID_PARAM = "job_id"  # routes naming a job in their path (/api/jobs/{job_id})
+UNTRACED_PATHS = frozenset({"/health", "/livez", "/readyz", "/metrics"})  # probes and scrapes: no job, only noise
 
 
 def request_spans(app: ASGIApp) -> ASGIApp:
@@ -19,7 +20,7 @@ def request_spans(app: ASGIApp) -> ASGIApp:
     job it names (path) or makes (`tracing.bind_job` in the handler) is on it."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in UNTRACED_PATHS:
             await app(scope, receive, send)
             return
         status = 0
