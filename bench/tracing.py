@@ -3,8 +3,9 @@
 
 One gateway process (GATEWAY_PROCESSES=1), `wrk` POSTing jobs (bench.gateway's stack, key, upload and wrk
 script), workers idle. CPU seconds of the gateway process over each run / requests answered = CPU per request;
-each figure is the median of `--runs` rounds, the phases interleaved round by round. "on" exports every span to
-an OTLP/HTTP sink here that answers 200 (the SDK's batch processor and the export are in the figure).
+each figure is the median of `--runs` rounds, the phases interleaved (their order rotating) round by round.
+"on" exports every span to an OTLP/HTTP sink here that answers 200 (the SDK's batch processor and the export are
+in the figure).
 """
 
 from __future__ import annotations
@@ -111,8 +112,10 @@ def benchmark(seconds: float, runs: int, baseline: Path | None) -> dict[str, Any
                 "precision": "keyframe"}
         cpu: dict[str, list[float]] = {name: [] for name in phases}
         rate: dict[str, list[float]] = {name: [] for name in phases}
-        for _ in range(runs):
-            for name, (settings, repo) in phases.items():
+        names = list(phases)
+        for round_ in range(runs):
+            for name in names[round_ % len(names):] + names[:round_ % len(names)]:  # each phase leads a round
+                settings, repo = phases[name]
                 with gateway(settings, repo) as child:
                     us, per_sec = cpu_per_request_us(child, f"{stack.base_url}/api/jobs", body, token, seconds, work)
                 cpu[name].append(us)
