@@ -36,6 +36,7 @@ from tests.conftest import Workers, authorize, make_key, wait_for_job
 from tests.gateway_proc import gateway_process
 from tests.http_source import MediaServer
 from tests.otlp_receiver import ReceivedSpan, otlp_receiver
+from tests.test_webhooks import FAST_RETRIES, Receiver, ended_job, gateway, notifier, wait_until, webhook_state
 
 ROOT = Path(__file__).resolve().parents[1]
 COPY_ROUTE = ("fetch", "trim", "upload")  # a stream-copy job's stages
@@ -75,9 +76,10 @@ def _kind(span: ReceivedSpan) -> str:
     return span.kind if isinstance(span.kind, str) else ProtoSpan.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_")
 
 
-def job_trace(spans: list[ReceivedSpan], job_id: str, root_name: str) -> list[ReceivedSpan]:
+def job_trace(spans: list[ReceivedSpan], job_id: str, root_name: str,
+              other_requests: tuple[str, ...] = ("GET ",)) -> list[ReceivedSpan]:
     """The job's trace, checked: one tree rooted at the span `root_name` with the job id on every span, and no
-    span of the job's outside it except other HTTP requests' (status polls)."""
+    span of the job's outside it except other HTTP requests' (`other_requests`: status polls)."""
     roots = [s for s in spans if s.name == root_name and s.attributes.get(tracing.JOB_ID) == job_id]
     assert len(roots) == 1, [s.name for s in spans]
     root = roots[0]
@@ -91,7 +93,7 @@ def job_trace(spans: list[ReceivedSpan], job_id: str, root_name: str) -> list[Re
     for span in spans:
         if span.attributes.get(tracing.JOB_ID) == job_id and span.trace_id != root.trace_id:
             other = trace_roots[span.trace_id]
-            assert _kind(other) == "SERVER" and other.name.startswith("GET "), f"{span.name} is in another trace"
+            assert _kind(other) == "SERVER" and other.name.startswith(other_requests), f"{span.name} is elsewhere"
     return tree
 
 
@@ -169,6 +171,26 @@ async def test_a_batch_is_one_trace_naming_its_jobs(
     assert all(s is root or s.attributes.get(tracing.JOB_ID) in job_ids for s in tree)
     for job_id in job_ids:
         assert_stages_linked([s for s in tree if s is root or s.attributes.get(tracing.JOB_ID) == job_id])
+
+
+@pytest.mark.settings(webhook_max_attempts=3, **FAST_RETRIES)
+async def test_a_webhook_retried_by_the_notifier_stays_in_the_jobs_trace(
+    spans: InMemorySpanExporter, settings: Settings, resources: Resources
+) -> None:
+    async with Receiver([500, 200]).running() as receiver, gateway(settings, resources) as (client, _):
+        job_id = await ended_job(client, webhook=receiver.url)  # canceled: the cancel request publishes its end
+        async with notifier(resources):
+            await wait_until(lambda: webhook_state(client, job_id, "delivered"), "the retry to land")
+    async with asyncio.timeout(SPANS_WAIT_SEC):
+        while sum(s.name == "process notify" for s in spans.get_finished_spans()) < 2:  # noqa: ASYNC110
+            await asyncio.sleep(POLL_SEC)
+    cancel = "POST /api/jobs/{job_id}/cancel"
+    tree = job_trace([_received(s) for s in spans.get_finished_spans()], job_id, cancel, ("GET ", "POST /api/jobs"))
+    tries = {s.attributes[tracing.OUTCOME]: s for s in tree if s.name == "process notify"}
+    first, retry = tries["failing"], tries["delivered"]  # (a "waiting" delivery may come between them)
+    republished = _parent_of(tree, retry)
+    assert _kind(republished) == "PRODUCER" and ".webhook_retry." in republished.name
+    assert _parent_of(tree, republished) == first
 
 
 async def test_a_message_without_trace_headers_starts_a_trace_at_the_stage(
