@@ -148,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load_settings()
     configure_logging(settings.log_level)
+    if args.command in ("worker", "reaper", "notifier"):  # the gateway starts it in each of its processes
+        from shared import tracing
+
+        tracing.start(settings, args.stage if args.command == "worker" else args.command)
     match args.command:
         case "gateway":
             _run_gateway(settings)

@@ -13,6 +13,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck, RetentionPolicy, StorageType, StreamConfig
 
+from shared import tracing
 from shared.contracts import PRIORITIES, ClipJobMessage, JobEvent, Priority
 from shared.pipeline import ENTRY_STAGE, STAGES
 from shared.settings import Settings
@@ -294,26 +295,31 @@ class BacklogGauge:
             self._reading = None
 
 
-async def publish(js: JetStreamContext, subject: str, payload: bytes, message_id: str) -> PubAck:
-    """Publish with `Nats-Msg-Id`; the ack names the stream sequence (the first copy's, for a duplicate)."""
-    return await js.publish(subject, payload, headers={"Nats-Msg-Id": message_id})
+async def publish(js: JetStreamContext, subject: str, payload: bytes, message_id: str, job_id: str | None = None,
+                  headers: dict[str, str] | None = None) -> PubAck:
+    """Publish `job_id`'s message with `Nats-Msg-Id` (and the trace context, when tracing is on); the ack names
+    the stream sequence (the first copy's, for a duplicate)."""
+    headers = {"Nats-Msg-Id": message_id, **(headers or {})}
+    with tracing.producer_span(subject, job_id, headers):
+        return await js.publish(subject, payload, headers=headers)
 
 
 async def publish_job(js: JetStreamContext, subjects: Subjects, job: ClipJobMessage) -> str:
     """Put a new job on its entry subject (what the gateway does, and the reaper for the outbox); the subject."""
     subject = subjects.stage(ENTRY_STAGE, job.priority)
-    await publish(js, subject, _encoder.encode(job), msg_id(job.id, ENTRY_STAGE))
+    await publish(js, subject, _encoder.encode(job), msg_id(job.id, ENTRY_STAGE), job.id)
     return subject
 
 
 async def publish_job_end(js: JetStreamContext, subjects: Subjects, event: JobEvent) -> None:
     """Announce a job's end on `<prefix>.events.<jobId>`: kept in the events stream (a retried publish is dropped
     by its Nats-Msg-Id) and delivered to core subscribers too."""
-    await publish(js, subjects.events(event.job_id), _encoder.encode(event), msg_id(event.job_id, END_MSG_ID_SUFFIX))
+    await publish(js, subjects.events(event.job_id), _encoder.encode(event), msg_id(event.job_id, END_MSG_ID_SUFFIX),
+                  event.job_id)
 
 
 async def publish_webhook_retry(js: JetStreamContext, subjects: Subjects, event: JobEvent, at: float) -> None:
     """Hand a job's webhook to the retries stream, to be tried again at unix time `at` (a retried publish, or a
     second one within DUPLICATE_WINDOW_SEC, is dropped by its Nats-Msg-Id)."""
-    await js.publish(subjects.webhook_retry(event.job_id), _encoder.encode(event),
-                     headers={"Nats-Msg-Id": msg_id(event.job_id, RETRY_MSG_ID_SUFFIX), RETRY_AT_HEADER: f"{at:.3f}"})
+    await publish(js, subjects.webhook_retry(event.job_id), _encoder.encode(event),
+                  msg_id(event.job_id, RETRY_MSG_ID_SUFFIX), event.job_id, {RETRY_AT_HEADER: f"{at:.3f}"})

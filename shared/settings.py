@@ -198,6 +198,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stack_crash_loop_window_sec: float = 60.0  # local stack: the crash-loop window, s
 
     log_level: str = "info"
+    otel_exporter_otlp_endpoint: str = ""  # OTLP/HTTP collector base URL (traces to <it>/v1/traces); "": tracing off
     data_dir: Path = DEFAULT_DATA_DIR  # local stack: servers' data and logs
 
     def __post_init__(self) -> None:

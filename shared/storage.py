@@ -18,6 +18,7 @@ from shared.adaptive import THROTTLE_CODES, AdaptiveLimit
 from shared.errors import Conflict, NotFound, Permanent, StorageError
 from shared.metrics import observe_s3
 from shared.retry import backoff
+from shared.s3_spans import trace_calls
 from shared.settings import Settings
 from shared.startup import NotInitialized
 
@@ -358,6 +359,7 @@ async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
         client = await stack.enter_async_context(
             session.client("s3", endpoint_url=settings.s3_endpoint_url, **common)
         )
+        trace_calls(client)
         presigner = client
         if settings.public_s3_endpoint != settings.s3_endpoint_url:
             presigner = await stack.enter_async_context(

@@ -23,7 +23,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from shared import bus
+from shared import bus, tracing
 from shared.cancel import CancelWatch, JobCanceled, Run
 from shared.contracts import PRIORITIES, ClipJobMessage, ClipResult, JobEvent, StageMessage
 from shared.db import jobs
@@ -294,6 +294,10 @@ class Worker(Generic[T]):
             await asyncio.wait(late)
 
     async def _process(self, msg: Msg) -> None:
+        with tracing.consumer_span(self.spec.name, msg.subject, msg.headers, msg.metadata.num_delivered):
+            await self._handle_message(msg)
+
+    async def _handle_message(self, msg: Msg) -> None:
         started = time.perf_counter()
         attempt = msg.metadata.num_delivered
         priority = msg.subject.rpartition(".")[2]  # <prefix>.<stage>.<priority>
@@ -308,6 +312,7 @@ class Worker(Generic[T]):
             return
         job = job_of(task)
         structlog.contextvars.bind_contextvars(job_id=job.id)
+        tracing.bind_job(job.id)
         outcome = "ok"
         try:
             outcome = await self._run_through_outages(msg, task, job, attempt)
@@ -324,6 +329,7 @@ class Worker(Generic[T]):
         finally:
             seconds = time.perf_counter() - started
             record_stage_message(self.spec.name, priority, outcome, seconds)
+            tracing.record_outcome(outcome)
             log.info("stage_message", outcome=outcome, ms=round(seconds * 1000, 1), priority=job.priority)
 
     async def _run_through_outages(self, msg: Msg, task: T, job: ClipJobMessage, attempt: int) -> str:
@@ -366,7 +372,7 @@ class Worker(Generic[T]):
                 nxt = following.route[0]
                 ack = await bus.publish(
                     res.js, res.subjects.stage(nxt, job.priority), _encoder.encode(following),
-                    bus.msg_id(job.id, nxt),
+                    bus.msg_id(job.id, nxt), job.id,
                 )
                 finished |= {"next": nxt, "seq": ack.seq}  # where the job waits now (the reaper looks there)
             await jobs.record_event(res.db, uuid.UUID(job.id), "stage_finished", finished)
@@ -408,7 +414,9 @@ class Worker(Generic[T]):
                               code="invalid_message")
         log.error("invalid_message", code=error.code, error=error.message)
         job_id = message_job_id(msg.data)
+        tracing.record_outcome(f"failed_{error.code}")
         if job_id is not None:
+            tracing.bind_job(job_id)
             await finish_job_failed(self.res, job_id, error, refused=msg.data)
         await msg.term()
 

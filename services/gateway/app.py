@@ -9,6 +9,7 @@ from litestar import Litestar, get
 from litestar.di import NamedDependency, Provide
 from litestar.types import ASGIApp
 
+from shared import tracing
 from shared.cpus import available_cpus
 from shared.logs import configure_logging, get_logger
 from shared.resources import open_resources
@@ -23,6 +24,7 @@ from .jobs import JobController
 from .observe import observed
 from .openapi import openapi_config
 from .state import Gateway, gateway_of
+from .tracing import request_spans
 from .uploads import UploadController
 from .usage import UsageController
 from .web import allow_page_origins, web_router
@@ -55,7 +57,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[JobController, JobEventsController, BatchController, UploadController, UsageController,
                         health, livez, readyz, web_router],
         lifespan=[lifespan, job_feed_lifespan],
-        middleware=[rate_limit_headers],
+        middleware=[*([request_spans] if tracing.active() else []), rate_limit_headers],
         dependencies={
             "gw": Provide(gateway_of, sync_to_thread=False), "caller": Provide(caller_dependency, sync_to_thread=False),
         },
@@ -77,4 +79,5 @@ def app_from_environment() -> ASGIApp:
     request gets a request id, a log line and its metrics (observe.py)."""
     settings = load_settings()
     configure_logging(settings.log_level)
+    tracing.start(settings, "gateway")  # in each gateway process: the exporter's thread does not survive a fork
     return observed(create_app(settings))

@@ -20,6 +20,7 @@ from litestar import Controller, Request, get
 from litestar.di import NamedDependency
 from litestar.params import PathParameter
 
+from shared import tracing
 from shared.contracts import (
     BatchAccepted,
     BatchClip,
@@ -114,6 +115,7 @@ async def submit_batch(gw: Gateway, data: BatchRequest, idempotency_key: str | N
     batch_id = uuid7()
     made = [ClipJobMessage(id=str(uuid7()), owner=caller.owner, batch_id=str(batch_id),
                            **(msgspec.structs.asdict(request) | {"webhook": webhook})) for request in requests]
+    tracing.bind_batch(str(batch_id), [job.id for job in made])
     for job in made:
         _check_message_size(gw, job)
     if isinstance(data.source, UploadSource):

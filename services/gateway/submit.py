@@ -11,7 +11,7 @@ import uuid
 
 import msgspec
 
-from shared import bus
+from shared import bus, tracing
 from shared.contracts import ClipJobMessage, JobAccepted, JobRequest, UploadSource
 from shared.db import idempotency, jobs, submissions
 from shared.errors import BadRequest, QueueFull, ServiceUnavailable
@@ -77,6 +77,7 @@ async def submit_job(gw: Gateway, data: JobRequest, idempotency_key: str | None,
         breaker.refuse_if_open()
     gw.scratch.refuse_if_saturated()
     job = ClipJobMessage(id=str(uuid7()), owner=caller.owner, **(msgspec.structs.asdict(data) | {"webhook": webhook}))
+    tracing.bind_job(job.id)
     _check_message_size(gw, job)
     if isinstance(data.source, UploadSource):
         await _check_upload(gw, data.source.key, caller)

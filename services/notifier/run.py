@@ -17,7 +17,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from shared import bus
+from shared import bus, tracing
 from shared.contracts import JobEvent
 from shared.logs import get_logger
 from shared.ops import ready_while_connected
@@ -120,6 +120,11 @@ def _retry_wait(msg: Msg) -> float:
 
 
 async def _process(msg: Msg, deps: NotifierDeps, first_try: bool) -> None:
+    with tracing.consumer_span("notify", msg.subject, msg.headers, msg.metadata.num_delivered):
+        await _handle_event(msg, deps, first_try)
+
+
+async def _handle_event(msg: Msg, deps: NotifierDeps, first_try: bool) -> None:
     started = time.perf_counter()
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(stage="notify", delivery=msg.metadata.num_delivered, first_try=first_try)
@@ -130,6 +135,7 @@ async def _process(msg: Msg, deps: NotifierDeps, first_try: bool) -> None:
         await msg.term()
         return
     structlog.contextvars.bind_contextvars(job_id=event.job_id)
+    tracing.bind_job(event.job_id)
     outcome = "error"
     try:
         if not first_try and (wait := _retry_wait(msg)) > 0:  # just moved here: its first retry is not due yet
@@ -155,4 +161,5 @@ async def _process(msg: Msg, deps: NotifierDeps, first_try: bool) -> None:
         with suppress(Exception):
             await msg.nak(delay=backoff(msg.metadata.num_delivered, deps.res.settings.retry_base_delay_sec))
     finally:
+        tracing.record_outcome(outcome)
         log.info("notify_event", outcome=outcome, ms=round((time.perf_counter() - started) * 1000, 1))

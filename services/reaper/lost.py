@@ -123,7 +123,8 @@ async def _republish(res: Resources, row: asyncpg.Record, lost_seq: int | None) 
         return False
     number = row["republished"] + 1
     subject = res.subjects.stage(ENTRY_STAGE, job.priority)
-    ack = await bus.publish(res.js, subject, msgspec.json.encode(job), f"{job.id}:{ENTRY_STAGE}:lost{number}")
+    ack = await bus.publish(res.js, subject, msgspec.json.encode(job), f"{job.id}:{ENTRY_STAGE}:lost{number}",
+                            job.id)
     await jobs.record_event(res.db, row["id"], REPUBLISHED_EVENT, {
         "stage": ENTRY_STAGE, "seq": ack.seq, "number": number, "lostSeq": lost_seq, "atStage": row["stage"],
     })

@@ -6,6 +6,7 @@ import time
 
 import msgspec
 
+from shared import tracing
 from shared.asr.audio import read_audio
 from shared.asr.engine import AsrEngine
 from shared.contracts import Artifact, StageMessage
@@ -51,9 +52,10 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
     deps.progress.set(AUDIO_SHARE)
     engine: AsrEngine = deps.local
     started = time.perf_counter()
-    transcript = await engine.transcribe(
-        audio, task.job.subs.lang, lambda p: deps.progress.set(AUDIO_SHARE + (0.9 - AUDIO_SHARE) * p)
-    )
+    with tracing.child_span("transcribe", **{"clipjet.audio_sec": duration}):
+        transcript = await engine.transcribe(
+            audio, task.job.subs.lang, lambda p: deps.progress.set(AUDIO_SHARE + (0.9 - AUDIO_SHARE) * p)
+        )
     record_asr(engine.ref.name, duration, time.perf_counter() - started)
     cues = build_cues(transcript.words, cue_rules(deps.res.settings), clip_end=duration)
     bodies = {

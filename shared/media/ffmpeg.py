@@ -16,6 +16,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 
+from shared import tracing
 from shared.errors import Permanent, Transient
 from shared.media.inputs import guard_inputs
 from shared.settings import Settings, load_settings
@@ -64,6 +65,7 @@ class RunLimits:
 DEFAULT_LIMITS = RunLimits.of(load_settings())
 
 
+@tracing.traced("ffmpeg")
 async def run_ffmpeg(
     args: list[str], *, duration_sec: float, on_progress: Callable[[float], None] | None = None,
     limits: RunLimits | None = None, work_sec: float | None = None,
