@@ -239,7 +239,7 @@ async def test_requests_missing_the_same_cached_entry_wait_for_one_lookup() -> N
 async def test_the_gateways_pool_skips_the_reset_query_but_still_rolls_back(resources: Resources) -> None:
     settings = msgspec.structs.replace(resources.settings, db_pool_max=1)  # one connection: the same session
     for session_state, name_after in ((False, "kept"), (True, "")):
-        pool = await create_pool(settings, migrate=False, session_state=session_state)
+        pool = await create_pool(settings, session_state=session_state)
         try:
             async with pool.acquire() as conn:
                 await conn.execute("SET application_name = 'kept'")

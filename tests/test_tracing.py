@@ -255,7 +255,7 @@ def test_tracing_off_installs_nothing() -> None:
     """No endpoint: a gateway process loads no SDK and adds no middleware (the hot path is as without tracing)."""
     probe = ("import sys\nfrom services.gateway.app import app_from_environment\n"
              "from services.gateway.tracing import request_spans\nfrom shared import tracing\n"
-             "app = app_from_environment()\n"
+             "app = app_from_environment().__wrapped__\n"
              "print(tracing.active(), request_spans in app.middleware, any(m.startswith('opentelemetry.sdk') "
              "for m in sys.modules))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | {"PYTHONPATH": str(ROOT)}

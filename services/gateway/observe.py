@@ -79,4 +79,5 @@ def observed(app: ASGIApp) -> ASGIApp:
             log.info("request", method=method, path=scope["path"], route=route, status=status,
                      ms=round(seconds * 1000, 2), **ids)
 
+    wrapped.__wrapped__ = app  # type: ignore[attr-defined]  # the Litestar app inside (tests look at it)
     return wrapped
