@@ -3,6 +3,7 @@ and their times against the known speech, language detection and forcing, and th
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import subprocess
 from pathlib import Path
@@ -101,7 +102,7 @@ async def test_multilingual_model_detects_and_forces_languages(
     assert detected.language == "en"
     assert word_error_rate(speech_video.sentences[0], " ".join(w.word for w in detected.words)) <= 0.15
     wav = tmp_path / "de.wav"
-    subprocess.run(["espeak-ng", "-v", "de", "-s", "140", "-w", str(wav), GERMAN], check=True)
+    await asyncio.to_thread(subprocess.run, ["espeak-ng", "-v", "de", "-s", "140", "-w", str(wav), GERMAN], check=True)
     german = await read_audio(str(wav), start_sec=0.0, duration_sec=30.0)
     heard = await engine.transcribe(german, "auto")
     assert heard.language == "de" and word_error_rate(GERMAN, " ".join(w.word for w in heard.words)) <= 0.4

@@ -48,7 +48,8 @@ class Ct2Model:
             raise ModelUnavailable(f"the CTranslate2 model has no variable {name!r}: not a Whisper model") from exc
 
     def layers(self, side: str) -> int:
-        return sum(1 for name in self.variables if name.startswith(f"{side}/layer_") and name.endswith("ffn/linear_0/weight"))
+        return sum(1 for name in self.variables
+                   if name.startswith(f"{side}/layer_") and name.endswith("ffn/linear_0/weight"))
 
 
 def read_ct2(path: Path) -> Ct2Model:
@@ -71,7 +72,8 @@ def read_ct2(path: Path) -> Ct2Model:
 
     version = take("I")
     if version != CT2_BINARY_VERSION:
-        raise ModelUnavailable(f"{path}: CTranslate2 binary version {version}, this converter reads {CT2_BINARY_VERSION}")
+        raise ModelUnavailable(f"{path}: CTranslate2 binary version {version}; this converter reads "
+                               f"{CT2_BINARY_VERSION}")
     spec = text()
     if spec != "WhisperSpec":
         raise ModelUnavailable(f"{path}: a {spec} model, not Whisper")
@@ -84,7 +86,8 @@ def read_ct2(path: Path) -> Ct2Model:
         dtype = CT2_DTYPES[dtype_id] if dtype_id < len(CT2_DTYPES) else None
         if dtype is None:
             raise ModelUnavailable(f"{path}: variable {name} has a dtype (id {dtype_id}) this converter cannot read")
-        variables[name] = np.frombuffer(blob, dtype=dtype, count=size // np.dtype(dtype).itemsize, offset=at).reshape(shape)
+        count = size // np.dtype(dtype).itemsize
+        variables[name] = np.frombuffer(blob, dtype=dtype, count=count, offset=at).reshape(shape)
         at += size
     for _ in range(take("I")):
         alias, target = text(), text()
