@@ -53,8 +53,15 @@ async def transcribe_pending(res: Resources) -> int:
 
 
 async def is_burst(res: Resources) -> bool:
+    """Over ASR_HOSTED_BURST_PENDING; a queue depth NATS cannot tell now counts as no burst (the clip runs here)."""
     threshold = res.settings.asr_hosted_burst_pending
-    return threshold > 0 and await transcribe_pending(res) > threshold
+    if threshold <= 0:
+        return False
+    try:
+        return await transcribe_pending(res) > threshold
+    except Exception as exc:  # a NATS hiccup must not fail the clip: it is transcribed locally
+        log.warning("asr_burst_check_failed", error=repr(exc)[:200])
+        return False
 
 
 async def transcribe(

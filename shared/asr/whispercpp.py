@@ -72,6 +72,8 @@ class WhisperCppEngine:
     def load(cls, settings: Settings) -> WhisperCppEngine:
         from pywhispercpp.model import Model
 
+        if settings.asr_device == "cuda":
+            log.warning("asr_whispercpp_cpu_only", note="ASR_DEVICE=cuda ignored: the pywhispercpp wheel is CPU-only")
         ref = resolve_model(settings.asr_model, settings.asr_models_dir)
         path = ggml_model(ref.path, ref.name, settings.asr_models_dir)
         strategy = BEAM_SEARCH if settings.asr_beam_size > 1 else GREEDY
