@@ -24,7 +24,7 @@ from shared.settings import Settings
 
 log = get_logger("transcriber")
 PENDING_CHECK_SEC = 1.0  # the queue depth is looked up at most this often per process
-_hosted: dict[tuple[str, str, str], HostedAsr] = {}
+_hosted: dict[tuple[object, ...], HostedAsr] = {}
 _pending_seen: dict[str, tuple[float, int]] = {}  # stream → (monotonic time, pending)
 
 
@@ -32,7 +32,8 @@ def hosted_for(settings: Settings) -> HostedAsr | None:
     """The process's hosted-API client, or None without ASR_HOSTED_URL."""
     if not settings.asr_hosted_url:
         return None
-    key = (settings.asr_hosted_url, settings.asr_hosted_key, settings.asr_hosted_model)
+    key = (settings.asr_hosted_url, settings.asr_hosted_key, settings.asr_hosted_model,
+           settings.asr_hosted_audio_format, settings.asr_hosted_max_upload_mb, settings.asr_hosted_timeout_sec)
     if key not in _hosted:
         _hosted[key] = HostedAsr(settings)
     return _hosted[key]
