@@ -1,5 +1,5 @@
 """Speech engines side by side on the same audio: faster-whisper (CTranslate2 int8) and whisper.cpp (the same
-shipped model converted to ggml F16), CPU, same beam, same threads, same Silero VAD spans.
+shipped model converted to ggml, F16 or Q8_0), CPU, same beam, same threads, same Silero VAD spans.
 
 Audio: espeak-ng reading the subtitle benchmark's text (bench/subs.py SPEECH_TEXT), decoded by the project's
 ffmpeg pipe. Each engine and model runs in a fresh process of its own (so its RSS is its own): load (and, for
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ENGINES = ("faster-whisper", "whisper.cpp")
+ENGINES = ("faster-whisper", "whisper.cpp", "whisper.cpp:q8_0")  # engine[:ggml weights]
 DATA = Path(".data/bench")
 
 
@@ -44,8 +44,10 @@ async def _child(engine_name: str, model: str, beam: int, threads: int, runs: in
     from shared.settings import load_settings
     from tests.speech import word_error_rate
 
-    settings = load_settings({}, asr_engine=engine_name, asr_model=model, asr_beam_size=beam, asr_device="cpu",
-                             asr_cpu_threads=threads, asr_models_dir=str(models_dir))
+    engine_name, _, weights = engine_name.partition(":")
+    settings = load_settings({}, asr_engine=engine_name, asr_whispercpp_weights=weights or "f16", asr_model=model,
+                             asr_beam_size=beam, asr_device="cpu", asr_cpu_threads=threads,
+                             asr_models_dir=str(models_dir))
     convert_sec = 0.0
     if engine_name == "whisper.cpp":
         from shared.asr.ggml import ggml_model
@@ -53,7 +55,7 @@ async def _child(engine_name: str, model: str, beam: int, threads: int, runs: in
 
         ref = resolve_model(model, models_dir)
         began = time.perf_counter()
-        ggml_model(ref.path, ref.name, models_dir)
+        ggml_model(ref.path, ref.name, models_dir, settings.asr_whispercpp_weights)
         convert_sec = time.perf_counter() - began
     began = time.perf_counter()
     engine = engine_for(settings)
@@ -68,7 +70,8 @@ async def _child(engine_name: str, model: str, beam: int, threads: int, runs: in
         times.append(time.perf_counter() - began)
         wers.append(word_error_rate(" ".join(SPEECH_TEXT), " ".join(w.word for w in transcript.words)))
     return {
-        "engine": engine_name, "model": model, "beam": beam, "threads": threads, "audio_sec": round(audio_sec, 1),
+        "engine": f"{engine_name} {weights}".strip(), "model": model, "beam": beam, "threads": threads,
+        "audio_sec": round(audio_sec, 1),
         "convert_sec": round(convert_sec, 2), "load_sec": round(load_sec, 2),
         "median_sec": round(statistics.median(times), 2), "x_real_time": round(audio_sec / statistics.median(times), 2),
         "wer": round(statistics.median(wers), 4), "peak_rss_mb": round(_status_mb("VmHWM")),

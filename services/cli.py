@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             if settings.asr_engine == "whisper.cpp":  # its ggml file, converted from that model once
                 from shared.asr.ggml import ggml_model
 
-                print(ggml_model(ref.path, ref.name, settings.asr_models_dir))
+                print(ggml_model(ref.path, ref.name, settings.asr_models_dir, settings.asr_whispercpp_weights))
         case "schemas":
             from shared.schemas import write_schemas
 

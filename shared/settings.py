@@ -159,6 +159,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # --- speech recognition and subtitles (services/transcriber) ---
     asr_engine: str = "faster-whisper"  # faster-whisper | whisper.cpp (CPU; the same model converted to ggml once)
+    asr_whispercpp_weights: str = "f16"  # whisper.cpp's ggml weights: f16 | q8_0 (about half the size and memory)
     asr_hosted_url: str = ""  # OpenAI-compatible ASR base URL (…/v1); "": no hosted ASR. Operator-set: not
     #                           put through the SSRF guard, so a private address (an in-cluster server) works
     asr_hosted_key: str = ""  # bearer token for ASR_HOSTED_URL
@@ -206,6 +207,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         installed_stages(self.installed_stages)  # a typo stops every process at start-up
         if self.asr_engine not in ASR_ENGINES:
             raise ValueError(f"ASR_ENGINE {self.asr_engine!r}: use one of {', '.join(ASR_ENGINES)}")
+        if self.asr_whispercpp_weights not in ("f16", "q8_0"):
+            raise ValueError(f"ASR_WHISPERCPP_WEIGHTS {self.asr_whispercpp_weights!r}: f16 or q8_0")
         if self.asr_hosted_url and not self.asr_hosted_url.startswith(("http://", "https://")):
             raise ValueError(f"ASR_HOSTED_URL {self.asr_hosted_url!r}: an http:// or https:// URL")
         if self.asr_hosted_audio_format not in ("flac", "opus"):

@@ -31,6 +31,11 @@ GGML_MAGIC = 0x67676D6C  # "ggml"
 CT2_BINARY_VERSION = 6
 CT2_DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16, None)  # id → numpy type (bfloat16 unsupported)
 FTYPE_F32, FTYPE_F16 = 0, 1
+TYPE_Q8_0 = 8  # ggml_type of a Q8_0 tensor
+FTYPE_MOSTLY_Q8_0 = 7 + 2 * 1000  # the file's ftype: GGML_FTYPE_MOSTLY_Q8_0 + GGML_QNT_VERSION (2) x 1000
+Q8_BLOCK = 32
+Q8_DTYPE = np.dtype([("d", "<f2"), ("qs", "i1", (Q8_BLOCK,))])  # ggml's block_q8_0: fp16 scale, 32 int8
+WEIGHT_TYPES = ("f16", "q8_0")
 N_FFT = 400
 SAMPLE_RATE = 16_000
 EOT_TOKEN = "<|endoftext|>"
@@ -191,7 +196,7 @@ def whisper_tensors(model: Ct2Model) -> Iterator[tuple[str, np.ndarray]]:
     yield "decoder.ln.bias", model.get("decoder/layer_norm/beta")
 
 
-def hyper_parameters(model: Ct2Model) -> list[int]:
+def hyper_parameters(model: Ct2Model, weights: str = "f16") -> list[int]:
     """n_vocab, n_audio_ctx, n_audio_state, n_audio_head, n_audio_layer, n_text_ctx, n_text_state, n_text_head,
     n_text_layer, n_mels, ftype: the header whisper.cpp reads."""
     conv1 = model.get("encoder/conv1/weight")
@@ -199,22 +204,42 @@ def hyper_parameters(model: Ct2Model) -> list[int]:
     vocab, text_state = model.get("decoder/embeddings/weight").shape
     text_ctx = model.get("decoder/position_encodings/encodings").shape[0]
     return [vocab, audio_ctx, audio_state, int(model.get("encoder/num_heads")), model.layers("encoder"), text_ctx,
-            text_state, int(model.get("decoder/num_heads")), model.layers("decoder"), conv1.shape[1], FTYPE_F16]
+            text_state, int(model.get("decoder/num_heads")), model.layers("decoder"), conv1.shape[1],
+            FTYPE_MOSTLY_Q8_0 if weights == "q8_0" else FTYPE_F16]
 
 
-def _write_tensor(out: BinaryIO, name: str, data: np.ndarray) -> None:
+def quantize_q8_0(data: np.ndarray) -> bytes:
+    """ggml's Q8_0 of a tensor (rows of a multiple of 32): per block of 32, d = max|x| / 127 and round(x / d)."""
+    blocks = np.asarray(data, dtype=np.float32).reshape(-1, Q8_BLOCK)
+    scale = np.abs(blocks).max(axis=1) / 127.0
+    inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
+    packed = np.empty(len(blocks), dtype=Q8_DTYPE)
+    packed["d"] = scale.astype(np.float16)
+    packed["qs"] = np.clip(np.round(blocks * inverse[:, None]), -127, 127).astype(np.int8)
+    return packed.tobytes()
+
+
+def _write_tensor(out: BinaryIO, name: str, data: np.ndarray, weights: str = "f16") -> None:
+    encoded = name.encode()
+    if weights == "q8_0" and data.ndim == 2 and name not in KEEP_F32 and data.shape[-1] % Q8_BLOCK == 0:
+        out.write(struct.pack("iii", data.ndim, len(encoded), TYPE_Q8_0))
+        out.write(struct.pack(f"{data.ndim}i", *reversed(data.shape)))
+        out.write(encoded)
+        out.write(quantize_q8_0(data))
+        return
     keep_f32 = data.ndim < 2 or name in KEEP_F32
     array = np.ascontiguousarray(data, dtype=np.float32 if keep_f32 else np.float16)
-    encoded = name.encode()
     out.write(struct.pack("iii", array.ndim, len(encoded), FTYPE_F32 if keep_f32 else FTYPE_F16))
     out.write(struct.pack(f"{array.ndim}i", *reversed(array.shape)))
     out.write(encoded)
     out.write(array.tobytes())
 
 
-def write_ggml(ct2_folder: Path, out: BinaryIO) -> None:
+def write_ggml(ct2_folder: Path, out: BinaryIO, weights: str = "f16") -> None:
+    """`weights`: f16 (as convert-pt-to-ggml.py writes) or q8_0 (2-D weights quantized as whisper.cpp's
+    `quantize` does; conv kernels stay F16, positional embeddings and 1-D tensors F32)."""
     model = read_ct2(ct2_folder / "model.bin")
-    params = hyper_parameters(model)
+    params = hyper_parameters(model, weights)
     out.write(struct.pack("i", GGML_MAGIC))
     out.write(struct.pack(f"{len(params)}i", *params))
     filters = mel_filters(params[9])
@@ -226,15 +251,15 @@ def write_ggml(ct2_folder: Path, out: BinaryIO) -> None:
         out.write(struct.pack("i", len(token)))
         out.write(token)
     for name, data in whisper_tensors(model):
-        _write_tensor(out, name, data)
+        _write_tensor(out, name, data, weights)
 
 
-def ggml_model(ct2_folder: Path, name: str, models_dir: Path) -> Path:
-    """`ASR_MODELS_DIR/ggml-<name>.bin`, converted from the CTranslate2 folder on first use (atomic, race-safe).
+def ggml_model(ct2_folder: Path, name: str, models_dir: Path, weights: str = "f16") -> Path:
+    """`ASR_MODELS_DIR/ggml-<name>[-q8_0].bin`, converted from the CTranslate2 folder on first use (atomic, race-safe).
 
     The file is rebuilt when the source model.bin is newer (a reinstalled package)."""
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
-    target = models_dir / f"ggml-{safe}.bin"
+    target = models_dir / f"ggml-{safe}{'' if weights == 'f16' else '-' + weights}.bin"
     source = ct2_folder / "model.bin"
     if target.is_file() and target.stat().st_mtime >= source.stat().st_mtime:
         return target
@@ -248,7 +273,7 @@ def ggml_model(ct2_folder: Path, name: str, models_dir: Path) -> Path:
         ) from exc
     try:
         with os.fdopen(handle, "wb") as out:
-            write_ggml(ct2_folder, out)
+            write_ggml(ct2_folder, out, weights)
             out.flush()
             os.fsync(out.fileno())
         os.replace(work, target)

@@ -21,10 +21,10 @@ _load_lock = threading.Lock()
 
 
 def _key(settings: Settings) -> tuple[object, ...]:
-    return (settings.asr_engine, settings.asr_model, str(settings.asr_models_dir), settings.asr_device,
-            settings.asr_compute_type,
-            settings.asr_cpu_threads, settings.asr_beam_size, settings.asr_gpu_batch, settings.asr_gpu_batch_wait_ms,
-            settings.asr_vad_min_silence_ms, settings.asr_vad_speech_pad_ms)
+    return (settings.asr_engine, settings.asr_whispercpp_weights, settings.asr_model, str(settings.asr_models_dir),
+            settings.asr_device, settings.asr_compute_type, settings.asr_cpu_threads, settings.asr_beam_size,
+            settings.asr_gpu_batch, settings.asr_gpu_batch_wait_ms, settings.asr_vad_min_silence_ms,
+            settings.asr_vad_speech_pad_ms)
 
 
 def engine_for(settings: Settings) -> Any:

@@ -75,7 +75,7 @@ class WhisperCppEngine:
         if settings.asr_device == "cuda":
             log.warning("asr_whispercpp_cpu_only", note="ASR_DEVICE=cuda ignored: the pywhispercpp wheel is CPU-only")
         ref = resolve_model(settings.asr_model, settings.asr_models_dir)
-        path = ggml_model(ref.path, ref.name, settings.asr_models_dir)
+        path = ggml_model(ref.path, ref.name, settings.asr_models_dir, settings.asr_whispercpp_weights)
         strategy = BEAM_SEARCH if settings.asr_beam_size > 1 else GREEDY
         model = Model(str(path), params_sampling_strategy=strategy, redirect_whispercpp_logs_to=None,
                       **decode_options(settings))
