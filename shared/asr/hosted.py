@@ -88,8 +88,8 @@ class _HostedAnswer(msgspec.Struct):
     segments: list[_HostedSegment] | None = None
 
 
-def words_of(answer: _HostedAnswer) -> list[Word]:
-    """The answer's words (top-level `words`, else each segment's), times as the clip's, sorted."""
+def words_of(answer: _HostedAnswer, audio_sec: float) -> list[Word]:
+    """The answer's words (top-level `words`, else each segment's), times within the clip's audio, sorted."""
     segments = answer.segments or []
     raw = answer.words if answer.words is not None else [w for s in segments for w in s.words or []]
 
@@ -101,8 +101,11 @@ def words_of(answer: _HostedAnswer) -> list[Word]:
                 return min(1.0, math.exp(segment.avg_logprob))
         return 1.0
 
-    words = [Word(w.word.strip(), round(max(0.0, w.start), 3), round(max(w.start, w.end), 3),
-                  round(probability(w), 4)) for w in raw if w.word.strip()]
+    def clamp(t: float) -> float:
+        return round(min(max(0.0, float(t)), audio_sec), 3)
+
+    words = [Word(w.word.strip(), clamp(w.start), clamp(max(w.start, w.end)), round(probability(w), 4))
+             for w in raw if w.word.strip()]
     return sorted(words, key=lambda w: w.start)
 
 
@@ -154,4 +157,5 @@ class HostedAsr:
             raise HostedAsrRefused(f"the hosted speech API's answer is no verbose_json transcription: {exc}") from exc
         detected = language_code(answer.language) or language or ""
         log.info("asr_hosted", bytes=len(body), format=name, words=len(answer.words or []), language=detected)
-        return Transcript(language=detected, words=words_of(answer), device=HOSTED, engine=HOSTED)
+        words = words_of(answer, len(audio) / SAMPLE_RATE_HZ)
+        return Transcript(language=detected, words=words, device=HOSTED, engine=HOSTED)
