@@ -5,6 +5,7 @@ local inference runs out of memory (after the batch halving and the CPU copy), a
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -24,7 +25,8 @@ from litestar.testing import AsyncTestClient
 from services.transcriber import routing
 from shared.asr.audio import SAMPLE_RATE_HZ, read_audio
 from shared.asr.engine import AsrEngine
-from shared.asr.hosted import HostedAsr, transcriptions_url
+from shared.asr.hosted import HostedAsr, _HostedAnswer, transcriptions_url, words_of
+from shared.asr.languages import language_code
 from shared.asr.resource import engine_for
 from shared.errors import AsrOutOfMemory, HostedAsrRefused, HostedAsrUnavailable
 from shared.pipeline import TRANSCRIBE
@@ -88,6 +90,20 @@ def test_endpoint_url_forms() -> None:
     assert transcriptions_url("http://h/x/audio/transcriptions") == "http://h/x/audio/transcriptions"
     with pytest.raises(ValueError, match="ASR_HOSTED_URL"):
         load_settings({"ASR_HOSTED_URL": "ftp://example.com"})
+
+
+def test_answers_with_words_only_inside_segments_and_language_names() -> None:
+    """Servers differ: words at the top or per segment, the language as a name or a code, times past the end."""
+    answer = msgspec.json.decode(json.dumps({
+        "language": "German", "text": "hallo welt",
+        "segments": [{"start": 0.0, "end": 3.0, "avg_logprob": -0.5,
+                      "words": [{"word": " welt", "start": 1.2, "end": 3.4},
+                                {"word": " hallo", "start": 0.1, "end": 1}]}],
+    }), type=_HostedAnswer)
+    words = words_of(answer, audio_sec=3.0)
+    assert [(w.word, w.start, w.end) for w in words] == [("hallo", 0.1, 1.0), ("welt", 1.2, 3.0)]
+    assert all(abs(w.probability - 0.6065) < 1e-3 for w in words)
+    assert language_code(answer.language) == "de" and language_code("en") == "en" and language_code("elvish") == ""
 
 
 async def test_client_sends_only_the_clip_audio_compressed_and_reads_words(
