@@ -2,8 +2,10 @@
 shipped model converted to ggml, F16 or Q8_0), CPU, same beam, same threads, same Silero VAD spans.
 
 Audio: espeak-ng reading the subtitle benchmark's text (bench/subs.py SPEECH_TEXT), decoded by the project's
-ffmpeg pipe. Each engine and model runs in a fresh process of its own (so its RSS is its own): load (and, for
-whisper.cpp, the one-time ggml conversion, timed apart), one warm-up clip, then `runs` timed transcriptions.
+ffmpeg pipe. Each engine and model runs in a fresh process of its own (so its RSS is its own): load, one
+warm-up clip, then `runs` timed transcriptions; whisper.cpp's one-time ggml conversion runs (timed) in the
+parent first. whisper.cpp's threads spin while waiting: on an oversubscribed CPU it slows far more than
+CTranslate2 does, so run this on a quiet machine.
 Reported: real-time factor (audio seconds per second of transcription, "x real time"), WER against the known
 text (numbers normalised as in the tests), peak RSS (VmHWM) and RSS after the runs.
 
@@ -48,15 +50,6 @@ async def _child(engine_name: str, model: str, beam: int, threads: int, runs: in
     settings = load_settings({}, asr_engine=engine_name, asr_whispercpp_weights=weights or "f16", asr_model=model,
                              asr_beam_size=beam, asr_device="cpu", asr_cpu_threads=threads,
                              asr_models_dir=str(models_dir))
-    convert_sec = 0.0
-    if engine_name == "whisper.cpp":
-        from shared.asr.ggml import ggml_model
-        from shared.asr.models import resolve_model
-
-        ref = resolve_model(model, models_dir)
-        began = time.perf_counter()
-        ggml_model(ref.path, ref.name, models_dir, settings.asr_whispercpp_weights)
-        convert_sec = time.perf_counter() - began
     began = time.perf_counter()
     engine = engine_for(settings)
     load_sec = time.perf_counter() - began
@@ -72,11 +65,25 @@ async def _child(engine_name: str, model: str, beam: int, threads: int, runs: in
     return {
         "engine": f"{engine_name} {weights}".strip(), "model": model, "beam": beam, "threads": threads,
         "audio_sec": round(audio_sec, 1),
-        "convert_sec": round(convert_sec, 2), "load_sec": round(load_sec, 2),
+        "load_sec": round(load_sec, 2),
         "median_sec": round(statistics.median(times), 2), "x_real_time": round(audio_sec / statistics.median(times), 2),
         "wer": round(statistics.median(wers), 4), "peak_rss_mb": round(_status_mb("VmHWM")),
         "rss_after_mb": round(_status_mb("VmRSS")), "runs": runs,
     }
+
+
+def convert(engine: str, model: str, models_dir: Path) -> float:
+    """The one-time ggml conversion, in this (parent) process so the engine's own RSS excludes it; seconds."""
+    name, _, weights = engine.partition(":")
+    if name != "whisper.cpp":
+        return 0.0
+    from shared.asr.ggml import ggml_model
+    from shared.asr.models import resolve_model
+
+    ref = resolve_model(model, models_dir)
+    began = time.perf_counter()
+    ggml_model(ref.path, ref.name, models_dir, weights or "f16")
+    return time.perf_counter() - began
 
 
 def make_audio(folder: Path) -> Path:
@@ -118,13 +125,14 @@ def main() -> None:
         rows = []
         for model in args.models:
             for engine in args.engines:
+                convert_sec = convert(engine, model, args.models_dir)
                 out = subprocess.run(
                     [sys.executable, "-m", "bench.asr_engines", "--child", engine, model, "--beam", str(args.beam),
                      "--threads", str(args.threads), "--runs", str(args.runs), "--audio", str(audio),
                      "--models-dir", str(args.models_dir)],
                     capture_output=True, text=True, check=True,
                 ).stdout
-                rows.append(json.loads(out.strip().splitlines()[-1]))
+                rows.append({**json.loads(out.strip().splitlines()[-1]), "convert_sec": round(convert_sec, 2)})
                 print(json.dumps(rows[-1]), flush=True)
     print("\n| engine | model | beam | threads | audio s | x real time | WER | peak RSS MB | load s | ggml convert s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
