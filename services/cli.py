@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     from services import keyscmd
 
     keyscmd.add_parser(sub)
-    sub.add_parser("models", help="verify the speech model (ASR_MODEL) and assemble it into ASR_MODELS_DIR now")
+    sub.add_parser("models", help="verify the speech model (ASR_MODEL) and assemble it (and its whisper.cpp ggml file "
+                   "when ASR_ENGINE=whisper.cpp) into ASR_MODELS_DIR now")
     schemas = sub.add_parser("schemas", help="write schemas/ from the msgspec contracts")
     schemas.add_argument("--dir", type=Path, default=SCHEMAS_DIR)
     k8s = sub.add_parser("k8s", help="write the kustomize base k8s/base from the stage registry")
@@ -170,7 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         case "models":
             from shared.asr.models import resolve_model
 
-            print(resolve_model(settings.asr_model, settings.asr_models_dir).path)
+            ref = resolve_model(settings.asr_model, settings.asr_models_dir)
+            print(ref.path)
+            if settings.asr_engine == "whisper.cpp":  # its ggml file, converted from that model once
+                from shared.asr.ggml import ggml_model
+
+                print(ggml_model(ref.path, ref.name, settings.asr_models_dir, settings.asr_whispercpp_weights))
         case "schemas":
             from shared.schemas import write_schemas
 

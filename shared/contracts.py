@@ -22,6 +22,7 @@ Precision = Annotated[
     )),
 ]
 CutPath = Literal["copy", "smart", "reencode"]  # how a clip was made: stream copy, smart cut, full re-encode
+AsrEngineName = Literal["faster-whisper", "whisper.cpp", "hosted"]  # which speech engine made the subtitles
 Seconds = Annotated[float, msgspec.Meta(ge=0, description="A time in the source media, in seconds (0 or more).")]
 EndSeconds = Annotated[
     float, msgspec.Meta(gt=0, description="The clip's end in the source, in seconds: after startSec, and at most "
@@ -169,6 +170,15 @@ class Artifact(WireStruct):
     sha256: str = ""
 
 
+class SubtitlesMade(WireStruct):
+    """Who made the clip's subtitles: the engine (local faster-whisper or whisper.cpp, or the hosted API used
+    for bursts and when local inference ran out of memory), its model, and the language transcribed."""
+
+    engine: AsrEngineName
+    model: str
+    language: str
+
+
 class ClipResult(WireStruct):
     """What the finished clip actually covers, in source seconds, and its bytes."""
 
@@ -178,6 +188,7 @@ class ClipResult(WireStruct):
     size: Count
     sha256: str
     cut_path: CutPath = "copy"  # which path made the clip
+    subtitles: SubtitlesMade | None = None  # set when the job asked for subtitles
 
 
 class StageMessage(WireStruct):
@@ -189,6 +200,7 @@ class StageMessage(WireStruct):
     plan: MediaPlan | None = None
     artifacts: list[Artifact] = msgspec.field(default_factory=list)
     result: ClipResult | None = None
+    subtitles: SubtitlesMade | None = None  # the transcriber's, carried to the uploader (who puts it on the result)
 
     def forward(self, *, artifact: Artifact | None = None, result: ClipResult | None = None) -> StageMessage:
         """This message passed on by its current stage: the stage moves to `done`, its output is appended."""

@@ -127,3 +127,21 @@ class ModelUnavailable(Permanent):
     """The configured speech model is missing, incomplete or corrupt."""
 
     code = "asr_model_unavailable"
+
+
+class AsrOutOfMemory(Transient):
+    """Local speech recognition ran out of memory even after the batch halving and the CPU fallback."""
+
+    code = "asr_out_of_memory"
+
+
+class HostedAsrUnavailable(Transient):
+    """The hosted speech API (ASR_HOSTED_URL) did not answer, or answered 5xx/429: retried."""
+
+    code = "asr_hosted_unavailable"
+
+
+class HostedAsrRefused(Transient):
+    """The hosted speech API refused the request (4xx: a wrong key or model, a file it will not take)."""
+
+    code = "asr_hosted_refused"

@@ -60,7 +60,7 @@ S3_RETRIES = Counter("clipjet_s3_retries", "S3 requests botocore sent again (thr
 
 # --- speech recognition (services/transcriber) ---
 ASR_REALTIME_FACTOR = Histogram("clipjet_asr_realtime_factor", "Transcription wall time / audio duration (< 1: "
-                                "faster than real time)", ["engine"], buckets=RTF_BUCKETS)
+                                "faster than real time)", ["engine", "model"], buckets=RTF_BUCKETS)
 
 # --- scratch quota (shared/scratch.py) ---
 SCRATCH_USED = Gauge("clipjet_scratch_used_bytes", "Bytes reserved on this process's scratch volume (all its "
@@ -144,9 +144,9 @@ def _s3_outcome(http_response: Any, exception: BaseException | None) -> str:
     return "ok" if status < 400 else "client_error" if status < 500 else "server_error"
 
 
-def record_asr(engine: str, audio_sec: float, wall_sec: float) -> None:
+def record_asr(engine: str, model: str, audio_sec: float, wall_sec: float) -> None:
     if audio_sec > 0:
-        ASR_REALTIME_FACTOR.labels(engine).observe(wall_sec / audio_sec)
+        ASR_REALTIME_FACTOR.labels(engine, model).observe(wall_sec / audio_sec)
 
 
 def record_scratch(used_bytes: int, quota_bytes: int) -> None:

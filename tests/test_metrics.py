@@ -154,7 +154,8 @@ async def _run(fleet: OpsFleet, resources: Resources, origin: MediaServer, api_p
     assert sum(s.total("clipjet_s3_request_seconds_count", outcome="ok") for s in workers.values()) > 0
     assert rule.failed == 1
     assert sum(s.total("clipjet_s3_retries_total") for s in workers.values()) == 1
-    assert workers["transcribe"].total("clipjet_asr_realtime_factor_count", engine="tiny.en") == 1
+    assert workers["transcribe"].total(
+        "clipjet_asr_realtime_factor_count", engine="faster-whisper", model="tiny.en") == 1
     assert workers["encode"].total("clipjet_encode_seconds_count") == 1
     assert workers["encode"].total("clipjet_video_encoder") == 1
 

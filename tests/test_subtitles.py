@@ -110,6 +110,7 @@ async def test_subtitles_end_to_end_with_tiny_en(
     workers.start()
     job = await _run_job(client, await upload(client, speech_video.path))
     await _check_subtitles(job, speech_video, tmp_path)
+    assert job["result"]["subtitles"] == {"engine": "faster-whisper", "model": "tiny.en", "language": "en"}
 
     # each file under results/sha256/<2>/<its own sha256>/, beside the clip's
     results = await resources.storage.list_keys("results/")
@@ -139,6 +140,7 @@ async def test_subtitles_end_to_end_with_tiny_en(
     scratch.mkdir()
     again = await transcribe(task, StageDeps(resources, Progress("transcribe", 2, 4), scratch, 2, None))
     assert again.route == ["upload"] and [a.role for a in again.artifacts] == ["video", "srt", "vtt", "words"]
+    assert again.subtitles is not None and again.subtitles.engine == "faster-whisper"  # from the stored files
     assert [await resources.storage.head(key) for key in staged] == before
     await upload_stage(again, StageDeps(resources, Progress("upload", 3, 4), scratch, 2, None))  # changes nothing
     assert await resources.storage.list_keys("results/") == results

@@ -1,4 +1,4 @@
-"""The transcriber stage: the clip's speech → SRT, WebVTT and word timings (faster-whisper)."""
+"""The transcriber stage: the clip's speech → SRT, WebVTT and word timings (ASR_ENGINE, or the hosted API)."""
 
 from shared.asr.resource import open_asr
 from shared.contracts import StageMessage

@@ -1,4 +1,5 @@
-"""Transcriber: the clip's audio → faster-whisper words → SRT, WebVTT and words JSON in the job's staging."""
+"""Transcriber: the clip's audio → words (the local engine, or the hosted API: routing.py) → SRT, WebVTT and
+words JSON in the job's staging; the message says which engine made them."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import msgspec
 
 from shared import tracing
 from shared.asr.audio import read_audio
-from shared.asr.engine import AsrEngine
-from shared.contracts import Artifact, StageMessage
+from shared.asr.hosted import HOSTED
+from shared.contracts import Artifact, StageMessage, SubtitlesMade
 from shared.errors import Permanent
 from shared.media.inputs import staged_demuxer
 from shared.metrics import record_asr
@@ -19,6 +20,8 @@ from shared.storage import ObjectInfo, sha256_file, staging_prefix
 from shared.subtitles.cues import CueRules, build_cues
 from shared.subtitles.formats import to_srt, to_vtt, to_words_json
 from shared.worker import StageDeps
+
+from . import routing
 
 READ_URL_TTL_SEC = 3600  # lifetime of the signed URL ffmpeg reads the clip's audio through, s
 # role → (staging file name, content type); the uploader promotes each to a content-hashed result key
@@ -43,20 +46,22 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
     storage, prefix = deps.res.storage, staging_prefix(task.job.id)
     existing = {role: await storage.head(f"{prefix}{name}") for role, (name, _) in OUTPUTS.items()}
     if all(info is not None and info.sha256 for info in existing.values()):
-        return _forward(task, existing)  # type: ignore[arg-type]
+        return _forward(task, existing, _made(existing["srt"].metadata))  # type: ignore[union-attr,arg-type]
 
     media_key, start, duration = _audio_span(task)
     url = await storage.internal_url(media_key, READ_URL_TTL_SEC)
     fmt = staged_demuxer(media_key, task.job.id, task.plan.container if task.plan else "")
     audio = await read_audio(url, start_sec=start, duration_sec=duration, fmt=fmt)
     deps.progress.set(AUDIO_SHARE)
-    engine: AsrEngine = deps.local
+    engine = deps.local  # the local engine (ASR_ENGINE), loaded when the worker started
     started = time.perf_counter()
     with tracing.child_span("transcribe", **{"clipjet.audio_sec": duration}):
-        transcript = await engine.transcribe(
-            audio, task.job.subs.lang, lambda p: deps.progress.set(AUDIO_SHARE + (0.9 - AUDIO_SHARE) * p)
+        transcript = await routing.transcribe(
+            deps.res, engine, audio, task.job.subs.lang,
+            lambda p: deps.progress.set(AUDIO_SHARE + (0.9 - AUDIO_SHARE) * p),
         )
-    record_asr(engine.ref.name, duration, time.perf_counter() - started)
+    model = deps.res.settings.asr_hosted_model if transcript.engine == HOSTED else engine.ref.name
+    record_asr(transcript.engine, model, duration, time.perf_counter() - started)
     cues = build_cues(transcript.words, cue_rules(deps.res.settings), clip_end=duration)
     bodies = {
         "srt": to_srt(cues).encode(), "vtt": to_vtt(cues).encode(), "words": to_words_json(transcript.words),
@@ -66,10 +71,11 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
         path = deps.scratch / name
         path.write_bytes(bodies[role])
         metadata = {"sha256": await sha256_file(path), "language": transcript.language,
-                    "model": engine.ref.name, "device": transcript.device}
+                    "model": model, "device": transcript.device, "engine": transcript.engine}
         size = await storage.put_file(f"{prefix}{name}", path, content_type, metadata)
         stored[role] = ObjectInfo(f"{prefix}{name}", size, metadata)
-    return _forward(task, stored)
+    return _forward(task, stored, SubtitlesMade(engine=transcript.engine, model=model,  # type: ignore[arg-type]
+                                                language=transcript.language))
 
 
 def _audio_span(task: StageMessage) -> tuple[str, float, float]:
@@ -84,10 +90,19 @@ def _audio_span(task: StageMessage) -> tuple[str, float, float]:
     return source.key, max(0.0, start), task.job.end_sec - task.job.start_sec
 
 
-def _forward(task: StageMessage, outputs: dict[str, ObjectInfo]) -> StageMessage:
+def _made(metadata: dict[str, str]) -> SubtitlesMade | None:
+    """Who made subtitles stored by an earlier delivery (from their object metadata)."""
+    engine = metadata.get("engine", "faster-whisper")
+    if engine not in ("faster-whisper", "whisper.cpp", "hosted"):
+        return None
+    return SubtitlesMade(engine=engine, model=metadata.get("model", ""),  # type: ignore[arg-type]
+                         language=metadata.get("language", ""))
+
+
+def _forward(task: StageMessage, outputs: dict[str, ObjectInfo], made: SubtitlesMade | None) -> StageMessage:
     artifacts = [
         Artifact(stage=TRANSCRIBE, role=role, key=info.key, size=info.size, sha256=info.sha256)
         for role, info in outputs.items()
     ]
     following = task.forward()
-    return msgspec.structs.replace(following, artifacts=[*following.artifacts, *artifacts])
+    return msgspec.structs.replace(following, artifacts=[*following.artifacts, *artifacts], subtitles=made)

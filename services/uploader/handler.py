@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from shared.contracts import Artifact, StageMessage
 from shared.db.jobs import SubtitleKeys
 from shared.errors import Permanent
@@ -24,6 +26,8 @@ async def handle(task: StageMessage, deps: StageDeps) -> None:
     if video is None or result is None or not video.sha256:
         raise Permanent("the upload stage needs a hashed video artifact and a result", code="invalid_message")
     storage, res = deps.res.storage, deps.res
+    if task.subtitles is not None:  # which engine made the subtitles, on the job's result
+        result = msgspec.structs.replace(result, subtitles=task.subtitles)
     promoted = [(video, result_key(video.sha256, CLIP_FILENAME), "video/mp4")]
     subtitles = _subtitle_keys(task)
     if subtitles is not None:

@@ -23,7 +23,7 @@ import numpy as np
 from shared.asr.audio import SAMPLE_RATE_HZ
 from shared.asr.batching import CrossJobBatcher, lay_out
 from shared.asr.models import ModelRef, resolve_model
-from shared.errors import LanguageUnknown, LanguageUnsupported
+from shared.errors import AsrOutOfMemory, LanguageUnknown, LanguageUnsupported
 from shared.logs import get_logger
 from shared.settings import Settings
 from shared.subtitles.words import Word
@@ -34,6 +34,7 @@ ENGLISH = "en"
 CPU_COMPUTE_TYPE = "int8"
 CUDA_COMPUTE_TYPE = "float16"
 R = TypeVar("R")
+FASTER_WHISPER = "faster-whisper"
 OOM_MARKERS = ("out of memory", "cuda_error_out_of_memory", "cublas_status_alloc_failed")
 
 
@@ -48,6 +49,7 @@ class Transcript:
     language: str
     words: list[Word]
     device: str  # where it ran: "cpu" or "cuda"
+    engine: str = FASTER_WHISPER  # which engine made it: faster-whisper | whisper.cpp | hosted
 
 
 def release_memory() -> None:
@@ -76,7 +78,29 @@ def compute_type_for(device: str, setting: str) -> str:
 
 def is_oom(exc: BaseException) -> bool:
     text = str(exc).lower()
-    return isinstance(exc, (RuntimeError, MemoryError)) and any(marker in text for marker in OOM_MARKERS)
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and any(marker in text for marker in OOM_MARKERS))
+
+
+def language_for(lang: str, multilingual: bool, model_name: str) -> str | None:
+    """The language to decode in (None: detect), or a Permanent error for one the model cannot do."""
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    wanted = (lang or AUTO).strip().lower()
+    if wanted == AUTO:
+        return None if multilingual else ENGLISH
+    if wanted not in _LANGUAGE_CODES:
+        raise LanguageUnknown(f"lang {lang!r} is not a Whisper language code (e.g. en, de, fr) nor 'auto'")
+    if wanted != ENGLISH and not multilingual:
+        raise LanguageUnsupported(
+            f"the configured speech model ({model_name}) is English-only and cannot transcribe {wanted!r}; "
+            f"ask for lang 'en' or 'auto', or run the transcriber with a multilingual ASR_MODEL (e.g. base)"
+        )
+    return wanted
+
+
+def out_of_memory(exc: BaseException) -> AsrOutOfMemory:
+    return AsrOutOfMemory(f"speech recognition ran out of memory: {str(exc)[:200] or type(exc).__name__}")
 
 
 def transcribe_options(settings: Settings) -> dict[str, Any]:
@@ -111,7 +135,12 @@ def run_with_oom_fallback(
 
 
 class AsrEngine:
-    """The process's speech model. Create with `load()` (off the event loop); `transcribe` is async."""
+    """The process's speech model. Create with `load()` (off the event loop); `transcribe` is async.
+
+    Out of memory where nothing smaller is left to try raises AsrOutOfMemory (the transcriber may then hand
+    the clip to the hosted API)."""
+
+    name = FASTER_WHISPER
 
     def __init__(self, settings: Settings, ref: ModelRef, device: str, model: Any) -> None:
         self.settings = settings
@@ -142,26 +171,23 @@ class AsrEngine:
         return engine
 
     def language_for(self, lang: str) -> str | None:
-        """The language to decode in (None: detect), or a Permanent error for one the model cannot do."""
-        from faster_whisper.tokenizer import _LANGUAGE_CODES
-
-        wanted = (lang or AUTO).strip().lower()
-        if wanted == AUTO:
-            return None if self.multilingual else ENGLISH
-        if wanted not in _LANGUAGE_CODES:
-            raise LanguageUnknown(f"lang {lang!r} is not a Whisper language code (e.g. en, de, fr) nor 'auto'")
-        if wanted != ENGLISH and not self.multilingual:
-            raise LanguageUnsupported(
-                f"the configured speech model ({self.ref.name}) is English-only and cannot transcribe {wanted!r}; "
-                f"ask for lang 'en' or 'auto', or run the transcriber with a multilingual ASR_MODEL (e.g. base)"
-            )
-        return wanted
+        return language_for(lang, self.multilingual, self.ref.name)
 
     async def transcribe(
         self, audio: np.ndarray, lang: str, on_progress: Callable[[float], None] | None = None
     ) -> Transcript:
         """Words of `audio` (16 kHz mono float32) with times from its first sample."""
         language = self.language_for(lang)
+        try:
+            return await self._transcribe(audio, language, on_progress)
+        except (RuntimeError, MemoryError) as exc:
+            if is_oom(exc):
+                raise out_of_memory(exc) from exc
+            raise
+
+    async def _transcribe(
+        self, audio: np.ndarray, language: str | None, on_progress: Callable[[float], None] | None
+    ) -> Transcript:
         if self.device == "cuda":  # with other jobs' clips; progress is reported when the batch is done
             if language is None:
                 language = await asyncio.to_thread(self._detect_language, audio)

@@ -10,31 +10,40 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from shared.asr.engine import AsrEngine
 from shared.resources import Resources
 from shared.settings import Settings
 
-_loaded: dict[tuple[object, ...], AsrEngine] = {}
+_loaded: dict[tuple[object, ...], Any] = {}  # AsrEngine or WhisperCppEngine
 _load_lock = threading.Lock()
 
 
 def _key(settings: Settings) -> tuple[object, ...]:
-    return (settings.asr_model, str(settings.asr_models_dir), settings.asr_device, settings.asr_compute_type,
-            settings.asr_cpu_threads, settings.asr_beam_size, settings.asr_gpu_batch, settings.asr_gpu_batch_wait_ms,
-            settings.asr_vad_min_silence_ms, settings.asr_vad_speech_pad_ms)
+    return (settings.asr_engine, settings.asr_whispercpp_weights, settings.asr_model, str(settings.asr_models_dir),
+            settings.asr_device, settings.asr_compute_type, settings.asr_cpu_threads, settings.asr_beam_size,
+            settings.asr_gpu_batch, settings.asr_gpu_batch_wait_ms, settings.asr_vad_min_silence_ms,
+            settings.asr_vad_speech_pad_ms)
 
 
-def engine_for(settings: Settings) -> AsrEngine:
-    """The process's engine for these settings (loading it on first use; blocking)."""
+def engine_for(settings: Settings) -> Any:
+    """The process's engine for these settings, as ASR_ENGINE names it (loading it on first use; blocking).
+
+    Both engines offer `name`, `ref`, `device`, `multilingual`, `language_for` and `transcribe`."""
     with _load_lock:
         key = _key(settings)
         if key not in _loaded:
-            _loaded[key] = AsrEngine.load(settings)
+            if settings.asr_engine == "whisper.cpp":
+                from shared.asr.whispercpp import WhisperCppEngine
+
+                _loaded[key] = WhisperCppEngine.load(settings)
+            else:
+                _loaded[key] = AsrEngine.load(settings)
         return _loaded[key]
 
 
 @asynccontextmanager
-async def open_asr(res: Resources) -> AsyncIterator[AsrEngine]:
+async def open_asr(res: Resources) -> AsyncIterator[Any]:
     """StageSpec.open_local of the transcriber: the model is in memory before the first message is pulled."""
     yield await asyncio.to_thread(engine_for, res.settings)

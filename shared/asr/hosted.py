@@ -1,0 +1,161 @@
+"""Hosted speech recognition over the OpenAI-compatible `POST /v1/audio/transcriptions` API (ASR_HOSTED_URL).
+
+Only the clip's own audio is sent: the 16 kHz mono samples the local engine would have read, compressed
+(FLAC, or Ogg Opus when ASR_HOSTED_AUDIO_FORMAT=opus or when the FLAC is over ASR_HOSTED_MAX_UPLOAD_MB).
+The form asks for `verbose_json` with word and segment timestamps; words come back with their times, and a
+word's probability is its segment's exp(avg_logprob) (1.0 where the server gives none).
+
+The URL is an operator setting, so it is NOT put through the SSRF guard (shared/netguard.py): an in-cluster
+server on a private address is allowed. Errors: no answer, 429 or 5xx → HostedAsrUnavailable; another 4xx or
+an answer that is not a transcription → HostedAsrRefused (both with stable codes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+import numpy as np
+
+from shared.asr.audio import SAMPLE_RATE_HZ
+from shared.asr.engine import Transcript
+from shared.asr.languages import language_code
+from shared.errors import HostedAsrRefused, HostedAsrUnavailable
+from shared.logs import get_logger
+from shared.scrub import remember_secret
+from shared.settings import Settings
+from shared.subtitles.words import Word
+
+log = get_logger("asr")
+HOSTED = "hosted"
+TRANSCRIPTIONS_PATH = "/audio/transcriptions"
+MIB = 1024 * 1024
+OPUS_BITRATE = "32k"
+UPLOAD_FORMATS = {  # name → (ffmpeg output args, file name, content type)
+    "flac": (["-c:a", "flac", "-sample_fmt", "s16", "-f", "flac"], "clip.flac", "audio/flac"),
+    "opus": (["-c:a", "libopus", "-b:a", OPUS_BITRATE, "-application", "voip", "-f", "ogg"], "clip.ogg", "audio/ogg"),
+}
+
+
+def transcriptions_url(base: str) -> str:
+    """ASR_HOSTED_URL → the endpoint: `…/v1` gets `/audio/transcriptions`, a bare host `/v1/audio/transcriptions`,
+    a URL already naming the endpoint is used as it is."""
+    url = base.rstrip("/")
+    path = urlsplit(url).path
+    if path.endswith(TRANSCRIPTIONS_PATH):
+        return url
+    if path.endswith("/v1"):
+        return url + TRANSCRIPTIONS_PATH
+    return url + "/v1" + TRANSCRIPTIONS_PATH
+
+
+async def encode_audio(audio: np.ndarray, fmt: str) -> bytes:
+    """16 kHz mono float32 samples → a FLAC or Ogg Opus file in memory (ffmpeg through pipes)."""
+    args, _, _ = UPLOAD_FORMATS[fmt]
+    proc = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-f", "f32le", "-ar", str(SAMPLE_RATE_HZ), "-ac", "1",
+        "-i", "pipe:0", *args, "pipe:1",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate(np.ascontiguousarray(audio, dtype=np.float32).tobytes())
+    if proc.returncode != 0:
+        raise RuntimeError(f"ffmpeg could not encode the clip's audio as {fmt}: {err.decode(errors='replace')[-300:]}")
+    return out
+
+
+class _HostedWord(msgspec.Struct):
+    word: str
+    start: float
+    end: float
+    probability: float | None = None
+
+
+class _HostedSegment(msgspec.Struct):
+    start: float = 0.0
+    end: float = 0.0
+    avg_logprob: float | None = None
+    words: list[_HostedWord] | None = None
+
+
+class _HostedAnswer(msgspec.Struct):
+    text: str = ""
+    language: str = ""
+    words: list[_HostedWord] | None = None
+    segments: list[_HostedSegment] | None = None
+
+
+def words_of(answer: _HostedAnswer, audio_sec: float) -> list[Word]:
+    """The answer's words (top-level `words`, else each segment's), times within the clip's audio, sorted."""
+    segments = answer.segments or []
+    raw = answer.words if answer.words is not None else [w for s in segments for w in s.words or []]
+
+    def probability(word: _HostedWord) -> float:
+        if word.probability is not None:
+            return float(word.probability)
+        for segment in segments:
+            if segment.start <= word.start < segment.end and segment.avg_logprob is not None:
+                return min(1.0, math.exp(segment.avg_logprob))
+        return 1.0
+
+    def clamp(t: float) -> float:
+        return round(min(max(0.0, float(t)), audio_sec), 3)
+
+    words = [Word(w.word.strip(), clamp(w.start), clamp(max(w.start, w.end)), round(probability(w), 4))
+             for w in raw if w.word.strip()]
+    return sorted(words, key=lambda w: w.start)
+
+
+@dataclass
+class HostedAsr:
+    """The client of one hosted API (settings ASR_HOSTED_*)."""
+
+    settings: Settings
+
+    def __post_init__(self) -> None:
+        self.url = transcriptions_url(self.settings.asr_hosted_url)
+        remember_secret(self.settings.asr_hosted_key)  # never shown in logs or job errors
+
+    async def upload_body(self, audio: np.ndarray) -> tuple[bytes, str, str]:
+        """The file to send: the configured format, or Opus when FLAC would be over the size cap."""
+        fmt = self.settings.asr_hosted_audio_format
+        body = await encode_audio(audio, fmt)
+        if len(body) > self.settings.asr_hosted_max_upload_mb * MIB and fmt != "opus":
+            fmt, body = "opus", await encode_audio(audio, "opus")
+        if len(body) > self.settings.asr_hosted_max_upload_mb * MIB:
+            raise HostedAsrRefused(f"the clip's audio is {len(body) / MIB:.1f} MiB even as Opus, over "
+                                   f"ASR_HOSTED_MAX_UPLOAD_MB {self.settings.asr_hosted_max_upload_mb}")
+        _, name, content_type = UPLOAD_FORMATS[fmt]
+        return body, name, content_type
+
+    async def transcribe(self, audio: np.ndarray, language: str | None) -> Transcript:
+        """The words of `audio` (16 kHz mono float32) from the hosted API; `language` None: the API detects it."""
+        body, name, content_type = await self.upload_body(audio)
+        form: dict[str, object] = {
+            "model": self.settings.asr_hosted_model, "response_format": "verbose_json",
+            "timestamp_granularities[]": ["word", "segment"],
+        }
+        if language:
+            form["language"] = language
+        headers = {"Authorization": f"Bearer {self.settings.asr_hosted_key}"} if self.settings.asr_hosted_key else {}
+        try:
+            async with httpx.AsyncClient(timeout=self.settings.asr_hosted_timeout_sec, trust_env=False) as client:
+                reply = await client.post(self.url, data=form, files={"file": (name, body, content_type)},
+                                          headers=headers)
+        except httpx.HTTPError as exc:
+            raise HostedAsrUnavailable(f"the hosted speech API did not answer: {type(exc).__name__}: {exc}") from exc
+        if reply.status_code == 429 or reply.status_code >= 500:
+            raise HostedAsrUnavailable(f"the hosted speech API answered {reply.status_code}: {reply.text[:200]}")
+        if reply.status_code != 200:
+            raise HostedAsrRefused(f"the hosted speech API refused the clip ({reply.status_code}): {reply.text[:200]}")
+        try:
+            answer = msgspec.json.decode(reply.content, type=_HostedAnswer)
+        except msgspec.DecodeError as exc:
+            raise HostedAsrRefused(f"the hosted speech API's answer is no verbose_json transcription: {exc}") from exc
+        detected = language_code(answer.language) or language or ""
+        log.info("asr_hosted", bytes=len(body), format=name, words=len(answer.words or []), language=detected)
+        words = words_of(answer, len(audio) / SAMPLE_RATE_HZ)
+        return Transcript(language=detected, words=words, device=HOSTED, engine=HOSTED)
