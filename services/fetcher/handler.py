@@ -100,12 +100,6 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
                          cut_start_sec=cut_start, cut_path=decision.path, cut_reason=decision.reason)
         task = StageMessage(job=job, route=[FETCH, *route], plan=plan, artifacts=[staged] if staged else [])
         return await _cut_clip(task, plan, deps, source, info)
-    if frames_here and staged is not None and decision.layout is not None:
-        plan = MediaPlan(duration_sec=source.duration_sec or info.duration_sec, container=info.container,
-                         streams=info.streams, cut_start_sec=cut_start, staged_offset_sec=shift,
-                         cut_path=decision.path, cut_reason=decision.reason)
-        task = StageMessage(job=job, route=[FETCH, *route], plan=plan, artifacts=[staged])
-        return await _cut_frames(task, deps, source, info, decision.layout)
     if staged is None:
         container = "mp4" if copyable_to_mp4(info.streams) else "matroska"
         staged, offset = await _stage_range(job, media, cut_start, info, deps, container, source.ffmpeg_args,
@@ -117,6 +111,9 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
         streams=source.section_streams or info.streams, cut_start_sec=cut_start, staged_offset_sec=offset,
         cut_path=decision.path, cut_reason=decision.reason,
     )
+    if frames_here and decision.layout is not None:  # nothing was staged: the media in storage is cut in place
+        task = StageMessage(job=job, route=[FETCH, *route], plan=plan, artifacts=[staged])
+        return await _cut_frames(task, deps, source, info, decision.layout)
     return StageMessage(job=job, route=list(route), done=[FETCH], plan=plan, artifacts=[staged])
 
 
