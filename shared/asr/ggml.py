@@ -39,6 +39,7 @@ WEIGHT_TYPES = ("f16", "q8_0")
 N_FFT = 400
 SAMPLE_RATE = 16_000
 EOT_TOKEN = "<|endoftext|>"
+MODEL_FILE_MODE = 0o644  # a converted model is read by the service user, whoever converted it
 KEEP_F32 = ("encoder.conv1.bias", "encoder.conv2.bias", "encoder.positional_embedding", "decoder.positional_embedding")
 
 
@@ -267,15 +268,18 @@ def ggml_model(ct2_folder: Path, name: str, models_dir: Path, weights: str = "f1
         models_dir.mkdir(parents=True, exist_ok=True)
         handle, work = tempfile.mkstemp(prefix=f".ggml-{safe}-", dir=models_dir)
     except OSError as exc:
+        setting = "" if weights == "f16" else f" ASR_WHISPERCPP_WEIGHTS={weights}"
         raise ModelUnavailable(
-            f"cannot write the whisper.cpp model into ASR_MODELS_DIR {models_dir}: {exc}; make it writable, or "
-            f"run `clipjet models` once where it is (e.g. while building the image)"
+            f"the whisper.cpp model {target.name} is not in ASR_MODELS_DIR {models_dir} and cannot be written there "
+            f"({exc.strerror or exc}): run `ASR_ENGINE=whisper.cpp{setting} clipjet models` where that folder is "
+            f"writable (the image does it at build), or point ASR_MODELS_DIR at a writable volume"
         ) from exc
     try:
         with os.fdopen(handle, "wb") as out:
             write_ggml(ct2_folder, out, weights)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(work, MODEL_FILE_MODE)  # mkstemp makes it 0600: other users (the service's) must read it
         os.replace(work, target)
     finally:
         if os.path.exists(work):
