@@ -48,6 +48,11 @@ GATEWAY_REPLICAS = 2  # fixed (not KEDA-managed): the gateway's work is requests
 REAPER_REPLICAS = 1  # safe with more: every step runs under an advisory lock
 NOTIFIER_MAX_REPLICAS = 5  # webhook deliveries wait on receivers, not CPU: few replicas go a long way
 LABEL = "app.kubernetes.io/name"
+# Rollouts. A KEDA-managed Deployment (up to MAX_REPLICAS) replaces pods one at a time without a surge pod, so a
+# rollout at full scale opens no connection beyond the table's; a fixed one (gateway, reaper) surges by one pod, to
+# keep its capacity, and db_connections() counts that pod.
+SCALED_ROLLOUT = {"maxSurge": 0, "maxUnavailable": 1}
+FIXED_ROLLOUT = {"maxSurge": 1, "maxUnavailable": 0}
 HOME_DIR = "/tmp"  # HOME of the non-root user on a read-only root file system (caches of yt-dlp, Python)
 
 # What a pod asks for (requests) and may use (limits). CPU limits are whole CPUs: thread counts follow the limit
@@ -124,7 +129,9 @@ def _deployment(name: str, replicas: int | None, pod: dict[str, Any]) -> dict[st
     """A Deployment of the hardened pod; `replicas` None leaves the count to KEDA (no spec.replicas)."""
     labels = {LABEL: name}
     spec: dict[str, Any] = {} if replicas is None else {"replicas": replicas}
-    spec |= {"selector": {"matchLabels": labels},
+    rollout = SCALED_ROLLOUT if replicas is None else FIXED_ROLLOUT
+    spec |= {"strategy": {"type": "RollingUpdate", "rollingUpdate": dict(rollout)},
+             "selector": {"matchLabels": labels},
              "template": {"metadata": {"labels": labels, "annotations": dict(SCRAPE_ANNOTATIONS)},
                           "spec": harden(pod)}}
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels}, "spec": spec}
@@ -238,7 +245,7 @@ def render_documents(stages: list[str], settings: Settings | None = None) -> dic
     documents: dict[str, list[dict[str, Any]]] = {
         "config.yaml": [_config(settings)], "init-job.yaml": _init_job(settings), "gateway.yaml": _gateway(settings),
         "reaper.yaml": _reaper(settings), "notifier.yaml": _notifier(settings),
-        "network-policies.yaml": network_policies(stages, jobs=(INIT_JOB,)),
+        "network-policies.yaml": network_policies(stages, jobs=(INIT_JOB,), gateway_port=settings.gateway_port),
     }
     for stage in stages:
         documents[f"worker-{stage}.yaml"] = _worker(stage, settings)
@@ -257,7 +264,8 @@ def render_manifests(stages: list[str], settings: Settings | None = None) -> dic
 
 def db_connections(stages: list[str], settings: Settings | None = None) -> dict[str, int]:
     """Deployment or Job -> the most PostgreSQL connections it opens at full scale: max replicas (KEDA's
-    maxReplicaCount, else spec.replicas) x processes (the gateway runs one per CPU of its limit) x DB_POOL_MAX."""
+    maxReplicaCount, else spec.replicas, plus the rollout's surge pods) x processes (the gateway runs one per CPU
+    of its limit) x DB_POOL_MAX."""
     documents = [doc for docs in render_documents(stages, settings).values() for doc in docs]
     max_replicas = {doc["spec"]["scaleTargetRef"]["name"]: doc["spec"]["maxReplicaCount"]
                     for doc in documents if doc["kind"] == "ScaledObject"}
@@ -269,9 +277,20 @@ def db_connections(stages: list[str], settings: Settings | None = None) -> dict[
         (container,) = doc["spec"]["template"]["spec"]["containers"]
         pool = int(next(e["value"] for e in container["env"] if e["name"] == "DB_POOL_MAX"))
         processes = int(container["resources"]["limits"]["cpu"]) if name == GATEWAY else 1
-        replicas = max_replicas.get(name, doc["spec"].get("replicas", 1))
+        replicas = max_replicas.get(name, doc["spec"].get("replicas", 1)) + _surge(doc)
         totals[name] = replicas * processes * pool
     return totals
+
+
+def _surge(doc: dict[str, Any]) -> int:
+    """Pods a rollout adds beyond the replica count: maxSurge (a count; Kubernetes' default is 25%, rounded up,
+    so the base always sets it). Jobs do not roll."""
+    if doc["kind"] != "Deployment":
+        return 0
+    surge = doc["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+    if not isinstance(surge, int):
+        raise ValueError(f"{doc['metadata']['name']}: maxSurge {surge!r}: give a count, the table counts pods")
+    return surge
 
 
 def write_manifests(folder: Path, stages: list[str]) -> list[Path]:

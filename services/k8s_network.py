@@ -5,13 +5,19 @@ than it needs: DNS, NATS, PostgreSQL and S3 (in the namespaces the ConfigMap's s
 overlay patches them for another layout). The fetcher alone also reaches the internet, because it downloads
 user URLs itself (through its in-process guarded proxy, `shared/fetchproxy.py`), and so does the notifier, which
 POSTs webhooks to user URLs through the same guard: any public address, never a private, link-local (cloud
-metadata), CGNAT or loopback one. Ingress is not restricted here (the gateway's
-Service takes client traffic).
+metadata), CGNAT or loopback one.
+
+Ingress: the ops port (METRICS_PORT: /metrics, and the workers' /livez and /readyz) answers only the monitoring
+namespace's Prometheus; the gateway's API port takes client traffic from anywhere (its Service); nothing else
+reaches a clipjet pod (the init Job takes no traffic). Kubelet probes come from the node and are not subject to
+these policies on the usual CNIs (Calico, Cilium).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from services.k8s_pod import METRICS_PORT
 
 LABEL = "app.kubernetes.io/name"
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"  # set by Kubernetes on every namespace
@@ -21,6 +27,8 @@ PUBLIC_EGRESS_APPS = (f"clipjet-{FETCH_STAGE}", "clipjet-notifier")  # reach use
 NATS = ("nats", 4222)
 S3 = ("storage", 8333)
 POSTGRES = ("postgres", 5432)  # DATABASE_URL is in the Secret: patch the namespace to where PostgreSQL runs
+MONITORING_NAMESPACE = "monitoring"  # Prometheus's namespace (kube-prometheus-stack's usual one): patch per install
+GATEWAY_APP = "clipjet-gateway"
 DNS_NAMESPACE = "kube-system"
 DNS_POD = {"k8s-app": "kube-dns"}  # CoreDNS keeps this label
 DNS_PORT = 53
@@ -56,11 +64,28 @@ def _policy(app: str, egress: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def network_policies(stages: list[str], jobs: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """One egress policy per Deployment (the gateway, the reaper, the notifier and each stage's workers) and per
-    Job named in `jobs` (their pods' app label)."""
-    apps = ["clipjet-gateway", "clipjet-reaper", "clipjet-notifier", *(f"clipjet-{stage}" for stage in stages), *jobs]
-    return [
+def ops_ingress() -> dict[str, Any]:
+    """The ops port, from the monitoring namespace only (its scrapes; nobody else reads metrics or probes)."""
+    return {"from": [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: MONITORING_NAMESPACE}}}],
+            "ports": [{"protocol": "TCP", "port": METRICS_PORT}]}
+
+
+def _ingress_policy(app: str, ingress: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": f"{app}-ingress"},
+        "spec": {"podSelector": {"matchLabels": {LABEL: app}}, "policyTypes": ["Ingress"], "ingress": ingress},
+    }
+
+
+def network_policies(stages: list[str], jobs: tuple[str, ...] = (), gateway_port: int = 8080) -> list[dict[str, Any]]:
+    """One egress and one ingress policy per Deployment (the gateway, the reaper, the notifier and each stage's
+    workers) and per Job named in `jobs` (their pods' app label; a Job takes no traffic)."""
+    deployments = [GATEWAY_APP, "clipjet-reaper", "clipjet-notifier", *(f"clipjet-{stage}" for stage in stages)]
+    egress = [
         _policy(app, [*cluster_egress(), internet_egress()] if app in PUBLIC_EGRESS_APPS else cluster_egress())
-        for app in apps
+        for app in [*deployments, *jobs]
     ]
+    api = {"ports": [{"protocol": "TCP", "port": gateway_port}]}  # clients, from anywhere
+    ingress = [_ingress_policy(app, [api, ops_ingress()] if app == GATEWAY_APP else [ops_ingress()])
+               for app in deployments]
+    return [*egress, *ingress, *(_ingress_policy(job, []) for job in jobs)]

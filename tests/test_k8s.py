@@ -1,5 +1,6 @@
 """The kustomize base matches the stage registry, every KEDA trigger names a consumer the stack creates, the scratch
-volume is larger than its quota, and egress is limited to what each pod needs."""
+volume is larger than its quota, egress is limited to what each pod needs, and ingress to the ops port to the
+monitoring namespace."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 import yaml
 
 from services.k8s import render_manifests
-from services.k8s_network import LABEL, NATS, POSTGRES, S3
+from services.k8s_network import LABEL, MONITORING_NAMESPACE, NAMESPACE_LABEL, NATS, POSTGRES, S3
+from services.k8s_pod import METRICS_PORT
 from services.registry import STAGES
 from shared import bus
 from shared.resources import Resources
@@ -92,7 +94,8 @@ def _allowed(policy: dict[str, Any], address: str) -> bool:
 
 def test_egress_policies_keep_media_workers_inside_the_cluster() -> None:
     docs = _documents()
-    policies = {d["spec"]["podSelector"]["matchLabels"][LABEL]: d for d in docs if d["kind"] == "NetworkPolicy"}
+    policies = {d["spec"]["podSelector"]["matchLabels"][LABEL]: d for d in docs
+                if d["kind"] == "NetworkPolicy" and "Egress" in d["spec"]["policyTypes"]}
     deployments = {d["metadata"]["name"] for d in docs if d["kind"] in ("Deployment", "Job")}
     assert set(policies) == deployments  # every pod is covered (the init Job too)
     cluster_ports = {53, NATS[1], S3[1], POSTGRES[1]}
@@ -109,3 +112,25 @@ def test_egress_policies_keep_media_workers_inside_the_cluster() -> None:
             assert not any(_allowed(policy, a) for a in private)
         else:
             assert not any(_allowed(policy, a) for a in (*public, *private)), app
+
+
+def test_ingress_policies_open_the_ops_port_to_monitoring_only() -> None:
+    """Every pod is selected by an ingress policy (else all ingress is allowed); the ops port only from the
+    monitoring namespace, the gateway's API port from anywhere, nothing else (the init Job: nothing at all)."""
+    docs = _documents()
+    ingress = {d["spec"]["podSelector"]["matchLabels"][LABEL]: d["spec"] for d in docs
+               if d["kind"] == "NetworkPolicy" and "Ingress" in d["spec"]["policyTypes"]}
+    deployments = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
+    jobs = {d["metadata"]["name"] for d in docs if d["kind"] == "Job"}
+    assert set(ingress) == deployments | jobs
+    monitoring = [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: MONITORING_NAMESPACE}}}]
+    for app, spec in ingress.items():
+        assert spec["policyTypes"] == ["Ingress"]
+        ports = {(rule["ports"][0]["port"], str(rule.get("from", "anywhere"))) for rule in spec["ingress"]}
+        assert all(len(rule["ports"]) == 1 for rule in spec["ingress"]), app
+        if app in jobs:
+            assert spec["ingress"] == [], app
+        elif app == "clipjet-gateway":
+            assert ports == {(8080, "anywhere"), (METRICS_PORT, str(monitoring))}
+        else:
+            assert ports == {(METRICS_PORT, str(monitoring))}, app

@@ -145,6 +145,28 @@ def test_keda_owns_the_replica_count(base: list[dict[str, Any]]) -> None:
     assert all(docs[("Deployment", name)]["spec"]["replicas"] >= 1 for name in unmanaged)
 
 
+def test_rollouts_open_no_connection_beyond_the_table(base: list[dict[str, Any]]) -> None:
+    """A KEDA-managed Deployment at maxReplicaCount rolls without a surge pod (Kubernetes' default 25% would add
+    5 per worker Deployment, uncounted); a fixed one surges by a count that db_connections() adds."""
+    docs = _by_key(base)
+    scaled = {doc["spec"]["scaleTargetRef"]["name"] for doc in base if doc["kind"] == "ScaledObject"}
+    connections = db_connections(list(STAGES))
+    for (kind, name), doc in docs.items():
+        if kind != "Deployment":
+            continue
+        strategy = doc["spec"]["strategy"]
+        assert strategy["type"] == "RollingUpdate", name
+        rolling = strategy["rollingUpdate"]
+        if name in scaled:
+            assert rolling == {"maxSurge": 0, "maxUnavailable": 1}, name
+        else:
+            assert isinstance(rolling["maxSurge"], int) and rolling["maxUnavailable"] == 0, name
+            (container,) = doc["spec"]["template"]["spec"]["containers"]
+            pool = int(next(e["value"] for e in container["env"] if e["name"] == "DB_POOL_MAX"))
+            processes = int(container["resources"]["limits"]["cpu"]) if name == GATEWAY else 1
+            assert connections[name] == (doc["spec"]["replicas"] + rolling["maxSurge"]) * processes * pool, name
+
+
 def test_paused_replicas_override_is_a_valid_scaled_object(base: list[dict[str, Any]],
                                                           keda_validator: jsonschema.Draft7Validator) -> None:
     """The override as an overlay patch (k8s/README.md shows it and the kubectl command) keeps the object valid."""
@@ -281,3 +303,18 @@ def test_renderer_agrees_with_kubectl_kustomize(folder: Path) -> None:
     out = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True, check=True,
                          timeout=120).stdout
     assert _by_key([d for d in yaml.safe_load_all(out) if d]) == _by_key(render(folder))
+
+
+def test_readme_asr_egress_patch_opens_the_transcriber_to_the_asr_server(base: list[dict[str, Any]]) -> None:
+    """The overlay snippet k8s/README.md gives for a hosted ASR server applies to the base and adds that rule."""
+    readme = (ROOT / "k8s" / "README.md").read_text()
+    (snippet,) = [block for block in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL)
+                  if "clipjet-transcribe-egress" in block]
+    (patch,) = yaml.safe_load(snippet)["patches"]
+    docs = _by_key(copy.deepcopy(base))
+    policy = docs[("NetworkPolicy", patch["target"]["name"])]
+    before = len(policy["spec"]["egress"])
+    apply_json_patch(policy, yaml.safe_load(patch["patch"]))
+    added = policy["spec"]["egress"][before:]
+    assert [rule["ports"] for rule in added] == [[{"protocol": "TCP", "port": 8000}]]
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "clipjet-transcribe"
