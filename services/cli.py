@@ -24,7 +24,7 @@ def _stop_on_signals(settings: Settings) -> asyncio.Event:
     The ops port (/metrics, /livez, /readyz) is served from here on."""
     from shared.ops import HEALTH, serve_ops, watch_event_loop
 
-    serve_ops(settings.metrics_port)
+    serve_ops(settings.metrics_port, host=settings.metrics_host)
     watch_event_loop(settings.liveness_stall_sec)
     stop = asyncio.Event()
 
@@ -85,7 +85,8 @@ def _run_gateway(settings: Settings) -> None:
     from services.gateway.app import gateway_processes
     from shared.ops import serve_ops
 
-    serve_ops(settings.metrics_port, probes=False)  # the gateway's /livez and /readyz are on its API port
+    # the gateway's /livez and /readyz are on its API port
+    serve_ops(settings.metrics_port, host=settings.metrics_host, probes=False)
 
     uvicorn.run(
         "services.gateway.app:app_from_environment", factory=True, workers=gateway_processes(settings),
