@@ -7,7 +7,9 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from services.client import commands as client
 from shared.pipeline import STAGES as STAGE_NAMES
@@ -22,7 +24,7 @@ def _stop_on_signals(settings: Settings) -> asyncio.Event:
     The ops port (/metrics, /livez, /readyz) is served from here on."""
     from shared.ops import HEALTH, serve_ops, watch_event_loop
 
-    serve_ops(settings.metrics_port)
+    serve_ops(settings.metrics_port, host=settings.metrics_host)
     watch_event_loop(settings.liveness_stall_sec)
     stop = asyncio.Event()
 
@@ -46,7 +48,7 @@ async def _run_worker(stage: str, settings: Settings) -> None:
     stop = _stop_on_signals(settings)
     warn_if_open(settings)
     await guarded_proxy()  # the process's guarded proxy for user URLs, up before the first message
-    async with open_resources(settings, f"worker-{stage}") as res:
+    async with open_resources(settings, f"worker-{stage}", stop) as res:
         await run_worker(STAGES[stage], res, DEFAULT_ROUTE_LENGTH, stop)
 
 
@@ -55,7 +57,7 @@ async def _run_reaper(settings: Settings) -> None:
     from shared.resources import open_resources
 
     stop = _stop_on_signals(settings)
-    async with open_resources(settings, "reaper") as res:
+    async with open_resources(settings, "reaper", stop) as res:
         await run_reaper(res, stop)
 
 
@@ -67,7 +69,7 @@ async def _run_notifier(settings: Settings) -> None:
     stop = _stop_on_signals(settings)
     warn_if_open(settings)
     await guarded_proxy()  # webhooks go through the same guarded proxy as sources
-    async with open_resources(settings, "notifier") as res:
+    async with open_resources(settings, "notifier", stop) as res:
         await run_notifier(res, stop)
 
 
@@ -83,7 +85,8 @@ def _run_gateway(settings: Settings) -> None:
     from services.gateway.app import gateway_processes
     from shared.ops import serve_ops
 
-    serve_ops(settings.metrics_port, probes=False)  # the gateway's /livez and /readyz are on its API port
+    # the gateway's /livez and /readyz are on its API port
+    serve_ops(settings.metrics_port, host=settings.metrics_host, probes=False)
 
     uvicorn.run(
         "services.gateway.app:app_from_environment", factory=True, workers=gateway_processes(settings),
@@ -94,6 +97,21 @@ def _run_gateway(settings: Settings) -> None:
         proxy_headers=bool(settings.gateway_trusted_proxies),
         forwarded_allow_ips=settings.gateway_trusted_proxies or None,
     )
+
+
+def _serve(command: str, service: Coroutine[Any, Any, None]) -> int:
+    """Run a service until it stops: 0 when it stopped (a SIGTERM while it still waited for a dependency too);
+    1 and one line naming the dependency when it gave up waiting (the log has the details, no traceback)."""
+    from shared.startup import DependencyUnavailable, StopRequested
+
+    try:
+        asyncio.run(service)
+    except StopRequested:
+        return 0
+    except DependencyUnavailable as exc:
+        print(f"clipjet {command}: FAILED: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _init(settings: Settings, *, update_streams: bool, database_only: bool = False) -> int:
@@ -157,11 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         case "gateway":
             _run_gateway(settings)
         case "worker":
-            asyncio.run(_run_worker(args.stage, settings))
+            return _serve(f"worker {args.stage}", _run_worker(args.stage, settings))
         case "reaper":
-            asyncio.run(_run_reaper(settings))
+            return _serve("reaper", _run_reaper(settings))
         case "notifier":
-            asyncio.run(_run_notifier(settings))
+            return _serve("notifier", _run_notifier(settings))
         case "init":
             return _init(settings, update_streams=args.update_streams)
         case "migrate":

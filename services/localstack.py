@@ -158,9 +158,10 @@ def _effective(settings: Settings, data_dir: Path, demo: bool) -> Settings:
         say("!" * 78)
     port = _pick_port("gateway", settings.gateway_port)
     cors = settings.s3_cors_origins if "S3_CORS_ORIGINS" in os.environ else page_origins(settings.gateway_host, port)
+    metrics_host = settings.metrics_host if "METRICS_HOST" in os.environ else LOOPBACK  # as everything else here
     return msgspec.structs.replace(
         settings, data_dir=data_dir, scratch_dir=data_dir / "scratch", fetch_allow_private=allow_private,
-        gateway_port=port, s3_cors_origins=cors,
+        gateway_port=port, s3_cors_origins=cors, metrics_host=metrics_host,
     )
 
 

@@ -5,6 +5,10 @@ The server runs in daemon threads of its own, never on the event loop, so it ans
 with where the main thread is). `/readyz` is 200 once the process says it is ready (a worker: connected to NATS
 and bound to its consumers) and while every readiness check passes; 503 while it drains after SIGTERM.
 
+One thread per connection, at most OPS_MAX_CONNECTIONS at once (more are closed at once, without an answer), and a
+connection that sends nothing for OPS_HANDLER_TIMEOUT_SEC is closed: idle or half-sent requests cannot pile up
+threads. It listens on METRICS_HOST (all addresses by default; `clipjet stack` uses loopback).
+
 The gateway's uvicorn processes record into prometheus_client's multiprocess files (PROMETHEUS_MULTIPROC_DIR,
 set by `clipjet gateway` before anything imports prometheus_client); its ops server adds them all up.
 """
@@ -27,7 +31,8 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from shared.logs import get_logger
 
 log = get_logger("ops")
-OPS_ADDR = "0.0.0.0"  # scraped and probed from outside the pod/host
+OPS_HANDLER_TIMEOUT_SEC = 5.0  # a connection silent this long (reading its request or taking the answer) is closed
+OPS_MAX_CONNECTIONS = 32  # connections served at once; more are closed unanswered (a scrape or probe retries)
 TICK_SEC = 0.5  # the event loop marks itself alive this often
 WATCHDOG_SEC = 1.0  # the watchdog thread looks this often
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -112,23 +117,59 @@ def ops_app(health: Health, registry: CollectorRegistry, probes: bool) -> Callab
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = OPS_HANDLER_TIMEOUT_SEC  # the connection's socket timeout (StreamRequestHandler.setup)
+
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes and probes are not logged (a probe every few seconds)."""
 
 
-def serve_ops(port: int, *, probes: bool = True, health: Health = HEALTH) -> WSGIServer | None:
-    """Serve the ops endpoints on `port` from a daemon thread; None when the port is 0 or already taken (another
-    process on the node or dev machine has it: logged, the process runs on without)."""
+class OpsServer(ThreadingWSGIServer):
+    """A thread per connection, at most OPS_MAX_CONNECTIONS of them; a connection over the cap is closed at once."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.slots = threading.BoundedSemaphore(OPS_MAX_CONNECTIONS)
+        self.refused = 0  # connections closed because every slot was taken
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:  # not a line per connection of a flood
+                log.warning("ops_connections_full", max_connections=OPS_MAX_CONNECTIONS, refused=self.refused)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)  # starts the connection's thread
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that timed out or went away is closed quietly; anything else is printed as usual."""
+        if isinstance(sys.exc_info()[1], (TimeoutError, ConnectionError)):
+            return
+        super().handle_error(request, client_address)
+
+
+def serve_ops(port: int, *, host: str = "0.0.0.0", probes: bool = True, health: Health = HEALTH) -> WSGIServer | None:
+    """Serve the ops endpoints on `host`:`port` from a daemon thread; None when the port is 0 or already taken
+    (another process on the node or dev machine has it: logged, the process runs on without)."""
     if port <= 0:
         return None
     try:
-        server = make_server(OPS_ADDR, port, ops_app(health, metrics_registry(), probes), ThreadingWSGIServer,
+        server = make_server(host, port, ops_app(health, metrics_registry(), probes), OpsServer,
                              handler_class=_QuietHandler)
     except OSError as exc:
         log.warning("metrics_port_unavailable", port=port, error=str(exc))
         return None
     threading.Thread(target=server.serve_forever, name="ops-http", daemon=True).start()
-    log.info("metrics_serving", port=port, probes=probes)
+    log.info("metrics_serving", host=host, port=port, probes=probes)
     return server
 
 

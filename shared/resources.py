@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,19 +33,22 @@ NO_SESSION_STATE = frozenset({"gateway"})  # processes whose database sessions h
 
 
 @asynccontextmanager
-async def open_resources(settings: Settings, name: str) -> AsyncIterator[Resources]:
+async def open_resources(
+    settings: Settings, name: str, stop: asyncio.Event | None = None
+) -> AsyncIterator[Resources]:
     """NATS (its streams found), PostgreSQL (its schema found migrated) and S3 (its bucket found); each waited
-    for while it is down or while what `clipjet init` makes is missing (shared/startup.py). Nothing is created."""
+    for while it is down or while what `clipjet init` makes is missing, until `stop` is set (shared/startup.py).
+    Nothing is created."""
     remember_secrets(settings.s3_secret_key, settings.database_url)  # scrubbed from what users and logs see
-    nc = await until_up("nats", lambda: bus.connect(settings, name), settings)
+    nc = await until_up("nats", lambda: bus.connect(settings, name), settings, stop)
     try:
         js = nc.jetstream()
-        await until_up("nats_jetstream", lambda: bus.require_streams(js, settings), settings)
+        await until_up("nats_jetstream", lambda: bus.require_streams(js, settings), settings, stop)
         pool = await until_up(
-            "postgresql", lambda: create_pool(settings, session_state=name not in NO_SESSION_STATE), settings)
+            "postgresql", lambda: create_pool(settings, session_state=name not in NO_SESSION_STATE), settings, stop)
         try:
             async with open_storage(settings) as storage:
-                await until_up("s3", storage.require_bucket, settings)
+                await until_up("s3", storage.require_bucket, settings, stop)
                 yield Resources(settings, nc, js, pool, storage, bus.Subjects(settings.subject_prefix))
         finally:
             await pool.close()

@@ -89,6 +89,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # --- ops: metrics and health (shared/ops.py) ---
     metrics_port: int = 9464  # every process serves Prometheus /metrics here (workers: /livez, /readyz too); 0 = off
+    metrics_host: str = "0.0.0.0"  # the address the ops port listens on (`clipjet stack`: 127.0.0.1)
     liveness_stall_sec: float = 30.0  # /livez answers 503 once the event loop has not ticked for this long, s
     readiness_db_grace_sec: float = 60.0  # the gateway's /readyz fails only after PostgreSQL is down this long, s
     queue_depth_interval_sec: float = 15.0  # the reaper reads every consumer's pending counts this often, s

@@ -244,10 +244,10 @@ class Worker(Generic[T]):
         settings = self.res.settings
         # NATS may have gone away while the stage opened its own resource (a model load takes seconds)
         await until_up("nats_jetstream", lambda: bus.require_consumers(
-            self.res.js, bus.stage_consumer_configs(settings, self.spec.name)), settings)
+            self.res.js, bus.stage_consumer_configs(settings, self.spec.name)), settings, self._stopping)
         source = PrioritySource(self.res.nc, settings.nats_stream, self.spec.name, self.res.subjects)
-        await until_up("nats", source.open, settings)
-        await until_up("nats", self._cancels.open, settings)
+        await until_up("nats", source.open, settings, self._stopping)
+        await until_up("nats", self._cancels.open, settings, self._stopping)
         slots = asyncio.Semaphore(settings.worker_concurrency)
         stopping = asyncio.create_task(self._stopping.wait())
         gate = ScratchGate(self.res.nc, settings) if self.spec.uses_scratch else None

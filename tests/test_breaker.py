@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -15,9 +17,12 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from services.gateway.app import create_app
+from services.gateway.auth import RATE_SCOPE_KEY, authenticate
+from services.gateway.state import Gateway
 from services.init import run_init
 from services.reaper.handler import reap_once
 from shared.breaker import CircuitBreaker
+from shared.db.pool import create_pool
 from shared.devstack import free_port, start_nats
 from shared.errors import ServiceUnavailable, StorageError
 from shared.resources import Resources, open_resources
@@ -166,3 +171,26 @@ async def test_bad_requests_leave_the_gateways_breakers_closed(
     good = await client.post("/api/jobs", json={"source": GOOD_URL, "startSec": 1, "endSec": 2})
     assert good.status_code == 202, good.text
     assert (await client.post("/api/uploads", json={"filename": "a.mp4", "sizeBytes": 10})).status_code == 201
+
+
+async def test_a_grouped_rate_limit_write_that_fails_counts_one_breaker_failure(resources: Resources) -> None:
+    """Requests whose rate-limit hits shared one failed statement each get a 503, and the breaker counts that one
+    statement once: THRESHOLD requests together do not open it."""
+    settings = msgspec.structs.replace(resources.settings, breaker_failures=THRESHOLD, auth="off")
+    pool = await create_pool(settings)
+    gw = Gateway.for_resources(dataclasses.replace(resources, settings=settings, db=pool))
+    await pool.close()  # every statement now fails as a closed connection does (a transport failure)
+    requests = [_AnonymousRequest(gw) for _ in range(THRESHOLD * 3)]
+    results = await asyncio.gather(*(authenticate(request) for request in requests), return_exceptions=True)
+    assert all(isinstance(result, ServiceUnavailable) for result in results), results
+    assert not gw.breakers.db.is_open  # one statement failed: one failure of THRESHOLD
+    assert all(RATE_SCOPE_KEY not in request.scope for request in requests)
+
+
+class _AnonymousRequest:
+    """What `authenticate` reads of a request with auth off: the app's gateway, the client, the scope."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.app = SimpleNamespace(state=SimpleNamespace(gateway=gw))
+        self.client = SimpleNamespace(host="192.0.2.7")
+        self.scope: dict[str, Any] = {}

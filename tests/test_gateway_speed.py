@@ -23,6 +23,7 @@ from services.gateway.groupcommit import GroupCommit
 from services.gateway.published import PublishedMarks
 from services.gateway.ttlcache import TtlCache
 from shared import bus
+from shared.breaker import CircuitBreaker
 from shared.contracts import ClipJobMessage, ClipResult, UrlSource
 from shared.db import jobs, keys
 from shared.db.pool import create_pool
@@ -108,7 +109,7 @@ async def test_published_marks_written_together_each_reach_their_row(resources: 
             job = ClipJobMessage(id=str(uuid7()), source=UrlSource(url=GOOD_URL["url"]), start_sec=1, end_sec=2)
             assert await jobs.insert_job(conn, job)
             made.append(uuid.UUID(job.id))
-    marks = PublishedMarks(resources.db)
+    marks = PublishedMarks(resources.db, CircuitBreaker("PostgreSQL", failures=5, open_sec=10))
     await asyncio.gather(*(marks.mark(job_id) for job_id in made))  # all at once: a few statements mark them
     rows = await resources.db.fetch("SELECT published_at FROM jobs")
     assert len(rows) == 60 and all(row["published_at"] is not None for row in rows)

@@ -4,6 +4,7 @@ gateway's /readyz survives a short PostgreSQL outage (fails only after READINESS
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 import uuid
@@ -14,7 +15,7 @@ import httpx
 import msgspec
 import pytest
 
-from shared import bus
+from shared import bus, ops
 from shared.contracts import ClipJobMessage, UrlSource
 from shared.db import jobs
 from shared.devstack.process import free_port
@@ -66,6 +67,53 @@ async def test_livez_is_503_while_the_event_loop_is_blocked_and_200_again_after(
         await asyncio.sleep(STALL_SEC)  # the loop ticks again
         assert await asyncio.to_thread(_status, url) == 200
         assert await asyncio.to_thread(_status, f"http://127.0.0.1:{port}/readyz") == 200
+    finally:
+        server.shutdown()
+
+
+HALF_REQUEST = b"GET /metrics HTTP/1.1\r\nHost: x\r\n"  # the blank line that ends the headers never comes
+CLIENT_WAIT_SEC = 30.0  # a test connection's read gives up after this, s
+
+
+def _half_sent(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=CLIENT_WAIT_SEC)
+    sock.sendall(HALF_REQUEST)
+    return sock
+
+
+def test_the_ops_port_closes_a_half_sent_request() -> None:
+    port = free_port()
+    server = serve_ops(port, host="127.0.0.1", health=Health())
+    assert server is not None
+    try:
+        with _half_sent(port) as idle:
+            assert idle.recv(1024) == b""  # closed by the server after OPS_HANDLER_TIMEOUT_SEC, not held forever
+        assert _status(f"http://127.0.0.1:{port}/metrics") == 200
+    finally:
+        server.shutdown()
+
+
+def test_the_ops_port_serves_at_most_its_connection_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections over OPS_MAX_CONNECTIONS are closed at once (the handler timeout is made long here, so only the
+    cap can close them); once the held ones end, the port answers again."""
+    monkeypatch.setattr(ops._QuietHandler, "timeout", CLIENT_WAIT_SEC * 4)
+    port = free_port()
+    server = serve_ops(port, host="127.0.0.1", health=Health())
+    assert server is not None
+    held = [_half_sent(port) for _ in range(ops.OPS_MAX_CONNECTIONS)]
+    try:
+        extra = [_half_sent(port) for _ in range(5)]
+        for sock in extra:
+            with sock:
+                assert sock.recv(1024) == b""
+    finally:
+        for sock in held:
+            sock.close()
+    try:
+        deadline = time.monotonic() + WAIT_SEC
+        while _status(f"http://127.0.0.1:{port}/metrics") != 200:
+            assert time.monotonic() < deadline, "the ops port did not answer after its connections ended"
+            time.sleep(POLL_SEC)
     finally:
         server.shutdown()
 

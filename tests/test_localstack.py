@@ -13,10 +13,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.localstack import CLIP_NAME, NATS_PORT_ENV, S3_PORT_ENV, read_stack_env
+from services.localstack import CLIP_NAME, NATS_PORT_ENV, S3_PORT_ENV, _effective, read_stack_env
 from services.stackidentity import stack_identity
 from shared.devstack import free_port, postgres_reachable
-from shared.settings import load_settings
+from shared.settings import load_settings, settings_env
 from tests.conftest import DEFAULT_PG_URL
 from tests.media import codecs, probe
 
@@ -31,6 +31,15 @@ async def _drop_schema(url: str, schema: str) -> None:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()
+
+
+def test_the_stack_serves_every_ops_port_on_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As everything else the stack starts: the services' ops ports (METRICS_HOST) are not on every address."""
+    monkeypatch.delenv("METRICS_HOST", raising=False)
+    settings = load_settings({})
+    assert settings.metrics_host == "0.0.0.0"  # the default outside the stack (a pod is scraped)
+    effective = _effective(settings, tmp_path, demo=False)
+    assert settings_env(effective)["METRICS_HOST"] == "127.0.0.1"  # what each service process is started with
 
 
 def test_stack_demo_makes_a_clip(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from tests.test_delivery import fetch_worker_processes
 
 WAIT_SEC = 60.0  # longest the test waits for a log line or the job, s
 POLL_SEC = 0.1
+STOP_WAIT_SEC = 30.0  # a stopped worker exits within this (its pause while waiting is up to 10 min), s
 
 
 async def wait_logged(log: Path, *needles: str) -> None:
@@ -102,3 +103,26 @@ async def _a_job_passes_the_fetch_stage(settings: Settings, url: str) -> None:
                     await asyncio.sleep(POLL_SEC)
         finally:
             await _drop_everything(settings, res)
+
+
+async def test_a_worker_waiting_for_init_stops_at_once_on_sigterm(servers: Servers, tmp_path: Path) -> None:
+    """Nothing `clipjet init` makes exists; the worker waits for it (pauses up to 10 min) and a SIGTERM ends it."""
+    settings = make_settings(servers, tmp_path, startup_retry_max_sec=600.0, startup_wait_sec=0.0)
+    with fetch_worker_processes(settings, tmp_path) as start:
+        worker = start("fetch")
+        log = tmp_path / "fetch.log"
+        await wait_logged(log, "waiting_for_init")
+        worker.terminate()
+        assert await asyncio.to_thread(worker.wait, STOP_WAIT_SEC) == 0, log.read_text()[-2000:]
+        assert "stopped_while_waiting" in log.read_text()
+
+
+async def test_a_worker_giving_up_on_a_dependency_says_so_in_one_line(servers: Servers, tmp_path: Path) -> None:
+    settings = make_settings(servers, tmp_path, nats_url=f"nats://{LOOPBACK}:{free_port()}", startup_wait_sec=1.0,
+                             startup_retry_max_sec=0.2)
+    with fetch_worker_processes(settings, tmp_path) as start:
+        worker = start("fetch")
+        assert await asyncio.to_thread(worker.wait, WAIT_SEC) == 1
+    lines = (tmp_path / "fetch.log").read_text().splitlines()
+    assert lines[-1].startswith("clipjet worker fetch: FAILED: nats: unavailable after"), lines[-5:]
+    assert not any(line.startswith("Traceback") for line in lines)  # (the NATS client logs its own, as JSON)

@@ -10,6 +10,7 @@ import uuid
 
 import asyncpg
 
+from shared.breaker import CircuitBreaker
 from shared.db import jobs
 
 from .groupcommit import GroupCommit
@@ -18,12 +19,13 @@ BATCH_MAX = 500  # jobs marked by one statement
 
 
 class PublishedMarks:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, breaker: CircuitBreaker) -> None:
         self._pool = pool
-        self._marks: GroupCommit[uuid.UUID, None] = GroupCommit(self._write, BATCH_MAX)
+        self._marks: GroupCommit[uuid.UUID, None] = GroupCommit(self._write, BATCH_MAX, breaker)
 
     async def mark(self, job_id: uuid.UUID) -> None:
-        """Set the job's published_at; returns once it is written (raises what the write raised)."""
+        """Set the job's published_at; returns once it is written (raises what the write raised: ServiceUnavailable
+        when PostgreSQL failed, the breaker having counted the shared write once; not to be wrapped in it again)."""
         await self._marks.add(job_id)
 
     async def _write(self, job_ids: list[uuid.UUID]) -> list[None]:

@@ -33,7 +33,7 @@ class Gateway:
     signed: SignedUrls  # signed result URLs, each reused SIGNED_URL_REUSE_SEC
     uploads_seen: TtlCache[str, int]  # upload key → its size, for UPLOAD_SEEN_CACHE_SEC after a HEAD found it
     published: PublishedMarks  # published_at of new jobs, written in batches
-    rate_hits: GroupCommit[tuple[str, int], tuple[int, int]]  # (subject, window) → counts, written in batches
+    rate_hits: GroupCommit[tuple[str, int], tuple[int, int]]  # (subject, window) → counts, in batches (guarded by db)
 
     @classmethod
     def for_resources(cls, res: Resources) -> Gateway:
@@ -41,8 +41,9 @@ class Gateway:
         breakers = Breakers(settings.breaker_failures, settings.breaker_open_sec)
         return cls(res, BacklogGauge(res.js, settings), breakers, ScratchGauge(settings),
                    KeyCache(settings.key_cache_sec), SignedUrls(res.storage, settings),
-                   TtlCache(settings.upload_seen_cache_sec, UPLOADS_SEEN_MAX), PublishedMarks(res.db),
-                   GroupCommit(partial(keys.rate_hits, res.db, window_sec=keys.RATE_WINDOW_SEC), RATE_HITS_MAX))
+                   TtlCache(settings.upload_seen_cache_sec, UPLOADS_SEEN_MAX), PublishedMarks(res.db, breakers.db),
+                   GroupCommit(partial(keys.rate_hits, res.db, window_sec=keys.RATE_WINDOW_SEC), RATE_HITS_MAX,
+                               breakers.db))
 
 
 def gateway_of(state: State) -> Gateway:

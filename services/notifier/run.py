@@ -50,11 +50,11 @@ async def run_notifier(res: Resources, stop: asyncio.Event) -> None:
     """Deliver webhooks until `stop` is set; deliveries under way get SHUTDOWN_GRACE_SEC, the rest are handed back."""
     settings = res.settings
     await until_up("nats_jetstream", lambda: bus.require_consumers(res.js, bus.notifier_consumer_configs(settings)),
-                   settings)
+                   settings, stop)
     first = await until_up("nats_jetstream", lambda: res.js.pull_subscribe_bind(
-        durable=bus.NOTIFIER_CONSUMER, stream=bus.events_stream(settings)), settings)
+        durable=bus.NOTIFIER_CONSUMER, stream=bus.events_stream(settings)), settings, stop)
     retries = await until_up("nats_jetstream", lambda: res.js.pull_subscribe_bind(
-        durable=bus.NOTIFIER_RETRY_CONSUMER, stream=bus.webhook_retries_stream(settings)), settings)
+        durable=bus.NOTIFIER_RETRY_CONSUMER, stream=bus.webhook_retries_stream(settings)), settings, stop)
     deps = NotifierDeps(res, Slots(settings.webhook_per_receiver_concurrency, settings.webhook_per_key_concurrency))
     concurrency = settings.webhook_concurrency
     cap = max(1, concurrency - concurrency // 4)
