@@ -211,6 +211,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     log_level: str = "info"
     otel_exporter_otlp_endpoint: str = ""  # OTLP/HTTP collector base URL (traces to <it>/v1/traces); "": tracing off
+    otel_trust_client_context: bool = False  # honour any caller's traceparent; off: only a GATEWAY_TRUSTED_PROXIES
+    # peer's (another caller's context is a span link on a new trace: no one can force sampling or join a trace)
     data_dir: Path = DEFAULT_DATA_DIR  # local stack: servers' data and logs
 
     def __post_init__(self) -> None:
