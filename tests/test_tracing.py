@@ -357,3 +357,25 @@ async def test_oversized_trace_headers_are_ignored_without_warnings(
     assert len(spans.get_finished_spans()) == 4
     assert all(s.parent is None and not s.links for s in spans.get_finished_spans())
     assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] == []
+
+
+def test_the_gateway_process_believes_forwarded_for_only_from_its_trusted_proxies() -> None:
+    """app_from_environment (what uvicorn serves; uvicorn's own proxy handling is off) rewrites the client from
+    X-Forwarded-For only for a peer in GATEWAY_TRUSTED_PROXIES, and marks that peer as trusted."""
+    probe = ("import asyncio\nfrom services.gateway.app import app_from_environment\n"
+             "from services.gateway.proxies import peer_trusted\napp = app_from_environment()\n"
+             "async def main(peer):\n"
+             "    scope = {'type': 'http', 'method': 'GET', 'path': '/livez', 'raw_path': b'/livez', "
+             "'query_string': b'', 'headers': [(b'x-forwarded-for', b'198.51.100.7')], 'client': (peer, 1), "
+             "'server': ('127.0.0.1', 80), 'scheme': 'http', 'http_version': '1.1', 'root_path': '', "
+             "'asgi': {'version': '3.0'}}\n"
+             "    async def receive(): return {'type': 'http.request', 'body': b''}\n"
+             "    async def send(message): pass\n"
+             "    await app(scope, receive, send)\n"
+             "    print(scope['client'][0], peer_trusted(scope))\n"
+             f"asyncio.run(main({PROXY!r}))\nasyncio.run(main({STRANGER!r}))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | {
+        "PYTHONPATH": str(ROOT), "GATEWAY_TRUSTED_PROXIES": f"{PROXY}/32", "LOG_LEVEL": "warning"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, env=env,
+                         timeout=60, check=True).stdout
+    assert out.split() == ["198.51.100.7", "True", STRANGER, "False"]
