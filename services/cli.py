@@ -92,10 +92,9 @@ def _run_gateway(settings: Settings) -> None:
         "services.gateway.app:app_from_environment", factory=True, workers=gateway_processes(settings),
         host=settings.gateway_host, port=settings.gateway_port, http="httptools", loop="uvloop",
         log_level="warning", access_log=False, lifespan="on", log_config=None,  # logs: shared/logs.py
-        # the client address (the anonymous rate limit's subject) comes from X-Forwarded-For only when it is sent
-        # by a proxy named in GATEWAY_TRUSTED_PROXIES; else anyone could pick their own address
-        proxy_headers=bool(settings.gateway_trusted_proxies),
-        forwarded_allow_ips=settings.gateway_trusted_proxies or None,
+        # X-Forwarded-For is believed only from GATEWAY_TRUSTED_PROXIES: services/gateway/proxies.py (in the app, so
+        # it also knows whether the direct peer is trusted, which decides whether a traceparent is honoured)
+        proxy_headers=False,
     )
 
 

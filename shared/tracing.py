@@ -20,7 +20,9 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -37,6 +39,7 @@ _NULL = nullcontext()
 P = ParamSpec("P")
 R = TypeVar("R")
 _tracer = trace.get_tracer(TRACER_NAME)  # a proxy: follows the provider installed later
+_TRACE_CONTEXT = TraceContextTextMapPropagator()  # reads an untrusted caller's traceparent (only that: no baggage)
 _job_id: ContextVar[str | None] = ContextVar("clipjet_trace_job_id", default=None)
 
 
@@ -178,8 +181,14 @@ def start_client_span(name: str, attributes: dict[str, Any]) -> Span | None:
 
 
 def start_server_span(
-    name: str, headers: Mapping[str, str], attributes: dict[str, Any]
+    name: str, headers: Mapping[str, str], attributes: dict[str, Any], trust_caller: bool
 ) -> AbstractContextManager[Span]:
-    """The SERVER span of one HTTP request, the child of the caller's `traceparent` when it sends one."""
-    return _tracer.start_as_current_span(name, context=propagate.extract(headers), kind=SpanKind.SERVER,
-                                         attributes=attributes)
+    """The SERVER span of one HTTP request: the child of the caller's `traceparent` when the caller is trusted;
+    else the root of a new trace (sampled by this side alone) with a link to the caller's span, if it sent one."""
+    if trust_caller:
+        return _tracer.start_as_current_span(name, context=propagate.extract(headers), kind=SpanKind.SERVER,
+                                             attributes=attributes)
+    caller = trace.get_current_span(_TRACE_CONTEXT.extract({"traceparent": headers.get("traceparent", "")}))
+    links = [Link(caller.get_span_context())] if caller.get_span_context().is_valid else []
+    return _tracer.start_as_current_span(name, context=Context(), kind=SpanKind.SERVER, attributes=attributes,
+                                         links=links)

@@ -6,6 +6,7 @@ starts a trace of its own at the stage."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -23,6 +24,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.gateway.app import create_app
+from services.gateway.proxies import behind_proxies
+from services.gateway.tracing import request_spans
 from shared import bus, tracing
 from shared.contracts import ClipJobMessage, UrlSource
 from shared.devstack import free_port
@@ -254,10 +257,10 @@ async def _poll_done(http: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
 def test_tracing_off_installs_nothing() -> None:
     """No endpoint: a gateway process loads no SDK and adds no middleware (the hot path is as without tracing)."""
     probe = ("import sys\nfrom services.gateway.app import app_from_environment\n"
-             "from services.gateway.tracing import request_spans\nfrom shared import tracing\n"
+             "from services.gateway.tracing import span_per_request\nfrom shared import tracing\n"
              "app = app_from_environment().__wrapped__\n"
-             "print(tracing.active(), request_spans in app.middleware, any(m.startswith('opentelemetry.sdk') "
-             "for m in sys.modules))")
+             "spans = any(getattr(m, 'func', m) is span_per_request for m in app.middleware)\n"
+             "print(tracing.active(), spans, any(m.startswith('opentelemetry.sdk') for m in sys.modules))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | {"PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, env=env,
                          timeout=60, check=True).stdout
@@ -286,3 +289,93 @@ async def test_a_publish_carries_the_trace_context_only_when_tracing_is_on(
     sent = next(s for s in memory_provider[1].get_finished_spans() if s.name == f"send {subject}")
     assert context.startswith(f"00-{sent.context.trace_id:032x}-{sent.context.span_id:016x}-")
     assert sent.attributes is not None and sent.attributes[tracing.JOB_ID] == job_id
+
+
+CALLER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN_ID = "00f067aa0ba902b7"
+CALLER_TRACEPARENT = f"00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-01"
+PROXY = "10.9.9.9"  # GATEWAY_TRUSTED_PROXIES in the trust tests
+STRANGER = "203.0.113.5"
+
+
+async def _request_through_spans(trust_client_context: bool, peer: str, headers: list[tuple[bytes, bytes]]) -> dict:
+    """One HTTP request through the gateway's proxy handling and span middleware (as app_from_environment stacks
+    them); the scope the app saw."""
+    seen: dict = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.update(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    stacked = behind_proxies(request_spans(trust_client_context)(app), f"{PROXY}/32")
+    scope = {"type": "http", "method": "GET", "path": "/api/jobs", "headers": headers, "client": (peer, 4000)}
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        pass
+
+    await stacked(scope, receive, send)
+    return seen
+
+
+@pytest.mark.parametrize(("trust_client_context", "peer", "honoured"), [
+    (False, STRANGER, False), (False, PROXY, True), (True, STRANGER, True),
+])
+async def test_a_callers_trace_context_is_honoured_only_when_trusted(
+    spans: InMemorySpanExporter, trust_client_context: bool, peer: str, honoured: bool
+) -> None:
+    """A caller's `traceparent` makes the request span its child only from a trusted proxy or with
+    OTEL_TRUST_CLIENT_CONTEXT; anyone else's is a link of a new trace (no forced sampling, no joined traces)."""
+    headers = [(b"traceparent", CALLER_TRACEPARENT.encode()), (b"x-forwarded-for", b"198.51.100.7")]
+    seen = await _request_through_spans(trust_client_context, peer, headers)
+    (span,) = spans.get_finished_spans()
+    trace_id = f"{span.context.trace_id:032x}"
+    if honoured:
+        assert trace_id == CALLER_TRACE_ID and span.parent is not None
+        assert f"{span.parent.span_id:016x}" == CALLER_SPAN_ID
+    else:
+        assert trace_id != CALLER_TRACE_ID and span.parent is None
+        assert [f"{link.context.span_id:016x}" for link in span.links] == [CALLER_SPAN_ID]
+    # X-Forwarded-For names the client only when a trusted proxy sent it
+    assert seen["client"][0] == ("198.51.100.7" if peer == PROXY else peer)
+
+
+async def test_oversized_trace_headers_are_ignored_without_warnings(
+    spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Over-long traceparent/tracestate/baggage headers are dropped before the propagators see them (which would
+    log a warning per request)."""
+    headers = [(b"traceparent", b"00-" + b"a" * 600), (b"tracestate", b"k=" + b"v" * 600),
+               (b"baggage", b"k=" + b"v" * 9000)]
+    with caplog.at_level(logging.WARNING):
+        for trust in (True, False):
+            await _request_through_spans(trust, PROXY, headers)
+            await _request_through_spans(trust, STRANGER, headers)
+    assert len(spans.get_finished_spans()) == 4
+    assert all(s.parent is None and not s.links for s in spans.get_finished_spans())
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] == []
+
+
+def test_the_gateway_process_believes_forwarded_for_only_from_its_trusted_proxies() -> None:
+    """app_from_environment (what uvicorn serves; uvicorn's own proxy handling is off) rewrites the client from
+    X-Forwarded-For only for a peer in GATEWAY_TRUSTED_PROXIES, and marks that peer as trusted."""
+    probe = ("import asyncio\nfrom services.gateway.app import app_from_environment\n"
+             "from services.gateway.proxies import peer_trusted\napp = app_from_environment()\n"
+             "async def main(peer):\n"
+             "    scope = {'type': 'http', 'method': 'GET', 'path': '/livez', 'raw_path': b'/livez', "
+             "'query_string': b'', 'headers': [(b'x-forwarded-for', b'198.51.100.7')], 'client': (peer, 1), "
+             "'server': ('127.0.0.1', 80), 'scheme': 'http', 'http_version': '1.1', 'root_path': '', "
+             "'asgi': {'version': '3.0'}}\n"
+             "    async def receive(): return {'type': 'http.request', 'body': b''}\n"
+             "    async def send(message): pass\n"
+             "    await app(scope, receive, send)\n"
+             "    print(scope['client'][0], peer_trusted(scope))\n"
+             f"asyncio.run(main({PROXY!r}))\nasyncio.run(main({STRANGER!r}))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | {
+        "PYTHONPATH": str(ROOT), "GATEWAY_TRUSTED_PROXIES": f"{PROXY}/32", "LOG_LEVEL": "warning"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, env=env,
+                         timeout=60, check=True).stdout
+    assert out.split() == ["198.51.100.7", "True", STRANGER, "False"]

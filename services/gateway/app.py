@@ -23,6 +23,7 @@ from .health import DbReadiness, livez, readyz
 from .jobs import JobController
 from .observe import observed
 from .openapi import openapi_config
+from .proxies import behind_proxies
 from .state import Gateway, gateway_of
 from .tracing import request_spans
 from .uploads import UploadController
@@ -57,7 +58,8 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[JobController, JobEventsController, BatchController, UploadController, UsageController,
                         health, livez, readyz, web_router],
         lifespan=[lifespan, job_feed_lifespan],
-        middleware=[*([request_spans] if tracing.active() else []), rate_limit_headers],
+        middleware=[*([request_spans(settings.otel_trust_client_context)] if tracing.active() else []),
+                    rate_limit_headers],
         dependencies={
             "gw": Provide(gateway_of, sync_to_thread=False), "caller": Provide(caller_dependency, sync_to_thread=False),
         },
@@ -80,4 +82,4 @@ def app_from_environment() -> ASGIApp:
     settings = load_settings()
     configure_logging(settings.log_level)
     tracing.start(settings, "gateway")  # in each gateway process: the exporter's thread does not survive a fork
-    return observed(create_app(settings))
+    return behind_proxies(observed(create_app(settings)), settings.gateway_trusted_proxies)

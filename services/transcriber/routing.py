@@ -33,7 +33,8 @@ def hosted_for(settings: Settings) -> HostedAsr | None:
     if not settings.asr_hosted_url:
         return None
     key = (settings.asr_hosted_url, settings.asr_hosted_key, settings.asr_hosted_model,
-           settings.asr_hosted_audio_format, settings.asr_hosted_max_upload_mb, settings.asr_hosted_timeout_sec)
+           settings.asr_hosted_audio_format, settings.asr_hosted_max_upload_mb, settings.asr_hosted_timeout_sec,
+           settings.asr_hosted_max_reply_mb)
     if key not in _hosted:
         _hosted[key] = HostedAsr(settings)
     return _hosted[key]

@@ -6,13 +6,16 @@ The form asks for `verbose_json` with word and segment timestamps; words come ba
 word's probability is its segment's exp(avg_logprob) (1.0 where the server gives none).
 
 The URL is an operator setting, so it is NOT put through the SSRF guard (shared/netguard.py): an in-cluster
-server on a private address is allowed. Errors: no answer, 429 or 5xx → HostedAsrUnavailable; another 4xx or
-an answer that is not a transcription → HostedAsrRefused (both with stable codes).
+server on a private address is allowed (a key sent over http:// to any other host is warned about at start).
+Errors: no answer, 429 or 5xx → HostedAsrUnavailable; another 4xx, an answer over ASR_HOSTED_MAX_REPLY_MB or one
+that is not a transcription → HostedAsrRefused (both with stable codes; the job's error names the HTTP status
+only, the provider's text is logged).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import math
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -34,6 +37,8 @@ log = get_logger("asr")
 HOSTED = "hosted"
 TRANSCRIPTIONS_PATH = "/audio/transcriptions"
 MIB = 1024 * 1024
+ERROR_BODY_BYTES = 2048  # of an error answer, read (for the log) at most this much
+LOCAL_NAME_SUFFIXES = (".local", ".internal", ".svc", ".localhost", ".lan", ".home.arpa")  # names not on the internet
 OPUS_BITRATE = "32k"
 UPLOAD_FORMATS = {  # name → (ffmpeg output args, file name, content type)
     "flac": (["-c:a", "flac", "-sample_fmt", "s16", "-f", "flac"], "clip.flac", "audio/flac"),
@@ -109,6 +114,42 @@ def words_of(answer: _HostedAnswer, audio_sec: float) -> list[Word]:
     return sorted(words, key=lambda w: w.start)
 
 
+async def read_capped(reply: httpx.Response, cap: int) -> bytes | None:
+    """The reply's body, or None once it is over `cap` bytes (a misbehaving server cannot fill the memory);
+    an error body is cut at `cap` instead (it is only logged)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in reply.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            return b"".join(chunks)[:cap] if reply.status_code != 200 else None
+    return b"".join(chunks)
+
+
+def key_sent_in_clear(settings: Settings) -> bool:
+    """Whether the bearer key would cross a network in cleartext: an http:// ASR_HOSTED_URL to a host that is
+    neither loopback nor private (an IP outside those ranges, or a DNS name that is not cluster- or site-local)."""
+    parts = urlsplit(settings.asr_hosted_url)
+    if not settings.asr_hosted_key or parts.scheme != "http":
+        return False
+    host = (parts.hostname or "").rstrip(".").lower()
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return "." in host and host != "localhost" and not host.endswith(LOCAL_NAME_SUFFIXES)
+    return ip.is_global
+
+
+def warn_if_key_in_clear(settings: Settings) -> None:
+    """At the transcriber's start: a warning when `key_sent_in_clear`."""
+    if key_sent_in_clear(settings):
+        host = urlsplit(settings.asr_hosted_url).hostname
+        log.warning("asr_hosted_key_cleartext", host=host,
+                    message=f"ASR_HOSTED_URL is http:// to {host}, which is not a loopback or private address: the "
+                    "ASR_HOSTED_KEY is sent in cleartext. Use https://.")
+
+
 @dataclass
 class HostedAsr:
     """The client of one hosted API (settings ASR_HOSTED_*)."""
@@ -142,17 +183,25 @@ class HostedAsr:
             form["language"] = language
         headers = {"Authorization": f"Bearer {self.settings.asr_hosted_key}"} if self.settings.asr_hosted_key else {}
         try:
-            async with httpx.AsyncClient(timeout=self.settings.asr_hosted_timeout_sec, trust_env=False) as client:
-                reply = await client.post(self.url, data=form, files={"file": (name, body, content_type)},
-                                          headers=headers)
+            async with httpx.AsyncClient(timeout=self.settings.asr_hosted_timeout_sec, trust_env=False) as client, \
+                    client.stream("POST", self.url, data=form, files={"file": (name, body, content_type)},
+                                  headers=headers) as reply:
+                status = reply.status_code
+                cap = int(self.settings.asr_hosted_max_reply_mb * MIB) if status == 200 else ERROR_BODY_BYTES
+                content = await read_capped(reply, cap)
         except httpx.HTTPError as exc:
             raise HostedAsrUnavailable(f"the hosted speech API did not answer: {type(exc).__name__}: {exc}") from exc
-        if reply.status_code == 429 or reply.status_code >= 500:
-            raise HostedAsrUnavailable(f"the hosted speech API answered {reply.status_code}: {reply.text[:200]}")
-        if reply.status_code != 200:
-            raise HostedAsrRefused(f"the hosted speech API refused the clip ({reply.status_code}): {reply.text[:200]}")
+        if status != 200:
+            # the provider's words go to the log only: a job's error (shown to its submitter) names the status
+            log.warning("asr_hosted_error", status=status, body=(content or b"").decode(errors="replace")[:500])
+            if status == 429 or status >= 500:
+                raise HostedAsrUnavailable(f"the hosted speech API answered {status}")
+            raise HostedAsrRefused(f"the hosted speech API refused the clip ({status})")
+        if content is None:
+            raise HostedAsrRefused(f"the hosted speech API's answer is over ASR_HOSTED_MAX_REPLY_MB "
+                                   f"{self.settings.asr_hosted_max_reply_mb}")
         try:
-            answer = msgspec.json.decode(reply.content, type=_HostedAnswer)
+            answer = msgspec.json.decode(content, type=_HostedAnswer)
         except msgspec.DecodeError as exc:
             raise HostedAsrRefused(f"the hosted speech API's answer is no verbose_json transcription: {exc}") from exc
         detected = language_code(answer.language) or language or ""

@@ -46,4 +46,8 @@ def engine_for(settings: Settings) -> Any:
 @asynccontextmanager
 async def open_asr(res: Resources) -> AsyncIterator[Any]:
     """StageSpec.open_local of the transcriber: the model is in memory before the first message is pulled."""
+    if res.settings.asr_hosted_url:
+        from shared.asr.hosted import warn_if_key_in_clear
+
+        warn_if_key_in_clear(res.settings)
     yield await asyncio.to_thread(engine_for, res.settings)
