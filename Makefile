@@ -18,8 +18,8 @@ bootstrap:  ## install what is missing (Debian packages, .venv, pip install -e '
 run: bootstrap  ## NATS, S3, PostgreSQL and every service on loopback, clip a sample, serve until Ctrl-C
 	$(VENV)/bin/clipjet stack --demo
 
-test: bootstrap  ## the test suite (real servers on loopback)
-	$(PY) -m pytest -q
+test: bootstrap  ## the test suite (real servers on loopback; the minutes-long cluster scenario is `make chaos`'s)
+	$(PY) -m pytest -q -m "not long" --durations=15
 
 chaos: bootstrap  ## only the chaos tests (kills, restarts, 503s on the tests' own servers), figures printed
 	CLIPJET_CHAOS_REPORT=$${CLIPJET_CHAOS_REPORT:-chaos-figures.jsonl} $(PY) -m pytest -q -s -p no:logging -m chaos

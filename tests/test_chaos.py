@@ -367,6 +367,7 @@ async def replica_current(js: Any, stream: str, server: str) -> bool:
 CLUSTER_TEST_TIMEOUT_SEC = 600  # the fault-free baseline (when this test is the module's first) and the load, loaded
 
 
+@pytest.mark.long
 @pytest.mark.timeout(CLUSTER_TEST_TIMEOUT_SEC)
 async def test_nats_cluster_stream_leader_sigkill_mid_load(
     servers: Servers, baseline: Outcome, sample_video: Path, tmp_path: Path
