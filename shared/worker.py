@@ -38,7 +38,7 @@ from shared.progress import Progress, heartbeat_loop
 from shared.resources import Resources
 from shared.retry import backoff
 from shared.scratch import ScratchGate
-from shared.startup import until_up
+from shared.startup import StopRequested, until_up
 
 log = get_logger("worker")
 T = TypeVar("T", ClipJobMessage, StageMessage)
@@ -238,7 +238,10 @@ class Worker(Generic[T]):
         async with AsyncExitStack() as stack:
             if self.spec.open_local is not None:
                 self._local = await stack.enter_async_context(self.spec.open_local(self.res))
-            await self._run()
+            try:
+                await self._run()
+            except StopRequested:  # asked to stop before it was bound to its consumers: nothing was taken
+                log.info("worker_stopped_before_start", stage=self.spec.name)
 
     async def _run(self) -> None:
         settings = self.res.settings
