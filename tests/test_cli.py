@@ -37,6 +37,12 @@ FRAME_SEC = 1 / 30  # the test videos' frame duration
 MIB = 1024 * 1024
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """A suite started in the background (`make test &`, nohup) ignores SIGINT, and an ignored signal stays
+    ignored across exec, so Ctrl-C would never reach the command: give it the default a terminal gives."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class Run:
     code: int
@@ -57,7 +63,7 @@ class Cli:
                    "CLIPJET_API_KEY": self.key if key is None else key, **env}
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "services", *args, cwd=self.cwd, env=environ,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=_sigint_as_in_a_terminal,
         )
 
     async def __call__(self, *args: str, key: str | None = None, timeout: float = COMMAND_TIMEOUT_SEC,
