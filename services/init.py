@@ -16,6 +16,7 @@ STARTUP_WAIT_SEC); one that stays unreachable, or refuses what init asks, ends i
 from __future__ import annotations
 
 import asyncpg
+from botocore.exceptions import ClientError
 
 from shared import bus
 from shared.db.grants import grant_app_role
@@ -65,8 +66,15 @@ async def init_storage(settings: Settings) -> list[str]:
         created = await until_up("s3", storage.ensure_bucket, settings)
         lines = [f"bucket {settings.s3_bucket}: {bus.CREATED if created else bus.KEPT}"]
         if origins := cors_origins(settings.s3_cors_origins):
-            await storage.allow_browser_origins(origins, CORS_MAX_AGE_SEC)
-            lines.append(f"bucket CORS: {', '.join(origins)}")
+            try:
+                await storage.allow_browser_origins(origins, CORS_MAX_AGE_SEC)
+            except ClientError as exc:  # a store or a token without PutBucketCors: the rest works, the page's
+                code = exc.response.get("Error", {}).get("Code", "")  # uploads need the rule set by hand
+                log.warning("bucket_cors_refused", origins=origins, code=code)
+                lines.append(f"bucket CORS: refused by object storage ({code}); allow {', '.join(origins)} "
+                             "in the store's console (STORAGE.md)")
+            else:
+                lines.append(f"bucket CORS: {', '.join(origins)}")
         return lines
 
 

@@ -15,6 +15,8 @@ from shared.pipeline import installed_stages
 
 DEFAULT_DATA_DIR = Path(".data")
 ASR_ENGINES = ("faster-whisper", "whisper.cpp")
+S3_ADDRESSING_STYLES = ("path", "virtual", "auto")  # botocore's s3.addressing_style
+S3_CHECKSUM_MODES = ("when_required", "when_supported")  # botocore's request/response checksum modes
 
 
 def _default_encoders() -> int:
@@ -37,7 +39,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_app_role: str = ""  # role `clipjet init` grants the services' rights (DML, no DDL) on DB_SCHEMA; "": none
     s3_endpoint_url: str = "http://127.0.0.1:8333"  # S3-compatible endpoint
     s3_public_endpoint_url: str = ""  # endpoint used in signed URLs handed to clients (default: s3_endpoint_url)
-    s3_region: str = "us-east-1"
+    s3_region: str = "us-east-1"  # the bucket's region; "auto" for Cloudflare R2 (see STORAGE.md)
+    s3_addressing_style: str = "path"  # path (endpoint/bucket/key), virtual (bucket.endpoint/key) or auto
+    s3_checksum: str = "when_required"  # flexible checksums: when_required (only where an S3 call needs one) or
+    # when_supported (botocore's default: CRC32 on every PUT and part; some S3-compatible stores refuse it)
     s3_access_key: str = "clipjet"
     s3_secret_key: str = "clipjet-secret-key"
     s3_bucket: str = "clipjet"
@@ -227,6 +232,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"ASR_HOSTED_URL {self.asr_hosted_url!r}: an http:// or https:// URL")
         if self.asr_hosted_audio_format not in ("flac", "opus"):
             raise ValueError(f"ASR_HOSTED_AUDIO_FORMAT {self.asr_hosted_audio_format!r}: flac or opus")
+        if self.s3_addressing_style not in S3_ADDRESSING_STYLES:
+            raise ValueError(f"S3_ADDRESSING_STYLE {self.s3_addressing_style!r}: use one of "
+                             f"{', '.join(S3_ADDRESSING_STYLES)}")
+        if self.s3_checksum not in S3_CHECKSUM_MODES:
+            raise ValueError(f"S3_CHECKSUM {self.s3_checksum!r}: use one of {', '.join(S3_CHECKSUM_MODES)}")
+        if not self.s3_region.strip():
+            raise ValueError("S3_REGION is empty: name the bucket's region (\"auto\" for Cloudflare R2)")
 
     @property
     def public_s3_endpoint(self) -> str:

@@ -340,15 +340,24 @@ def _is_throttle(status: int, parsed: Any) -> bool:
     return str(error.get("Code", "")) in THROTTLE_CODES or meta.get("HTTPStatusCode") in THROTTLE_STATUSES
 
 
+def s3_config(settings: Settings) -> Config:
+    """The one botocore configuration every clipjet S3 client is made with (see STORAGE.md for each store):
+    SigV4, S3_ADDRESSING_STYLE, S3_CHECKSUM for both request checksums and response validation (botocore 1.36+
+    defaults to when_supported: a CRC32 on every PutObject and UploadPart, in an aws-chunked trailer over HTTPS,
+    which stores with partial checksum support, such as Cloudflare R2, refuse)."""
+    return Config(
+        signature_version="s3v4", s3={"addressing_style": settings.s3_addressing_style},
+        request_checksum_calculation=settings.s3_checksum, response_checksum_validation=settings.s3_checksum,
+        max_pool_connections=max(10, settings.s3_multipart_concurrency * 2),
+        retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
+    )
+
+
 @asynccontextmanager
 async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
     """One S3 client for the process (plus a signer on the public endpoint when that differs)."""
     session = aioboto3.Session()
-    config = Config(
-        signature_version="s3v4", s3={"addressing_style": "path"},
-        max_pool_connections=max(10, settings.s3_multipart_concurrency * 2),
-        retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
-    )
+    config = s3_config(settings)
     common = {
         "region_name": settings.s3_region,
         "aws_access_key_id": settings.s3_access_key,

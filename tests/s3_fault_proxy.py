@@ -1,8 +1,10 @@
-"""A fault-injecting HTTP/1.1 reverse proxy in front of the real S3 server: some requests get `503 SlowDown`.
+"""A fault-injecting HTTP/1.1 reverse proxy in front of the real S3 server: some requests get `503 SlowDown`,
+or the error another store answers them with.
 
 Clients talk to the proxy's address and sign for it (SigV4 signs the Host header): the proxy forwards each request
 byte for byte, Host included, so the signature the server checks is the one the client made. Requests chosen by
-`should_fail` are answered by the proxy itself with S3's SlowDown error and never reach the server.
+`should_fail` are answered by the proxy itself with S3's SlowDown error and never reach the server; requests
+`refuse` answers with an `S3Error` (e.g. tests/r2_rules.py: what Cloudflare R2 refuses) get that error instead.
 """
 
 from __future__ import annotations
@@ -14,10 +16,6 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 HEAD_END = b"\r\n\r\n"
-SLOWDOWN_BODY = (
-    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
-    b"<Message>Please reduce your request rate.</Message></Error>"
-)
 NO_BODY_STATUSES = frozenset({204, 304})
 COPY_CHUNK = 64 * 1024
 THREAD_START_TIMEOUT_SEC = 10.0
@@ -29,10 +27,30 @@ class Request:
 
     method: str
     target: str  # path and query
+    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
 
     @property
     def is_part_upload(self) -> bool:
         return self.method == "PUT" and "partNumber=" in self.target and "uploadId=" in self.target
+
+
+@dataclass(frozen=True)
+class S3Error:
+    """An S3 error answer: HTTP status, S3 error code, message."""
+
+    status: int
+    code: str
+    message: str
+
+    def response(self, *, close: bool) -> bytes:
+        body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{self.code}</Code>'
+                f"<Message>{self.message}</Message></Error>").encode()
+        head = (f"HTTP/1.1 {self.status} {self.code}\r\nContent-Type: application/xml\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: {'close' if close else 'keep-alive'}\r\n\r\n")
+        return head.encode() + body
+
+
+SLOWDOWN = S3Error(503, "SlowDown", "Please reduce your request rate.")
 
 
 @dataclass
@@ -41,8 +59,10 @@ class FaultProxy:
 
     upstream_port: int
     should_fail: Callable[[Request], bool] = lambda request: False
+    refuse: Callable[[Request], S3Error | None] = lambda request: None
     seen: list[Request] = field(default_factory=list)
     failed: list[Request] = field(default_factory=list)
+    refused: list[tuple[Request, S3Error]] = field(default_factory=list)
     _server: asyncio.Server | None = None
 
     @property
@@ -93,14 +113,19 @@ class FaultProxy:
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
                 method, target, headers = _parse_head(head)
-                request = Request(method, target)
+                request = Request(method, target, headers)
                 self.seen.append(request)
                 expect = headers.get("expect", "").lower() == "100-continue"
+                refusal: S3Error | None = None
                 if self.should_fail(request):
                     self.failed.append(request)
+                    refusal = SLOWDOWN
+                elif (refusal := self.refuse(request)) is not None:
+                    self.refused.append((request, refusal))
+                if refusal is not None:
                     if not expect:
                         await _skip_body(reader, headers)
-                    writer.write(_slowdown(close=expect))
+                    writer.write(refusal.response(close=expect))
                     await writer.drain()
                     if expect:  # the client never sent the body: this connection cannot carry on
                         return
@@ -188,9 +213,3 @@ async def _relay_body(
     await writer.drain()
 
 
-def _slowdown(*, close: bool) -> bytes:
-    head = (
-        "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
-        f"Content-Length: {len(SLOWDOWN_BODY)}\r\nConnection: {'close' if close else 'keep-alive'}\r\n\r\n"
-    )
-    return head.encode() + SLOWDOWN_BODY
