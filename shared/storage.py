@@ -32,6 +32,7 @@ CORS_MAX_AGE_SEC = 3600  # browsers cache the bucket's answer to a CORS prefligh
 def cors_origins(setting: str) -> list[str]:
     """The origins S3_CORS_ORIGINS names (comma-separated, no trailing slash)."""
     return [origin.strip().rstrip("/") for origin in setting.split(",") if origin.strip()]
+CHECKSUM_REFUSAL_CODES = frozenset({"NotImplemented", "InvalidRequest", "InvalidArgument", "BadDigest"})
 NO_UPLOAD_CODES = frozenset({"404", "NoSuchUpload", "NoSuchKey"})
 PART_TRIES = 5  # tries of one multipart part after botocore's own retries gave up on a throttle
 PART_RETRY_BASE_SEC = 0.2  # first backoff ceiling between two tries of a part, s (full jitter, doubles)
@@ -81,6 +82,7 @@ class Storage:
         self._presigner = presigner
         self.bucket = settings.s3_bucket
         self._part_size = settings.s3_multipart_part_mb * MIB
+        self._checksum = settings.s3_checksum
         # parts in flight over all of this process's multipart uploads: lowered on 503 SlowDown, raised after successes
         self.part_limit = AdaptiveLimit(settings.s3_multipart_concurrency)
         client.meta.events.register("needs-retry.s3.UploadPart", self._watch_part_attempt)
@@ -145,7 +147,7 @@ class Storage:
             else:
                 await self._multipart_put(key, path, size, extra)
         except ClientError as exc:
-            raise StorageError(f"storage PUT failed for {key}: {exc}") from exc
+            raise StorageError(f"storage PUT failed for {key}: {exc}{self._checksum_hint(exc)}") from exc
         return size
 
     async def _multipart_put(self, key: str, path: Path, size: int, extra: dict[str, Any]) -> None:
@@ -179,6 +181,12 @@ class Storage:
         except BaseException:
             await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             raise
+
+    def _checksum_hint(self, exc: ClientError) -> str:
+        """What to change when a store refuses botocore's default flexible checksums (see STORAGE.md)."""
+        if self._checksum == "when_supported" and _error_code(exc) in CHECKSUM_REFUSAL_CODES:
+            return "; this store may not take botocore's default checksums: set S3_CHECKSUM=when_required"
+        return ""
 
     async def copy(self, source_key: str, key: str, content_type: str) -> None:
         """Server-side copy (no bytes pass through this process), keeping the sha256 metadata."""

@@ -42,12 +42,14 @@ class S3Error:
     code: str
     message: str
 
-    def response(self, *, close: bool) -> bytes:
+    def response(self, *, close: bool, head: bool = False) -> bytes:
+        """The answer's bytes; `head`: to a HEAD request (the headers only)."""
         body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{self.code}</Code>'
                 f"<Message>{self.message}</Message></Error>").encode()
-        head = (f"HTTP/1.1 {self.status} {self.code}\r\nContent-Type: application/xml\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: {'close' if close else 'keep-alive'}\r\n\r\n")
-        return head.encode() + body
+        status_line = f"HTTP/1.1 {self.status} {self.code}\r\n"
+        headers = (f"Content-Type: application/xml\r\nContent-Length: {len(body)}\r\n"
+                   f"Connection: {'close' if close else 'keep-alive'}\r\n\r\n")
+        return (status_line + headers).encode() + (b"" if head else body)
 
 
 SLOWDOWN = S3Error(503, "SlowDown", "Please reduce your request rate.")
@@ -125,7 +127,7 @@ class FaultProxy:
                 if refusal is not None:
                     if not expect:
                         await _skip_body(reader, headers)
-                    writer.write(refusal.response(close=expect))
+                    writer.write(refusal.response(close=expect, head=method == "HEAD"))
                     await writer.drain()
                     if expect:  # the client never sent the body: this connection cannot carry on
                         return

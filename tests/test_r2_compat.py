@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import httpx
 import msgspec
 import pytest
+from botocore.exceptions import ClientError
 from litestar.testing import AsyncTestClient
 
 from services.init import init_storage
@@ -89,7 +90,7 @@ async def test_a_job_from_a_multipart_upload_to_the_reaper_on_an_r2_like_store(
     response = await client.post("/api/jobs", json={
         "source": {"type": "upload", "key": slot["key"]}, "startSec": 3, "endSec": 7})
     job = await wait_for_job(client, response.json()["id"])
-    assert job["status"] == "done", job
+    assert job["status"] == "done", (job.get("errorCode"), job.get("errorMessage"))
     async with httpx.AsyncClient() as http:  # the signed result URL, through the R2-like endpoint
         clip = await http.get(job["urls"]["video"])
     assert clip.status_code == 200
@@ -126,7 +127,7 @@ async def test_botocore_default_checksums_are_what_r2_refuses(
     """botocore's own default (when_supported) puts a CRC32 on every PutObject: R2 keeps CRC32 only per part."""
     small = tmp_path / "small.bin"
     small.write_bytes(b"clip bytes")
-    with pytest.raises(StorageError, match="NotImplemented"):
+    with pytest.raises(StorageError, match=r"NotImplemented.*set S3_CHECKSUM=when_required"):
         await resources.storage.put_file("staging/r2/small.bin", small, "application/octet-stream", {})
     (request, error), = r2_proxy.refused
     assert error.code == "NotImplemented" and "x-amz-checksum-crc32" in request.headers
@@ -165,3 +166,26 @@ async def test_addressing_style_and_region_shape_signed_urls() -> None:
 def test_storage_settings_refuse_unknown_values(name: str, value: str) -> None:
     with pytest.raises(ValueError, match=name.upper()):
         load_settings({name.upper(): value})
+
+
+@pytest.mark.parametrize("extra", [{"ACL": "private"}, {"Tagging": "team=a"}, {"ExpectedBucketOwner": "123456789012"},
+                                   {"ChecksumAlgorithm": "SHA256"}])
+async def test_the_r2_like_store_refuses_what_r2_refuses(
+    resources: Resources, r2_proxy: FaultProxy, extra: dict[str, str]
+) -> None:
+    """The proxy is not a bystander: what R2 does not implement is refused with its error (and never reaches
+    SeaweedFS), so the run above, with nothing refused, shows that clipjet sends none of it."""
+    client, bucket = resources.storage.client, resources.storage.bucket
+    with pytest.raises(ClientError, match="NotImplemented"):
+        await client.put_object(Bucket=bucket, Key="r2/refused", Body=b"x", **extra)
+    assert await resources.storage.head("r2/refused") is None
+    await client.put_object(Bucket=bucket, Key="r2/taken", Body=b"x")
+    with pytest.raises(ClientError, match="NotImplemented"):
+        await client.put_object_tagging(Bucket=bucket, Key="r2/taken", Tagging={"TagSet": []})
+    assert len(r2_proxy.refused) == 2
+
+
+async def test_the_r2_like_store_takes_only_region_auto(settings: Settings, r2_proxy: FaultProxy) -> None:
+    async with open_storage(msgspec.structs.replace(settings, s3_region="eu-west-1")) as storage:
+        with pytest.raises(ClientError, match="InvalidRegionName"):
+            await storage.list_keys("")
