@@ -17,6 +17,7 @@ DEFAULT_DATA_DIR = Path(".data")
 ASR_ENGINES = ("faster-whisper", "whisper.cpp")
 S3_ADDRESSING_STYLES = ("path", "virtual", "auto")  # botocore's s3.addressing_style
 S3_CHECKSUM_MODES = ("when_required", "when_supported")  # botocore's request/response checksum modes
+S3_COPY_CONDITIONS = ("standard", "cloudflare", "off")  # how a server-side copy says "only if the key is free"
 
 
 def _default_encoders() -> int:
@@ -43,6 +44,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     s3_addressing_style: str = "path"  # path (endpoint/bucket/key), virtual (bucket.endpoint/key) or auto
     s3_checksum: str = "when_required"  # flexible checksums: when_required (only where an S3 call needs one) or
     # when_supported (botocore's default: CRC32 on every PUT and part; some S3-compatible stores refuse it)
+    s3_copy_if_none_match: str = "standard"  # a copy's write-once condition: standard (If-None-Match: *), cloudflare
+    # (R2's cf-copy-destination-if-none-match: *) or off (not sent: a copy of the same checked bytes may be rewritten)
     s3_access_key: str = "clipjet"
     s3_secret_key: str = "clipjet-secret-key"
     s3_bucket: str = "clipjet"
@@ -237,6 +240,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                              f"{', '.join(S3_ADDRESSING_STYLES)}")
         if self.s3_checksum not in S3_CHECKSUM_MODES:
             raise ValueError(f"S3_CHECKSUM {self.s3_checksum!r}: use one of {', '.join(S3_CHECKSUM_MODES)}")
+        if self.s3_copy_if_none_match not in S3_COPY_CONDITIONS:
+            raise ValueError(f"S3_COPY_IF_NONE_MATCH {self.s3_copy_if_none_match!r}: use one of "
+                             f"{', '.join(S3_COPY_CONDITIONS)}")
         if not self.s3_region.strip():
             raise ValueError("S3_REGION is empty: name the bucket's region (\"auto\" for Cloudflare R2)")
 

@@ -361,6 +361,33 @@ def s3_config(settings: Settings) -> Config:
     )
 
 
+CLOUDFLARE_COPY_CONDITION = "cf-copy-destination-if-none-match"  # R2's header for a copy's destination condition
+
+
+def copy_condition_hook(mode: str) -> Any:
+    """A botocore before-sign handler for CopyObject carrying S3_COPY_IF_NONE_MATCH out: `If-None-Match` (a copy's
+    destination condition, as AWS S3 takes it) kept, renamed to R2's header, or dropped; None for standard."""
+    if mode == "standard":
+        return None
+
+    def rewrite(request: Any, **_: Any) -> None:
+        value = request.headers.get("If-None-Match")
+        if value is None:
+            return
+        del request.headers["If-None-Match"]
+        if mode == "cloudflare":
+            request.headers[CLOUDFLARE_COPY_CONDITION] = value
+
+    return rewrite
+
+
+def _prepare(client: Any, settings: Settings) -> None:
+    """What every S3 client of the process gets: its copy-condition rewrite and tracing."""
+    if hook := copy_condition_hook(settings.s3_copy_if_none_match):
+        client.meta.events.register("before-sign.s3.CopyObject", hook)
+    trace_calls(client)
+
+
 @asynccontextmanager
 async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
     """One S3 client for the process (plus a signer on the public endpoint when that differs)."""
@@ -376,7 +403,7 @@ async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
         client = await stack.enter_async_context(
             session.client("s3", endpoint_url=settings.s3_endpoint_url, **common)
         )
-        trace_calls(client)
+        _prepare(client, settings)
         presigner = client
         if settings.public_s3_endpoint != settings.s3_endpoint_url:
             presigner = await stack.enter_async_context(

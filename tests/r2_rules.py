@@ -6,8 +6,11 @@ From R2's "S3 API compatibility" page (developers.cloudflare.com/r2/api/s3/api/)
 region and `us-east-1` alias to it); no ACLs (x-amz-acl, x-amz-grant-*), no object tagging, no object lock, no
 x-amz-expected-bucket-owner, no bucket policy, versioning, website or replication sub-resources; of the flexible
 checksums only CRC64NVME exists for a whole object (CRC32, CRC32C, SHA-1 and SHA-256 only per part, composite),
-so a PutObject that carries one of those four, as a header or as an aws-chunked trailer, is refused. STORAGE.md
-lists what this cannot show without an R2 account.
+so a PutObject that carries one of those four, as a header or as an aws-chunked trailer, is refused. R2's
+"Conditional operations" page (developers.cloudflare.com/r2/api/s3/conditional-operations/) takes If-None-Match on
+PutObject and CompleteMultipartUpload, but a CopyObject's destination condition only as
+cf-copy-destination-if-none-match: a CopyObject with If-None-Match is refused here (what R2 does with it is not
+documented; it does not make the copy write-once). STORAGE.md lists what this cannot show without an R2 account.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ def r2_refusal(request: Request) -> S3Error | None:
     query = parse_qs(urlsplit(request.target).query, keep_blank_values=True)
     if refused := REFUSED_SUBRESOURCES & set(query):
         return S3Error(501, "NotImplemented", f"Sub-resource '{sorted(refused)[0]}' not implemented")
+    if _is_copy_object(request, query) and "if-none-match" in request.headers:
+        return S3Error(501, "NotImplemented", "If-None-Match on CopyObject: R2 takes a copy's destination condition "
+                                              "as cf-copy-destination-if-none-match")
     if _is_put_object(request, query) and (algorithm := _whole_object_checksum(request)):
         return S3Error(501, "NotImplemented", f"Checksum algorithm '{algorithm}' is only implemented as a "
                                               "composite (per part) checksum, not for a whole object")
@@ -58,6 +64,10 @@ def _signed_region(request: Request) -> str | None:
 
 def _is_put_object(request: Request, query: dict[str, list[str]]) -> bool:
     return request.method == "PUT" and "partNumber" not in query and "x-amz-copy-source" not in request.headers
+
+
+def _is_copy_object(request: Request, query: dict[str, list[str]]) -> bool:
+    return request.method == "PUT" and "partNumber" not in query and "x-amz-copy-source" in request.headers
 
 
 def _whole_object_checksum(request: Request) -> str | None:

@@ -25,6 +25,7 @@ from shared.media.testpattern import make_test_pattern
 from shared.resources import Resources
 from shared.settings import Settings, load_settings
 from shared.storage import open_storage, result_key
+from shared.upload_store import copy_pinned
 from tests.conftest import Servers, Workers, make_settings, wait_for_job
 from tests.r2_rules import r2_refusal
 from tests.s3_fault_proxy import FaultProxy, Request, S3Error
@@ -47,8 +48,9 @@ def r2_proxy(servers: Servers) -> Iterator[FaultProxy]:
 def settings(servers: Servers, tmp_path: Path, r2_proxy: FaultProxy, request: pytest.FixtureRequest) -> Settings:
     """This test's settings (conftest's), on the R2-like proxy with R2's region and checksum mode."""
     marker = request.node.get_closest_marker("settings")
-    return make_settings(servers, tmp_path, s3_endpoint_url=r2_proxy.url, s3_region="auto",
-                         **(marker.kwargs if marker else {}))
+    return make_settings(servers, tmp_path, **{
+        "s3_endpoint_url": r2_proxy.url, "s3_region": "auto", "s3_copy_if_none_match": "cloudflare",
+        **(marker.kwargs if marker else {})})
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +117,9 @@ async def test_a_job_from_a_multipart_upload_to_the_reaper_on_an_r2_like_store(
     assert _regions(seen) == {"auto"}
     assert any(r.is_part_upload and "X-Amz-Signature=" in r.target for r in seen)  # the client's signed parts
     assert any(r.is_part_upload and "authorization" in r.headers for r in seen)  # the stage's own parts
-    assert any(r.method == "PUT" and "x-amz-copy-source" in r.headers for r in seen)  # the fetcher's pinned copy
+    pinned = [r for r in seen if r.method == "PUT" and "/sources/" in r.target]  # the fetcher's pinned copy
+    assert pinned and all(r.headers.get("cf-copy-destination-if-none-match") == "*" for r in pinned)
+    assert any(r.method == "PUT" and "/results/" in r.target and "x-amz-copy-source" in r.headers for r in seen)
     assert any(r.method == "DELETE" for r in seen)  # the reaper
     assert not any(name.startswith("x-amz-checksum-") for r in seen for name in r.headers)
 
@@ -131,6 +135,28 @@ async def test_botocore_default_checksums_are_what_r2_refuses(
         await resources.storage.put_file("staging/r2/small.bin", small, "application/octet-stream", {})
     (request, error), = r2_proxy.refused
     assert error.code == "NotImplemented" and "x-amz-checksum-crc32" in request.headers
+
+
+@pytest.mark.parametrize(("mode", "sent"), [("cloudflare", {"cf-copy-destination-if-none-match": "*"}),
+                                            ("off", {}), ("standard", None)])
+async def test_a_copy_says_write_once_the_way_the_store_takes_it(
+    resources: Resources, settings: Settings, r2_proxy: FaultProxy, mode: str, sent: dict[str, str] | None
+) -> None:
+    """S3_COPY_IF_NONE_MATCH: R2 takes a copy's destination condition only as its own header (the standard
+    If-None-Match on CopyObject is refused by the R2-like proxy: `sent` None)."""
+    await resources.storage.client.put_object(Bucket=settings.s3_bucket, Key="uploads/a/talk.mp4", Body=b"bytes")
+    etag = (await resources.storage.head("uploads/a/talk.mp4")).etag
+    async with open_storage(msgspec.structs.replace(settings, s3_copy_if_none_match=mode)) as storage:
+        copying = copy_pinned(storage, "uploads/a/talk.mp4", "sources/a/copy", etag, 5, "video/mp4")
+        if sent is None:
+            with pytest.raises(StorageError, match="NotImplemented"):
+                await copying
+            return
+        await copying
+    copy, = (r for r in r2_proxy.seen if "x-amz-copy-source" in r.headers)
+    conditions = {name: value for name, value in copy.headers.items() if "if-none-match" in name}
+    assert conditions == sent and copy.headers["x-amz-copy-source-if-match"] == f'"{etag}"'
+    assert await resources.storage.head("sources/a/copy") is not None
 
 
 async def test_init_carries_on_when_the_store_refuses_bucket_cors(
@@ -162,7 +188,7 @@ async def test_addressing_style_and_region_shape_signed_urls() -> None:
 
 
 @pytest.mark.parametrize(("name", "value"), [("s3_addressing_style", "vhost"), ("s3_checksum", "always"),
-                                             ("s3_region", " ")])
+                                             ("s3_copy_if_none_match", "yes"), ("s3_region", " ")])
 def test_storage_settings_refuse_unknown_values(name: str, value: str) -> None:
     with pytest.raises(ValueError, match=name.upper()):
         load_settings({name.upper(): value})
