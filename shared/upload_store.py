@@ -75,7 +75,9 @@ async def copy_pinned(storage: Storage, source: str, key: str, etag: str, size: 
             raise _changed(source) from exc
         if _code(exc) in {"404", "NoSuchKey", "NotFound"}:
             raise Permanent(f"no upload at key {source!r}; upload the file first", code="upload_not_found") from exc
-        raise StorageError(f"copying the upload {source!r} failed: {_code(exc)}") from exc
+        hint = "; if the store does not take If-None-Match on CopyObject, set S3_COPY_IF_NONE_MATCH (STORAGE.md)" \
+            if _code(exc) == "NotImplemented" else ""
+        raise StorageError(f"copying the upload {source!r} failed: {_code(exc)}{hint}") from exc
 
 
 async def _copy_parts(client: Any, bucket: str, key: str, upload_id: str, pin: dict[str, Any], size: int,
