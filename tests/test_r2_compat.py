@@ -125,6 +125,24 @@ async def test_a_job_from_a_multipart_upload_to_the_reaper_on_an_r2_like_store(
     assert not any(name.startswith("x-amz-checksum-") for r in seen for name in r.headers)
 
 
+async def test_a_single_put_upload_slot_is_written_once_on_an_r2_like_store(
+    client: AsyncTestClient[Any], r2_proxy: FaultProxy, sample_video: Path
+) -> None:
+    """A single-PUT slot's signed URL covers If-None-Match: * (R2 takes it on PutObject): the second PUT is 412."""
+    data = sample_video.read_bytes()
+    slot = (await client.post("/api/uploads", json={
+        "filename": "talk.mp4", "contentType": "video/mp4", "sizeBytes": len(data)})).json()
+    async with httpx.AsyncClient() as s3:
+        first = await s3.put(slot["url"], content=data, headers=slot["headers"])
+        again = await s3.put(slot["url"], content=data, headers=slot["headers"])
+    assert (first.status_code, again.status_code) == (200, 412)
+    puts = [r for r in r2_proxy.seen if r.method == "PUT" and "X-Amz-Signature=" in r.target]
+    assert len(puts) == 2 and all(r.headers.get("if-none-match") == "*" for r in puts)
+    signed = parse_qs(urlsplit(slot["url"]).query)["X-Amz-SignedHeaders"][0].split(";")
+    assert "if-none-match" in signed  # a client cannot drop it
+    assert r2_proxy.refused == [] and _regions(puts) == {"auto"}
+
+
 @pytest.mark.settings(s3_checksum="when_supported")
 async def test_botocore_default_checksums_are_what_r2_refuses(
     resources: Resources, settings: Settings, r2_proxy: FaultProxy, tmp_path: Path
