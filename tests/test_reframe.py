@@ -25,13 +25,14 @@ from shared.fingerprint import request_fingerprint
 from shared.ids import uuid7
 from shared.jobrules import refusal_for_decode_error
 from shared.media.burnin import subtitles_filter
-from shared.media.encode import encode_clip
-from shared.media.hwenc import SOFTWARE
+from shared.media.encode import encode_args, encode_clip
+from shared.media.hwenc import CANDIDATES, SOFTWARE, VideoEncoder
 from shared.media.reframe import reframe_filters
 from shared.resources import Resources
 from shared.settings import load_settings
 from tests.conftest import Workers, wait_for_job
 from tests.speech import SPEECH_SENTENCES, SpeechVideo, make_speech_video
+from tests.test_cli import Cli, cli, gateway  # noqa: F401 (fixtures: `clipjet` against a gateway process)
 from tests.test_clip_pipeline import download, upload
 
 FFMPEG_TIMEOUT_SEC = 120
@@ -179,6 +180,20 @@ async def test_burned_subtitles_are_laid_out_on_the_new_frame(folder: Path, tmp_
     assert columns[0] > 2 and columns[-1] < width - 3, (columns[0], columns[-1])  # whole, inside the frame
 
 
+@pytest.mark.parametrize("encoder", CANDIDATES, ids=lambda e: e.name)
+def test_every_encoder_gets_the_reframed_frames_from_the_cpu_filters(encoder: VideoEncoder, tmp_path: Path) -> None:
+    """The reframe and the subtitles are CPU filters: a hardware encoder's upload (hwupload) comes after them,
+    its device set-up before the input, as for any re-encode."""
+    subs = subtitles_filter(tmp_path / "subs.srt", load_settings({}), 9 / 16)
+    filters = [*reframe_filters(Reframe(aspect="9:16", mode="pad")), subs]
+    args = encode_args("in.mp4", tmp_path / "out.mp4", seek_sec=1.0, duration_sec=2.0, encoder=encoder, threads=2,
+                       streams=[StreamFacts(index=0, kind="video", codec="h264")], extra_filters=filters)
+    assert args[: len(encoder.input_args)] == list(encoder.input_args)
+    graph = args[args.index("-vf") + 1]
+    assert graph == ",".join([*filters, *encoder.upload_filters])
+    assert args[args.index("-c:v") + 1] == encoder.name
+
+
 @pytest.mark.parametrize(("reframe", "field"), [
     ({"aspect": "16:9"}, "reframe.aspect"),
     ({"aspect": "9:16", "mode": "zoom"}, "reframe.mode"),
@@ -261,6 +276,20 @@ async def test_a_batch_reframes_each_clip_with_its_own_or_the_batchs_option(
         assert (job["status"], job["result"]["cutPath"]) == ("done", "reencode"), job
         sizes.append(_size(await download(job["urls"]["video"], tmp_path / f"clip{index}.mp4")))
     assert sizes == [(360, 450), (360, 360)]
+
+
+async def test_the_cli_asks_for_a_reframe(cli: Cli, workers: Workers, sample_video: Path) -> None:  # noqa: F811
+    workers.start()
+    run = await cli("clip", str(sample_video), "--start", "1", "--end", "2", "--reframe", "9:16", "--focus-x", "1",
+                    "-o", "short.mp4", "--json")
+    assert run.code == 0, run.stderr
+    view = json.loads(run.stdout)
+    assert view["request"]["reframe"] == {"aspect": "9:16", "focusX": 1.0}
+    assert view["result"]["cutPath"] == "reencode"
+    assert _size(cli.cwd / "short.mp4") == (202, 360)
+    refused = await cli("clip", str(sample_video), "--start", "1", "--end", "2", "--reframe", "9:16",
+                        "--focus-x", "1.5")
+    assert refused.code == 2 and "from 0 to 1" in refused.stderr, refused.stderr
 
 
 @pytest.fixture(scope="module")
