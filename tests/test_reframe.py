@@ -79,6 +79,13 @@ def _red_blue(folder: Path, size: str = "640x360") -> Path:
                          f"color=c=red:size={half}:rate=10[l];color=c=blue:size={half}:rate=10[r];[l][r]hstack")
 
 
+def _rotated(source: Path, out: Path) -> Path:
+    """`source` copied with a 90° display rotation (as phones store portrait video)."""
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(source), "-c", "copy", "-metadata:s:v:0", "rotate=90",
+                    str(out)], check=True, capture_output=True, timeout=FFMPEG_TIMEOUT_SEC)
+    return out
+
+
 def _size(path: Path) -> tuple[int, int]:
     info = json.loads(subprocess.run(
         ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height", "-of", "json",
@@ -122,6 +129,14 @@ async def test_the_output_has_the_aspect_and_even_sides(
     assert _size(out) == size
     num, den = (int(v) for v in aspect.split(":"))
     assert size[0] / size[1] == pytest.approx(num / den, abs=0.01)
+
+
+async def test_a_rotated_picture_is_framed_as_it_is_shown(folder: Path, tmp_path: Path) -> None:
+    """A phone video: 640x360 stored, rotated 90° for display (360x640): already 9:16, nothing is cropped."""
+    rotated = _rotated(_pattern(folder, "640x360"), tmp_path / "rotated.mp4")
+    crop = await _encode(rotated, tmp_path / "crop.mp4", reframe_filters(Reframe(aspect="9:16")))
+    square = await _encode(rotated, tmp_path / "square.mp4", reframe_filters(Reframe(aspect="1:1", mode="pad")))
+    assert (_size(crop), _size(square)) == ((360, 640), (360, 360))
 
 
 @pytest.mark.parametrize(("focus_x", "left", "right"), [
