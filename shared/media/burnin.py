@@ -1,10 +1,10 @@
 """The `subtitles=` video filter that draws a clip's SRT into the picture during its (one) re-encode.
 
-The encoder appends `burn_in_filter_for(...)` (or `subtitles_filter(...)`) to its video filters, after a
-reframe's. Font: DejaVu Sans from Debian `fonts-dejavu-core` (scripts/bootstrap.sh installs it), looked up in
-SUBS_FONTS_DIR first. libass lays SRT subtitles out on a 288-line script canvas (PlayResY) scaled to the
-picture's height, so sizes given in that canvas's units are fractions of the height: the same style is readable
-at 360p and at 1080p.
+The encoder appends `burn_in_filter_for(...)` (or `subtitles_filter(...)`) to its video filters. Font:
+DejaVu Sans from Debian `fonts-dejavu-core` (scripts/bootstrap.sh installs it), looked up in SUBS_FONTS_DIR
+first. libass lays SRT subtitles out on a 288-line script canvas (PlayResY) scaled to the picture's height,
+so sizes given in that canvas's units are fractions of the height: the same style is readable at 360p and at
+1080p.
 """
 
 from __future__ import annotations
