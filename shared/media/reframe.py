@@ -21,6 +21,7 @@ from shared.contracts import Aspect, Reframe
 
 ASPECTS: dict[Aspect, Fraction] = {"9:16": Fraction(9, 16), "1:1": Fraction(1, 1), "4:5": Fraction(4, 5)}
 PAD_COLOR = "black"
+ESCAPED_COMMA = "\\,"  # a comma inside an option's value, as the filtergraph parser takes it
 
 
 def aspect_ratio(reframe: Reframe) -> Fraction:
@@ -38,7 +39,7 @@ def _even_near(expr: str) -> str:
 
 def _escaped(*options: tuple[str, str]) -> str:
     """`name=value:…` with the commas inside expressions escaped for the filtergraph parser."""
-    return ":".join(f"{name}={value.replace(',', chr(92) + ',')}" for name, value in options)
+    return ":".join(f"{name}={value.replace(',', ESCAPED_COMMA)}" for name, value in options)
 
 
 def crop_filters(aspect: Fraction, focus_x: float) -> list[str]:
