@@ -91,6 +91,22 @@ class Subtitles(WireStruct):
     lang: str = "auto"
 
 
+Aspect = Literal["9:16", "1:1", "4:5"]
+ReframeMode = Literal["crop", "pad"]
+
+
+class Reframe(WireStruct):
+    """Reframe the clip for shorts (re-encoded, in the same pass as any burn-in; subtitles placed for the new
+    frame). `crop`: the largest window of `aspect` in the picture, at full resolution (1920x1080 to 9:16:
+    608x1080), centred on `focusX` (0: left edge, 1: right edge; kept inside the picture; a picture taller than
+    `aspect` is cropped top and bottom equally). `pad`: the whole picture scaled to fit a frame whose shorter
+    side is the picture's shorter side (1920x1080 to 9:16: 1080x1920), with black bars."""
+
+    aspect: Aspect
+    mode: ReframeMode = "crop"
+    focus_x: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
+
+
 class UploadSource(WireStruct, tag="upload", tag_field="type"):
     """A file the client put into object storage through an upload slot (`POST /api/uploads`): `key` is the
     slot's key, under `uploads/` (no other object may be named)."""
@@ -123,6 +139,7 @@ class ClipSpec(WireStruct, kw_only=True):
     subs: Subtitles = msgspec.field(default_factory=Subtitles)
     priority: Priority = "normal"
     precision: Precision = "auto"
+    reframe: Reframe | None = None  # None: the source's frame
     metadata: Metadata | None = None  # at most MAX_METADATA_BYTES encoded: shared/jobrules.py, on every way in
     webhook: WebhookUrl | None = None  # checked at submit (services/gateway/webhook.py) and at each delivery
 
@@ -258,20 +275,21 @@ class JobRequest(ClipSpec, kw_only=True):
 
 
 class BatchClip(WireStruct):
-    """One clip of a batch: its range, and optionally its own precision, subtitles and metadata (else the
-    batch's)."""
+    """One clip of a batch: its range, and optionally its own precision, subtitles, reframe and metadata (else
+    the batch's)."""
 
     start_sec: Seconds | Timecode
     end_sec: EndSeconds | Timecode
     precision: Precision | None = None
     subs: Subtitles | None = None
+    reframe: Reframe | None = None
     metadata: Metadata | None = None
 
 
 class BatchRequest(WireStruct):
     """`POST /api/jobs` body with `clips` instead of startSec/endSec: one job per clip, one batch, the source
-    fetched and staged once for them all. Top-level subs, precision and metadata apply to clips without their
-    own."""
+    fetched and staged once for them all. Top-level subs, precision, reframe and metadata apply to clips without
+    their own."""
 
     source: Source
     clips: Annotated[list[BatchClip], msgspec.Meta(min_length=1, description=(
@@ -279,6 +297,7 @@ class BatchRequest(WireStruct):
     subs: Subtitles = msgspec.field(default_factory=Subtitles)
     priority: Priority = "normal"
     precision: Precision = "auto"
+    reframe: Reframe | None = None
     metadata: Metadata | None = None
     webhook: WebhookUrl | None = None  # every job of the batch POSTs its end there (else the key's default)
 
@@ -294,6 +313,7 @@ class JobSubmission(WireStruct):
     subs: Subtitles = msgspec.field(default_factory=Subtitles)
     priority: Priority = "normal"
     precision: Precision = "auto"
+    reframe: Reframe | None = None
     metadata: Metadata | None = None
     webhook: WebhookUrl | None = None
 

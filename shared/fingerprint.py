@@ -18,5 +18,7 @@ def request_fingerprint(job: ClipJobMessage, source_identity: str) -> str:
     fields = msgspec.to_builtins(job)
     for ignored in ("id", "priority", "source", "metadata", "webhook"):
         fields.pop(ignored, None)
+    if job.reframe is not None:  # every option spelled out: `focusX: 0.5` and no focusX are the same request
+        fields["reframe"] = msgspec.structs.asdict(job.reframe)
     canonical = _encoder.encode({"v": PIPELINE_VERSION, "source": source_identity, "request": fields})
     return hashlib.sha256(canonical).hexdigest()

@@ -27,6 +27,8 @@ _SOURCE_TYPE_FIELD = "source.type"
 # A bound (msgspec.Meta) broken by a field: the code the gateway always gave for it.
 _BOUND_CODES = {"startSec": "start_negative", "endSec": "end_before_start"}
 _BOUND_MARKS = (">", "<")  # msgspec's bound messages: "Expected `float` >= 0.0"
+_REFRAME_FIELD = re.compile(r"(?:^|\.)reframe(?:\.|$)")  # `reframe`, `reframe.aspect`, `clips[0].reframe.mode`
+REFRAME_HINT = "reframe takes aspect 9:16, 1:1 or 4:5, mode crop or pad, and focusX from 0 to 1"
 MAX_KEPT_REQUEST_BYTES = 64 * 1024  # a refused message over this size is not kept in its job row, bytes
 _NUL_ESCAPE = b"\\u0000"  # PostgreSQL's jsonb cannot hold NUL characters
 _encoder = msgspec.json.Encoder()
@@ -87,6 +89,8 @@ def refusal_for_field(field: str | None, message: str) -> BadRequest:
                           code="unknown_source_type", field=field)
     if field in _BOUND_CODES and any(mark in message for mark in _BOUND_MARKS):
         return BadRequest(f"{field}: {message}", code=_BOUND_CODES[field], field=field)
+    if field is not None and _REFRAME_FIELD.search(field):
+        return BadRequest(f"{field}: {message}; {REFRAME_HINT}", code="invalid_reframe", field=field)
     return BadRequest(f"{message} (at {field})" if field else message, code="invalid_field", field=field)
 
 

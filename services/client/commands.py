@@ -46,6 +46,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     clip.add_argument("--subs", action="store_true", help="subtitles by Whisper, saved as .srt and .vtt next to it")
     clip.add_argument("--burn", action="store_true", help="burn the subtitles into the picture (implies --subs)")
     clip.add_argument("--lang", help="the speech's language code, e.g. en (implies --subs; default: detected)")
+    clip.add_argument("--reframe", choices=("9:16", "1:1", "4:5"),
+                      help="a new frame for shorts: cropped to this aspect (or --pad), in the same encode")
+    clip.add_argument("--pad", action="store_true", help="with --reframe: fit the whole picture, with black bars")
+    clip.add_argument("--focus-x", type=_fraction, help="with --reframe crop: where the window's centre lies across "
+                                                        "the picture, 0 (left) to 1 (right); default 0.5")
     clip.add_argument("--priority", choices=PRIORITIES, default="normal")
     clip.add_argument("-o", "--output", type=Path, help="where to save the clip (default: <source>_<start>-<end>.mp4)")
     clip.add_argument("--json", action="store_true", help="print the job's final view as JSON, nothing else on stdout")
@@ -91,6 +96,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from exc
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value}: at least 1")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{value:g}: from 0 to 1")
     return value
 
 
@@ -145,6 +160,9 @@ def _job_body(args: argparse.Namespace, source: dict[str, str]) -> dict[str, Any
                             "precision": args.precision, "priority": args.priority}
     if args.subs or args.burn or args.lang:
         body["subs"] = {"enabled": True, "burnIn": args.burn, **({"lang": args.lang} if args.lang else {})}
+    if args.reframe:
+        body["reframe"] = {"aspect": args.reframe, "mode": "pad" if args.pad else "crop",
+                           **({"focusX": args.focus_x} if args.focus_x is not None else {})}
     return body
 
 

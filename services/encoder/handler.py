@@ -1,8 +1,9 @@
 """Encoder: cut [startSec, endSec] frame-accurately out of the staged media into an H.264 MP4 (+faststart).
 
 The video is re-encoded (hardware H.264 when the node has a working one, else libx264) unless it is already
-an MP4 codec and the cut starts on a keyframe, where a copy is exact; audio is copied when MP4 takes it,
-else encoded to AAC. At most MAX_PARALLEL_ENCODERS_PER_NODE encodes run at once on a node.
+an MP4 codec and the cut starts on a keyframe, where a copy is exact (never for a reframe or a burn-in: their
+filters run in this one pass, the reframe's first); audio is copied when MP4 takes it, else encoded to AAC.
+At most MAX_PARALLEL_ENCODERS_PER_NODE encodes run at once on a node.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from shared.media.hwenc import VideoEncoder, detect_video_encoder
 from shared.media.inputs import staged_demuxer
 from shared.media.keyframes import frame_shown_at
 from shared.media.probe import KEYFRAME_EPSILON_SEC
+from shared.media.reframe import reframe_filters
 from shared.media.slots import encode_slot, threads_per_encode
 from shared.metrics import encode_running, record_video_encoder
 from shared.pipeline import ENCODE
@@ -76,7 +78,8 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
     if plan is None or source is None:
         raise Permanent("the encode stage needs the fetcher's plan and staged source", code="invalid_message")
     settings, storage = deps.res.settings, deps.res.storage
-    copy_video = not task.job.subs.burn_in and video_copy_is_exact(task, plan, settings.max_keyframe_leadin_sec)
+    redraws = task.job.subs.burn_in or task.job.reframe is not None  # every frame is drawn anew
+    copy_video = not redraws and video_copy_is_exact(task, plan, settings.max_keyframe_leadin_sec)
     start = plan.cut_start_sec if copy_video else task.job.start_sec
     key = f"{staging_prefix(task.job.id)}{CLIP_NAME}"
     existing = await stored_clip(storage, key)
@@ -90,6 +93,7 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
     # a re-encode starts with the frame on screen at startSec (as the trimmer's cuts), sought by its own time
     first = start if copy_video else origin + await frame_shown_at(media, start - origin, fmt)
     burn_in = await burn_in_filter_for(task, storage, deps.scratch, settings)  # input -ss: frames start at 0
+    filters = [*reframe_filters(task.job.reframe), *([burn_in] if burn_in else [])]  # cues laid out on the new frame
     encoder = None if copy_video else deps.local
     path = deps.scratch / CLIP_NAME
     slots = settings.max_parallel_encoders_per_node
@@ -98,7 +102,7 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
             await encode_clip(
                 media, path, seek_sec=first - origin, duration_sec=task.job.end_sec - first,
                 streams=plan.streams, encoder=encoder, threads=threads_per_encode(slots),
-                extra_filters=[burn_in] if burn_in else [],
+                extra_filters=filters,
                 on_progress=lambda p: deps.progress.set(ENCODE_SHARE * p), fmt=fmt,
             )
     clip, duration = await store_clip(storage, key, path, covers_sec=task.job.end_sec - first,

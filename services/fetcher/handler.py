@@ -141,10 +141,12 @@ def _slow_source_fails(user_url: bool) -> Iterator[None]:
 
 
 def _decided_by_request(job: ClipJobMessage, deps: StageDeps) -> CutDecision | None:
-    """The cut path when the request alone decides it (subtitles burned in, forced re-encodes); else None:
-    the frame layout decides."""
+    """The cut path when the request alone decides it (subtitles burned in, a reframe, forced re-encodes); else
+    None: the frame layout decides."""
     if job.subs.burn_in:  # drawing subtitles into the picture re-encodes every frame anyway
         return CutDecision("reencode", "subtitles_burn_in")
+    if job.reframe is not None:  # so does a new frame (crop or pad), in the same pass as any burn-in
+        return CutDecision("reencode", "reframe")
     if deps.res.settings.force_cut_path == "reencode":  # benchmarks: every job through the encoder
         return CutDecision("reencode", "forced")
     return None

@@ -56,7 +56,7 @@ from .webhook import job_webhook
 
 _encoder = msgspec.json.Encoder()
 STATUSES: tuple[JobStatus, ...] = ("queued", "processing", "done", "failed", "expired", "canceled")
-_CLIP_FIELDS = ("startSec", "endSec", "metadata", "precision", "subs")  # a clip's own fields, in refusals
+_CLIP_FIELDS = ("startSec", "endSec", "metadata", "precision", "subs", "reframe")  # a clip's own fields, in refusals
 
 
 async def strict_submission(request: Request[Any, Any, Any]) -> None:
@@ -73,6 +73,7 @@ def clip_request(data: BatchRequest, clip: BatchClip) -> JobRequest:
         source=data.source, start_sec=clip.start_sec, end_sec=clip.end_sec, priority=data.priority,
         subs=clip.subs if clip.subs is not None else data.subs,
         precision=clip.precision if clip.precision is not None else data.precision,
+        reframe=clip.reframe if clip.reframe is not None else data.reframe,
         metadata=clip.metadata if clip.metadata is not None else data.metadata, webhook=data.webhook,
     )
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from shared.contracts import StageMessage
 from shared.errors import Permanent
+from shared.media.reframe import aspect_ratio
 from shared.settings import Settings
 from shared.storage import Storage
 
@@ -26,9 +27,14 @@ def _escape(value: str) -> str:
     return _GRAPH_SPECIALS.sub(r"\\\1", _OPTION_SPECIALS.sub(r"\\\1", value))
 
 
-def burn_in_style(settings: Settings) -> str:
-    """The ASS `force_style` for burned-in subtitles: font, size and bottom margin relative to the height."""
-    size = max(1, round(settings.subs_font_height_ratio * ASS_PLAY_RES_Y))
+def burn_in_style(settings: Settings, aspect: float | None = None) -> str:
+    """The ASS `force_style` for burned-in subtitles: font, size and bottom margin relative to the height.
+
+    `aspect`: the picture's width over height when the encoder knows it (a reframed clip): the font size is then
+    relative to the picture's shorter side, so a cue fits across a 9:16 frame as it does across a 16:9 one
+    (libass sizes fonts by the height; a landscape picture is unchanged)."""
+    shorter_side = min(1.0, aspect) if aspect else 1.0  # as a fraction of the height
+    size = max(1, round(settings.subs_font_height_ratio * shorter_side * ASS_PLAY_RES_Y))
     margin = max(0, round(settings.subs_margin_height_ratio * ASS_PLAY_RES_Y))
     parts = [f"FontName={settings.subs_font}", f"FontSize={size}", f"MarginV={margin}", "Alignment=2"]
     if settings.subs_style:
@@ -36,12 +42,13 @@ def burn_in_style(settings: Settings) -> str:
     return ",".join(parts)
 
 
-def subtitles_filter(srt: Path, settings: Settings) -> str:
-    """`subtitles=filename=…:fontsdir=…:force_style=…`, escaped for use inside a `-vf`/`-filter_complex` chain."""
+def subtitles_filter(srt: Path, settings: Settings, aspect: float | None = None) -> str:
+    """`subtitles=filename=…:fontsdir=…:force_style=…`, escaped for use inside a `-vf`/`-filter_complex` chain
+    (`aspect`: the picture's width over height, when known; see burn_in_style)."""
     options = [("filename", str(srt)), ("charenc", "UTF-8")]
     if settings.subs_fonts_dir.is_dir():
         options.append(("fontsdir", str(settings.subs_fonts_dir)))
-    options.append(("force_style", burn_in_style(settings)))
+    options.append(("force_style", burn_in_style(settings, aspect)))
     return "subtitles=" + ":".join(f"{name}={_escape(value)}" for name, value in options)
 
 
@@ -51,7 +58,8 @@ async def burn_in_filter_for(task: StageMessage, storage: Storage, scratch: Path
 asked, or a clip without speech).
 
     The SRT's times count from the clip's first frame (startSec): put the filter where the frames' timestamps
-    start at 0 (input `-ss`, or after `setpts=PTS-STARTPTS`), in the same chain as the cut's other filters.
+    start at 0 (input `-ss`, or after `setpts=PTS-STARTPTS`), in the same chain as the cut's other filters,
+    after a reframe's (`shared.media.reframe`): the cues are laid out on the new frame, sized for its aspect.
     """
     if not task.job.subs.burn_in:
         return None
@@ -63,4 +71,5 @@ asked, or a clip without speech).
         return None
     path = scratch / "burn-in.srt"
     await storage.download(srt.key, path)
-    return subtitles_filter(path, settings) if path.read_text(encoding="utf-8").strip() else None
+    aspect = float(aspect_ratio(task.job.reframe)) if task.job.reframe is not None else None
+    return subtitles_filter(path, settings, aspect) if path.read_text(encoding="utf-8").strip() else None
