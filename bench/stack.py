@@ -40,8 +40,9 @@ def bench_stack(data_dir: Path, *, reaper: bool = False, **overrides: object) ->
         settings = load_settings(
             {}, nats_url=servers[0].url, s3_endpoint_url=servers[1].url, s3_access_key=S3_KEY,
             s3_secret_key=S3_SECRET, database_url=postgres.url, db_schema=f"bench_{tag}", s3_bucket=f"bench-{tag}",
-            scratch_dir=str(data_dir / "scratch"), gateway_port=free_port(), log_level="warning",
-            **({"auth": "off"} | overrides),  # the pipeline's figures; the gateway's own (auth on) are measured apart
+            scratch_dir=str(data_dir / "scratch"), gateway_port=free_port(),
+            # the pipeline's figures; the gateway's own (auth on) are measured apart
+            **({"auth": "off", "log_level": "warning"} | overrides),
         )
         base_url = f"http://127.0.0.1:{settings.gateway_port}"
         init_in_child(settings)

@@ -14,10 +14,12 @@ import yaml
 from services.k8s_keda import jetstream_trigger, scaled_object
 from services.k8s_network import network_policies
 from services.k8s_pod import (
+    LABEL,
     LOG_HEADROOM_MIB,
     METRICS_PORT,
     SCRAPE_ANNOTATIONS,
     TMP_SIZE_MIB,
+    app_name,
     disruption_budget,
     harden,
     metrics_port,
@@ -42,12 +44,11 @@ GRACE_MARGIN_SEC = 10  # termination grace beyond SHUTDOWN_GRACE_SEC: hand back 
 SCRATCH_MOUNT = "/scratch"  # SCRATCH_DIR inside the pods (an emptyDir a little over NVME_SCRATCH_GB GiB)
 SCRATCH_HEADROOM_PCT = 10  # the emptyDir's sizeLimit is the quota plus this much, % (the kubelet evicts past it)
 MIB_PER_GIB = 1024
-GATEWAY = "clipjet-gateway"
+GATEWAY = app_name("gateway")
 NATS_CLUSTER_NODES = 3  # the NATS Helm chart's cluster (k8s/README.md): every stream replicated on each node
 GATEWAY_REPLICAS = 2  # fixed (not KEDA-managed): the gateway's work is requests, not a queue
 REAPER_REPLICAS = 1  # safe with more: every step runs under an advisory lock
 NOTIFIER_MAX_REPLICAS = 5  # webhook deliveries wait on receivers, not CPU: few replicas go a long way
-LABEL = "app.kubernetes.io/name"
 # Rollouts. A KEDA-managed Deployment (up to MAX_REPLICAS) replaces pods one at a time without a surge pod, so a
 # rollout at full scale opens no connection beyond the table's; a fixed one (gateway, reaper) surges by one pod, to
 # keep its capacity, and db_connections() counts that pod.
@@ -143,8 +144,7 @@ def _gateway(settings: Settings) -> list[dict[str, Any]]:
     container["ports"] = [{"name": "http", "containerPort": settings.gateway_port, "protocol": "TCP"},
                           *container["ports"]]
     container |= probes("http")  # /livez and /readyz on the API port; readiness outlasts a database blip
-    pod = {"terminationGracePeriodSeconds": int(settings.shutdown_grace_sec) + GRACE_MARGIN_SEC,
-           "containers": [container]}
+    pod = {"terminationGracePeriodSeconds": _grace(settings), "containers": [container]}
     service = {
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": GATEWAY},
         "spec": {"selector": {LABEL: GATEWAY}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
@@ -187,7 +187,7 @@ def _grace(settings: Settings) -> int:
 
 
 def _worker(stage: str, settings: Settings) -> list[dict[str, Any]]:
-    name = f"clipjet-{stage}"
+    name = app_name(stage)
     resources = _with_storage(WORKER_RESOURCES.get(stage, DEFAULT_WORKER_RESOURCES), settings, scratch=True)
     container = _ops_container(stage, ["worker", stage], resources, worker_db_pool_max(settings))
     container["volumeMounts"] = [{"name": "scratch", "mountPath": SCRATCH_MOUNT}]
@@ -203,24 +203,27 @@ def _worker(stage: str, settings: Settings) -> list[dict[str, Any]]:
             disruption_budget(name, LABEL)]
 
 
+def _small_pod(settings: Settings, role: str, db_pool_max: int) -> dict[str, Any]:
+    """The pod of the reaper or the notifier: one container running `clipjet ROLE` with the default worker
+    resources and no scratch, probed on its ops port."""
+    resources = _with_storage(DEFAULT_WORKER_RESOURCES, settings, scratch=False)
+    return {"terminationGracePeriodSeconds": _grace(settings),
+            "containers": [_ops_container(role, [role], resources, db_pool_max)]}
+
+
 def _notifier(settings: Settings) -> list[dict[str, Any]]:
     """The webhook notifier: scaled on its consumer of the end events' stream (services/notifier)."""
-    name = "clipjet-notifier"
-    resources = _with_storage(DEFAULT_WORKER_RESOURCES, settings, scratch=False)
-    pod = {"terminationGracePeriodSeconds": _grace(settings),
-           "containers": [_ops_container("notifier", ["notifier"], resources, NOTIFIER_DB_POOL_MAX)]}
+    name = app_name("notifier")
     trigger = jetstream_trigger("notifier", events_stream(settings), NOTIFIER_CONSUMER)
-    return [_deployment(name, None, pod),
+    return [_deployment(name, None, _small_pod(settings, "notifier", NOTIFIER_DB_POOL_MAX)),
             scaled_object(name, MIN_REPLICAS, NOTIFIER_MAX_REPLICAS, MIN_REPLICAS, [trigger]),
             disruption_budget(name, LABEL)]
 
 
 def _reaper(settings: Settings) -> list[dict[str, Any]]:
-    name = "clipjet-reaper"
-    resources = _with_storage(DEFAULT_WORKER_RESOURCES, settings, scratch=False)
-    pod = {"terminationGracePeriodSeconds": _grace(settings),
-           "containers": [_ops_container("reaper", ["reaper"], resources, REAPER_DB_POOL_MAX)]}
-    return [_deployment(name, REAPER_REPLICAS, pod), disruption_budget(name, LABEL)]
+    name = app_name("reaper")
+    return [_deployment(name, REAPER_REPLICAS, _small_pod(settings, "reaper", REAPER_DB_POOL_MAX)),
+            disruption_budget(name, LABEL)]
 
 
 def _init_job(settings: Settings) -> list[dict[str, Any]]:

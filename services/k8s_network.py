@@ -17,18 +17,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.k8s_pod import METRICS_PORT
+from services.k8s_pod import LABEL, METRICS_PORT, app_name
 
-LABEL = "app.kubernetes.io/name"
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"  # set by Kubernetes on every namespace
 FETCH_STAGE = "fetch"  # the one stage that downloads user URLs
-PUBLIC_EGRESS_APPS = (f"clipjet-{FETCH_STAGE}", "clipjet-notifier")  # reach user URLs: sources, webhooks
+PUBLIC_EGRESS_APPS = (app_name(FETCH_STAGE), app_name("notifier"))  # reach user URLs: sources, webhooks
 # (namespace, TCP port) of each cluster service clipjet uses; the ConfigMap names nats.nats.svc and s3.storage.svc
 NATS = ("nats", 4222)
 S3 = ("storage", 8333)
 POSTGRES = ("postgres", 5432)  # DATABASE_URL is in the Secret: patch the namespace to where PostgreSQL runs
 MONITORING_NAMESPACE = "monitoring"  # Prometheus's namespace (kube-prometheus-stack's usual one): patch per install
-GATEWAY_APP = "clipjet-gateway"
+GATEWAY_APP = app_name("gateway")
 DNS_NAMESPACE = "kube-system"
 DNS_POD = {"k8s-app": "kube-dns"}  # CoreDNS keeps this label
 DNS_PORT = 53
@@ -57,10 +56,13 @@ def internet_egress() -> dict[str, Any]:
                    {"ipBlock": {"cidr": "::/0", "except": PRIVATE_V6}}]}
 
 
-def _policy(app: str, egress: list[dict[str, Any]]) -> dict[str, Any]:
+def _policy(app: str, direction: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `direction` ("Egress" or "Ingress") policy of `app`'s pods: only `rules` are allowed."""
     return {
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": f"{app}-egress"},
-        "spec": {"podSelector": {"matchLabels": {LABEL: app}}, "policyTypes": ["Egress"], "egress": egress},
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": f"{app}-{direction.lower()}"},
+        "spec": {"podSelector": {"matchLabels": {LABEL: app}}, "policyTypes": [direction],
+                 direction.lower(): rules},
     }
 
 
@@ -70,22 +72,16 @@ def ops_ingress() -> dict[str, Any]:
             "ports": [{"protocol": "TCP", "port": METRICS_PORT}]}
 
 
-def _ingress_policy(app: str, ingress: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": f"{app}-ingress"},
-        "spec": {"podSelector": {"matchLabels": {LABEL: app}}, "policyTypes": ["Ingress"], "ingress": ingress},
-    }
-
-
 def network_policies(stages: list[str], jobs: tuple[str, ...] = (), gateway_port: int = 8080) -> list[dict[str, Any]]:
     """One egress and one ingress policy per Deployment (the gateway, the reaper, the notifier and each stage's
     workers) and per Job named in `jobs` (their pods' app label; a Job takes no traffic)."""
-    deployments = [GATEWAY_APP, "clipjet-reaper", "clipjet-notifier", *(f"clipjet-{stage}" for stage in stages)]
+    deployments = [GATEWAY_APP, app_name("reaper"), app_name("notifier"), *(app_name(stage) for stage in stages)]
     egress = [
-        _policy(app, [*cluster_egress(), internet_egress()] if app in PUBLIC_EGRESS_APPS else cluster_egress())
+        _policy(app, "Egress",
+                [*cluster_egress(), internet_egress()] if app in PUBLIC_EGRESS_APPS else cluster_egress())
         for app in [*deployments, *jobs]
     ]
     api = {"ports": [{"protocol": "TCP", "port": gateway_port}]}  # clients, from anywhere
-    ingress = [_ingress_policy(app, [api, ops_ingress()] if app == GATEWAY_APP else [ops_ingress()])
+    ingress = [_policy(app, "Ingress", [api, ops_ingress()] if app == GATEWAY_APP else [ops_ingress()])
                for app in deployments]
-    return [*egress, *ingress, *(_ingress_policy(job, []) for job in jobs)]
+    return [*egress, *ingress, *(_policy(job, "Ingress", []) for job in jobs)]

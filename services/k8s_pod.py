@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+LABEL = "app.kubernetes.io/name"  # every object's app label: app_name(role)
 RUN_AS_USER = 10001  # the image's USER; no process needs root, a capability or the service-account token
 METRICS_PORT = 9464  # METRICS_PORT of every process: /metrics, and /livez + /readyz of workers, reaper, notifier
 METRICS_PORT_NAME = "metrics"
@@ -23,6 +24,11 @@ PROBE_TIMEOUT_SEC = 3
 SCRAPE_ANNOTATIONS = {
     "prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT), "prometheus.io/path": "/metrics",
 }
+
+
+def app_name(role: str) -> str:
+    """The name (and app label) of a role's objects: clipjet-gateway, clipjet-reaper, clipjet-<stage>, ..."""
+    return f"clipjet-{role}"
 
 
 def pod_security_context() -> dict[str, Any]:
