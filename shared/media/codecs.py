@@ -7,8 +7,10 @@ with which arguments, and why a stream cannot be spliced at all (the cut then ta
   (parameter sets in-band, they change between pieces), so each piece decodes with its own.
 - VP9: libvpx-vp9 with the source's profile and bit depth; VP9 has no parameter sets (each keyframe carries its
   frame size and colour config), and the source's alt-ref frames travel in superframes (one packet per shown
-  frame, no reorder). Heads and tails have no alt-ref frames: an invisible frame at a piece's end would be held
-  by the MP4 muxer's superframe filter and then met a superframe of the next piece (ffmpeg refuses to mix them).
+  frame, no reorder). Heads and tails are encoded without look-ahead (no alt-ref frames): they are at most one
+  GOP long, and the look-ahead would cost time for no gain on so few frames. A WebM/Matroska read in place (an
+  upload) numbers no stream (every id 0: the join's list could not single out the video, `cutplan` says
+  `container_stream_ids`); URL sources are staged as MP4 first and smart-cut from there.
 
 Streams that cannot be spliced are named by `splice_blocker`, each with its own reason (kept as `cutReason`).
 """
