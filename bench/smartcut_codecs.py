@@ -1,10 +1,10 @@
 """HEVC and VP9 smart cuts vs the full re-encode they replaced, on the same clip in the same run.
 
-Per codec a 640x360 30 fps source (2 s GOP; HEVC with B-frames, VP9 with alt-ref frames, staged as MP4 as the
-fetcher does) and a clip starting between keyframes. Each round, interleaved: `shared.media.smartcut.cut_frames`
-in-process (what the trimmer runs, without the stack around it) and the full re-encode a clip of such a source
-took before (`ffmpeg -ss A -to B -i SRC -c:v libx264 -preset veryfast -crf 23 -c:a copy`: the encoder stage's
-H.264). Wall seconds, medians of `--runs` rounds.
+Per codec a 640x360 30 fps source with pink-noise audio (2 s GOP; HEVC with B-frames, VP9 with alt-ref frames,
+staged as MP4 as the fetcher does; made once into .data/bench) and a clip starting between keyframes. Each
+round, interleaved: `shared.media.smartcut.cut_frames` in-process (what the trimmer runs, without the stack
+around it) and the full re-encode a clip of such a source took before (`ffmpeg -ss A -to B -i SRC -c:v libx264
+-preset veryfast -crf 23 -c:a copy`: the encoder stage's H.264). Wall seconds, medians of `--runs` rounds.
 
 `python -m bench.smartcut_codecs [--runs N] [--source-sec S] [--clip-sec C]`
 """
@@ -21,19 +21,29 @@ import time
 from pathlib import Path
 
 from shared.media.smartcut import cut_frames
-from tests.media import make_source
 
 REENCODE_ARGS = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-c:a", "copy"]
 CLIP_START_SEC = 7.5  # between keyframes (2 s GOP)
-SOURCES = {"hevc": {"codec": "libx265", "bframes": 3}, "vp9": {"codec": "libvpx-vp9", "altref": True}}
+CODECS = ("hevc", "vp9")
+SOURCE_TIMEOUT_SEC = 900  # making a VP9 source with alt-ref frames on a loaded machine
 
 
-def _source(work: Path, codec: str, seconds: int) -> Path:
+def _source(data: Path, codec: str, seconds: int) -> Path:
+    """The codec's source (made once, kept in .data/bench), as the trimmer reads it (VP9: staged as MP4)."""
     suffix = ".webm" if codec == "vp9" else ".mp4"
-    made = make_source(work / f"{codec}{suffix}", seconds=seconds, size="640x360", gop=60, **SOURCES[codec])
+    made = data / f"{codec}-{seconds}s-360p{suffix}"
+    if not made.exists():
+        video = (["-c:v", "libx265", "-preset", "ultrafast", "-x265-params",
+                  "keyint=60:min-keyint=60:scenecut=0:bframes=3:open-gop=0:log-level=error"] if codec == "hevc" else
+                 ["-c:v", "libvpx-vp9", "-deadline", "good", "-cpu-used", "8", "-auto-alt-ref", "1",
+                  "-lag-in-frames", "16", "-g", "60", "-b:v", "800k", "-row-mt", "1"])
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate=30:duration="
+                        f"{seconds}", "-f", "lavfi", "-i", f"anoisesrc=d={seconds}:c=pink:r=48000:seed=7:a=0.5",
+                        *video, "-c:a", "libopus" if codec == "vp9" else "aac", "-b:a", "96k", "-shortest",
+                        str(made)], check=True, timeout=SOURCE_TIMEOUT_SEC)
     if suffix == ".mp4":
         return made
-    staged = work / f"{codec}.staged.mp4"
+    staged = made.with_suffix(".staged.mp4")
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(made), "-c", "copy", str(staged)], check=True)
     return staged
 
@@ -54,8 +64,10 @@ def _timed_reencode(source: Path, out: Path, start: float, end: float) -> float:
     return time.perf_counter() - began
 
 
-async def compare(work: Path, codec: str, runs: int, source_sec: int, clip_sec: float) -> dict[str, object]:
-    source = _source(work, codec, source_sec)
+async def compare(
+    data: Path, work: Path, codec: str, runs: int, source_sec: int, clip_sec: float
+) -> dict[str, object]:
+    source = _source(data, codec, source_sec)
     start, end = CLIP_START_SEC, CLIP_START_SEC + clip_sec
     smart, full = [], []
     for i in range(runs):
@@ -69,13 +81,15 @@ async def compare(work: Path, codec: str, runs: int, source_sec: int, clip_sec: 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.smartcut_codecs")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--source-sec", type=int, default=40)
-    parser.add_argument("--clip-sec", type=float, default=20.0)
+    parser.add_argument("--source-sec", type=int, default=30)
+    parser.add_argument("--clip-sec", type=float, default=15.0)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    data = Path(".data/bench")
+    data.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=data) as tmp:
         work = Path(tmp)
-        results = {codec: asyncio.run(compare(work, codec, args.runs, args.source_sec, args.clip_sec))
-                   for codec in SOURCES}
+        results = {codec: asyncio.run(compare(data, work, codec, args.runs, args.source_sec, args.clip_sec))
+                   for codec in CODECS}
     print(json.dumps({"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "clip_sec": args.clip_sec,
                       "source": "640x360 30 fps, 2 s GOP", **results}, indent=2))
 
