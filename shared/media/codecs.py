@@ -35,10 +35,14 @@ H264_PROFILES = {
 }
 PROFILES = {"h264": H264_PROFILES, "hevc": HEVC_PROFILES, "vp9": VP9_PROFILES}
 HEVC_LEVEL_DIVISOR = 30  # HEVC general_level_idc 93 is level 3.1
-X265_PRESET = "veryfast"
-X265_CRF = 16  # visually lossless next to the copied frames (PSNR well over 35 dB on the test sources)
-VP9_DEADLINE, VP9_CPU_USED = "good", "4"
-VP9_CRF = 18  # constant quality (`-b:v 0`): PSNR well over 35 dB on the test sources
+# ultrafast: a head is at most one GOP, so x265's start and per-frame cost are most of a smart cut's price (29 % of
+# a full re-encode at ultrafast, 37 % at veryfast; bench/smartcut_codecs.py); at CRF 16 its frames are still
+# visually lossless next to the copied ones (PSNR 44 dB and more on the test sources)
+X265_PRESET = "ultrafast"
+X265_CRF = 16
+VP9_DEADLINE, VP9_CPU_USED = "realtime", "8"
+# realtime -cpu-used 8: 16 % of a full re-encode, 40 % with good -cpu-used 4, PSNR 47 dB and more either way
+VP9_CRF = 18  # constant quality (`-b:v 0`)
 HEAD_MAX_KEYINT = 9999  # one keyframe per head/tail: its first frame
 
 
