@@ -75,14 +75,14 @@ def needs_in_band_headers(codec: str) -> bool:
     return codec == "hevc"
 
 
-def encoder_args(video: VideoFormat, reorder: str) -> list[str]:
-    """Encoder arguments of a HEVC or VP9 head/tail matching `video` (`reorder`: x265 B-frame settings)."""
+def encoder_args(video: VideoFormat) -> list[str]:
+    """Encoder arguments of a HEVC or VP9 head/tail matching `video`."""
     args = ["-pix_fmt", video.pix_fmt] if video.pix_fmt else []
     args += colour_args(video)
     if video.codec == "hevc":
         profile = HEVC_PROFILES.get(video.profile or "")
-        params = [reorder, "repeat-headers=1", "open-gop=0", "scenecut=0", f"keyint={HEAD_MAX_KEYINT}",
-                  "log-level=error"]
+        params = [x265_reorder(video.reorder_delay), "repeat-headers=1", "open-gop=0", "scenecut=0",
+                  f"keyint={HEAD_MAX_KEYINT}", "log-level=error"]
         if video.level and video.level > 0:
             params.append(f"level-idc={video.level / HEVC_LEVEL_DIVISOR:g}")
         return ["-c:v", "libx265", "-preset", X265_PRESET, "-crf", str(X265_CRF),

@@ -30,7 +30,6 @@ from shared.media.codecs import (
     encoder_args,
     needs_in_band_headers,
     splice_blocker,
-    x265_reorder,
 )
 from shared.media.cut import packet_end_clamp
 from shared.media.ffmpeg import HTTP_INPUT_OPTIONS, US_PER_SEC, MediaError, run_ffmpeg
@@ -165,7 +164,7 @@ def decode_seek(keyframe: float, frame_sec: float) -> float:
 
 def _encoder_args(video: VideoFormat) -> list[str]:
     if video.codec != "h264":
-        return encoder_args(video, x265_reorder(video.reorder_delay))
+        return encoder_args(video)
     encoder = SMART_ENCODERS[video.codec]
     args = ["-c:v", encoder, "-preset", HEAD_PRESET, "-crf", str(HEAD_CRF)]
     if video.pix_fmt:
