@@ -62,10 +62,11 @@ def video_frame_count(path: Path) -> int:
 def make_source(
     path: Path, *, seconds: float, fps: str = "30", gop: int = 30, bframes: int = 2, codec: str = "libx264",
     audio: bool = True, video: bool = True, open_gop: bool = False, vfr: bool = False, rotate: int = 0,
-    size: str = "320x180",
+    size: str = "320x180", pix_fmt: str = "", altref: bool = False,
 ) -> Path:
     """A small test source for cut tests: fixed GOP (no scene-cut keyframes), chosen B-frames, seeded pink
-    noise as audio (so a shift in time shows), MP4 unless the name says otherwise."""
+    noise as audio (so a shift in time shows), MP4 unless the name says otherwise. `pix_fmt`: HEVC/VP9 pixel
+    format (e.g. 10-bit); `altref`: VP9 with alt-ref (hidden) frames, in superframes."""
     args = ["ffmpeg", "-v", "error", "-y"]
     if video:
         args += ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}:duration={seconds}"]
@@ -77,8 +78,12 @@ def make_source(
         gop_open = 1 if open_gop else 0
         args += ["-c:v", "libx265", "-preset", "ultrafast", "-tag:v", "hvc1", "-x265-params",
                  f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}:open-gop={gop_open}:log-level=error"]
+        args += ["-pix_fmt", pix_fmt] if pix_fmt else []
     elif video and codec == "libvpx-vp9":
-        args += ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-g", str(gop), "-b:v", "300k"]
+        speed = ["-deadline", "good", "-cpu-used", "5", "-auto-alt-ref", "1", "-lag-in-frames", "16"] if altref \
+            else ["-deadline", "realtime", "-cpu-used", "8"]
+        args += ["-c:v", "libvpx-vp9", *speed, "-g", str(gop), "-b:v", "300k"]
+        args += ["-pix_fmt", pix_fmt] if pix_fmt else []
     elif video:
         params = "open-gop=1" if open_gop else "open-gop=0"
         args += ["-c:v", "libx264", "-preset", "ultrafast", "-g", str(gop), "-keyint_min", str(gop),

@@ -13,6 +13,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from shared.contracts import Precision
+from shared.media.codecs import splice_pix_fmts
 from shared.media.cutplan import decide_cut, probe_and_choose
 from shared.media.keyframes import cut_layout
 from shared.media.probe import probe
@@ -44,11 +45,16 @@ PLAN_CASES = [
     PlanCase("variable_frame_rate", 2.55, 5.6, "smart", "variable_frame_rate", {"seconds": 6, "vfr": True}),
     PlanCase("no_keyframe_in_clip", 2.3, 3.2, "reencode", "no_keyframe_in_clip", {"seconds": 5, "gop": 60}),
     PlanCase("open_gop", 2.5, 4.5, "reencode", "open_gop", {"seconds": 5, "open_gop": True}),
-    PlanCase("hevc_mid_gop", 1.5, 3.7, "reencode", "no_matching_encoder", {"seconds": 5, "codec": "libx265"}),
+    PlanCase("hevc_mid_gop", 1.5, 3.7, "smart", "start_between_keyframes", {"seconds": 5, "codec": "libx265"}),
+    PlanCase("hevc_main10_mid_gop", 1.5, 3.7, "smart", "start_between_keyframes",
+             {"seconds": 5, "codec": "libx265", "pix_fmt": "yuv420p10le"}),
     PlanCase("hevc_on_keyframe", 2.0, 3.7, "copy", "start_on_keyframe",
              {"seconds": 5, "codec": "libx265", "bframes": 0}),
-    PlanCase("vp9_opus_webm_mid_gop", 1.5, 3.5, "reencode", "no_matching_encoder",
+    # WebM's millisecond timestamps (33, 33, 34 ms) are a constant rate, not `variable_frame_rate`
+    PlanCase("vp9_opus_webm_mid_gop", 1.5, 3.5, "smart", "start_between_keyframes",
              {"seconds": 4, "codec": "libvpx-vp9"}, suffix=".webm"),
+    PlanCase("vp9_altref_webm_mid_gop", 1.5, 3.5, "smart", "start_between_keyframes",
+             {"seconds": 4, "codec": "libvpx-vp9", "altref": True}, suffix=".webm"),
     PlanCase("vp9_opus_webm_on_keyframe", 0.0, 3.5, "copy", "start_on_keyframe",
              {"seconds": 4, "codec": "libvpx-vp9", "gop": 120}, suffix=".webm"),
     PlanCase("audio_only", 1.5, 3.5, "copy", "audio_only", {"seconds": 4, "video": False}, suffix=".m4a"),
@@ -138,3 +144,68 @@ async def test_job_needing_a_full_reencode_goes_to_the_encoder(
     else:
         assert (job["status"], job["errorCode"], job["attempts"]) == ("failed", "stage_unavailable", 1)
         assert "no_keyframe_in_clip" in job["errorMessage"]
+
+
+TESTSRC = "testsrc2=size=320x180:rate=30:duration=4"
+MASTER_DISPLAY = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1)"
+X265_CLOSED = "keyint=30:min-keyint=30:scenecut=0:open-gop=0:log-level=error"
+# streams whose re-encoded frames could not join their copied ones: each must take the full re-encode, and say why
+FALLBACKS = {
+    "interlaced": ("interlaced_h264.mp4", ["-c:v", "libx264", "-preset", "ultrafast", "-g", "30", "-sc_threshold", "0",
+                                           "-flags", "+ildct+ilme", "-x264-params", "tff=1", "-pix_fmt", "yuv420p"]),
+    "hdr_pq_transfer": ("hdr_pq.mp4", ["-c:v", "libx265", "-preset", "ultrafast", "-pix_fmt", "yuv420p10le",
+                                       "-color_trc", "smpte2084", "-color_primaries", "bt2020",
+                                       "-colorspace", "bt2020nc", "-x265-params", X265_CLOSED]),
+    "hdr_mastering_display": ("hdr_sei.mp4", ["-c:v", "libx265", "-preset", "ultrafast", "-pix_fmt", "yuv420p10le",
+                                              "-x265-params", f"{X265_CLOSED}:hdr10=1:master-display={MASTER_DISPLAY}"
+                                              ":max-cll=1000,400"]),
+    "hevc_range_extensions": ("hevc_444.mp4", ["-c:v", "libx265", "-preset", "ultrafast", "-pix_fmt", "yuv444p",
+                                               "-x265-params", X265_CLOSED]),
+    "vp9_profile_1": ("vp9_444.webm", ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-g", "30",
+                                       "-pix_fmt", "yuv444p"]),
+    "mpeg4_part2": ("mpeg4.mp4", ["-c:v", "mpeg4", "-g", "30"]),
+}
+FALLBACK_REASONS = {
+    "interlaced": "interlaced", "hdr_pq_transfer": "hdr_metadata", "hdr_mastering_display": "hdr_metadata",
+    "hevc_range_extensions": "profile_not_spliceable", "vp9_profile_1": "profile_not_spliceable",
+    "mpeg4_part2": "codec_not_spliceable",
+}
+
+
+def _encode(path: Path, video_args: list[str]) -> Path:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", TESTSRC, *video_args, str(path)], check=True,
+                   capture_output=True, timeout=FFMPEG_TIMEOUT_SEC)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fallback_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("fallbacks")
+    with ThreadPoolExecutor(2) as pool:
+        made = {name: pool.submit(_encode, root / file, args) for name, (file, args) in FALLBACKS.items()}
+        return {name: future.result() for name, future in made.items()}
+
+
+@pytest.mark.parametrize("name", list(FALLBACKS))
+async def test_streams_that_cannot_be_spliced_take_the_full_reencode(
+    name: str, fallback_sources: dict[str, Path]
+) -> None:
+    """A mid-GOP cut of each takes the full re-encode with its own precise reason, never a smart cut."""
+    _, decision = await probe_and_choose(str(fallback_sources[name]), "auto", 1.5, 3.5)
+    assert (decision.path, decision.reason) == ("reencode", FALLBACK_REASONS[name])
+
+
+async def test_pixel_format_the_head_encoder_lacks_means_reencode(plan_sources: dict[str, Path]) -> None:
+    """10-bit HEVC smart-cuts with this libx265 (it takes yuv420p10le); where libx265 is an 8-bit build, or there is
+    no libx265 at all, the same layout takes the full re-encode."""
+    media = str(plan_sources["hevc_main10_mid_gop"])
+    info = await probe(media)
+    layout = await cut_layout(media, 1.5, 3.7)
+    here = decide_cut("auto", info.streams, layout, fits_mp4=True, encoders=frozenset({"libx265"}),
+                      pix_fmts=splice_pix_fmts())
+    eight_bit = decide_cut("auto", info.streams, layout, fits_mp4=True, encoders=frozenset({"libx265"}),
+                           pix_fmts={"libx265": frozenset({"yuv420p", "yuv422p", "yuv444p"})})
+    no_x265 = decide_cut("auto", info.streams, layout, fits_mp4=True, encoders=frozenset({"libx264"}))
+    assert (layout.video.pix_fmt, here.path) == ("yuv420p10le", "smart")
+    assert (eight_bit.path, eight_bit.reason) == ("reencode", "pix_fmt_not_encodable")
+    assert (no_x265.path, no_x265.reason) == ("reencode", "no_matching_encoder")

@@ -7,27 +7,28 @@
 - `reencode`: the whole clip is re-encoded (the encoder stage), where joining copied and re-encoded frames is
   not safe or not possible here: several video streams, no clean keyframe between startSec and endSec
   (also open GOPs, whose keyframes are followed by frames showing before them), an unknown frame rate, a
-  codec this machine has no matching encoder for, or streams that do not fit MP4.
+  codec this machine has no matching encoder for, or streams that do not fit MP4; and streams whose re-encoded
+  frames could not join the copied ones (`shared.media.codecs.splice_blocker`: a codec without smart cut,
+  interlaced or HDR video, a profile or pixel format the head encoder cannot match).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from shared.contracts import CutPath, Precision, StreamFacts
 from shared.errors import SourceUnreadable
 from shared.media.bounds import WorkBounds, bounded_precision, check_source
+from shared.media.codecs import available_encoders, splice_blocker, splice_pix_fmts
 from shared.media.coverage import ensure_data_until
 from shared.media.cut import copyable_to_mp4
 from shared.media.keyframes import CutLayout, layout_in
 from shared.media.probe import MediaInfo, opened_media, read_info
-from shared.media.smartcut import MAX_REORDER_DELAY, SMART_ENCODERS
+from shared.media.smartcut import MAX_REORDER_DELAY
 
-ENCODERS_TIMEOUT_SEC = 30  # `ffmpeg -encoders` on a loaded machine
+__all__ = ["CutDecision", "available_encoders", "decide_cut", "probe_and_choose"]
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,12 @@ class CutDecision:
 
 def decide_cut(
     precision: Precision, streams: list[StreamFacts], layout: CutLayout | None, *, fits_mp4: bool,
-    encoders: frozenset[str], staged: bool = True,
+    encoders: frozenset[str], staged: bool = True, pix_fmts: Mapping[str, frozenset[str]] | None = None,
 ) -> CutDecision:
     """The cut path for a job. `layout` is the frame layout of the cut (None when there is no video or the
-    precision is `keyframe`); `encoders` are the video encoders the ffmpeg here has; `staged`: the trimmer
-    reads a staged MP4 copy (URL sources), not the media itself (uploads, read in place)."""
+    precision is `keyframe`); `encoders` are the video encoders the ffmpeg here has, `pix_fmts` the pixel formats
+    each takes (None: not checked); `staged`: the trimmer reads a staged MP4 copy (URL sources), not the media
+    itself (uploads, read in place)."""
     videos = [s for s in streams if s.kind == "video"]
     if not fits_mp4:
         return CutDecision("reencode", "codec_not_mp4")
@@ -62,9 +64,9 @@ def decide_cut(
         return CutDecision("reencode", "container_stream_ids")  # the concat list could not name the video
     if layout.exact_copy:
         return CutDecision("copy", "start_on_keyframe")
-    encoder = SMART_ENCODERS.get(layout.video.codec)
-    if encoder is None or encoder not in encoders:
-        return CutDecision("reencode", "no_matching_encoder")
+    blocker = splice_blocker(layout.video, encoders, pix_fmts)
+    if blocker is not None:
+        return CutDecision("reencode", blocker)
     if layout.video.reorder_delay > MAX_REORDER_DELAY:
         return CutDecision("reencode", "b_frame_depth")
     if layout.head_sec <= 0:
@@ -83,6 +85,7 @@ async def probe_and_choose(
     cut frame-accurately) before the frame layout around the cut points is read (only when it matters), and the
     decision (`decided`, when the request alone decided it, without reading the layout)."""
     encoders = await asyncio.to_thread(available_encoders)
+    pix_fmts = await asyncio.to_thread(splice_pix_fmts)
     limits = bounds or WorkBounds()
 
     def run() -> tuple[MediaInfo, CutDecision]:
@@ -105,19 +108,7 @@ async def probe_and_choose(
                 ensure_data_until(container, covered)  # missing frames because the data stops short: say so
                 raise
             ensure_data_until(container, covered, read_on=layout is not None)
-        return info, decide_cut(used, info.streams, layout, fits_mp4=fits, encoders=encoders, staged=staged)
+        return info, decide_cut(used, info.streams, layout, fits_mp4=fits, encoders=encoders, staged=staged,
+                                 pix_fmts=pix_fmts)
 
     return await asyncio.to_thread(run)
-
-
-@functools.lru_cache(maxsize=1)
-def available_encoders() -> frozenset[str]:
-    """Names of the encoders of the `ffmpeg` on PATH (the one that cuts), read once per process."""
-    out = subprocess.run(["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True,
-                         timeout=ENCODERS_TIMEOUT_SEC, check=False).stdout
-    names = set()
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and len(parts[0]) == 6 and parts[0][0] in "VAS":
-            names.add(parts[1])
-    return frozenset(names)

@@ -21,7 +21,12 @@ if TYPE_CHECKING:
 
 TIME_EPSILON_SEC = 0.001  # times this close count as equal (container rounding of startSec/endSec)
 RATE_TOLERANCE = 0.02  # frame intervals within 2 % of each other are one constant frame rate
+TIME_BASE_TICKS = 1.5  # ... or within this many ticks of the stream's time base (its rounding)
+MATROSKA_ROUNDING_SEC = 0.0015  # ... or within Matroska's millisecond rounding, s
 REORDER_LOOKAHEAD_PACKETS = 16  # packets read past a keyframe or endSec to see whether earlier frames follow
+HDR_TRANSFERS = frozenset({16, 18})  # AVCOL_TRC_SMPTE2084 (PQ), AVCOL_TRC_ARIB_STD_B67 (HLG)
+HDR_SIDE_DATA = frozenset({"MASTERING_DISPLAY_METADATA", "CONTENT_LIGHT_LEVEL", "DYNAMIC_HDR_PLUS"})
+PROGRESSIVE_FIELD_ORDERS = frozenset({0, 1})  # AV_FIELD_UNKNOWN, AV_FIELD_PROGRESSIVE
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ class VideoFormat:
     color_trc: int
     rotation: int  # degrees, display matrix of the stream (0: none)
     reorder_delay: int  # frames by which decode time precedes presentation at a keyframe (B-frame depth)
+    interlaced: bool = False  # coded as fields (the first frame or the stream says so)
+    hdr: bool = False  # PQ/HLG transfer, or mastering-display / content-light metadata on the first frame
 
 
 @dataclass(frozen=True)
@@ -113,10 +120,10 @@ def layout_in(container: av.container.InputContainer, start: float, end: float) 
     tb: Fraction = video.time_base or Fraction(1, AV_TIME_BASE)
     start_key = _keyframe_at_or_before(container, video, start)
     head = _packets_from(container, video, start_key, tb, stop_dts=end, stop_after_key=start)
-    rotation = _rotation(container, video, start_key, tb)
+    first = _first_frame(container, video, start_key, tb)
     end_key = _keyframe_at_or_before(container, video, max(start_key, end - TIME_EPSILON_SEC))
     tail = _packets_from(container, video, end_key, tb, stop_dts=end)
-    layout = _layout(head, tail, start, end, start_key, end_key, _format(video, tb, rotation, head))
+    layout = _layout(head, tail, start, end, start_key, end_key, _format(video, tb, first, head))
     if not layout.variable_rate and _rates_differ(video):
         layout = replace(layout, variable_rate=True)
     return layout
@@ -176,15 +183,27 @@ def _rates_differ(video: av.VideoStream) -> bool:
     return bool(average and base) and abs(float(average) / float(base) - 1) > RATE_TOLERANCE
 
 
-def _rotation(container: av.container.InputContainer, video: av.VideoStream, key_time: float, tb: Fraction) -> int:
-    """The display rotation as decoded frames report it (libavformat keeps it as stream side data)."""
+@dataclass(frozen=True)
+class _FrameFacts:
+    """What the first decoded frame tells that the stream's parameters do not."""
+
+    rotation: int  # degrees, as decoded frames report it (libavformat keeps it as stream side data)
+    interlaced: bool
+    hdr_metadata: bool
+
+
+def _first_frame(
+    container: av.container.InputContainer, video: av.VideoStream, key_time: float, tb: Fraction
+) -> _FrameFacts:
+    """Facts of the keyframe at `key_time`, decoded."""
     container.seek(int(key_time / tb), stream=video, backward=True, any_frame=False)
     for frame in container.decode(video):
-        return int(frame.rotation)
-    return 0
+        kinds = {getattr(d.type, "name", str(d.type)) for d in frame.side_data}
+        return _FrameFacts(int(frame.rotation), bool(frame.interlaced_frame), bool(kinds & HDR_SIDE_DATA))
+    return _FrameFacts(0, False, False)
 
 
-def _format(video: av.VideoStream, tb: Fraction, rotation: int, packets: list[_Packet]) -> VideoFormat:
+def _format(video: av.VideoStream, tb: Fraction, first_frame: _FrameFacts, packets: list[_Packet]) -> VideoFormat:
     cc = video.codec_context
     unique_id = video.id > 0 and sum(1 for s in video.container.streams if s.id == video.id) == 1
     first = packets[0] if packets else None
@@ -195,7 +214,9 @@ def _format(video: av.VideoStream, tb: Fraction, rotation: int, packets: list[_P
         level=getattr(cc, "level", None), pix_fmt=cc.pix_fmt,
         width=cc.width, height=cc.height, time_base=tb, sar=cc.sample_aspect_ratio,
         color_range=int(cc.color_range), colorspace=int(cc.colorspace), color_primaries=int(cc.color_primaries),
-        color_trc=int(cc.color_trc), rotation=rotation, reorder_delay=max(0, delay),
+        color_trc=int(cc.color_trc), rotation=first_frame.rotation, reorder_delay=max(0, delay),
+        interlaced=first_frame.interlaced or int(cc.field_order or 0) not in PROGRESSIVE_FIELD_ORDERS,
+        hdr=first_frame.hdr_metadata or int(cc.color_trc) in HDR_TRANSFERS,
     )
 
 
@@ -229,7 +250,10 @@ def _layout(
                  < end - TIME_EPSILON_SEC and _clean_keyframe(head, i)), None)
     frame = _typical_interval(head + tail)
     gaps = _intervals(head) + _intervals(tail)
-    variable = bool(gaps) and (max(gaps) - min(gaps)) > RATE_TOLERANCE * frame
+    # intervals rounded to the time base or to Matroska's milliseconds (30 fps: 33, 33, 34 ms; kept when the
+    # fetcher stages it as MP4) are not a varying rate
+    rounding = max(TIME_BASE_TICKS * float(video.time_base), MATROSKA_ROUNDING_SEC)
+    variable = bool(gaps) and (max(gaps) - min(gaps)) > max(RATE_TOLERANCE * frame, rounding)
     in_clip = sorted(p.pts for p in tail if p.pts < end - TIME_EPSILON_SEC)
     last_end = (in_clip[-1] + frame) if in_clip else end
     open_gop = any(p.key and not _clean_keyframe(packets, i) for packets in (head, tail)

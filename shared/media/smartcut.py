@@ -9,6 +9,10 @@ carry their own SPS/PPS in-band (the concat demuxer's `auto_convert`), so the co
 own parameters. Audio is stream-copied straight from the media over [first frame, endSec] and muxed with
 the joined video: its timestamps stay the source's, so it is in sync to the sample (no AAC priming of a
 re-encoded head in between).
+
+HEVC and VP9 heads and tails are made by the encoders and with the arguments of `shared.media.codecs`. HEVC's
+copied run is first remuxed on its own with its VPS/SPS/PPS put in-band (`hevc_mp4toannexb`, which the concat
+demuxer applies to H.264 only), and the clip is tagged `hev1`: each piece decodes with its own parameter sets.
 """
 
 from __future__ import annotations
@@ -20,15 +24,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.contracts import CutPath
+from shared.media.codecs import (
+    SPLICE_ENCODERS,
+    available_encoders,
+    encoder_args,
+    needs_in_band_headers,
+    splice_blocker,
+)
 from shared.media.cut import packet_end_clamp
 from shared.media.ffmpeg import HTTP_INPUT_OPTIONS, US_PER_SEC, MediaError, run_ffmpeg
 from shared.media.inputs import FILE_PROTOCOLS, FORMAT_WHITELIST, protocols_for
 from shared.media.keyframes import TIME_EPSILON_SEC, CutLayout, VideoFormat, cut_layout
 
-# codec → the encoder a matching head is made with. Only H.264: its copied part gets its own SPS/PPS in-band from
-# the concat demuxer (auto_convert); HEVC's copied part would decode with the head's VPS/SPS/PPS (measured:
-# decode errors), so HEVC clips that need re-encoded frames take the full re-encode.
-SMART_ENCODERS = {"h264": "libx264"}
+# codec → the encoder a matching head is made with (H.264, HEVC, VP9: `shared.media.codecs`)
+SMART_ENCODERS = SPLICE_ENCODERS
+HEVC_JOIN_TAG = "hev1"  # parameter sets in-band, and they differ between the pieces of a HEVC clip
+HEVC_IN_BAND_BSF = "hevc_mp4toannexb"  # the copied run's parameter sets before each of its keyframes
+MID_SHARE = 0.5  # of the join's progress, the remux of a HEVC copied run (the join itself copies the same data)
 HEAD_PRESET = "veryfast"  # x264 preset of re-encoded frames
 HEAD_CRF = 16  # quality of re-encoded frames: visually lossless next to the copied ones (PSNR well over 35 dB)
 MAX_REORDER_DELAY = 2  # B-frame reorder depth a re-encoded head can match (x264 with B-pyramid)
@@ -62,8 +74,11 @@ async def cut_frames(
     layout = await cut_layout(source, start, end, fmt=fmt)
     if layout.join is None or layout.copy_end is None:
         raise MediaError("no clean keyframe inside the clip: it needs a full re-encode")
-    if not layout.exact_copy and layout.video.codec not in SMART_ENCODERS:
-        raise MediaError(f"frames of this {layout.video.codec} clip need a re-encode that cannot join a copy here")
+    if not layout.exact_copy:
+        blocker = splice_blocker(layout.video, await asyncio.to_thread(available_encoders))
+        if blocker is not None:
+            raise MediaError(f"frames of this {layout.video.codec} clip need a re-encode that cannot join a copy "
+                             f"here ({blocker})")
     return await frame_cut(source, output, layout, audio=audio, scratch=scratch, on_progress=on_progress, fmt=fmt)
 
 
@@ -105,10 +120,17 @@ async def frame_cut(
     except BaseExceptionGroup as failed:
         raise failed.exceptions[0] from None
     done = sum(weights)
+    mid: Path | None = None
+    in_band = bool(pieces) and needs_in_band_headers(layout.video.codec)
+    if in_band and layout.copy_end - join > TIME_EPSILON_SEC:
+        mid = scratch / "copied.mp4"
+        await _in_band_copy(source, mid, layout, scratch, fmt=fmt,
+                            on_progress=lambda p: report(done + (1 - done) * MID_SHARE * p))
+        done += (1 - done) * MID_SHARE
     listing = scratch / "join.ffconcat"
-    listing.write_text(_concat_list(source, layout, pieces, fmt))
+    listing.write_text(_concat_list(source, layout, pieces, fmt, copied=mid))
     await _join(listing, source, output, layout, audio=audio,
-                on_progress=lambda p: report(done + (1 - done) * p), fmt=fmt)
+                on_progress=lambda p: report(done + (1 - done) * p), fmt=fmt, hevc_tag=in_band)
     return CutOutcome(layout.first_frame, layout.last_frame_end, "smart" if pieces else "copy")
 
 
@@ -141,6 +163,8 @@ def decode_seek(keyframe: float, frame_sec: float) -> float:
 
 
 def _encoder_args(video: VideoFormat) -> list[str]:
+    if video.codec != "h264":
+        return encoder_args(video)
     encoder = SMART_ENCODERS[video.codec]
     args = ["-c:v", encoder, "-preset", HEAD_PRESET, "-crf", str(HEAD_CRF)]
     if video.pix_fmt:
@@ -181,40 +205,75 @@ def _piece(path: Path) -> list[str]:
             f"option protocol_whitelist {FILE_PROTOCOLS}"]
 
 
-def _concat_list(source: str, layout: CutLayout, pieces: list[tuple[str, float, float, Path]], fmt: str = "") -> str:
-    """ffconcat: head, the copied run of the media itself, tail; each with its exact duration, each opened with
-    only its own demuxer and protocols (the media: `fmt`, its sniffed demuxer)."""
+def _concat_list(
+    source: str, layout: CutLayout, pieces: list[tuple[str, float, float, Path]], fmt: str = "",
+    copied: Path | None = None,
+) -> str:
+    """ffconcat: head, the copied run of the media itself (or `copied`, that run remuxed here), tail; each with
+    its exact duration, each opened with only its own demuxer and protocols (the media: `fmt`, its sniffed
+    demuxer)."""
     assert layout.join is not None and layout.copy_end is not None
-    # one declared stream, matched by id: the media's audio stays out of the concat (its first timestamps
-    # would otherwise shift the input's start time and with it the video against the audio)
-    lines = ["ffconcat version 1.0", "stream", f"exact_stream_id {layout.video.stream_id}"]
+    lines = _list_header(layout)
     for kind, a, b, path in pieces:
         if kind == "head":
             lines += [*_piece(path), f"duration {b - a:.6f}"]
-    if layout.copy_end - layout.join > TIME_EPSILON_SEC:
-        # inpoint rounded up to the microsecond: a seek a hair before the keyframe would land on the one before;
-        # outpoint (a decode time: packets from it on are left out) a quarter frame before the first one left out
-        entry = source if "://" in source else str(Path(source).resolve())  # the list's own folder is not ours
-        lines += [f"file {_quote(entry)}", f"inpoint {math.ceil(layout.join * US_PER_SEC) / US_PER_SEC:.6f}",
-                  f"option format_whitelist {fmt or FORMAT_WHITELIST}",
-                  f"option protocol_whitelist {protocols_for(entry)}"]
-        if entry.startswith(("http://", "https://")):  # the concat demuxer opens it: retry reads as ffmpeg -i does
-            lines += [f"option {name} {value}" for name, value in HTTP_INPUT_OPTIONS.items()]
-        if layout.copy_end_dts is not None:
-            lines.append(f"outpoint {layout.copy_end_dts - layout.frame_sec / 4:.6f}")
-        lines.append(f"duration {layout.copy_end - layout.join:.6f}")
+    if copied is not None:
+        lines += [*_piece(copied), f"duration {layout.copy_end - layout.join:.6f}"]
+    elif layout.copy_end - layout.join > TIME_EPSILON_SEC:
+        lines += _source_entry(source, layout, fmt)
     for kind, a, b, path in pieces:
         if kind == "tail":
             lines += [*_piece(path), f"duration {b - a:.6f}"]
     return "\n".join(lines) + "\n"
 
 
+def _list_header(layout: CutLayout) -> list[str]:
+    # one declared stream, matched by id: the media's audio stays out of the concat (its first timestamps
+    # would otherwise shift the input's start time and with it the video against the audio)
+    return ["ffconcat version 1.0", "stream", f"exact_stream_id {layout.video.stream_id}"]
+
+
+def _source_entry(source: str, layout: CutLayout, fmt: str) -> list[str]:
+    """The concat entry of the copied run of the media itself: [join, copy_end)."""
+    assert layout.join is not None and layout.copy_end is not None
+    # inpoint rounded up to the microsecond: a seek a hair before the keyframe would land on the one before;
+    # outpoint (a decode time: packets from it on are left out) a quarter frame before the first one left out
+    entry = source if "://" in source else str(Path(source).resolve())  # the list's own folder is not ours
+    lines = [f"file {_quote(entry)}", f"inpoint {math.ceil(layout.join * US_PER_SEC) / US_PER_SEC:.6f}",
+             f"option format_whitelist {fmt or FORMAT_WHITELIST}",
+             f"option protocol_whitelist {protocols_for(entry)}"]
+    if entry.startswith(("http://", "https://")):  # the concat demuxer opens it: retry reads as ffmpeg -i does
+        lines += [f"option {name} {value}" for name, value in HTTP_INPUT_OPTIONS.items()]
+    if layout.copy_end_dts is not None:
+        lines.append(f"outpoint {layout.copy_end_dts - layout.frame_sec / 4:.6f}")
+    lines.append(f"duration {layout.copy_end - layout.join:.6f}")
+    return lines
+
+
+async def _in_band_copy(
+    source: str, output: Path, layout: CutLayout, scratch: Path, *, on_progress: Callable[[float], None],
+    fmt: str = "",
+) -> None:
+    """Remux the copied run of a HEVC stream into an MP4 whose keyframes carry the stream's VPS/SPS/PPS in-band,
+    so that in the joined clip it decodes with its own parameter sets, not the re-encoded head's."""
+    assert layout.join is not None and layout.copy_end is not None
+    listing = scratch / "copied.ffconcat"
+    listing.write_text("\n".join([*_list_header(layout), *_source_entry(source, layout, fmt)]) + "\n")
+    protocols = ",".join(dict.fromkeys([FILE_PROTOCOLS, *protocols_for(source).split(",")]))
+    args = ["-f", CONCAT_DEMUXER, "-safe", "0", "-protocol_whitelist", protocols, "-format_whitelist", CONCAT_DEMUXER,
+            "-i", str(listing), "-map", "0:v:0", "-c", "copy", "-bsf:v", HEVC_IN_BAND_BSF, "-tag:v", HEVC_JOIN_TAG,
+            *_timescale(layout.video), "-streamid", f"0:{layout.video.stream_id}", "-use_stream_ids_as_track_ids",
+            "1", "-f", "mp4", "-y", str(output)]
+    await run_ffmpeg(args, duration_sec=layout.copy_end - layout.join, on_progress=on_progress)
+
+
 async def _join(
     listing: Path, source: str, output: Path, layout: CutLayout, *, audio: bool,
-    on_progress: Callable[[float], None], fmt: str = "",
+    on_progress: Callable[[float], None], fmt: str = "", hevc_tag: bool = False,
 ) -> None:
     """Concat the video pieces by stream copy and mux the source's audio over the same range. The list itself is
-    read as a local concat list only (`-safe 0`: its entries are absolute paths and the media's URL)."""
+    read as a local concat list only (`-safe 0`: its entries are absolute paths and the media's URL). `hevc_tag`:
+    the pieces carry their own parameter sets in-band, and the clip says so (`hev1`)."""
     protocols = ",".join(dict.fromkeys([FILE_PROTOCOLS, *protocols_for(source).split(",")]))
     args = ["-f", CONCAT_DEMUXER, "-safe", "0", "-protocol_whitelist", protocols, "-format_whitelist", CONCAT_DEMUXER,
             "-i", str(listing)]
@@ -224,7 +283,8 @@ async def _join(
     args += ["-map", "0:v:0"] + (["-map", "1:a?", "-copypriorss:a", "0"] if audio else [])
     # the copied run's last packet keeps its own duration, which a hostile file sets to hours: ended at endSec
     clip_sec = layout.end - layout.first_frame
-    args += ["-c", "copy", *_timescale(layout.video), "-t", f"{clip_sec:.6f}", *packet_end_clamp(clip_sec)]
+    args += ["-c", "copy", *(["-tag:v", HEVC_JOIN_TAG] if hevc_tag else []), *_timescale(layout.video)]
+    args += ["-t", f"{clip_sec:.6f}", *packet_end_clamp(clip_sec)]
     if layout.video.rotation:
         args += ["-metadata:s:v:0", f"rotate={layout.video.rotation}"]
     args += ["-movflags", "+faststart", "-f", "mp4", "-y", str(output)]
