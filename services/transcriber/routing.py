@@ -81,7 +81,7 @@ async def transcribe(
     hosted = hosted_for(res.settings)
     if hosted is not None and await is_burst(res):
         try:
-            return await _hosted(hosted, engine, audio, language, translate)
+            return await _on_hosted(hosted, engine, audio, language, translate)
         except (HostedAsrUnavailable, HostedAsrRefused) as exc:
             log.warning("asr_hosted_burst_failed_running_locally", code=exc.code, error=exc.message)
     try:
@@ -90,11 +90,12 @@ async def transcribe(
         if hosted is None:
             raise
         log.warning("asr_out_of_memory_to_hosted", error=exc.message)
-        return await _hosted(hosted, engine, audio, language, translate)
+        return await _on_hosted(hosted, engine, audio, language, translate)
 
 
-async def _hosted(hosted: HostedAsr, engine: Any, audio: np.ndarray, language: str | None,
-                  translate: bool) -> Transcript:
+async def _on_hosted(
+    hosted: HostedAsr, engine: Any, audio: np.ndarray, language: str | None, translate: bool
+) -> Transcript:
     if translate and language is None:  # the translations endpoint answers "english" whatever was spoken
         try:
             language = await engine.detect_language(audio)
