@@ -208,6 +208,7 @@ def test_the_translations_endpoint_sits_beside_the_transcriptions_one() -> None:
     assert translations_url("https://api.example.com/v1") == "https://api.example.com/v1/audio/translations"
     assert translations_url("http://10.0.0.5:8000/") == "http://10.0.0.5:8000/v1/audio/translations"
     assert translations_url("http://h/x/audio/transcriptions") == "http://h/x/audio/translations"
+    assert translations_url("http://h/v1/audio/transcriptions?k=1") == "http://h/v1/audio/translations?k=1"
 
 
 @pytest.mark.timeout(600)

@@ -21,7 +21,7 @@ import asyncio
 import ipaddress
 import math
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import msgspec
@@ -55,9 +55,10 @@ def transcriptions_url(base: str, endpoint: str = TRANSCRIPTIONS_PATH) -> str:
     a URL already naming the endpoint is used as it is. `endpoint`: TRANSLATIONS_PATH for the translations
     endpoint beside it (a URL naming `…/audio/transcriptions` gets `…/audio/translations`)."""
     url = base.rstrip("/")
-    path = urlsplit(url).path
-    if path.endswith(TRANSCRIPTIONS_PATH):
-        return url[: -len(TRANSCRIPTIONS_PATH)] + endpoint
+    parts = urlsplit(url)
+    path = parts.path
+    if path.endswith(TRANSCRIPTIONS_PATH):  # its query, if any, kept
+        return urlunsplit(parts._replace(path=path[: -len(TRANSCRIPTIONS_PATH)] + endpoint))
     if path.endswith("/v1"):
         return url + endpoint
     return url + "/v1" + endpoint
