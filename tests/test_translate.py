@@ -5,6 +5,7 @@ with stable codes."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import uuid
@@ -16,10 +17,12 @@ import msgspec
 import numpy as np
 import pytest
 import srt
+from faster_whisper import BatchedInferencePipeline
 from litestar.testing import AsyncTestClient
 
 from services.transcriber import routing
 from shared.asr.audio import read_audio
+from shared.asr.engine import AsrEngine
 from shared.asr.hosted import HostedAsr, translations_url
 from shared.asr.resource import engine_for
 from shared.contracts import ClipJobMessage, Subtitles, UrlSource
@@ -130,6 +133,32 @@ async def test_each_engine_translates_spanish_into_english(
     assert (translated.language, translated.translated_to, translated.engine) == ("es", "en", asr_engine)
     assert_english(" ".join(w.word for w in translated.words))
     assert_timed(translated.words, spanish_video, SPANISH_SEC)
+
+
+@pytest.mark.timeout(600)
+async def test_the_gpu_batched_path_translates_and_never_mixes_tasks_in_a_batch(
+    spanish_audio: np.ndarray, spanish_video: SpeechVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CUDA path (cross-job batches through BatchedInferencePipeline), run with the real base model on CPU:
+    a translated clip and a transcribed one queued together go through two batched calls, each with its task."""
+    real = BatchedInferencePipeline.transcribe
+    tasks: list[str] = []
+
+    def batched(self, audio, *args, **kwargs):  # type: ignore[no-untyped-def]
+        tasks.append(kwargs.get("task", "transcribe"))
+        return real(self, audio, *args, **kwargs)
+
+    monkeypatch.setattr(BatchedInferencePipeline, "transcribe", batched)
+    base = engine_for(load_settings({}, asr_model="base", asr_beam_size=1))
+    gpu = AsrEngine(base.settings, base.ref, "cuda", base.model)
+    translated, spoken = await asyncio.gather(gpu.transcribe(spanish_audio, "es", translate=True),
+                                              gpu.transcribe(spanish_audio, "es"))  # queued at once (no detection)
+    assert gpu.batcher.batches == [1, 1] and sorted(tasks) == ["transcribe", "translate"]
+    assert (translated.device, translated.language, translated.translated_to) == ("cuda", "es", "en")
+    assert_english(" ".join(w.word for w in translated.words))
+    assert_timed(translated.words, spanish_video, SPANISH_SEC)
+    assert (spoken.language, spoken.translated_to) == ("es", "")
+    assert_spanish(" ".join(w.word for w in spoken.words))
 
 
 async def test_english_only_models_cannot_translate(spanish_audio: np.ndarray, models_dir: Path) -> None:
