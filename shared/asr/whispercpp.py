@@ -3,7 +3,8 @@
 The model is the one the project ships, converted once to ggml (shared/asr/ggml.py). Speech is found with the
 Silero VAD faster-whisper ships, as on the faster-whisper path: each span (at most one 30 s Whisper window,
 shared/asr/batching.py) is decoded on its own and its times shifted back, so silence is never decoded.
-`auto` detects the language once, on the first speech span, and decodes every span in it. Word times come
+`auto` detects the language once, on the first speech span, and decodes every span in it (with whisper.cpp's
+`translate` flag when the job asks for English: subs.translate). Word times come
 from whisper.cpp's token timestamps (a word = the tokens from one starting with a space to the next).
 CPU only (the registry's pywhispercpp wheel is built without CUDA); one clip at a time per process.
 """
