@@ -83,12 +83,25 @@ class WireStruct(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=Tru
     """Base of every clipjet message: camelCase on the wire, unknown fields ignored."""
 
 
+TranslateTo = Annotated[
+    Literal["en"],
+    msgspec.Meta(description=(
+        "Translate the speech: the subtitles are in this language, whatever is spoken (Whisper's translate task; "
+        "it translates into English only, so \"en\" is the one value). Left out: the subtitles are in the "
+        "language spoken. Needs a multilingual ASR_MODEL (an English-only one fails the job: "
+        "model_cannot_translate)."
+    )),
+]
+
+
 class Subtitles(WireStruct):
-    """Subtitle options: transcribe the clip's speech, optionally burned into the picture."""
+    """Subtitle options: transcribe the clip's speech (`lang`: the language spoken, or auto), optionally
+    translated into English (`translate`), optionally burned into the picture."""
 
     enabled: bool = False
     burn_in: bool = False
     lang: str = "auto"
+    translate: TranslateTo | None = None
 
 
 Aspect = Literal["9:16", "1:1", "4:5"]
@@ -189,11 +202,14 @@ class Artifact(WireStruct):
 
 class SubtitlesMade(WireStruct):
     """Who made the clip's subtitles: the engine (local faster-whisper or whisper.cpp, or the hosted API used
-    for bursts and when local inference ran out of memory), its model, and the language transcribed."""
+    for bursts and when local inference ran out of memory), its model, and the language of the subtitles' text.
+    A translated job (subs.translate) also names the language spoken in the clip (detected, or as subs.lang
+    named it): `sourceLanguage`."""
 
     engine: AsrEngineName
     model: str
-    language: str
+    language: str  # of the subtitles' text: the language spoken, or the translation's ("en")
+    source_language: str | None = None  # set when translated: the language spoken ("" if the engine could not tell)
 
 
 class ClipResult(WireStruct):

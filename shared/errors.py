@@ -123,6 +123,12 @@ class LanguageUnknown(Permanent):
     code = "language_unknown"
 
 
+class ModelCannotTranslate(Permanent):
+    """`subs.translate` on a transcriber whose speech model is English-only (tiny.en, *.en): no translate task."""
+
+    code = "model_cannot_translate"
+
+
 class ModelUnavailable(Permanent):
     """The configured speech model is missing, incomplete or corrupt."""
 

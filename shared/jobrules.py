@@ -24,6 +24,7 @@ from shared.ytdlp import check_page_url
 
 _DECODE_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 _SOURCE_TYPE_FIELD = "source.type"
+_TRANSLATE_FIELD = "subs.translate"  # also a batch clip's: clips[0].subs.translate
 # A bound (msgspec.Meta) broken by a field: the code the gateway always gave for it.
 _BOUND_CODES = {"startSec": "start_negative", "endSec": "end_before_start"}
 _BOUND_MARKS = (">", "<")  # msgspec's bound messages: "Expected `float` >= 0.0"
@@ -87,6 +88,9 @@ def refusal_for_field(field: str | None, message: str) -> BadRequest:
     if field == _SOURCE_TYPE_FIELD:
         return BadRequest(f"{message}: source.type must be one of upload, url, youtube",
                           code="unknown_source_type", field=field)
+    if field is not None and (field == _TRANSLATE_FIELD or field.endswith(f".{_TRANSLATE_FIELD}")):
+        return BadRequest(f"{message}: {field} must be \"en\" (Whisper translates only into English) or left out",
+                          code="translate_unsupported", field=field)
     if field in _BOUND_CODES and any(mark in message for mark in _BOUND_MARKS):
         return BadRequest(f"{field}: {message}", code=_BOUND_CODES[field], field=field)
     if field is not None and _REFRAME_FIELD.search(field):

@@ -1,13 +1,16 @@
 """A hosted-ASR stand-in for the tests, built on the project's own engine (faster-whisper, shipped tiny.en):
-a real HTTP server process speaking the OpenAI-compatible `POST /v1/audio/transcriptions` API.
+a real HTTP server process speaking the OpenAI-compatible `POST /v1/audio/transcriptions` and
+`POST /v1/audio/translations` APIs.
 
 It checks the bearer key, reads the multipart form (file, model, response_format, timestamp_granularities[],
 language), decodes the uploaded file with ffmpeg and answers `verbose_json` with words and segments, the
-language named as OpenAI names it ("english"). For the tests: `POST /_control` `{"status": 503, "times": 2}`
+language named as OpenAI names it ("english"). Translations answer as OpenAI's do: English segments (the
+engine's translate task; `--model base`, a multilingual model, is needed), no `words`, no `language` field read,
+and `"language": "english"` whatever was spoken. For the tests: `POST /_control` `{"status": 503, "times": 2}`
 makes the next requests fail with that status; `GET /_requests` lists what was received (bytes, content type,
 duration of the audio, form fields).
 
-    python -m tests.hosted_asr_server --port 0 --key KEY   (prints "listening on PORT" once ready)
+    python -m tests.hosted_asr_server --port 0 --key KEY [--model base]   (prints "listening on PORT" once ready)
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ class HostedAsrServer:
         self.received: list[dict[str, Any]] = []
 
     async def transcriptions(self, request: web.Request) -> web.Response:
+        return await self._answer(request, translate=False)
+
+    async def translations(self, request: web.Request) -> web.Response:
+        return await self._answer(request, translate=True)
+
+    async def _answer(self, request: web.Request, *, translate: bool) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {self.key}":
             return web.json_response({"error": {"message": "Incorrect API key provided"}}, status=401)
         form: dict[str, list[str]] = {}
@@ -59,7 +68,7 @@ class HostedAsrServer:
                 upload = (await part.read(), part.filename or "", part.headers.get("Content-Type", ""))  # type: ignore[union-attr]
             else:
                 form.setdefault(part.name or "", []).append(await part.text())  # type: ignore[union-attr]
-        seen: dict[str, Any] = {"form": form, "bytes": len(upload[0]) if upload else 0,
+        seen: dict[str, Any] = {"path": request.path, "form": form, "bytes": len(upload[0]) if upload else 0,
                                 "filename": upload[1] if upload else "", "content_type": upload[2] if upload else ""}
         self.received.append(seen)
         if self.failures:
@@ -73,15 +82,16 @@ class HostedAsrServer:
             path.write_bytes(upload[0])
             audio = await read_audio(str(path), start_sec=0.0, duration_sec=3600.0)
         seen["duration_sec"] = round(len(audio) / SAMPLE_RATE_HZ, 3)
-        lang = (form.get("language") or ["auto"])[0]
-        transcript = await self.engine.transcribe(audio, lang)
+        lang = "auto" if translate else (form.get("language") or ["auto"])[0]  # translations take no language
+        transcript = await self.engine.transcribe(audio, lang, translate=translate)
         words = transcript.words
+        language = "en" if translate else transcript.language  # OpenAI: "the language of the output translation"
         answer: dict[str, Any] = {
-            "task": "transcribe", "language": LANGUAGE_NAMES.get(transcript.language, transcript.language),
+            "task": "translate" if translate else "transcribe", "language": LANGUAGE_NAMES.get(language, language),
             "duration": seen["duration_sec"], "text": " ".join(w.word for w in words),
             "segments": segments_of(words),
         }
-        if "word" in form.get("timestamp_granularities[]", []):
+        if not translate and "word" in form.get("timestamp_granularities[]", []):
             answer["words"] = [{"word": w.word, "start": w.start, "end": w.end} for w in words]
         return web.json_response(answer)
 
@@ -99,6 +109,7 @@ async def serve(port: int, key: str, model: str) -> None:
     server = HostedAsrServer(key, engine)
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/audio/transcriptions", server.transcriptions)
+    app.router.add_post("/v1/audio/translations", server.translations)
     app.router.add_post("/_control", server.control)
     app.router.add_get("/_requests", server.requests)
     runner = web.AppRunner(app, access_log=None)

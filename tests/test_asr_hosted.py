@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,11 @@ class HostedServer:
         httpx.post(f"{self.url}/_control", json={"status": status, "times": times}).raise_for_status()
 
 
-@pytest.fixture(scope="module")
-def hosted_server() -> Iterator[HostedServer]:
+@contextmanager
+def hosted_server_process(model: str = "tiny.en") -> Iterator[HostedServer]:
+    """tests/hosted_asr_server.py on its own port with the shipped `model`, until the block ends."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.hosted_asr_server", "--port", "0", "--key", KEY], cwd=REPO,
+        [sys.executable, "-m", "tests.hosted_asr_server", "--port", "0", "--key", KEY, "--model", model], cwd=REPO,
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
@@ -71,6 +73,12 @@ def hosted_server() -> Iterator[HostedServer]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def hosted_server() -> Iterator[HostedServer]:
+    with hosted_server_process() as server:
+        yield server
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ REFUSED = [
     pytest.param({"source": {"type": "ftp", "url": "ftp://x/a.mp4"}}, "unknown_source_type", id="unknown-type"),
     pytest.param({"metadata": {"k": "x" * 5000}}, "invalid_field", id="metadata-too-large"),
     pytest.param({"metadata": ["not", "an", "object"]}, "invalid_field", id="metadata-not-an-object"),
+    pytest.param({"subs": {"enabled": True, "translate": "fr"}}, "translate_unsupported", id="translate-not-en"),
 ]
 
 

@@ -1,5 +1,6 @@
-"""Transcriber: the clip's audio → words (the local engine, or the hosted API: routing.py) → SRT, WebVTT and
-words JSON in the job's staging; the message says which engine made them."""
+"""Transcriber: the clip's audio → words (the local engine, or the hosted API: routing.py; in English when
+subs.translate asks) → SRT, WebVTT and words JSON in the job's staging; the message says which engine made
+them, in which language, and when translated the language spoken."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ OUTPUTS: dict[str, tuple[str, str]] = {
     "words": ("subs.words.json", "application/json"),
 }
 AUDIO_SHARE = 0.1  # part of this stage's progress spent reading the audio
+SOURCE_LANGUAGE_KEY = "source-language"  # object metadata of translated subtitles: the language spoken
 
 
 def cue_rules(settings: Settings) -> CueRules:
@@ -59,6 +61,7 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
         transcript = await routing.transcribe(
             deps.res, engine, audio, task.job.subs.lang,
             lambda p: deps.progress.set(AUDIO_SHARE + (0.9 - AUDIO_SHARE) * p),
+            translate=task.job.subs.translate is not None,
         )
     model = deps.res.settings.asr_hosted_model if transcript.engine == HOSTED else engine.ref.name
     record_asr(transcript.engine, model, duration, time.perf_counter() - started)
@@ -70,12 +73,13 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
     for role, (name, content_type) in OUTPUTS.items():
         path = deps.scratch / name
         path.write_bytes(bodies[role])
-        metadata = {"sha256": await sha256_file(path), "language": transcript.language,
+        metadata = {"sha256": await sha256_file(path), "language": transcript.translated_to or transcript.language,
                     "model": model, "device": transcript.device, "engine": transcript.engine}
+        if transcript.translated_to:
+            metadata[SOURCE_LANGUAGE_KEY] = transcript.language
         size = await storage.put_file(f"{prefix}{name}", path, content_type, metadata)
         stored[role] = ObjectInfo(f"{prefix}{name}", size, metadata)
-    return _forward(task, stored, SubtitlesMade(engine=transcript.engine, model=model,  # type: ignore[arg-type]
-                                                language=transcript.language))
+    return _forward(task, stored, _made(stored["srt"].metadata))
 
 
 def _audio_span(task: StageMessage) -> tuple[str, float, float]:
@@ -96,7 +100,7 @@ def _made(metadata: dict[str, str]) -> SubtitlesMade | None:
     if engine not in ("faster-whisper", "whisper.cpp", "hosted"):
         return None
     return SubtitlesMade(engine=engine, model=metadata.get("model", ""),  # type: ignore[arg-type]
-                         language=metadata.get("language", ""))
+                         language=metadata.get("language", ""), source_language=metadata.get(SOURCE_LANGUAGE_KEY))
 
 
 def _forward(task: StageMessage, outputs: dict[str, ObjectInfo], made: SubtitlesMade | None) -> StageMessage:

@@ -2,7 +2,11 @@
 and either the transcriber's queue is over ASR_HOSTED_BURST_PENDING (a burst: the hosted API takes the
 overflow; if it fails, the clip runs locally after all) or local inference ran out of memory after the batch
 halving and the CPU fallback (then a failing hosted API fails the attempt with its own stable code and the
-message is retried: nothing is lost)."""
+message is retried: nothing is lost).
+
+`translate` (subs.translate): the same rules (an English-only local model refuses it whichever engine would run);
+the hosted translations endpoint says no source language, so the local model detects it first (when subs.lang
+is auto)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from shared import bus
-from shared.asr.engine import Transcript
+from shared.asr.base import Transcript
 from shared.asr.hosted import HostedAsr
 from shared.contracts import PRIORITIES
 from shared.errors import AsrOutOfMemory, HostedAsrRefused, HostedAsrUnavailable
@@ -67,20 +71,34 @@ async def is_burst(res: Resources) -> bool:
 
 
 async def transcribe(
-    res: Resources, engine: Any, audio: np.ndarray, lang: str, on_progress: Callable[[float], None]
+    res: Resources, engine: Any, audio: np.ndarray, lang: str, on_progress: Callable[[float], None], *,
+    translate: bool = False,
 ) -> Transcript:
-    """The clip's transcript from the engine the rules above pick (`engine`: the local one)."""
+    """The clip's transcript from the engine the rules above pick (`engine`: the local one); `translate`: the
+    words in English, the transcript's language the one spoken."""
     language = engine.language_for(lang)  # the same language rules whichever engine runs
+    engine.task_for(translate)
     hosted = hosted_for(res.settings)
     if hosted is not None and await is_burst(res):
         try:
-            return await hosted.transcribe(audio, language)
+            return await _on_hosted(hosted, engine, audio, language, translate)
         except (HostedAsrUnavailable, HostedAsrRefused) as exc:
             log.warning("asr_hosted_burst_failed_running_locally", code=exc.code, error=exc.message)
     try:
-        return await engine.transcribe(audio, lang, on_progress)
+        return await engine.transcribe(audio, lang, on_progress, translate=translate)
     except AsrOutOfMemory as exc:
         if hosted is None:
             raise
         log.warning("asr_out_of_memory_to_hosted", error=exc.message)
-        return await hosted.transcribe(audio, language)
+        return await _on_hosted(hosted, engine, audio, language, translate)
+
+
+async def _on_hosted(
+    hosted: HostedAsr, engine: Any, audio: np.ndarray, language: str | None, translate: bool
+) -> Transcript:
+    if translate and language is None:  # the translations endpoint answers "english" whatever was spoken
+        try:
+            language = await engine.detect_language(audio)
+        except Exception as exc:  # e.g. out of memory again: the translation still comes, its source unnamed
+            log.warning("asr_source_language_unknown", error=repr(exc)[:200])
+    return await hosted.transcribe(audio, language, translate=translate)

@@ -1,10 +1,10 @@
 """Batching short speech chunks of several jobs into the same GPU passes.
 
-Clips that arrive at the transcriber together (within ASR_GPU_BATCH_WAIT_MS of the first, same language) are
-laid end to end in one audio array; each clip's own Silero VAD speech spans (at most 30 s each: one Whisper
-window) become `clip_timestamps` of one `BatchedInferencePipeline.transcribe` call, so ASR_GPU_BATCH chunks go
-through the model per forward pass whichever job they belong to. The words are then handed back to their
-jobs with their times made relative to each job's own audio again.
+Clips that arrive at the transcriber together (within ASR_GPU_BATCH_WAIT_MS of the first, same language and
+task: transcribe or translate) are laid end to end in one audio array; each clip's own Silero VAD speech spans
+(at most 30 s each: one Whisper window) become `clip_timestamps` of one `BatchedInferencePipeline.transcribe`
+call, so ASR_GPU_BATCH chunks go through the model per forward pass whichever job they belong to. The words are
+then handed back to their jobs with their times made relative to each job's own audio again.
 """
 
 from __future__ import annotations
@@ -76,16 +76,17 @@ def lay_out(audios: list[np.ndarray], min_silence_ms: int, speech_pad_ms: int) -
 class _Request(Generic[R]):
     audio: np.ndarray
     language: str
+    task: str
     done: asyncio.Future[R] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class CrossJobBatcher(Generic[R]):
-    """Collects clips from concurrent jobs and transcribes those of one language in one batched call.
+    """Collects clips from concurrent jobs and transcribes those of one language and task in one batched call.
 
-    `run(audios, language)` (blocking, run in a thread) returns each clip's result, in order.
+    `run(audios, language, task)` (blocking, run in a thread) returns each clip's result, in order.
     """
 
-    def __init__(self, run: Callable[[list[np.ndarray], str], list[R]], max_jobs: int, wait_sec: float) -> None:
+    def __init__(self, run: Callable[[list[np.ndarray], str, str], list[R]], max_jobs: int, wait_sec: float) -> None:
         self._run = run
         self._max_jobs = max(1, max_jobs)
         self._wait_sec = wait_sec
@@ -94,10 +95,10 @@ class CrossJobBatcher(Generic[R]):
         self._loop: asyncio.Task[None] | None = None
         self.batches: list[int] = []  # jobs per call, for logs and tests
 
-    async def transcribe(self, audio: np.ndarray, language: str) -> R:
+    async def transcribe(self, audio: np.ndarray, language: str, task: str = "transcribe") -> R:
         if self._loop is None or self._loop.done():
             self._loop = asyncio.create_task(self._serve())
-        request: _Request[R] = _Request(audio, language)
+        request: _Request[R] = _Request(audio, language, task)
         self._pending.append(request)
         self._wake.set()
         return await request.done
@@ -111,12 +112,12 @@ class CrossJobBatcher(Generic[R]):
                 self._pending = [r for r in self._pending if not r.done.done()]  # drop jobs handed back meanwhile
                 if not self._pending:
                     break
-                language = self._pending[0].language
-                batch = [r for r in self._pending if r.language == language][: self._max_jobs]
+                language, task = self._pending[0].language, self._pending[0].task
+                batch = [r for r in self._pending if (r.language, r.task) == (language, task)][: self._max_jobs]
                 self._pending = [r for r in self._pending if all(r is not b for b in batch)]
                 self.batches.append(len(batch))
                 try:
-                    results = await asyncio.to_thread(self._run, [r.audio for r in batch], language)
+                    results = await asyncio.to_thread(self._run, [r.audio for r in batch], language, task)
                 except Exception as exc:
                     for request in batch:
                         if not request.done.done():

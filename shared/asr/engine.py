@@ -11,54 +11,41 @@ then the clips run on a CPU copy of the model: no job is lost.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
 from shared.asr.audio import SAMPLE_RATE_HZ
+from shared.asr.base import (
+    AUTO,
+    ENGLISH,
+    FASTER_WHISPER,
+    TRANSCRIBE,
+    LocalEngine,
+    Task,
+    Transcript,
+    TranscriptionStopped,
+    is_oom,
+    language_for,
+    out_of_memory,
+    release_memory,
+)
 from shared.asr.batching import CrossJobBatcher, lay_out
 from shared.asr.models import ModelRef, resolve_model
-from shared.errors import AsrOutOfMemory, LanguageUnknown, LanguageUnsupported
 from shared.logs import get_logger
 from shared.settings import Settings
 from shared.subtitles.words import Word
 
+__all__ = [  # the engine-neutral names stay importable from here
+    "AUTO", "ENGLISH", "FASTER_WHISPER", "AsrEngine", "Transcript", "TranscriptionStopped", "collect", "is_oom",
+    "language_for", "out_of_memory", "release_memory",
+]
 log = get_logger("asr")
-AUTO = "auto"
-ENGLISH = "en"
 CPU_COMPUTE_TYPE = "int8"
 CUDA_COMPUTE_TYPE = "float16"
 R = TypeVar("R")
-FASTER_WHISPER = "faster-whisper"
-OOM_MARKERS = ("out of memory", "cuda_error_out_of_memory", "cublas_status_alloc_failed")
-
-
-class TranscriptionStopped(Exception):
-    """Raised inside the transcription thread once its job was canceled (or its worker stopped)."""
-
-
-@dataclass(frozen=True)
-class Transcript:
-    """The words of one clip and the language they were recognised in."""
-
-    language: str
-    words: list[Word]
-    device: str  # where it ran: "cpu" or "cuda"
-    engine: str = FASTER_WHISPER  # which engine made it: faster-whisper | whisper.cpp | hosted
-
-
-def release_memory() -> None:
-    """Hand freed heap back to the OS after a clip (glibc keeps ~100 MB of a transcription's buffers
-    otherwise, and the idle transcriber is meant to stay under 400 MB). A no-op where malloc_trim is absent."""
-    name = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    if trim is not None:
-        trim(0)
 
 
 def choose_device(setting: str) -> str:
@@ -74,33 +61,6 @@ def compute_type_for(device: str, setting: str) -> str:
     if setting != AUTO:
         return setting
     return CUDA_COMPUTE_TYPE if device == "cuda" else CPU_COMPUTE_TYPE
-
-
-def is_oom(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, MemoryError) or (
-        isinstance(exc, RuntimeError) and any(marker in text for marker in OOM_MARKERS))
-
-
-def language_for(lang: str, multilingual: bool, model_name: str) -> str | None:
-    """The language to decode in (None: detect), or a Permanent error for one the model cannot do."""
-    from faster_whisper.tokenizer import _LANGUAGE_CODES
-
-    wanted = (lang or AUTO).strip().lower()
-    if wanted == AUTO:
-        return None if multilingual else ENGLISH
-    if wanted not in _LANGUAGE_CODES:
-        raise LanguageUnknown(f"lang {lang!r} is not a Whisper language code (e.g. en, de, fr) nor 'auto'")
-    if wanted != ENGLISH and not multilingual:
-        raise LanguageUnsupported(
-            f"the configured speech model ({model_name}) is English-only and cannot transcribe {wanted!r}; "
-            f"ask for lang 'en' or 'auto', or run the transcriber with a multilingual ASR_MODEL (e.g. base)"
-        )
-    return wanted
-
-
-def out_of_memory(exc: BaseException) -> AsrOutOfMemory:
-    return AsrOutOfMemory(f"speech recognition ran out of memory: {str(exc)[:200] or type(exc).__name__}")
 
 
 def transcribe_options(settings: Settings) -> dict[str, Any]:
@@ -134,8 +94,8 @@ def run_with_oom_fallback(
             size //= 2
 
 
-class AsrEngine:
-    """The process's speech model. Create with `load()` (off the event loop); `transcribe` is async.
+class AsrEngine(LocalEngine):
+    """The process's faster-whisper model. Create with `load()` (off the event loop); `transcribe` is async.
 
     Out of memory where nothing smaller is left to try raises AsrOutOfMemory (the transcriber may then hand
     the clip to the hosted API)."""
@@ -166,55 +126,29 @@ class AsrEngine:
             cpu_threads=settings.asr_cpu_threads, local_files_only=True,
         )
         engine = cls(settings, ref, device, model)
-        log.info("asr_model_loaded", model=ref.name, path=str(ref.path), device=device,
-                 multilingual=engine.multilingual)
+        engine.log_loaded(str(ref.path))
         return engine
 
-    def language_for(self, lang: str) -> str | None:
-        return language_for(lang, self.multilingual, self.ref.name)
-
-    async def transcribe(
-        self, audio: np.ndarray, lang: str, on_progress: Callable[[float], None] | None = None
-    ) -> Transcript:
-        """Words of `audio` (16 kHz mono float32) with times from its first sample."""
-        language = self.language_for(lang)
-        try:
-            return await self._transcribe(audio, language, on_progress)
-        except (RuntimeError, MemoryError) as exc:
-            if is_oom(exc):
-                raise out_of_memory(exc) from exc
-            raise
-
     async def _transcribe(
-        self, audio: np.ndarray, language: str | None, on_progress: Callable[[float], None] | None
+        self, audio: np.ndarray, language: str | None, task: Task, on_progress: Callable[[float], None] | None
     ) -> Transcript:
         if self.device == "cuda":  # with other jobs' clips; progress is reported when the batch is done
             if language is None:
                 language = await asyncio.to_thread(self._detect_language, audio)
-            return await self.batcher.transcribe(audio, language)
-        stop = threading.Event()  # a canceled job's thread stops at its next segment (a thread cannot be killed)
-
-        def report(pct: float) -> None:
-            if stop.is_set():
-                raise TranscriptionStopped("the job's transcription was canceled")
-            if on_progress is not None:
-                on_progress(pct)
-
-        async with self._lock:
-            try:
-                return await asyncio.to_thread(self._transcribe_sync, audio, language, report)
-            except asyncio.CancelledError:
-                stop.set()
-                raise
+            return await self.batcher.transcribe(audio, language, task)
+        return await self._in_thread(lambda report, _: self._transcribe_sync(audio, language, report, task),
+                                     on_progress)
 
     def _options(self) -> dict[str, Any]:
         return transcribe_options(self.settings)
 
     def _transcribe_sync(
-        self, audio: np.ndarray, language: str | None, on_progress: Callable[[float], None] | None
+        self, audio: np.ndarray, language: str | None, on_progress: Callable[[float], None] | None,
+        task: Task = TRANSCRIBE,
     ) -> Transcript:
         try:
-            return collect(self.model.transcribe(audio, language=language, **self._options()), "cpu", on_progress)
+            return collect(self.model.transcribe(audio, language=language, task=task, **self._options()), "cpu",
+                           on_progress)
         finally:
             release_memory()
 
@@ -222,8 +156,8 @@ class AsrEngine:
         language, _, _ = self.model.detect_language(audio=audio, vad_filter=True)
         return str(language)
 
-    def _run_batch(self, audios: list[np.ndarray], language: str) -> list[Transcript]:
-        """Several clips in one language: their speech chunks through the GPU together (see batching.py)."""
+    def _run_batch(self, audios: list[np.ndarray], language: str, task: Task = TRANSCRIBE) -> list[Transcript]:
+        """Several clips in one language and task: their speech chunks through the GPU together (batching.py)."""
         from faster_whisper import BatchedInferencePipeline
 
         layout = lay_out(audios, self.settings.asr_vad_min_silence_ms, self.settings.asr_vad_speech_pad_ms)
@@ -233,20 +167,21 @@ class AsrEngine:
 
         def on_gpu(batch: int) -> list[Transcript]:
             joined = collect(pipeline.transcribe(
-                layout.audio, language=language, batch_size=batch, clip_timestamps=layout.clips,
+                layout.audio, language=language, task=task, batch_size=batch, clip_timestamps=layout.clips,
                 beam_size=self.settings.asr_beam_size, word_timestamps=True,
             ), "cuda")
             return [Transcript(language, words, "cuda") for words in layout.split(joined.words)]
 
         def on_cpu() -> list[Transcript]:
             model = self.cpu_model()
-            return [collect(model.transcribe(a, language=language, **self._options()), "cpu") for a in audios]
+            return [collect(model.transcribe(a, language=language, task=task, **self._options()), "cpu")
+                    for a in audios]
 
         try:
             transcripts, failed = run_with_oom_fallback(on_gpu, self.settings.asr_gpu_batch, on_cpu)
         finally:
             release_memory()
-        log.info("asr_batch", jobs=len(audios), chunks=len(layout.clips), oom_batches=failed)
+        log.info("asr_batch", jobs=len(audios), chunks=len(layout.clips), oom_batches=failed, task=task)
         return transcripts
 
     def cpu_model(self) -> Any:

@@ -1,9 +1,12 @@
-"""Hosted speech recognition over the OpenAI-compatible `POST /v1/audio/transcriptions` API (ASR_HOSTED_URL).
+"""Hosted speech recognition over the OpenAI-compatible `POST /v1/audio/transcriptions` API (ASR_HOSTED_URL);
+`subs.translate` uses `POST /v1/audio/translations` (English out; no `language` field, no word timestamps).
 
 Only the clip's own audio is sent: the 16 kHz mono samples the local engine would have read, compressed
 (FLAC, or Ogg Opus when ASR_HOSTED_AUDIO_FORMAT=opus or when the FLAC is over ASR_HOSTED_MAX_UPLOAD_MB).
 The form asks for `verbose_json` with word and segment timestamps; words come back with their times, and a
-word's probability is its segment's exp(avg_logprob) (1.0 where the server gives none).
+word's probability is its segment's exp(avg_logprob) (1.0 where the server gives none). An answer without words
+(translations: OpenAI gives segments only) has each segment's text split into words, the segment's time shared
+among them by their length.
 
 The URL is an operator setting, so it is NOT put through the SSRF guard (shared/netguard.py): an in-cluster
 server on a private address is allowed (a key sent over http:// to any other host is warned about at start).
@@ -18,14 +21,14 @@ import asyncio
 import ipaddress
 import math
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import msgspec
 import numpy as np
 
 from shared.asr.audio import SAMPLE_RATE_HZ
-from shared.asr.engine import Transcript
+from shared.asr.base import ENGLISH, Transcript
 from shared.asr.languages import language_code
 from shared.errors import HostedAsrRefused, HostedAsrUnavailable
 from shared.logs import get_logger
@@ -36,6 +39,7 @@ from shared.subtitles.words import Word
 log = get_logger("asr")
 HOSTED = "hosted"
 TRANSCRIPTIONS_PATH = "/audio/transcriptions"
+TRANSLATIONS_PATH = "/audio/translations"
 MIB = 1024 * 1024
 ERROR_BODY_BYTES = 2048  # of an error answer, read (for the log) at most this much
 LOCAL_NAME_SUFFIXES = (".local", ".internal", ".svc", ".localhost", ".lan", ".home.arpa")  # names not on the internet
@@ -46,16 +50,23 @@ UPLOAD_FORMATS = {  # name → (ffmpeg output args, file name, content type)
 }
 
 
-def transcriptions_url(base: str) -> str:
+def transcriptions_url(base: str, endpoint: str = TRANSCRIPTIONS_PATH) -> str:
     """ASR_HOSTED_URL → the endpoint: `…/v1` gets `/audio/transcriptions`, a bare host `/v1/audio/transcriptions`,
-    a URL already naming the endpoint is used as it is."""
+    a URL already naming the endpoint is used as it is. `endpoint`: TRANSLATIONS_PATH for the translations
+    endpoint beside it (a URL naming `…/audio/transcriptions` gets `…/audio/translations`)."""
     url = base.rstrip("/")
-    path = urlsplit(url).path
-    if path.endswith(TRANSCRIPTIONS_PATH):
-        return url
+    parts = urlsplit(url)
+    path = parts.path
+    if path.endswith(TRANSCRIPTIONS_PATH):  # its query, if any, kept
+        return urlunsplit(parts._replace(path=path[: -len(TRANSCRIPTIONS_PATH)] + endpoint))
     if path.endswith("/v1"):
-        return url + TRANSCRIPTIONS_PATH
-    return url + "/v1" + TRANSCRIPTIONS_PATH
+        return url + endpoint
+    return url + "/v1" + endpoint
+
+
+def translations_url(base: str) -> str:
+    """ASR_HOSTED_URL → its `/v1/audio/translations` endpoint (as `transcriptions_url`)."""
+    return transcriptions_url(base, TRANSLATIONS_PATH)
 
 
 async def encode_audio(audio: np.ndarray, fmt: str) -> bytes:
@@ -82,6 +93,7 @@ class _HostedWord(msgspec.Struct):
 class _HostedSegment(msgspec.Struct):
     start: float = 0.0
     end: float = 0.0
+    text: str = ""
     avg_logprob: float | None = None
     words: list[_HostedWord] | None = None
 
@@ -97,6 +109,8 @@ def words_of(answer: _HostedAnswer, audio_sec: float) -> list[Word]:
     """The answer's words (top-level `words`, else each segment's), times within the clip's audio, sorted."""
     segments = answer.segments or []
     raw = answer.words if answer.words is not None else [w for s in segments for w in s.words or []]
+    if not raw:
+        raw = [w for s in segments for w in segment_words(s)]
 
     def probability(word: _HostedWord) -> float:
         if word.probability is not None:
@@ -112,6 +126,21 @@ def words_of(answer: _HostedAnswer, audio_sec: float) -> list[Word]:
     words = [Word(w.word.strip(), clamp(w.start), clamp(max(w.start, w.end)), round(probability(w), 4))
              for w in raw if w.word.strip()]
     return sorted(words, key=lambda w: w.start)
+
+
+def segment_words(segment: _HostedSegment) -> list[_HostedWord]:
+    """A segment without word times: its text's words, the segment's time shared by their length (+1 each)."""
+    texts = segment.text.split()
+    if not texts:
+        return []
+    span = max(0.0, segment.end - segment.start)
+    total = sum(len(t) + 1 for t in texts)
+    words, at = [], segment.start
+    for text in texts:
+        end = at + span * (len(text) + 1) / total
+        words.append(_HostedWord(text, round(at, 3), round(end, 3)))
+        at = end
+    return words
 
 
 async def read_capped(reply: httpx.Response, cap: int) -> bytes | None:
@@ -158,6 +187,7 @@ class HostedAsr:
 
     def __post_init__(self) -> None:
         self.url = transcriptions_url(self.settings.asr_hosted_url)
+        self.translations_url = translations_url(self.settings.asr_hosted_url)
         remember_secret(self.settings.asr_hosted_key)  # never shown in logs or job errors
 
     async def upload_body(self, audio: np.ndarray) -> tuple[bytes, str, str]:
@@ -172,19 +202,22 @@ class HostedAsr:
         _, name, content_type = UPLOAD_FORMATS[fmt]
         return body, name, content_type
 
-    async def transcribe(self, audio: np.ndarray, language: str | None) -> Transcript:
-        """The words of `audio` (16 kHz mono float32) from the hosted API; `language` None: the API detects it."""
+    async def transcribe(self, audio: np.ndarray, language: str | None, *, translate: bool = False) -> Transcript:
+        """The words of `audio` (16 kHz mono float32) from the hosted API; `language` None: the API detects it.
+
+        `translate`: English words from the translations endpoint, which takes no language and says none but
+        English: the transcript's (source) language is then `language`, "" when None (unknown)."""
         body, name, content_type = await self.upload_body(audio)
-        form: dict[str, object] = {
-            "model": self.settings.asr_hosted_model, "response_format": "verbose_json",
-            "timestamp_granularities[]": ["word", "segment"],
-        }
-        if language:
-            form["language"] = language
+        form: dict[str, object] = {"model": self.settings.asr_hosted_model, "response_format": "verbose_json"}
+        if not translate:
+            form["timestamp_granularities[]"] = ["word", "segment"]
+            if language:
+                form["language"] = language
+        url = self.translations_url if translate else self.url
         headers = {"Authorization": f"Bearer {self.settings.asr_hosted_key}"} if self.settings.asr_hosted_key else {}
         try:
             async with httpx.AsyncClient(timeout=self.settings.asr_hosted_timeout_sec, trust_env=False) as client, \
-                    client.stream("POST", self.url, data=form, files={"file": (name, body, content_type)},
+                    client.stream("POST", url, data=form, files={"file": (name, body, content_type)},
                                   headers=headers) as reply:
                 status = reply.status_code
                 cap = int(self.settings.asr_hosted_max_reply_mb * MIB) if status == 200 else ERROR_BODY_BYTES
@@ -204,7 +237,8 @@ class HostedAsr:
             answer = msgspec.json.decode(content, type=_HostedAnswer)
         except msgspec.DecodeError as exc:
             raise HostedAsrRefused(f"the hosted speech API's answer is no verbose_json transcription: {exc}") from exc
-        detected = language_code(answer.language) or language or ""
-        log.info("asr_hosted", bytes=len(body), format=name, words=len(answer.words or []), language=detected)
+        detected = (language or "") if translate else language_code(answer.language) or language or ""
         words = words_of(answer, len(audio) / SAMPLE_RATE_HZ)
-        return Transcript(language=detected, words=words, device=HOSTED, engine=HOSTED)
+        log.info("asr_hosted", bytes=len(body), format=name, words=len(words), language=detected, translate=translate)
+        return Transcript(language=detected, words=words, device=HOSTED, engine=HOSTED,
+                          translated_to=ENGLISH if translate else "")

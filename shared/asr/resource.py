@@ -30,7 +30,8 @@ def _key(settings: Settings) -> tuple[object, ...]:
 def engine_for(settings: Settings) -> Any:
     """The process's engine for these settings, as ASR_ENGINE names it (loading it on first use; blocking).
 
-    Both engines offer `name`, `ref`, `device`, `multilingual`, `language_for` and `transcribe`."""
+    Both are `shared.asr.base.LocalEngine`s: `name`, `ref`, `device`, `multilingual`, `language_for`, `task_for`,
+    `detect_language` and `transcribe`."""
     with _load_lock:
         key = _key(settings)
         if key not in _loaded:

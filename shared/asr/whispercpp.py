@@ -3,7 +3,8 @@
 The model is the one the project ships, converted once to ggml (shared/asr/ggml.py). Speech is found with the
 Silero VAD faster-whisper ships, as on the faster-whisper path: each span (at most one 30 s Whisper window,
 shared/asr/batching.py) is decoded on its own and its times shifted back, so silence is never decoded.
-`auto` detects the language once, on the first speech span, and decodes every span in it. Word times come
+`auto` detects the language once, on the first speech span, and decodes every span in it (with whisper.cpp's
+`translate` flag when the job asks for English: subs.translate). Word times come
 from whisper.cpp's token timestamps (a word = the tokens from one starting with a space to the next).
 CPU only (the registry's pywhispercpp wheel is built without CUDA); one clip at a time per process.
 """
@@ -19,16 +20,8 @@ from typing import Any
 import numpy as np
 
 from shared.asr.audio import SAMPLE_RATE_HZ
+from shared.asr.base import ENGLISH, TRANSLATE, LocalEngine, Task, Transcript, TranscriptionStopped, release_memory
 from shared.asr.batching import speech_spans
-from shared.asr.engine import (
-    ENGLISH,
-    Transcript,
-    TranscriptionStopped,
-    is_oom,
-    language_for,
-    out_of_memory,
-    release_memory,
-)
 from shared.asr.ggml import ggml_model
 from shared.asr.models import ModelRef, resolve_model
 from shared.logs import get_logger
@@ -52,7 +45,7 @@ def decode_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-class WhisperCppEngine:
+class WhisperCppEngine(LocalEngine):
     """The process's whisper.cpp model. Create with `load()` (off the event loop); `transcribe` is async."""
 
     name = WHISPER_CPP
@@ -80,39 +73,18 @@ class WhisperCppEngine:
         model = Model(str(path), params_sampling_strategy=strategy, redirect_whispercpp_logs_to=None,
                       **decode_options(settings))
         engine = cls(settings, ref, path, model)
-        log.info("asr_model_loaded", engine=WHISPER_CPP, model=ref.name, path=str(path), device="cpu",
-                 multilingual=engine.multilingual)
+        engine.log_loaded(str(path))
         return engine
 
-    def language_for(self, lang: str) -> str | None:
-        return language_for(lang, self.multilingual, self.ref.name)
-
-    async def transcribe(
-        self, audio: np.ndarray, lang: str, on_progress: Callable[[float], None] | None = None
+    async def _transcribe(
+        self, audio: np.ndarray, language: str | None, task: Task, on_progress: Callable[[float], None] | None
     ) -> Transcript:
-        """Words of `audio` (16 kHz mono float32) with times from its first sample."""
-        language = self.language_for(lang)
-        stop = threading.Event()  # a canceled job's decode aborts at whisper.cpp's next abort check
-
-        def report(pct: float) -> None:
-            if stop.is_set():
-                raise TranscriptionStopped("the job's transcription was canceled")
-            if on_progress is not None:
-                on_progress(pct)
-
-        async with self._lock:
-            try:
-                return await asyncio.to_thread(self._transcribe_sync, audio, language, report, stop)
-            except asyncio.CancelledError:
-                stop.set()
-                raise
-            except (RuntimeError, MemoryError) as exc:
-                if is_oom(exc):
-                    raise out_of_memory(exc) from exc
-                raise
+        return await self._in_thread(
+            lambda report, stop: self._transcribe_sync(audio, language, report, stop, task), on_progress)
 
     def _transcribe_sync(
-        self, audio: np.ndarray, language: str | None, report: Callable[[float], None], stop: threading.Event
+        self, audio: np.ndarray, language: str | None, report: Callable[[float], None], stop: threading.Event,
+        task: Task,
     ) -> Transcript:
         spans = speech_spans(audio, self.settings.asr_vad_min_silence_ms, self.settings.asr_vad_speech_pad_ms)
         try:
@@ -121,18 +93,19 @@ class WhisperCppEngine:
                 language = self._detect_language(first) if len(first) else ENGLISH
             words: list[Word] = []
             for start, end in spans:
-                self._decode(audio[start:end], language, stop)
+                self._decode(audio[start:end], language, task, stop)
                 words += self._words(start / SAMPLE_RATE_HZ)
                 report(min(1.0, end / max(1, len(audio))))
             return Transcript(language=language, words=words, device="cpu", engine=WHISPER_CPP)
         finally:
             release_memory()
 
-    def _decode(self, chunk: np.ndarray, language: str, stop: threading.Event) -> None:
-        """whisper_full on one speech span; its failure is an error, not an empty transcript."""
+    def _decode(self, chunk: np.ndarray, language: str, task: Task, stop: threading.Event) -> None:
+        """whisper_full on one speech span (`translate`: into English); a failure is an error, not an empty
+        transcript."""
         import _pywhispercpp as pw
 
-        self.model._set_params({"language": language})
+        self.model._set_params({"language": language, "translate": task == TRANSLATE})
         pw.assign_abort_callback(self.model._params, stop.is_set)
         code = pw.whisper_full(self.model._ctx, self.model._params, chunk, chunk.size)
         if stop.is_set():

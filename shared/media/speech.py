@@ -33,9 +33,9 @@ class SpeechVideo:
         return " ".join(self.sentences)
 
 
-def _speak(text: str, path: Path) -> tuple[float, float]:
+def _speak(text: str, path: Path, voice: str = VOICE) -> tuple[float, float]:
     """espeak-ng → WAV; returns (first sound, last sound) in seconds."""
-    subprocess.run(["espeak-ng", "-v", VOICE, "-s", str(WORDS_PER_MIN), "-w", str(path), text],
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(WORDS_PER_MIN), "-w", str(path), text],
                    check=True, capture_output=True, timeout=TOOL_TIMEOUT_SEC)
     with wave.open(str(path)) as wav:
         rate, frames = wav.getframerate(), wav.readframes(wav.getnframes())
@@ -46,16 +46,17 @@ def _speak(text: str, path: Path) -> tuple[float, float]:
 
 def make_speech_video(
     path: Path, sentences: tuple[str, ...], *, offset_sec: float, gap_sec: float, seconds: float,
-    size: str = "320x180",
+    size: str = "320x180", voice: str = VOICE,
 ) -> SpeechVideo:
-    """H.264 (keyframe every 2 s, 30 fps) + AAC: silence, then each sentence `gap_sec` after the previous."""
+    """H.264 (keyframe every 2 s, 30 fps) + AAC: silence, then each sentence `gap_sec` after the previous,
+    read by the espeak-ng `voice` (e.g. "es" for Spanish)."""
     inputs: list[str] = []
     chains: list[str] = []
     spans: list[tuple[float, float]] = []
     at = offset_sec
     for i, sentence in enumerate(sentences):
         wav = path.with_name(f"{path.stem}-{i}.wav")
-        first, last = _speak(sentence, wav)
+        first, last = _speak(sentence, wav, voice)
         inputs += ["-i", str(wav)]
         chains.append(f"[{i + 1}:a]aresample={AUDIO_RATE_HZ},adelay={round(at * 1000)}:all=1[s{i}]")
         spans.append((round(at + first, 3), round(at + last, 3)))
