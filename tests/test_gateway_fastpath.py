@@ -4,18 +4,23 @@ headers must be the same (job ids, and the rate limit's remaining count, aside).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
+import uvicorn
 from litestar.testing import AsyncTestClient
 
 from services.gateway import jobs as gateway_jobs
 from services.gateway.app import create_app
 from services.gateway.fastpath import JOB_TEMPLATE
 from services.gateway.observe import observed
+from shared.devstack import free_port
 from shared.ids import uuid7
 from shared.metrics import HTTP_REQUESTS
 from shared.resources import Resources
@@ -175,3 +180,43 @@ async def test_the_routes_stay_in_the_api_schema(both: tuple[AsyncTestClient[Any
     fast, _ = both
     paths = (await fast.get("/schema/openapi.json")).json()["paths"]
     assert "post" in paths["/api/jobs"] and "get" in paths["/api/jobs/{job_id}"]
+
+
+@contextlib.asynccontextmanager
+async def _served(app: Any) -> AsyncIterator[str]:
+    """`app` under uvicorn on a free port (the test client sends no chunked bodies); its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(30):
+            while not server.started:  # noqa: ASYNC110 - uvicorn sets a flag, no event
+                await asyncio.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def test_a_chunked_body_is_read_and_limited_the_same_both_ways(settings: Settings, resources: Resources) -> None:
+    token = await make_key(resources.db, admin=True)
+    job = msgspec.json.encode(GOOD_JOB)
+
+    def chunked(parts: list[bytes]) -> Any:
+        async def body() -> AsyncIterator[bytes]:  # an async iterator: chunked, no Content-Length
+            for part in parts:
+                yield part
+        return body()
+
+    answers: list[list[httpx.Response]] = [[], []]
+    for n, fast_path in enumerate((True, False)):
+        async with _served(observed(create_app(settings, fast_path=fast_path))) as url, httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {token}", "Content-Type": JSON,
+                                   "X-Request-Id": "parity-1"}) as http:
+            for parts in ([job[:10], job[10:]], [b" " * (64 * 1024)] * 5):  # a job; over 256 KiB
+                answers[n].append(await http.post("/api/jobs", content=chunked(parts)))
+    assert "content-length" not in answers[0][0].request.headers
+    for fast, plain in zip(*answers, strict=True):
+        assert _shape(fast) == _shape(plain)
+    assert [a.status_code for a in answers[0]] == [202, 413]
+    assert answers[0][1].json()["error"]["code"] == "body_too_large"
