@@ -85,27 +85,31 @@ async def _rate_limit(gw: Gateway, scope: Scope, subject: str, limit: int) -> No
         )
 
 
-def _client_address(scope: Scope) -> str:
+def client_address(scope: Scope) -> str:
+    """The request's client host, as Litestar's `request.client` gives it ("unknown" when the server names none)."""
     client = scope.get("client")
     return client[0] if client else "unknown"
 
 
 async def authenticate(request: Request[Any, Any, Any]) -> None:
     """Litestar `before_request` of every `/api` controller: put the Caller in the scope, or refuse."""
-    await authenticate_scope(request.app.state.gateway, request.scope, request.headers.get("authorization", ""))
+    gw: Gateway = request.app.state.gateway
+    host = request.client.host if request.client else "unknown"
+    header = "" if gw.res.settings.auth == "off" else request.headers.get("authorization", "")
+    await authenticate_scope(gw, request.scope, host, header)
 
 
-async def authenticate_scope(gw: Gateway, scope: Scope, header: str) -> None:
-    """`authenticate` for a request's scope and its Authorization `header` ("" when none; the raw ASGI routes of
-    fastpath.py call it too)."""
+async def authenticate_scope(gw: Gateway, scope: Scope, client_host: str, header: str) -> None:
+    """`authenticate` for a request's scope, its client's host and its Authorization `header` ("" when none; the
+    raw routes of fastpath.py call it too)."""
     settings = gw.res.settings
     if settings.auth == "off":
-        await _rate_limit(gw, scope, f"ip:{_client_address(scope)}", settings.rate_limit_per_min)
+        await _rate_limit(gw, scope, f"ip:{client_host}", settings.rate_limit_per_min)
         scope[CALLER_SCOPE_KEY] = OPEN_CALLER  # type: ignore[literal-required]
         return
     scheme, _, token = header.partition(" ")
     if not header:
-        await _rate_limit(gw, scope, f"ip:{_client_address(scope)}", settings.rate_limit_anon_per_min)
+        await _rate_limit(gw, scope, f"ip:{client_host}", settings.rate_limit_anon_per_min)
         raise Unauthorized(
             "send your API key in the Authorization header (scheme: Bearer); `clipjet keys create` makes one",
             code="auth_required",
@@ -115,7 +119,7 @@ async def authenticate_scope(gw: Gateway, scope: Scope, header: str) -> None:
     if parts is None or not secret_matches(parts[1], found.secret_sha256 if found else None) or (
         found is None or found.revoked_at is not None
     ):
-        await _rate_limit(gw, scope, f"ip:{_client_address(scope)}", settings.rate_limit_anon_per_min)
+        await _rate_limit(gw, scope, f"ip:{client_host}", settings.rate_limit_anon_per_min)
         raise Unauthorized("the API key is unknown or revoked", code="auth_invalid")
     await _rate_limit(gw, scope, f"key:{found.key_id}", settings.rate_limit_per_min)
     scope[CALLER_SCOPE_KEY] = Caller(  # type: ignore[literal-required]

@@ -30,7 +30,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from shared import tracing
 from shared.errors import ClipError
 
-from .auth import CALLER_SCOPE_KEY, authenticate_scope, rate_limit_header_pairs
+from .auth import CALLER_SCOPE_KEY, authenticate_scope, client_address, rate_limit_header_pairs
 from .batches import submission_of
 from .body import declared_json
 from .cancel import readable_job
@@ -132,7 +132,7 @@ def _text(headers: Headers, name: bytes) -> str | None:
 
 async def _post_job(gw: Gateway, scope: Scope, receive: Receive, headers: Headers, max_body: float) -> Answer:
     """jobs.py's create_job: authenticate, then strict_submission (batches.py), then the handler."""
-    await authenticate_scope(gw, scope, _text(headers, b"authorization") or "")
+    await authenticate_scope(gw, scope, client_address(scope), _text(headers, b"authorization") or "")
     raw = await _read_body(receive, headers.get(b"content-length"), max_body)
     body = submission_of(declared_json(raw, _text(headers, b"content-type")))  # type: ignore[arg-type]  # not None
     accepted, location = await accept(gw, body, _text(headers, b"idempotency-key"), scope[CALLER_SCOPE_KEY])  # type: ignore[literal-required]
@@ -141,7 +141,7 @@ async def _post_job(gw: Gateway, scope: Scope, receive: Receive, headers: Header
 
 async def _get_job(gw: Gateway, scope: Scope, headers: Headers) -> Answer:
     """jobs.py's get_job: authenticate, then the handler."""
-    await authenticate_scope(gw, scope, _text(headers, b"authorization") or "")
+    await authenticate_scope(gw, scope, client_address(scope), _text(headers, b"authorization") or "")
     row = await readable_job(gw, scope[CALLER_SCOPE_KEY], scope["path_params"]["job_id"])  # type: ignore[literal-required]
     return 200, _encoder.encode(await job_view(gw, row)), []
 
