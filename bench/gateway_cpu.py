@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -24,13 +25,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 
 from bench.cpu import CLOCK_TICKS
 from bench.gateway import (
     CLIP,
     DATA,
+    GATEWAY_START_SEC,
     SOURCE_SEC,
+    STOP_GRACE_SEC,
     Stack,
     _done_job,
     _prepare,
@@ -39,8 +43,11 @@ from bench.gateway import (
     run_wrk,
     say,
 )
+from services.localstack import healthy
+from services.supervisor import Child
 from shared.devstack import free_port
 from shared.media.testpattern import make_test_pattern
+from shared.settings import settings_env
 
 PROC = Path("/proc")
 
@@ -81,10 +88,12 @@ def fast_parts(pid: int) -> dict[str, bool]:
 
 
 def gateway_cpu(stack: Stack, method: str, url: str, body: dict[str, Any] | None, token: str, seconds: float,
-                work: Path, profile: Path | None = None) -> dict[str, float]:
-    """One wrk run; the gateway's CPU µs per answered request (and the rate, for what it is worth)."""
-    assert stack.gateway is not None
-    pids = descendants(stack.gateway.proc.pid)
+                work: Path, profile: Path | None = None, gateway: Child | None = None) -> dict[str, float]:
+    """One wrk run; the gateway's CPU µs per answered request (and the rate, for what it is worth). `gateway`:
+    another gateway process than the stack's (the one `url` names)."""
+    gateway = gateway or stack.gateway
+    assert gateway is not None
+    pids = descendants(gateway.proc.pid)
     spies = []
     if profile is not None:
         for pid in pids[1:] or pids:
@@ -134,7 +143,21 @@ def floor_cpu(stack: Stack, kind: str, seconds: float, job_id: str) -> dict[str,
             "requests": figure.requests, "req_per_s": round(figure.rate, 1)}
 
 
-def benchmark(seconds: float, runs: int, processes: int, profile: Path | None) -> dict[str, Any]:
+def start_plain_gateway(stack: Stack) -> tuple[Child, str]:
+    """A second gateway, every request through Litestar (bench/gateway_plain.py), on a port of its own; its URL."""
+    settings = msgspec.structs.replace(stack.settings, gateway_port=free_port())
+    child = Child("plain", [sys.executable, "-m", "bench.gateway_plain"], {**os.environ, **settings_env(settings)})
+    base_url = f"http://127.0.0.1:{settings.gateway_port}"
+    deadline = time.monotonic() + GATEWAY_START_SEC
+    with httpx.Client() as http:
+        while not healthy(http, base_url):
+            if child.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the plain gateway did not start: {child.describe_exit()}")
+            time.sleep(0.2)
+    return child, base_url
+
+
+def benchmark(seconds: float, runs: int, processes: int, profile: Path | None, ab: bool = False) -> dict[str, Any]:
     DATA.mkdir(parents=True, exist_ok=True)
     source = make_test_pattern(DATA / f"source-{SOURCE_SEC}s-360p.mp4", seconds=SOURCE_SEC)
     with (tempfile.TemporaryDirectory(dir=DATA.resolve()) as tmp,
@@ -159,11 +182,23 @@ def benchmark(seconds: float, runs: int, processes: int, profile: Path | None) -
         gateway_cpu(stack, "POST", post_url, body, token, 1, work)  # warm-up: caches, prepared statements
         gateway_cpu(stack, "GET", get_url, None, token, 1, work)
         rows: dict[str, list[dict[str, float]]] = {"post": [], "post_floor": [], "get": [], "get_floor": []}
+        plain = start_plain_gateway(stack) if ab else None
+        if plain is not None:
+            rows |= {"post_plain": [], "get_plain": []}
+            gateway_cpu(stack, "POST", f"{plain[1]}/api/jobs", body, token, 1, work, gateway=plain[0])
+            gateway_cpu(stack, "GET", f"{plain[1]}/api/jobs/{job_id}", None, token, 1, work, gateway=plain[0])
         for _ in range(runs):
             rows["post"].append(gateway_cpu(stack, "POST", post_url, body, token, seconds, work))
             rows["post_floor"].append(floor_cpu(stack, "post", seconds, job_id))
             rows["get"].append(gateway_cpu(stack, "GET", get_url, None, token, seconds, work))
             rows["get_floor"].append(floor_cpu(stack, "get", seconds, job_id))
+            if plain is not None:
+                rows["post_plain"].append(gateway_cpu(stack, "POST", f"{plain[1]}/api/jobs", body, token, seconds,
+                                                      work, gateway=plain[0]))
+                rows["get_plain"].append(gateway_cpu(stack, "GET", f"{plain[1]}/api/jobs/{job_id}", None, token,
+                                                     seconds, work, gateway=plain[0]))
+        if plain is not None:
+            plain[0].stop(STOP_GRACE_SEC)
         for app in ("bare", "litestar"):
             rows[f"http_{app}"] = [http_reference(app, seconds, work) for _ in range(runs)]
         if profile is not None:
@@ -179,6 +214,9 @@ def benchmark(seconds: float, runs: int, processes: int, profile: Path | None) -
                      "bad": sum(r.get("bad", 0) for r in series)}
     for name in ("post", "get"):
         out[f"{name}_cpu_ratio"] = round(out[f"{name}_floor"]["cpu_us_per_req"] / out[name]["cpu_us_per_req"], 3)
+        if ab:
+            out[f"{name}_plain_cpu_ratio"] = round(
+                out[f"{name}_floor"]["cpu_us_per_req"] / out[f"{name}_plain"]["cpu_us_per_req"], 3)
     return out
 
 
@@ -188,8 +226,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (the median is reported)")
     parser.add_argument("--processes", type=int, default=1, help="GATEWAY_PROCESSES")
     parser.add_argument("--profile", type=Path, help="also record py-spy speedscope profiles into this folder")
+    parser.add_argument("--ab", action="store_true",
+                        help="also measure a gateway without the raw routes (bench/gateway_plain.py), interleaved")
     args = parser.parse_args()
-    print(json.dumps(benchmark(args.seconds, args.runs, args.processes, args.profile), indent=2))
+    print(json.dumps(benchmark(args.seconds, args.runs, args.processes, args.profile, args.ab), indent=2))
 
 
 if __name__ == "__main__":

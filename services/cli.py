@@ -73,7 +73,8 @@ async def _run_notifier(settings: Settings) -> None:
         await run_notifier(res, stop)
 
 
-def _run_gateway(settings: Settings) -> None:
+def _run_gateway(settings: Settings, factory: str = "services.gateway.app:app_from_environment") -> None:
+    """uvicorn serving `factory`'s app in GATEWAY_PROCESSES processes (bench/gateway_plain.py names another)."""
     import tempfile
 
     # every uvicorn process records into files here (set before prometheus_client is imported); this one serves
@@ -89,7 +90,7 @@ def _run_gateway(settings: Settings) -> None:
     serve_ops(settings.metrics_port, host=settings.metrics_host, probes=False)
 
     uvicorn.run(
-        "services.gateway.app:app_from_environment", factory=True, workers=gateway_processes(settings),
+        factory, factory=True, workers=gateway_processes(settings),
         host=settings.gateway_host, port=settings.gateway_port, http="httptools", loop="uvloop",
         log_level="warning", access_log=False, lifespan="on", log_config=None,  # logs: shared/logs.py
         # X-Forwarded-For is believed only from GATEWAY_TRUSTED_PROXIES: services/gateway/proxies.py (in the app, so

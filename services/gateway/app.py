@@ -19,6 +19,7 @@ from .auth import caller_dependency, rate_limit_headers
 from .batches import BatchController
 from .errors import EXCEPTION_HANDLERS
 from .events import JobEventsController, job_feed_lifespan
+from .fastpath import fast_routes
 from .health import DbReadiness, livez, readyz
 from .jobs import JobController
 from .observe import observed
@@ -41,7 +42,9 @@ async def health(gw: NamedDependency[Gateway]) -> dict[str, str]:
     return {"status": "ok"}
 
 
-def create_app(settings: Settings) -> Litestar:
+def create_app(settings: Settings, *, fast_path: bool = True) -> Litestar:
+    """The gateway app; `fast_path`: POST /api/jobs and GET /api/jobs/{id} are answered by fastpath.py (the same
+    answers for less CPU; off only to compare the two in tests)."""
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if settings.auth == "off":
@@ -68,6 +71,8 @@ def create_app(settings: Settings) -> Litestar:
         openapi_config=openapi_config("0.1.0"),
         logging_config=None,  # every logger goes through shared/logs.py (Litestar's default replaces the root's)
     )
+    if fast_path:
+        fast_routes(app, settings.otel_trust_client_context)
     return app
 
 
@@ -76,10 +81,10 @@ def gateway_processes(settings: Settings) -> int:
     return settings.gateway_processes if settings.gateway_processes > 0 else available_cpus()
 
 
-def app_from_environment() -> ASGIApp:
+def app_from_environment(*, fast_path: bool = True) -> ASGIApp:
     """uvicorn's app factory in each gateway process (`clipjet gateway`): the settings from the environment; every
-    request gets a request id, a log line and its metrics (observe.py)."""
+    request gets a request id, a log line and its metrics (observe.py). `fast_path`: see create_app."""
     settings = load_settings()
     configure_logging(settings.log_level)
     tracing.start(settings, "gateway")  # in each gateway process: the exporter's thread does not survive a fork
-    return behind_proxies(observed(create_app(settings)), settings.gateway_trusted_proxies)
+    return behind_proxies(observed(create_app(settings, fast_path=fast_path)), settings.gateway_trusted_proxies)

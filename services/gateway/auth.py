@@ -85,22 +85,31 @@ async def _rate_limit(gw: Gateway, scope: Scope, subject: str, limit: int) -> No
         )
 
 
-def _client_address(request: Request[Any, Any, Any]) -> str:
-    return request.client.host if request.client else "unknown"
+def client_address(scope: Scope) -> str:
+    """The request's client host, as Litestar's `request.client` gives it ("unknown" when the server names none)."""
+    client = scope.get("client")
+    return client[0] if client else "unknown"
 
 
 async def authenticate(request: Request[Any, Any, Any]) -> None:
     """Litestar `before_request` of every `/api` controller: put the Caller in the scope, or refuse."""
     gw: Gateway = request.app.state.gateway
+    host = request.client.host if request.client else "unknown"
+    header = "" if gw.res.settings.auth == "off" else request.headers.get("authorization", "")
+    await authenticate_scope(gw, request.scope, host, header)
+
+
+async def authenticate_scope(gw: Gateway, scope: Scope, client_host: str, header: str) -> None:
+    """`authenticate` for a request's scope, its client's host and its Authorization `header` ("" when none; the
+    raw routes of fastpath.py call it too)."""
     settings = gw.res.settings
     if settings.auth == "off":
-        await _rate_limit(gw, request.scope, f"ip:{_client_address(request)}", settings.rate_limit_per_min)
-        request.scope[CALLER_SCOPE_KEY] = OPEN_CALLER  # type: ignore[literal-required]
+        await _rate_limit(gw, scope, f"ip:{client_host}", settings.rate_limit_per_min)
+        scope[CALLER_SCOPE_KEY] = OPEN_CALLER  # type: ignore[literal-required]
         return
-    header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if not header:
-        await _rate_limit(gw, request.scope, f"ip:{_client_address(request)}", settings.rate_limit_anon_per_min)
+        await _rate_limit(gw, scope, f"ip:{client_host}", settings.rate_limit_anon_per_min)
         raise Unauthorized(
             "send your API key in the Authorization header (scheme: Bearer); `clipjet keys create` makes one",
             code="auth_required",
@@ -110,10 +119,10 @@ async def authenticate(request: Request[Any, Any, Any]) -> None:
     if parts is None or not secret_matches(parts[1], found.secret_sha256 if found else None) or (
         found is None or found.revoked_at is not None
     ):
-        await _rate_limit(gw, request.scope, f"ip:{_client_address(request)}", settings.rate_limit_anon_per_min)
+        await _rate_limit(gw, scope, f"ip:{client_host}", settings.rate_limit_anon_per_min)
         raise Unauthorized("the API key is unknown or revoked", code="auth_invalid")
-    await _rate_limit(gw, request.scope, f"key:{found.key_id}", settings.rate_limit_per_min)
-    request.scope[CALLER_SCOPE_KEY] = Caller(  # type: ignore[literal-required]
+    await _rate_limit(gw, scope, f"key:{found.key_id}", settings.rate_limit_per_min)
+    scope[CALLER_SCOPE_KEY] = Caller(  # type: ignore[literal-required]
         owner=found.key_id, admin=found.admin, priorities=found.priorities, quotas=found.quotas,
         webhook=found.default_webhook,
     )
@@ -143,17 +152,24 @@ def caller_dependency(request: Request[Any, Any, Any], gw: NamedDependency[Gatew
     return caller_of(request)
 
 
+def rate_limit_header_pairs(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """`RateLimit-Policy` and `RateLimit` of a request that was counted (none for one that was not)."""
+    state = scope.get(RATE_SCOPE_KEY)  # type: ignore[misc]
+    if not isinstance(state, RateState):
+        return []
+    return [(b"ratelimit-policy", f'"{POLICY_NAME}";q={state.limit};w={RATE_WINDOW_SEC}'.encode()),
+            (b"ratelimit", f'"{POLICY_NAME}";r={state.remaining};t={state.reset_sec}'.encode())]
+
+
 def rate_limit_headers(app: ASGIApp) -> ASGIApp:
     """ASGI middleware: `RateLimit` and `RateLimit-Policy` on every response whose request was counted."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         async def send_with_headers(message: Message) -> None:
-            state = scope.get(RATE_SCOPE_KEY)  # type: ignore[misc]
-            if message["type"] == "http.response.start" and isinstance(state, RateState):
-                headers = list(message.get("headers", []))
-                headers.append((b"ratelimit-policy", f'"{POLICY_NAME}";q={state.limit};w={RATE_WINDOW_SEC}'.encode()))
-                headers.append((b"ratelimit", f'"{POLICY_NAME}";r={state.remaining};t={state.reset_sec}'.encode()))
-                message["headers"] = headers  # type: ignore[typeddict-unknown-key]
+            if message["type"] == "http.response.start":
+                extra = rate_limit_header_pairs(scope)
+                if extra:
+                    message["headers"] = [*message.get("headers", []), *extra]  # type: ignore[typeddict-unknown-key]
             await send(message)
 
         await app(scope, receive, send_with_headers)

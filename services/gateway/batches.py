@@ -62,9 +62,14 @@ _CLIP_FIELDS = ("startSec", "endSec", "metadata", "precision", "subs", "reframe"
 async def strict_submission(request: Request[Any, Any, Any]) -> None:
     """`POST /api/jobs`'s strict body check: a batch (a JSON object with `clips`) as a BatchRequest, else a
     JobRequest; the value is left for the handler (`checked_body`)."""
-    value = decode_json(await json_body(request))  # type: ignore[arg-type]  # not optional: never None
+    request.scope[BODY_SCOPE_KEY] = submission_of(await json_body(request))  # type: ignore[literal-required,arg-type]
+
+
+def submission_of(raw: bytes) -> JobRequest | BatchRequest:
+    """A declared-JSON body of `POST /api/jobs`, strictly: a BatchRequest when it is an object with `clips`."""
+    value = decode_json(raw)
     target = BatchRequest if isinstance(value, dict) and "clips" in value else JobRequest
-    request.scope[BODY_SCOPE_KEY] = convert_strict(value, target)  # type: ignore[literal-required]
+    return convert_strict(value, target)  # type: ignore[no-any-return]
 
 
 def clip_request(data: BatchRequest, clip: BatchClip) -> JobRequest:

@@ -66,11 +66,16 @@ def strict_json(target: Any, *, optional: bool = False) -> BodyHook:
 async def json_body(request: Request[Any, Any, Any], *, optional: bool = False) -> bytes | None:
     """The raw body once it is known to be declared as JSON (None: empty and `optional`)."""
     raw = await request.body()  # over request_max_body_size: 413 body_too_large
+    return declared_json(raw, request.headers.get("content-type"), optional=optional)
+
+
+def declared_json(raw: bytes, content_type: str | None, *, optional: bool = False) -> bytes | None:
+    """`json_body` of a body already read and its Content-Type header (None: none)."""
     if not raw.strip():
         if optional:
             return None
         raise MalformedJson("the body is empty; send a JSON object with Content-Type: application/json")
-    check_content_type(request.headers.get("content-type"))
+    check_content_type(content_type)
     return raw
 
 

@@ -15,18 +15,39 @@ log = get_logger("gateway")
 MALFORMED_MARK = "JSON is malformed"
 
 
+def error_body(code: str, message: str, field: str | None = None) -> ErrorBody:
+    return ErrorBody(error=ErrorDetail(code=code, message=scrub(message), field=field))
+
+
 def error_response(status: int, code: str, message: str, field: str | None = None) -> Response[ErrorBody]:
-    body = ErrorBody(error=ErrorDetail(code=code, message=scrub(message), field=field))
-    return Response(body, status_code=status, media_type=MediaType.JSON)
+    return Response(error_body(code, message, field), status_code=status, media_type=MediaType.JSON)
 
 
-def clip_error_handler(_: Request, exc: ClipError) -> Response[ErrorBody]:
+def clip_error_parts(exc: ClipError) -> tuple[int, ErrorBody, dict[str, str] | None]:
+    """A ClipError's status, body and extra headers (the Litestar handler's and the fast path's: fastpath.py)."""
     if isinstance(exc, RetryLater):
         detail = ErrorDetail(code=exc.code, message=scrub(exc.message), retry_after_sec=exc.retry_after_sec,
                              job_id=exc.job_id)
-        return Response(ErrorBody(error=detail), status_code=exc.http_status, media_type=MediaType.JSON,
-                        headers={"Retry-After": str(exc.retry_after_sec)})
-    return error_response(exc.http_status, exc.code, exc.message, exc.field)
+        return exc.http_status, ErrorBody(error=detail), {"Retry-After": str(exc.retry_after_sec)}
+    return exc.http_status, error_body(exc.code, exc.message, exc.field), None
+
+
+def http_error_parts(content_type: str, exc: HTTPException) -> tuple[int, ErrorBody]:
+    """An HTTPException's status and body; `content_type`: the request's Content-Type header ("" when none)."""
+    if exc.status_code == 400 and "json" in content_type:
+        return 400, error_body("malformed_json", f"the body is not valid JSON: {exc.detail}")
+    code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status_code, "http_error")
+    return exc.status_code, error_body(code, str(exc.detail))
+
+
+def internal_error_parts(exc: Exception) -> tuple[int, ErrorBody]:
+    log.exception("unhandled_error", error=repr(exc))
+    return 500, error_body("internal_error", "an internal error occurred; try again later")
+
+
+def clip_error_handler(_: Request, exc: ClipError) -> Response[ErrorBody]:
+    status, body, headers = clip_error_parts(exc)
+    return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
 
 
 def validation_handler(_: Request, exc: ValidationException) -> Response[ErrorBody]:
@@ -41,15 +62,13 @@ def validation_handler(_: Request, exc: ValidationException) -> Response[ErrorBo
 
 
 def http_handler(request: Request, exc: HTTPException) -> Response[ErrorBody]:
-    if exc.status_code == 400 and "json" in request.headers.get("content-type", ""):
-        return error_response(400, "malformed_json", f"the body is not valid JSON: {exc.detail}")
-    code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail))
+    status, body = http_error_parts(request.headers.get("content-type", ""), exc)
+    return Response(body, status_code=status, media_type=MediaType.JSON)
 
 
 def internal_handler(_: Request, exc: Exception) -> Response[ErrorBody]:
-    log.exception("unhandled_error", error=repr(exc))
-    return error_response(500, "internal_error", "an internal error occurred; try again later")
+    status, body = internal_error_parts(exc)
+    return Response(body, status_code=status, media_type=MediaType.JSON)
 
 
 EXCEPTION_HANDLERS = {

@@ -38,10 +38,14 @@ IDEMPOTENCY_KEY_MAX_CHARS = 200
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"  # visible ASCII only (no spaces, controls or NUL: it is stored as text)
 LIST_DEFAULT, LIST_MAX = 20, 100  # jobs per page of GET /api/jobs
 CURSOR_MAX_CHARS = 200
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+
+
+JOBS_PATH = "/api/jobs"
 
 
 class JobController(Controller):
-    path = "/api/jobs"
+    path = JOBS_PATH
     tags = ["jobs"]
     before_request = authenticate
     security = SECURITY
@@ -51,7 +55,7 @@ class JobController(Controller):
     async def create_job(
         self, request: Request[Any, Any, Any], data: JSONBody[JobSubmission],
         idempotency_key: Annotated[str | None, HeaderParameter(
-            name="Idempotency-Key", required=False, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_CHARS,
+            name=IDEMPOTENCY_KEY_HEADER, required=False, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_CHARS,
             pattern=IDEMPOTENCY_KEY_PATTERN,
             description="Repeat a request safely: the same key and body return the same job.",
         )] = None,
@@ -60,11 +64,8 @@ class JobController(Controller):
         instead of startSec/endSec: one job per clip under one batch (`GET /api/batches/{id}`, its `Location`)."""
         gw, caller = gateway_of(request.app.state), caller_of(request)  # not injected: a hot path (BENCHMARKS.md)
         body: JobRequest | BatchRequest = checked_body(request)  # strict_submission's value (`data` is the same)
-        if isinstance(body, BatchRequest):
-            batch = await submit_batch(gw, body, idempotency_key, caller)
-            return Response(batch, status_code=202, headers={"Location": f"/api/batches/{batch.batch_id}"})
-        accepted = await submit_job(gw, body, idempotency_key, caller)
-        return Response(accepted, status_code=202, headers={"Location": f"{self.path}/{accepted.id}"})
+        accepted, location = await accept(gw, body, idempotency_key, caller)
+        return Response(accepted, status_code=202, headers={"Location": location})
 
     @get("/", operation_id="listJobs", responses=error_responses(401, 422, 429, 503))
     async def list_jobs(
@@ -99,6 +100,16 @@ class JobController(Controller):
         """Cancel a queued or processing job: it ends `canceled` at once (its end event is published); a stage
         running it stops within moments and uploads nothing. 409 `job_already_ended` when it had ended."""
         return await job_view(gw, await cancel_job(gw, job_id, caller))
+
+
+async def accept(gw: Gateway, body: JobRequest | BatchRequest, idempotency_key: str | None,
+                 caller: Caller) -> tuple[JobAccepted | BatchAccepted, str]:
+    """`POST /api/jobs` once its body is checked: the answer and its `Location` (fastpath.py calls it too)."""
+    if isinstance(body, BatchRequest):
+        batch = await submit_batch(gw, body, idempotency_key, caller)
+        return batch, f"/api/batches/{batch.batch_id}"
+    accepted = await submit_job(gw, body, idempotency_key, caller)
+    return accepted, f"{JOBS_PATH}/{accepted.id}"
 
 
 async def job_view(gw: Gateway, row: Any) -> JobView:
