@@ -161,13 +161,16 @@ class MediaPlan(WireStruct):
 
 
 class Artifact(WireStruct):
-    """An object a stage produced in storage."""
+    """An object a stage produced in storage. One with a `filename` is a result file (`shared.outputs`): the
+    uploader promotes it to `results/sha256/<2>/<sha256>/<filename>` and the job's view signs it under its role."""
 
     stage: str
-    role: str  # "source" (staged input), "video", later "srt", "vtt", "words"
+    role: str  # "source" (staged input), "video" (the clip), or a result file's role ("srt", "vtt", "words", …)
     key: str
     size: Count
     sha256: str = ""
+    filename: str = ""  # a result file's download name (and its extension); empty: not a result file
+    content_type: str = ""  # a result file's Content-Type
 
 
 class SubtitlesMade(WireStruct):
@@ -313,13 +316,22 @@ class BatchAccepted(WireStruct):
 
 
 class ResultUrls(WireStruct):
-    """Signed, short-lived URLs of a finished job's files."""
+    """Signed, short-lived URLs of a finished job's files: `files` has every one by its role (`video`, and those
+    the request's options made: `srt`, `vtt`, `words`, …); `video`, `srt`, `vtt` and `words` are also fields of
+    their own, as before `files` existed."""
 
     video: str
     expires_in_sec: int
     srt: str | None = None
     vtt: str | None = None
     words: str | None = None
+    files: dict[str, str] = msgspec.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, files: dict[str, str], expires_in_sec: int) -> ResultUrls:
+        """The URLs from every file's by role (the `video` role is required)."""
+        return cls(video=files["video"], expires_in_sec=expires_in_sec, srt=files.get("srt"), vtt=files.get("vtt"),
+                   words=files.get("words"), files=files)
 
 
 class WebhookState(WireStruct, omit_defaults=False):
