@@ -91,6 +91,27 @@ class Subtitles(WireStruct):
     lang: str = "auto"
 
 
+ClipSeconds = Annotated[float, msgspec.Meta(ge=0, description=(
+    "A time in the clip, in seconds from its first frame (0 or more, before the clip's end)."))]
+
+
+class Poster(WireStruct):
+    """A poster JPEG of the clip (the `thumbs` stage; `urls.files.poster`): the frame at `atSec`, or without it the
+    sharpest frame of the clip's first 3 seconds."""
+
+    at_sec: ClipSeconds | None = None
+
+
+class Thumbnails(WireStruct):
+    """Thumbnails for scrubbing (the `thumbs` stage): one frame every `intervalSec` of the clip, `width` pixels
+    wide, tiled in one JPEG sprite sheet (`urls.files.sprite`, at most 10 a row), and a WebVTT index
+    (`urls.files.thumbnails`) whose cue for each interval names its tile: `<sheet's file name>#xywh=x,y,w,h`."""
+
+    interval_sec: Annotated[float, msgspec.Meta(ge=1, le=60, description="Seconds between thumbnails.")] = 2.0
+    width: Annotated[int, msgspec.Meta(ge=32, le=480, multiple_of=2, description="Each thumbnail's width in "
+                                                                             "pixels (even).")] = 160
+
+
 class UploadSource(WireStruct, tag="upload", tag_field="type"):
     """A file the client put into object storage through an upload slot (`POST /api/uploads`): `key` is the
     slot's key, under `uploads/` (no other object may be named)."""
@@ -125,6 +146,8 @@ class ClipSpec(WireStruct, kw_only=True):
     precision: Precision = "auto"
     metadata: Metadata | None = None  # at most MAX_METADATA_BYTES encoded: shared/jobrules.py, on every way in
     webhook: WebhookUrl | None = None  # checked at submit (services/gateway/webhook.py) and at each delivery
+    poster: Poster | None = None  # atSec within the clip: shared/jobrules.py
+    thumbnails: Thumbnails | None = None
 
 
 class ClipJobMessage(ClipSpec, kw_only=True):
@@ -284,6 +307,8 @@ class BatchRequest(WireStruct):
     precision: Precision = "auto"
     metadata: Metadata | None = None
     webhook: WebhookUrl | None = None  # every job of the batch POSTs its end there (else the key's default)
+    poster: Poster | None = None  # for every clip of the batch
+    thumbnails: Thumbnails | None = None
 
 
 class JobSubmission(WireStruct):
@@ -299,6 +324,8 @@ class JobSubmission(WireStruct):
     precision: Precision = "auto"
     metadata: Metadata | None = None
     webhook: WebhookUrl | None = None
+    poster: Poster | None = None
+    thumbnails: Thumbnails | None = None
 
 
 class JobAccepted(WireStruct):

@@ -35,6 +35,7 @@ class Stage:
 STAGE_LIST: tuple[Stage, ...] = (  # every stage (the one list)
     Stage(FETCH, "fetcher"), Stage(TRIM, "trimmer"), Stage(ENCODE, "encoder"),
     Stage(TRANSCRIBE, "transcriber", joins=lambda job: job.subs.enabled),
+    Stage("thumbs", "thumbnailer", joins=lambda job: job.poster is not None or job.thumbnails is not None),
     Stage(UPLOAD, "uploader"),
 )
 SERVICE_PACKAGES: dict[str, str] = {stage.name: stage.package for stage in STAGE_LIST}  # name → folder
