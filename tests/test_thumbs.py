@@ -119,7 +119,7 @@ async def test_poster_at_a_time_and_thumbnails(
 
     # the index: one cue per thumbnail, back to back from 0 to the clip's end, each naming its tile
     index = await download(urls["files"]["thumbnails"], tmp_path / "thumbnails.vtt")
-    cues = list(webvtt.read_buffer(io.StringIO(index.read_text())))
+    cues = list(webvtt.from_buffer(io.StringIO(index.read_text())))
     assert len(cues) == count
     assert seconds(cues[0].start) == 0 and seconds(cues[-1].end) == pytest.approx(duration, abs=1e-3)
     for i, cue in enumerate(cues):
@@ -147,7 +147,7 @@ async def test_the_sharpest_frame_is_the_poster_and_thumbnails_wrap(
     tiles = stream_of(probe(sheet), "video")
     assert (tiles["width"], tiles["height"]) == (6 * 64, 36)
     index = await download(job["urls"]["files"]["thumbnails"], tmp_path / "thumbnails.vtt")
-    cues = list(webvtt.read_buffer(io.StringIO(index.read_text())))
+    cues = list(webvtt.from_buffer(io.StringIO(index.read_text())))
     assert [c.text for c in cues] == [f"sprite.jpg#xywh={i * 64},0,64,36" for i in range(6)]
 
 
