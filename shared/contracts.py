@@ -120,6 +120,27 @@ class Reframe(WireStruct):
     focus_x: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
 
 
+ClipSeconds = Annotated[float, msgspec.Meta(ge=0, description=(
+    "A time in the clip, in seconds from its first frame (0 or more, before the clip's end)."))]
+
+
+class Poster(WireStruct):
+    """A poster JPEG of the clip (the `thumbs` stage; `urls.files.poster`): the frame at `atSec`, or without it the
+    sharpest frame of the clip's first 3 seconds."""
+
+    at_sec: ClipSeconds | None = None
+
+
+class Thumbnails(WireStruct):
+    """Thumbnails for scrubbing (the `thumbs` stage): one frame every `intervalSec` of the clip, `width` pixels
+    wide, tiled in one JPEG sprite sheet (`urls.files.sprite`, at most 10 a row), and a WebVTT index
+    (`urls.files.thumbnails`) whose cue for each interval names its tile: `<sheet's file name>#xywh=x,y,w,h`."""
+
+    interval_sec: Annotated[float, msgspec.Meta(ge=1, le=60, description="Seconds between thumbnails.")] = 2.0
+    width: Annotated[int, msgspec.Meta(ge=32, le=480, multiple_of=2, description="Each thumbnail's width in "
+                                                                             "pixels (even).")] = 160
+
+
 class UploadSource(WireStruct, tag="upload", tag_field="type"):
     """A file the client put into object storage through an upload slot (`POST /api/uploads`): `key` is the
     slot's key, under `uploads/` (no other object may be named)."""
@@ -155,6 +176,8 @@ class ClipSpec(WireStruct, kw_only=True):
     reframe: Reframe | None = None  # None: the source's frame
     metadata: Metadata | None = None  # at most MAX_METADATA_BYTES encoded: shared/jobrules.py, on every way in
     webhook: WebhookUrl | None = None  # checked at submit (services/gateway/webhook.py) and at each delivery
+    poster: Poster | None = None  # atSec within the clip: shared/jobrules.py
+    thumbnails: Thumbnails | None = None
 
 
 class ClipJobMessage(ClipSpec, kw_only=True):
@@ -191,13 +214,16 @@ class MediaPlan(WireStruct):
 
 
 class Artifact(WireStruct):
-    """An object a stage produced in storage."""
+    """An object a stage produced in storage. One with a `filename` is a result file (`shared.outputs`): the
+    uploader promotes it to `results/sha256/<2>/<sha256>/<filename>` and the job's view signs it under its role."""
 
     stage: str
-    role: str  # "source" (staged input), "video", later "srt", "vtt", "words"
+    role: str  # "source" (staged input), "video" (the clip), or a result file's role ("srt", "vtt", "words", …)
     key: str
     size: Count
     sha256: str = ""
+    filename: str = ""  # a result file's download name (and its extension); empty: not a result file
+    content_type: str = ""  # a result file's Content-Type
 
 
 class SubtitlesMade(WireStruct):
@@ -316,6 +342,8 @@ class BatchRequest(WireStruct):
     reframe: Reframe | None = None
     metadata: Metadata | None = None
     webhook: WebhookUrl | None = None  # every job of the batch POSTs its end there (else the key's default)
+    poster: Poster | None = None  # for every clip of the batch
+    thumbnails: Thumbnails | None = None
 
 
 class JobSubmission(WireStruct):
@@ -332,6 +360,8 @@ class JobSubmission(WireStruct):
     reframe: Reframe | None = None
     metadata: Metadata | None = None
     webhook: WebhookUrl | None = None
+    poster: Poster | None = None
+    thumbnails: Thumbnails | None = None
 
 
 class JobAccepted(WireStruct):
@@ -349,13 +379,22 @@ class BatchAccepted(WireStruct):
 
 
 class ResultUrls(WireStruct):
-    """Signed, short-lived URLs of a finished job's files."""
+    """Signed, short-lived URLs of a finished job's files: `files` has every one by its role (`video`, and those
+    the request's options made: `srt`, `vtt`, `words`, …); `video`, `srt`, `vtt` and `words` are also fields of
+    their own, as before `files` existed."""
 
     video: str
     expires_in_sec: int
     srt: str | None = None
     vtt: str | None = None
     words: str | None = None
+    files: dict[str, str] = msgspec.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, files: dict[str, str], expires_in_sec: int) -> ResultUrls:
+        """The URLs from every file's by role (the `video` role is required)."""
+        return cls(video=files["video"], expires_in_sec=expires_in_sec, srt=files.get("srt"), vtt=files.get("vtt"),
+                   words=files.get("words"), files=files)
 
 
 class WebhookState(WireStruct, omit_defaults=False):

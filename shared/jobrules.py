@@ -47,6 +47,12 @@ def check_clip(spec: ClipSpec, settings: Settings) -> None:
             code="clip_too_long", field="endSec",
         )
     check_metadata(spec, settings)
+    if spec.poster is not None and spec.poster.at_sec is not None and \
+            spec.poster.at_sec >= spec.end_sec - spec.start_sec:
+        raise BadRequest(
+            f"poster.atSec is {spec.poster.at_sec:g} s, in clip time (from its first frame); the clip lasts "
+            f"{spec.end_sec - spec.start_sec:g} s", code="poster_outside_clip", field="poster.atSec",
+        )
     match spec.source:
         case UploadSource(key=key):
             check_upload_key(key)

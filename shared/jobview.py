@@ -9,13 +9,9 @@ from typing import Any
 import msgspec
 
 from shared.contracts import ClipResult, JobRequest, JobView, ResultUrls, WebhookState
+from shared.db.jobs import result_files
 from shared.resources import Resources
 from shared.scrub import scrub
-
-CLIP_DOWNLOAD_NAME = "clip.mp4"
-SUBTITLE_COLUMNS = {"srt": ("result_srt_key", "clip.srt"), "vtt": ("result_vtt_key", "clip.vtt"),
-                    "words": ("result_words_key", "clip.words.json")}  # ResultUrls field → (column, download name)
-
 
 Signer = Callable[[str, str], Awaitable[tuple[str, int]]]  # (key, download name) → signed URL, seconds it stays valid
 
@@ -27,13 +23,12 @@ async def job_view(res: Resources, row: Any, sign: Signer | None = None) -> JobV
     urls = None
     if row["status"] == "done" and row["result_video_key"]:
         signer = sign or _fresh_signer(res)
-        video, left = await signer(row["result_video_key"], CLIP_DOWNLOAD_NAME)
-        subtitles: dict[str, str] = {}
-        for field, (column, filename) in SUBTITLE_COLUMNS.items():
-            if row[column]:
-                subtitles[field], lasts = await signer(row[column], filename)
-                left = min(left, lasts)
-        urls = ResultUrls(video=video, expires_in_sec=left, **subtitles)
+        files: dict[str, str] = {}
+        lasts: list[int] = []
+        for role, key in result_files(row).items():  # a content-hashed key ends with the file's download name
+            files[role], valid_sec = await signer(key, key.rsplit("/", 1)[-1])
+            lasts.append(valid_sec)
+        urls = ResultUrls.of(files, min(lasts))
     request = request_of(row["request"])
     return JobView(
         id=str(row["id"]), status=row["status"], priority=row["priority"], stage=row["stage"],

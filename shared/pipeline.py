@@ -1,8 +1,16 @@
-"""The one list of stages and the routes through them: adding a stage means one entry in SERVICE_PACKAGES and
-one folder under services/ declaring its ``STAGE`` spec; the registry, the CLI, the local stack, the bus, the
-Kubernetes base and the Procfile (checked by a test) all derive from this list."""
+"""The one list of stages and the routes through them: adding a stage means one entry in STAGE_LIST and one
+folder under services/ declaring its ``STAGE`` spec (and the result files it makes: `shared.outputs`); the
+registry, the CLI, the local stack, the bus, the Kubernetes base, the Procfile (checked by a test) and every
+job's route derive from this list."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shared.contracts import ClipSpec
 
 PIPELINE_VERSION = "2"  # part of every request fingerprint: bump when the same request would give other bytes
 
@@ -12,9 +20,25 @@ UPLOAD = "upload"
 ENCODE = "encode"  # full re-encode (and burn-in): services/encoder
 TRANSCRIBE = "transcribe"  # subtitles: services/transcriber
 
-SERVICE_PACKAGES: dict[str, str] = {  # every stage, by name, with its folder under services/ (the one list)
-    FETCH: "fetcher", TRIM: "trimmer", ENCODE: "encoder", TRANSCRIBE: "transcriber", UPLOAD: "uploader",
-}
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: its name (its subject, its worker), its folder under services/, and for an optional stage,
+    when it joins a job's route (`joins`, a predicate on the request): then it runs on the finished clip,
+    just before UPLOAD, in this list's order."""
+
+    name: str
+    package: str
+    joins: Callable[[ClipSpec], bool] | None = None
+
+
+STAGE_LIST: tuple[Stage, ...] = (  # every stage (the one list)
+    Stage(FETCH, "fetcher"), Stage(TRIM, "trimmer"), Stage(ENCODE, "encoder"),
+    Stage(TRANSCRIBE, "transcriber", joins=lambda job: job.subs.enabled),
+    Stage("thumbs", "thumbnailer", joins=lambda job: job.poster is not None or job.thumbnails is not None),
+    Stage(UPLOAD, "uploader"),
+)
+SERVICE_PACKAGES: dict[str, str] = {stage.name: stage.package for stage in STAGE_LIST}  # name → folder
 STAGES: tuple[str, ...] = tuple(SERVICE_PACKAGES)  # every stage with a subject and a consumer
 ENTRY_STAGE = FETCH  # where a new job is published
 COPY_ROUTE: tuple[str, ...] = (TRIM, UPLOAD)  # what follows the fetcher on the stream-copy and smart-cut paths
@@ -24,19 +48,18 @@ DEFAULT_ROUTE_LENGTH = 1 + len(COPY_ROUTE)  # stages a job is expected to pass b
 BURN_IN_ROUTE: tuple[str, ...] = (TRANSCRIBE, ENCODE, UPLOAD)  # burn-in: subtitles first, then one re-encode
 
 
-def with_subtitles(route: tuple[str, ...], enabled: bool, burn_in: bool) -> tuple[str, ...]:
-    """The route after the fetcher once subtitles are asked for.
+def route_for(cut_route: tuple[str, ...], job: ClipSpec) -> tuple[str, ...]:
+    """The route after the fetcher: the cut path's stages, then every optional stage the request asks for
+    (STAGE_LIST's `joins`), then UPLOAD.
 
-    Without burn-in, TRANSCRIBE runs on the finished clip just before UPLOAD (its times are the clip's).
-    With burn-in the clip must be re-encoded with the subtitles drawn in, in the same pass as the cut:
-    TRANSCRIBE reads the staged source from startSec, then ENCODE cuts and burns, then UPLOAD.
+    Burn-in is the one exception to "after the cut": the clip must be re-encoded with the subtitles drawn in,
+    in the same pass as the cut, so TRANSCRIBE reads the staged source from startSec, then ENCODE cuts and
+    burns (BURN_IN_ROUTE). Otherwise TRANSCRIBE, like every optional stage, reads the finished clip.
     """
-    if burn_in:
-        return BURN_IN_ROUTE
-    if not enabled or TRANSCRIBE in route:
-        return route
-    at = route.index(UPLOAD) if UPLOAD in route else len(route)
-    return (*route[:at], TRANSCRIBE, *route[at:])
+    base = BURN_IN_ROUTE if job.subs.burn_in else cut_route
+    joining = tuple(s.name for s in STAGE_LIST if s.joins is not None and s.name not in base and s.joins(job))
+    at = base.index(UPLOAD) if UPLOAD in base else len(base)
+    return (*base[:at], *joining, *base[at:])
 
 
 def installed_stages(setting: str) -> tuple[str, ...]:

@@ -101,11 +101,12 @@ def stage_position(task: ClipJobMessage | StageMessage, default_total: int) -> t
 
 
 async def finish_job_done(
-    res: Resources, job_id: str, result: ClipResult, video_key: str, subtitles: jobs.SubtitleKeys | None = None
+    res: Resources, job_id: str, result: ClipResult, video_key: str, files: dict[str, str] | None = None
 ) -> bool:
-    """Job → done (once) and announce it on `<prefix>.events.<jobId>`; False when it had already ended."""
+    """Job → done (once) with its clip's and other result files' keys (by role) and announce it on
+    `<prefix>.events.<jobId>`; False when it had already ended."""
     uid = uuid.UUID(job_id)
-    ended = await jobs.complete(res.db, uid, result, video_key, res.settings.retention_hours * 3600, subtitles)
+    ended = await jobs.complete(res.db, uid, result, video_key, res.settings.retention_hours * 3600, files)
     if ended is None:
         return False
     event = JobEvent(job_id=job_id, status="done", result=result, metadata=ended.metadata)

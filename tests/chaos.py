@@ -61,26 +61,28 @@ class JobSpec:
     priority: str
     precision: str = "auto"
     subs: bool = False
+    preview: bool = False  # a poster and thumbnails (the thumbs stage)
 
     def body(self, url: str) -> dict[str, Any]:
         return {
             "source": {"type": "url", "url": url}, "startSec": self.start_sec, "endSec": self.end_sec,
             "priority": self.priority, "precision": self.precision,
             "subs": {"enabled": self.subs, "burnIn": False, "lang": "auto"},
+            **({"poster": {}, "thumbnails": {}} if self.preview else {}),
         }
 
 
 def load_specs(count: int = CHAOS_JOBS) -> list[JobSpec]:
-    """`count` distinct clips of the 20 s sample (a keyframe every 2 s); a few ask for frame precision or
-    subtitles, and one is a short frame-precise clip between two keyframes (nothing to join a copy at, so the
-    encoder re-encodes it): the load passes every stage (transcribe, encode)."""
+    """`count` distinct clips of the 20 s sample (a keyframe every 2 s); a few ask for frame precision,
+    subtitles or a poster and thumbnails, and one is a short frame-precise clip between two keyframes (nothing to
+    join a copy at, so the encoder re-encodes it): the load passes every stage (transcribe, thumbs, encode)."""
     specs = []
     for i in range(count):
         start = (i % 15) * 1.0 + (0.5 if i >= 15 else 0.0)
         end = start + BETWEEN_KEYFRAMES_SEC if i == REENCODED_INDEX else start + 2.0 + (i % 3)
         specs.append(JobSpec(
             start_sec=start, end_sec=end, priority=PRIORITIES[i % len(PRIORITIES)],
-            precision="frame" if i % 15 == 7 else "auto", subs=i % 15 == 11,
+            precision="frame" if i % 15 == 7 else "auto", subs=i % 15 == 11, preview=i % 15 == 3,
         ))
     return specs
 

@@ -9,7 +9,8 @@ import pytest
 import srt
 import webvtt
 
-from shared.pipeline import BURN_IN_ROUTE, COPY_ROUTE, ENCODE, TRANSCRIBE, TRIM, UPLOAD, with_subtitles
+from shared.contracts import JobRequest, Subtitles, UrlSource
+from shared.pipeline import BURN_IN_ROUTE, COPY_ROUTE, ENCODE, TRANSCRIBE, TRIM, UPLOAD, route_for
 from shared.subtitles.cues import MAX_GAP_SEC, Cue, CueRules, build_cues, wrap
 from shared.subtitles.formats import to_srt, to_vtt, to_words_json
 from shared.subtitles.words import Word
@@ -86,8 +87,13 @@ def test_formats_parse_with_real_parsers(tmp_path) -> None:
     assert data[0] == {"word": "Hello", "start": 1.0, "end": 1.3, "probability": 0.9}
 
 
+def _asking(enabled: bool, burn_in: bool) -> JobRequest:
+    return JobRequest(source=UrlSource(url="https://example.com/a.mp4"), start_sec=0, end_sec=1,
+                      subs=Subtitles(enabled=enabled, burn_in=burn_in))
+
+
 def test_route_with_subtitles() -> None:
-    assert with_subtitles(COPY_ROUTE, False, False) == (TRIM, UPLOAD)
-    assert with_subtitles(COPY_ROUTE, True, False) == (TRIM, TRANSCRIBE, UPLOAD)
-    assert with_subtitles(COPY_ROUTE, True, True) == (TRANSCRIBE, ENCODE, UPLOAD) == BURN_IN_ROUTE
-    assert with_subtitles((ENCODE, UPLOAD), True, False) == (ENCODE, TRANSCRIBE, UPLOAD)
+    assert route_for(COPY_ROUTE, _asking(False, False)) == (TRIM, UPLOAD)
+    assert route_for(COPY_ROUTE, _asking(True, False)) == (TRIM, TRANSCRIBE, UPLOAD)
+    assert route_for(COPY_ROUTE, _asking(True, True)) == (TRANSCRIBE, ENCODE, UPLOAD) == BURN_IN_ROUTE
+    assert route_for((ENCODE, UPLOAD), _asking(True, False)) == (ENCODE, TRANSCRIBE, UPLOAD)

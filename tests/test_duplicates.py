@@ -23,7 +23,8 @@ from tests.http_source import MediaServer
 from tests.test_delivery import queues_empty
 
 COPY_HEADER = "Clipjet-Test-Copy"
-SPEC_INDEXES = (0, 7, 11, 22)  # a plain copy clip, frame precision, subtitles, a clip the encoder re-encodes
+SPEC_INDEXES = (0, 3, 7, 11, 22)  # a plain copy clip, a poster and thumbnails, frame precision, subtitles, a clip
+# the encoder re-encodes
 
 
 async def test_every_stage_message_delivered_twice_gives_one_result_and_one_done(

@@ -124,7 +124,7 @@ async def test_subtitles_end_to_end_with_tiny_en(
     stages = [e["data"]["stage"] for e in events if e["type"] == "stage_started"]
     assert stages == ["fetch", "trim", "transcribe", "upload"]
     row = await jobs.get_job(resources.db, uuid.UUID(job["id"]))
-    assert row is not None and row["result_srt_key"] in results
+    assert row is not None and row["result_keys"]["srt"] in results
 
     # a redelivered transcribe message reuses its stored outputs: no model is even given to it here
     clip = await resources.storage.head(f"staging/{job['id']}/clip.mp4")
@@ -134,7 +134,7 @@ async def test_subtitles_end_to_end_with_tiny_en(
         artifacts=[Artifact(stage="trim", role="video", key=clip.key, size=clip.size, sha256=clip.sha256)],
         result=msgspec.convert(row["result"], ClipResult),
     )
-    staged = [f"staging/{job['id']}/{name}" for name in ("subs.srt", "subs.vtt", "subs.words.json")]
+    staged = [f"staging/{job['id']}/out/{name}" for name in ("clip.srt", "clip.vtt", "clip.words.json")]
     before = [await resources.storage.head(key) for key in staged]
     scratch = tmp_path / "redelivery"
     scratch.mkdir()
@@ -169,7 +169,7 @@ async def test_multilingual_base_detects_english_and_passes_lang_through(
     forced = await _run_job(client, key, lang="es", end_sec=10.5)
     assert forced["status"] == "done", forced
     for job, language in ((auto, "en"), (forced, "es")):
-        info = await resources.storage.head(f"staging/{job['id']}/subs.srt")
+        info = await resources.storage.head(f"staging/{job['id']}/out/clip.srt")
         assert info is not None and (info.metadata["language"], info.metadata["model"]) == (language, "base")
     assert forced["urls"]["srt"].split("?")[0] != auto["urls"]["srt"].split("?")[0]
 

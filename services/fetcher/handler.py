@@ -26,8 +26,8 @@ from shared.pipeline import (
     FETCH,
     REENCODE_ROUTE,
     installed_stages,
+    route_for,
     unavailable,
-    with_subtitles,
 )
 from shared.storage import sha256_file, staging_prefix
 from shared.worker import StageDeps, finish_job_done
@@ -81,9 +81,8 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
     log.info("cut_path_chosen", cut_path=decision.path, cut_reason=decision.reason)
     # a plain copy is cut here, straight from the source (one copy per clip); a yt-dlp section is staged as before
     cut_here = decision.path == "copy" and is_plain_copy(decision.reason, info.streams) and source.stage is None
-    route = with_subtitles(
-        REENCODE_ROUTE if decision.path == "reencode" else CUT_BY_FETCHER_ROUTE if cut_here else COPY_ROUTE,
-        job.subs.enabled, job.subs.burn_in,
+    route = route_for(
+        REENCODE_ROUTE if decision.path == "reencode" else CUT_BY_FETCHER_ROUTE if cut_here else COPY_ROUTE, job,
     )
     if missing := unavailable(route, installed_stages(deps.res.settings.installed_stages)):
         codecs = ", ".join(sorted({s.codec for s in info.streams}))

@@ -74,13 +74,9 @@ def submission_of(raw: bytes) -> JobRequest | BatchRequest:
 
 def clip_request(data: BatchRequest, clip: BatchClip) -> JobRequest:
     """The job request of one clip: the batch's source and options, the clip's range and own options."""
-    return JobRequest(
-        source=data.source, start_sec=clip.start_sec, end_sec=clip.end_sec, priority=data.priority,
-        subs=clip.subs if clip.subs is not None else data.subs,
-        precision=clip.precision if clip.precision is not None else data.precision,
-        reframe=clip.reframe if clip.reframe is not None else data.reframe,
-        metadata=clip.metadata if clip.metadata is not None else data.metadata, webhook=data.webhook,
-    )
+    shared = {name: getattr(data, name) for name in JobRequest.__struct_fields__ if hasattr(data, name)}
+    own = {name: getattr(clip, name) for name in clip.__struct_fields__ if getattr(clip, name) is not None}
+    return JobRequest(**{**shared, **own})
 
 
 def _check_clips(data: BatchRequest, gw: Gateway) -> list[JobRequest]:

@@ -76,8 +76,8 @@ class ReapReport:
 async def expire_results(res: Resources, report: ReapReport) -> None:
     """Objects first, status second: a pass that dies in between leaves the job done, and the next finishes it."""
     for row in await jobs.expiry_due(res.db, res.settings.reaper_batch):
-        for key in (row["result_video_key"], row["result_srt_key"], row["result_vtt_key"], row["result_words_key"]):
-            if key and not await jobs.result_key_in_use(res.db, key):
+        for role, key in jobs.result_files(row).items():
+            if key and not await jobs.result_key_in_use(res.db, key, role):
                 report.results_deleted += await res.storage.delete(key)
         if await jobs.expire(res.db, row["id"], row["created_at"]):
             report.expired += 1

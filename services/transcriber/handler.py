@@ -1,6 +1,6 @@
 """Transcriber: the clip's audio → words (the local engine, or the hosted API: routing.py; in English when
-subs.translate asks) → SRT, WebVTT and words JSON in the job's staging; the message says which engine made
-them, in which language, and when translated the language spoken."""
+subs.translate asks) → SRT, WebVTT and words JSON in the job's staging (its result files: SUBTITLE_OUTPUTS); the
+message says which engine made them, in which language, and when translated the language spoken."""
 
 from __future__ import annotations
 
@@ -11,26 +11,22 @@ import msgspec
 from shared import tracing
 from shared.asr.audio import read_audio
 from shared.asr.hosted import HOSTED
-from shared.contracts import Artifact, StageMessage, SubtitlesMade
+from shared.contracts import StageMessage, SubtitlesMade
 from shared.errors import Permanent
 from shared.media.inputs import staged_demuxer
 from shared.metrics import record_asr
+from shared.outputs import forward_outputs, stored_earlier
 from shared.pipeline import TRANSCRIBE
 from shared.settings import Settings
-from shared.storage import ObjectInfo, sha256_file, staging_prefix
+from shared.storage import ObjectInfo
 from shared.subtitles.cues import CueRules, build_cues
 from shared.subtitles.formats import to_srt, to_vtt, to_words_json
+from shared.subtitles.outputs import SUBTITLE_OUTPUTS
 from shared.worker import StageDeps
 
 from . import routing
 
 READ_URL_TTL_SEC = 3600  # lifetime of the signed URL ffmpeg reads the clip's audio through, s
-# role → (staging file name, content type); the uploader promotes each to a content-hashed result key
-OUTPUTS: dict[str, tuple[str, str]] = {
-    "srt": ("subs.srt", "application/x-subrip"),
-    "vtt": ("subs.vtt", "text/vtt"),
-    "words": ("subs.words.json", "application/json"),
-}
 AUDIO_SHARE = 0.1  # part of this stage's progress spent reading the audio
 SOURCE_LANGUAGE_KEY = "source-language"  # object metadata of translated subtitles: the language spoken
 
@@ -45,10 +41,10 @@ def cue_rules(settings: Settings) -> CueRules:
 async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
     """Transcribe the clip (the trimmed clip from 0, or on the re-encode route the staged source from
     startSec) and store its subtitles; a redelivered message whose outputs all exist reuses them."""
-    storage, prefix = deps.res.storage, staging_prefix(task.job.id)
-    existing = {role: await storage.head(f"{prefix}{name}") for role, (name, _) in OUTPUTS.items()}
-    if all(info is not None and info.sha256 for info in existing.values()):
-        return _forward(task, existing, _made(existing["srt"].metadata))  # type: ignore[union-attr,arg-type]
+    storage = deps.res.storage
+    existing = await stored_earlier(storage, task.job.id, SUBTITLE_OUTPUTS)
+    if existing is not None:
+        return _forward(task, existing, _made(existing["srt"].metadata))
 
     media_key, start, duration = _audio_span(task)
     url = await storage.internal_url(media_key, READ_URL_TTL_SEC)
@@ -70,15 +66,14 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
         "srt": to_srt(cues).encode(), "vtt": to_vtt(cues).encode(), "words": to_words_json(transcript.words),
     }
     stored: dict[str, ObjectInfo] = {}
-    for role, (name, content_type) in OUTPUTS.items():
-        path = deps.scratch / name
-        path.write_bytes(bodies[role])
-        metadata = {"sha256": await sha256_file(path), "language": transcript.translated_to or transcript.language,
-                    "model": model, "device": transcript.device, "engine": transcript.engine}
+    for output in SUBTITLE_OUTPUTS:
+        path = deps.scratch / output.filename
+        path.write_bytes(bodies[output.role])
+        metadata = {"language": transcript.translated_to or transcript.language, "model": model,
+                    "device": transcript.device, "engine": transcript.engine}
         if transcript.translated_to:
             metadata[SOURCE_LANGUAGE_KEY] = transcript.language
-        size = await storage.put_file(f"{prefix}{name}", path, content_type, metadata)
-        stored[role] = ObjectInfo(f"{prefix}{name}", size, metadata)
+        stored[output.role] = await output.store(storage, task.job.id, path, metadata)
     return _forward(task, stored, _made(stored["srt"].metadata))
 
 
@@ -104,9 +99,5 @@ def _made(metadata: dict[str, str]) -> SubtitlesMade | None:
 
 
 def _forward(task: StageMessage, outputs: dict[str, ObjectInfo], made: SubtitlesMade | None) -> StageMessage:
-    artifacts = [
-        Artifact(stage=TRANSCRIBE, role=role, key=info.key, size=info.size, sha256=info.sha256)
-        for role, info in outputs.items()
-    ]
-    following = task.forward()
-    return msgspec.structs.replace(following, artifacts=[*following.artifacts, *artifacts], subtitles=made)
+    following = forward_outputs(task, TRANSCRIBE, outputs, SUBTITLE_OUTPUTS)
+    return msgspec.structs.replace(following, subtitles=made)

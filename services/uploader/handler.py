@@ -1,56 +1,53 @@
-"""Uploader: promote the clip (and its subtitles) to content-hashed result keys (once per hash), finish the job."""
+"""Uploader: promote the clip and every result file beside it to content-hashed result keys (once per hash),
+finish the job."""
 
 from __future__ import annotations
 
 import msgspec
 
 from shared.contracts import Artifact, StageMessage
-from shared.db.jobs import SubtitleKeys
 from shared.errors import Permanent
+from shared.outputs import VIDEO_ROLE, result_artifacts
 from shared.storage import Storage, result_key
+from shared.subtitles.outputs import SUBTITLE_OUTPUTS
 from shared.worker import StageDeps, finish_job_done
 
 CLIP_FILENAME = "clip.mp4"
-# Subtitle files are keyed by their own sha256 (results/sha256/<2>/<hash of the file>/clip.srt): the same clip
+# Result files are keyed by their own sha256 (results/sha256/<2>/<hash of the file>/clip.srt): the same clip
 # transcribed by another model or in another language is another file, and identical files are stored once.
-SUBTITLE_FILES: dict[str, tuple[str, str]] = {
-    "srt": ("clip.srt", "application/x-subrip"),
-    "vtt": ("clip.vtt", "text/vtt"),
-    "words": ("clip.words.json", "application/json"),
-}
+# A transcriber older than result files' names (a message in flight across an upgrade) sent these roles bare:
+_UNNAMED = {output.role: output for output in SUBTITLE_OUTPUTS}
 
 
 async def handle(task: StageMessage, deps: StageDeps) -> None:
-    """Copy staging → results/sha256/<2>/<hash>/clip.mp4 (and subtitles) unless present; job → done, event once."""
-    video, result = task.artifact("video"), task.result
+    """Copy staging → results/sha256/<2>/<hash>/clip.mp4 (and each result file) unless present; job → done,
+    event once."""
+    video, result = task.artifact(VIDEO_ROLE), task.result
     if video is None or result is None or not video.sha256:
         raise Permanent("the upload stage needs a hashed video artifact and a result", code="invalid_message")
     storage, res = deps.res.storage, deps.res
     if task.subtitles is not None:  # which engine made the subtitles, on the job's result
         result = msgspec.structs.replace(result, subtitles=task.subtitles)
     promoted = [(video, result_key(video.sha256, CLIP_FILENAME), "video/mp4")]
-    subtitles = _subtitle_keys(task)
-    if subtitles is not None:
-        promoted += [
-            (task.artifact(role), getattr(subtitles, role), content_type)  # type: ignore[misc]
-            for role, (_, content_type) in SUBTITLE_FILES.items()
-        ]
+    for artifact in _result_files(task):
+        if not artifact.sha256:
+            raise Permanent(f"the {artifact.role} file from {artifact.stage} has no hash", code="invalid_message")
+        promoted.append((artifact, result_key(artifact.sha256, artifact.filename), artifact.content_type))
     for artifact, key, content_type in promoted:
         await _promote(storage, artifact, key, content_type)
     deps.progress.set(0.9)
-    await finish_job_done(res, task.job.id, result, promoted[0][1], subtitles)
+    files = {artifact.role: key for artifact, key, _ in promoted[1:]}
+    await finish_job_done(res, task.job.id, result, promoted[0][1], files)
     for artifact, key, content_type in promoted:  # the reaper expired an identical result between our check
         await _promote(storage, artifact, key, content_type)  # and done: now that this job is done, it is live
 
 
-def _subtitle_keys(task: StageMessage) -> SubtitleKeys | None:
-    found = {role: task.artifact(role) for role in SUBTITLE_FILES}
-    if not task.job.subs.enabled and not any(found.values()):
-        return None
-    if not all(a is not None and a.sha256 for a in found.values()):
-        raise Permanent("subtitles were asked for but the transcriber's outputs are missing", code="invalid_message")
-    keys = {role: result_key(a.sha256, SUBTITLE_FILES[role][0]) for role, a in found.items() if a is not None}
-    return SubtitleKeys(**keys)
+def _result_files(task: StageMessage) -> list[Artifact]:
+    named = [
+        msgspec.structs.replace(a, filename=_UNNAMED[a.role].filename, content_type=_UNNAMED[a.role].content_type)
+        for a in task.artifacts if not a.filename and a.role in _UNNAMED
+    ]
+    return result_artifacts(msgspec.structs.replace(task, artifacts=[*named, *task.artifacts]))
 
 
 async def _promote(storage: Storage, artifact: Artifact, key: str, content_type: str) -> None:

@@ -8,7 +8,7 @@ import asyncpg
 import msgspec
 
 from shared.contracts import ClipResult
-from shared.db.jobs import SubtitleKeys, window
+from shared.db.jobs import window
 
 REUSE_MARGIN_SEC = 300  # an earlier result is reused only while it has at least this long to live, s
 
@@ -16,7 +16,7 @@ RECORD = """
 UPDATE jobs SET fingerprint = $4 WHERE id = $1 AND created_at >= $2 AND created_at < $3
 """
 EARLIER_RESULT = """
-SELECT result, result_video_key, result_srt_key, result_vtt_key, result_words_key FROM jobs
+SELECT result, result_video_key, result_keys FROM jobs
 WHERE fingerprint = $1 AND status = 'done' AND result_video_key IS NOT NULL
   AND expires_at > now() + make_interval(secs => $2)
 ORDER BY created_at DESC
@@ -30,14 +30,11 @@ async def record(pool: asyncpg.Pool, job_id: uuid.UUID, fingerprint: str) -> Non
 
 async def earlier_result(
     pool: asyncpg.Pool, fingerprint: str
-) -> tuple[ClipResult, str, SubtitleKeys | None] | None:
-    """The result, video key and subtitle keys of a live done job with this fingerprint, if any."""
+) -> tuple[ClipResult, str, dict[str, str]] | None:
+    """The result, clip key and other result files' keys (by role) of a live done job with this fingerprint."""
     row = await pool.fetchrow(EARLIER_RESULT, fingerprint, REUSE_MARGIN_SEC)
     if row is None:
         return None
-    subtitles = None
-    if row["result_srt_key"] and row["result_vtt_key"] and row["result_words_key"]:
-        subtitles = SubtitleKeys(row["result_srt_key"], row["result_vtt_key"], row["result_words_key"])
-    return msgspec.convert(row["result"], ClipResult), row["result_video_key"], subtitles
+    return msgspec.convert(row["result"], ClipResult), row["result_video_key"], dict(row["result_keys"])
 
 

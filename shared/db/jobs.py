@@ -52,7 +52,7 @@ RETURNING status
 """
 COMPLETE = f"""
 UPDATE jobs SET status = 'done', progress = 1, stage = NULL, result = $4, result_video_key = $5,
-       expires_at = now() + make_interval(secs => $6), updated_at = now()
+       result_keys = $7, expires_at = now() + make_interval(secs => $6), updated_at = now()
 WHERE id = $1 AND created_at >= $2 AND created_at < $3 AND {NOT_ENDED}
 RETURNING id, request->'metadata' AS metadata
 """
@@ -65,10 +65,6 @@ REQUEUE = f"""
 UPDATE jobs SET status = 'queued', error_code = $4, error_message = $5, updated_at = now()
 WHERE id = $1 AND created_at >= $2 AND created_at < $3 AND {NOT_ENDED}
 RETURNING id
-"""
-SET_SUBTITLE_KEYS = """
-UPDATE jobs SET result_srt_key = $4, result_vtt_key = $5, result_words_key = $6
-WHERE id = $1 AND created_at >= $2 AND created_at < $3
 """
 # A caller's jobs newest first, keyset-paginated by (created_at, id); $1 NULL: everyone's (admin, AUTH=off).
 LIST_JOBS = """
@@ -91,7 +87,7 @@ MARK_REPUBLISHED = """
 UPDATE jobs SET published_at = now() WHERE id = $1 AND created_at = $2 AND published_at IS NULL RETURNING id
 """
 EXPIRY_DUE = """
-SELECT id, created_at, result_video_key, result_srt_key, result_vtt_key, result_words_key FROM jobs
+SELECT id, created_at, result_video_key, result_keys FROM jobs
 WHERE status = 'done' AND expires_at < now() ORDER BY expires_at LIMIT $1
 """
 EXPIRE = """
@@ -99,11 +95,12 @@ UPDATE jobs SET status = 'expired', updated_at = now()
 WHERE id = $1 AND created_at = $2 AND status = 'done' AND expires_at < now()
 RETURNING id
 """
-# A live result: a done job not yet past its expiry names the key (content-hashed keys are shared).
+# A live result: a done job not yet past its expiry names the key (content-hashed keys are shared) for the
+# role $2 (result_keys' index, 018_result_keys.sql, answers `@>`).
 RESULT_KEY_IN_USE = """
 SELECT EXISTS (
     SELECT 1 FROM jobs WHERE status = 'done'
-      AND (result_video_key = $1 OR result_srt_key = $1 OR result_vtt_key = $1 OR result_words_key = $1)
+      AND (result_video_key = $1 OR result_keys @> jsonb_build_object($2::text, $1::text))
       AND (expires_at IS NULL OR expires_at >= now())
 )
 """
@@ -128,15 +125,6 @@ SELECT type, data FROM job_events
 WHERE job_id = $1 AND type IN ('stage_started', 'stage_finished', 'message_republished')
 ORDER BY ts DESC, id DESC LIMIT 1
 """
-
-
-@dataclass(frozen=True)
-class SubtitleKeys:
-    """A finished job's content-hashed subtitle results."""
-
-    srt: str
-    vtt: str
-    words: str
 
 
 @dataclass(frozen=True)
@@ -236,18 +224,16 @@ async def record_event(pool: asyncpg.Pool, job_id: uuid.UUID, type_: str, data: 
 
 async def complete(
     pool: asyncpg.Pool, job_id: uuid.UUID, result: ClipResult, video_key: str, retention_sec: float,
-    subtitles: SubtitleKeys | None = None,
+    files: dict[str, str] | None = None,
 ) -> Ended | None:
-    """Job → done with its result and subtitle keys (once: None when it had already ended)."""
+    """Job → done with its result, its clip's key and its other result files' keys by role (once: None when it
+    had already ended)."""
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
-            COMPLETE, job_id, *window(job_id), plain(result), video_key, retention_sec
+            COMPLETE, job_id, *window(job_id), plain(result), video_key, retention_sec, files or {}
         )
         if row is None:
             return None
-        if subtitles is not None:
-            keys = (subtitles.srt, subtitles.vtt, subtitles.words)
-            await conn.execute(SET_SUBTITLE_KEYS, job_id, *window(job_id), *keys)
         await conn.execute(INSERT_EVENT, job_id, "done", {"videoKey": video_key})
         return Ended(row["metadata"])
 
@@ -309,9 +295,14 @@ async def expire(pool: asyncpg.Pool, job_id: uuid.UUID, created_at: datetime) ->
         return True
 
 
-async def result_key_in_use(pool: asyncpg.Pool, key: str) -> bool:
+def result_files(row: Any) -> dict[str, str]:
+    """A done job row's result keys by role: the clip's (`video`) and every other result file's."""
+    return {"video": row["result_video_key"], **(row["result_keys"] or {})}
+
+
+async def result_key_in_use(pool: asyncpg.Pool, key: str, role: str) -> bool:
     """Whether a done job not yet past its expiry names this (content-hashed, shareable) result key."""
-    return bool(await pool.fetchval(RESULT_KEY_IN_USE, key))
+    return bool(await pool.fetchval(RESULT_KEY_IN_USE, key, role))
 
 
 async def staging_due(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
