@@ -31,6 +31,7 @@ from shared.errors import ModelCannotTranslate
 from shared.fingerprint import request_fingerprint
 from shared.resources import Resources
 from shared.settings import load_settings
+from shared.subtitles.outputs import SRT
 from shared.subtitles.words import Word
 from tests.conftest import Workers, wait_for_job
 from tests.speech import SpeechVideo, make_speech_video, normalise
@@ -203,7 +204,7 @@ async def test_a_translated_job_has_english_cues_and_says_spanish_was_spoken(
     event = await _end_event_read_later(resources, translated["id"])  # the job's end event says it too
     assert event.result is not None and event.result.subtitles is not None
     assert (event.result.subtitles.language, event.result.subtitles.source_language) == ("en", "es")
-    info = await resources.storage.head(f"staging/{translated['id']}/subs.srt")
+    info = await resources.storage.head(SRT.staging_key(translated["id"]))
     assert info is not None and (info.metadata["language"], info.metadata["source-language"]) == ("en", "es")
 
     spoken = await _job(client, key)  # the same clip untranslated: Spanish cues, another result
