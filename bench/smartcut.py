@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from bench.copy_path import JobRunner, Series, clip_range
+from bench.cpu import cpu_seconds_of
 from bench.stack import BenchStack
 
 FIRST_CLIP = 1000  # clip numbers of this benchmark (other ranges than the copy benchmark's: no reused result)
@@ -40,17 +41,28 @@ async def smartcut(stack: BenchStack, source: Path, source_sec: float, runs: int
     smart = Series("smart-cut job POST→done", [])
     copy = Series("keyframe copy job POST→done", [])
     bare = Series("bare ffmpeg libx264 veryfast re-encode", [])
+    # CPU seconds of the gateway and the workers with their ffmpeg children, per job (not NATS, S3, PostgreSQL):
+    # the measure that means something on a loaded machine
+    pids = [child.proc.pid for child in stack.children]
+    smart_cpu: list[float] = []
+    copy_cpu: list[float] = []
     async with JobRunner(stack) as runner:
         await runner.run(*clip_range(FIRST_CLIP - 1, source_sec))  # warm-up: connections, page cache
         for i in range(runs):
             start, end = clip_range(FIRST_CLIP + i, source_sec)
+            cpu = cpu_seconds_of(pids)
             smart.seconds.append(await runner.run(start, end))
+            smart_cpu.append(cpu_seconds_of(pids) - cpu)
+            cpu = cpu_seconds_of(pids)
             copy.seconds.append(await runner.run(start, end, precision="keyframe"))
+            copy_cpu.append(cpu_seconds_of(pids) - cpu)
             bare.seconds.append(await bare_reencode(source, work / f"reencode{i}.mp4", start, end))
     medians = {s.name: statistics.median(s.seconds) for s in (smart, copy, bare)}
     return {
         "series": {s.name: s.summary() for s in (smart, copy, bare)},
         "runs": {s.name: s.seconds for s in (smart, copy, bare)},
+        "cpu_runs": {smart.name: smart_cpu, copy.name: copy_cpu},
+        "smart_over_copy_cpu": statistics.median(smart_cpu) / statistics.median(copy_cpu),
         "smart_over_reencode": medians[smart.name] / medians[bare.name],
         "target_smart_over_reencode": 0.20,
         "smart_over_copy": medians[smart.name] / medians[copy.name],  # same range, same run (issue 14: <= 1.5)

@@ -10,14 +10,17 @@ import asyncio
 import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 from shared.contracts import Artifact, ClipResult, CutPath, MediaPlan, StageMessage, StreamFacts
 from shared.errors import Permanent, Transient
 from shared.media.cut import copy_cut
 from shared.media.ffmpeg import RunLimits
 from shared.media.inputs import STAGED_DEMUXERS
+from shared.media.keyframes import CutLayout
 from shared.media.mp4 import mp4_duration
 from shared.media.probe import probe
+from shared.media.smartcut import cut_frames, frame_cut
 from shared.storage import ObjectInfo, Storage, sha256_file, staging_prefix
 
 READ_URL_TTL_SEC = 3600  # lifetime of the signed URL ffmpeg reads the staged media through, s
@@ -62,6 +65,34 @@ async def copy_clip(
     clip, duration = await store_clip(storage, key, path, covers_sec=end - start,
                                       extra={START_META: f"{start:.6f}", PATH_META: "copy"})
     return clip, duration, start
+
+
+async def frame_clip(
+    storage: Storage, job_id: str, media: str, path: Path, *, start: float, end: float, offset: float,
+    audio: bool, scratch: Path, fmt: str, layout: CutLayout | None = None,
+    on_progress: Callable[[float], None] | None = None,
+) -> tuple[ObjectInfo, float, float, CutPath]:
+    """The frame-accurate clip of `job_id` stored at `clip_key`, its duration, its first frame in source seconds
+    and its cut path ("copy" or "smart").
+
+    [start, end) (source seconds) of `media` (whose t=0 is source time `offset`, read with the demuxer `fmt`)
+    is cut into `path` (`shared.media.smartcut`) with `layout` when the caller read it already on the same
+    media (the fetcher's probe), else with the layout read now; a clip an earlier delivery stored is reused."""
+    key = clip_key(job_id)
+    existing = await stored_clip(storage, key)
+    if existing is not None:
+        clip, duration = existing
+        return (clip, duration, float(clip.metadata.get(START_META, start)),
+                cast(CutPath, clip.metadata.get(PATH_META, "copy")))
+    if layout is None:
+        outcome = await cut_frames(media, path, start=start - offset, end=end - offset, audio=audio, scratch=scratch,
+                                   on_progress=on_progress, fmt=fmt)
+    else:
+        outcome = await frame_cut(media, path, layout, audio=audio, scratch=scratch, on_progress=on_progress, fmt=fmt)
+    first = offset + outcome.first_frame
+    clip, duration = await store_clip(storage, key, path, covers_sec=end - first,
+                                      extra={START_META: f"{first:.6f}", PATH_META: outcome.path})
+    return clip, duration, first, outcome.path
 
 
 async def source_time_of_zero(media: str, plan: MediaPlan, source: Artifact, job_id: str) -> float:

@@ -41,8 +41,10 @@ STAGE_LIST: tuple[Stage, ...] = (  # every stage (the one list)
 SERVICE_PACKAGES: dict[str, str] = {stage.name: stage.package for stage in STAGE_LIST}  # name → folder
 STAGES: tuple[str, ...] = tuple(SERVICE_PACKAGES)  # every stage with a subject and a consumer
 ENTRY_STAGE = FETCH  # where a new job is published
-COPY_ROUTE: tuple[str, ...] = (TRIM, UPLOAD)  # what follows the fetcher on the stream-copy and smart-cut paths
-CUT_BY_FETCHER_ROUTE: tuple[str, ...] = (UPLOAD,)  # a plain stream copy (keyframe precision): the fetcher cuts it
+COPY_ROUTE: tuple[str, ...] = (TRIM, UPLOAD)  # stream copy or smart cut of a range the fetcher staged (URL, page)
+# the fetcher cut the clip itself: a plain stream copy (keyframe precision), or a frame-accurate cut of media in
+# storage already (an upload, a batch's staged span)
+CUT_BY_FETCHER_ROUTE: tuple[str, ...] = (UPLOAD,)
 REENCODE_ROUTE: tuple[str, ...] = (ENCODE, UPLOAD)  # what follows the fetcher when the whole clip is re-encoded
 DEFAULT_ROUTE_LENGTH = 1 + len(COPY_ROUTE)  # stages a job is expected to pass before its route is known
 BURN_IN_ROUTE: tuple[str, ...] = (TRANSCRIBE, ENCODE, UPLOAD)  # burn-in: subtitles first, then one re-encode

@@ -1,5 +1,6 @@
 """One copy per clip: a plain stream copy (keyframe precision) is cut once, by the fetcher, straight from the
-source; nothing is staged for a trimmer to copy again. Real NATS, PostgreSQL, S3, ffmpeg and an HTTP origin."""
+source; nothing is staged for a trimmer to copy again. A frame-accurate clip of media already in storage (an
+upload) is cut by the fetcher too. Real NATS, PostgreSQL, S3, ffmpeg and an HTTP origin."""
 
 from __future__ import annotations
 
@@ -72,9 +73,11 @@ async def test_keyframe_clip_of_an_upload_skips_the_trimmer(
     assert await _stages_run(resources, job["id"]) == [FETCH, UPLOAD]
 
 
-async def test_frame_accurate_clip_still_goes_through_the_trimmer(
-    client: AsyncTestClient[Any], workers: Workers, resources: Resources, sample_video: Path
+async def test_frame_accurate_clip_of_an_upload_is_cut_by_the_fetcher(
+    client: AsyncTestClient[Any], workers: Workers, resources: Resources, sample_video: Path, tmp_path: Path
 ) -> None:
+    """An upload sits in storage already: the fetcher smart-cuts it on the layout it probed, the trimmer does not
+    run, and nothing but the clip is stored for the job."""
     workers.start()
     key = await upload(client, sample_video)
     response = await client.post("/api/jobs", json={
@@ -82,8 +85,46 @@ async def test_frame_accurate_clip_still_goes_through_the_trimmer(
     })
     job = await wait_for_job(client, response.json()["id"])
     assert job["status"] == "done", job
+    assert job["result"]["cutPath"] == "smart"
+    assert job["result"]["actualStartSec"] == pytest.approx(5.5, abs=1 / 30)
+    assert job["result"]["durationSec"] == pytest.approx(3.5, abs=1 / 30)
+    assert (await download(job["urls"]["video"], tmp_path / "clip.mp4")).stat().st_size == job["result"]["size"]
+    assert await _stages_run(resources, job["id"]) == [FETCH, UPLOAD]
+    assert await resources.storage.list_keys(f"staging/{job['id']}/") == [clip_key(job["id"])]
+
+
+async def test_frame_accurate_clip_of_a_url_still_goes_through_the_trimmer(
+    client: AsyncTestClient[Any], workers: Workers, resources: Resources, sample_video: Path
+) -> None:
+    """A URL source's range is staged once by the fetcher and smart-cut by the trimmer from that copy."""
+    workers.start()
+    with MediaServer(sample_video.parent) as origin:
+        response = await client.post("/api/jobs", json={
+            "source": {"type": "url", "url": origin.url(sample_video.name)}, "startSec": 5.5, "endSec": 9.0,
+        })
+        job = await wait_for_job(client, response.json()["id"])
+    assert job["status"] == "done", job
+    assert job["result"]["cutPath"] == "smart"
     assert job["result"]["actualStartSec"] == pytest.approx(5.5, abs=1 / 30)
     assert await _stages_run(resources, job["id"]) == [FETCH, TRIM, UPLOAD]
+
+
+async def test_fetcher_smart_cut_run_twice_reuses_the_stored_clip(
+    client: AsyncTestClient[Any], resources: Resources, sample_video: Path, tmp_path: Path
+) -> None:
+    """A fetcher that smart-cut an upload and died before acking: the redelivery passes the same clip on."""
+    key = await upload(client, sample_video)
+    job = ClipJobMessage(id=str(uuid7()), source=UploadSource(key=key), start_sec=5.5, end_sec=9.0)
+    assert await jobs.begin_stage(resources.db, job, FETCH, 1) == "processing"
+    once = await fetch(job, _deps(resources, tmp_path, "fetch"))
+    first_write = await resources.storage.head(clip_key(job.id))
+    again = await fetch(job, _deps(resources, tmp_path, "fetch"))
+    second_write = await resources.storage.head(clip_key(job.id))
+    assert once is not None and once == again
+    assert (once.route, once.done) == ([UPLOAD], [FETCH])
+    assert once.result is not None and once.result.cut_path == "smart"
+    assert first_write is not None and second_write is not None
+    assert first_write.metadata[WRITE_META] == second_write.metadata[WRITE_META]  # not cut and written again
 
 
 async def test_fetcher_cut_run_twice_reuses_the_stored_clip(

@@ -1,5 +1,6 @@
-"""`clipjet stack` (what `make run` starts) as a supervisor, end to end: under a stream of jobs, SIGKILL one process
-of each worker stage while it holds a message; every job ends `done` with one result, each killed process is
+"""`clipjet stack` (what `make run` starts) as a supervisor, end to end: under a stream of jobs (uploads, cut by the
+fetcher, and URL sources, whose staged range the trimmer cuts), SIGKILL one process of each worker stage while it
+holds a message; every job ends `done` with one result, each killed process is
 started again (the second trim process keeps its pid); then NATS is SIGKILLed too, and the stack, having started it
 again on its store, still serves a new job."""
 
@@ -31,6 +32,7 @@ from shared.resources import Resources, open_resources
 from shared.settings import Settings, load_settings
 from tests.chaos import JOB_ROWS, holding
 from tests.conftest import DEFAULT_PG_URL
+from tests.http_source import MediaServer
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
@@ -44,6 +46,7 @@ POLL_S = 0.05
 SUBMIT_EVERY_S = 0.3
 MAX_JOBS = 24
 SCALE = "trim=2"
+URL_START_SHIFT_SEC = 0.5  # a URL job starts this far past a keyframe: the trimmer smart-cuts its staged range
 KILLED = {stage: f"{stage}.1" for stage in STAGES}  # the process of each stage that is SIGKILLed
 STACK_ENV = {  # quick redelivery and retries, the small English speech model
     "QUEUE_VISIBILITY_SEC": "3", "HEARTBEAT_MS": "200", "RETRY_BASE_DELAY_SEC": "0.2", "SHUTDOWN_GRACE_SEC": "2",
@@ -68,11 +71,15 @@ class Stack:
         return self.log.read_text(errors="replace")[-chars:]
 
 
-def _job(i: int, key: str) -> dict[str, Any]:
-    """Distinct ranges of the 20 s sample (a keyframe every 2 s): every 5th asks for subtitles (the transcriber),
-    every 7th is a frame-precise range between two keyframes (the encoder)."""
-    start = (i % 9) * 2.0 + 0.1 * (i // 9)
-    body: dict[str, Any] = {"source": {"type": "upload", "key": key}, "startSec": start, "endSec": start + 1.5}
+def _job(i: int, key: str, url: str) -> dict[str, Any]:
+    """Distinct ranges of the 20 s sample (a keyframe every 2 s): every other one from its URL, between two
+    keyframes (the fetcher stages the range, the trimmer smart-cuts it; an upload's clip is cut by the fetcher),
+    every 5th asks for subtitles (the transcriber), every 7th is a frame-precise range between two keyframes (the
+    encoder)."""
+    from_url = i % 2 == 0
+    start = (i % 9) * 2.0 + 0.1 * (i // 9) + (URL_START_SHIFT_SEC if from_url else 0.0)
+    source = {"type": "url", "url": url} if from_url else {"type": "upload", "key": key}
+    body: dict[str, Any] = {"source": source, "startSec": start, "endSec": start + 1.5}
     if i % 7 == 3:
         body.update(startSec=start + 0.3, endSec=start + 0.7, precision="frame")
     if i % 5 == 1:
@@ -147,9 +154,9 @@ async def _upload_sample(http: httpx.AsyncClient, sample: Path) -> str:
     return str(slot["key"])
 
 
-async def _submit_until(http: httpx.AsyncClient, key: str, ids: list[str], stop: asyncio.Event) -> None:
+async def _submit_until(http: httpx.AsyncClient, key: str, url: str, ids: list[str], stop: asyncio.Event) -> None:
     while not stop.is_set() and len(ids) < MAX_JOBS:
-        response = await http.post("/api/jobs", json=_job(len(ids), key))
+        response = await http.post("/api/jobs", json=_job(len(ids), key, url))
         assert response.status_code == 202, response.text
         ids.append(response.json()["id"])
         await asyncio.sleep(SUBMIT_EVERY_S)
@@ -193,6 +200,11 @@ async def _all_ended(settings: Settings, ids: list[str], timeout_s: float) -> di
 
 async def test_sigkill_of_each_worker_type_under_load(stack: Stack, sample_video: Path) -> None:
     assert stack.settings.db_schema.startswith(SCHEMA_PREFIX)  # its own schema, named by its data folder's id
+    with MediaServer(sample_video.parent) as origin:  # a redelivered fetch of a URL job reads it again
+        await _jobs_survive_kills(stack, sample_video, origin)
+
+
+async def _jobs_survive_kills(stack: Stack, sample_video: Path, origin: MediaServer) -> None:
     trim2_pid = stack.status()["trim.2"]["pid"]
     marks = [("up", time.monotonic())]
     ids: list[str] = []
@@ -202,7 +214,7 @@ async def test_sigkill_of_each_worker_type_under_load(stack: Stack, sample_video
                 open_resources(stack.settings, "test-stack") as res):
         key = await _upload_sample(http, sample_video)
         stop = asyncio.Event()
-        submitter = asyncio.create_task(_submit_until(http, key, ids, stop))
+        submitter = asyncio.create_task(_submit_until(http, key, origin.url(sample_video.name), ids, stop))
         try:
             killed = await _kill_each_stage_mid_job(stack, res)
         finally:

@@ -1,5 +1,6 @@
-"""Subtitles end to end: real speech (espeak-ng) in an uploaded video → gateway → fetch → trim → transcribe
-(faster-whisper, shipped models) → upload; the SRT, WebVTT and words JSON come back through signed URLs."""
+"""Subtitles end to end: real speech (espeak-ng) in an uploaded video → gateway → fetch (an upload's clip is cut
+by the fetcher) → transcribe (faster-whisper, shipped models) → upload; the SRT, WebVTT and words JSON come back
+through signed URLs."""
 
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ async def test_subtitles_end_to_end_with_tiny_en(
         assert f"/{digest}/{name}" in job["urls"][field]
     events = await jobs.job_events(resources.db, uuid.UUID(job["id"]))
     stages = [e["data"]["stage"] for e in events if e["type"] == "stage_started"]
-    assert stages == ["fetch", "trim", "transcribe", "upload"]
+    assert stages == ["fetch", "transcribe", "upload"]  # the fetcher cut the upload's clip: no trimmer
     row = await jobs.get_job(resources.db, uuid.UUID(job["id"]))
     assert row is not None and row["result_keys"]["srt"] in results
 
@@ -130,8 +131,8 @@ async def test_subtitles_end_to_end_with_tiny_en(
     clip = await resources.storage.head(f"staging/{job['id']}/clip.mp4")
     assert clip is not None
     task = StageMessage(
-        job=msgspec.convert(row["request"], ClipJobMessage), route=["transcribe", "upload"], done=["fetch", "trim"],
-        artifacts=[Artifact(stage="trim", role="video", key=clip.key, size=clip.size, sha256=clip.sha256)],
+        job=msgspec.convert(row["request"], ClipJobMessage), route=["transcribe", "upload"], done=["fetch"],
+        artifacts=[Artifact(stage="fetch", role="video", key=clip.key, size=clip.size, sha256=clip.sha256)],
         result=msgspec.convert(row["result"], ClipResult),
     )
     staged = [f"staging/{job['id']}/out/{name}" for name in ("clip.srt", "clip.vtt", "clip.words.json")]

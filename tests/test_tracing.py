@@ -42,7 +42,8 @@ from tests.otlp_receiver import ReceivedSpan, otlp_receiver
 from tests.test_webhooks import FAST_RETRIES, Receiver, ended_job, gateway, notifier, wait_until, webhook_state
 
 ROOT = Path(__file__).resolve().parents[1]
-COPY_ROUTE = ("fetch", "trim", "upload")  # a stream-copy job's stages
+COPY_ROUTE = ("fetch", "trim", "upload")  # a stream-copy job's stages (a URL source's range: staged, then cut)
+FETCHER_CUT_ROUTE = ("fetch", "upload")  # a clip of media in storage (a batch's staged span): cut by the fetcher
 SPANS_WAIT_SEC = 30.0  # longest wait for the last stage's span to be exported
 PROCESS_JOB_TIMEOUT_SEC = 180.0  # a job through freshly started processes on 2 busy cores
 EXPORT_DELAY_MS = "100"  # OTEL_BSP_SCHEDULE_DELAY of the processes under test: export soon
@@ -116,6 +117,14 @@ def assert_stages_linked(tree: list[ReceivedSpan], stages: tuple[str, ...] = COP
     assert any(s.name == "ffmpeg" for s in tree)
 
 
+def _under(tree: list[ReceivedSpan], span: ReceivedSpan, ancestor: ReceivedSpan) -> bool:
+    while span.parent_id:
+        span = _parent_of(tree, span)
+        if span is ancestor:
+            return True
+    return False
+
+
 async def _exported(exporter: InMemorySpanExporter, name: str) -> list[ReceivedSpan]:
     """Every span exported, once one called `name` is among them (bounded)."""
     async with asyncio.timeout(SPANS_WAIT_SEC):
@@ -172,8 +181,12 @@ async def test_a_batch_is_one_trace_naming_its_jobs(
     ids = {s.span_id for s in tree}
     assert all(s is root or s.parent_id in ids for s in tree)
     assert all(s is root or s.attributes.get(tracing.JOB_ID) in job_ids for s in tree)
-    for job_id in job_ids:
-        assert_stages_linked([s for s in tree if s is root or s.attributes.get(tracing.JOB_ID) == job_id])
+    for job_id in job_ids:  # each job reads the batch's span from storage: the fetcher cuts its clip
+        job_tree = [s for s in tree if s is root or s.attributes.get(tracing.JOB_ID) == job_id]
+        assert_stages_linked(job_tree, FETCHER_CUT_ROUTE)
+        assert not [s for s in job_tree if s.name == "process trim"]
+        fetch = next(s for s in job_tree if s.name == "process fetch")
+        assert any(s.name == "ffmpeg" and _under(job_tree, s, fetch) for s in job_tree)  # the cut, in the fetch
 
 
 @pytest.mark.settings(webhook_max_attempts=3, **FAST_RETRIES)

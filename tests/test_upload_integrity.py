@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,14 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
+from services.fetcher import locate
 from services.reaper.uploads import sweep_uploads
-from shared.bus import consumer_name
+from shared.db import jobs
 from shared.media.testpattern import make_test_pattern
-from shared.pipeline import TRIM
+from shared.pipeline import FETCH, UPLOAD
 from shared.resources import Resources
+from shared.settings import Settings
+from shared.storage import ObjectInfo, Storage
 from shared.upload_store import UploadChanged, copy_pinned, copy_prefix
 from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer
@@ -22,8 +26,7 @@ from tests.media import probe
 from tests.test_clip_pipeline import download, upload
 
 MIB = 1024 * 1024
-WAIT_SEC = 30.0  # longest a test waits for a stage to hand a job on
-POLL_SEC = 0.05
+WAIT_SEC = 30.0  # longest a PUT may take
 
 
 @pytest.fixture(scope="session")
@@ -43,43 +46,46 @@ async def _put(url: str, body: bytes, headers: dict[str, str]) -> int:
         return (await s3.put(url, content=body, headers=headers)).status_code
 
 
-async def _wait_trim_pending(res: Resources) -> None:
-    """Until the fetcher has handed the job to the trimmer (a message waits on the trim consumer)."""
-    async with asyncio.timeout(WAIT_SEC):
-        while True:
-            info = await res.js.consumer_info(res.settings.nats_stream, consumer_name(TRIM, "normal"))
-            if info.num_pending >= 1:
-                return
-            await asyncio.sleep(POLL_SEC)
-
-
 def _width(path: Path) -> int:
     return next(s["width"] for s in probe(path)["streams"] if s["codec_type"] == "video")
 
 
-async def test_second_put_after_the_fetch_changes_nothing_a_job_cuts(
+async def test_second_put_after_the_check_changes_nothing_a_job_cuts(
     client: AsyncTestClient[Any], workers: Workers, resources: Resources, sample_video: Path, other_video: Path,
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Upload A, the fetcher checks it; then B lands at the same key. The slot's URL refuses the second PUT, and
-    even bytes written there anyway (a store that ignored If-None-Match) reach no job: job 1 cuts A, job 2 on the
-    key is refused with `upload_changed` rather than cutting B under A's fingerprint."""
+    """Upload A, the fetcher checks it; then, before the fetcher probes and cuts it (it cuts an upload's clip
+    itself), B lands at the same key. The slot's URL refuses the second PUT, and even bytes written there anyway (a
+    store that ignored If-None-Match) reach no job: job 1 cuts A, job 2 on the key is refused with
+    `upload_changed` rather than cutting B under A's fingerprint."""
     assert _width(sample_video) != _width(other_video)
     original = sample_video.read_bytes()
     slot = await _slot(client, sizeBytes=len(original))
     assert await _put(slot["url"], original, slot["headers"]) == 200
-    workers.start("fetch")
+    swaps: list[str] = []
+    check = locate.verify_upload
+
+    async def check_then_swap(storage: Storage, db: Any, key: str, settings: Settings) -> ObjectInfo:
+        checked = await check(storage, db, key, settings)
+        if not swaps:  # the first job only: between its check and its cut
+            swapped = original[:-1] + bytes([original[-1] ^ 0xFF])  # other bytes of the signed length
+            assert await _put(slot["url"], swapped, slot["headers"]) == 412  # If-None-Match: *
+            assert await _put(slot["url"], swapped, {"Content-Type": "video/mp4"}) == 403  # it is signed
+            await storage.put_file(key, other_video, "video/mp4", {})  # B at the key anyway
+            swaps.append(key)
+        return checked
+
+    monkeypatch.setattr(locate, "verify_upload", check_then_swap)
+    workers.start()
     first = (await client.post("/api/jobs", json={
-        "source": {"type": "upload", "key": slot["key"]}, "startSec": 1, "endSec": 4,
+        "source": {"type": "upload", "key": slot["key"]}, "startSec": 1.5, "endSec": 4,
     })).json()["id"]
-    await _wait_trim_pending(resources)
-    swapped = original[:-1] + bytes([original[-1] ^ 0xFF])  # other bytes of the signed length
-    assert await _put(slot["url"], swapped, slot["headers"]) == 412  # If-None-Match: *
-    assert await _put(slot["url"], swapped, {"Content-Type": "video/mp4"}) == 403  # it is signed
-    await resources.storage.put_file(slot["key"], other_video, "video/mp4", {})  # B at the key anyway
-    workers.start("trim", "upload")
     job = await wait_for_job(client, first)
     assert job["status"] == "done", job
+    assert swaps == [slot["key"]]
+    assert job["result"]["cutPath"] == "smart"  # cut frame-accurately by the fetcher, on what it probed
+    events = await jobs.job_events(resources.db, uuid.UUID(first))
+    assert [e["data"]["stage"] for e in events if e["type"] == "stage_started"] == [FETCH, UPLOAD]
     clip = await download(job["urls"]["video"], tmp_path / "clip.mp4")
     assert _width(clip) == _width(sample_video)  # A's bytes were cut, not B's
 

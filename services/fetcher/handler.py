@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from shared.clipstore import CLIP_NAME, copy_clip, forward_clip, is_plain_copy
+from shared.clipstore import CLIP_NAME, copy_clip, forward_clip, frame_clip, is_plain_copy
 from shared.contracts import Artifact, ClipJobMessage, MediaPlan, StageMessage
 from shared.db import fingerprints
 from shared.errors import EndPastDuration, Permanent
@@ -19,6 +19,7 @@ from shared.media.cut import STAGING_FORMATS, copy_cut, copyable_to_mp4
 from shared.media.cutplan import CutDecision, probe_and_choose
 from shared.media.ffmpeg import FfmpegDeadline, RunLimits
 from shared.media.inputs import STAGED_DEMUXERS, demuxer
+from shared.media.keyframes import CutLayout
 from shared.media.probe import MediaInfo, timeline_start
 from shared.pipeline import (
     COPY_ROUTE,
@@ -81,8 +82,12 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
     log.info("cut_path_chosen", cut_path=decision.path, cut_reason=decision.reason)
     # a plain copy is cut here, straight from the source (one copy per clip); a yt-dlp section is staged as before
     cut_here = decision.path == "copy" and is_plain_copy(decision.reason, info.streams) and source.stage is None
+    # a frame-accurate cut of media already in storage (an upload, a batch's span) too, on the layout just read
+    frames_here = (not cut_here and staged is not None and decision.path != "reencode"
+                   and decision.layout is not None)
     route = route_for(
-        REENCODE_ROUTE if decision.path == "reencode" else CUT_BY_FETCHER_ROUTE if cut_here else COPY_ROUTE, job,
+        REENCODE_ROUTE if decision.path == "reencode" else CUT_BY_FETCHER_ROUTE if cut_here or frames_here
+        else COPY_ROUTE, job,
     )
     if missing := unavailable(route, installed_stages(deps.res.settings.installed_stages)):
         codecs = ", ".join(sorted({s.codec for s in info.streams}))
@@ -106,6 +111,9 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
         streams=source.section_streams or info.streams, cut_start_sec=cut_start, staged_offset_sec=offset,
         cut_path=decision.path, cut_reason=decision.reason,
     )
+    if frames_here and decision.layout is not None:  # nothing was staged: the media in storage is cut in place
+        task = StageMessage(job=job, route=[FETCH, *route], plan=plan, artifacts=[staged])
+        return await _cut_frames(task, deps, source, info, decision.layout)
     return StageMessage(job=job, route=list(route), done=[FETCH], plan=plan, artifacts=[staged])
 
 
@@ -124,6 +132,23 @@ async def _cut_clip(
     log.info("clip_cut", cut_path="copy", planned=plan.cut_path, reason=plan.cut_reason, start=round(start, 6),
              duration=round(duration, 6))
     return forward_clip(task, FETCH, clip, duration, start, "copy")
+
+
+async def _cut_frames(
+    task: StageMessage, deps: StageDeps, source: Located, info: MediaInfo, layout: CutLayout
+) -> StageMessage:
+    """Cut the clip frame-accurately (smart cut, or a copy when the start is a keyframe) straight from the media
+    in storage, on the layout the probe read, and pass it on (the trimmer is not in the route): no second
+    layout read, no hop to another stage."""
+    job, plan = task.job, task.plan
+    assert plan is not None
+    clip, duration, start, cut_path = await frame_clip(
+        deps.res.storage, job.id, source.media, deps.scratch / CLIP_NAME, start=job.start_sec, end=job.end_sec,
+        offset=source.offset_sec, audio=any(s.kind == "audio" for s in info.streams), scratch=deps.scratch,
+        fmt=demuxer(info.container), layout=layout, on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p))
+    log.info("clip_cut", cut_path=cut_path, planned=plan.cut_path, reason=plan.cut_reason, start=round(start, 6),
+             duration=round(duration, 6))
+    return forward_clip(task, FETCH, clip, duration, start, cut_path)
 
 
 @contextmanager

@@ -1,27 +1,23 @@
-"""Trimmer: cut the clip out of the staged media into an MP4 with +faststart: stream copy or smart cut."""
+"""Trimmer: cut the clip out of the staged media into an MP4 with +faststart: stream copy or smart cut.
+
+Jobs whose source sits in storage already (uploads, a batch's staged span) are cut by the fetcher, on the layout it
+probed; the trimmer cuts the ranges the fetcher staged from a URL or a page, and messages of older fetchers."""
 
 from __future__ import annotations
 
-from typing import cast
-
 from shared.clipstore import (
     CLIP_NAME,
-    PATH_META,
     READ_URL_TTL_SEC,
-    START_META,
-    clip_key,
     copy_clip,
     forward_clip,
+    frame_clip,
     is_plain_copy,
     source_time_of_zero,
-    store_clip,
-    stored_clip,
 )
-from shared.contracts import CutPath, StageMessage
+from shared.contracts import StageMessage
 from shared.errors import Permanent
 from shared.logs import get_logger
 from shared.media.inputs import staged_demuxer
-from shared.media.smartcut import cut_frames
 from shared.pipeline import TRIM
 from shared.worker import StageDeps
 
@@ -48,20 +44,11 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
                  duration=round(duration, 6))
         return forward_clip(task, TRIM, clip, duration, start, "copy")
 
-    key = clip_key(job.id)
-    existing = await stored_clip(storage, key)
-    if existing is not None:
-        clip, duration = existing
-        start = float(clip.metadata.get(START_META, plan.cut_start_sec))
-        return forward_clip(task, TRIM, clip, duration, start, cast(CutPath, clip.metadata.get(PATH_META, "copy")))
     offset = await source_time_of_zero(media, plan, source, job.id)
-    has_audio = any(s.kind == "audio" for s in plan.streams)
-    outcome = await cut_frames(media, path, start=job.start_sec - offset, end=job.end_sec - offset,
-                               audio=has_audio, scratch=deps.scratch,
-                               on_progress=lambda p: deps.progress.set(CUT_SHARE * p), fmt=fmt)
-    start, cut_path = offset + outcome.first_frame, outcome.path
-    clip, duration = await store_clip(storage, key, path, covers_sec=job.end_sec - start,
-                                      extra={START_META: f"{start:.6f}", PATH_META: cut_path})
+    clip, duration, start, cut_path = await frame_clip(
+        storage, job.id, media, path, start=job.start_sec, end=job.end_sec, offset=offset,
+        audio=any(s.kind == "audio" for s in plan.streams), scratch=deps.scratch, fmt=fmt,
+        on_progress=lambda p: deps.progress.set(CUT_SHARE * p))
     log.info("clip_cut", cut_path=cut_path, planned=plan.cut_path, reason=plan.cut_reason, start=round(start, 6),
              duration=round(duration, 6))
     return forward_clip(task, TRIM, clip, duration, start, cut_path)

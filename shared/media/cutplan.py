@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from shared.contracts import CutPath, Precision, StreamFacts
 from shared.errors import SourceUnreadable
@@ -33,10 +33,12 @@ __all__ = ["CutDecision", "available_encoders", "decide_cut", "probe_and_choose"
 
 @dataclass(frozen=True)
 class CutDecision:
-    """The path a clip takes and why (logged, and kept in the plan as `cutReason`)."""
+    """The path a clip takes and why (logged, and kept in the plan as `cutReason`), with the frame layout it was
+    decided on when one was read (a stage cutting the same media reuses it instead of reading it again)."""
 
     path: CutPath
     reason: str
+    layout: CutLayout | None = field(default=None, compare=False, repr=False)
 
 
 def decide_cut(
@@ -108,7 +110,8 @@ async def probe_and_choose(
                 ensure_data_until(container, covered)  # missing frames because the data stops short: say so
                 raise
             ensure_data_until(container, covered, read_on=layout is not None)
-        return info, decide_cut(used, info.streams, layout, fits_mp4=fits, encoders=encoders, staged=staged,
-                                 pix_fmts=pix_fmts)
+        decision = decide_cut(used, info.streams, layout, fits_mp4=fits, encoders=encoders, staged=staged,
+                              pix_fmts=pix_fmts)
+        return info, replace(decision, layout=layout)
 
     return await asyncio.to_thread(run)
