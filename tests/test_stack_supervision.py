@@ -27,7 +27,7 @@ import pytest
 from services.localstack import NATS_PORT_ENV, S3_PORT_ENV, STATUS_FILE, read_stack_env
 from services.stackidentity import SCHEMA_PREFIX
 from shared.devstack import free_port
-from shared.pipeline import ENCODE, FETCH, STAGES, TRANSCRIBE, TRIM, UPLOAD
+from shared.pipeline import STAGES
 from shared.resources import Resources, open_resources
 from shared.settings import Settings, load_settings
 from tests.chaos import JOB_ROWS, holding
@@ -74,8 +74,8 @@ class Stack:
 def _job(i: int, key: str, url: str) -> dict[str, Any]:
     """Distinct ranges of the 20 s sample (a keyframe every 2 s): every other one from its URL, between two
     keyframes (the fetcher stages the range, the trimmer smart-cuts it; an upload's clip is cut by the fetcher),
-    every 5th asks for subtitles (the transcriber), every 7th is a frame-precise range between two keyframes (the
-    encoder)."""
+    every 5th asks for subtitles (the transcriber), every 4th for a poster and thumbnails (the thumbs stage), every
+    7th is a frame-precise range between two keyframes (the encoder)."""
     from_url = i % 2 == 0
     start = (i % 9) * 2.0 + 0.1 * (i // 9) + (URL_START_SHIFT_SEC if from_url else 0.0)
     source = {"type": "url", "url": url} if from_url else {"type": "upload", "key": key}
@@ -84,6 +84,8 @@ def _job(i: int, key: str, url: str) -> dict[str, Any]:
         body.update(startSec=start + 0.3, endSec=start + 0.7, precision="frame")
     if i % 5 == 1:
         body["subs"] = {"enabled": True, "burnIn": False, "lang": "en"}
+    if i % 4 == 3:
+        body.update(poster={}, thumbnails={"intervalSec": 1})
     return body
 
 
@@ -168,7 +170,7 @@ async def _kill_each_stage_mid_job(stack: Stack, res: Resources) -> dict[str, in
     try:
         async with asyncio.timeout(KILLS_TIMEOUT_S):
             while len(killed) < len(STAGES):
-                for stage in (s for s in (FETCH, TRIM, ENCODE, TRANSCRIBE, UPLOAD) if s not in killed):
+                for stage in (s for s in STAGES if s not in killed):
                     entry = stack.status()[KILLED[stage]]
                     if entry["state"] == "running" and await holding(res.js, res.settings, stage):
                         os.kill(entry["pid"], signal.SIGKILL)
