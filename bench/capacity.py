@@ -32,11 +32,11 @@ from bench.copy_path import CLIP_SEC, JobRunner, clip_range
 from bench.cpu import cpu_seconds_of
 from bench.stack import BenchStack, bench_stack
 from bench.subs import SPEECH_OFFSET_SEC, SPEECH_TEXT, STARTS_SEC
+from shared.jobs.pipeline import STAGES as STAGE_ORDER
 from shared.media.speech import make_speech_video
 from shared.media.testpattern import make_test_pattern
-from shared.pipeline import STAGES as STAGE_ORDER
 from shared.settings import load_settings
-from shared.storage import open_storage
+from shared.storage.s3 import open_storage
 
 PROFILE_PATH = Path(__file__).with_name("capacity_profile.json")
 DATA = Path(".data/bench")

@@ -21,9 +21,9 @@ import msgspec
 
 from bench.cpu import cpu_used, snapshot
 from bench.stack import BenchStack
-from shared.bus import connect
-from shared.contracts import JobEvent
-from shared.storage import open_storage
+from shared.jobs.contracts import JobEvent
+from shared.runtime.bus import connect
+from shared.storage.s3 import open_storage
 from tests.http_source import MediaServer
 
 CLIP_SEC = 30.0

@@ -41,17 +41,17 @@ import httpx
 import msgspec
 
 from services.keyscmd import create_key
-from services.localstack import Child, healthy, init_in_child, spawn_service
 from services.registry import STAGES
-from shared.bus import connect
-from shared.contracts import ClipJobMessage, UploadSource
+from services.stack.devstack import ensure_postgres, free_port, start_nats, start_postgres, start_s3
+from services.stack.localstack import Child, healthy, init_in_child, spawn_service
 from shared.db import jobs as job_rows
 from shared.db.pool import create_pool
-from shared.devstack import ensure_postgres, free_port, start_nats, start_postgres, start_s3
-from shared.ids import uuid7
+from shared.jobs.contracts import ClipJobMessage, UploadSource
+from shared.jobs.ids import uuid7
 from shared.media.testpattern import make_test_pattern
+from shared.runtime.bus import connect
 from shared.settings import Settings, load_settings, settings_env
-from shared.storage import open_storage
+from shared.storage.s3 import open_storage
 
 DATA = Path(".data/bench")
 RESULTS = Path("bench/results")

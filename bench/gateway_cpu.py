@@ -43,9 +43,9 @@ from bench.gateway import (
     run_wrk,
     say,
 )
-from services.localstack import healthy
-from services.supervisor import Child
-from shared.devstack import free_port
+from services.stack.devstack import free_port
+from services.stack.localstack import healthy
+from services.stack.supervisor import Child
 from shared.media.testpattern import make_test_pattern
 from shared.settings import settings_env
 

@@ -159,7 +159,7 @@ def asr_problem(model: str, cuda: bool = True) -> str:
 
 def stack_problems() -> list[str]:
     """What the local stack and the speech media need that is missing (each a line)."""
-    from shared.devstack import DevStackError, find_binary, find_postgres_bindir, postgres_reachable
+    from services.stack.devstack import DevStackError, find_binary, find_postgres_bindir, postgres_reachable
     from shared.settings import load_settings
 
     found: list[str] = []

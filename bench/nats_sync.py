@@ -5,7 +5,8 @@
 Starts a private nats-server per setting in a temporary folder on the working tree's disk, makes a file-stored
 work-queue stream like clipjet's, and publishes `--messages` job-sized messages, each awaited (`--in-flight 1`,
 what one worker does) or with several in flight (what many gateway requests do). Prints messages per second.
-`--replicas 3`: the same on a three-node cluster on loopback (shared.devstack.NatsCluster), the stream with three
+`--replicas 3`: the same on a three-node cluster on loopback (services.stack.devstack.NatsCluster), the stream with
+three
 replicas (a publish is acknowledged once a quorum stored it).
 """
 
@@ -20,8 +21,8 @@ from pathlib import Path
 import nats
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
-from shared.devstack import NatsCluster, start_nats
-from shared.devstack.nats_server import JETSTREAM_SYNC_INTERVAL
+from services.stack.devstack import NatsCluster, start_nats
+from services.stack.devstack.nats_server import JETSTREAM_SYNC_INTERVAL
 
 SERVER_DEFAULT = "2m"  # nats-server's own sync_interval
 PAYLOAD = b'{"id":"0190c1b2-0000-7000-8000-000000000000","source":{"type":"url","url":"https://example.com/v.mp4"},' \

@@ -47,7 +47,7 @@ def main() -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder  # before prometheus_client is imported
         sys.stderr = null  # the request log lines
         from services.gateway.observe import observed
-        from shared.logs import configure_logging
+        from shared.runtime.logs import configure_logging
 
         configure_logging("info", json=True)
         bare = asyncio.run(_drive(_bare_app, requests))

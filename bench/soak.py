@@ -40,10 +40,10 @@ import msgspec
 from bench.copy_path import UPLOAD_KEY, Series, upload_source
 from bench.stack import BenchStack, bench_stack
 from bench.subs import SPEECH_TEXT, rss_mb
-from shared.bus import connect
-from shared.contracts import JobEvent
+from shared.jobs.contracts import JobEvent
 from shared.media.speech import make_speech_video
-from shared.storage import open_storage
+from shared.runtime.bus import connect
+from shared.storage.s3 import open_storage
 
 DATA = Path(".data/bench")
 RESULTS = Path("bench/results")

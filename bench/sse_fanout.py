@@ -26,10 +26,10 @@ from pathlib import Path
 import httpx
 import msgspec
 
-from services.localstack import init_in_child, spawn_service, wait_healthy
-from shared.bus import Subjects, connect
-from shared.contracts import ProgressEvent
-from shared.devstack import ensure_postgres, free_port, start_nats, start_s3
+from services.stack.devstack import ensure_postgres, free_port, start_nats, start_s3
+from services.stack.localstack import init_in_child, spawn_service, wait_healthy
+from shared.jobs.contracts import ProgressEvent
+from shared.runtime.bus import Subjects, connect
 from shared.settings import Settings, load_settings
 
 S3_KEY, S3_SECRET = "bench", "bench-secret-key"

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import msgspec
 
-from services.localstack import Child, init_in_child, spawn_service, wait_healthy
 from services.registry import STAGES
-from shared.devstack import ensure_postgres, free_port, start_nats, start_s3
+from services.stack.devstack import ensure_postgres, free_port, start_nats, start_s3
+from services.stack.localstack import Child, init_in_child, spawn_service, wait_healthy
 from shared.settings import Settings, load_settings
 
 S3_KEY, S3_SECRET = "bench", "bench-secret-key"

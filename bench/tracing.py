@@ -30,9 +30,9 @@ import msgspec
 
 from bench.cpu import cpu_seconds_of
 from bench.gateway import CLIP, DATA, SOURCE_SEC, STOP_GRACE_SEC, _prepare, gateway_stack, run_wrk, say
-from services.localstack import healthy
-from services.supervisor import Child
-from shared.devstack import free_port
+from services.stack.devstack import free_port
+from services.stack.localstack import healthy
+from services.stack.supervisor import Child
 from shared.media.testpattern import make_test_pattern
 from shared.settings import Settings, settings_env
 

@@ -15,11 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from shared.fetch import fetch_to_file, inspect_url
-from shared.fetchproxy import fetch_session
 from shared.media.cut import copy_cut
 from shared.media.probe import probe
 from shared.media.testpattern import make_test_pattern
+from shared.net.fetch import fetch_to_file, inspect_url
+from shared.net.fetchproxy import fetch_session
 from shared.settings import load_settings
 from tests.http_source import MediaServer
 

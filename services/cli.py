@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from services.client import commands as client
-from shared.pipeline import STAGES as STAGE_NAMES
+from shared.jobs.pipeline import STAGES as STAGE_NAMES
 from shared.settings import Settings, load_settings
 
 SCHEMAS_DIR = Path("schemas")
@@ -22,7 +22,7 @@ K8S_BASE_DIR = Path("k8s/base")
 def _stop_on_signals(settings: Settings) -> asyncio.Event:
     """An event set by SIGTERM or SIGINT: the service drains (/readyz 503), finishes what it is doing and stops.
     The ops port (/metrics, /livez, /readyz) is served from here on."""
-    from shared.ops import HEALTH, serve_ops, watch_event_loop
+    from shared.runtime.ops import HEALTH, serve_ops, watch_event_loop
 
     serve_ops(settings.metrics_port, host=settings.metrics_host)
     watch_event_loop(settings.liveness_stall_sec)
@@ -40,10 +40,10 @@ def _stop_on_signals(settings: Settings) -> asyncio.Event:
 
 async def _run_worker(stage: str, settings: Settings) -> None:
     from services.registry import STAGES
-    from shared.fetchproxy import guarded_proxy, warn_if_open
-    from shared.pipeline import DEFAULT_ROUTE_LENGTH
-    from shared.resources import open_resources
-    from shared.worker import run_worker
+    from shared.jobs.pipeline import DEFAULT_ROUTE_LENGTH
+    from shared.net.fetchproxy import guarded_proxy, warn_if_open
+    from shared.runtime.resources import open_resources
+    from shared.runtime.worker import run_worker
 
     stop = _stop_on_signals(settings)
     warn_if_open(settings)
@@ -54,7 +54,7 @@ async def _run_worker(stage: str, settings: Settings) -> None:
 
 async def _run_reaper(settings: Settings) -> None:
     from services.reaper.handler import run_reaper
-    from shared.resources import open_resources
+    from shared.runtime.resources import open_resources
 
     stop = _stop_on_signals(settings)
     async with open_resources(settings, "reaper", stop) as res:
@@ -63,8 +63,8 @@ async def _run_reaper(settings: Settings) -> None:
 
 async def _run_notifier(settings: Settings) -> None:
     from services.notifier.run import run_notifier
-    from shared.fetchproxy import guarded_proxy, warn_if_open
-    from shared.resources import open_resources
+    from shared.net.fetchproxy import guarded_proxy, warn_if_open
+    from shared.runtime.resources import open_resources
 
     stop = _stop_on_signals(settings)
     warn_if_open(settings)
@@ -84,7 +84,7 @@ def _run_gateway(settings: Settings, factory: str = "services.gateway.app:app_fr
     import uvicorn
 
     from services.gateway.app import gateway_processes
-    from shared.ops import serve_ops
+    from shared.runtime.ops import serve_ops
 
     # the gateway's /livez and /readyz are on its API port
     serve_ops(settings.metrics_port, host=settings.metrics_host, probes=False)
@@ -92,7 +92,7 @@ def _run_gateway(settings: Settings, factory: str = "services.gateway.app:app_fr
     uvicorn.run(
         factory, factory=True, workers=gateway_processes(settings),
         host=settings.gateway_host, port=settings.gateway_port, http="httptools", loop="uvloop",
-        log_level="warning", access_log=False, lifespan="on", log_config=None,  # logs: shared/logs.py
+        log_level="warning", access_log=False, lifespan="on", log_config=None,  # logs: shared/runtime/logs.py
         # X-Forwarded-For is believed only from GATEWAY_TRUSTED_PROXIES: services/gateway/proxies.py (in the app, so
         # it also knows whether the direct peer is trusted, which decides whether a traceparent is honoured)
         proxy_headers=False,
@@ -102,7 +102,7 @@ def _run_gateway(settings: Settings, factory: str = "services.gateway.app:app_fr
 def _serve(command: str, service: Coroutine[Any, Any, None]) -> int:
     """Run a service until it stops: 0 when it stopped (a SIGTERM while it still waited for a dependency too);
     1 and one line naming the dependency when it gave up waiting (the log has the details, no traceback)."""
-    from shared.startup import DependencyUnavailable, StopRequested
+    from shared.runtime.startup import DependencyUnavailable, StopRequested
 
     try:
         asyncio.run(service)
@@ -163,12 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in client.COMMANDS:
         return client.run(args)
-    from shared.logs import configure_logging
+    from shared.runtime.logs import configure_logging
 
     settings = load_settings()
     configure_logging(settings.log_level)
     if args.command in ("worker", "reaper", "notifier"):  # the gateway starts it in each of its processes
-        from shared import tracing
+        from shared.runtime import tracing
 
         tracing.start(settings, args.stage if args.command == "worker" else args.command)
     match args.command:
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 print(ggml_model(ref.path, ref.name, settings.asr_models_dir, settings.asr_whispercpp_weights))
         case "schemas":
-            from shared.schemas import write_schemas
+            from shared.jobs.schemas import write_schemas
 
             for path in write_schemas(args.dir):
                 print(path)
@@ -207,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             for path in write_manifests(args.dir, list(STAGES)):
                 print(path)
         case "stack":
-            from services.localstack import parse_scale, run_stack
-            from shared.pipeline import installed_stages
+            from services.stack.localstack import parse_scale, run_stack
+            from shared.jobs.pipeline import installed_stages
 
             try:
                 scale = parse_scale(",".join([settings.stack_scale, *args.scale]),

@@ -5,7 +5,7 @@
   shared/db/grants.py).
 * NATS: the work-queue, end events' and webhook retries' streams and every durable consumer, created when
   missing. Existing ones are left as they are (replicas, max_bytes, max_age, ... are the operator's), except that
-  subjects a new stage needs are added; `--update-streams` sets clipjet's own fields (shared/bus.py
+  subjects a new stage needs are added; `--update-streams` sets clipjet's own fields (shared/runtime/bus.py
   CLIPJET_STREAM_FIELDS, and the consumers' configs) explicitly.
 * S3: the bucket, created when missing, and its CORS when S3_CORS_ORIGINS names the web page's origins.
 
@@ -18,15 +18,15 @@ from __future__ import annotations
 import asyncpg
 from botocore.exceptions import ClientError
 
-from shared import bus
 from shared.db.grants import grant_app_role
 from shared.db.migrate import apply_migrations
 from shared.db.pool import ENSURE_PARTITIONS
-from shared.logs import get_logger
-from shared.scrub import remember_secrets
+from shared.runtime import bus
+from shared.runtime.logs import get_logger
+from shared.runtime.scrub import remember_secrets
+from shared.runtime.startup import until_up
 from shared.settings import Settings
-from shared.startup import until_up
-from shared.storage import CORS_MAX_AGE_SEC, cors_origins, open_storage
+from shared.storage.s3 import CORS_MAX_AGE_SEC, cors_origins, open_storage
 
 log = get_logger("init")
 

@@ -25,8 +25,8 @@ from services.k8s_pod import (
     metrics_port,
     probes,
 )
-from shared.bus import NOTIFIER_CONSUMER, consumer_name, events_stream
-from shared.contracts import PRIORITIES
+from shared.jobs.contracts import PRIORITIES
+from shared.runtime.bus import NOTIFIER_CONSUMER, consumer_name, events_stream
 from shared.settings import Settings
 
 IMAGE = "ghcr.io/clipjet/clipjet:latest"  # overridden per install with kustomize `images:`
@@ -57,7 +57,7 @@ FIXED_ROLLOUT = {"maxSurge": 1, "maxUnavailable": 0}
 HOME_DIR = "/tmp"  # HOME of the non-root user on a read-only root file system (caches of yt-dlp, Python)
 
 # What a pod asks for (requests) and may use (limits). CPU limits are whole CPUs: thread counts follow the limit
-# (shared/cpus.py), so a transcriber limited to 2 CPUs runs 2 CTranslate2 threads whatever the node has.
+# (shared/runtime/cpus.py), so a transcriber limited to 2 CPUs runs 2 CTranslate2 threads whatever the node has.
 WORKER_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
     "encode": {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}},
     "transcribe": {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}},

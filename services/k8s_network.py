@@ -3,7 +3,7 @@
 Every pod holds the S3 key and the database URL, and the workers parse untrusted media, so none may reach more
 than it needs: DNS, NATS, PostgreSQL and S3 (in the namespaces the ConfigMap's service names point at; an
 overlay patches them for another layout). The fetcher alone also reaches the internet, because it downloads
-user URLs itself (through its in-process guarded proxy, `shared/fetchproxy.py`), and so does the notifier, which
+user URLs itself (through its in-process guarded proxy, `shared/net/fetchproxy.py`), and so does the notifier, which
 POSTs webhooks to user URLs through the same guard: any public address, never a private, link-local (cloud
 metadata), CGNAT or loopback one.
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shared.apikeys import new_key
-from shared.contracts import PRIORITIES
 from shared.db import keys, webhooks
 from shared.db.pool import create_pool
+from shared.jobs.apikeys import new_key
+from shared.jobs.contracts import PRIORITIES
+from shared.net.webhook_sign import new_secret
+from shared.net.webhook_url import WebhookUrlError, check_webhook_url
 from shared.settings import Settings
-from shared.webhook_sign import new_secret
-from shared.webhook_url import WebhookUrlError, check_webhook_url
 
 GIB = 1024**3
 

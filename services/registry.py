@@ -1,4 +1,4 @@
-"""Every worker stage's spec, derived from the one stage list (shared.pipeline.SERVICE_PACKAGES), and the
+"""Every worker stage's spec, derived from the one stage list (shared.jobs.pipeline.SERVICE_PACKAGES), and the
 commands of every process an installation runs (the local stack and the Procfile use these).
 
 `STAGES` is lazy: its names come from the stage list, and a stage's package (its handler and the libraries
@@ -12,10 +12,10 @@ from collections.abc import Iterator, Mapping
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from shared.pipeline import SERVICE_PACKAGES
+from shared.jobs.pipeline import SERVICE_PACKAGES
 
 if TYPE_CHECKING:  # the runtime (NATS, S3 clients) is the stage package's import, not the stage list's
-    from shared.worker import StageSpec
+    from shared.runtime.worker import StageSpec
 
 GATEWAY, REAPER, NOTIFIER = "gateway", "reaper", "notifier"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import msgspec
 
-from shared.cpus import available_cpus
-from shared.pipeline import installed_stages
+from shared.jobs.pipeline import installed_stages
+from shared.runtime.cpus import available_cpus
 
 DEFAULT_DATA_DIR = Path(".data")
 ASR_ENGINES = ("faster-whisper", "whisper.cpp")
@@ -95,7 +95,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     video_encoder: str = "auto"  # H.264 encoder: auto (hardware when a test encode works, else libx264) or a name
     force_cut_path: str = ""  # "reencode": every job goes through the encoder (benchmarks); "": decided per job
 
-    # --- ops: metrics and health (shared/ops.py) ---
+    # --- ops: metrics and health (shared/runtime/ops.py) ---
     metrics_port: int = 9464  # every process serves Prometheus /metrics here (workers: /livez, /readyz too); 0 = off
     metrics_host: str = "0.0.0.0"  # the address the ops port listens on (`clipjet stack`: 127.0.0.1)
     liveness_stall_sec: float = 30.0  # /livez answers 503 once the event loop has not ticked for this long, s

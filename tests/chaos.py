@@ -25,10 +25,10 @@ import asyncpg
 from litestar.testing import AsyncTestClient
 
 from services.registry import STAGES
-from shared import bus
-from shared.contracts import PRIORITIES
+from shared.jobs.contracts import PRIORITIES
+from shared.runtime import bus
 from shared.settings import Settings, settings_env
-from shared.storage import Storage
+from shared.storage.s3 import Storage
 
 REPO = Path(__file__).resolve().parent.parent
 CHAOS_JOBS = 30  # jobs in every scenario's load

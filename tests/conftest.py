@@ -19,15 +19,15 @@ from litestar.testing import AsyncTestClient
 from services.gateway.app import create_app
 from services.init import run_init
 from services.registry import STAGES
-from shared import bus
-from shared.apikeys import new_key
-from shared.contracts import PRIORITIES, ProgressEvent
+from services.stack.devstack import RunningServer, ensure_postgres, start_nats, start_s3
 from shared.db import keys
-from shared.devstack import RunningServer, ensure_postgres, start_nats, start_s3
-from shared.pipeline import DEFAULT_ROUTE_LENGTH
-from shared.resources import Resources, open_resources
+from shared.jobs.apikeys import new_key
+from shared.jobs.contracts import PRIORITIES, ProgressEvent
+from shared.jobs.pipeline import DEFAULT_ROUTE_LENGTH
+from shared.runtime import bus
+from shared.runtime.resources import Resources, open_resources
+from shared.runtime.worker import run_worker
 from shared.settings import Settings, load_settings
-from shared.worker import run_worker
 from tests.media import make_video
 from tests.speech import SPEECH_SENTENCES, SpeechVideo, make_speech_video
 

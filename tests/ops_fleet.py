@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.devstack.process import free_port
+from services.stack.devstack.process import free_port
 from shared.settings import Settings, settings_env
 
 REPO = Path(__file__).resolve().parent.parent

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import suppress
 
-from shared.devstack.process import LOOPBACK
+from services.stack.devstack.process import LOOPBACK
 
 CHUNK_BYTES = 65536
 

@@ -30,8 +30,8 @@ from shared.asr.hosted import HostedAsr, _HostedAnswer, transcriptions_url, word
 from shared.asr.languages import language_code
 from shared.asr.resource import engine_for
 from shared.errors import AsrOutOfMemory, HostedAsrRefused, HostedAsrUnavailable
-from shared.pipeline import TRANSCRIBE
-from shared.resources import Resources
+from shared.jobs.pipeline import TRANSCRIBE
+from shared.runtime.resources import Resources
 from shared.settings import load_settings
 from tests.conftest import Workers
 from tests.speech import SpeechVideo, word_error_rate

@@ -13,7 +13,7 @@ from litestar.testing import AsyncTestClient
 
 from services.reaper.handler import reap_once
 from shared.db import jobs
-from shared.resources import Resources
+from shared.runtime.resources import Resources
 from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer
 

@@ -13,9 +13,9 @@ from litestar.testing import AsyncTestClient
 
 from services.reaper.handler import reap_once
 from shared.db import keys
-from shared.resources import Resources
+from shared.runtime.resources import Resources
 from shared.settings import Settings
-from shared.storage import staging_prefix
+from shared.storage.s3 import staging_prefix
 from tests.chaos import Fleet
 from tests.conftest import JOB_TIMEOUT_SEC, POLL_SEC, Workers, authorize, wait_for_job
 from tests.http_source import MediaServer

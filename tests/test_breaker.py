@@ -21,13 +21,13 @@ from services.gateway.auth import RATE_SCOPE_KEY, authenticate
 from services.gateway.state import Gateway
 from services.init import run_init
 from services.reaper.handler import reap_once
-from shared.breaker import CircuitBreaker
+from services.stack.devstack import free_port, start_nats
 from shared.db.pool import create_pool
-from shared.devstack import free_port, start_nats
 from shared.errors import ServiceUnavailable, StorageError
-from shared.resources import Resources, open_resources
+from shared.runtime.breaker import CircuitBreaker
+from shared.runtime.resources import Resources, open_resources
 from shared.settings import Settings
-from shared.storage import open_storage
+from shared.storage.s3 import open_storage
 from tests.conftest import Servers, _drop_everything, authorize
 
 GOOD_URL = {"type": "url", "url": "https://media.example/talk.mp4"}

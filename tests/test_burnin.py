@@ -11,11 +11,11 @@ import msgspec
 import numpy as np
 import pytest
 
-from shared.contracts import Artifact, ClipJobMessage, StageMessage, Subtitles, UploadSource
 from shared.errors import Permanent
-from shared.ids import uuid7
+from shared.jobs.contracts import Artifact, ClipJobMessage, StageMessage, Subtitles, UploadSource
+from shared.jobs.ids import uuid7
 from shared.media.burnin import burn_in_filter_for, subtitles_filter
-from shared.resources import Resources
+from shared.runtime.resources import Resources
 from shared.settings import load_settings
 
 FFMPEG_TIMEOUT_SEC = 120

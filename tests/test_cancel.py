@@ -15,11 +15,11 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from services.reaper.handler import ReapReport, clean_staging
-from shared import bus
-from shared.contracts import ClipJobMessage, ClipResult, JobEvent, UrlSource
 from shared.db import cancels, jobs, keys
-from shared.resources import Resources
-from shared.storage import staging_prefix
+from shared.jobs.contracts import ClipJobMessage, ClipResult, JobEvent, UrlSource
+from shared.runtime import bus
+from shared.runtime.resources import Resources
+from shared.storage.s3 import staging_prefix
 from tests.conftest import Workers, make_key, record, wait_for_job
 from tests.media import make_media
 from tests.test_clip_pipeline import upload

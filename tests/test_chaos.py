@@ -26,8 +26,8 @@ from litestar.testing import AsyncTestClient
 from services.gateway.app import create_app
 from services.init import run_init
 from services.registry import STAGES
-from shared.devstack import NatsCluster, RunningServer, start_nats, start_nats_cluster, start_postgres
-from shared.resources import Resources, open_resources
+from services.stack.devstack import NatsCluster, RunningServer, start_nats, start_nats_cluster, start_postgres
+from shared.runtime.resources import Resources, open_resources
 from shared.settings import Settings
 from tests.chaos import (
     CHAOS_TIMING,

@@ -18,9 +18,9 @@ import pytest
 import srt
 import webvtt
 
+from services.stack.devstack import free_port
 from shared.db import jobs, keys
-from shared.devstack import free_port
-from shared.resources import Resources
+from shared.runtime.resources import Resources
 from shared.settings import Settings
 from tests.conftest import Workers, make_key
 from tests.gateway_proc import gateway_process

@@ -23,7 +23,7 @@ from services.client.api import Api, ApiError
 from services.client.display import PlainDisplay, RichDisplay
 from services.client.follow import Update, follow
 from services.client.results import save_results
-from shared.contracts import ResultUrls
+from shared.jobs.contracts import ResultUrls
 
 REPO = Path(__file__).resolve().parent.parent
 COMMAND_TIMEOUT_SEC = 60.0  # longest one `clipjet` process may run in these tests

@@ -10,11 +10,11 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
-from shared import bus
-from shared.contracts import ClipJobMessage, UrlSource
 from shared.db import jobs
-from shared.ids import uuid7
-from shared.resources import Resources
+from shared.jobs.contracts import ClipJobMessage, UrlSource
+from shared.jobs.ids import uuid7
+from shared.runtime import bus
+from shared.runtime.resources import Resources
 from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer
 from tests.media import codecs, frame_md5, keyframe_times, probe

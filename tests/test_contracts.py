@@ -11,11 +11,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from shared import contracts
-from shared.contracts import ClipJobMessage, ProgressEvent, StageMessage, UploadSource
-from shared.ids import created_at_of, parse_job_id, uuid7
-from shared.jobrules import refusal_for_decode_error
-from shared.schemas import render_schemas
+from shared.jobs import contracts
+from shared.jobs.contracts import ClipJobMessage, ProgressEvent, StageMessage, UploadSource
+from shared.jobs.ids import created_at_of, parse_job_id, uuid7
+from shared.jobs.jobrules import refusal_for_decode_error
+from shared.jobs.schemas import render_schemas
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 

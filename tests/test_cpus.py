@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.cpus import available_cpus, cgroup_cpu_limit
+from shared.runtime.cpus import available_cpus, cgroup_cpu_limit
 
 
 def _affinity() -> int:

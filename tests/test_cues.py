@@ -9,8 +9,8 @@ import pytest
 import srt
 import webvtt
 
-from shared.contracts import JobRequest, Subtitles, UrlSource
-from shared.pipeline import BURN_IN_ROUTE, COPY_ROUTE, ENCODE, TRANSCRIBE, TRIM, UPLOAD, route_for
+from shared.jobs.contracts import JobRequest, Subtitles, UrlSource
+from shared.jobs.pipeline import BURN_IN_ROUTE, COPY_ROUTE, ENCODE, TRANSCRIBE, TRIM, UPLOAD, route_for
 from shared.subtitles.cues import MAX_GAP_SEC, Cue, CueRules, build_cues, wrap
 from shared.subtitles.formats import to_srt, to_vtt, to_words_json
 from shared.subtitles.words import Word

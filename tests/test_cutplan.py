@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from shared.contracts import Precision
+from shared.jobs.contracts import Precision
+from shared.jobs.pipeline import ENCODE, STAGES
 from shared.media.codecs import splice_pix_fmts
 from shared.media.cutplan import decide_cut, probe_and_choose
 from shared.media.keyframes import cut_layout
 from shared.media.probe import probe
-from shared.pipeline import ENCODE, STAGES
 from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer
 from tests.media import FFMPEG_TIMEOUT_SEC, make_source

@@ -21,16 +21,16 @@ from litestar.testing import AsyncTestClient
 from services.fetcher.handler import handle as fetch
 from services.trimmer.handler import handle as trim
 from services.uploader.handler import handle as upload_result
-from shared import bus
-from shared.clipstore import WRITE_META
-from shared.contracts import ClipJobMessage, UrlSource
 from shared.db import jobs
-from shared.ids import uuid7
-from shared.pipeline import DEFAULT_ROUTE_LENGTH
-from shared.progress import Progress
-from shared.resources import Resources
+from shared.jobs.contracts import ClipJobMessage, UrlSource
+from shared.jobs.ids import uuid7
+from shared.jobs.pipeline import DEFAULT_ROUTE_LENGTH
+from shared.runtime import bus
+from shared.runtime.progress import Progress
+from shared.runtime.resources import Resources
+from shared.runtime.worker import StageDeps
 from shared.settings import Settings, settings_env
-from shared.worker import StageDeps
+from shared.storage.clipstore import WRITE_META
 from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer
 

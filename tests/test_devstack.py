@@ -1,4 +1,4 @@
-"""Start each real dev server from shared.devstack, use it briefly, and stop it again."""
+"""Start each real dev server from services.stack.devstack, use it briefly, and stop it again."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pytest
 from botocore.config import Config
 from botocore.session import get_session
 
-from shared import devstack
-from shared.devstack import RunningServer
+from services.stack import devstack
+from services.stack.devstack import RunningServer
 
 CALL_TIMEOUT_S = 20.0
 HTTP_TIMEOUT_S = 5.0

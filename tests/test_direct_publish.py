@@ -18,15 +18,15 @@ from litestar.testing import AsyncTestClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.gateway.uploads import upload_key
-from shared import bus
-from shared.contracts import JobEvent
 from shared.db import jobs
 from shared.errors import Permanent
-from shared.ids import uuid7
-from shared.jobrules import check_upload_key
-from shared.pipeline import ENTRY_STAGE
-from shared.resources import Resources
-from shared.worker import finish_job_failed
+from shared.jobs.contracts import JobEvent
+from shared.jobs.ids import uuid7
+from shared.jobs.jobrules import check_upload_key
+from shared.jobs.pipeline import ENTRY_STAGE
+from shared.runtime import bus
+from shared.runtime.resources import Resources
+from shared.runtime.worker import finish_job_failed
 from tests.conftest import JOB_TIMEOUT_SEC, POLL_SEC, Workers
 
 URL_SOURCE = {"type": "url", "url": "https://media.example/talk.mp4"}

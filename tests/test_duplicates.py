@@ -16,7 +16,7 @@ from litestar.testing import AsyncTestClient
 
 from services.registry import STAGES
 from shared.db import jobs
-from shared.resources import Resources
+from shared.runtime.resources import Resources
 from tests.chaos import load_specs
 from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer

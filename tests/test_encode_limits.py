@@ -18,19 +18,19 @@ from prometheus_client import REGISTRY
 from services.encoder.handler import NoEncoder, pick_encoder
 from services.encoder.handler import handle as encode
 from services.fetcher.handler import handle as fetch
-from shared.clipstore import WRITE_META
-from shared.contracts import ClipJobMessage, UploadSource
+from services.stack.devstack import free_port
 from shared.db import jobs
-from shared.devstack import free_port
-from shared.ids import uuid7
+from shared.jobs.contracts import ClipJobMessage, UploadSource
+from shared.jobs.ids import uuid7
+from shared.jobs.pipeline import DEFAULT_ROUTE_LENGTH, FETCH, UPLOAD
 from shared.media import hwenc
 from shared.media.slots import SLOT_DIR, threads_per_encode
-from shared.ops import serve_ops as serve_metrics
-from shared.pipeline import DEFAULT_ROUTE_LENGTH, FETCH, UPLOAD
-from shared.progress import Progress
-from shared.resources import Resources
+from shared.runtime.ops import serve_ops as serve_metrics
+from shared.runtime.progress import Progress
+from shared.runtime.resources import Resources
+from shared.runtime.worker import StageDeps
 from shared.settings import Settings
-from shared.worker import StageDeps
+from shared.storage.clipstore import WRITE_META
 from tests.conftest import Workers, wait_for_job
 from tests.media import make_media
 from tests.test_clip_pipeline import upload

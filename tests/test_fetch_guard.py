@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.errors import FetchRefused
-from shared.fetch import check_url
+from shared.net.fetch import check_url
 from shared.settings import load_settings
 
 STRICT = load_settings({})

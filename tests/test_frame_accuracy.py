@@ -17,8 +17,8 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
-from shared.contracts import ProgressEvent
-from shared.resources import Resources
+from shared.jobs.contracts import ProgressEvent
+from shared.runtime.resources import Resources
 from tests.conftest import Workers, wait_for_job
 from tests.frames import audio_lag, decode_errors, decoded_frames, psnr_per_frame
 from tests.http_source import MediaServer

@@ -10,7 +10,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from shared.db import jobs
-from shared.ids import uuid7
+from shared.jobs.ids import uuid7
 
 GOOD_URL = {"type": "url", "url": "https://media.example/talk.mp4"}
 

@@ -20,10 +20,10 @@ from services.gateway import jobs as gateway_jobs
 from services.gateway.app import create_app
 from services.gateway.fastpath import JOB_TEMPLATE
 from services.gateway.observe import observed
-from shared.devstack import free_port
-from shared.ids import uuid7
-from shared.metrics import HTTP_REQUESTS
-from shared.resources import Resources
+from services.stack.devstack import free_port
+from shared.jobs.ids import uuid7
+from shared.runtime.metrics import HTTP_REQUESTS
+from shared.runtime.resources import Resources
 from shared.settings import Settings
 from tests.conftest import make_key
 

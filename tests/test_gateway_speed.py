@@ -22,14 +22,14 @@ from litestar.testing import AsyncTestClient
 from services.gateway.groupcommit import GroupCommit
 from services.gateway.published import PublishedMarks
 from services.gateway.ttlcache import TtlCache
-from shared import bus
-from shared.breaker import CircuitBreaker
-from shared.contracts import ClipJobMessage, ClipResult, UrlSource
+from services.stack.devstack import free_port
 from shared.db import jobs, keys
 from shared.db.pool import create_pool
-from shared.devstack import free_port
-from shared.ids import uuid7
-from shared.resources import Resources
+from shared.jobs.contracts import ClipJobMessage, ClipResult, UrlSource
+from shared.jobs.ids import uuid7
+from shared.runtime import bus
+from shared.runtime.breaker import CircuitBreaker
+from shared.runtime.resources import Resources
 from shared.settings import Settings, settings_env
 from tests.conftest import authorize
 

@@ -12,8 +12,8 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
-from shared.ids import uuid7
-from shared.resources import Resources
+from shared.jobs.ids import uuid7
+from shared.runtime.resources import Resources
 
 GOOD_URL = {"type": "url", "url": "https://media.example/talk.mp4"}
 GOOD_JOB = {"source": GOOD_URL, "startSec": 1, "endSec": 2}

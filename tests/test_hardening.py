@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from shared.errors import FetchRefused
-from shared.fetch import fetch_to_file
-from shared.netguard import Policy, join_url, refusal_reason, split_url
+from shared.net.fetch import fetch_to_file
+from shared.net.netguard import Policy, join_url, refusal_reason, split_url
 from shared.settings import DEFAULT_DATA_DIR, Settings, load_settings
 from tests.http_source import MediaServer
 
@@ -88,7 +88,7 @@ def test_scratch_default_is_not_a_shared_temporary_path() -> None:
     ("http://[::1]:8080/a.mp4", "http://[::1]:8080/a.mp4"), ("http://a.example:8080/a", "http://a.example:8080/a"),
 ])
 def test_the_proxy_reads_an_ipv6_literal_without_brackets_as_its_client_meant_it(sent: str, meant: str) -> None:
-    from shared.fetchproxy import _bracketed
+    from shared.net.fetchproxy import _bracketed
 
     assert _bracketed(sent) == meant
     assert split_url(_bracketed(sent))[0].hostname == split_url(meant)[0].hostname

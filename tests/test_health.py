@@ -15,13 +15,13 @@ import httpx
 import msgspec
 import pytest
 
-from shared import bus, ops
-from shared.contracts import ClipJobMessage, UrlSource
+from services.stack.devstack.process import free_port
 from shared.db import jobs
-from shared.devstack.process import free_port
-from shared.ids import uuid7
-from shared.ops import Health, serve_ops, watch_event_loop
-from shared.resources import Resources
+from shared.jobs.contracts import ClipJobMessage, UrlSource
+from shared.jobs.ids import uuid7
+from shared.runtime import bus, ops
+from shared.runtime.ops import Health, serve_ops, watch_event_loop
+from shared.runtime.resources import Resources
 from shared.settings import Settings
 from tests.http_source import MediaServer
 from tests.ops_fleet import OpsFleet

@@ -22,12 +22,12 @@ from litestar.testing import AsyncTestClient
 from services.gateway.app import create_app
 from services.init import InitFailed, run_init
 from services.reaper.handler import reap_once
-from shared import bus
 from shared.db.pool import create_pool
-from shared.resources import open_resources
+from shared.runtime import bus
+from shared.runtime.resources import open_resources
+from shared.runtime.startup import NotInitialized
 from shared.settings import Settings, settings_env
-from shared.startup import NotInitialized
-from shared.storage import open_storage
+from shared.storage.s3 import open_storage
 from tests.conftest import Servers, Workers, _drop_everything, authorize, make_settings, wait_for_job
 from tests.http_source import MediaServer
 from tests.test_delivery import fetch_worker_processes

@@ -19,11 +19,11 @@ import uvicorn
 from services.gateway import events
 from services.gateway.app import create_app
 from services.gateway.cancel import cancel_job
-from shared.apikeys import split_token
+from services.stack.devstack import free_port
 from shared.db import keys
-from shared.devstack import free_port
-from shared.jobfeed import JobFeed
-from shared.resources import Resources
+from shared.jobs.apikeys import split_token
+from shared.jobs.jobfeed import JobFeed
+from shared.runtime.resources import Resources
 from shared.settings import Settings
 from tests.conftest import Workers, make_key, record_progress
 from tests.gateway_proc import running_gateway

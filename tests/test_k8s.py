@@ -15,8 +15,8 @@ from services.k8s import render_manifests
 from services.k8s_network import LABEL, MONITORING_NAMESPACE, NAMESPACE_LABEL, NATS, POSTGRES, S3
 from services.k8s_pod import METRICS_PORT
 from services.registry import STAGES
-from shared import bus
-from shared.resources import Resources
+from shared.runtime import bus
+from shared.runtime.resources import Resources
 from shared.settings import Settings
 
 K8S_BASE = Path(__file__).resolve().parent.parent / "k8s" / "base"

@@ -31,7 +31,7 @@ from services.k8s_keda import LAG_THRESHOLD, PAUSED_REPLICAS_ANNOTATION
 from services.k8s_overlay import apply_json_patch, render
 from services.k8s_pod import METRICS_PORT, RUN_AS_USER
 from services.registry import STAGES
-from shared.contracts import PRIORITIES
+from shared.jobs.contracts import PRIORITIES
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

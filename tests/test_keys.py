@@ -15,9 +15,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from services.gateway.app import create_app
+from services.stack.devstack import free_port
 from shared.db import keys
-from shared.devstack import free_port
-from shared.resources import Resources
+from shared.runtime.resources import Resources
 from shared.settings import Settings, settings_env
 from tests.conftest import Workers, authorize, make_key, wait_for_job
 from tests.gateway_proc import gateway_process

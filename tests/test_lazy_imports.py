@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.pipeline import SERVICE_PACKAGES
+from shared.jobs.pipeline import SERVICE_PACKAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("av", "numpy", "yt_dlp", "faster_whisper", "ctranslate2", "litestar", "uvicorn")
@@ -32,16 +32,16 @@ def _imported(code: str) -> set[str]:
 def test_the_stage_list_imports_no_stage() -> None:
     loaded = _imported("from services.registry import STAGES, service_commands\n"
                        "names = list(STAGES); service_commands(names)\n"
-                       "import services.localstack, services.k8s, services.cli")
+                       "import services.stack.localstack, services.k8s, services.cli")
     assert not {f"services.{p}" for p in SERVICE_PACKAGES} & loaded
     assert not set(HEAVY) & loaded
-    assert "shared.worker" not in loaded  # NATS/S3 clients come with a worker, not with the names
+    assert "shared.runtime.worker" not in loaded  # NATS/S3 clients come with a worker, not with the names
 
 
 @pytest.mark.parametrize("stage", list(SERVICE_PACKAGES))
 def test_a_worker_imports_only_its_stage(stage: str) -> None:
     loaded = _imported(f"from services.registry import STAGES\nSTAGES[{stage!r}].handle\n"
-                       "import services.cli, shared.resources, shared.fetchproxy")
+                       "import services.cli, shared.runtime.resources, shared.net.fetchproxy")
     others = {f"services.{p}" for s, p in SERVICE_PACKAGES.items() if s != stage}
     assert f"services.{SERVICE_PACKAGES[stage]}" in loaded
     assert not others & loaded, f"the {stage} worker imports {sorted(others & loaded)}"

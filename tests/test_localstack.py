@@ -13,9 +13,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.localstack import CLIP_NAME, NATS_PORT_ENV, S3_PORT_ENV, _effective, read_stack_env
-from services.stackidentity import stack_identity
-from shared.devstack import free_port, postgres_reachable
+from services.stack.devstack import free_port, postgres_reachable
+from services.stack.localstack import CLIP_NAME, NATS_PORT_ENV, S3_PORT_ENV, _effective, read_stack_env
+from services.stack.stackidentity import stack_identity
 from shared.settings import load_settings, settings_env
 from tests.conftest import DEFAULT_PG_URL
 from tests.media import codecs, probe

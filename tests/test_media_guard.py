@@ -20,8 +20,8 @@ from shared.media.inputs import FORMAT_WHITELIST, demuxer, guard_inputs, staged_
 from shared.media.keyframes import cut_layout, frame_shown_at
 from shared.media.probe import probe
 from shared.media.smartcut import cut_frames
+from shared.net.ytdlp import check_formats
 from shared.settings import load_settings
-from shared.ytdlp import check_formats
 from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer
 from tests.test_clip_pipeline import upload

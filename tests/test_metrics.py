@@ -20,8 +20,8 @@ import msgspec
 import pytest
 
 from services.registry import STAGES
-from shared.devstack.process import free_port
-from shared.resources import Resources
+from services.stack.devstack.process import free_port
+from shared.runtime.resources import Resources
 from shared.settings import Settings
 from tests.conftest import make_key
 from tests.http_source import MediaServer

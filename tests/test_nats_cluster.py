@@ -1,4 +1,5 @@
-"""A three-node NATS cluster from shared.devstack: streams made by shared.bus get NATS_STREAM_REPLICAS copies,
+"""A three-node NATS cluster from services.stack.devstack: streams made by shared.runtime.bus get NATS_STREAM_REPLICAS
+copies,
 and losing the stream's leader (SIGKILL) loses no acknowledged message and lets a client given every node's URL
 go on publishing. The whole pipeline on such a cluster: tests/test_chaos.py (nats_cluster_leader_sigkill)."""
 
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from shared import bus
-from shared.devstack import NatsCluster, start_nats_cluster
+from services.stack.devstack import NatsCluster, start_nats_cluster
+from shared.runtime import bus
 from shared.settings import Settings, load_settings
 
 NODES = 3

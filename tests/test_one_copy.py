@@ -14,14 +14,14 @@ from litestar.testing import AsyncTestClient
 from services.fetcher.handler import handle as fetch
 from services.trimmer.handler import handle as trim
 from services.uploader.handler import handle as upload_result
-from shared.clipstore import WRITE_META, clip_key
-from shared.contracts import Artifact, ClipJobMessage, MediaPlan, StageMessage, UploadSource, UrlSource
 from shared.db import jobs
-from shared.ids import uuid7
-from shared.pipeline import DEFAULT_ROUTE_LENGTH, FETCH, TRIM, UPLOAD
-from shared.progress import Progress
-from shared.resources import Resources
-from shared.worker import StageDeps
+from shared.jobs.contracts import Artifact, ClipJobMessage, MediaPlan, StageMessage, UploadSource, UrlSource
+from shared.jobs.ids import uuid7
+from shared.jobs.pipeline import DEFAULT_ROUTE_LENGTH, FETCH, TRIM, UPLOAD
+from shared.runtime.progress import Progress
+from shared.runtime.resources import Resources
+from shared.runtime.worker import StageDeps
+from shared.storage.clipstore import WRITE_META, clip_key
 from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer
 from tests.test_clip_pipeline import assert_clip_matches, download, upload

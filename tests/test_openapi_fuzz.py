@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shared.devstack import free_port
-from shared.resources import Resources
+from services.stack.devstack import free_port
+from shared.runtime.resources import Resources
 from shared.settings import Settings
 from tests.conftest import make_key
 from tests.gateway_proc import gateway_process

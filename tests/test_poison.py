@@ -15,11 +15,11 @@ from litestar.testing import AsyncTestClient
 
 from services.reaper.handler import reap_once, run_reaper
 from services.reaper.poison import MAX_DELIVERIES_CODE
-from shared import bus
-from shared.contracts import ClipJobMessage
 from shared.db import jobs
-from shared.pipeline import ENTRY_STAGE
-from shared.resources import Resources
+from shared.jobs.contracts import ClipJobMessage
+from shared.jobs.pipeline import ENTRY_STAGE
+from shared.runtime import bus
+from shared.runtime.resources import Resources
 from shared.settings import Settings
 from tests.chaos import Fleet
 from tests.conftest import wait_for_job

@@ -14,7 +14,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from shared.db import jobs
-from shared.resources import Resources
+from shared.runtime.resources import Resources
 from tests.conftest import Workers, record_progress, wait_for_job
 from tests.http_source import MediaServer
 from tests.media import make_media

@@ -22,10 +22,10 @@ from services.init import init_storage
 from services.reaper.handler import reap_once
 from shared.errors import StorageError
 from shared.media.testpattern import make_test_pattern
-from shared.resources import Resources
+from shared.runtime.resources import Resources
 from shared.settings import Settings, load_settings
-from shared.storage import open_storage, result_key
-from shared.upload_store import copy_pinned
+from shared.storage.s3 import open_storage, result_key
+from shared.storage.upload_store import copy_pinned
 from tests.conftest import Servers, Workers, make_settings, wait_for_job
 from tests.r2_rules import r2_refusal
 from tests.s3_fault_proxy import FaultProxy, Request, S3Error

@@ -14,14 +14,14 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from services.reaper.handler import TRY_LOCK, UNLOCK, reap_once, run_reaper
-from shared import bus
-from shared.contracts import ClipJobMessage, JobEvent, Priority, UploadSource, UrlSource
 from shared.db import jobs
-from shared.ids import uuid7
-from shared.pipeline import ENTRY_STAGE
-from shared.resources import Resources, open_resources
+from shared.jobs.contracts import ClipJobMessage, JobEvent, Priority, UploadSource, UrlSource
+from shared.jobs.ids import uuid7
+from shared.jobs.pipeline import ENTRY_STAGE
+from shared.runtime import bus
+from shared.runtime.resources import Resources, open_resources
 from shared.settings import Settings
-from shared.storage import result_key, staging_prefix
+from shared.storage.s3 import result_key, staging_prefix
 from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer
 

@@ -19,16 +19,16 @@ from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY
 
 import shared.media.encode as encode_module
-from shared.contracts import ClipJobMessage, Reframe, StreamFacts, UrlSource
 from shared.db import jobs
-from shared.fingerprint import request_fingerprint
-from shared.ids import uuid7
-from shared.jobrules import refusal_for_decode_error
+from shared.jobs.contracts import ClipJobMessage, Reframe, StreamFacts, UrlSource
+from shared.jobs.fingerprint import request_fingerprint
+from shared.jobs.ids import uuid7
+from shared.jobs.jobrules import refusal_for_decode_error
 from shared.media.burnin import subtitles_filter
 from shared.media.encode import encode_args, encode_clip
 from shared.media.hwenc import CANDIDATES, SOFTWARE, VideoEncoder
 from shared.media.reframe import reframe_filters
-from shared.resources import Resources
+from shared.runtime.resources import Resources
 from shared.settings import load_settings
 from tests.conftest import Workers, wait_for_job
 from tests.speech import SPEECH_SENTENCES, SpeechVideo, make_speech_video

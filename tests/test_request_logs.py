@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from shared.devstack.process import free_port
-from shared.resources import Resources
+from services.stack.devstack.process import free_port
+from shared.runtime.resources import Resources
 from shared.settings import Settings
 from tests.conftest import make_key
 from tests.ops_fleet import OpsFleet

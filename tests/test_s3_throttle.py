@@ -11,9 +11,9 @@ from urllib.parse import urlsplit
 import msgspec
 import pytest
 
-from shared.resources import Resources
+from shared.runtime.resources import Resources
 from shared.settings import Settings
-from shared.storage import MIB, open_storage
+from shared.storage.s3 import MIB, open_storage
 from tests.s3_fault_proxy import FaultProxy, Request
 
 PART_MB = 5  # the smallest part S3 (and SeaweedFS) accepts

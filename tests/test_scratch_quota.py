@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from shared.resources import Resources
-from shared.scratch import LEDGER, ScratchQuota
+from shared.runtime.resources import Resources
 from shared.settings import load_settings
+from shared.storage.scratch import LEDGER, ScratchQuota
 from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer
 
@@ -72,7 +72,7 @@ async def test_full_scratch_stops_pulling_until_space_frees(
 def test_a_dead_process_reservation_is_dropped(tmp_path: Path) -> None:
     settings = load_settings({}, scratch_dir=str(tmp_path), nvme_scratch_gb=1 / 1024, scratch_reserve_mb=1)
     code = (
-        "from shared.scratch import ScratchQuota; from shared.settings import load_settings; "
+        "from shared.storage.scratch import ScratchQuota; from shared.settings import load_settings; "
         f"ScratchQuota(load_settings({{}}, scratch_dir={str(tmp_path)!r}, nvme_scratch_gb=1/1024)).reserve({MIB})"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=Path(__file__).parent.parent)
@@ -103,7 +103,7 @@ def test_a_live_process_reservation_counts_until_it_is_killed(tmp_path: Path) ->
     process in another pod or PID namespace could not see."""
     settings = load_settings({}, scratch_dir=str(tmp_path), nvme_scratch_gb=1 / 1024, scratch_reserve_mb=1)
     code = (
-        "import sys, time; from shared.scratch import ScratchQuota; from shared.settings import load_settings; "
+        "import sys, time; from shared.storage.scratch import ScratchQuota; from shared.settings import load_settings; "
         f"ScratchQuota(load_settings({{}}, scratch_dir={str(tmp_path)!r}, nvme_scratch_gb=1/1024)).reserve({MIB}); "
         "print('reserved', flush=True); time.sleep(60)"
     )

@@ -13,13 +13,13 @@ from typing import Any
 import msgspec
 from litestar.testing import AsyncTestClient
 
-from shared import bus
-from shared.contracts import Artifact, ClipJobMessage, MediaPlan, StageMessage, StreamFacts, UploadSource
 from shared.db import jobs
-from shared.ids import uuid7
-from shared.pipeline import ENCODE, FETCH, UPLOAD
-from shared.resources import Resources
-from shared.scrub import INTERNAL_KEY, REDACTED, scrub, scrub_value
+from shared.jobs.contracts import Artifact, ClipJobMessage, MediaPlan, StageMessage, StreamFacts, UploadSource
+from shared.jobs.ids import uuid7
+from shared.jobs.pipeline import ENCODE, FETCH, UPLOAD
+from shared.runtime import bus
+from shared.runtime.resources import Resources
+from shared.runtime.scrub import INTERNAL_KEY, REDACTED, scrub, scrub_value
 from shared.settings import Settings
 from tests.conftest import wait_for_job
 from tests.test_delivery import fetch_worker_processes
@@ -109,7 +109,7 @@ def test_log_lines_are_scrubbed_structlog_and_stdlib() -> None:
     """A process that configured logging (`clipjet …`): its structlog and standard-library lines, tracebacks
     included, show no signature."""
     code = (
-        "import logging; from shared.logs import configure_logging, get_logger; configure_logging(json=True); "
+        "import logging; from shared.runtime.logs import configure_logging, get_logger; configure_logging(json=True); "
         "logging.basicConfig(); "
         f"get_logger('t').warning('ffmpeg_failed', error={SIGNED!r}, detail={{'url': {SIGNED!r}}}); "
         f"logging.getLogger('uvicorn').warning('GET %s', {SIGNED!r})\n"

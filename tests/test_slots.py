@@ -7,12 +7,12 @@ import asyncio
 
 import pytest
 
-from shared import bus
-from shared.contracts import PRIORITIES, ClipJobMessage, Priority, UrlSource
-from shared.ids import uuid7
-from shared.pipeline import DEFAULT_ROUTE_LENGTH, ENTRY_STAGE
-from shared.resources import Resources
-from shared.worker import StageDeps, StageSpec, run_worker
+from shared.jobs.contracts import PRIORITIES, ClipJobMessage, Priority, UrlSource
+from shared.jobs.ids import uuid7
+from shared.jobs.pipeline import DEFAULT_ROUTE_LENGTH, ENTRY_STAGE
+from shared.runtime import bus
+from shared.runtime.resources import Resources
+from shared.runtime.worker import StageDeps, StageSpec, run_worker
 
 VISIBILITY_SEC = 1.5  # JetStream ack_wait in this test, s
 BUSY_SEC = 2.5  # each message keeps its worker's only slot this long: longer than VISIBILITY_SEC

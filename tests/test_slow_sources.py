@@ -16,11 +16,11 @@ from litestar.testing import AsyncTestClient
 
 from shared.asr.audio import read_audio
 from shared.errors import ClipError
-from shared.fetchproxy import fetch_session
+from shared.jobs.pipeline import DEFAULT_ROUTE_LENGTH
 from shared.media.cut import copy_cut
 from shared.media.ffmpeg import FfmpegDeadline, RunLimits
-from shared.pipeline import DEFAULT_ROUTE_LENGTH
-from shared.resources import Resources
+from shared.net.fetchproxy import fetch_session
+from shared.runtime.resources import Resources
 from shared.settings import Settings
 from tests.conftest import Workers, record_progress, wait_for_job
 from tests.http_source import MediaServer

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from shared import netguard
 from shared.errors import ClipError, FetchRefused
-from shared.fetch import fetch_to_file, inspect_url
-from shared.fetchproxy import fetch_session
 from shared.media.cut import copy_cut
 from shared.media.probe import probe
+from shared.net import netguard
+from shared.net.fetch import fetch_to_file, inspect_url
+from shared.net.fetchproxy import fetch_session
 from shared.settings import Settings, load_settings
 from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer

@@ -24,11 +24,11 @@ import asyncpg
 import httpx
 import pytest
 
-from services.localstack import NATS_PORT_ENV, S3_PORT_ENV, STATUS_FILE, read_stack_env
-from services.stackidentity import SCHEMA_PREFIX
-from shared.devstack import free_port
-from shared.pipeline import STAGES
-from shared.resources import Resources, open_resources
+from services.stack.devstack import free_port
+from services.stack.localstack import NATS_PORT_ENV, S3_PORT_ENV, STATUS_FILE, read_stack_env
+from services.stack.stackidentity import SCHEMA_PREFIX
+from shared.jobs.pipeline import STAGES
+from shared.runtime.resources import Resources, open_resources
 from shared.settings import Settings, load_settings
 from tests.chaos import JOB_ROWS, holding
 from tests.conftest import DEFAULT_PG_URL

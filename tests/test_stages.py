@@ -1,4 +1,4 @@
-"""One list of stages: the registry, the Procfile and the stack derive from shared.pipeline; INSTALLED_STAGES makes
+"""One list of stages: the registry, the Procfile and the stack derive from shared.jobs.pipeline; INSTALLED_STAGES makes
 `stage_unavailable` fire; the stack's --scale and its per-folder identity (S3 secret, schema) and demo URL."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
-from services.localstack import MAX_SCALE, parse_scale
 from services.registry import STAGES, service_commands
-from services.stackdemo import redact_url
-from services.stackidentity import IDENTITY_FILE, SCHEMA_PREFIX, stack_identity
-from shared import pipeline
+from services.stack.localstack import MAX_SCALE, parse_scale
+from services.stack.stackdemo import redact_url
+from services.stack.stackidentity import IDENTITY_FILE, SCHEMA_PREFIX, stack_identity
+from shared.jobs import pipeline
 from shared.settings import load_settings
 from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer

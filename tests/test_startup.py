@@ -11,13 +11,13 @@ import msgspec
 import pytest
 
 from services.init import run_init
-from shared import bus
-from shared.contracts import ClipJobMessage, UrlSource
+from services.stack.devstack import start_nats
+from services.stack.devstack.process import LOOPBACK, free_port
 from shared.db import jobs
-from shared.devstack import start_nats
-from shared.devstack.process import LOOPBACK, free_port
-from shared.ids import uuid7
-from shared.resources import open_resources
+from shared.jobs.contracts import ClipJobMessage, UrlSource
+from shared.jobs.ids import uuid7
+from shared.runtime import bus
+from shared.runtime.resources import open_resources
 from shared.settings import Settings
 from tests.conftest import Servers, _drop_everything, make_settings
 from tests.http_source import MediaServer

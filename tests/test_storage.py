@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.resources import Resources
-from shared.storage import result_key, sha256_file
+from shared.runtime.resources import Resources
+from shared.storage.s3 import result_key, sha256_file
 
 MIB = 1024 * 1024
 SHORT_TTL_SEC = 3

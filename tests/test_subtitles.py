@@ -22,12 +22,12 @@ from litestar.testing import AsyncTestClient
 
 from services.transcriber.handler import handle as transcribe
 from services.uploader.handler import handle as upload_stage
-from shared.contracts import Artifact, ClipJobMessage, ClipResult, StageMessage
 from shared.db import jobs
-from shared.progress import Progress
-from shared.resources import Resources
+from shared.jobs.contracts import Artifact, ClipJobMessage, ClipResult, StageMessage
+from shared.runtime.progress import Progress
+from shared.runtime.resources import Resources
+from shared.runtime.worker import StageDeps
 from shared.subtitles.cues import MAX_GAP_SEC
-from shared.worker import StageDeps
 from tests.conftest import Workers, wait_for_job
 from tests.speech import SpeechVideo, word_error_rate
 from tests.test_clip_pipeline import upload

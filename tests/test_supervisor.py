@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.supervisor import FAILED, RUNNING, Child, Policy, Supervisor
+from services.stack.supervisor import FAILED, RUNNING, Child, Policy, Supervisor
 
 FAST = Policy(backoff_s=0.05, backoff_max_s=0.4, stable_s=30.0, loop_restarts=3, loop_window_s=30.0)
 WAIT_S = 20.0  # bound of every wait below (a few restarts of a Python process on a busy machine)

@@ -18,8 +18,8 @@ import webvtt
 from litestar.testing import AsyncTestClient
 
 from shared.db import jobs
-from shared.pipeline import SERVICE_PACKAGES, STAGE_LIST
-from shared.resources import Resources
+from shared.jobs.pipeline import SERVICE_PACKAGES, STAGE_LIST
+from shared.runtime.resources import Resources
 from tests.conftest import Workers, wait_for_job
 from tests.media import FFMPEG_TIMEOUT_SEC, probe, stream_of
 from tests.test_clip_pipeline import download, upload
@@ -180,7 +180,7 @@ def test_the_stage_cost_its_folder_and_one_line() -> None:
         for word, found in mentions.items():
             if word in text:
                 found.add(str(path.relative_to(ROOT).parent if "thumbnailer" in path.parts else path.relative_to(ROOT)))
-    assert mentions == {"thumbnailer": {"shared/pipeline.py"},
+    assert mentions == {"thumbnailer": {"shared/jobs/pipeline.py"},
                         "poster.jpg": {"services/thumbnailer"}, "sprite.jpg": {"services/thumbnailer"},
                         "thumbnails.vtt": {"services/thumbnailer"}}
     assert SERVICE_PACKAGES["thumbs"] == "thumbnailer"

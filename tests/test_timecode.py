@@ -1,4 +1,4 @@
-"""Timecodes (shared/timecode.py): the strict parser, and the REST API taking them for startSec/endSec."""
+"""Timecodes (shared/jobs/timecode.py): the strict parser, and the REST API taking them for startSec/endSec."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from shared.db import jobs
-from shared.resources import Resources
-from shared.timecode import InvalidTimecode, format_timecode, parse_timecode
+from shared.jobs.timecode import InvalidTimecode, format_timecode, parse_timecode
+from shared.runtime.resources import Resources
 
 URL_SOURCE = {"type": "url", "url": "https://media.example/talk.mp4"}
 

@@ -26,14 +26,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from services.gateway.app import create_app
 from services.gateway.proxies import behind_proxies
 from services.gateway.tracing import request_spans
-from shared import bus, tracing
-from shared.contracts import ClipJobMessage, UrlSource
-from shared.devstack import free_port
-from shared.ids import uuid7
-from shared.pipeline import ENTRY_STAGE
-from shared.resources import Resources
+from services.stack.devstack import free_port
+from shared.jobs.contracts import ClipJobMessage, UrlSource
+from shared.jobs.ids import uuid7
+from shared.jobs.pipeline import ENTRY_STAGE
+from shared.runtime import bus, tracing
+from shared.runtime.resources import Resources
+from shared.runtime.tracing_export import new_provider
 from shared.settings import Settings
-from shared.tracing_export import new_provider
 from tests.chaos import Fleet
 from tests.conftest import Workers, authorize, make_key, wait_for_job
 from tests.gateway_proc import gateway_process
@@ -270,7 +270,7 @@ async def _poll_done(http: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
 def test_tracing_off_installs_nothing() -> None:
     """No endpoint: a gateway process loads no SDK and adds no middleware (the hot path is as without tracing)."""
     probe = ("import sys\nfrom services.gateway.app import app_from_environment\n"
-             "from services.gateway.tracing import span_per_request\nfrom shared import tracing\n"
+             "from services.gateway.tracing import span_per_request\nfrom shared.runtime import tracing\n"
              "app = app_from_environment().__wrapped__\n"
              "spans = any(getattr(m, 'func', m) is span_per_request for m in app.middleware)\n"
              "print(tracing.active(), spans, any(m.startswith('opentelemetry.sdk') for m in sys.modules))")

@@ -25,11 +25,11 @@ from shared.asr.audio import read_audio
 from shared.asr.engine import AsrEngine
 from shared.asr.hosted import HostedAsr, translations_url
 from shared.asr.resource import engine_for
-from shared.contracts import ClipJobMessage, Subtitles, UrlSource
 from shared.db import jobs
 from shared.errors import ModelCannotTranslate
-from shared.fingerprint import request_fingerprint
-from shared.resources import Resources
+from shared.jobs.contracts import ClipJobMessage, Subtitles, UrlSource
+from shared.jobs.fingerprint import request_fingerprint
+from shared.runtime.resources import Resources
 from shared.settings import load_settings
 from shared.subtitles.outputs import SRT
 from shared.subtitles.words import Word

@@ -14,12 +14,12 @@ from litestar.testing import AsyncTestClient
 from services.fetcher import locate
 from services.reaper.uploads import sweep_uploads
 from shared.db import jobs
+from shared.jobs.pipeline import FETCH, UPLOAD
 from shared.media.testpattern import make_test_pattern
-from shared.pipeline import FETCH, UPLOAD
-from shared.resources import Resources
+from shared.runtime.resources import Resources
 from shared.settings import Settings
-from shared.storage import ObjectInfo, Storage
-from shared.upload_store import UploadChanged, copy_pinned, copy_prefix
+from shared.storage.s3 import ObjectInfo, Storage
+from shared.storage.upload_store import UploadChanged, copy_pinned, copy_prefix
 from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer
 from tests.media import probe

@@ -12,7 +12,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from shared.media.testpattern import make_test_pattern
-from shared.resources import Resources
+from shared.runtime.resources import Resources
 from tests.conftest import Workers, wait_for_job
 from tests.test_clip_pipeline import upload
 

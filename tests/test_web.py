@@ -16,9 +16,9 @@ import httpx
 import msgspec
 import pytest
 
-from shared.apikeys import split_token
-from shared.devstack import free_port
-from shared.resources import Resources
+from services.stack.devstack import free_port
+from shared.jobs.apikeys import split_token
+from shared.runtime.resources import Resources
 from shared.settings import Settings
 from tests.conftest import JOB_TIMEOUT_SEC, POLL_SEC, Workers, make_key
 from tests.gateway_proc import gateway_process

@@ -25,11 +25,11 @@ from litestar.testing import AsyncTestClient
 from services.gateway.app import create_app
 from services.notifier.run import run_notifier
 from services.notifier.slots import Slots, receiver_of
-from shared.apikeys import new_key
 from shared.db import keys
-from shared.resources import Resources
+from shared.jobs.apikeys import new_key
+from shared.net.webhook_sign import EVENT_ID_HEADER, SIGNATURE_HEADER, new_secret, verify
+from shared.runtime.resources import Resources
 from shared.settings import Settings, settings_env
-from shared.webhook_sign import EVENT_ID_HEADER, SIGNATURE_HEADER, new_secret, verify
 from tests.conftest import ROOMY_QUOTAS, Workers
 from tests.http_source import MediaServer
 

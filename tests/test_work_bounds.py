@@ -14,8 +14,8 @@ from litestar.testing import AsyncTestClient
 
 from shared.errors import SourceUnreadable
 from shared.media.probe import read_info
-from shared.resources import Resources
-from shared.storage import staging_prefix
+from shared.runtime.resources import Resources
+from shared.storage.s3 import staging_prefix
 from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer
 from tests.media import FFMPEG_TIMEOUT_SEC, keyframe_times, probe

@@ -13,9 +13,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from shared.errors import FetchRefused
-from shared.fetchproxy import fetch_session
+from shared.net.fetchproxy import fetch_session
+from shared.net.ytdlp import download_section, find_media
 from shared.settings import load_settings
-from shared.ytdlp import download_section, find_media
 from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer
 from tests.media import probe as ffprobe

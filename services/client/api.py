@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 
-from shared.contracts import JobList, JobView, UploadDone, UploadSlot, UploadStatus
+from shared.jobs.contracts import JobList, JobView, UploadDone, UploadSlot, UploadStatus
 
 ENDED = frozenset({"done", "failed", "canceled", "expired"})  # a job in one of these will not change again
 EVENT_STREAM = "text/event-stream"

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from shared.contracts import PRIORITIES, JobList, JobView
+from shared.jobs.contracts import PRIORITIES, JobList, JobView
+from shared.jobs.timecode import InvalidTimecode, format_timecode, parse_timecode
 from shared.settings import load_client_settings
-from shared.timecode import InvalidTimecode, format_timecode, parse_timecode
 
 from .api import Api, ApiError
 from .display import Display, make_display

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from shared.contracts import JobView
+from shared.jobs.contracts import JobView
 
 from .api import ENDED, EVENT_STREAM, Api, ApiError, view_of
 from .sse import SseParser, SseTooLarge

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from shared.contracts import ResultUrls
+from shared.jobs.contracts import ResultUrls
 
 from .api import Api, ApiError
 from .display import Display

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from shared.contracts import UploadSlot
+from shared.jobs.contracts import UploadSlot
 
 from .api import Api, ApiError
 

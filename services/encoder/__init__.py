@@ -1,8 +1,8 @@
 """The encoder stage: staged media → frame-accurate MP4 clip, re-encoding the streams MP4 or the cut need."""
 
-from shared.contracts import StageMessage
-from shared.pipeline import ENCODE
-from shared.worker import StageSpec
+from shared.jobs.contracts import StageMessage
+from shared.jobs.pipeline import ENCODE
+from shared.runtime.worker import StageSpec
 
 from .handler import handle, pick_encoder
 

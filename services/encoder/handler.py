@@ -12,16 +12,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from shared.clipstore import (
-    READ_URL_TTL_SEC,
-    START_META,
-    forward_clip,
-    source_time_of_zero,
-    store_clip,
-    stored_clip,
-)
-from shared.contracts import MediaPlan, StageMessage
 from shared.errors import Permanent
+from shared.jobs.contracts import MediaPlan, StageMessage
+from shared.jobs.pipeline import ENCODE
 from shared.media.burnin import burn_in_filter_for
 from shared.media.cut import MP4_VIDEO_CODECS
 from shared.media.encode import encode_clip
@@ -31,11 +24,18 @@ from shared.media.keyframes import frame_shown_at
 from shared.media.probe import KEYFRAME_EPSILON_SEC
 from shared.media.reframe import reframe_filters
 from shared.media.slots import encode_slot, threads_per_encode
-from shared.metrics import encode_running, record_video_encoder
-from shared.pipeline import ENCODE
-from shared.resources import Resources
-from shared.storage import staging_prefix
-from shared.worker import StageDeps
+from shared.runtime.metrics import encode_running, record_video_encoder
+from shared.runtime.resources import Resources
+from shared.runtime.worker import StageDeps
+from shared.storage.clipstore import (
+    READ_URL_TTL_SEC,
+    START_META,
+    forward_clip,
+    source_time_of_zero,
+    store_clip,
+    stored_clip,
+)
+from shared.storage.s3 import staging_prefix
 
 ENCODE_SHARE = 0.95  # of this stage's progress: the ffmpeg pass; storing the clip is the rest
 CLIP_NAME = "encoded.mp4"

@@ -1,8 +1,8 @@
 """The fetcher stage: source → probe → staged range → route."""
 
-from shared.contracts import ClipJobMessage
-from shared.pipeline import FETCH
-from shared.worker import StageSpec
+from shared.jobs.contracts import ClipJobMessage
+from shared.jobs.pipeline import FETCH
+from shared.runtime.worker import StageSpec
 
 from .handler import handle
 

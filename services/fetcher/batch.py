@@ -8,7 +8,7 @@ with its connection) and stages the union of the batch's clip ranges: the clips 
 result recorded on the batch row. The other jobs wait for that record (within BATCH_STAGE_WAIT_SEC) and read
 their span from storage, exactly as an upload is read: their own probe, cut plan and route, in source time
 (`Located.offset_sec`: the source time of the span's t=0, measured on the staged copy, so every later stage
-reads it as it reads an upload, without the correction `shared.clipstore` makes for a job's own range). A
+reads it as it reads an upload, without the correction `shared.storage.clipstore` makes for a job's own range). A
 permanent error while staging is recorded too: the batch's other jobs fail with it without reading the origin
 again. A job canceled while it stages simply ends its turn; the next job stages.
 
@@ -24,18 +24,18 @@ import uuid
 
 import msgspec
 
-from shared.contracts import Artifact, ClipJobMessage, UrlSource
 from shared.db import batches
 from shared.db.batches import StagedSource, StagedSpan
 from shared.errors import Permanent, Transient
-from shared.fetchproxy import FetchSession
-from shared.logs import get_logger
+from shared.jobs.contracts import Artifact, ClipJobMessage, UrlSource
+from shared.jobs.pipeline import FETCH
 from shared.media.bounds import WorkBounds, check_source
 from shared.media.cut import copyable_to_mp4
 from shared.media.inputs import STAGED_DEMUXERS
 from shared.media.probe import probe
-from shared.pipeline import FETCH
-from shared.worker import StageDeps
+from shared.net.fetchproxy import FetchSession
+from shared.runtime.logs import get_logger
+from shared.runtime.worker import StageDeps
 
 from .locate import PROBE_URL_TTL_SEC, Located, locate, release_download
 

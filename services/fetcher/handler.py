@@ -6,22 +6,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from shared.clipstore import CLIP_NAME, copy_clip, forward_clip, frame_clip, is_plain_copy
-from shared.contracts import Artifact, ClipJobMessage, MediaPlan, StageMessage
 from shared.db import fingerprints
 from shared.errors import EndPastDuration, Permanent
-from shared.fetchproxy import FetchSession, fetch_session
-from shared.fingerprint import request_fingerprint
-from shared.jobrules import check_clip
-from shared.logs import get_logger
-from shared.media.bounds import WorkBounds
-from shared.media.cut import STAGING_FORMATS, copy_cut, copyable_to_mp4
-from shared.media.cutplan import CutDecision, probe_and_choose
-from shared.media.ffmpeg import FfmpegDeadline, RunLimits
-from shared.media.inputs import STAGED_DEMUXERS, demuxer
-from shared.media.keyframes import CutLayout
-from shared.media.probe import MediaInfo, timeline_start
-from shared.pipeline import (
+from shared.jobs.contracts import Artifact, ClipJobMessage, MediaPlan, StageMessage
+from shared.jobs.fingerprint import request_fingerprint
+from shared.jobs.jobrules import check_clip
+from shared.jobs.pipeline import (
     COPY_ROUTE,
     CUT_BY_FETCHER_ROUTE,
     FETCH,
@@ -30,8 +20,18 @@ from shared.pipeline import (
     route_for,
     unavailable,
 )
-from shared.storage import sha256_file, staging_prefix
-from shared.worker import StageDeps, finish_job_done
+from shared.media.bounds import WorkBounds
+from shared.media.cut import STAGING_FORMATS, copy_cut, copyable_to_mp4
+from shared.media.cutplan import CutDecision, probe_and_choose
+from shared.media.ffmpeg import FfmpegDeadline, RunLimits
+from shared.media.inputs import STAGED_DEMUXERS, demuxer
+from shared.media.keyframes import CutLayout
+from shared.media.probe import MediaInfo, timeline_start
+from shared.net.fetchproxy import FetchSession, fetch_session
+from shared.runtime.logs import get_logger
+from shared.runtime.worker import StageDeps, finish_job_done
+from shared.storage.clipstore import CLIP_NAME, copy_clip, forward_clip, frame_clip, is_plain_copy
+from shared.storage.s3 import sha256_file, staging_prefix
 
 from .batch import batch_source
 from .locate import Located, Stager, locate, release_download
@@ -46,8 +46,8 @@ async def handle(job: ClipJobMessage, deps: StageDeps) -> StageMessage | None:
 
     An identical earlier request (same source bytes, range, options) that is still kept finishes this
     job at once with its result: None, nothing more to route. A user's URL is read only through the guarded
-    proxy (`shared.fetchproxy`); a refusal there fails the job with the refusal's code. First the request
-    rules the gateway applies (`shared.jobrules`): a job published straight to NATS passes them too.
+    proxy (`shared.net.fetchproxy`); a refusal there fails the job with the refusal's code. First the request
+    rules the gateway applies (`shared.jobs.jobrules`): a job published straight to NATS passes them too.
     """
     check_clip(job, deps.res.settings)
     async with fetch_session(deps.res.settings) as session:

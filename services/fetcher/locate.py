@@ -14,18 +14,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.contracts import Artifact, ClipJobMessage, StreamFacts, UploadSource, UrlSource, YoutubeSource
 from shared.errors import FetchRefused, Transient
-from shared.fetch import fetch_to_file, inspect_url
-from shared.fetchproxy import FetchSession
+from shared.jobs.contracts import Artifact, ClipJobMessage, StreamFacts, UploadSource, UrlSource, YoutubeSource
+from shared.jobs.pipeline import FETCH
 from shared.media.probe import probe
-from shared.pipeline import FETCH
-from shared.scratch import ScratchQuota
+from shared.net.fetch import fetch_to_file, inspect_url
+from shared.net.fetchproxy import FetchSession
+from shared.net.ytdlp import download_section, find_media
+from shared.runtime.worker import StageDeps
 from shared.settings import Settings
-from shared.storage import sha256_file
-from shared.upload_check import verify_upload
-from shared.worker import StageDeps
-from shared.ytdlp import download_section, find_media
+from shared.storage.s3 import sha256_file
+from shared.storage.scratch import ScratchQuota
+from shared.storage.upload_check import verify_upload
 
 Stager = Callable[[float, float, Path], Awaitable[Path]]  # (keyframe, end, folder) -> the staged file
 PROBE_URL_TTL_SEC = 3600  # lifetime of the signed URL the probe and ffmpeg read an upload through, s

@@ -9,10 +9,10 @@ from litestar import Litestar, get
 from litestar.di import NamedDependency, Provide
 from litestar.types import ASGIApp
 
-from shared import tracing
-from shared.cpus import available_cpus
-from shared.logs import configure_logging, get_logger
-from shared.resources import open_resources
+from shared.runtime import tracing
+from shared.runtime.cpus import available_cpus
+from shared.runtime.logs import configure_logging, get_logger
+from shared.runtime.resources import open_resources
 from shared.settings import Settings, load_settings
 
 from .auth import caller_dependency, rate_limit_headers
@@ -69,7 +69,8 @@ def create_app(settings: Settings, *, fast_path: bool = True) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.gateway_max_body_bytes,
         openapi_config=openapi_config("0.1.0"),
-        logging_config=None,  # every logger goes through shared/logs.py (Litestar's default replaces the root's)
+        logging_config=None,  # every logger goes through shared/runtime/logs.py (Litestar's default replaces the
+        # root's)
     )
     if fast_path:
         fast_routes(app, settings.otel_trust_client_context)

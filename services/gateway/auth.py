@@ -17,11 +17,11 @@ from litestar import Request
 from litestar.di import NamedDependency
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.apikeys import secret_matches, split_token
-from shared.contracts import PRIORITIES
 from shared.db import keys
 from shared.errors import ClipError, RetryLater
-from shared.logs import get_logger
+from shared.jobs.apikeys import secret_matches, split_token
+from shared.jobs.contracts import PRIORITIES
+from shared.runtime.logs import get_logger
 
 from .state import Gateway
 

@@ -20,8 +20,9 @@ from litestar import Controller, Request, get
 from litestar.di import NamedDependency
 from litestar.params import PathParameter
 
-from shared import tracing
-from shared.contracts import (
+from shared.db import batches, idempotency, jobs
+from shared.errors import BadRequest, NotFound, ServiceUnavailable
+from shared.jobs.contracts import (
     BatchAccepted,
     BatchClip,
     BatchRequest,
@@ -32,10 +33,9 @@ from shared.contracts import (
     JobStatus,
     UploadSource,
 )
-from shared.db import batches, idempotency, jobs
-from shared.errors import BadRequest, NotFound, ServiceUnavailable
-from shared.ids import parse_job_id, uuid7
-from shared.jobrules import check_clip
+from shared.jobs.ids import parse_job_id, uuid7
+from shared.jobs.jobrules import check_clip
+from shared.runtime import tracing
 
 from .auth import Caller, authenticate
 from .body import BODY_SCOPE_KEY, convert_strict, decode_json, json_body

@@ -10,7 +10,7 @@ Refusals: no JSON content type → 415 `unsupported_media_type` (a cross-site fo
 not `application/json` without a CORS preflight); empty, invalid or too deeply nested → 400 `malformed_json`;
 over GATEWAY_MAX_BODY_BYTES → 413 `body_too_large` (Litestar's limit); a wrong type, a missing or an unknown
 field → 422 `invalid_field` naming the field (`source.type` → `unknown_source_type`; a negative `startSec` →
-`start_negative`, as shared/jobrules.py gives on both ways in).
+`start_negative`, as shared/jobs/jobrules.py gives on both ways in).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import msgspec
 from litestar import Request
 
 from shared.errors import BadRequest, ClipError, MalformedJson
-from shared.jobrules import refusal_for_field
+from shared.jobs.jobrules import refusal_for_field
 
 JSON_MEDIA_TYPE = re.compile(r"application/(?:[a-z0-9.!#$&^_-]+\+)?json", re.IGNORECASE)  # application/json, */*+json
 UTF8_CHARSETS = frozenset({"utf-8", "utf8"})

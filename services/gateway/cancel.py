@@ -1,5 +1,5 @@
 """`POST /api/jobs/{id}/cancel`: the row is written `canceled` first (the truth every stage checks), then the
-end event is published and a core NATS notice stops the worker running it (shared/cancel.py)."""
+end event is published and a core NATS notice stops the worker running it (shared/runtime/cancel.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import uuid
 import asyncpg
 import msgspec
 
-from shared import bus
-from shared.contracts import JobEvent
 from shared.db import cancels, jobs
 from shared.errors import ClipError, NotFound
-from shared.ids import parse_job_id
-from shared.logs import get_logger
+from shared.jobs.contracts import JobEvent
+from shared.jobs.ids import parse_job_id
+from shared.runtime import bus
+from shared.runtime.logs import get_logger
 
 from .auth import Caller
 from .formats import shown

@@ -5,11 +5,11 @@ from __future__ import annotations
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from shared.contracts import ErrorBody, ErrorDetail
 from shared.errors import ClipError, RetryLater
-from shared.jobrules import refusal_for_field
-from shared.logs import get_logger
-from shared.scrub import scrub
+from shared.jobs.contracts import ErrorBody, ErrorDetail
+from shared.jobs.jobrules import refusal_for_field
+from shared.runtime.logs import get_logger
+from shared.runtime.scrub import scrub
 
 log = get_logger("gateway")
 MALFORMED_MARK = "JSON is malformed"

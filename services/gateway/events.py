@@ -25,13 +25,13 @@ from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, PathParameter
 from litestar.response import Stream
 
-from shared.contracts import JobProgress
 from shared.db import jobs
 from shared.errors import BadRequest, NotFound
-from shared.ids import parse_job_id
-from shared.jobfeed import JobFeed, Listener
-from shared.logs import get_logger
-from shared.progress import PCT_DIGITS
+from shared.jobs.contracts import JobProgress
+from shared.jobs.ids import parse_job_id
+from shared.jobs.jobfeed import JobFeed, Listener
+from shared.runtime.logs import get_logger
+from shared.runtime.progress import PCT_DIGITS
 
 from .auth import Caller, authenticate
 from .cancel import readable_job

@@ -27,8 +27,8 @@ from litestar.exceptions import HTTPException, InternalServerException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from shared import tracing
 from shared.errors import ClipError
+from shared.runtime import tracing
 
 from .auth import CALLER_SCOPE_KEY, authenticate_scope, client_address, rate_limit_header_pairs
 from .batches import submission_of

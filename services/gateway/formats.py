@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from shared.errors import BadRequest
-from shared.upload_keys import UPLOAD_KEY_FORM, is_upload_key
+from shared.storage.upload_keys import UPLOAD_KEY_FORM, is_upload_key
 
 MAX_UPLOAD_ID_CHARS = 1024  # longest multipart upload id accepted, characters (S3 ids are opaque tokens)
 MAX_CONTENT_TYPE_CHARS = 255  # longest upload Content-Type accepted, characters

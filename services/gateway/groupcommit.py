@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any, Generic, TypeVar
 
-from shared.breaker import CircuitBreaker
+from shared.runtime.breaker import CircuitBreaker
 
 T = TypeVar("T")
 R = TypeVar("R")

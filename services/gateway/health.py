@@ -11,7 +11,7 @@ import time
 from litestar import Response, get
 from litestar.datastructures import State
 
-from shared.logs import get_logger
+from shared.runtime.logs import get_logger
 
 log = get_logger("gateway.health")
 DB_PROBE_TIMEOUT_SEC = 2.0  # one readiness probe's wait for `SELECT 1`, s

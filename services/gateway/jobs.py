@@ -12,7 +12,9 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 
-from shared.contracts import (
+from shared.db import jobs
+from shared.errors import BadRequest
+from shared.jobs.contracts import (
     BatchAccepted,
     BatchRequest,
     JobAccepted,
@@ -22,9 +24,7 @@ from shared.contracts import (
     JobSubmission,
     JobView,
 )
-from shared.db import jobs
-from shared.errors import BadRequest
-from shared.jobview import job_view as shared_job_view
+from shared.jobs.jobview import job_view as shared_job_view
 
 from .auth import Caller, authenticate, authenticated, caller_of
 from .batches import strict_submission, submit_batch
@@ -113,7 +113,7 @@ async def accept(gw: Gateway, body: JobRequest | BatchRequest, idempotency_key: 
 
 
 async def job_view(gw: Gateway, row: Any) -> JobView:
-    """What a client sees of a job row (shared/jobview.py: the notifier POSTs the same view), its signed URLs
+    """What a client sees of a job row (shared/jobs/jobview.py: the notifier POSTs the same view), its signed URLs
     reused for SIGNED_URL_REUSE_SEC (services/gateway/signed.py)."""
     return await shared_job_view(gw.res, row, gw.signed.get)
 

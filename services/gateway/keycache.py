@@ -7,8 +7,8 @@ from collections import OrderedDict
 
 import asyncpg
 
-from shared.breaker import CircuitBreaker
 from shared.db import keys
+from shared.runtime.breaker import CircuitBreaker
 
 CACHE_MAX_KEYS = 10_000  # key lookups remembered per gateway process
 

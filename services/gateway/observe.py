@@ -18,8 +18,8 @@ from typing import Any
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.logs import get_logger
-from shared.metrics import HTTP_REQUESTS, HTTP_SECONDS
+from shared.runtime.logs import get_logger
+from shared.runtime.metrics import HTTP_REQUESTS, HTTP_SECONDS
 
 log = get_logger("gateway.request")
 REQUEST_ID_HEADER = b"x-request-id"

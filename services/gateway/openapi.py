@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components, Example, SecurityScheme
 
-from shared.contracts import ErrorBody
+from shared.jobs.contracts import ErrorBody
 
 BEARER = "apiKey"
 SECURITY = [{BEARER: []}]

@@ -10,8 +10,8 @@ import uuid
 
 import asyncpg
 
-from shared.breaker import CircuitBreaker
 from shared.db import jobs
+from shared.runtime.breaker import CircuitBreaker
 
 from .groupcommit import GroupCommit
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from shared.settings import Settings
-from shared.storage import Storage
+from shared.storage.s3 import Storage
 
 from .ttlcache import TtlCache
 

@@ -7,11 +7,11 @@ from functools import partial
 
 from litestar.datastructures import State
 
-from shared.breaker import Breakers
-from shared.bus import BacklogGauge
 from shared.db import keys
-from shared.resources import Resources
-from shared.scratch import ScratchGauge
+from shared.runtime.breaker import Breakers
+from shared.runtime.bus import BacklogGauge
+from shared.runtime.resources import Resources
+from shared.storage.scratch import ScratchGauge
 
 from .groupcommit import GroupCommit
 from .keycache import KeyCache

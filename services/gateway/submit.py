@@ -11,14 +11,14 @@ import uuid
 
 import msgspec
 
-from shared import bus, tracing
-from shared.contracts import ClipJobMessage, JobAccepted, JobRequest, UploadSource
 from shared.db import idempotency, jobs, submissions
 from shared.errors import BadRequest, QueueFull, ServiceUnavailable
-from shared.ids import uuid7
-from shared.jobrules import check_clip
+from shared.jobs.contracts import ClipJobMessage, JobAccepted, JobRequest, UploadSource
+from shared.jobs.ids import uuid7
+from shared.jobs.jobrules import check_clip
+from shared.jobs.timecode import InvalidTimecode, to_seconds
+from shared.runtime import bus, tracing
 from shared.settings import Settings
-from shared.timecode import InvalidTimecode, to_seconds
 
 from .auth import Caller
 from .body import BodyTooLarge
@@ -51,7 +51,7 @@ def check_bounds(data: JobRequest, settings: Settings) -> None:
 
 def in_seconds(data: JobRequest) -> JobRequest:
     """The request with `startSec`/`endSec` in seconds (they may come as timecodes: `"1:02.5"`); an invalid
-    timecode is a 422 `invalid_time` naming the field. The rules (shared/jobrules.py) then check the numbers."""
+    timecode is a 422 `invalid_time` naming the field. The rules (shared/jobs/jobrules.py) then check the numbers."""
     times = {}
     for attr, field in (("start_sec", "startSec"), ("end_sec", "endSec")):
         try:

@@ -1,4 +1,4 @@
-"""ASGI middleware: one SERVER span per request (installed only when tracing is on: shared/tracing.py)."""
+"""ASGI middleware: one SERVER span per request (installed only when tracing is on: shared/runtime/tracing.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry.trace import Status, StatusCode
 
-from shared import tracing
+from shared.runtime import tracing
 
 from .proxies import peer_trusted
 

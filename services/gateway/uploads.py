@@ -13,11 +13,11 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 
-from shared.contracts import UploadDone, UploadPart, UploadRef, UploadSlot, UploadSlotRequest, UploadStatus
 from shared.db import keys
 from shared.errors import BadRequest, NotFound
+from shared.jobs.contracts import UploadDone, UploadPart, UploadRef, UploadSlot, UploadSlotRequest, UploadStatus
 from shared.settings import Settings
-from shared.upload_keys import UPLOAD_PREFIX, upload_key
+from shared.storage.upload_keys import UPLOAD_PREFIX, upload_key
 
 from .auth import Caller, authenticate, authenticated
 from .body import strict_json

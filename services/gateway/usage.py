@@ -5,8 +5,8 @@ from __future__ import annotations
 from litestar import Controller, get
 from litestar.di import NamedDependency
 
-from shared.contracts import Usage, UsageCounter
 from shared.db import keys
+from shared.jobs.contracts import Usage, UsageCounter
 
 from .auth import Caller, authenticate
 from .openapi import SECURITY, error_responses

@@ -15,10 +15,10 @@ from litestar import MediaType, Response, Router, get
 from litestar.di import NamedDependency
 from litestar.static_files import create_static_files_router
 
-from shared.logs import get_logger
-from shared.resources import Resources
+from shared.runtime.logs import get_logger
+from shared.runtime.resources import Resources
 from shared.settings import Settings
-from shared.storage import CORS_MAX_AGE_SEC, cors_origins
+from shared.storage.s3 import CORS_MAX_AGE_SEC, cors_origins
 
 from .state import Gateway
 

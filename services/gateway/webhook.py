@@ -4,10 +4,10 @@ A refused key default says so, and how to change it, since the job itself did no
 
 from __future__ import annotations
 
-from shared.contracts import JobRequest
 from shared.errors import BadRequest
+from shared.jobs.contracts import JobRequest
+from shared.net.webhook_url import WebhookUrlError, check_form, check_reachable
 from shared.settings import Settings
-from shared.webhook_url import WebhookUrlError, check_form, check_reachable
 
 from .auth import Caller
 

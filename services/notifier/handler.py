@@ -11,14 +11,14 @@ from typing import Any
 
 import msgspec
 
-from shared.contracts import JobEvent, WebhookStatus
 from shared.db import jobs, webhooks
-from shared.jobview import job_view, request_of
-from shared.logs import get_logger
-from shared.resources import Resources
-from shared.retry import backoff_at_least_half
-from shared.webhook_post import Answer, post_webhook
-from shared.webhook_sign import EVENT_ID_HEADER, SIGNATURE_HEADER, event_id, signature
+from shared.jobs.contracts import JobEvent, WebhookStatus
+from shared.jobs.jobview import job_view, request_of
+from shared.net.webhook_post import Answer, post_webhook
+from shared.net.webhook_sign import EVENT_ID_HEADER, SIGNATURE_HEADER, event_id, signature
+from shared.runtime.logs import get_logger
+from shared.runtime.resources import Resources
+from shared.runtime.retry import backoff_at_least_half
 
 from .slots import Slots, receiver_of
 

@@ -17,13 +17,13 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from shared import bus, tracing
-from shared.contracts import JobEvent
-from shared.logs import get_logger
-from shared.ops import ready_while_connected
-from shared.resources import Resources
-from shared.retry import backoff
-from shared.startup import until_up
+from shared.jobs.contracts import JobEvent
+from shared.runtime import bus, tracing
+from shared.runtime.logs import get_logger
+from shared.runtime.ops import ready_while_connected
+from shared.runtime.resources import Resources
+from shared.runtime.retry import backoff
+from shared.runtime.startup import until_up
 
 from .handler import NotifierDeps, handle
 from .slots import Slots

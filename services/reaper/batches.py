@@ -12,7 +12,7 @@ import msgspec
 
 from shared.db import batches
 from shared.db.batches import StagedSource
-from shared.resources import Resources
+from shared.runtime.resources import Resources
 
 if TYPE_CHECKING:
     from .handler import ReapReport

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 import structlog
 
 from shared.db import jobs
-from shared.logs import get_logger
-from shared.ops import ready_while_connected
-from shared.resources import Resources
-from shared.storage import staging_prefix
+from shared.runtime.logs import get_logger
+from shared.runtime.ops import ready_while_connected
+from shared.runtime.resources import Resources
+from shared.storage.s3 import staging_prefix
 
 from .batches import clean_batch_staging
 from .lost import fail_stuck

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING
 import asyncpg
 import msgspec
 
-from shared import bus
-from shared.contracts import ClipJobMessage, Priority
 from shared.db import jobs
 from shared.errors import Permanent
-from shared.logs import get_logger
-from shared.outage import is_outage
-from shared.pipeline import ENTRY_STAGE
-from shared.resources import Resources
-from shared.worker import finish_job_failed
+from shared.jobs.contracts import ClipJobMessage, Priority
+from shared.jobs.pipeline import ENTRY_STAGE
+from shared.runtime import bus
+from shared.runtime.logs import get_logger
+from shared.runtime.outage import is_outage
+from shared.runtime.resources import Resources
+from shared.runtime.worker import finish_job_failed
 
 from .poison import MAX_DELIVERIES_CODE, MessageState, fail_exhausted, message_state
 

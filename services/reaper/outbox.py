@@ -17,14 +17,14 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
-from shared import bus
-from shared.contracts import ClipJobMessage
 from shared.db import jobs
 from shared.errors import Permanent
-from shared.logs import get_logger
-from shared.outage import is_outage
-from shared.resources import Resources
-from shared.worker import finish_job_failed
+from shared.jobs.contracts import ClipJobMessage
+from shared.runtime import bus
+from shared.runtime.logs import get_logger
+from shared.runtime.outage import is_outage
+from shared.runtime.resources import Resources
+from shared.runtime.worker import finish_job_failed
 
 if TYPE_CHECKING:
     from .handler import ReapReport

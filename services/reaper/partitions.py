@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from shared.db.pool import ENSURE_PARTITIONS
-from shared.logs import get_logger
+from shared.runtime.logs import get_logger
 
 log = get_logger("reaper")
 

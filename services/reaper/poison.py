@@ -19,12 +19,12 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from shared import bus
 from shared.db import jobs
 from shared.errors import Permanent
-from shared.logs import get_logger
-from shared.resources import Resources
-from shared.worker import finish_job_failed, message_job_id
+from shared.runtime import bus
+from shared.runtime.logs import get_logger
+from shared.runtime.resources import Resources
+from shared.runtime.worker import finish_job_failed, message_job_id
 
 log = get_logger("reaper")
 MAX_DELIVERIES_CODE = "max_deliveries_exceeded"

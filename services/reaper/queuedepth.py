@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 from contextlib import suppress
 
-from shared import bus
-from shared.contracts import PRIORITIES
-from shared.logs import get_logger
-from shared.metrics import QUEUE_MESSAGES
-from shared.pipeline import installed_stages
-from shared.resources import Resources
+from shared.jobs.contracts import PRIORITIES
+from shared.jobs.pipeline import installed_stages
+from shared.runtime import bus
+from shared.runtime.logs import get_logger
+from shared.runtime.metrics import QUEUE_MESSAGES
+from shared.runtime.resources import Resources
 
 log = get_logger("reaper.queue_depth")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from shared.db import keys
-from shared.resources import Resources
+from shared.runtime.resources import Resources
 
 KEPT_WINDOWS = 2  # the current window and the one before it are read by the sliding estimate
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from shared.db import uploads
-from shared.logs import get_logger
-from shared.resources import Resources
-from shared.upload_keys import UPLOAD_PREFIX
-from shared.upload_store import abort_multipart, copy_prefix, multipart_before, objects_before
+from shared.runtime.logs import get_logger
+from shared.runtime.resources import Resources
+from shared.storage.upload_keys import UPLOAD_PREFIX
+from shared.storage.upload_store import abort_multipart, copy_prefix, multipart_before, objects_before
 
 SECONDS_PER_HOUR = 3600
 

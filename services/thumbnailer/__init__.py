@@ -1,7 +1,7 @@
 """The thumbs stage: the finished clip → a poster JPEG, and thumbnails tiled in a sprite sheet with a WebVTT index."""
 
-from shared.contracts import StageMessage
-from shared.worker import StageSpec
+from shared.jobs.contracts import StageMessage
+from shared.runtime.worker import StageSpec
 
 from .handler import THUMBS, handle
 

@@ -1,14 +1,14 @@
 """Thumbnailer: read the finished clip, write the poster (`poster` option) and the sprite sheet with its WebVTT
-index (`thumbnails` option) as result files (`shared.outputs`): the uploader promotes and the job's view signs
+index (`thumbnails` option) as result files (`shared.jobs.outputs`): the uploader promotes and the job's view signs
 them like the clip. A redelivered message whose files all exist reuses them."""
 
 from __future__ import annotations
 
-from shared.contracts import StageMessage
 from shared.errors import Permanent
-from shared.outputs import VIDEO_ROLE, Output, forward_outputs, stored_earlier
-from shared.storage import ObjectInfo
-from shared.worker import StageDeps
+from shared.jobs.contracts import StageMessage
+from shared.jobs.outputs import VIDEO_ROLE, Output, forward_outputs, stored_earlier
+from shared.runtime.worker import StageDeps
+from shared.storage.s3 import ObjectInfo
 
 from .frames import extract_frame, sharpest_frame_sec
 from .sprite import make_sprite

@@ -1,9 +1,9 @@
 """The transcriber stage: the clip's speech → SRT, WebVTT and word timings (ASR_ENGINE, or the hosted API)."""
 
 from shared.asr.resource import open_asr
-from shared.contracts import StageMessage
-from shared.pipeline import TRANSCRIBE
-from shared.worker import StageSpec
+from shared.jobs.contracts import StageMessage
+from shared.jobs.pipeline import TRANSCRIBE
+from shared.runtime.worker import StageSpec
 
 from .handler import handle
 

@@ -8,21 +8,21 @@ import time
 
 import msgspec
 
-from shared import tracing
 from shared.asr.audio import read_audio
 from shared.asr.hosted import HOSTED
-from shared.contracts import StageMessage, SubtitlesMade
 from shared.errors import Permanent
+from shared.jobs.contracts import StageMessage, SubtitlesMade
+from shared.jobs.outputs import forward_outputs, stored_earlier
+from shared.jobs.pipeline import TRANSCRIBE
 from shared.media.inputs import staged_demuxer
-from shared.metrics import record_asr
-from shared.outputs import forward_outputs, stored_earlier
-from shared.pipeline import TRANSCRIBE
+from shared.runtime import tracing
+from shared.runtime.metrics import record_asr
+from shared.runtime.worker import StageDeps
 from shared.settings import Settings
-from shared.storage import ObjectInfo
+from shared.storage.s3 import ObjectInfo
 from shared.subtitles.cues import CueRules, build_cues
 from shared.subtitles.formats import to_srt, to_vtt, to_words_json
 from shared.subtitles.outputs import SUBTITLE_OUTPUTS
-from shared.worker import StageDeps
 
 from . import routing
 

@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from shared import bus
 from shared.asr.base import Transcript
 from shared.asr.hosted import HostedAsr
-from shared.contracts import PRIORITIES
 from shared.errors import AsrOutOfMemory, HostedAsrRefused, HostedAsrUnavailable
-from shared.logs import get_logger
-from shared.pipeline import TRANSCRIBE
-from shared.resources import Resources
+from shared.jobs.contracts import PRIORITIES
+from shared.jobs.pipeline import TRANSCRIBE
+from shared.runtime import bus
+from shared.runtime.logs import get_logger
+from shared.runtime.resources import Resources
 from shared.settings import Settings
 
 log = get_logger("transcriber")

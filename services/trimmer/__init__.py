@@ -1,8 +1,8 @@
 """The trimmer stage: staged media → stream-copied MP4 clip."""
 
-from shared.contracts import StageMessage
-from shared.pipeline import TRIM
-from shared.worker import StageSpec
+from shared.jobs.contracts import StageMessage
+from shared.jobs.pipeline import TRIM
+from shared.runtime.worker import StageSpec
 
 from .handler import handle
 

@@ -5,7 +5,13 @@ probed; the trimmer cuts the ranges the fetcher staged from a URL or a page, and
 
 from __future__ import annotations
 
-from shared.clipstore import (
+from shared.errors import Permanent
+from shared.jobs.contracts import StageMessage
+from shared.jobs.pipeline import TRIM
+from shared.media.inputs import staged_demuxer
+from shared.runtime.logs import get_logger
+from shared.runtime.worker import StageDeps
+from shared.storage.clipstore import (
     CLIP_NAME,
     READ_URL_TTL_SEC,
     copy_clip,
@@ -14,12 +20,6 @@ from shared.clipstore import (
     is_plain_copy,
     source_time_of_zero,
 )
-from shared.contracts import StageMessage
-from shared.errors import Permanent
-from shared.logs import get_logger
-from shared.media.inputs import staged_demuxer
-from shared.pipeline import TRIM
-from shared.worker import StageDeps
 
 CUT_SHARE = 0.9  # of this stage's progress; hashing and storing the clip take the rest
 

@@ -1,8 +1,8 @@
 """The uploader stage: clip → content-hashed result, job done."""
 
-from shared.contracts import StageMessage
-from shared.pipeline import UPLOAD
-from shared.worker import StageSpec
+from shared.jobs.contracts import StageMessage
+from shared.jobs.pipeline import UPLOAD
+from shared.runtime.worker import StageSpec
 
 from .handler import handle
 

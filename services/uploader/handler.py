@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import msgspec
 
-from shared.contracts import Artifact, StageMessage
 from shared.errors import Permanent
-from shared.outputs import VIDEO_ROLE, result_artifacts
-from shared.storage import Storage, result_key
+from shared.jobs.contracts import Artifact, StageMessage
+from shared.jobs.outputs import VIDEO_ROLE, result_artifacts
+from shared.runtime.worker import StageDeps, finish_job_done
+from shared.storage.s3 import Storage, result_key
 from shared.subtitles.outputs import SUBTITLE_OUTPUTS
-from shared.worker import StageDeps, finish_job_done
 
 CLIP_FILENAME = "clip.mp4"
 # Result files are keyed by their own sha256 (results/sha256/<2>/<hash of the file>/clip.srt): the same clip

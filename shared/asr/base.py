@@ -20,7 +20,7 @@ import numpy as np
 
 from shared.asr.models import ModelRef
 from shared.errors import AsrOutOfMemory, LanguageUnknown, LanguageUnsupported, ModelCannotTranslate
-from shared.logs import get_logger
+from shared.runtime.logs import get_logger
 from shared.settings import Settings
 from shared.subtitles.words import Word
 

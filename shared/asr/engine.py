@@ -34,7 +34,7 @@ from shared.asr.base import (
 )
 from shared.asr.batching import CrossJobBatcher, lay_out
 from shared.asr.models import ModelRef, resolve_model
-from shared.logs import get_logger
+from shared.runtime.logs import get_logger
 from shared.settings import Settings
 from shared.subtitles.words import Word
 

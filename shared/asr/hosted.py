@@ -8,7 +8,7 @@ word's probability is its segment's exp(avg_logprob) (1.0 where the server gives
 (translations: OpenAI gives segments only) has each segment's text split into words, the segment's time shared
 among them by their length.
 
-The URL is an operator setting, so it is NOT put through the SSRF guard (shared/netguard.py): an in-cluster
+The URL is an operator setting, so it is NOT put through the SSRF guard (shared/net/netguard.py): an in-cluster
 server on a private address is allowed (a key sent over http:// to any other host is warned about at start).
 Errors: no answer, 429 or 5xx → HostedAsrUnavailable; another 4xx, an answer over ASR_HOSTED_MAX_REPLY_MB or one
 that is not a transcription → HostedAsrRefused (both with stable codes; the job's error names the HTTP status
@@ -31,8 +31,8 @@ from shared.asr.audio import SAMPLE_RATE_HZ
 from shared.asr.base import ENGLISH, Transcript
 from shared.asr.languages import language_code
 from shared.errors import HostedAsrRefused, HostedAsrUnavailable
-from shared.logs import get_logger
-from shared.scrub import remember_secret
+from shared.runtime.logs import get_logger
+from shared.runtime.scrub import remember_secret
 from shared.settings import Settings
 from shared.subtitles.words import Word
 

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from shared.asr.engine import AsrEngine
-from shared.resources import Resources
+from shared.runtime.resources import Resources
 from shared.settings import Settings
 
 _loaded: dict[tuple[object, ...], Any] = {}  # AsrEngine or WhisperCppEngine

@@ -24,7 +24,7 @@ from shared.asr.base import ENGLISH, TRANSLATE, LocalEngine, Task, Transcript, T
 from shared.asr.batching import speech_spans
 from shared.asr.ggml import ggml_model
 from shared.asr.models import ModelRef, resolve_model
-from shared.logs import get_logger
+from shared.runtime.logs import get_logger
 from shared.settings import Settings
 from shared.subtitles.words import Word
 

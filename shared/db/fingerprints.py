@@ -7,8 +7,8 @@ import uuid
 import asyncpg
 import msgspec
 
-from shared.contracts import ClipResult
 from shared.db.jobs import window
+from shared.jobs.contracts import ClipResult
 
 REUSE_MARGIN_SEC = 300  # an earlier result is reused only while it has at least this long to live, s
 

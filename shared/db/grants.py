@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from shared.logs import get_logger
+from shared.runtime.logs import get_logger
 
 log = get_logger("init")
 

@@ -15,9 +15,9 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from shared.contracts import ClipJobMessage, ClipResult
-from shared.ids import created_at_of
-from shared.scrub import scrub, scrub_value
+from shared.jobs.contracts import ClipJobMessage, ClipResult
+from shared.jobs.ids import created_at_of
+from shared.runtime.scrub import scrub, scrub_value
 
 SHARDS = 64  # shard = crc32(id) % SHARDS, stored for locality
 TERMINAL = ("done", "failed", "expired", "canceled")
@@ -218,7 +218,7 @@ async def heartbeat(pool: asyncpg.Pool, job_id: uuid.UUID, stage: str, progress:
 
 
 async def record_event(pool: asyncpg.Pool, job_id: uuid.UUID, type_: str, data: dict[str, Any]) -> None:
-    """Append an event; its data is scrubbed (`shared.scrub`): events are shown to users."""
+    """Append an event; its data is scrubbed (`shared.runtime.scrub`): events are shown to users."""
     await pool.execute(INSERT_EVENT, job_id, type_, scrub_value(data))
 
 

@@ -8,8 +8,8 @@ from datetime import datetime
 
 import asyncpg
 
-from shared.apikeys import NewKey
-from shared.webhook_sign import new_secret
+from shared.jobs.apikeys import NewKey
+from shared.net.webhook_sign import new_secret
 
 INSERT_KEY = """
 INSERT INTO api_keys (id, secret_sha256, name, admin, priorities, max_in_flight, max_jobs_per_day,

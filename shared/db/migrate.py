@@ -6,7 +6,7 @@ from importlib import resources
 
 import asyncpg
 
-from shared.logs import get_logger
+from shared.runtime.logs import get_logger
 
 log = get_logger("migrate")
 

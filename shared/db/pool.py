@@ -9,8 +9,8 @@ import asyncpg
 import msgspec
 
 from shared.db.migrate import migration_files
+from shared.runtime.startup import NotInitialized
 from shared.settings import Settings
-from shared.startup import NotInitialized
 
 ENSURE_PARTITIONS = "SELECT ensure_job_partitions($1)"
 APPLIED = "SELECT name FROM schema_migrations"

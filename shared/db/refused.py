@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from shared.db.jobs import FAIL, INSERT_EVENT, shard_of, window
-from shared.ids import created_at_of
+from shared.jobs.ids import created_at_of
 
 INSERT_FAILED_JOB = """
 INSERT INTO jobs (id, created_at, priority, shard, request, status, error_code, error_message)

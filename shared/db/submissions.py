@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from shared.contracts import ClipJobMessage
 from shared.db import jobs
 from shared.db.idempotency import Earlier
 from shared.db.keys import Quotas
-from shared.ids import created_at_of
+from shared.jobs.contracts import ClipJobMessage
+from shared.jobs.ids import created_at_of
 
 SUBMIT_JOB = "SELECT outcome, job_id, request_sha256 FROM submit_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, " \
              "$12, $13, $14, $15)"

@@ -6,8 +6,8 @@ import uuid
 
 import asyncpg
 
-from shared.contracts import WebhookStatus
 from shared.db.jobs import window
+from shared.jobs.contracts import WebhookStatus
 
 RECORD_ATTEMPT = """
 UPDATE jobs SET webhook_status = $4, webhook_attempts = $5, webhook_last_status_code = $6,

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.contracts import Precision
 from shared.errors import Permanent
+from shared.jobs.contracts import Precision
 from shared.media.probe import MediaInfo
 from shared.settings import Settings
 

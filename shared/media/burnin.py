@@ -12,11 +12,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from shared.contracts import StageMessage
 from shared.errors import Permanent
+from shared.jobs.contracts import StageMessage
 from shared.media.reframe import aspect_ratio
 from shared.settings import Settings
-from shared.storage import Storage
+from shared.storage.s3 import Storage
 
 ASS_PLAY_RES_Y = 288  # libass's script height for SRT input; font size and margins are in these units
 _OPTION_SPECIALS = re.compile(r"([\\:'])")  # escaped inside one filter option value

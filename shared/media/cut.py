@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from shared.contracts import StreamFacts
+from shared.jobs.contracts import StreamFacts
 from shared.media.ffmpeg import RunLimits, run_ffmpeg
 
 MP4_VIDEO_CODECS = frozenset({"h264", "hevc", "av1", "mpeg4", "vp9"})  # stream-copied into MP4 as they are

@@ -18,8 +18,8 @@ import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from shared.contracts import CutPath, Precision, StreamFacts
 from shared.errors import SourceUnreadable
+from shared.jobs.contracts import CutPath, Precision, StreamFacts
 from shared.media.bounds import WorkBounds, bounded_precision, check_source
 from shared.media.codecs import available_encoders, splice_blocker, splice_pix_fmts
 from shared.media.coverage import ensure_data_until

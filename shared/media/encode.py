@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from shared.contracts import StreamFacts
+from shared.jobs.contracts import StreamFacts
 from shared.media.cut import MP4_AUDIO_CODECS
 from shared.media.ffmpeg import run_ffmpeg
 from shared.media.hwenc import VideoEncoder

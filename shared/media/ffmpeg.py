@@ -16,9 +16,9 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 
-from shared import tracing
 from shared.errors import Permanent, Transient
 from shared.media.inputs import guard_inputs
+from shared.runtime import tracing
 from shared.settings import Settings, load_settings
 
 STDERR_TAIL_CHARS = 2000

@@ -12,7 +12,7 @@ import functools
 import subprocess
 from dataclasses import dataclass
 
-from shared.logs import get_logger
+from shared.runtime.logs import get_logger
 
 log = get_logger("hwenc")
 

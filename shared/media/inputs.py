@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from shared.errors import SourceUnreadable
-from shared.storage import staging_prefix
+from shared.storage.s3 import staging_prefix
 
 # libavformat demuxers (by any of their names) clipjet opens user media with: each reads only its own bytes.
 # Not hls, concat, image2, sdp, rtsp, dash, mov's data references (off by default), tee, lavfi, ...

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
-from shared.contracts import StreamFacts
 from shared.errors import SourceUnreadable, Transient
+from shared.jobs.contracts import StreamFacts
 from shared.media.ffmpeg import HTTP_INPUT_OPTIONS
 from shared.media.inputs import av_options
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from shared.contracts import Aspect, Reframe
+from shared.jobs.contracts import Aspect, Reframe
 
 ASPECTS: dict[Aspect, Fraction] = {"9:16": Fraction(9, 16), "1:1": Fraction(1, 1), "4:5": Fraction(4, 5)}
 PAD_COLOR = "black"

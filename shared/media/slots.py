@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
-from shared.cpus import available_cpus
-from shared.logs import get_logger
+from shared.runtime.cpus import available_cpus
+from shared.runtime.logs import get_logger
 
 log = get_logger("slots")
 SLOT_DIR = "encode-slots"
@@ -23,7 +23,8 @@ SLOT_POLL_SEC = 0.1  # pause between two rounds of trying every slot while all a
 
 
 def threads_per_encode(max_parallel: int, cores: int | None = None) -> int:
-    """This encode's share of the CPUs this process may use (its cgroup limit, shared/cpus.py) when `max_parallel`
+    """This encode's share of the CPUs this process may use (its cgroup limit, shared/runtime/cpus.py) when
+    `max_parallel`
     encodes run at once (at least 1)."""
     available = cores if cores is not None else available_cpus()
     return max(1, available // max(1, max_parallel))

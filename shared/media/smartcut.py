@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.contracts import CutPath
+from shared.jobs.contracts import CutPath
 from shared.media.codecs import (
     SPLICE_ENCODERS,
     available_encoders,

@@ -1,8 +1,8 @@
-"""The transcriber's result files, declared once (`shared.outputs`): SubRip, WebVTT and the words JSON."""
+"""The transcriber's result files, declared once (`shared.jobs.outputs`): SubRip, WebVTT and the words JSON."""
 
 from __future__ import annotations
 
-from shared.outputs import Output
+from shared.jobs.outputs import Output
 
 SRT = Output("srt", "clip.srt", "application/x-subrip")
 VTT = Output("vtt", "clip.vtt", "text/vtt")

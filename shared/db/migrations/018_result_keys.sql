@@ -1,4 +1,4 @@
--- Result files by role (shared/outputs.py): one jsonb object {"srt": key, "poster": key, …} instead of a column
+-- Result files by role (shared/jobs/outputs.py): one jsonb object {"srt": key, "poster": key, …} instead of a column
 -- per file type, so a stage's new result file needs no migration. The clip keeps result_video_key.
 ALTER TABLE jobs ADD COLUMN result_keys jsonb NOT NULL DEFAULT '{}'::jsonb;
 
