@@ -1,5 +1,6 @@
 """Single frames of the clip: the sharpest of its first seconds (the variance of a Laplacian over a small grey
-copy of each frame, decoded in-process with PyAV) and one frame as a JPEG (ffmpeg)."""
+copy of each frame, decoded in-process with PyAV), one frame as a JPEG (ffmpeg), and the shape its picture
+shows."""
 
 from __future__ import annotations
 
@@ -13,6 +14,29 @@ from shared.media.probe import AV_TIME_BASE, opened_media
 SCORE_WIDTH = 320  # frames are scored on a grey copy this wide (px): cheap, and blur shows as well
 SEEK_EPSILON_SEC = 0.0005  # a frame's time as printed may round up past its own timestamp
 JPEG_QUALITY = "2"  # ffmpeg's -q:v for the mjpeg encoder (2: best .. 31: worst)
+
+
+async def displayed_size(url: str) -> tuple[int, int]:
+    """(width, height) of the clip's picture as players (and ffmpeg, autorotating) show it: its pixel aspect
+    ratio and rotation (of its first frame) applied."""
+    return await asyncio.to_thread(_displayed_size, url)
+
+
+def _displayed_size(url: str) -> tuple[int, int]:
+    with opened_media(url) as container:
+        if not container.streams.video:
+            raise Permanent("a poster or thumbnails were asked for, but the clip has no video", code="no_video")
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        first = next(iter(container.decode(stream)), None)
+    aspect = stream.sample_aspect_ratio
+    if aspect and aspect > 0:
+        width = max(1, round(width * aspect))
+    if first is not None and round(first.rotation) % 180 == 90:
+        width, height = height, width
+    if width <= 0 or height <= 0:
+        raise Permanent("the clip's picture has no size", code="no_video")
+    return width, height
 
 
 async def sharpest_frame_sec(url: str, window_sec: float) -> float:

@@ -10,8 +10,8 @@ from shared.jobs.outputs import VIDEO_ROLE, Output, forward_outputs, stored_earl
 from shared.runtime.worker import StageDeps
 from shared.storage.s3 import ObjectInfo
 
-from .frames import extract_frame, sharpest_frame_sec
-from .sprite import make_sprite
+from .frames import displayed_size, extract_frame, sharpest_frame_sec
+from .sprite import make_sprite, plan_grid
 
 THUMBS = "thumbs"
 POSTER = Output("poster", "poster.jpg", "image/jpeg")
@@ -36,6 +36,10 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
         raise Permanent("a poster or thumbnails were asked for, but the clip has no video", code="no_video")
     url = await storage.internal_url(video.key, READ_URL_TTL_SEC)
     stored: dict[str, ObjectInfo] = {}
+    grid = None  # the sheet is planned (and refused if too large) before any ffmpeg run
+    if job.thumbnails is not None:
+        grid = plan_grid(await displayed_size(url), result.duration_sec, job.thumbnails.interval_sec,
+                         job.thumbnails.width)
     if job.poster is not None:
         at = job.poster.at_sec
         if at is None:
@@ -44,10 +48,9 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
         await extract_frame(url, max(0.0, min(at, result.duration_sec - LAST_FRAME_MARGIN_SEC)), path)
         stored[POSTER.role] = await POSTER.store(storage, job.id, path, {"atSec": f"{at:.6f}"})
         deps.progress.set(0.4)
-    if job.thumbnails is not None:
+    if grid is not None:
         sheet, index = deps.scratch / SPRITE.filename, deps.scratch / INDEX.filename
-        grid = await make_sprite(url, sheet, result.duration_sec, job.thumbnails.interval_sec, job.thumbnails.width,
-                                 lambda p: deps.progress.set(0.4 + 0.5 * p))
+        await make_sprite(url, sheet, grid, result.duration_sec, lambda p: deps.progress.set(0.4 + 0.5 * p))
         index.write_text(grid.webvtt(SPRITE.filename, result.duration_sec), encoding="utf-8")
         stored[SPRITE.role] = await SPRITE.store(storage, job.id, sheet)
         stored[INDEX.role] = await INDEX.store(storage, job.id, index)
