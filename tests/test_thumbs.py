@@ -17,6 +17,8 @@ import pytest
 import webvtt
 from litestar.testing import AsyncTestClient
 
+from services.thumbnailer.frames import displayed_size
+from services.thumbnailer.sprite import MAX_SHEET_PIXELS, MAX_TILE_HEIGHT, make_sprite, plan_grid
 from shared.db import jobs
 from shared.jobs.pipeline import SERVICE_PACKAGES, STAGE_LIST
 from shared.runtime.resources import Resources
@@ -58,6 +60,31 @@ def sharpness(picture: np.ndarray) -> float:
     grey = picture.mean(axis=2)
     laplacian = 4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
     return float(laplacian.var())
+
+
+def make_test_video(path: Path, source: str, *extra: str) -> Path:
+    """H.264 of an ffmpeg lavfi `source` (testsrc2: each second looks different), `extra` output options."""
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", source, "-c:v", "libx264", "-preset", "ultrafast",
+         "-pix_fmt", "yuv420p", *extra, str(path)], check=True, capture_output=True, timeout=FFMPEG_TIMEOUT_SEC,
+    )
+    return path
+
+
+def rotated_copy(flat: Path, path: Path) -> Path:
+    """`flat` (stream copy) shown rotated by 90 degrees (a display matrix: ffmpeg 5 sets it on a copy only)."""
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(flat), "-c", "copy", "-metadata:s:v:0", "rotate=90",
+                    str(path)], check=True, capture_output=True, timeout=FFMPEG_TIMEOUT_SEC)
+    return path
+
+
+async def sprite_of(url: Path, sheet: Path, duration: float, interval: float, width: int) -> tuple[int, int]:
+    """make_sprite as the thumbs stage runs it on a local file; the tile's (width, height)."""
+    grid = plan_grid(await displayed_size(str(url)), duration, interval, width)
+    await make_sprite(str(url), sheet, grid, duration, lambda _: None)
+    tiles = stream_of(probe(sheet), "video")
+    assert (tiles["width"], tiles["height"]) == (grid.columns * grid.width, grid.rows * grid.height)
+    return grid.width, grid.height
 
 
 @pytest.fixture(scope="session")
@@ -149,6 +176,76 @@ async def test_the_sharpest_frame_is_the_poster_and_thumbnails_wrap(
     index = await download(job["urls"]["files"]["thumbnails"], tmp_path / "thumbnails.vtt")
     cues = list(webvtt.from_buffer(io.StringIO(index.read_text())))
     assert [c.text for c in cues] == [f"sprite.jpg#xywh={i * 64},0,64,36" for i in range(6)]
+
+
+async def test_a_tall_clip_makes_a_bounded_sheet(
+    client: AsyncTestClient[Any], workers: Workers, media_dir: Path, tmp_path: Path
+) -> None:
+    """A 64x4096 picture asked for 480-wide thumbnails: not upscaled to 480x30720 tiles (a 4800x49152 sheet) but
+    kept 480 tall at most, narrower to keep the shape: 10 tiles of 6x480 in one row."""
+    tall = make_test_video(media_dir / "tall.mp4", "testsrc2=s=64x4096:r=2:d=12")
+    workers.start()
+    job = await _run(client, await upload(client, tall), startSec=0, endSec=10, precision="keyframe",
+                     thumbnails={"width": 480, "intervalSec": 1})
+    assert job["status"] == "done", job
+    clip = await download(job["urls"]["video"], tmp_path / "clip.mp4")
+    sheet = await download(job["urls"]["files"]["sprite"], tmp_path / "sprite.jpg")
+    tiles = stream_of(probe(sheet), "video")
+    assert (tiles["width"], tiles["height"]) == (10 * 6, MAX_TILE_HEIGHT)
+    index = await download(job["urls"]["files"]["thumbnails"], tmp_path / "thumbnails.vtt")
+    cues = list(webvtt.from_buffer(io.StringIO(index.read_text())))
+    assert [c.text for c in cues] == [f"sprite.jpg#xywh={i * 6},0,6,480" for i in range(10)]
+    for i in (0, 5, 9):  # each tile is the (squeezed) picture at i s
+        tile = pixels(sheet, crop=(6, 480, i * 6, 0), size=(6, 480))
+        assert mad(tile, pixels(clip, float(i), size=(6, 480))) < SAME_FRAME_MAD, i
+
+
+async def test_a_sheet_over_its_limit_is_refused_before_ffmpeg(
+    client: AsyncTestClient[Any], workers: Workers, media_dir: Path
+) -> None:
+    """100 thumbnails of a square 480x480 picture would be a 4800x4800 sheet (23 Mpx): the job fails with
+    `sprite_too_large`, saying what to change; 2 s apart (50 thumbnails, 11.5 Mpx), the same clip's is made."""
+    square = make_test_video(media_dir / "square.mp4", "testsrc2=s=480x480:r=1:d=101", "-g", "10")
+    assert 100 * 480 * 480 > MAX_SHEET_PIXELS >= 50 * 480 * 480
+    workers.start()
+    key = await upload(client, square)
+    job = await _run(client, key, startSec=0, endSec=100, precision="keyframe",
+                     thumbnails={"width": 480, "intervalSec": 1})
+    assert (job["status"], job["errorCode"]) == ("failed", "sprite_too_large"), job
+    assert "intervalSec" in job["errorMessage"] and "width" in job["errorMessage"], job
+    job = await _run(client, key, startSec=0, endSec=100, precision="keyframe",
+                     thumbnails={"width": 480, "intervalSec": 2})
+    assert job["status"] == "done", job
+
+
+async def test_thumbnails_keep_a_rotated_clips_shape_and_are_never_upscaled(media_dir: Path, tmp_path: Path) -> None:
+    """A 1000x200 picture shown rotated (200x1000) gets tiles 480 tall at most (96x480), its shape kept, not
+    160x800; a 180x100 picture asked for 480-wide thumbnails gets them 180 wide."""
+    rotated = rotated_copy(make_test_video(media_dir / "flat.mp4", "testsrc2=s=1000x200:r=30:d=3"),
+                           media_dir / "rotated.mp4")
+    assert stream_of(probe(rotated), "video")["width"] == 1000  # stored flat, shown upright (ffmpeg autorotates)
+    assert await sprite_of(rotated, tmp_path / "rotated.jpg", 3.0, 1.0, 160) == (96, 480)
+    for i in range(3):
+        tile = pixels(tmp_path / "rotated.jpg", crop=(96, 480, i * 96, 0), size=(48, 240))
+        assert mad(tile, pixels(rotated, float(i), size=(48, 240))) < SAME_FRAME_MAD, i
+    small = make_test_video(media_dir / "small.mp4", "testsrc2=s=180x100:r=30:d=3")
+    assert await sprite_of(small, tmp_path / "small.jpg", 3.0, 1.0, 480) == (180, 100)
+    assert mad(pixels(tmp_path / "small.jpg", crop=(180, 100, 180, 0)), pixels(small, 1.0)) < SAME_FRAME_MAD
+
+
+async def test_a_sparse_clips_thumbnails_show_the_frame_on_screen(media_dir: Path, tmp_path: Path) -> None:
+    """Frames at 0, 4 and 8 s only (variable frame rate), a thumbnail a second for 10 s: thumbnail k shows the
+    last frame at or before k s (0, 0, 0, 0, 4, 4, 4, 4, 8, 8), never a later one and never black."""
+    sparse = make_test_video(media_dir / "sparse.mp4", "testsrc2=s=320x180:r=1:d=8,setpts=N*4/TB",
+                             "-frames:v", "3", "-vsync", "vfr")
+    assert await sprite_of(sparse, tmp_path / "sparse.jpg", 10.0, 1.0, 160) == (160, 90)
+    frames = {t: pixels(sparse, float(t)) for t in (0, 4, 8)}
+    assert min(mad(a, b) for a in frames.values() for b in frames.values() if a is not b) > OTHER_FRAME_MAD
+    for k in range(10):
+        tile = pixels(tmp_path / "sparse.jpg", crop=(160, 90, k * 160, 0))
+        shown = k // 4 * 4
+        assert mad(tile, frames[shown]) < SAME_FRAME_MAD, k
+        assert all(mad(tile, frames[t]) > OTHER_FRAME_MAD for t in frames if t != shown), k
 
 
 @pytest.mark.parametrize(("options", "code", "field"), [
