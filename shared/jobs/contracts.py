@@ -137,8 +137,10 @@ class Thumbnails(WireStruct):
     (`urls.files.thumbnails`) whose cue for each interval names its tile: `<sheet's file name>#xywh=x,y,w,h`."""
 
     interval_sec: Annotated[float, msgspec.Meta(ge=1, le=60, description="Seconds between thumbnails.")] = 2.0
-    width: Annotated[int, msgspec.Meta(ge=32, le=480, multiple_of=2, description="Each thumbnail's width in "
-                                                                             "pixels (even).")] = 160
+    width: Annotated[int, msgspec.Meta(ge=32, le=480, multiple_of=2, description=(
+        "Each thumbnail's width in pixels (even): never wider than the clip's picture, and narrower when the "
+        "thumbnail would be over 480 px tall. A sheet over 16383 px a side or 16 Mpx is refused: "
+        "sprite_too_large."))] = 160
 
 
 class UploadSource(WireStruct, tag="upload", tag_field="type"):
