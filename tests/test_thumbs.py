@@ -248,6 +248,32 @@ async def test_a_sparse_clips_thumbnails_show_the_frame_on_screen(media_dir: Pat
         assert all(mad(tile, frames[t]) > OTHER_FRAME_MAD for t in frames if t != shown), k
 
 
+async def test_the_index_is_served_with_the_sheets_signed_url(
+    client: AsyncTestClient[Any], workers: Workers, blurry_start: Path, tmp_path: Path
+) -> None:
+    """`GET /api/jobs/{id}/files/thumbnails.vtt`: the index whose cues name the sheet by its signed URL (the
+    stored index names `sprite.jpg`, which a player would resolve beside the index's own URL: another key);
+    the sheet downloads from a cue's URL. Other names, and files that are not .vtt, are 404 `file_not_found`."""
+    workers.start()
+    job = await _run(client, await upload(client, blurry_start), startSec=0, endSec=3, poster={},
+                     thumbnails={"intervalSec": 1, "width": 64})
+    assert job["status"] == "done", job
+    response = await client.get(f"/api/jobs/{job['id']}/files/thumbnails.vtt")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/vtt")
+    sprite_url = job["urls"]["files"]["sprite"]
+    cues = list(webvtt.from_buffer(io.StringIO(response.text)))
+    assert [c.text for c in cues] == [f"{sprite_url}#xywh={i * 64},0,64,36" for i in range(3)]
+    sheet = await download(cues[1].text.split("#", 1)[0], tmp_path / "sprite.jpg")
+    assert stream_of(probe(sheet), "video")["width"] == 3 * 64
+    assert (await client.get(f"/api/jobs/{job['id']}/files/..%2Fthumbnails.vtt")).status_code == 404
+    for name in ("poster.jpg", "sprite.jpg", "clip.vtt", "thumbnails.srt"):
+        missing = await client.get(f"/api/jobs/{job['id']}/files/{name}")
+        assert (missing.status_code, missing.json()["error"]["code"]) == (404, "file_not_found"), name
+    other = await client.get(f"/api/jobs/{uuid.uuid4()}/files/thumbnails.vtt")
+    assert (other.status_code, other.json()["error"]["code"]) == (404, "job_not_found")
+
+
 @pytest.mark.parametrize(("options", "code", "field"), [
     ({"poster": {"atSec": 7.5}}, "poster_outside_clip", "poster.atSec"),
     ({"poster": {"atSec": -1}}, "invalid_field", "poster.atSec"),

@@ -13,7 +13,7 @@ from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 
 from shared.db import jobs
-from shared.errors import BadRequest
+from shared.errors import BadRequest, NotFound
 from shared.jobs.contracts import (
     BatchAccepted,
     BatchRequest,
@@ -25,6 +25,7 @@ from shared.jobs.contracts import (
     JobView,
 )
 from shared.jobs.jobview import job_view as shared_job_view
+from shared.jobs.linked import linkable, linked
 
 from .auth import Caller, authenticate, authenticated, caller_of
 from .batches import strict_submission, submit_batch
@@ -38,6 +39,7 @@ IDEMPOTENCY_KEY_MAX_CHARS = 200
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"  # visible ASCII only (no spaces, controls or NUL: it is stored as text)
 LIST_DEFAULT, LIST_MAX = 20, 100  # jobs per page of GET /api/jobs
 CURSOR_MAX_CHARS = 200
+LINKED_MAX_BYTES = 1 << 20  # an index file served with its siblings linked is this small at most
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 
 
@@ -90,6 +92,32 @@ class JobController(Controller):
         """A job's status, stage, progress and, once done, signed URLs of its files."""
         gw = gateway_of(request.app.state)  # not injected: a hot path (BENCHMARKS.md)
         return await job_view(gw, await readable_job(gw, caller_of(request), job_id))
+
+    @get("/{job_id:str}/files/{name:str}", operation_id="getLinkedFile", media_type="text/vtt",
+         responses=error_responses(401, 404, 429, 503))
+    async def linked_file(
+        self, request: Request[Any, Any, Any], job_id: Annotated[str, PathParameter(description="The job's id")],
+        name: Annotated[str, PathParameter(description="A result file's download name, e.g. thumbnails' index")],
+    ) -> Response[str]:
+        """A done job's WebVTT result file with the other result files it names (the thumbnails' index names the
+        sprite sheet: `<name>#xywh=…`) as their signed URLs: a player loads the thumbnails from it as is. 404
+        `file_not_found` for a name that is not one of the job's `.vtt` files (or before it is done)."""
+        gw = gateway_of(request.app.state)
+        row = await readable_job(gw, caller_of(request), job_id)
+        named = {key.rsplit("/", 1)[-1]: key for key in jobs.result_files(row).values()} if row["status"] == "done" \
+            else {}
+        if not linkable(name) or name not in named:
+            raise NotFound(f"job {row['id']} has no result file {name[:80]!r} to serve here (its .vtt files, once "
+                           f"done)", code="file_not_found")
+        data = await gw.res.storage.read_small(named[name], LINKED_MAX_BYTES)
+        if data is None:
+            raise NotFound(f"job {row['id']}'s file {name} has expired", code="file_not_found")
+
+        async def sign(sibling: str) -> str:
+            return (await gw.signed.get(named[sibling], sibling))[0]
+
+        text = await linked(data.decode("utf-8", errors="replace"), {n: k for n, k in named.items() if n != name}, sign)
+        return Response(text, media_type="text/vtt; charset=utf-8", headers={"Cache-Control": "private, no-store"})
 
     @post("/{job_id:str}/cancel", operation_id="cancelJob", status_code=200,
           responses=error_responses(401, 404, 409, 429, 503))

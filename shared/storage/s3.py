@@ -216,6 +216,22 @@ class Storage:
         except ClientError as exc:
             raise StorageError(f"storage GET failed for {key}: {exc}") from exc
 
+    async def read_small(self, key: str, max_bytes: int) -> bytes | None:
+        """A small object's bytes (None when it does not exist); one over `max_bytes` is refused."""
+        try:
+            response = await self._client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in NOT_FOUND_CODES:
+                return None
+            raise StorageError(f"storage GET failed for {key}: {exc}") from exc
+        body = response["Body"]
+        try:
+            if int(response.get("ContentLength", 0)) > max_bytes:
+                raise Permanent(f"{key} is over {max_bytes} bytes", code="file_too_large")
+            return bytes(await body.read())
+        finally:
+            body.close()
+
     async def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
         paginator = self._client.get_paginator("list_objects_v2")
