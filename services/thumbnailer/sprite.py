@@ -8,7 +8,6 @@ a thumbnail is never wider than the picture (no upscaling) nor taller than MAX_T
 the shape kept), and a sheet over MAX_SHEET_SIDE a side or MAX_SHEET_PIXELS in all is refused
 (`sprite_too_large`) rather than made: ffmpeg's memory grows with the sheet."""
 
-
 from __future__ import annotations
 
 import asyncio
