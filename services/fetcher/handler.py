@@ -27,10 +27,18 @@ from shared.media.ffmpeg import FfmpegDeadline, RunLimits
 from shared.media.inputs import STAGED_DEMUXERS, demuxer
 from shared.media.keyframes import CutLayout
 from shared.media.probe import MediaInfo, timeline_start
+from shared.media.smartcut import PieceEncodeFailed
 from shared.net.fetchproxy import FetchSession, fetch_session
 from shared.runtime.logs import get_logger
 from shared.runtime.worker import StageDeps, finish_job_done
-from shared.storage.clipstore import CLIP_NAME, copy_clip, forward_clip, frame_clip, is_plain_copy
+from shared.storage.clipstore import (
+    CLIP_NAME,
+    copy_clip,
+    forward_clip,
+    frame_clip,
+    is_plain_copy,
+    reencode_instead,
+)
 from shared.storage.s3 import sha256_file, staging_prefix
 
 from .batch import batch_source
@@ -142,10 +150,13 @@ async def _cut_frames(
     layout read, no hop to another stage."""
     job, plan = task.job, task.plan
     assert plan is not None
-    clip, duration, start, cut_path = await frame_clip(
-        deps.res.storage, job.id, source.media, deps.scratch / CLIP_NAME, start=job.start_sec, end=job.end_sec,
-        offset=source.offset_sec, audio=any(s.kind == "audio" for s in info.streams), scratch=deps.scratch,
-        fmt=demuxer(info.container), layout=layout, on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p))
+    try:
+        clip, duration, start, cut_path = await frame_clip(
+            deps.res.storage, job.id, source.media, deps.scratch / CLIP_NAME, start=job.start_sec, end=job.end_sec,
+            offset=source.offset_sec, audio=any(s.kind == "audio" for s in info.streams), scratch=deps.scratch,
+            fmt=demuxer(info.container), layout=layout, on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p))
+    except PieceEncodeFailed as failed:  # the encoder refused a head or tail: the whole clip is re-encoded
+        return reencode_instead(task, FETCH, failed, installed_stages(deps.res.settings.installed_stages))
     log.info("clip_cut", cut_path=cut_path, planned=plan.cut_path, reason=plan.cut_reason, start=round(start, 6),
              duration=round(duration, 6))
     return forward_clip(task, FETCH, clip, duration, start, cut_path)
