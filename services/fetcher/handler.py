@@ -45,6 +45,7 @@ from .batch import batch_source
 from .locate import Located, Stager, locate, release_download
 
 DURATION_TOLERANCE_SEC = 0.05  # endSec may exceed the probed duration by this much (container rounding)
+PICTURE_OPTIONS = ("reframe", "poster", "thumbnails")  # request options that need the source's picture
 
 log = get_logger("fetcher")
 
@@ -83,7 +84,8 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
     shift, span = source.offset_sec, source.duration_sec is not None  # a batch's staged span: source time - shift
     info, decision = await probe_and_choose(
         media, job.precision, job.start_sec - shift, job.end_sec - shift, staged=staged is None or span,
-        options=source.av_options, check=lambda found: _check_range(job, source.duration_sec or found.duration_sec),
+        options=source.av_options,
+        check=lambda found: _check_probed(job, found, source.duration_sec or found.duration_sec),
         decided=_decided_by_request(job, deps),
         bounds=WorkBounds.of(deps.res.settings),
     )
@@ -185,6 +187,23 @@ def _decided_by_request(job: ClipJobMessage, deps: StageDeps) -> CutDecision | N
     if deps.res.settings.force_cut_path == "reencode":  # benchmarks: every job through the encoder
         return CutDecision("reencode", "forced")
     return None
+
+
+def _check_probed(job: ClipJobMessage, info: MediaInfo, duration_sec: float) -> None:
+    """The request against the probe's facts, before anything is staged or cut."""
+    _check_range(job, duration_sec)
+    _check_has_video(job, info)
+
+
+def _check_has_video(job: ClipJobMessage, info: MediaInfo) -> None:
+    """A reframe, poster or thumbnails of a source without video fail the job here, not after a needless
+    re-encode (reframe) or at the thumbs stage after the fetch and the cut (poster, thumbnails)."""
+    if any(s.kind == "video" for s in info.streams):
+        return
+    asked = [name for name in PICTURE_OPTIONS if getattr(job, name) is not None]
+    if asked:
+        raise Permanent(f"{' and '.join(asked)} asked for, but the source has no video stream (audio only): "
+                        f"leave {'them' if len(asked) > 1 else 'it'} out", code="no_video", field=asked[0])
 
 
 def _check_range(job: ClipJobMessage, duration_sec: float) -> None:
