@@ -48,6 +48,8 @@ REFUSED = [
     pytest.param({"metadata": {"k": "x" * 5000}}, "invalid_field", id="metadata-too-large"),
     pytest.param({"metadata": ["not", "an", "object"]}, "invalid_field", id="metadata-not-an-object"),
     pytest.param({"subs": {"enabled": True, "translate": "fr"}}, "translate_unsupported", id="translate-not-en"),
+    pytest.param({"subs": {"translate": "en"}}, "translate_needs_subtitles", id="translate-without-subtitles"),
+    pytest.param({"subs": {"enabled": True, "lang": "tlh"}}, "language_unknown", id="unknown-lang"),
 ]
 
 

@@ -182,13 +182,13 @@ async def test_upload_endpoints_check_key_and_upload_id(client: AsyncTestClient[
     assert missing.status_code in (400, 422) and missing.json()["error"]["code"] != "internal_error"
 
 
-@pytest.mark.settings(gateway_max_body_bytes=4 * 1024 * 1024)
+@pytest.mark.settings(gateway_max_body_bytes=4 * 1024 * 1024, max_metadata_bytes=4 * 1024 * 1024)
 async def test_a_job_nats_could_not_carry_is_refused_before_its_row(
     client: AsyncTestClient[Any], resources: Resources
 ) -> None:
     """With the body limit raised past what NATS takes (max_payload, 1 MiB), a job whose message would not fit
     is a 413 before anything is written (it was a MaxPayloadError after the row, a 503 that opened the breaker)."""
-    body = {**GOOD_JOB, "subs": {"lang": "x" * (resources.nc.max_payload + 1)}}
+    body = {**GOOD_JOB, "metadata": {"pad": "x" * (resources.nc.max_payload + 1)}}  # (subs.lang is checked)
     response = await client.post("/api/jobs", json=body)
     assert response.status_code == 413, response.text
     assert response.json()["error"]["code"] == "body_too_large"

@@ -225,6 +225,19 @@ async def test_a_translated_job_on_an_english_only_model_fails_with_its_code(
     assert "multilingual ASR_MODEL" in job["errorMessage"]
 
 
+@pytest.mark.settings(asr_model="tiny.en")
+async def test_an_english_clip_translated_on_an_english_only_model_is_transcribed(
+    client: AsyncTestClient[Any], workers: Workers, speech_video: SpeechVideo
+) -> None:
+    """lang "en" with translate "en": English into English is what the English-only model does anyway."""
+    workers.start()
+    job = await _job(client, await upload(client, speech_video.path), translate="en", lang="en")
+    assert job["status"] == "done", job
+    assert job["result"]["subtitles"]["language"] == "en"
+    assert "sourceLanguage" not in job["result"]["subtitles"]
+    assert await _cue_text(job)
+
+
 # ---------------------------------------------------------------- the hosted API
 
 

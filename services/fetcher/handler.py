@@ -27,16 +27,25 @@ from shared.media.ffmpeg import FfmpegDeadline, RunLimits
 from shared.media.inputs import STAGED_DEMUXERS, demuxer
 from shared.media.keyframes import CutLayout
 from shared.media.probe import MediaInfo, timeline_start
+from shared.media.smartcut import PieceEncodeFailed
 from shared.net.fetchproxy import FetchSession, fetch_session
 from shared.runtime.logs import get_logger
 from shared.runtime.worker import StageDeps, finish_job_done
-from shared.storage.clipstore import CLIP_NAME, copy_clip, forward_clip, frame_clip, is_plain_copy
+from shared.storage.clipstore import (
+    CLIP_NAME,
+    copy_clip,
+    forward_clip,
+    frame_clip,
+    is_plain_copy,
+    reencode_instead,
+)
 from shared.storage.s3 import sha256_file, staging_prefix
 
 from .batch import batch_source
 from .locate import Located, Stager, locate, release_download
 
 DURATION_TOLERANCE_SEC = 0.05  # endSec may exceed the probed duration by this much (container rounding)
+PICTURE_OPTIONS = ("reframe", "poster", "thumbnails")  # request options that need the source's picture
 
 log = get_logger("fetcher")
 
@@ -75,7 +84,8 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
     shift, span = source.offset_sec, source.duration_sec is not None  # a batch's staged span: source time - shift
     info, decision = await probe_and_choose(
         media, job.precision, job.start_sec - shift, job.end_sec - shift, staged=staged is None or span,
-        options=source.av_options, check=lambda found: _check_range(job, source.duration_sec or found.duration_sec),
+        options=source.av_options,
+        check=lambda found: _check_probed(job, found, source.duration_sec or found.duration_sec),
         decided=_decided_by_request(job, deps),
         bounds=WorkBounds.of(deps.res.settings),
     )
@@ -142,10 +152,13 @@ async def _cut_frames(
     layout read, no hop to another stage."""
     job, plan = task.job, task.plan
     assert plan is not None
-    clip, duration, start, cut_path = await frame_clip(
-        deps.res.storage, job.id, source.media, deps.scratch / CLIP_NAME, start=job.start_sec, end=job.end_sec,
-        offset=source.offset_sec, audio=any(s.kind == "audio" for s in info.streams), scratch=deps.scratch,
-        fmt=demuxer(info.container), layout=layout, on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p))
+    try:
+        clip, duration, start, cut_path = await frame_clip(
+            deps.res.storage, job.id, source.media, deps.scratch / CLIP_NAME, start=job.start_sec, end=job.end_sec,
+            offset=source.offset_sec, audio=any(s.kind == "audio" for s in info.streams), scratch=deps.scratch,
+            fmt=demuxer(info.container), layout=layout, on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p))
+    except PieceEncodeFailed as failed:  # the encoder refused a head or tail: the whole clip is re-encoded
+        return reencode_instead(task, FETCH, failed, installed_stages(deps.res.settings.installed_stages))
     log.info("clip_cut", cut_path=cut_path, planned=plan.cut_path, reason=plan.cut_reason, start=round(start, 6),
              duration=round(duration, 6))
     return forward_clip(task, FETCH, clip, duration, start, cut_path)
@@ -174,6 +187,23 @@ def _decided_by_request(job: ClipJobMessage, deps: StageDeps) -> CutDecision | N
     if deps.res.settings.force_cut_path == "reencode":  # benchmarks: every job through the encoder
         return CutDecision("reencode", "forced")
     return None
+
+
+def _check_probed(job: ClipJobMessage, info: MediaInfo, duration_sec: float) -> None:
+    """The request against the probe's facts, before anything is staged or cut."""
+    _check_range(job, duration_sec)
+    _check_has_video(job, info)
+
+
+def _check_has_video(job: ClipJobMessage, info: MediaInfo) -> None:
+    """A reframe, poster or thumbnails of a source without video fail the job here, not after a needless
+    re-encode (reframe) or at the thumbs stage after the fetch and the cut (poster, thumbnails)."""
+    if any(s.kind == "video" for s in info.streams):
+        return
+    asked = [name for name in PICTURE_OPTIONS if getattr(job, name) is not None]
+    if asked:
+        raise Permanent(f"{' and '.join(asked)} asked for, but the source has no video stream (audio only): "
+                        f"leave {'them' if len(asked) > 1 else 'it'} out", code="no_video", field=asked[0])
 
 
 def _check_range(job: ClipJobMessage, duration_sec: float) -> None:

@@ -56,7 +56,9 @@ from .webhook import job_webhook
 
 _encoder = msgspec.json.Encoder()
 STATUSES: tuple[JobStatus, ...] = ("queued", "processing", "done", "failed", "expired", "canceled")
-_CLIP_FIELDS = ("startSec", "endSec", "metadata", "precision", "subs", "reframe")  # a clip's own fields, in refusals
+_CLIP_FIELDS = (  # a clip's own fields, in refusals
+    "startSec", "endSec", "metadata", "precision", "subs", "subs.lang", "subs.translate", "reframe",
+)
 
 
 async def strict_submission(request: Request[Any, Any, Any]) -> None:

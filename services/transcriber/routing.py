@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.asr.base import Transcript
+from shared.asr.base import TRANSLATE, Transcript
 from shared.asr.hosted import HostedAsr
 from shared.errors import AsrOutOfMemory, HostedAsrRefused, HostedAsrUnavailable
 from shared.jobs.contracts import PRIORITIES
@@ -77,7 +77,7 @@ async def transcribe(
     """The clip's transcript from the engine the rules above pick (`engine`: the local one); `translate`: the
     words in English, the transcript's language the one spoken."""
     language = engine.language_for(lang)  # the same language rules whichever engine runs
-    engine.task_for(translate)
+    translate = translate and engine.task_for(translate, lang) == TRANSLATE  # English into English: transcribed
     hosted = hosted_for(res.settings)
     if hosted is not None and await is_burst(res):
         try:

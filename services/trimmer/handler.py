@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from shared.errors import Permanent
 from shared.jobs.contracts import StageMessage
-from shared.jobs.pipeline import TRIM
+from shared.jobs.pipeline import TRIM, installed_stages
 from shared.media.inputs import staged_demuxer
+from shared.media.smartcut import PieceEncodeFailed
 from shared.runtime.logs import get_logger
 from shared.runtime.worker import StageDeps
 from shared.storage.clipstore import (
@@ -18,6 +19,7 @@ from shared.storage.clipstore import (
     forward_clip,
     frame_clip,
     is_plain_copy,
+    reencode_instead,
     source_time_of_zero,
 )
 
@@ -45,10 +47,13 @@ async def handle(task: StageMessage, deps: StageDeps) -> StageMessage:
         return forward_clip(task, TRIM, clip, duration, start, "copy")
 
     offset = await source_time_of_zero(media, plan, source, job.id)
-    clip, duration, start, cut_path = await frame_clip(
-        storage, job.id, media, path, start=job.start_sec, end=job.end_sec, offset=offset,
-        audio=any(s.kind == "audio" for s in plan.streams), scratch=deps.scratch, fmt=fmt,
-        on_progress=lambda p: deps.progress.set(CUT_SHARE * p))
+    try:
+        clip, duration, start, cut_path = await frame_clip(
+            storage, job.id, media, path, start=job.start_sec, end=job.end_sec, offset=offset,
+            audio=any(s.kind == "audio" for s in plan.streams), scratch=deps.scratch, fmt=fmt,
+            on_progress=lambda p: deps.progress.set(CUT_SHARE * p))
+    except PieceEncodeFailed as failed:  # the encoder refused a head or tail: the whole clip is re-encoded
+        return reencode_instead(task, TRIM, failed, installed_stages(deps.res.settings.installed_stages))
     log.info("clip_cut", cut_path=cut_path, planned=plan.cut_path, reason=plan.cut_reason, start=round(start, 6),
              duration=round(duration, 6))
     return forward_clip(task, TRIM, clip, duration, start, cut_path)

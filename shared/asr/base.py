@@ -18,6 +18,7 @@ from typing import Literal, TypeVar
 
 import numpy as np
 
+from shared.asr.languages import shown
 from shared.asr.models import ModelRef
 from shared.errors import AsrOutOfMemory, LanguageUnknown, LanguageUnsupported, ModelCannotTranslate
 from shared.runtime.logs import get_logger
@@ -80,7 +81,7 @@ def language_for(lang: str, multilingual: bool, model_name: str) -> str | None:
     if wanted == AUTO:
         return None if multilingual else ENGLISH
     if wanted not in _LANGUAGE_CODES:
-        raise LanguageUnknown(f"lang {lang!r} is not a Whisper language code (e.g. en, de, fr) nor 'auto'")
+        raise LanguageUnknown(f"lang {shown(lang)} is not a Whisper language code (e.g. en, de, fr) nor 'auto'")
     if wanted != ENGLISH and not multilingual:
         raise LanguageUnsupported(
             f"the configured speech model ({model_name}) is English-only and cannot transcribe {wanted!r}; "
@@ -89,10 +90,13 @@ def language_for(lang: str, multilingual: bool, model_name: str) -> str | None:
     return wanted
 
 
-def task_for(translate: bool, multilingual: bool, model_name: str) -> Task:
+def task_for(translate: bool, multilingual: bool, model_name: str, lang: str = AUTO) -> Task:
     """Whisper's task for a clip (`subs.translate` set: translate into English), or a Permanent error when the
-    model is English-only (tiny.en and every *.en model lack the translate task)."""
+    model is English-only (tiny.en and every *.en model lack the translate task) and the clip is not said to be
+    English already (`lang` "en": English into English is a transcription, which such a model does)."""
     if not translate:
+        return TRANSCRIBE
+    if not multilingual and lang.strip().lower() == ENGLISH:
         return TRANSCRIBE
     if not multilingual:
         raise ModelCannotTranslate(
@@ -119,15 +123,15 @@ class LocalEngine:
     def language_for(self, lang: str) -> str | None:
         return language_for(lang, self.multilingual, self.ref.name)
 
-    def task_for(self, translate: bool) -> Task:
-        return task_for(translate, self.multilingual, self.ref.name)
+    def task_for(self, translate: bool, lang: str = AUTO) -> Task:
+        return task_for(translate, self.multilingual, self.ref.name, lang)
 
     async def transcribe(
         self, audio: np.ndarray, lang: str, on_progress: Callable[[float], None] | None = None, *,
         translate: bool = False,
     ) -> Transcript:
         """Words of `audio` (16 kHz mono float32) with times from its first sample; `translate`: in English."""
-        language, task = self.language_for(lang), self.task_for(translate)
+        language, task = self.language_for(lang), self.task_for(translate, lang)
         try:
             transcript = await self._transcribe(audio, language, task, on_progress)
         except (RuntimeError, MemoryError) as exc:

@@ -22,6 +22,19 @@ LANGUAGE_NAMES: dict[str, str] = {
     "yo": "yoruba", "zh": "chinese", "yue": "cantonese",
 }
 _CODES = {name: code for code, name in LANGUAGE_NAMES.items()}
+AUTO = "auto"  # subs.lang: detect the language spoken
+SHOWN_CHARS = 20  # of a refused language, quoted back in the error message
+
+
+def is_language(value: str) -> bool:
+    """`subs.lang` names a Whisper language code (any case, spaces around) or `auto`."""
+    wanted = value.strip().lower()
+    return wanted == AUTO or wanted in LANGUAGE_NAMES
+
+
+def shown(value: str) -> str:
+    """A refused language as an error message quotes it: at most SHOWN_CHARS characters."""
+    return repr(value) if len(value) <= SHOWN_CHARS else f"{value[:SHOWN_CHARS]!r}… ({len(value)} characters)"
 
 
 def language_code(value: str) -> str:

@@ -7,7 +7,7 @@ import uuid
 import asyncpg
 import msgspec
 
-from shared.db.jobs import window
+from shared.db.jobs import role_keys, window
 from shared.jobs.contracts import ClipResult
 
 REUSE_MARGIN_SEC = 300  # an earlier result is reused only while it has at least this long to live, s
@@ -16,7 +16,7 @@ RECORD = """
 UPDATE jobs SET fingerprint = $4 WHERE id = $1 AND created_at >= $2 AND created_at < $3
 """
 EARLIER_RESULT = """
-SELECT result, result_video_key, result_keys FROM jobs
+SELECT result, result_video_key, result_keys, result_srt_key, result_vtt_key, result_words_key FROM jobs
 WHERE fingerprint = $1 AND status = 'done' AND result_video_key IS NOT NULL
   AND expires_at > now() + make_interval(secs => $2)
 ORDER BY created_at DESC
@@ -35,6 +35,6 @@ async def earlier_result(
     row = await pool.fetchrow(EARLIER_RESULT, fingerprint, REUSE_MARGIN_SEC)
     if row is None:
         return None
-    return msgspec.convert(row["result"], ClipResult), row["result_video_key"], dict(row["result_keys"])
+    return msgspec.convert(row["result"], ClipResult), row["result_video_key"], role_keys(row)
 
 

@@ -25,6 +25,10 @@ NOT_ENDED = "status NOT IN ('done', 'failed', 'expired', 'canceled')"  # TERMINA
 _FAR_PAST = datetime(1970, 1, 1, tzinfo=UTC)
 _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
+# Result roles the release before `result_keys` (018) kept in columns of their own. COMPLETE still writes them and
+# every reader falls back to them, while replicas of that release may run beside this one (a rolling upgrade):
+# the old reader sees the new rows' subtitles, the new reader the old rows'. A later release drops them.
+LEGACY_KEY_COLUMNS = {"srt": "result_srt_key", "vtt": "result_vtt_key", "words": "result_words_key"}
 
 INSERT_JOB = """
 INSERT INTO jobs (id, created_at, priority, shard, request, status, owner)
@@ -50,9 +54,11 @@ UPDATE jobs SET progress = GREATEST(progress, $4), stage = $5, last_heartbeat_at
 WHERE id = $1 AND created_at >= $2 AND created_at < $3 AND status = 'processing'
 RETURNING status
 """
+# Also the subtitle roles' own columns (LEGACY_KEY_COLUMNS), which the previous release reads, for one release.
 COMPLETE = f"""
 UPDATE jobs SET status = 'done', progress = 1, stage = NULL, result = $4, result_video_key = $5,
-       result_keys = $7, expires_at = now() + make_interval(secs => $6), updated_at = now()
+       result_keys = $7::jsonb, result_srt_key = $7::jsonb->>'srt', result_vtt_key = $7::jsonb->>'vtt',
+       result_words_key = $7::jsonb->>'words', expires_at = now() + make_interval(secs => $6), updated_at = now()
 WHERE id = $1 AND created_at >= $2 AND created_at < $3 AND {NOT_ENDED}
 RETURNING id, request->'metadata' AS metadata
 """
@@ -87,7 +93,7 @@ MARK_REPUBLISHED = """
 UPDATE jobs SET published_at = now() WHERE id = $1 AND created_at = $2 AND published_at IS NULL RETURNING id
 """
 EXPIRY_DUE = """
-SELECT id, created_at, result_video_key, result_keys FROM jobs
+SELECT id, created_at, result_video_key, result_keys, result_srt_key, result_vtt_key, result_words_key FROM jobs
 WHERE status = 'done' AND expires_at < now() ORDER BY expires_at LIMIT $1
 """
 EXPIRE = """
@@ -96,11 +102,13 @@ WHERE id = $1 AND created_at = $2 AND status = 'done' AND expires_at < now()
 RETURNING id
 """
 # A live result: a done job not yet past its expiry names the key (content-hashed keys are shared) for the
-# role $2 (result_keys' index, 018_result_keys.sql, answers `@>`).
+# role $2 (result_keys' index, 018_result_keys.sql, answers `@>`), or in a subtitle column (LEGACY_KEY_COLUMNS: a
+# row the previous release completed has only those; their indexes are in 002 and 005).
 RESULT_KEY_IN_USE = """
 SELECT EXISTS (
     SELECT 1 FROM jobs WHERE status = 'done'
-      AND (result_video_key = $1 OR result_keys @> jsonb_build_object($2::text, $1::text))
+      AND (result_video_key = $1 OR result_keys @> jsonb_build_object($2::text, $1::text)
+           OR result_srt_key = $1 OR result_vtt_key = $1 OR result_words_key = $1)
       AND (expires_at IS NULL OR expires_at >= now())
 )
 """
@@ -295,9 +303,16 @@ async def expire(pool: asyncpg.Pool, job_id: uuid.UUID, created_at: datetime) ->
         return True
 
 
+def role_keys(row: Any) -> dict[str, str]:
+    """A done job row's result keys by role, the clip's aside: `result_keys`, over the subtitle columns for a row
+    the previous release completed (it wrote only those)."""
+    legacy = {role: row[column] for role, column in LEGACY_KEY_COLUMNS.items() if row[column]}
+    return {**legacy, **(row["result_keys"] or {})}
+
+
 def result_files(row: Any) -> dict[str, str]:
     """A done job row's result keys by role: the clip's (`video`) and every other result file's."""
-    return {"video": row["result_video_key"], **(row["result_keys"] or {})}
+    return {"video": row["result_video_key"], **role_keys(row)}
 
 
 async def result_key_in_use(pool: asyncpg.Pool, key: str, role: str) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from shared.asr.languages import is_language, shown
 from shared.errors import BadRequest, FetchRefused
 from shared.jobs.contracts import PRIORITIES, ClipSpec, Priority, UploadSource, UrlSource, YoutubeSource
 from shared.net.netguard import split_url
@@ -25,6 +26,7 @@ from shared.storage.upload_keys import UPLOAD_PREFIX, is_plain_upload_key
 _DECODE_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 _SOURCE_TYPE_FIELD = "source.type"
 _TRANSLATE_FIELD = "subs.translate"  # also a batch clip's: clips[0].subs.translate
+_LANG_FIELD = "subs.lang"
 # A bound (msgspec.Meta) broken by a field: the code the gateway always gave for it.
 _BOUND_CODES = {"startSec": "start_negative", "endSec": "end_before_start"}
 _BOUND_MARKS = (">", "<")  # msgspec's bound messages: "Expected `float` >= 0.0"
@@ -47,6 +49,7 @@ def check_clip(spec: ClipSpec, settings: Settings) -> None:
             code="clip_too_long", field="endSec",
         )
     check_metadata(spec, settings)
+    check_subtitles(spec)
     if spec.poster is not None and spec.poster.at_sec is not None and \
             spec.poster.at_sec >= spec.end_sec - spec.start_sec:
         raise BadRequest(
@@ -60,6 +63,22 @@ def check_clip(spec: ClipSpec, settings: Settings) -> None:
             _check_form(lambda: split_url(url))
         case YoutubeSource(url=url):  # the page's site is checked again by the fetcher
             _check_form(lambda: check_page_url(url, settings))
+
+
+def check_subtitles(spec: ClipSpec) -> None:
+    """`subs.translate` only with subtitles made (enabled or burned in: else it would be ignored, and still change
+    the request's fingerprint); `subs.lang` a language the transcriber knows, or auto."""
+    subs = spec.subs
+    if subs.translate is not None and not (subs.enabled or subs.burn_in):
+        raise BadRequest(
+            "subs.translate is set but no subtitles are made: set subs.enabled to true, or leave subs.translate out",
+            code="translate_needs_subtitles", field=_TRANSLATE_FIELD,
+        )
+    if not is_language(subs.lang):
+        raise BadRequest(
+            f"subs.lang {shown(subs.lang)} is not a Whisper language code (e.g. en, de, fr) nor 'auto'",
+            code="language_unknown", field=_LANG_FIELD,
+        )
 
 
 def check_metadata(spec: ClipSpec, settings: Settings) -> None:

@@ -35,6 +35,12 @@ H264_PROFILES = {
 }
 PROFILES = {"h264": H264_PROFILES, "hevc": HEVC_PROFILES, "vp9": VP9_PROFILES}
 HEVC_LEVEL_DIVISOR = 30  # HEVC general_level_idc 93 is level 3.1
+# HEVC MaxLumaPs by general_level_idc (H.265 table A.8): a picture of more luma samples, or wider or taller than
+# sqrt(8 x MaxLumaPs), is out of range for the level, and x265 refuses to encode at it
+HEVC_MAX_LUMA_PS = {
+    30: 36_864, 60: 122_880, 63: 245_760, 90: 552_960, 93: 983_040, 120: 2_228_224, 123: 2_228_224,
+    150: 8_912_896, 153: 8_912_896, 156: 8_912_896, 180: 35_651_584, 183: 35_651_584, 186: 35_651_584,
+}
 # ultrafast: a head is at most one GOP, so x265's start and per-frame cost are most of a smart cut's price (29 % of
 # a full re-encode at ultrafast, 37 % at veryfast; bench/smartcut_codecs.py); at CRF 16 its frames are still
 # visually lossless next to the copied ones (PSNR 44 dB and more on the test sources)
@@ -83,7 +89,7 @@ def encoder_args(video: VideoFormat) -> list[str]:
         profile = HEVC_PROFILES.get(video.profile or "")
         params = [x265_reorder(video.reorder_delay), "repeat-headers=1", "open-gop=0", "scenecut=0",
                   f"keyint={HEAD_MAX_KEYINT}", "log-level=error"]
-        if video.level and video.level > 0:
+        if hevc_level_fits(video):  # else x265 picks the level (a source's label can be wrong)
             params.append(f"level-idc={video.level / HEVC_LEVEL_DIVISOR:g}")
         return ["-c:v", "libx265", "-preset", X265_PRESET, "-crf", str(X265_CRF),
                 *(["-profile:v", profile] if profile else []), *args, "-x265-params", ":".join(params)]
@@ -93,6 +99,16 @@ def encoder_args(video: VideoFormat) -> list[str]:
                 "-b:v", "0", "-g", str(HEAD_MAX_KEYINT), "-row-mt", "1", "-auto-alt-ref", "0", "-lag-in-frames", "0",
                 *(["-profile:v", profile] if profile else []), *args]
     raise ValueError(f"no head encoder for {video.codec}")
+
+
+def hevc_level_fits(video: VideoFormat) -> bool:
+    """The stream's HEVC level is a known one and its pictures fit it (a mislabelled level does not: a head
+    encoded at it would be refused)."""
+    max_luma_ps = HEVC_MAX_LUMA_PS.get(video.level or 0)
+    if max_luma_ps is None:
+        return False
+    side = (8 * max_luma_ps) ** 0.5
+    return video.width * video.height <= max_luma_ps and max(video.width, video.height) <= side
 
 
 def x265_reorder(delay: int) -> str:

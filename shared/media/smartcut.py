@@ -65,6 +65,14 @@ PIECE_DEMUXER = "mov"  # the head and tail pieces are MP4 written here
 H264_LEVEL_DIVISOR = 10  # H.264 level_idc 31 is level 3.1
 
 
+class PieceEncodeFailed(MediaError):
+    """The encoder refused a head or tail of this stream: the clip can still be made by a full re-encode (the
+    cutting stages route it there, cut reason PIECE_ENCODE_FAILED)."""
+
+
+PIECE_ENCODE_FAILED = "head_encode_failed"  # the cut reason of a smart cut that fell back to a full re-encode
+
+
 @dataclass(frozen=True)
 class CutOutcome:
     """What a frame-accurate cut produced, in the media's own seconds."""
@@ -159,7 +167,10 @@ async def encode_segment(
             "-vf", trim, "-fps_mode", "passthrough", *_encoder_args(video), *threads, *_timescale(video),
             "-streamid", f"0:{video.stream_id}", "-use_stream_ids_as_track_ids", "1",
             "-f", "mp4", "-y", str(output)]
-    await run_ffmpeg(args, duration_sec=end - start, on_progress=on_progress, work_sec=end - seek)
+    try:
+        await run_ffmpeg(args, duration_sec=end - start, on_progress=on_progress, work_sec=end - seek)
+    except MediaError as exc:
+        raise PieceEncodeFailed(exc.message) from exc
 
 
 def decode_seek(keyframe: float, frame_sec: float) -> float:

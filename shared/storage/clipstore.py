@@ -12,15 +12,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
+import msgspec
+
 from shared.errors import Permanent, Transient
 from shared.jobs.contracts import Artifact, ClipResult, CutPath, MediaPlan, StageMessage, StreamFacts
+from shared.jobs.pipeline import REENCODE_ROUTE, route_for, unavailable
 from shared.media.cut import copy_cut
 from shared.media.ffmpeg import RunLimits
 from shared.media.inputs import STAGED_DEMUXERS
 from shared.media.keyframes import CutLayout
 from shared.media.mp4 import mp4_duration
 from shared.media.probe import probe
-from shared.media.smartcut import cut_frames, frame_cut
+from shared.media.smartcut import PIECE_ENCODE_FAILED, PieceEncodeFailed, cut_frames, frame_cut
+from shared.runtime.logs import get_logger
 from shared.storage.s3 import ObjectInfo, Storage, sha256_file, staging_prefix
 
 READ_URL_TTL_SEC = 3600  # lifetime of the signed URL ffmpeg reads the staged media through, s
@@ -32,6 +36,8 @@ PATH_META = "path"  # object metadata: the cut path that made the clip
 WRITE_META = "write"  # object metadata: a random id of the write that stored the clip (a rewrite changes it)
 PLAIN_COPY_REASONS = frozenset({"keyframe_precision", "audio_only"})  # cut reasons whose clip is one stream copy
 CLIP_NAME = "clip.mp4"  # the clip's name in the job's staging prefix and in a stage's scratch folder
+
+log = get_logger("clipstore")
 
 
 def clip_key(job_id: str) -> str:
@@ -148,3 +154,19 @@ def forward_clip(
     )
     artifact = Artifact(stage=stage, role="video", key=clip.key, size=clip.size, sha256=clip.sha256)
     return task.forward(artifact=artifact, result=result)
+
+
+def reencode_instead(task: StageMessage, stage: str, failure: PieceEncodeFailed, installed: tuple[str, ...]
+                     ) -> StageMessage:
+    """`task` routed from `stage` (a cutting stage whose smart cut's head or tail encode was refused) to the full
+    re-encode, cut reason PIECE_ENCODE_FAILED, with the same staged source; `failure` raised again when this
+    installation runs no encode stage."""
+    plan = task.plan
+    route = route_for(REENCODE_ROUTE, task.job)
+    if plan is None or unavailable(route, installed):
+        raise failure
+    log.warning("smart_cut_fell_back", job_id=task.job.id, stage=stage, reason=PIECE_ENCODE_FAILED,
+                error=failure.message[-300:])
+    plan = msgspec.structs.replace(plan, cut_path="reencode", cut_reason=PIECE_ENCODE_FAILED)
+    done = [*task.done, stage] if stage not in task.done else task.done
+    return StageMessage(job=task.job, route=list(route), done=done, plan=plan, artifacts=task.artifacts)
