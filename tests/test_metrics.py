@@ -99,7 +99,7 @@ async def _run(fleet: OpsFleet, resources: Resources, origin: MediaServer, api_p
             {"source": {"type": "url", "url": origin.url("speech.mp4")}, "startSec": 5, "endSec": 12,
              "subs": {"enabled": True, "burnIn": False, "lang": "en"}},
             {"source": {"type": "url", "url": origin.url("sample.mp4")}, "startSec": 7.5, "endSec": 7.9,
-             "precision": "frame"},
+             "precision": "frame", "poster": {}},  # a poster: the thumbs stage has work too
         ]
         ids = []
         for body in jobs:
