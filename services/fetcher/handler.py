@@ -93,8 +93,8 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
     # a plain copy is cut here, straight from the source (one copy per clip); a yt-dlp section is staged as before
     cut_here = decision.path == "copy" and is_plain_copy(decision.reason, info.streams) and source.stage is None
     # a frame-accurate cut of media already in storage (an upload, a batch's span) too, on the layout just read
-    frames_here = (not cut_here and staged is not None and decision.path != "reencode"
-                   and decision.layout is not None)
+    layout = decision.layout if not cut_here and staged is not None and decision.path != "reencode" else None
+    frames_here = layout is not None
     route = route_for(
         REENCODE_ROUTE if decision.path == "reencode" else CUT_BY_FETCHER_ROUTE if cut_here or frames_here
         else COPY_ROUTE, job,
@@ -121,9 +121,9 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
         streams=source.section_streams or info.streams, cut_start_sec=cut_start, staged_offset_sec=offset,
         cut_path=decision.path, cut_reason=decision.reason,
     )
-    if frames_here and decision.layout is not None:  # nothing was staged: the media in storage is cut in place
+    if layout is not None:  # nothing was staged: the media in storage is cut in place
         task = StageMessage(job=job, route=[FETCH, *route], plan=plan, artifacts=[staged])
-        return await _cut_frames(task, deps, source, info, decision.layout)
+        return await _cut_frames(task, deps, source, info, layout)
     return StageMessage(job=job, route=list(route), done=[FETCH], plan=plan, artifacts=[staged])
 
 

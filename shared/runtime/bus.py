@@ -114,10 +114,17 @@ def events_stream(settings: Settings) -> str:
 def events_stream_config(settings: Settings) -> StreamConfig:
     """The end events' stream: limits retention (every consumer sees every event, nothing is removed by reading
     it), kept EVENTS_MAX_AGE_SEC, retried publishes dropped by Nats-Msg-Id."""
+    subject = Subjects(settings.subject_prefix).events(">")
+    return _job_events_config(settings, events_stream(settings), subject, RetentionPolicy.LIMITS)
+
+
+def _job_events_config(settings: Settings, name: str, subject: str, retention: RetentionPolicy) -> StreamConfig:
+    """A stream of one subject of per-job messages, kept EVENTS_MAX_AGE_SEC, retried publishes dropped by
+    Nats-Msg-Id (the end events' and the webhook retries' streams)."""
     return StreamConfig(
-        name=events_stream(settings),
-        subjects=[Subjects(settings.subject_prefix).events(">")],
-        retention=RetentionPolicy.LIMITS,
+        name=name,
+        subjects=[subject],
+        retention=retention,
         storage=StorageType.FILE,
         num_replicas=settings.nats_stream_replicas,
         duplicate_window=DUPLICATE_WINDOW_SEC,
@@ -148,15 +155,8 @@ def webhook_retries_stream(settings: Settings) -> str:
 
 def webhook_retries_stream_config(settings: Settings) -> StreamConfig:
     """A work queue, one message per job whose webhook failed its first try (see notifier_consumer_configs)."""
-    return StreamConfig(
-        name=webhook_retries_stream(settings),
-        subjects=[Subjects(settings.subject_prefix).webhook_retry("*")],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        num_replicas=settings.nats_stream_replicas,
-        duplicate_window=DUPLICATE_WINDOW_SEC,
-        max_age=settings.events_max_age_sec,
-    )
+    subject = Subjects(settings.subject_prefix).webhook_retry("*")
+    return _job_events_config(settings, webhook_retries_stream(settings), subject, RetentionPolicy.WORK_QUEUE)
 
 
 def notifier_consumer_configs(settings: Settings) -> list[tuple[str, ConsumerConfig]]:

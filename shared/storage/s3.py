@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,12 +124,9 @@ class Storage:
 
     async def head(self, key: str) -> ObjectInfo | None:
         """The object's size and recorded sha256, or None when it does not exist."""
-        try:
-            meta = await self._client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if _error_code(exc) in NOT_FOUND_CODES:
-                return None
-            raise StorageError(f"storage HEAD failed for {key}: {exc}") from exc
+        meta = await _unless_missing(self._client.head_object(Bucket=self.bucket, Key=key), "HEAD", key)
+        if meta is None:
+            return None
         etag = str(meta.get("ETag", "")).strip('"')
         return ObjectInfo(key, int(meta["ContentLength"]), dict(meta.get("Metadata", {})), etag)
 
@@ -204,26 +201,27 @@ class Storage:
             raise StorageError(f"storage copy to {key} failed: {exc}") from exc
 
     async def download(self, key: str, path: Path) -> None:
+        async with self._body(key) as body:
+            with path.open("wb") as handle:
+                while chunk := await body.read(HASH_CHUNK):
+                    await asyncio.to_thread(handle.write, chunk)
+
+    @asynccontextmanager
+    async def _body(self, key: str) -> AsyncIterator[Any]:
+        """The object's body to read (closed on the way out); StorageError when it is missing or unreadable."""
+        response = await _unless_missing(self._client.get_object(Bucket=self.bucket, Key=key), "GET", key)
+        if response is None:
+            raise StorageError(f"storage GET failed for {key}: no such object")
         try:
-            response = await self._client.get_object(Bucket=self.bucket, Key=key)
-            body = response["Body"]
-            try:
-                with path.open("wb") as handle:
-                    while chunk := await body.read(HASH_CHUNK):
-                        await asyncio.to_thread(handle.write, chunk)
-            finally:
-                body.close()
-        except ClientError as exc:
-            raise StorageError(f"storage GET failed for {key}: {exc}") from exc
+            yield response["Body"]
+        finally:
+            response["Body"].close()
 
     async def read_small(self, key: str, max_bytes: int) -> bytes | None:
         """A small object's bytes (None when it does not exist); one over `max_bytes` is refused."""
-        try:
-            response = await self._client.get_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if _error_code(exc) in NOT_FOUND_CODES:
-                return None
-            raise StorageError(f"storage GET failed for {key}: {exc}") from exc
+        response = await _unless_missing(self._client.get_object(Bucket=self.bucket, Key=key), "GET", key)
+        if response is None:
+            return None
         body = response["Body"]
         try:
             if int(response.get("ContentLength", 0)) > max_bytes:
@@ -320,16 +318,9 @@ class Storage:
     async def sha256_object(self, key: str) -> str:
         """The stored object's sha256 (hex), streamed: no local copy."""
         digest = hashlib.sha256()
-        try:
-            response = await self._client.get_object(Bucket=self.bucket, Key=key)
-            body = response["Body"]
-            try:
-                while chunk := await body.read(HASH_CHUNK):
-                    digest.update(chunk)
-            finally:
-                body.close()
-        except ClientError as exc:
-            raise StorageError(f"storage GET failed for {key}: {exc}") from exc
+        async with self._body(key) as body:
+            while chunk := await body.read(HASH_CHUNK):
+                digest.update(chunk)
         return digest.hexdigest()
 
     async def signed_put_url(self, key: str, ttl_sec: int, content_type: str, size: int | None = None) -> str:
@@ -345,6 +336,17 @@ def _read_range(path: Path, offset: int, length: int) -> bytes:
     with path.open("rb") as handle:
         handle.seek(offset)
         return handle.read(length)
+
+
+async def _unless_missing(call: Awaitable[dict[str, Any]], verb: str, key: str) -> dict[str, Any] | None:
+    """S3's answer to one call on the object at `key`: None when it does not exist, StorageError on any other
+    failure."""
+    try:
+        return await call
+    except ClientError as exc:
+        if _error_code(exc) in NOT_FOUND_CODES:
+            return None
+        raise StorageError(f"storage {verb} failed for {key}: {exc}") from exc
 
 
 def _error_code(exc: ClientError) -> str:
