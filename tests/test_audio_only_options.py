@@ -11,8 +11,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from shared.db import jobs
-from tests.conftest import Workers, wait_for_job
+from tests.conftest import Workers
 from tests.http_source import MediaServer
+from tests.jobflow import run_url_job
 from tests.media import make_source
 
 
@@ -32,10 +33,7 @@ async def test_a_picture_option_on_an_audio_only_source_fails_at_the_probe(
 ) -> None:
     workers.start()
     with MediaServer(audio_only.parent) as origin:
-        response = await client.post("/api/jobs", json={
-            "source": {"type": "url", "url": origin.url(audio_only.name)}, "startSec": 1, "endSec": 3, **options})
-        assert response.status_code == 202, response.text
-        job = await wait_for_job(client, response.json()["id"])
+        job = await run_url_job(client, origin.url(audio_only.name), startSec=1, endSec=3, **options)
     assert job["status"] == "failed", job
     assert job["errorCode"] == "no_video"
     assert job["errorMessage"].startswith(f"{named} asked for")
@@ -49,7 +47,5 @@ async def test_an_audio_only_source_without_picture_options_is_still_cut(
 ) -> None:
     workers.start()
     with MediaServer(audio_only.parent) as origin:
-        response = await client.post("/api/jobs", json={
-            "source": {"type": "url", "url": origin.url(audio_only.name)}, "startSec": 1, "endSec": 3})
-        job = await wait_for_job(client, response.json()["id"])
+        job = await run_url_job(client, origin.url(audio_only.name), startSec=1, endSec=3)
     assert job["status"] == "done", job

@@ -17,23 +17,11 @@ from shared.runtime import bus
 from shared.runtime.resources import Resources
 from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer
+from tests.jobflow import run_upload_job, run_url_job, upload
 from tests.media import codecs, frame_md5, keyframe_times, probe
 
 ONE_FRAME_SEC = 1 / 30
 AUDIO_SLACK_SEC = 0.1  # copied audio may run up to a few AAC frames past the video
-
-
-async def upload(client: AsyncTestClient[Any], path: Path) -> str:
-    """Get an upload slot from the gateway and PUT the file straight to object storage."""
-    slot = await client.post("/api/uploads", json={
-        "filename": path.name, "contentType": "video/mp4", "sizeBytes": path.stat().st_size,
-    })
-    assert slot.status_code == 201, slot.text
-    body = slot.json()
-    async with httpx.AsyncClient() as s3:
-        put = await s3.put(body["url"], content=path.read_bytes(), headers=body["headers"])
-    assert put.status_code == 200, put.text
-    return body["key"]
 
 
 async def download(url: str, path: Path) -> Path:
@@ -125,11 +113,7 @@ async def test_end_past_duration_fails_without_retry(
     client: AsyncTestClient[Any], workers: Workers, sample_video: Path
 ) -> None:
     workers.start()
-    key = await upload(client, sample_video)
-    response = await client.post("/api/jobs", json={
-        "source": {"type": "upload", "key": key}, "startSec": 15, "endSec": 25,
-    })
-    job = await wait_for_job(client, response.json()["id"])
+    job = await run_upload_job(client, sample_video, startSec=15, endSec=25)
     assert job["status"] == "failed"
     assert job["errorCode"] == "end_past_duration"
     assert "duration" in job["errorMessage"]
@@ -142,10 +126,7 @@ async def test_unreadable_upload_fails_with_clear_code(
     workers.start()
     junk = tmp_path / "notes.mp4"
     junk.write_bytes(b"this is not a video" * 100)
-    key = await upload(client, junk)
-    body = {"source": {"type": "upload", "key": key}, "startSec": 0, "endSec": 1}
-    response = await client.post("/api/jobs", json=body)
-    job = await wait_for_job(client, response.json()["id"])
+    job = await run_upload_job(client, junk, startSec=0, endSec=1)
     assert (job["status"], job["errorCode"], job["attempts"]) == ("failed", "source_unreadable", 1)
 
 
@@ -154,10 +135,7 @@ async def test_missing_url_fails_with_clear_code(
 ) -> None:
     workers.start()
     with MediaServer(sample_video.parent) as origin:
-        response = await client.post("/api/jobs", json={
-            "source": {"type": "url", "url": origin.url("gone.mp4")}, "startSec": 0, "endSec": 1,
-        })
-        job = await wait_for_job(client, response.json()["id"])
+        job = await run_url_job(client, origin.url("gone.mp4"), startSec=0, endSec=1)
     assert (job["status"], job["errorCode"], job["attempts"]) == ("failed", "source_unreadable", 1)
     assert "404" in job["errorMessage"]
 
@@ -169,11 +147,7 @@ async def test_identical_request_finishes_from_the_earlier_result(
     workers.start()
     views = []
     for start in (5.5, 5.5, 6.5):
-        key = await upload(client, sample_video)
-        response = await client.post("/api/jobs", json={
-            "source": {"type": "upload", "key": key}, "startSec": start, "endSec": 9.0, "priority": "bulk",
-        })
-        views.append(await wait_for_job(client, response.json()["id"]))
+        views.append(await run_upload_job(client, sample_video, startSec=start, endSec=9.0, priority="bulk"))
     first, same, other = views
     assert first["status"] == same["status"] == other["status"] == "done"
     assert same["result"] == first["result"]
@@ -193,10 +167,7 @@ async def test_transient_source_errors_are_retried_then_fail_with_the_last_code(
     workers.start()
     with MediaServer(sample_video.parent) as origin:
         origin.fail_first_gets = failures  # the origin answers 503 this many times
-        response = await client.post("/api/jobs", json={
-            "source": {"type": "url", "url": origin.url(sample_video.name)}, "startSec": 2, "endSec": 4,
-        })
-        job = await wait_for_job(client, response.json()["id"])
+        job = await run_url_job(client, origin.url(sample_video.name), startSec=2, endSec=4)
     assert (job["status"], job["attempts"]) == (status, attempts)
     events = await jobs.job_events(resources.db, uuid.UUID(job["id"]))
     retries = [e["data"] for e in events if e["type"] == "retry"]

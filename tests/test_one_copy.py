@@ -22,9 +22,10 @@ from shared.runtime.progress import Progress
 from shared.runtime.resources import Resources
 from shared.runtime.worker import StageDeps
 from shared.storage.clipstore import WRITE_META, clip_key
-from tests.conftest import Workers, wait_for_job
+from tests.conftest import Workers
 from tests.http_source import MediaServer
-from tests.test_clip_pipeline import assert_clip_matches, download, upload
+from tests.jobflow import run_upload_job, run_url_job, upload
+from tests.test_clip_pipeline import assert_clip_matches, download
 
 
 def _deps(resources: Resources, folder: Path, name: str) -> StageDeps:
@@ -44,12 +45,7 @@ async def test_keyframe_clip_of_a_url_is_cut_once_by_the_fetcher(
     """No staged copy of the range is stored, and the trimmer does not run: the clip is the only copy."""
     workers.start()
     with MediaServer(sample_video.parent) as origin:
-        response = await client.post("/api/jobs", json={
-            "source": {"type": "url", "url": origin.url(sample_video.name)}, "startSec": 5.5, "endSec": 12.0,
-            "precision": "keyframe",
-        })
-        assert response.status_code == 202, response.text
-        job = await wait_for_job(client, response.json()["id"])
+        job = await run_url_job(client, origin.url(sample_video.name), startSec=5.5, endSec=12.0, precision="keyframe")
     assert job["status"] == "done", job
     assert job["result"]["actualStartSec"] == pytest.approx(4.0, abs=1e-3)  # the keyframe before 5.5
     clip = await download(job["urls"]["video"], tmp_path / "clip.mp4")
@@ -62,11 +58,7 @@ async def test_keyframe_clip_of_an_upload_skips_the_trimmer(
     client: AsyncTestClient[Any], workers: Workers, resources: Resources, sample_video: Path, tmp_path: Path
 ) -> None:
     workers.start()
-    key = await upload(client, sample_video)
-    response = await client.post("/api/jobs", json={
-        "source": {"type": "upload", "key": key}, "startSec": 8.0, "endSec": 13.0, "precision": "keyframe",
-    })
-    job = await wait_for_job(client, response.json()["id"])
+    job = await run_upload_job(client, sample_video, startSec=8.0, endSec=13.0, precision="keyframe")
     assert job["status"] == "done", job
     assert job["result"]["actualStartSec"] == pytest.approx(8.0, abs=1e-3)
     assert_clip_matches(await download(job["urls"]["video"], tmp_path / "clip.mp4"), sample_video, job, 8.0, 13.0)
@@ -79,11 +71,7 @@ async def test_frame_accurate_clip_of_an_upload_is_cut_by_the_fetcher(
     """An upload sits in storage already: the fetcher smart-cuts it on the layout it probed, the trimmer does not
     run, and nothing but the clip is stored for the job."""
     workers.start()
-    key = await upload(client, sample_video)
-    response = await client.post("/api/jobs", json={
-        "source": {"type": "upload", "key": key}, "startSec": 5.5, "endSec": 9.0,
-    })
-    job = await wait_for_job(client, response.json()["id"])
+    job = await run_upload_job(client, sample_video, startSec=5.5, endSec=9.0)
     assert job["status"] == "done", job
     assert job["result"]["cutPath"] == "smart"
     assert job["result"]["actualStartSec"] == pytest.approx(5.5, abs=1 / 30)
@@ -99,10 +87,7 @@ async def test_frame_accurate_clip_of_a_url_still_goes_through_the_trimmer(
     """A URL source's range is staged once by the fetcher and smart-cut by the trimmer from that copy."""
     workers.start()
     with MediaServer(sample_video.parent) as origin:
-        response = await client.post("/api/jobs", json={
-            "source": {"type": "url", "url": origin.url(sample_video.name)}, "startSec": 5.5, "endSec": 9.0,
-        })
-        job = await wait_for_job(client, response.json()["id"])
+        job = await run_url_job(client, origin.url(sample_video.name), startSec=5.5, endSec=9.0)
     assert job["status"] == "done", job
     assert job["result"]["cutPath"] == "smart"
     assert job["result"]["actualStartSec"] == pytest.approx(5.5, abs=1 / 30)

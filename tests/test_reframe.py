@@ -31,9 +31,10 @@ from shared.media.reframe import reframe_filters
 from shared.runtime.resources import Resources
 from shared.settings import load_settings
 from tests.conftest import Workers, wait_for_job
+from tests.jobflow import run_upload_job, upload
 from tests.speech import SPEECH_SENTENCES, SpeechVideo, make_speech_video
 from tests.test_cli import Cli, cli, gateway  # noqa: F401 (fixtures: `clipjet` against a gateway process)
-from tests.test_clip_pipeline import download, upload
+from tests.test_clip_pipeline import download
 
 FFMPEG_TIMEOUT_SEC = 120
 SOURCE_SEC = 0.4
@@ -260,12 +261,7 @@ async def test_a_reframed_job_is_reencoded_to_the_new_frame(
     """Keyframe precision would copy this range; a reframe re-encodes it (one encode, no trim) at startSec."""
     workers.start()
     reframe = {"aspect": "9:16", "mode": "crop", "focusX": 0.2}
-    response = await client.post("/api/jobs", json={
-        "source": {"type": "upload", "key": await upload(client, sample_video)}, "startSec": 4.0, "endSec": 6.0,
-        "precision": "keyframe", "reframe": reframe,
-    })
-    assert response.status_code == 202, response.text
-    job = await wait_for_job(client, response.json()["id"])
+    job = await run_upload_job(client, sample_video, startSec=4.0, endSec=6.0, precision="keyframe", reframe=reframe)
     assert job["status"] == "done", job
     assert job["result"]["cutPath"] == "reencode"
     assert {"mode": "crop", **job["request"]["reframe"]} == reframe  # the view leaves defaults out
@@ -331,13 +327,9 @@ async def test_burn_in_and_reframe_are_one_encode_with_the_cues_in_the_new_frame
     monkeypatch.setattr(encode_module, "run_ffmpeg", counted)
     encodes_before = REGISTRY.get_sample_value("clipjet_encode_seconds_count") or 0.0
     workers.start()
-    response = await client.post("/api/jobs", json={
-        "source": {"type": "upload", "key": await upload(client, speech_360p.path)}, "startSec": 0.5,
-        "endSec": 11.5, "subs": {"enabled": True, "burnIn": True, "lang": "en"},
-        "reframe": {"aspect": "9:16", "mode": "pad"},
-    })
-    assert response.status_code == 202, response.text
-    job = await wait_for_job(client, response.json()["id"], timeout=SUBS_JOB_TIMEOUT_SEC)
+    job = await run_upload_job(client, speech_360p.path, SUBS_JOB_TIMEOUT_SEC, startSec=0.5, endSec=11.5,
+                               subs={"enabled": True, "burnIn": True, "lang": "en"},
+                               reframe={"aspect": "9:16", "mode": "pad"})
     assert (job["status"], job["result"]["cutPath"]) == ("done", "reencode"), job
     assert await _stages(resources, job["id"]) == ["fetch", "transcribe", "encode", "upload"]
     assert len(runs) == 1, runs  # one decode, one encode

@@ -28,9 +28,9 @@ from shared.runtime.progress import Progress
 from shared.runtime.resources import Resources
 from shared.runtime.worker import StageDeps
 from shared.subtitles.cues import MAX_GAP_SEC
-from tests.conftest import Workers, wait_for_job
+from tests.conftest import Workers
+from tests.jobflow import run_job, run_upload_job, upload
 from tests.speech import SpeechVideo, word_error_rate
-from tests.test_clip_pipeline import upload
 
 START_SEC, END_SEC = 5.5, 19.5  # the copy starts at the keyframe at 4.0 s
 MAX_WER = 0.15
@@ -58,12 +58,9 @@ async def _fetch(url: str) -> bytes:
 async def _run_job(
     client: AsyncTestClient[Any], key: str, lang: str = "auto", end_sec: float = END_SEC
 ) -> dict[str, Any]:
-    response = await client.post("/api/jobs", json={
-        "source": {"type": "upload", "key": key}, "startSec": START_SEC, "endSec": end_sec, "priority": "fast",
-        "subs": {"enabled": True, "burnIn": False, "lang": lang},
-    })
-    assert response.status_code == 202, response.text
-    return await wait_for_job(client, response.json()["id"], timeout=SUBS_JOB_TIMEOUT_SEC)
+    return await run_job(client, {"source": {"type": "upload", "key": key}, "startSec": START_SEC, "endSec": end_sec,
+                                  "priority": "fast", "subs": {"enabled": True, "burnIn": False, "lang": lang}},
+                         SUBS_JOB_TIMEOUT_SEC)
 
 
 async def _check_subtitles(job: dict[str, Any], speech: SpeechVideo, tmp_path: Path) -> list[dict[str, Any]]:
@@ -209,12 +206,8 @@ async def test_burn_in_draws_the_subtitles_in_the_cut_encode(
     """`burnIn`: one encode cuts and draws; the clip's frames differ from the source's in the bottom band, where
     a cue is on screen, and nowhere else beyond encoding noise."""
     workers.start()
-    response = await client.post("/api/jobs", json={
-        "source": {"type": "upload", "key": await upload(client, speech_video.path)}, "startSec": START_SEC,
-        "endSec": END_SEC, "subs": {"enabled": True, "burnIn": True, "lang": "en"},
-    })
-    assert response.status_code == 202, response.text
-    job = await wait_for_job(client, response.json()["id"], timeout=SUBS_JOB_TIMEOUT_SEC)
+    job = await run_upload_job(client, speech_video.path, SUBS_JOB_TIMEOUT_SEC, startSec=START_SEC, endSec=END_SEC,
+                               subs={"enabled": True, "burnIn": True, "lang": "en"})
     assert job["status"] == "done", job
     assert job["result"]["cutPath"] == "reencode"
     events = await jobs.job_events(resources.db, uuid.UUID(job["id"]))
@@ -241,10 +234,7 @@ async def test_burn_in_of_a_clip_without_speech_gives_the_clip_without_text(
 ) -> None:
     workers.start()
     silent_end = speech_video.spans[0][0] - 1.0  # the speech starts later
-    response = await client.post("/api/jobs", json={
-        "source": {"type": "upload", "key": await upload(client, speech_video.path)}, "startSec": 0.5,
-        "endSec": silent_end, "subs": {"enabled": True, "burnIn": True, "lang": "en"},
-    })
-    job = await wait_for_job(client, response.json()["id"], timeout=SUBS_JOB_TIMEOUT_SEC)
+    job = await run_upload_job(client, speech_video.path, SUBS_JOB_TIMEOUT_SEC, startSec=0.5, endSec=silent_end,
+                               subs={"enabled": True, "burnIn": True, "lang": "en"})
     assert (job["status"], job["result"]["cutPath"]) == ("done", "reencode"), job
     assert list(srt.parse((await _fetch(job["urls"]["srt"])).decode())) == []

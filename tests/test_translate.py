@@ -33,10 +33,10 @@ from shared.runtime.resources import Resources
 from shared.settings import load_settings
 from shared.subtitles.outputs import SRT
 from shared.subtitles.words import Word
-from tests.conftest import Workers, wait_for_job
+from tests.conftest import Workers
+from tests.jobflow import run_job, upload
 from tests.speech import SpeechVideo, make_speech_video, normalise
 from tests.test_asr_hosted import KEY, HostedServer, _queue_transcribe_messages, hosted_server_process
-from tests.test_clip_pipeline import upload
 from tests.test_direct_publish import _end_event_read_later
 from tests.test_subtitles import SUBS_JOB_TIMEOUT_SEC, _fetch
 
@@ -176,12 +176,8 @@ async def test_english_only_models_cannot_translate(spanish_audio: np.ndarray, m
 
 
 async def _job(client: AsyncTestClient[Any], key: str, **subs: Any) -> dict[str, Any]:
-    response = await client.post("/api/jobs", json={
-        "source": {"type": "upload", "key": key}, "startSec": 0, "endSec": SPANISH_SEC, "priority": "fast",
-        "subs": {"enabled": True, **subs},
-    })
-    assert response.status_code == 202, response.text
-    return await wait_for_job(client, response.json()["id"], timeout=SUBS_JOB_TIMEOUT_SEC)
+    return await run_job(client, {"source": {"type": "upload", "key": key}, "startSec": 0, "endSec": SPANISH_SEC,
+                                  "priority": "fast", "subs": {"enabled": True, **subs}}, SUBS_JOB_TIMEOUT_SEC)
 
 
 async def _cue_text(job: dict[str, Any]) -> str:
