@@ -172,6 +172,17 @@ def _job(job_id: str, key: str = f"uploads/x/{UPLOAD_KEY_NAME}") -> ClipJobMessa
                           precision="keyframe")
 
 
+def wait_started(child: Child, base_url: str, what: str = "the gateway") -> None:
+    """Wait for a gateway process to answer GET /health (GATEWAY_START_SEC at most); RuntimeError with its exit
+    when it dies or times out first."""
+    deadline = time.monotonic() + GATEWAY_START_SEC
+    with httpx.Client() as http:
+        while not healthy(http, base_url):
+            if child.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start: {child.describe_exit()}")
+            time.sleep(0.2)
+
+
 @dataclass
 class Stack:
     settings: Settings
@@ -183,12 +194,7 @@ class Stack:
         self.stop_gateway()
         settings = msgspec.structs.replace(self.settings, **changes)
         self.gateway = spawn_service(settings, "gateway", "gateway")
-        deadline = time.monotonic() + GATEWAY_START_SEC
-        with httpx.Client() as http:
-            while not healthy(http, self.base_url):
-                if self.gateway.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the gateway did not start: {self.gateway.describe_exit()}")
-                time.sleep(0.2)
+        wait_started(self.gateway, self.base_url)
 
     def stop_gateway(self) -> None:
         if self.gateway is not None:

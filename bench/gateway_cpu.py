@@ -14,39 +14,22 @@ one-handler Litestar app under the same uvicorn) show what HTTP and the framewor
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import msgspec
 
 from bench.cpu import CLOCK_TICKS
-from bench.gateway import (
-    CLIP,
-    DATA,
-    GATEWAY_START_SEC,
-    SOURCE_SEC,
-    STOP_GRACE_SEC,
-    Stack,
-    _done_job,
-    _prepare,
-    gateway_stack,
-    run_floor,
-    run_wrk,
-    say,
-)
+from bench.gateway import STOP_GRACE_SEC, Stack, run_floor, run_wrk, say, wait_started
+from bench.gateway_target import gateway_target
 from services.stack.devstack import free_port
-from services.stack.localstack import healthy
 from services.stack.supervisor import Child
-from shared.media.testpattern import make_test_pattern
 from shared.settings import settings_env
 
 PROC = Path("/proc")
@@ -148,33 +131,17 @@ def start_plain_gateway(stack: Stack) -> tuple[Child, str]:
     settings = msgspec.structs.replace(stack.settings, gateway_port=free_port())
     child = Child("plain", [sys.executable, "-m", "bench.gateway_plain"], {**os.environ, **settings_env(settings)})
     base_url = f"http://127.0.0.1:{settings.gateway_port}"
-    deadline = time.monotonic() + GATEWAY_START_SEC
-    with httpx.Client() as http:
-        while not healthy(http, base_url):
-            if child.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the plain gateway did not start: {child.describe_exit()}")
-            time.sleep(0.2)
+    wait_started(child, base_url, "the plain gateway")
     return child, base_url
 
 
 def benchmark(seconds: float, runs: int, processes: int, profile: Path | None, ab: bool = False) -> dict[str, Any]:
-    DATA.mkdir(parents=True, exist_ok=True)
-    source = make_test_pattern(DATA / f"source-{SOURCE_SEC}s-360p.mp4", seconds=SOURCE_SEC)
-    with (tempfile.TemporaryDirectory(dir=DATA.resolve()) as tmp,
-          gateway_stack(Path(tmp) / "stack") as stack):
-        work = Path(tmp)
-        stack.settings = msgspec.structs.replace(stack.settings, gateway_processes=processes)
-        stack.start_gateway()
-        token, key = asyncio.run(_prepare(stack, source))
-        stack.start_workers()
-        job_id = asyncio.run(_done_job(stack, token, key))
-        stack.stop_workers()
+    with gateway_target(processes) as target:
+        stack, work, token, job_id, body = target.stack, target.work, target.token, target.job_id, target.post_body
         say("stack up, done job made")
         assert stack.gateway is not None
         pids = descendants(stack.gateway.proc.pid)
         parts = {pid: fast_parts(pid) for pid in (pids[1:] or pids)}  # uvicorn's workers (the process itself if 1)
-        body = {"source": {"type": "upload", "key": key}, "startSec": CLIP[0], "endSec": CLIP[1],
-                "precision": "keyframe"}
         post_url, get_url = f"{stack.base_url}/api/jobs", f"{stack.base_url}/api/jobs/{job_id}"
         before = sum(user_system(pids))
         time.sleep(seconds)  # no requests: what the gateway spends on its own (timers, heartbeats)

@@ -10,37 +10,22 @@ inflates every figure (compare shares, not absolute values, with bench.gateway_c
 from __future__ import annotations
 
 import argparse
-import asyncio
 import cProfile
 import io
 import os
 import pstats
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import msgspec
 from litestar.types import ASGIApp
 
-from bench.gateway import (
-    CLIP,
-    DATA,
-    GATEWAY_START_SEC,
-    SOURCE_SEC,
-    STOP_GRACE_SEC,
-    _done_job,
-    _prepare,
-    gateway_stack,
-    run_wrk,
-    say,
-)
+from bench.gateway import STOP_GRACE_SEC, run_wrk, say, wait_started
+from bench.gateway_target import gateway_target
 from services.stack.devstack import free_port
-from services.stack.localstack import healthy
 from services.stack.supervisor import Child
-from shared.media.testpattern import make_test_pattern
 from shared.settings import load_settings, settings_env
 
 OUT_ENV = "CLIPJET_BENCH_PROFILE_OUT"
@@ -75,12 +60,7 @@ def profile_run(stack_settings: object, method: str, path: str, body: dict[str, 
     child = Child("profiled", [sys.executable, "-m", "bench.gateway_profile", "--serve"],
                   {**os.environ, **settings_env(settings), OUT_ENV: str(out)})
     base_url = f"http://127.0.0.1:{settings.gateway_port}"
-    deadline = time.monotonic() + GATEWAY_START_SEC
-    with httpx.Client() as http:
-        while not healthy(http, base_url):
-            if child.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the profiled gateway did not start: {child.describe_exit()}")
-            time.sleep(0.2)
+    wait_started(child, base_url, "the profiled gateway")
     run_wrk(f"{base_url}{path}", method, body, token, 1, work)  # warm-up
     child.proc.send_signal(signal.SIGUSR1)
     figure = run_wrk(f"{base_url}{path}", method, body, token, seconds, work)
@@ -109,23 +89,12 @@ def main() -> None:
     if args.serve:
         serve()
         return
-    DATA.mkdir(parents=True, exist_ok=True)
-    source = make_test_pattern(DATA / f"source-{SOURCE_SEC}s-360p.mp4", seconds=SOURCE_SEC)
-    with (tempfile.TemporaryDirectory(dir=DATA.resolve()) as tmp,
-          gateway_stack(Path(tmp) / "stack") as stack):
-        work = Path(tmp)
-        stack.settings = msgspec.structs.replace(stack.settings, gateway_processes=1)
-        stack.start_gateway()
-        token, key = asyncio.run(_prepare(stack, source))
-        stack.start_workers()
-        job_id = asyncio.run(_done_job(stack, token, key))
-        stack.stop_workers()
-        stack.stop_gateway()
+    with gateway_target(1) as target:
+        settings, token, work = target.stack.settings, target.token, target.work
+        target.stack.stop_gateway()
         say("stack up, done job made")
-        body = {"source": {"type": "upload", "key": key}, "startSec": CLIP[0], "endSec": CLIP[1],
-                "precision": "keyframe"}
-        print(profile_run(stack.settings, "POST", "/api/jobs", body, token, args.seconds, work, args.top))
-        print(profile_run(stack.settings, "GET", f"/api/jobs/{job_id}", None, token, args.seconds, work, args.top))
+        print(profile_run(settings, "POST", "/api/jobs", target.post_body, token, args.seconds, work, args.top))
+        print(profile_run(settings, "GET", f"/api/jobs/{target.job_id}", None, token, args.seconds, work, args.top))
 
 
 if __name__ == "__main__":

@@ -11,12 +11,10 @@ in the figure).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,18 +23,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import msgspec
 
 from bench.cpu import cpu_seconds_of
-from bench.gateway import CLIP, DATA, SOURCE_SEC, STOP_GRACE_SEC, _prepare, gateway_stack, run_wrk, say
+from bench.gateway import STOP_GRACE_SEC, run_wrk, say, wait_started
+from bench.gateway_target import gateway_target
 from services.stack.devstack import free_port
-from services.stack.localstack import healthy
 from services.stack.supervisor import Child
-from shared.media.testpattern import make_test_pattern
 from shared.settings import Settings, settings_env
-
-GATEWAY_START_SEC = 180.0
 
 
 class _Sink(BaseHTTPRequestHandler):
@@ -72,12 +66,7 @@ def gateway(settings: Settings, repo: Path | None) -> Iterator[Child]:
     child = Child("gateway", [sys.executable, "-m", "services", "gateway"], env)
     url = f"http://127.0.0.1:{settings.gateway_port}"
     try:
-        deadline = time.monotonic() + GATEWAY_START_SEC
-        with httpx.Client() as http:
-            while not healthy(http, url):
-                if child.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the gateway did not start: {child.describe_exit()}")
-                time.sleep(0.2)
+        wait_started(child, url)
         yield child
     finally:
         child.stop(STOP_GRACE_SEC)
@@ -93,14 +82,8 @@ def cpu_per_request_us(child: Child, url: str, body: dict[str, Any], token: str,
 
 
 def benchmark(seconds: float, runs: int, baseline: Path | None) -> dict[str, Any]:
-    DATA.mkdir(parents=True, exist_ok=True)
-    source = make_test_pattern(DATA / f"source-{SOURCE_SEC}s-360p.mp4", seconds=SOURCE_SEC)
-    with (tempfile.TemporaryDirectory(dir=DATA.resolve()) as tmp, gateway_stack(Path(tmp) / "stack") as stack,
-          otlp_sink() as sink):
-        work = Path(tmp)
-        stack.settings = msgspec.structs.replace(stack.settings, gateway_processes=1)
-        stack.start_gateway()  # migrations, then the key and the upload
-        token, key = asyncio.run(_prepare(stack, source))
+    with gateway_target(1, done_job=False) as target, otlp_sink() as sink:  # migrations, the key and the upload
+        stack, work, token, body = target.stack, target.work, target.token, target.post_body
         stack.stop_gateway()
         phases: dict[str, tuple[Settings, Path | None]] = {
             "off": (stack.settings, None),
@@ -108,8 +91,6 @@ def benchmark(seconds: float, runs: int, baseline: Path | None) -> dict[str, Any
         }
         if baseline is not None:
             phases["baseline"] = (stack.settings, baseline)
-        body = {"source": {"type": "upload", "key": key}, "startSec": CLIP[0], "endSec": CLIP[1],
-                "precision": "keyframe"}
         cpu: dict[str, list[float]] = {name: [] for name in phases}
         rate: dict[str, list[float]] = {name: [] for name in phases}
         names = list(phases)
