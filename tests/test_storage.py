@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shared.errors import Permanent, StorageError
 from shared.runtime.resources import Resources
 from shared.storage.s3 import result_key, sha256_file
 
@@ -34,6 +35,30 @@ async def test_multipart_put_and_copy_keep_bytes_and_hash(resources: Resources, 
     copy = tmp_path / "copy.bin"
     await storage.download(key, copy)
     assert copy.read_bytes() == path.read_bytes()
+
+
+async def test_reads_of_a_missing_object_say_so_and_small_reads_are_bounded(
+    resources: Resources, tmp_path: Path
+) -> None:
+    """HEAD and a small read of a missing object answer None; a download or a hash of it is a StorageError; a
+    small read returns the bytes, up to its bound."""
+    storage = resources.storage
+    missing = "staging/j/missing.bin"
+    assert await storage.head(missing) is None
+    assert await storage.read_small(missing, MIB) is None
+    with pytest.raises(StorageError, match="missing"):
+        await storage.download(missing, tmp_path / "missing.bin")
+    assert not (tmp_path / "missing.bin").exists()  # nothing written for an object that is not there
+    with pytest.raises(StorageError, match="missing"):
+        await storage.sha256_object(missing)
+    path = tmp_path / "small.txt"
+    path.write_bytes(b"twelve bytes")
+    await storage.put_file("staging/j/small.txt", path, "text/plain", {})
+    assert await storage.read_small("staging/j/small.txt", 12) == b"twelve bytes"
+    assert await storage.sha256_object("staging/j/small.txt") == hashlib.sha256(b"twelve bytes").hexdigest()
+    with pytest.raises(Permanent) as refused:
+        await storage.read_small("staging/j/small.txt", 11)
+    assert refused.value.code == "file_too_large"
 
 
 async def test_signed_urls_expire_and_cannot_be_tampered(resources: Resources) -> None:

@@ -19,10 +19,10 @@ from nats.js import JetStreamContext
 
 from shared.jobs.contracts import JobEvent
 from shared.runtime import bus, tracing
+from shared.runtime.handback import hand_back_later, hand_back_now
 from shared.runtime.logs import get_logger
 from shared.runtime.ops import ready_while_connected
 from shared.runtime.resources import Resources
-from shared.runtime.retry import backoff
 from shared.runtime.startup import until_up
 
 from .handler import NotifierDeps, handle
@@ -153,13 +153,11 @@ async def _handle_event(msg: Msg, deps: NotifierDeps, first_try: bool) -> None:
             await msg.nak(delay=result.retry_after_sec)
     except asyncio.CancelledError:
         outcome = "handed_back"
-        with suppress(Exception):
-            await asyncio.shield(msg.nak())
+        await hand_back_now(msg)
         raise
     except Exception as exc:  # PostgreSQL or NATS failed under us: the event comes back after a pause
         log.error("notify_error", error=repr(exc))
-        with suppress(Exception):
-            await msg.nak(delay=backoff(msg.metadata.num_delivered, deps.res.settings.retry_base_delay_sec))
+        await hand_back_later(msg, deps.res.settings.retry_base_delay_sec)
     finally:
         tracing.record_outcome(outcome)
         log.info("notify_event", outcome=outcome, ms=round((time.perf_counter() - started) * 1000, 1))

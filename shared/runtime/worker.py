@@ -30,6 +30,7 @@ from shared.jobs.contracts import PRIORITIES, ClipJobMessage, ClipResult, JobEve
 from shared.jobs.jobrules import refusal_for_decode_error, refused_request
 from shared.runtime import bus, tracing
 from shared.runtime.cancel import CancelWatch, JobCanceled, Run
+from shared.runtime.handback import hand_back_later, hand_back_now
 from shared.runtime.logs import get_logger
 from shared.runtime.metrics import record_claim, record_stage_message
 from shared.runtime.ops import HEALTH, ready_while_connected
@@ -322,14 +323,12 @@ class Worker(Generic[T]):
             outcome = await self._run_through_outages(msg, task, job, attempt)
         except asyncio.CancelledError:
             outcome = "handed_back"
-            with suppress(Exception):
-                await asyncio.shield(msg.nak())
+            await hand_back_now(msg)
             raise
         except Exception as exc:  # the runtime itself could not talk to PostgreSQL or NATS: try again later
             outcome = "runtime_error"
             log.error("runtime_error", error=repr(exc))
-            with suppress(Exception):
-                await msg.nak(delay=backoff(attempt, self.res.settings.retry_base_delay_sec))
+            await hand_back_later(msg, self.res.settings.retry_base_delay_sec)
         finally:
             seconds = time.perf_counter() - started
             record_stage_message(self.spec.name, priority, outcome, seconds)
