@@ -18,8 +18,9 @@ from shared.media.codecs import splice_pix_fmts
 from shared.media.cutplan import decide_cut, probe_and_choose
 from shared.media.keyframes import cut_layout
 from shared.media.probe import probe
-from tests.conftest import Workers, wait_for_job
+from tests.conftest import Workers
 from tests.http_source import MediaServer
+from tests.jobflow import run_url_job
 from tests.media import FFMPEG_TIMEOUT_SEC, make_source
 
 
@@ -135,10 +136,7 @@ async def test_job_needing_a_full_reencode_goes_to_the_encoder(
     workers.start()
     source = plan_sources["no_keyframe_in_clip"]
     with MediaServer(source.parent) as origin:
-        response = await client.post("/api/jobs", json={
-            "source": {"type": "url", "url": origin.url(source.name)}, "startSec": 2.3, "endSec": 3.2,
-        })
-        job = await wait_for_job(client, response.json()["id"])
+        job = await run_url_job(client, origin.url(source.name), startSec=2.3, endSec=3.2)
     if ENCODE in STAGES:
         assert (job["status"], job["result"]["cutPath"]) == ("done", "reencode")
     else:

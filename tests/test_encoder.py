@@ -12,11 +12,12 @@ from litestar.testing import AsyncTestClient
 
 from shared.db import jobs
 from shared.runtime.resources import Resources
-from tests.conftest import Workers, record_progress, wait_for_job
+from tests import jobflow
+from tests.conftest import Workers, record_progress
 from tests.frames import decode_errors, psnr_per_frame
 from tests.http_source import MediaServer
 from tests.media import codecs, frame_md5, make_media, probe, stream_of
-from tests.test_clip_pipeline import download, upload
+from tests.test_clip_pipeline import download
 
 FPS = 25
 ONE_FRAME_SEC = 1 / FPS
@@ -32,12 +33,7 @@ def mpeg2_pcm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 async def run_job(client: AsyncTestClient[Any], path: Path, start: float, end: float, **extra: Any) -> dict[str, Any]:
-    key = await upload(client, path)
-    response = await client.post("/api/jobs", json={
-        "source": {"type": "upload", "key": key}, "startSec": start, "endSec": end, **extra,
-    })
-    assert response.status_code == 202, response.text
-    job = await wait_for_job(client, response.json()["id"])
+    job = await jobflow.run_upload_job(client, path, startSec=start, endSec=end, **extra)
     assert job["status"] == "done", job
     assert job["progress"] == 1.0
     return job
@@ -46,10 +42,7 @@ async def run_job(client: AsyncTestClient[Any], path: Path, start: float, end: f
 async def run_url_job(client: AsyncTestClient[Any], path: Path, start: float, end: float) -> dict[str, Any]:
     """A job on `path` served over local HTTP (the fetcher stages the range); it must end re-encoded."""
     with MediaServer(path.parent) as origin:
-        response = await client.post("/api/jobs", json={
-            "source": {"type": "url", "url": origin.url(path.name)}, "startSec": start, "endSec": end,
-        })
-        job = await wait_for_job(client, response.json()["id"])
+        job = await jobflow.run_url_job(client, origin.url(path.name), startSec=start, endSec=end)
     assert job["status"] == "done", job
     assert job["result"]["cutPath"] == "reencode"
     return job

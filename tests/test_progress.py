@@ -17,8 +17,8 @@ from shared.db import jobs
 from shared.runtime.resources import Resources
 from tests.conftest import Workers, record_progress, wait_for_job
 from tests.http_source import MediaServer
+from tests.jobflow import run_upload_job
 from tests.media import make_media
-from tests.test_clip_pipeline import upload
 
 WAIT_SEC = 30.0
 STALL_SEC = 2.0  # the origin holds the download this long: the fetch stage's progress stands still
@@ -77,11 +77,7 @@ async def test_progress_moves_during_a_long_encode(
                         audio=None, size="1280x720", extra=("-preset", "ultrafast"))
     received = await record_progress(resources)
     workers.start()
-    key = await upload(client, source)
-    response = await client.post("/api/jobs", json={
-        "source": {"type": "upload", "key": key}, "startSec": 0.5, "endSec": LONG_SOURCE_SEC - 1,
-    })
-    job = await wait_for_job(client, response.json()["id"])
+    job = await run_upload_job(client, source, startSec=0.5, endSec=LONG_SOURCE_SEC - 1)
     assert job["status"] == "done" and job["result"]["cutPath"] == "reencode", job
     encode = [e.pct for e in received if e.job_id == job["id"] and e.stage == "encode"]
     assert len(encode) >= MIN_ENCODE_STEPS, encode  # several heartbeats saw the encode move

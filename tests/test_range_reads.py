@@ -10,8 +10,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from shared.media.testpattern import make_test_pattern
-from tests.conftest import Workers, wait_for_job
+from tests.conftest import Workers
 from tests.http_source import MediaServer
+from tests.jobflow import run_url_job
 from tests.test_clip_pipeline import assert_clip_matches, download
 
 LONG_SEC = 300  # the source: 5 minutes at 1.5 Mb/s, about 60 MB
@@ -33,11 +34,7 @@ def long_videos(media_dir: Path) -> tuple[Path, Path]:
 
 
 async def _clip(client: AsyncTestClient[Any], url: str) -> dict[str, Any]:
-    response = await client.post("/api/jobs", json={
-        "source": {"type": "url", "url": url}, "startSec": CLIP[0], "endSec": CLIP[1],
-    })
-    assert response.status_code == 202, response.text
-    return await wait_for_job(client, response.json()["id"])
+    return await run_url_job(client, url, startSec=CLIP[0], endSec=CLIP[1])
 
 
 @pytest.mark.parametrize("moov", ["front", "end"])
@@ -65,10 +62,7 @@ async def test_server_without_ranges_is_downloaded_whole(
     workers.start()
     with MediaServer(sample_video.parent) as origin:
         origin.ranges = False
-        response = await client.post("/api/jobs", json={
-            "source": {"type": "url", "url": origin.url(sample_video.name)}, "startSec": 4, "endSec": 6,
-        })
-        job = await wait_for_job(client, response.json()["id"])
+        job = await run_url_job(client, origin.url(sample_video.name), startSec=4, endSec=6)
         sent = origin.bytes_sent
     assert job["status"] == "done", job
     assert sent >= sample_video.stat().st_size

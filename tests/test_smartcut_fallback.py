@@ -15,11 +15,11 @@ from litestar.testing import AsyncTestClient
 from shared.db import jobs
 from shared.media import codecs
 from shared.media.smartcut import cut_frames
-from tests.conftest import Workers, wait_for_job
+from tests.conftest import Workers
 from tests.frames import decode_errors
 from tests.http_source import MediaServer
+from tests.jobflow import run_job, upload
 from tests.media import FFMPEG_TIMEOUT_SEC, make_source
-from tests.test_clip_pipeline import upload
 
 START_SEC, END_SEC = 1.5, 3.7  # inside the first GOP (1 s): a head, a copied run and a tail
 
@@ -45,10 +45,7 @@ async def test_a_level_the_pictures_do_not_fit_is_not_given_to_the_head_encoder(
 
 
 async def _clip_of(client: AsyncTestClient[Any], source: dict[str, Any]) -> dict[str, Any]:
-    response = await client.post("/api/jobs", json={
-        "source": source, "startSec": START_SEC, "endSec": END_SEC, "precision": "frame"})
-    assert response.status_code == 202, response.text
-    return await wait_for_job(client, response.json()["id"])
+    return await run_job(client, {"source": source, "startSec": START_SEC, "endSec": END_SEC, "precision": "frame"})
 
 
 @pytest.mark.parametrize("where", ["fetcher", "trimmer"])

@@ -22,9 +22,10 @@ from services.thumbnailer.sprite import MAX_SHEET_PIXELS, MAX_TILE_HEIGHT, make_
 from shared.db import jobs
 from shared.jobs.pipeline import SERVICE_PACKAGES, STAGE_LIST
 from shared.runtime.resources import Resources
-from tests.conftest import Workers, wait_for_job
+from tests.conftest import Workers
+from tests.jobflow import run_job, upload
 from tests.media import FFMPEG_TIMEOUT_SEC, probe, stream_of
-from tests.test_clip_pipeline import download, upload
+from tests.test_clip_pipeline import download
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (160, 90)  # frames are compared as RGB copies this small (JPEG loss and scaling wash out)
@@ -101,9 +102,7 @@ def blurry_start(media_dir: Path) -> Path:
 
 
 async def _run(client: AsyncTestClient[Any], key: str, **options: Any) -> dict[str, Any]:
-    response = await client.post("/api/jobs", json={"source": {"type": "upload", "key": key}, **options})
-    assert response.status_code == 202, response.text
-    return await wait_for_job(client, response.json()["id"])
+    return await run_job(client, {"source": {"type": "upload", "key": key}, **options})
 
 
 async def test_poster_at_a_time_and_thumbnails(

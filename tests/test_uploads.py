@@ -13,8 +13,8 @@ from litestar.testing import AsyncTestClient
 
 from shared.media.testpattern import make_test_pattern
 from shared.runtime.resources import Resources
-from tests.conftest import Workers, wait_for_job
-from tests.test_clip_pipeline import upload
+from tests.conftest import Workers
+from tests.jobflow import run_job, run_upload_job
 
 MIB = 1024 * 1024
 
@@ -55,10 +55,7 @@ async def test_multipart_upload_resumes_and_feeds_a_job(
     assert done.json() == {"key": slot["key"], "size": len(data)}
 
     workers.start()
-    response = await client.post("/api/jobs", json={
-        "source": {"type": "upload", "key": slot["key"]}, "startSec": 10, "endSec": 14,
-    })
-    job = await wait_for_job(client, response.json()["id"])
+    job = await run_job(client, {"source": {"type": "upload", "key": slot["key"]}, "startSec": 10, "endSec": 14})
     assert job["status"] == "done", job
 
 
@@ -84,11 +81,7 @@ async def test_same_bytes_under_two_uploads_are_one_source(
     copy.write_bytes(sample_video.read_bytes())
     jobs = []
     for path in (sample_video, copy):
-        key = await upload(client, path)
-        response = await client.post("/api/jobs", json={
-            "source": {"type": "upload", "key": key}, "startSec": 2, "endSec": 5,
-        })
-        jobs.append(await wait_for_job(client, response.json()["id"]))
+        jobs.append(await run_upload_job(client, path, startSec=2, endSec=5))
     assert [j["status"] for j in jobs] == ["done", "done"], jobs
     assert jobs[1]["result"] == jobs[0]["result"]
     rows = await resources.db.fetch("SELECT key, sha256 FROM upload_checks ORDER BY checked_at")

@@ -16,8 +16,9 @@ from shared.errors import SourceUnreadable
 from shared.media.probe import read_info
 from shared.runtime.resources import Resources
 from shared.storage.s3 import staging_prefix
-from tests.conftest import Workers, wait_for_job
+from tests.conftest import Workers
 from tests.http_source import MediaServer
+from tests.jobflow import run_url_job
 from tests.media import FFMPEG_TIMEOUT_SEC, keyframe_times, probe
 from tests.test_clip_pipeline import download
 
@@ -60,11 +61,7 @@ def bounds_media(media_dir: Path) -> Path:
 
 
 async def _job(client: AsyncTestClient[Any], url: str, start: float, end: float, precision: str = "auto") -> dict:
-    response = await client.post("/api/jobs", json={
-        "source": {"type": "url", "url": url}, "startSec": start, "endSec": end, "precision": precision,
-    })
-    assert response.status_code == 202, response.text
-    return await wait_for_job(client, response.json()["id"])
+    return await run_url_job(client, url, startSec=start, endSec=end, precision=precision)
 
 
 def _duration(path: Path) -> float:
