@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 from litestar.testing import AsyncTestClient
 
+from shared.db import jobs
+from shared.runtime.resources import Resources
 from tests.conftest import JOB_TIMEOUT_SEC, wait_for_job
 
 
@@ -46,3 +49,9 @@ async def run_url_job(
 ) -> dict[str, Any]:
     """Run a job on the media at `url`: `request` holds the job's other fields (startSec, endSec, ...)."""
     return await run_job(client, {"source": {"type": "url", "url": url}, **request}, timeout)
+
+
+async def stages_run(res: Resources, job_id: str) -> list[str]:
+    """The stages that started work on the job, in order (its `stage_started` events)."""
+    events = await jobs.job_events(res.db, uuid.UUID(job_id))
+    return [e["data"]["stage"] for e in events if e["type"] == "stage_started"]

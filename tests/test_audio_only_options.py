@@ -3,17 +3,15 @@ probe with `no_video`, naming the option: no needless re-encode, no fetch and cu
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
 
-from shared.db import jobs
 from tests.conftest import Workers
 from tests.http_source import MediaServer
-from tests.jobflow import run_url_job
+from tests.jobflow import run_url_job, stages_run
 from tests.media import make_source
 
 
@@ -38,8 +36,7 @@ async def test_a_picture_option_on_an_audio_only_source_fails_at_the_probe(
     assert job["errorCode"] == "no_video"
     assert job["errorMessage"].startswith(f"{named} asked for")
     assert "no video stream" in job["errorMessage"]
-    events = await jobs.job_events(workers.res.db, uuid.UUID(job["id"]))
-    assert [e["data"]["stage"] for e in events if e["type"] == "stage_started"] == ["fetch"]
+    assert await stages_run(workers.res, job["id"]) == ["fetch"]
 
 
 async def test_an_audio_only_source_without_picture_options_is_still_cut(

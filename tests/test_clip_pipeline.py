@@ -17,7 +17,7 @@ from shared.runtime import bus
 from shared.runtime.resources import Resources
 from tests.conftest import Workers, wait_for_job
 from tests.http_source import MediaServer
-from tests.jobflow import run_upload_job, run_url_job, upload
+from tests.jobflow import run_upload_job, run_url_job, stages_run, upload
 from tests.media import codecs, frame_md5, keyframe_times, probe
 
 ONE_FRAME_SEC = 1 / 30
@@ -152,9 +152,8 @@ async def test_identical_request_finishes_from_the_earlier_result(
     assert first["status"] == same["status"] == other["status"] == "done"
     assert same["result"] == first["result"]
     assert same["urls"]["video"].split("?")[0] == first["urls"]["video"].split("?")[0]
-    events = [await jobs.job_events(resources.db, uuid.UUID(v["id"])) for v in views]
-    stages_run = [[e["data"]["stage"] for e in job if e["type"] == "stage_started"] for job in events]
-    assert stages_run == [["fetch", "upload"], ["fetch"], ["fetch", "upload"]]  # an upload is cut by the fetcher
+    stages = [await stages_run(resources, v["id"]) for v in views]
+    assert stages == [["fetch", "upload"], ["fetch"], ["fetch", "upload"]]  # an upload is cut by the fetcher
     assert other["result"]["sha256"] != first["result"]["sha256"]  # another range is another clip
     assert len(await resources.storage.list_keys("results/")) == 2
 

@@ -24,7 +24,7 @@ from shared.runtime.worker import StageDeps
 from shared.storage.clipstore import WRITE_META, clip_key
 from tests.conftest import Workers
 from tests.http_source import MediaServer
-from tests.jobflow import run_upload_job, run_url_job, upload
+from tests.jobflow import run_upload_job, run_url_job, stages_run, upload
 from tests.test_clip_pipeline import assert_clip_matches, download
 
 
@@ -32,11 +32,6 @@ def _deps(resources: Resources, folder: Path, name: str) -> StageDeps:
     scratch = folder / f"{name}-{len(list(folder.iterdir()))}"
     scratch.mkdir()
     return StageDeps(resources, Progress(name, 0, DEFAULT_ROUTE_LENGTH), scratch, 1)
-
-
-async def _stages_run(resources: Resources, job_id: str) -> list[str]:
-    events = await jobs.job_events(resources.db, uuid.UUID(job_id))
-    return [e["data"]["stage"] for e in events if e["type"] == "stage_started"]
 
 
 async def test_keyframe_clip_of_a_url_is_cut_once_by_the_fetcher(
@@ -50,7 +45,7 @@ async def test_keyframe_clip_of_a_url_is_cut_once_by_the_fetcher(
     assert job["result"]["actualStartSec"] == pytest.approx(4.0, abs=1e-3)  # the keyframe before 5.5
     clip = await download(job["urls"]["video"], tmp_path / "clip.mp4")
     assert_clip_matches(clip, sample_video, job, 5.5, 12.0)
-    assert await _stages_run(resources, job["id"]) == [FETCH, UPLOAD]
+    assert await stages_run(resources, job["id"]) == [FETCH, UPLOAD]
     assert await resources.storage.list_keys(f"staging/{job['id']}/") == [clip_key(job["id"])]
 
 
@@ -62,7 +57,7 @@ async def test_keyframe_clip_of_an_upload_skips_the_trimmer(
     assert job["status"] == "done", job
     assert job["result"]["actualStartSec"] == pytest.approx(8.0, abs=1e-3)
     assert_clip_matches(await download(job["urls"]["video"], tmp_path / "clip.mp4"), sample_video, job, 8.0, 13.0)
-    assert await _stages_run(resources, job["id"]) == [FETCH, UPLOAD]
+    assert await stages_run(resources, job["id"]) == [FETCH, UPLOAD]
 
 
 async def test_frame_accurate_clip_of_an_upload_is_cut_by_the_fetcher(
@@ -77,7 +72,7 @@ async def test_frame_accurate_clip_of_an_upload_is_cut_by_the_fetcher(
     assert job["result"]["actualStartSec"] == pytest.approx(5.5, abs=1 / 30)
     assert job["result"]["durationSec"] == pytest.approx(3.5, abs=1 / 30)
     assert (await download(job["urls"]["video"], tmp_path / "clip.mp4")).stat().st_size == job["result"]["size"]
-    assert await _stages_run(resources, job["id"]) == [FETCH, UPLOAD]
+    assert await stages_run(resources, job["id"]) == [FETCH, UPLOAD]
     assert await resources.storage.list_keys(f"staging/{job['id']}/") == [clip_key(job["id"])]
 
 
@@ -91,7 +86,7 @@ async def test_frame_accurate_clip_of_a_url_still_goes_through_the_trimmer(
     assert job["status"] == "done", job
     assert job["result"]["cutPath"] == "smart"
     assert job["result"]["actualStartSec"] == pytest.approx(5.5, abs=1 / 30)
-    assert await _stages_run(resources, job["id"]) == [FETCH, TRIM, UPLOAD]
+    assert await stages_run(resources, job["id"]) == [FETCH, TRIM, UPLOAD]
 
 
 async def test_fetcher_smart_cut_run_twice_reuses_the_stored_clip(

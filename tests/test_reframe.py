@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY
 
 import shared.media.encode as encode_module
-from shared.db import jobs
 from shared.jobs.contracts import ClipJobMessage, Reframe, StreamFacts, UrlSource
 from shared.jobs.fingerprint import request_fingerprint
 from shared.jobs.ids import uuid7
@@ -31,7 +29,7 @@ from shared.media.reframe import reframe_filters
 from shared.runtime.resources import Resources
 from shared.settings import load_settings
 from tests.conftest import Workers, wait_for_job
-from tests.jobflow import run_upload_job, upload
+from tests.jobflow import run_upload_job, stages_run, upload
 from tests.speech import SPEECH_SENTENCES, SpeechVideo, make_speech_video
 from tests.test_cli import Cli, cli, gateway  # noqa: F401 (fixtures: `clipjet` against a gateway process)
 from tests.test_clip_pipeline import download
@@ -250,11 +248,6 @@ def test_the_reframe_is_part_of_the_request_fingerprint() -> None:
     assert request_fingerprint(explicit, "identity") in prints  # the defaults spelled out: the same request
 
 
-async def _stages(resources: Resources, job_id: str) -> list[str]:
-    events = await jobs.job_events(resources.db, uuid.UUID(job_id))
-    return [e["data"]["stage"] for e in events if e["type"] == "stage_started"]
-
-
 async def test_a_reframed_job_is_reencoded_to_the_new_frame(
     client: AsyncTestClient[Any], workers: Workers, resources: Resources, sample_video: Path, tmp_path: Path
 ) -> None:
@@ -265,7 +258,7 @@ async def test_a_reframed_job_is_reencoded_to_the_new_frame(
     assert job["status"] == "done", job
     assert job["result"]["cutPath"] == "reencode"
     assert {"mode": "crop", **job["request"]["reframe"]} == reframe  # the view leaves defaults out
-    assert await _stages(resources, job["id"]) == ["fetch", "encode", "upload"]
+    assert await stages_run(resources, job["id"]) == ["fetch", "encode", "upload"]
     clip = await download(job["urls"]["video"], tmp_path / "clip.mp4")
     assert _size(clip) == (202, 360)
     assert job["result"]["durationSec"] == pytest.approx(2.0, abs=0.05)
@@ -331,7 +324,7 @@ async def test_burn_in_and_reframe_are_one_encode_with_the_cues_in_the_new_frame
                                subs={"enabled": True, "burnIn": True, "lang": "en"},
                                reframe={"aspect": "9:16", "mode": "pad"})
     assert (job["status"], job["result"]["cutPath"]) == ("done", "reencode"), job
-    assert await _stages(resources, job["id"]) == ["fetch", "transcribe", "encode", "upload"]
+    assert await stages_run(resources, job["id"]) == ["fetch", "transcribe", "encode", "upload"]
     assert len(runs) == 1, runs  # one decode, one encode
     assert REGISTRY.get_sample_value("clipjet_encode_seconds_count") == encodes_before + 1
     graph = runs[0][runs[0].index("-vf") + 1]

@@ -5,20 +5,18 @@ instead of failing it, both where the fetcher cuts (an upload) and where the tri
 from __future__ import annotations
 
 import subprocess
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
 
-from shared.db import jobs
 from shared.media import codecs
 from shared.media.smartcut import cut_frames
 from tests.conftest import Workers
 from tests.frames import decode_errors
 from tests.http_source import MediaServer
-from tests.jobflow import run_job, upload
+from tests.jobflow import run_job, stages_run, upload
 from tests.media import FFMPEG_TIMEOUT_SEC, make_source
 
 START_SEC, END_SEC = 1.5, 3.7  # inside the first GOP (1 s): a head, a copied run and a tail
@@ -62,5 +60,4 @@ async def test_a_refused_head_encode_falls_back_to_a_full_reencode(
     assert job["status"] == "done", job
     assert job["result"]["cutPath"] == "reencode"
     assert job["result"]["actualStartSec"] == pytest.approx(START_SEC, abs=0.034)
-    events = await jobs.job_events(workers.res.db, uuid.UUID(job["id"]))
-    assert "encode" in [e["data"].get("stage") for e in events if e["type"] == "stage_started"]
+    assert "encode" in await stages_run(workers.res, job["id"])

@@ -29,7 +29,7 @@ from shared.runtime.resources import Resources
 from shared.runtime.worker import StageDeps
 from shared.subtitles.cues import MAX_GAP_SEC
 from tests.conftest import Workers
-from tests.jobflow import run_job, run_upload_job, upload
+from tests.jobflow import run_job, run_upload_job, stages_run, upload
 from tests.speech import SpeechVideo, word_error_rate
 
 START_SEC, END_SEC = 5.5, 19.5  # the copy starts at the keyframe at 4.0 s
@@ -118,8 +118,7 @@ async def test_subtitles_end_to_end_with_tiny_en(
         digest = hashlib.sha256(body).hexdigest()
         assert f"results/sha256/{digest[:2]}/{digest}/{name}" in results
         assert f"/{digest}/{name}" in job["urls"][field]
-    events = await jobs.job_events(resources.db, uuid.UUID(job["id"]))
-    stages = [e["data"]["stage"] for e in events if e["type"] == "stage_started"]
+    stages = await stages_run(resources, job["id"])
     assert stages == ["fetch", "transcribe", "upload"]  # the fetcher cut the upload's clip: no trimmer
     row = await jobs.get_job(resources.db, uuid.UUID(job["id"]))
     assert row is not None and row["result_keys"]["srt"] in results
@@ -210,9 +209,7 @@ async def test_burn_in_draws_the_subtitles_in_the_cut_encode(
                                subs={"enabled": True, "burnIn": True, "lang": "en"})
     assert job["status"] == "done", job
     assert job["result"]["cutPath"] == "reencode"
-    events = await jobs.job_events(resources.db, uuid.UUID(job["id"]))
-    assert [e["data"]["stage"] for e in events if e["type"] == "stage_started"] == [
-        "fetch", "transcribe", "encode", "upload"]  # one encode, no trim
+    assert await stages_run(resources, job["id"]) == ["fetch", "transcribe", "encode", "upload"]  # one encode, no trim
 
     clip = tmp_path / "burned.mp4"
     clip.write_bytes(await _fetch(job["urls"]["video"]))

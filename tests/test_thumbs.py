@@ -23,7 +23,7 @@ from shared.db import jobs
 from shared.jobs.pipeline import SERVICE_PACKAGES, STAGE_LIST
 from shared.runtime.resources import Resources
 from tests.conftest import Workers
-from tests.jobflow import run_job, upload
+from tests.jobflow import run_job, stages_run, upload
 from tests.media import FFMPEG_TIMEOUT_SEC, probe, stream_of
 from tests.test_clip_pipeline import download
 
@@ -115,8 +115,7 @@ async def test_poster_at_a_time_and_thumbnails(
     urls = job["urls"]
     assert set(urls["files"]) == {"video", "poster", "sprite", "thumbnails"}
     assert urls["video"] == urls["files"]["video"]
-    events = await jobs.job_events(resources.db, uuid.UUID(job["id"]))
-    assert [e["data"]["stage"] for e in events if e["type"] == "stage_started"] == ["fetch", "thumbs", "upload"]
+    assert await stages_run(resources, job["id"]) == ["fetch", "thumbs", "upload"]
     row = await jobs.get_job(resources.db, uuid.UUID(job["id"]))
     assert row is not None and set(row["result_keys"]) == {"poster", "sprite", "thumbnails"}
     for role, name in (("poster", "poster.jpg"), ("sprite", "sprite.jpg"), ("thumbnails", "thumbnails.vtt")):
