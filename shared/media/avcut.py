@@ -151,7 +151,8 @@ class _Cut:
         import av
 
         video_in = media.streams.video[0]
-        audio_in = [s for s in media.streams.audio if self.audio and s.codec_context.name in IN_PROCESS_AUDIO]
+        audio_in = [s for s in media.streams.audio
+                    if self.audio and s.codec_context.codec.canonical_name in IN_PROCESS_AUDIO]
         if self.audio and len(audio_in) != len(media.streams.audio):
             raise SetupRefused("an audio codec MP4 does not take as it is: cut by ffmpeg")
         tb: Fraction = video_in.time_base or Fraction(1, 1_000_000)
