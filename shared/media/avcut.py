@@ -56,6 +56,16 @@ class Piece:
     decode_from: float
 
 
+@dataclass(frozen=True)
+class _Timing:
+    """An input stream's time base, as a float too, and the clip's start and end in its ticks."""
+
+    tb: Fraction
+    tick_sec: float
+    shift: int  # the clip's first frame: subtracted from every timestamp
+    end: int  # the clip's end on the output timeline (from 0)
+
+
 @dataclass
 class _Segment:
     """One re-encoded piece while the demux runs: its decoder input range and its encoder."""
@@ -125,6 +135,7 @@ class _Cut:
         self.parameter_sets, self.nal_length, self.tb = b"", 4, Fraction(1, 1_000_000)
         self.report, self.stop, self.deadline = report, stop, deadline
         self.last_report = 0.0
+        self.timings: dict[int, _Timing] = {}
         self.last_dts: dict[int, int] = {}  # output stream index → the last decode time muxed there
 
     def run(self) -> None:
@@ -209,6 +220,7 @@ class _Cut:
         if self.single_thread:
             decoder.thread_count = 1
         in_band = self.parameter_sets
+        tick_sec = float(tb)
         decoding = head  # the segment the video packets go to the decoder for
         joined = started = False
         tail_left = tail is not None
@@ -220,15 +232,15 @@ class _Cut:
             if packet.pts is None or packet.dts is None:
                 continue  # the demuxer's end-of-stream packets and packets without times
             if packet.stream.type == "audio":
-                at = float(packet.pts * packet.time_base)
+                at = packet.pts * self._timing(packet).tick_sec
                 if at >= layout.end - TIME_EPSILON_SEC / 10:
                     audio_left.discard(packet.stream.index)
                 elif at >= zero:
-                    self._mux_copy(out, packet, audio_out[packet.stream.index], zero, clip_sec)
+                    self._mux_copy(out, packet, audio_out[packet.stream.index])
             elif joined and not copying and not tail_left:
                 pass  # every video packet the clip needs is read: audio only from here on
             else:
-                pts, dts = float(packet.pts * tb), float(packet.dts * tb)
+                pts, dts = packet.pts * tick_sec, packet.dts * tick_sec
                 if not started and (pts < layout.start_keyframe - TIME_EPSILON_SEC or not packet.is_keyframe):
                     continue  # the seek landed before the keyframe asked for
                 started = True
@@ -243,7 +255,7 @@ class _Cut:
                     if copy_to_dts is not None and dts >= copy_to_dts:
                         copying = False
                     else:
-                        self._mux_copy(out, packet, video_out, zero, clip_sec, prefix=in_band)
+                        self._mux_copy(out, packet, video_out, prefix=in_band)
                         in_band = b""  # the join keyframe's: later keyframes are the source's own sequence
                 if joined and tail_left and decoding is None and tail is not None and packet.is_keyframe \
                         and abs(pts - tail.piece.decode_from) <= TIME_EPSILON_SEC:
@@ -331,22 +343,34 @@ class _Cut:
         muxed.stream = video_out
         self._mux(out, muxed)
 
+    def _timing(self, packet: av.Packet) -> _Timing:
+        """The time facts of the packet's input stream (computed once a stream: Fractions are slow per packet)."""
+        index = packet.stream.index
+        timing = self.timings.get(index)
+        if timing is None:
+            tb = packet.time_base
+            zero = self.layout.first_frame
+            timing = self.timings[index] = _Timing(
+                tb, float(tb), round(zero / tb), round((self.layout.end - zero) / tb))
+        return timing
+
     def _mux_copy(
-        self, out: av.container.OutputContainer, packet: av.Packet, stream: av.stream.Stream, zero: float,
-        clip_sec: float, *, prefix: bytes = b"",
+        self, out: av.container.OutputContainer, packet: av.Packet, stream: av.stream.Stream, *,
+        prefix: bytes = b"",
     ) -> None:
         import av
 
-        tb = packet.time_base
-        shift = round(zero / tb)
+        timing = self._timing(packet)
         if prefix:
             muxed = av.Packet(prefix + bytes(packet))
             muxed.is_keyframe = packet.is_keyframe
         else:
             muxed = packet
-        pts, dts = packet.pts - shift, packet.dts - shift
-        muxed.pts, muxed.dts, muxed.time_base = pts, dts, tb
-        muxed.duration = _clamped(packet.duration or 0, pts, clip_sec, tb)
+        pts = packet.pts - timing.shift
+        muxed.pts, muxed.dts, muxed.time_base = pts, packet.dts - timing.shift, timing.tb
+        duration = packet.duration or 0
+        if duration > 0:  # ended by the clip's end (`cut.packet_end_clamp`): a hostile file's packet lasting
+            muxed.duration = min(duration, max(1, timing.end - pts))  # hours must not make the clip that long
         muxed.stream = stream
         self._mux(out, muxed)
 
