@@ -14,6 +14,7 @@ import av
 import pytest
 
 from shared.media import avcut, smartcut
+from shared.media.ffmpeg import FfmpegDeadline, RunLimits
 from shared.media.keyframes import cut_layout
 from shared.media.smartcut import cut_frames, frame_cut
 from tests.frames import audio_lag, decode_errors, decoded_frames, psnr_per_frame
@@ -125,3 +126,11 @@ async def test_audio_the_pass_does_not_copy_is_cut_by_ffmpeg(tmp_path: Path, mon
         assert [s.codec_context.name for s in container.streams.audio] == ["aac"]
     assert abs(audio_lag(clip, source, outcome.first_frame + _audio_start(clip))) <= 1 / 30
     assert avcut.in_process_blocker((await cut_layout(str(source), 1.5, 3.7)).video, "matroska") == "container"
+
+
+async def test_the_pass_keeps_an_ffmpeg_runs_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No process to kill: the pass checks the deadline an ffmpeg run of the same work would have at every packet."""
+    source = make_source(tmp_path / "src.mp4", seconds=5)
+    monkeypatch.setattr(avcut, "DEFAULT_LIMITS", RunLimits(base_sec=0.0, per_media_sec=0.0))
+    with pytest.raises(FfmpegDeadline):
+        await cut_frames(str(source), tmp_path / "clip.mp4", start=1.5, end=3.7, audio=True, scratch=tmp_path)

@@ -118,7 +118,8 @@ async def cut_in_process(
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
-        stop.set()  # the thread stops at its next packet; the cut is not waited for
+        stop.set()  # the thread stops at its next packet (its "stopped" error retrieved here); not waited for
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
         raise
 
 
