@@ -253,9 +253,9 @@ class _Cut:
                         decoder.flush_buffers()
                     decoding = None
                 if joined and copying:
-                    if copy_to_dts is not None and dts >= copy_to_dts:
-                        copying = False
-                    else:
+                    if dts >= (layout.end if copy_to_dts is None else copy_to_dts) - TIME_EPSILON_SEC / 10:
+                        copying = False  # the first packet left out (to the media's end: decoded at endSec, as -t)
+                    elif pts < layout.end - TIME_EPSILON_SEC:  # not a frame a bad timestamp puts past endSec
                         self._mux_copy(out, packet, video_out, prefix=in_band)
                         in_band = b""  # the join keyframe's: later keyframes are the source's own sequence
                 if joined and tail_left and decoding is None and tail is not None and packet.is_keyframe \
