@@ -176,6 +176,10 @@ class _Cut:
             audio_out = {s.index: out.add_stream_from_template(s) for s in audio_in}
             for s in audio_in:
                 audio_out[s.index].time_base = s.time_base
+            for source_stream, stream in ((video_in, video_out), *((s, audio_out[s.index]) for s in audio_in)):
+                language = source_stream.metadata.get("language")
+                if language:  # as ffmpeg copies it (a player's track choice)
+                    stream.metadata["language"] = language
             segments = [_Segment(p, self._encoder(tb)) for p in self.pieces]
             out.start_encoding()
         except av.error.FFmpegError as exc:
@@ -220,6 +224,8 @@ class _Cut:
         decoder = video_in.codec_context
         if self.single_thread:
             decoder.thread_count = 1
+        else:  # a long GOP: frame threads, as ffmpeg decodes it (the drains wait for the frames in flight)
+            decoder.thread_type = "AUTO"
         in_band = self.parameter_sets
         tick_sec = float(tb)
         decoding = head  # the segment the video packets go to the decoder for
