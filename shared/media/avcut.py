@@ -318,7 +318,7 @@ class _Cut:
         """Encode the segment's frames (their times from the clip's first frame) and mux the packets."""
         import av
 
-        tb = video_out.time_base
+        tb = self.tb  # the encoders' and the source's: the muxer rescales to its own
         shift = round(zero / tb)
         frames = sorted(segment.frames, key=lambda f: f.pts)
         for i, frame in enumerate(frames):
@@ -340,7 +340,7 @@ class _Cut:
     ) -> None:
         import av
 
-        tb = video_out.time_base
+        tb = self.tb  # the encoders' and the source's: the muxer rescales to its own
         duration = segment.durations.get(packet.pts, 0)
         data = _length_prefixed(bytes(packet), self.nal_length)
         muxed = av.Packet(data)
