@@ -7,7 +7,10 @@ to the one step of the stream-copy path it is compared with (`copy_cut` from the
 - `probe+layout`: the same with the layout of the cut (what a frame-accurate job reads; the fetcher reuses it);
 - `layout again`: a second layout read in a fresh opening (what a cutting stage that is not the fetcher reads);
 - `head encode`: the re-encoded frames before the first keyframe in the clip (`encode_segment`);
-- `join`: the one ffmpeg pass joining the head and the copied run and muxing the audio;
+- `head encode + join (frame_cut, ffmpeg)`: the ffmpeg path: head (and tail) encodes, then the one ffmpeg pass
+  joining them with the copied run and muxing the audio (`frame_cut(in_process=False)`);
+- `smart cut in one PyAV pass (frame_cut)`: the same cut in-process (`shared.media.avcut`), what H.264 MP4/MOV
+  sources take now;
 - `copy cut`: the stream copy a keyframe-precision job makes of the same range.
 
 `python -m bench.smartcut_steps [--runs N] [--source-sec S]`: medians over the first N ranges of bench/smartcut.py
@@ -75,8 +78,11 @@ async def _one_clip(source: Path, start: float, end: float, work: Path) -> dict[
         end=join, frame_sec=layout.frame_sec, fmt=fmt))
     out["head encode"] = (wall, cpu)
     wall, cpu, _ = await _timed(lambda: frame_cut(media, work / "clip.mp4", layout, audio=True, scratch=work,
+                                                  fmt=fmt, in_process=False))
+    out["head encode + join (frame_cut, ffmpeg)"] = (wall, cpu)
+    wall, cpu, _ = await _timed(lambda: frame_cut(media, work / "clip-pyav.mp4", layout, audio=True, scratch=work,
                                                   fmt=fmt))
-    out["head encode + join (frame_cut)"] = (wall, cpu)
+    out["smart cut in one PyAV pass (frame_cut)"] = (wall, cpu)
     key = layout.start_keyframe
     wall, cpu, _ = await _timed(lambda: copy_cut(media, work / "copy.mp4", seek_sec=key, duration_sec=end - key,
                                                  fmt=fmt))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.jobs.contracts import CutPath
+from shared.media.avcut import Piece, SetupRefused, cut_in_process, in_process_blocker
 from shared.media.codecs import (
     SPLICE_ENCODERS,
     available_encoders,
@@ -35,6 +36,7 @@ from shared.media.cut import packet_end_clamp
 from shared.media.ffmpeg import HTTP_INPUT_OPTIONS, US_PER_SEC, MediaError, run_ffmpeg
 from shared.media.inputs import FILE_PROTOCOLS, FORMAT_WHITELIST, protocols_for
 from shared.media.keyframes import TIME_EPSILON_SEC, CutLayout, VideoFormat, cut_layout
+from shared.runtime.logs import get_logger
 
 # codec → the encoder a matching head is made with (H.264, HEVC, VP9: `shared.media.codecs`)
 SMART_ENCODERS = SPLICE_ENCODERS
@@ -63,6 +65,9 @@ X264_PROFILES = {
 CONCAT_DEMUXER = "concat"
 PIECE_DEMUXER = "mov"  # the head and tail pieces are MP4 written here
 H264_LEVEL_DIVISOR = 10  # H.264 level_idc 31 is level 3.1
+
+
+log = get_logger("smartcut")
 
 
 class PieceEncodeFailed(MediaError):
@@ -101,10 +106,11 @@ async def cut_frames(
 
 async def frame_cut(
     source: str, output: Path, layout: CutLayout, *, audio: bool, scratch: Path,
-    on_progress: Callable[[float], None] | None = None, fmt: str = "",
+    on_progress: Callable[[float], None] | None = None, fmt: str = "", in_process: bool = True,
 ) -> CutOutcome:
     """Cut [layout.first_frame, layout.end) of `source` (a path or URL, read with the demuxer `fmt`) into an MP4
-    with +faststart."""
+    with +faststart: H.264 from MP4/MOV in one PyAV pass (`shared.media.avcut`), the rest (and `in_process`
+    False) with ffmpeg: head and tail encodes, then the concat join."""
     report = on_progress or (lambda _: None)
     join = layout.join
     if join is None or layout.copy_end is None:
@@ -124,6 +130,16 @@ async def frame_cut(
         shares[i] = weights[i] * p
         report(sum(shares))
 
+    if in_process and in_process_blocker(layout.video, fmt) is None:
+        segments = [Piece(a, b, layout.start_keyframe if kind == "head" else layout.end_keyframe)
+                    for kind, a, b, _ in pieces]
+        try:
+            await cut_in_process(source, output, layout, segments, audio=audio, head_options=x264_options(layout.video),
+                                 single_thread=all(s.end - s.decode_from <= SINGLE_THREAD_WORK_SEC for s in segments),
+                                 on_progress=report, fmt=fmt)
+            return CutOutcome(layout.first_frame, layout.last_frame_end, "smart" if pieces else "copy")
+        except SetupRefused as refused:  # the encoder or muxer refused the stream before anything was cut
+            log.info("smart_cut_by_ffmpeg", reason=refused.message)
     # head and tail are independent encodes (each decodes from its own keyframe): run them side by side; when one
     # fails the other is stopped, and the first failure is raised as it is (MediaError, FfmpegDeadline, ...)
     try:
@@ -186,20 +202,28 @@ def decode_seek(keyframe: float, frame_sec: float) -> float:
 def _encoder_args(video: VideoFormat) -> list[str]:
     if video.codec != "h264":
         return encoder_args(video)
-    encoder = SMART_ENCODERS[video.codec]
-    args = ["-c:v", encoder, "-preset", HEAD_PRESET, "-tune", HEAD_TUNE, "-crf", str(HEAD_CRF)]
+    args = ["-c:v", SMART_ENCODERS[video.codec]]
     if video.pix_fmt:
         args += ["-pix_fmt", video.pix_fmt]
     for option, value in (("-color_range", video.color_range), ("-colorspace", video.colorspace),
                           ("-color_primaries", video.color_primaries), ("-color_trc", video.color_trc)):
         if value and value != 2:  # 0 / 2: unspecified
             args += [option, str(value)]
-    profile = X264_PROFILES.get(video.profile or "")
-    args += ["-profile:v", profile] if profile else []
-    if video.level and video.level > 0:
-        args += ["-level:v", f"{video.level / H264_LEVEL_DIVISOR:g}"]
-    args += ["-x264-params", _bframes(video.reorder_delay)]
+    for name, value in x264_options(video).items():
+        args += [f"-{name}:v" if name in ("profile", "level") else f"-{name}", value]
     return args
+
+
+def x264_options(video: VideoFormat) -> dict[str, str]:
+    """libx264's options for H.264 heads and tails matching `video` (the ffmpeg path's and PyAV's alike)."""
+    options = {"preset": HEAD_PRESET, "tune": HEAD_TUNE, "crf": str(HEAD_CRF)}
+    profile = X264_PROFILES.get(video.profile or "")
+    if profile:
+        options["profile"] = profile
+    if video.level and video.level > 0:
+        options["level"] = f"{video.level / H264_LEVEL_DIVISOR:g}"
+    options["x264-params"] = _bframes(video.reorder_delay)
+    return options
 
 
 def _bframes(delay: int) -> str:
