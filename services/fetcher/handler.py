@@ -16,6 +16,7 @@ from shared.jobs.pipeline import (
     CUT_BY_FETCHER_ROUTE,
     FETCH,
     REENCODE_ROUTE,
+    UPLOAD,
     installed_stages,
     route_for,
     unavailable,
@@ -33,12 +34,15 @@ from shared.runtime.logs import get_logger
 from shared.runtime.worker import StageDeps, finish_job_done
 from shared.storage.clipstore import (
     CLIP_NAME,
+    clip_result,
     copy_clip,
+    copy_result_clip,
     forward_clip,
     frame_clip,
     is_plain_copy,
     reencode_instead,
 )
+from shared.storage.results import put_once
 from shared.storage.s3 import sha256_file, staging_prefix
 
 from .batch import batch_source
@@ -105,6 +109,8 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
                         f"which this installation does not run", code="stage_unavailable")
     cut_start = job.start_sec if info.keyframe_before is None else info.keyframe_before + shift
     deps.progress.set(0.6)
+    if cut_here and route == (UPLOAD,):  # the clip is the result: nothing follows but storing it
+        return await _finish_clip(job, cut_start, deps, source, info)
     if cut_here:
         plan = MediaPlan(duration_sec=info.duration_sec, container=info.container, streams=info.streams,
                          cut_start_sec=cut_start, cut_path=decision.path, cut_reason=decision.reason)
@@ -142,6 +148,26 @@ async def _cut_clip(
     log.info("clip_cut", cut_path="copy", planned=plan.cut_path, reason=plan.cut_reason, start=round(start, 6),
              duration=round(duration, 6))
     return forward_clip(task, FETCH, clip, duration, start, "copy")
+
+
+async def _finish_clip(job: ClipJobMessage, cut_start: float, deps: StageDeps, source: Located, info: MediaInfo
+                       ) -> None:
+    """Stream copy the clip straight from the source to its content-hashed result key and finish the job here:
+    the uploader's hop (its pull, claim, server-side copy and done) is skipped when it would only store the clip.
+
+    A redelivery before done cuts again and finds the result stored (same bytes, same key); one after done is
+    skipped by the runtime (`begin_stage`). As in the uploader, the result is put again after done when the
+    reaper expired an identical result between the check and done."""
+    storage, path = deps.res.storage, deps.scratch / CLIP_NAME
+    with _slow_source_fails(bool(source.ffmpeg_args)):
+        clip, duration = await copy_result_clip(
+            storage, source.media, path, start=cut_start, seek=cut_start - source.offset_sec, end=job.end_sec,
+            fmt=demuxer(info.container), input_args=source.ffmpeg_args,
+            on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p), limits=RunLimits.of(deps.res.settings))
+    log.info("clip_cut", cut_path="copy", finished=True, start=round(cut_start, 6), duration=round(duration, 6))
+    deps.progress.set(0.95)
+    await finish_job_done(deps.res, job.id, clip_result(clip, duration, cut_start), clip.key)
+    await put_once(storage, path, clip.key, "video/mp4", clip.metadata)
 
 
 async def _cut_frames(
