@@ -38,13 +38,14 @@ async def _timed(results: dict[str, list[float]], name: str, work: Awaitable[obj
     return value
 
 
-async def trace(runs: int) -> dict[str, object]:
+async def trace(runs: int, log_level: str = "warning") -> dict[str, object]:
     DATA.mkdir(parents=True, exist_ok=True)
     source = make_test_pattern(DATA / "source-600s-720p.mp4", seconds=SOURCE_SEC, size="1280x720", fps=30,
                                gop_frames=60, video_bitrate="2M")
     hops: dict[str, list[float]] = {}
     ops: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory(dir=DATA) as work, bench_stack(Path(work) / "stack", **STACK_SETTINGS) as stack:
+    with tempfile.TemporaryDirectory(dir=DATA) as work, bench_stack(Path(work) / "stack", **STACK_SETTINGS,
+                                                                      log_level=log_level) as stack:
         await upload_source(stack, source)
         db = await asyncpg.connect(stack.settings.database_url,
                                    server_settings={"search_path": stack.settings.db_schema})
@@ -90,8 +91,9 @@ async def trace(runs: int) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.copy_trace")
     parser.add_argument("--runs", type=int, default=8)
+    parser.add_argument("--log-level", default="warning", help="the services' (info: each stage's steps, timed)")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(trace(args.runs)), indent=1))
+    print(json.dumps(asyncio.run(trace(args.runs, args.log_level)), indent=1))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from shared.db import fingerprints
 from shared.errors import EndPastDuration, Permanent
@@ -77,22 +79,24 @@ async def _handle(job: ClipJobMessage, deps: StageDeps, session: FetchSession) -
 
 
 async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageMessage | None:
-    media, staged, identity = source.media, source.artifact, source.identity
-    fingerprint = request_fingerprint(job, identity)
-    await fingerprints.record(deps.res.db, uuid.UUID(job.id), fingerprint)
-    earlier = await fingerprints.earlier_result(deps.res.db, fingerprint)
-    if earlier is not None and await deps.res.storage.head(earlier[1]) is not None:
-        await finish_job_done(deps.res, job.id, *earlier)
-        return None
-    deps.progress.set(0.3)
+    media, staged = source.media, source.artifact
     shift, span = source.offset_sec, source.duration_sec is not None  # a batch's staged span: source time - shift
-    info, decision = await probe_and_choose(
+    # the probe reads the source while the request's fingerprint is recorded and looked up (it is dropped when an
+    # identical earlier request's result finishes the job)
+    probing = asyncio.ensure_future(probe_and_choose(
         media, job.precision, job.start_sec - shift, job.end_sec - shift, staged=staged is None or span,
         options=source.av_options,
         check=lambda found: _check_probed(job, found, source.duration_sec or found.duration_sec),
         decided=_decided_by_request(job, deps),
         bounds=WorkBounds.of(deps.res.settings),
-    )
+    ))
+    try:
+        if await _finished_by_earlier(job, deps, source.identity):
+            return None
+        deps.progress.set(0.3)
+        info, decision = await probing
+    finally:
+        await _settle(probing)
     log.info("cut_path_chosen", cut_path=decision.path, cut_reason=decision.reason)
     # a plain copy is cut here, straight from the source (one copy per clip); a yt-dlp section is staged as before
     cut_here = decision.path == "copy" and is_plain_copy(decision.reason, info.streams) and source.stage is None
@@ -131,6 +135,28 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
         task = StageMessage(job=job, route=[FETCH, *route], plan=plan, artifacts=[staged])
         return await _cut_frames(task, deps, source, info, decision.layout)
     return StageMessage(job=job, route=list(route), done=[FETCH], plan=plan, artifacts=[staged])
+
+
+async def _finished_by_earlier(job: ClipJobMessage, deps: StageDeps, identity: str) -> bool:
+    """Record the request's fingerprint; when an identical earlier request's result is still kept, finish this
+    job at once with it (True)."""
+    fingerprint = request_fingerprint(job, identity)
+    await fingerprints.record(deps.res.db, uuid.UUID(job.id), fingerprint)
+    earlier = await fingerprints.earlier_result(deps.res.db, fingerprint)
+    if earlier is not None and await deps.res.storage.head(earlier[1]) is not None:
+        await finish_job_done(deps.res, job.id, *earlier)
+        return True
+    return False
+
+
+async def _settle(task: asyncio.Future[Any]) -> None:
+    """A task not awaited to its end (the job ended another way, or failed first): cancelled and waited for, its
+    outcome dropped (an error of it is not the job's any more). A cancel of the caller still goes through."""
+    if not task.done():
+        task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()  # retrieved: not logged as never retrieved
 
 
 async def _cut_clip(
