@@ -1,9 +1,12 @@
-"""`python -m bench.copy_trace`: where the time of one upload stream-copy job goes, hop by hop.
+"""`python -m bench.copy_trace`: where the time and CPU of one upload stream-copy job go, hop by hop.
 
-Runs sequential upload jobs on a bench stack and prints, per job, the times (from the POST) of its job_events
-(stage_started / stage_finished / done), the end event, and the same-run costs of the fetcher's and uploader's
-single operations measured from this process (S3 HEAD, put, server-side copy, probe, ffmpeg copy over a signed
-URL and from the local file).
+Runs sequential upload jobs on a bench stack and prints the median times (from the POST) of their job_events
+(stage_started / stage_finished / done) and end event; the CPU seconds per job of the stack's processes
+(gateway, workers with their ffmpeg children, SeaweedFS, NATS; not the shared PostgreSQL) beside the CPU of
+the reference (bare ffmpeg -c copy + one S3 put: this process, its ffmpeg child, SeaweedFS), each over the same
+clips one after the other; and the same-run costs of single operations measured from this process (S3 HEAD,
+put, server-side copy, probe, ffmpeg copy over a signed URL and from the local file). CPU seconds hold up on a
+loaded machine where wall times do not.
 """
 
 from __future__ import annotations
@@ -11,16 +14,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
 import uuid
 from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
-from bench.copy_path import COPY_PRECISION, STACK_SETTINGS, JobRunner, clip_range, upload_source
+from bench.copy_path import COPY_PRECISION, STACK_SETTINGS, JobRunner, clip_range, reference_once, upload_source
+from bench.cpu import PROC, cpu_seconds_of
 from bench.stack import bench_stack
 from shared.media.cut import copy_cut
 from shared.media.probe import probe
@@ -29,6 +35,63 @@ from shared.storage.s3 import open_storage, sha256_file
 
 DATA = Path(".data/bench")
 SOURCE_SEC = 600
+CPU_FIRST_CLIP = 40  # clip numbers of the CPU phase (other ranges than the timed jobs)
+
+
+def _stack_pids(roots: list[int], marker: str) -> dict[int, str]:
+    """pid → command of the stack's processes: `roots` and their descendants, and the servers started for it
+    (their command line names the stack's folder, `marker`)."""
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+    found = {pid for pid in roots if pid in commands} | {pid for pid, cmd in commands.items() if marker in cmd}
+    grew = True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in found} - found
+        found |= more
+        grew = bool(more)
+    return {pid: commands[pid] for pid in found}
+
+
+def _self_cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _role(command: str) -> str:
+    for name in ("weed", "nats-server", "gateway"):
+        if name in command:
+            return name
+    return command.split("worker ")[-1].split()[0] if "worker " in command else "other"
+
+
+async def cpu_per_job(stack: Any, runner: JobRunner, storage: Any, source: Path, work: Path,
+                      runs: int) -> dict[str, object]:
+    """CPU seconds per job of the stack's processes, and of the reference, over `runs` clips each, in turn."""
+    pids = _stack_pids([c.pid for c in stack.children], str(work))
+    servers = [pid for pid, cmd in pids.items() if _role(cmd) in ("weed", "nats-server")]
+    by_role_before = {pid: cpu_seconds_of([pid]) for pid in pids}
+    for i in range(runs):
+        await runner.run(*clip_range(CPU_FIRST_CLIP + i, SOURCE_SEC), precision=COPY_PRECISION)
+    used: dict[str, float] = {}
+    for pid, before in by_role_before.items():
+        role = _role(pids[pid])
+        used[role] = used.get(role, 0.0) + cpu_seconds_of([pid]) - before
+    job = sum(used.values()) / runs
+    servers_before, self_before = cpu_seconds_of(servers), _self_cpu()
+    for i in range(runs):
+        await reference_once(stack, storage, source, work / f"cpu{i}.mp4", *clip_range(CPU_FIRST_CLIP + i, SOURCE_SEC))
+    reference = (cpu_seconds_of(servers) - servers_before + _self_cpu() - self_before) / runs
+    return {"job_cpu_sec": round(job, 3), "reference_cpu_sec": round(reference, 3),
+            "job_over_reference": round(job / reference, 2),
+            "job_cpu_sec_by_process": {k: round(v / runs, 3) for k, v in sorted(used.items()) if v > 0.0005}}
 
 
 async def _timed(results: dict[str, list[float]], name: str, work: Awaitable[object]) -> object:
@@ -65,6 +128,7 @@ async def trace(runs: int, log_level: str = "warning") -> dict[str, object]:
                     name = f"{row['type']}:{data.get('stage', '')}"
                     hops.setdefault(name, []).append(row["ts"].timestamp() - wall0)
                 hops.setdefault("end event seen", []).append(total)
+            cpu = await cpu_per_job(stack, runner, storage, source, Path(work), runs)
             # the single operations, same S3 and files
             src_key = (await storage.list_keys("sources/"))[0]  # the checked copy of the upload
             url = await storage.internal_url(src_key, 600)
@@ -84,7 +148,7 @@ async def trace(runs: int, log_level: str = "warning") -> dict[str, object]:
                                                                                          f"t/{i}c.mp4", "video/mp4"))
         await db.close()
     med = {k: round(statistics.median(v), 4) for k, v in hops.items()}
-    return {"hops_median_sec_from_post": dict(sorted(med.items(), key=lambda kv: kv[1])),
+    return {"cpu_per_job": cpu, "hops_median_sec_from_post": dict(sorted(med.items(), key=lambda kv: kv[1])),
             "ops_median_sec": {k: round(statistics.median(v), 4) for k, v in ops.items()}}
 
 
