@@ -115,7 +115,7 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
     cut_start = job.start_sec if info.keyframe_before is None else info.keyframe_before + shift
     deps.progress.set(0.6)
     if cut_here and route == (UPLOAD,):  # the clip is the result: nothing follows but storing it
-        return await _finish_clip(job, cut_start, deps, source, info)
+        return await _finish_clip(job, cut_start, deps, source, info, decision.reason)
     if cut_here:
         plan = MediaPlan(duration_sec=info.duration_sec, container=info.container, streams=info.streams,
                          cut_start_sec=cut_start, cut_path=decision.path, cut_reason=decision.reason)
@@ -177,8 +177,9 @@ async def _cut_clip(
     return forward_clip(task, FETCH, clip, duration, start, "copy")
 
 
-async def _finish_clip(job: ClipJobMessage, cut_start: float, deps: StageDeps, source: Located, info: MediaInfo
-                       ) -> None:
+async def _finish_clip(
+    job: ClipJobMessage, cut_start: float, deps: StageDeps, source: Located, info: MediaInfo, reason: str
+) -> None:
     """Stream copy the clip straight from the source to its content-hashed result key and finish the job here:
     the uploader's hop (its pull, claim, server-side copy and done) is skipped when it would only store the clip.
 
@@ -191,7 +192,8 @@ async def _finish_clip(job: ClipJobMessage, cut_start: float, deps: StageDeps, s
             storage, source.media, path, start=cut_start, seek=cut_start - source.offset_sec, end=job.end_sec,
             fmt=demuxer(info.container), input_args=source.ffmpeg_args,
             on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p), limits=RunLimits.of(deps.res.settings))
-    log.info("clip_cut", cut_path="copy", finished=True, start=round(cut_start, 6), duration=round(duration, 6))
+    log.info("clip_cut", cut_path="copy", planned="copy", reason=reason, finished=True, start=round(cut_start, 6),
+             duration=round(duration, 6))
     deps.progress.set(0.95)
     await finish_job_done(deps.res, job.id, clip_result(clip, duration, cut_start), clip.key)
     await put_once(storage, path, clip.key, "video/mp4", clip.metadata)
