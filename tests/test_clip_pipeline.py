@@ -71,7 +71,7 @@ async def test_upload_source_end_to_end(
     assert results == [f"results/sha256/{job['result']['sha256'][:2]}/{job['result']['sha256']}/clip.mp4"]
     events = [e["type"] for e in await jobs.job_events(resources.db, uuid.UUID(job["id"]))]
     assert events[0] == "queued" and events.count("done") == 1
-    assert events.count("stage_started") == 2 and events.count("stage_finished") == 2  # fetch (cuts it), upload
+    assert events.count("stage_started") == 1 and events.count("stage_finished") == 1  # the fetcher cuts and ends it
 
 
 async def test_url_source_end_to_end(

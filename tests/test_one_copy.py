@@ -1,6 +1,7 @@
 """One copy per clip: a plain stream copy (keyframe precision) is cut once, by the fetcher, straight from the
-source; nothing is staged for a trimmer to copy again. A frame-accurate clip of media already in storage (an
-upload) is cut by the fetcher too. Real NATS, PostgreSQL, S3, ffmpeg and an HTTP origin."""
+source to its result key, and the fetcher finishes the job (no trimmer, no uploader hop, nothing staged).
+A frame-accurate clip of media already in storage (an upload) is cut by the fetcher too. Real NATS,
+PostgreSQL, S3, ffmpeg and an HTTP origin."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
+from services.fetcher import handler as fetcher_handler
 from services.fetcher.handler import handle as fetch
 from services.trimmer.handler import handle as trim
-from services.uploader.handler import handle as upload_result
 from shared.db import jobs
 from shared.jobs.contracts import Artifact, ClipJobMessage, MediaPlan, StageMessage, UploadSource, UrlSource
 from shared.jobs.ids import uuid7
@@ -22,6 +23,7 @@ from shared.runtime.progress import Progress
 from shared.runtime.resources import Resources
 from shared.runtime.worker import StageDeps
 from shared.storage.clipstore import WRITE_META, clip_key
+from shared.storage.s3 import result_key
 from tests.conftest import Workers
 from tests.http_source import MediaServer
 from tests.jobflow import run_upload_job, run_url_job, stages_run, upload
@@ -37,7 +39,8 @@ def _deps(resources: Resources, folder: Path, name: str) -> StageDeps:
 async def test_keyframe_clip_of_a_url_is_cut_once_by_the_fetcher(
     client: AsyncTestClient[Any], workers: Workers, resources: Resources, sample_video: Path, tmp_path: Path
 ) -> None:
-    """No staged copy of the range is stored, and the trimmer does not run: the clip is the only copy."""
+    """No staged copy of the range is stored, and neither the trimmer nor the uploader runs: the clip is the only
+    copy, written once, at its content-hashed result key."""
     workers.start()
     with MediaServer(sample_video.parent) as origin:
         job = await run_url_job(client, origin.url(sample_video.name), startSec=5.5, endSec=12.0, precision="keyframe")
@@ -45,11 +48,14 @@ async def test_keyframe_clip_of_a_url_is_cut_once_by_the_fetcher(
     assert job["result"]["actualStartSec"] == pytest.approx(4.0, abs=1e-3)  # the keyframe before 5.5
     clip = await download(job["urls"]["video"], tmp_path / "clip.mp4")
     assert_clip_matches(clip, sample_video, job, 5.5, 12.0)
-    assert await stages_run(resources, job["id"]) == [FETCH, UPLOAD]
-    assert await resources.storage.list_keys(f"staging/{job['id']}/") == [clip_key(job["id"])]
+    assert await stages_run(resources, job["id"]) == [FETCH]
+    assert await resources.storage.list_keys(f"staging/{job['id']}/") == []
+    assert await resources.storage.list_keys("results/") == [result_key(job["result"]["sha256"], "clip.mp4")]
+    events = [e["type"] for e in await jobs.job_events(resources.db, uuid.UUID(job["id"]))]
+    assert events.count("done") == 1 and events.count("stage_finished") == 1
 
 
-async def test_keyframe_clip_of_an_upload_skips_the_trimmer(
+async def test_keyframe_clip_of_an_upload_is_finished_by_the_fetcher(
     client: AsyncTestClient[Any], workers: Workers, resources: Resources, sample_video: Path, tmp_path: Path
 ) -> None:
     workers.start()
@@ -57,7 +63,7 @@ async def test_keyframe_clip_of_an_upload_skips_the_trimmer(
     assert job["status"] == "done", job
     assert job["result"]["actualStartSec"] == pytest.approx(8.0, abs=1e-3)
     assert_clip_matches(await download(job["urls"]["video"], tmp_path / "clip.mp4"), sample_video, job, 8.0, 13.0)
-    assert await stages_run(resources, job["id"]) == [FETCH, UPLOAD]
+    assert await stages_run(resources, job["id"]) == [FETCH]
 
 
 async def test_frame_accurate_clip_of_an_upload_is_cut_by_the_fetcher(
@@ -107,25 +113,41 @@ async def test_fetcher_smart_cut_run_twice_reuses_the_stored_clip(
     assert first_write.metadata[WRITE_META] == second_write.metadata[WRITE_META]  # not cut and written again
 
 
-async def test_fetcher_cut_run_twice_reuses_the_stored_clip(
-    resources: Resources, sample_video: Path, tmp_path: Path
+async def test_fetcher_that_stored_the_result_and_died_before_done_ends_the_job_once(
+    resources: Resources, sample_video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A fetcher that stored the clip and died before acking: the redelivery passes the same clip on, uncut."""
+    """A fetcher that put the plain copy at its result key and died before the job was done: the redelivery cuts
+    again, finds the same bytes stored (not written again) and ends the job; a later one changes nothing."""
+    real_finish = fetcher_handler.finish_job_done
+    deaths: list[str] = []
+
+    async def dies_once(res: Resources, job_id: str, *args: Any) -> bool:
+        if not deaths:
+            deaths.append(job_id)
+            raise RuntimeError("killed between the put and done")
+        return await real_finish(res, job_id, *args)
+
+    monkeypatch.setattr(fetcher_handler, "finish_job_done", dies_once)
     with MediaServer(sample_video.parent) as origin:
         job = ClipJobMessage(id=str(uuid7()), source=UrlSource(url=origin.url(sample_video.name)), start_sec=2.5,
                              end_sec=6, precision="keyframe")
         assert await jobs.begin_stage(resources.db, job, FETCH, 1) == "processing"
-        once = await fetch(job, _deps(resources, tmp_path, "fetch"))
-        first_write = await resources.storage.head(clip_key(job.id))
-        again = await fetch(job, _deps(resources, tmp_path, "fetch"))
-        second_write = await resources.storage.head(clip_key(job.id))
-    assert once is not None and once == again
-    assert (once.route, once.done) == ([UPLOAD], [FETCH])
+        with pytest.raises(RuntimeError):
+            await fetch(job, _deps(resources, tmp_path, "fetch"))
+        [stored] = await resources.storage.list_keys("results/")
+        first_write = await resources.storage.head(stored)
+        assert await fetch(job, _deps(resources, tmp_path, "fetch")) is None
+        assert await fetch(job, _deps(resources, tmp_path, "fetch")) is None  # after done: nothing more happens
+    second_write = await resources.storage.head(stored)
     assert first_write is not None and second_write is not None
-    assert first_write.metadata[WRITE_META] == second_write.metadata[WRITE_META]  # not cut and written again
-    assert await upload_result(once, _deps(resources, tmp_path, "upload")) is None
+    assert first_write.metadata[WRITE_META] == second_write.metadata[WRITE_META]  # not written again
+    assert await resources.storage.list_keys("results/") == [stored]
+    assert await resources.storage.list_keys(f"staging/{job.id}/") == []
     row = await jobs.get_job(resources.db, uuid.UUID(job.id))
-    assert row is not None and row["status"] == "done"
+    assert row is not None and row["status"] == "done" and row["result_video_key"] == stored
+    assert row["result"]["actualStartSec"] == pytest.approx(2.0, abs=1e-3)
+    events = [e["type"] for e in await jobs.job_events(resources.db, uuid.UUID(job.id))]
+    assert events.count("done") == 1
 
 
 async def test_trimmer_still_cuts_a_plain_copy_staged_by_an_older_fetcher(

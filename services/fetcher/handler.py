@@ -1,10 +1,13 @@
-"""Fetcher: locate the source, probe it, stage only the range the clip needs, and choose the route."""
+"""Fetcher: locate the source, probe it, stage only the range the clip needs, and choose the route (a plain copy
+with nothing to follow it is cut and its job finished here)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from shared.db import fingerprints
 from shared.errors import EndPastDuration, Permanent
@@ -16,6 +19,7 @@ from shared.jobs.pipeline import (
     CUT_BY_FETCHER_ROUTE,
     FETCH,
     REENCODE_ROUTE,
+    UPLOAD,
     installed_stages,
     route_for,
     unavailable,
@@ -33,12 +37,15 @@ from shared.runtime.logs import get_logger
 from shared.runtime.worker import StageDeps, finish_job_done
 from shared.storage.clipstore import (
     CLIP_NAME,
+    clip_result,
     copy_clip,
+    copy_result_clip,
     forward_clip,
     frame_clip,
     is_plain_copy,
     reencode_instead,
 )
+from shared.storage.results import put_once
 from shared.storage.s3 import sha256_file, staging_prefix
 
 from .batch import batch_source
@@ -73,22 +80,24 @@ async def _handle(job: ClipJobMessage, deps: StageDeps, session: FetchSession) -
 
 
 async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageMessage | None:
-    media, staged, identity = source.media, source.artifact, source.identity
-    fingerprint = request_fingerprint(job, identity)
-    await fingerprints.record(deps.res.db, uuid.UUID(job.id), fingerprint)
-    earlier = await fingerprints.earlier_result(deps.res.db, fingerprint)
-    if earlier is not None and await deps.res.storage.head(earlier[1]) is not None:
-        await finish_job_done(deps.res, job.id, *earlier)
-        return None
-    deps.progress.set(0.3)
+    media, staged = source.media, source.artifact
     shift, span = source.offset_sec, source.duration_sec is not None  # a batch's staged span: source time - shift
-    info, decision = await probe_and_choose(
+    # the probe reads the source while the request's fingerprint is recorded and looked up (it is dropped when an
+    # identical earlier request's result finishes the job)
+    probing = asyncio.ensure_future(probe_and_choose(
         media, job.precision, job.start_sec - shift, job.end_sec - shift, staged=staged is None or span,
         options=source.av_options,
         check=lambda found: _check_probed(job, found, source.duration_sec or found.duration_sec),
         decided=_decided_by_request(job, deps),
         bounds=WorkBounds.of(deps.res.settings),
-    )
+    ))
+    try:
+        if await _finished_by_earlier(job, deps, source.identity):
+            return None
+        deps.progress.set(0.3)
+        info, decision = await probing
+    finally:
+        await _settle(probing)
     log.info("cut_path_chosen", cut_path=decision.path, cut_reason=decision.reason)
     # a plain copy is cut here, straight from the source (one copy per clip); a yt-dlp section is staged as before
     cut_here = decision.path == "copy" and is_plain_copy(decision.reason, info.streams) and source.stage is None
@@ -105,6 +114,8 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
                         f"which this installation does not run", code="stage_unavailable")
     cut_start = job.start_sec if info.keyframe_before is None else info.keyframe_before + shift
     deps.progress.set(0.6)
+    if cut_here and route == (UPLOAD,):  # the clip is the result: nothing follows but storing it
+        return await _finish_clip(job, cut_start, deps, source, info, decision.reason)
     if cut_here:
         plan = MediaPlan(duration_sec=info.duration_sec, container=info.container, streams=info.streams,
                          cut_start_sec=cut_start, cut_path=decision.path, cut_reason=decision.reason)
@@ -127,6 +138,28 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
     return StageMessage(job=job, route=list(route), done=[FETCH], plan=plan, artifacts=[staged])
 
 
+async def _finished_by_earlier(job: ClipJobMessage, deps: StageDeps, identity: str) -> bool:
+    """Record the request's fingerprint; when an identical earlier request's result is still kept, finish this
+    job at once with it (True)."""
+    fingerprint = request_fingerprint(job, identity)
+    await fingerprints.record(deps.res.db, uuid.UUID(job.id), fingerprint)
+    earlier = await fingerprints.earlier_result(deps.res.db, fingerprint)
+    if earlier is not None and await deps.res.storage.head(earlier[1]) is not None:
+        await finish_job_done(deps.res, job.id, *earlier)
+        return True
+    return False
+
+
+async def _settle(task: asyncio.Future[Any]) -> None:
+    """A task not awaited to its end (the job ended another way, or failed first): cancelled and waited for, its
+    outcome dropped (an error of it is not the job's any more). A cancel of the caller still goes through."""
+    if not task.done():
+        task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()  # retrieved: not logged as never retrieved
+
+
 async def _cut_clip(
     task: StageMessage, plan: MediaPlan, deps: StageDeps, source: Located, info: MediaInfo
 ) -> StageMessage:
@@ -142,6 +175,28 @@ async def _cut_clip(
     log.info("clip_cut", cut_path="copy", planned=plan.cut_path, reason=plan.cut_reason, start=round(start, 6),
              duration=round(duration, 6))
     return forward_clip(task, FETCH, clip, duration, start, "copy")
+
+
+async def _finish_clip(
+    job: ClipJobMessage, cut_start: float, deps: StageDeps, source: Located, info: MediaInfo, reason: str
+) -> None:
+    """Stream copy the clip straight from the source to its content-hashed result key and finish the job here:
+    the uploader's hop (its pull, claim, server-side copy and done) is skipped when it would only store the clip.
+
+    A redelivery before done cuts again and finds the result stored (same bytes, same key); one after done is
+    skipped by the runtime (`begin_stage`). As in the uploader, the result is put again after done when the
+    reaper expired an identical result between the check and done."""
+    storage, path = deps.res.storage, deps.scratch / CLIP_NAME
+    with _slow_source_fails(bool(source.ffmpeg_args)):
+        clip, duration = await copy_result_clip(
+            storage, source.media, path, start=cut_start, seek=cut_start - source.offset_sec, end=job.end_sec,
+            fmt=demuxer(info.container), input_args=source.ffmpeg_args,
+            on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p), limits=RunLimits.of(deps.res.settings))
+    log.info("clip_cut", cut_path="copy", planned="copy", reason=reason, finished=True, start=round(cut_start, 6),
+             duration=round(duration, 6))
+    deps.progress.set(0.95)
+    await finish_job_done(deps.res, job.id, clip_result(clip, duration, cut_start), clip.key)
+    await put_once(storage, path, clip.key, "video/mp4", clip.metadata)
 
 
 async def _cut_frames(

@@ -9,10 +9,10 @@ from shared.errors import Permanent
 from shared.jobs.contracts import Artifact, StageMessage
 from shared.jobs.outputs import VIDEO_ROLE, result_artifacts
 from shared.runtime.worker import StageDeps, finish_job_done
-from shared.storage.s3 import Storage, result_key
+from shared.storage.results import CLIP_FILENAME, promote
+from shared.storage.s3 import result_key
 from shared.subtitles.outputs import SUBTITLE_OUTPUTS
 
-CLIP_FILENAME = "clip.mp4"
 # Result files are keyed by their own sha256 (results/sha256/<2>/<hash of the file>/clip.srt): the same clip
 # transcribed by another model or in another language is another file, and identical files are stored once.
 # A transcriber older than result files' names (a message in flight across an upgrade) sent these roles bare:
@@ -34,12 +34,12 @@ async def handle(task: StageMessage, deps: StageDeps) -> None:
             raise Permanent(f"the {artifact.role} file from {artifact.stage} has no hash", code="invalid_message")
         promoted.append((artifact, result_key(artifact.sha256, artifact.filename), artifact.content_type))
     for artifact, key, content_type in promoted:
-        await _promote(storage, artifact, key, content_type)
+        await promote(storage, artifact.key, key, content_type)
     deps.progress.set(0.9)
     files = {artifact.role: key for artifact, key, _ in promoted[1:]}
     await finish_job_done(res, task.job.id, result, promoted[0][1], files)
     for artifact, key, content_type in promoted:  # the reaper expired an identical result between our check
-        await _promote(storage, artifact, key, content_type)  # and done: now that this job is done, it is live
+        await promote(storage, artifact.key, key, content_type)  # and done: now that this job is done, it is live
 
 
 def _result_files(task: StageMessage) -> list[Artifact]:
@@ -49,7 +49,3 @@ def _result_files(task: StageMessage) -> list[Artifact]:
     ]
     return result_artifacts(msgspec.structs.replace(task, artifacts=[*named, *task.artifacts]))
 
-
-async def _promote(storage: Storage, artifact: Artifact, key: str, content_type: str) -> None:
-    if await storage.head(key) is None:
-        await storage.copy(artifact.key, key, content_type)

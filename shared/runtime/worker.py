@@ -46,7 +46,9 @@ T = TypeVar("T", ClipJobMessage, StageMessage)
 PULL_RETRY_SEC = 1.0  # pause after a pull request failed for another reason than "no message", s
 PULL_REQUEST_TIMEOUT_SEC = 5.0  # longest wait for JetStream's answer to one no_wait pull, s
 IDLE_PROBE_SEC = 1.0  # with every queue empty, pull again this often even without a publish heard, s
-WAKE_SETTLE_SEC = 0.02  # after hearing a publish, before pulling (the stream stores it a moment later), s
+# after hearing a publish, pull after each of these pauses in turn until the message is there (the stream stores
+# it a moment after we hear of it: fsync'd); then wait for the next publish (or IDLE_PROBE_SEC) again, s
+WAKE_SETTLE_SEC = (0.005, 0.015)
 JS_API_PREFIX = "$JS.API"
 NO_WAIT_PULL = b'{"batch":1,"no_wait":true}'  # one message if one waits, else a 404 status at once
 _encoder = msgspec.json.Encoder()
@@ -159,6 +161,7 @@ class PrioritySource:
 
     async def next(self, stopping: asyncio.Event) -> Msg | None:
         """The highest-priority message ready, waiting for one as long as needed; None once `stopping` is set."""
+        settling: list[float] = []  # pauses left before pulling again after a publish was heard
         while not stopping.is_set():
             self._wake.clear()
             try:
@@ -169,9 +172,12 @@ class PrioritySource:
                 continue
             if msg is not None:
                 return msg
-            await _wait_any(stopping, IDLE_PROBE_SEC, self._wake)
-            if self._wake.is_set():  # published: the stream may store it a moment after we hear of it
-                await _wait_any(stopping, WAKE_SETTLE_SEC)
+            if not settling:
+                await _wait_any(stopping, IDLE_PROBE_SEC, self._wake)
+                if self._wake.is_set():  # published: the stream may store it a moment after we hear of it
+                    settling = list(WAKE_SETTLE_SEC)
+            if settling:
+                await _wait_any(stopping, settling.pop(0))
         return None
 
     async def _probe(self) -> Msg | None:

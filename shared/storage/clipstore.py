@@ -1,4 +1,5 @@
-"""The clip a cutting stage (trimmer, encoder) made: stored once in the job's staging prefix, then forwarded.
+"""The clip a cutting stage (fetcher, trimmer, encoder) made: stored once in the job's staging prefix, then forwarded
+(or, a plain copy with nothing to follow, stored at its result key at once: `copy_result_clip`).
 
 Both stages store the same way and forward the same `video` artifact and `ClipResult`, so a redelivered
 message whose clip is already stored short-circuits to the same message.
@@ -25,7 +26,8 @@ from shared.media.mp4 import mp4_duration
 from shared.media.probe import probe
 from shared.media.smartcut import PIECE_ENCODE_FAILED, PieceEncodeFailed, cut_frames, frame_cut
 from shared.runtime.logs import get_logger
-from shared.storage.s3 import ObjectInfo, Storage, sha256_file, staging_prefix
+from shared.storage.results import CLIP_FILENAME, put_once
+from shared.storage.s3 import ObjectInfo, Storage, result_key, sha256_file, staging_prefix
 
 READ_URL_TTL_SEC = 3600  # lifetime of the signed URL ffmpeg reads the staged media through, s
 DURATION_META = "duration"  # object metadata: the clip's duration in seconds
@@ -124,7 +126,18 @@ async def stored_clip(storage: Storage, key: str) -> tuple[ObjectInfo, float] | 
 async def store_clip(
     storage: Storage, key: str, path: Path, *, covers_sec: float, extra: dict[str, str] | None = None
 ) -> tuple[ObjectInfo, float]:
-    """Put the MP4 at `path` under `key` with its sha256, duration, a write id (WRITE_META) and `extra` as metadata.
+    """Put the MP4 at `path` under `key` with its sha256, duration, a write id (WRITE_META) and `extra` as metadata
+    (`checked_clip`)."""
+    metadata, duration = await checked_clip(path, covers_sec=covers_sec, extra=extra)
+    size = await storage.put_file(key, path, "video/mp4", metadata)
+    return ObjectInfo(key, size, metadata), duration
+
+
+async def checked_clip(
+    path: Path, *, covers_sec: float, extra: dict[str, str] | None = None
+) -> tuple[dict[str, str], float]:
+    """The metadata the MP4 at `path` is stored with (its sha256, duration, a write id and `extra`), and its
+    duration, once it is checked against what it must cover.
 
     `covers_sec`: what the clip must last (from its first frame to endSec). ffmpeg can take a failed read of
     its input for the input's end and still exit 0: a clip shorter than that is a transient failure (the stage
@@ -140,7 +153,25 @@ async def store_clip(
                         code="output_too_long")
     metadata = {"sha256": await sha256_file(path), DURATION_META: f"{duration:.6f}",
                 WRITE_META: secrets.token_hex(8), **(extra or {})}
-    size = await storage.put_file(key, path, "video/mp4", metadata)
+    return metadata, duration
+
+
+async def copy_result_clip(
+    storage: Storage, media: str, path: Path, *, start: float, seek: float, end: float, fmt: str,
+    input_args: Sequence[str] = (), on_progress: Callable[[float], None] | None = None,
+    limits: RunLimits | None = None,
+) -> tuple[ObjectInfo, float]:
+    """The plain-copy clip stored straight at its content-hashed result key (`results.put_once`: not written
+    again when an identical clip is there), and its duration: for a job whose cut is its last step.
+
+    Cut and checked as `copy_clip` does; nothing goes to the job's staging prefix."""
+    await copy_cut(media, path, seek_sec=seek, duration_sec=end - start, on_progress=on_progress, fmt=fmt,
+                   input_args=input_args, limits=limits)
+    metadata, duration = await checked_clip(path, covers_sec=end - start,
+                                            extra={START_META: f"{start:.6f}", PATH_META: "copy"})
+    key = result_key(metadata["sha256"], CLIP_FILENAME)
+    await put_once(storage, path, key, "video/mp4", metadata)
+    size = (await asyncio.to_thread(path.stat)).st_size
     return ObjectInfo(key, size, metadata), duration
 
 
@@ -148,12 +179,17 @@ def forward_clip(
     task: StageMessage, stage: str, clip: ObjectInfo, duration: float, start: float, cut_path: CutPath = "copy"
 ) -> StageMessage:
     """`task` passed on with the clip as its `video` artifact and what it covers, in source seconds."""
-    result = ClipResult(
+    result = clip_result(clip, duration, start, cut_path)
+    artifact = Artifact(stage=stage, role="video", key=clip.key, size=clip.size, sha256=clip.sha256)
+    return task.forward(artifact=artifact, result=result)
+
+
+def clip_result(clip: ObjectInfo, duration: float, start: float, cut_path: CutPath = "copy") -> ClipResult:
+    """What the stored clip covers, in source seconds, with its size and hash: the job's result."""
+    return ClipResult(
         actual_start_sec=round(start, 6), actual_end_sec=round(start + duration, 6),
         duration_sec=round(duration, 6), size=clip.size, sha256=clip.sha256, cut_path=cut_path,
     )
-    artifact = Artifact(stage=stage, role="video", key=clip.key, size=clip.size, sha256=clip.sha256)
-    return task.forward(artifact=artifact, result=result)
 
 
 def reencode_instead(task: StageMessage, stage: str, failure: PieceEncodeFailed, installed: tuple[str, ...]

@@ -12,6 +12,8 @@ a later job finding the same bytes skips the sniff and hash; one finding other b
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 from shared.db import uploads
@@ -40,7 +42,7 @@ def _replaced(key: str) -> UploadChanged:
 async def verify_upload(storage: Storage, db: asyncpg.Pool, key: str, settings: Settings) -> ObjectInfo:
     """The checked copy of the upload (made now when missing, pinned to the ETag seen): its key, size and the
     sha256 of its bytes. Raises a Permanent error with a stable code when the upload may not be used."""
-    info = await storage.head(key)
+    info, first = await asyncio.gather(storage.head(key), uploads.first_use(db, key))  # two round trips at once
     if info is None:
         raise SourceUnreadable(f"no upload at key {key!r}; upload the file first", code="upload_not_found")
     if info.size > settings.max_upload_mb * MIB:
@@ -50,15 +52,15 @@ async def verify_upload(storage: Storage, db: asyncpg.Pool, key: str, settings: 
         )
     if info.size == 0:
         raise SourceUnreadable("the upload is empty (0 bytes); upload the media file again")
-    first = await uploads.first_use(db, key)
     if first is not None and (first["etag"], first["size"]) != (info.etag, info.size):
         raise _replaced(key)
     copy_to = copy_key(key, info.etag)
-    if first is None or await storage.head(copy_to) is None:
-        await copy_pinned(storage, key, copy_to, info.etag, info.size, COPY_CONTENT_TYPE)
     if first is not None:
-        await uploads.touch(db, key)
+        copied, _ = await asyncio.gather(storage.head(copy_to), uploads.touch(db, key))
+        if copied is None:
+            await copy_pinned(storage, key, copy_to, info.etag, info.size, COPY_CONTENT_TYPE)
         return ObjectInfo(copy_to, info.size, {"sha256": first["sha256"]}, info.etag)
+    await copy_pinned(storage, key, copy_to, info.etag, info.size, COPY_CONTENT_TYPE)
     try:
         await probe(await storage.internal_url(copy_to, SNIFF_URL_TTL_SEC))
     except SourceUnreadable as exc:
