@@ -14,9 +14,18 @@ from litestar.testing import AsyncTestClient
 
 from services.fetcher import handler as fetcher_handler
 from services.fetcher.handler import handle as fetch
+from services.thumbnailer.handler import THUMBS
 from services.trimmer.handler import handle as trim
 from shared.db import jobs
-from shared.jobs.contracts import Artifact, ClipJobMessage, MediaPlan, StageMessage, UploadSource, UrlSource
+from shared.jobs.contracts import (
+    Artifact,
+    ClipJobMessage,
+    MediaPlan,
+    Poster,
+    StageMessage,
+    UploadSource,
+    UrlSource,
+)
 from shared.jobs.ids import uuid7
 from shared.jobs.pipeline import DEFAULT_ROUTE_LENGTH, FETCH, TRIM, UPLOAD
 from shared.runtime.progress import Progress
@@ -69,8 +78,9 @@ async def test_keyframe_clip_of_an_upload_is_finished_by_the_fetcher(
 async def test_frame_accurate_clip_of_an_upload_is_cut_by_the_fetcher(
     client: AsyncTestClient[Any], workers: Workers, resources: Resources, sample_video: Path, tmp_path: Path
 ) -> None:
-    """An upload sits in storage already: the fetcher smart-cuts it on the layout it probed, the trimmer does not
-    run, and nothing but the clip is stored for the job."""
+    """An upload sits in storage already: the fetcher smart-cuts it on the layout it probed and, nothing else
+    following, stores it at its content-hashed result key and finishes the job: neither the trimmer nor the
+    uploader runs, nothing is staged, and the clip is the only copy."""
     workers.start()
     job = await run_upload_job(client, sample_video, startSec=5.5, endSec=9.0)
     assert job["status"] == "done", job
@@ -78,8 +88,11 @@ async def test_frame_accurate_clip_of_an_upload_is_cut_by_the_fetcher(
     assert job["result"]["actualStartSec"] == pytest.approx(5.5, abs=1 / 30)
     assert job["result"]["durationSec"] == pytest.approx(3.5, abs=1 / 30)
     assert (await download(job["urls"]["video"], tmp_path / "clip.mp4")).stat().st_size == job["result"]["size"]
-    assert await stages_run(resources, job["id"]) == [FETCH, UPLOAD]
-    assert await resources.storage.list_keys(f"staging/{job['id']}/") == [clip_key(job["id"])]
+    assert await stages_run(resources, job["id"]) == [FETCH]
+    assert await resources.storage.list_keys(f"staging/{job['id']}/") == []
+    assert await resources.storage.list_keys("results/") == [result_key(job["result"]["sha256"], "clip.mp4")]
+    events = [e["type"] for e in await jobs.job_events(resources.db, uuid.UUID(job["id"]))]
+    assert events.count("done") == 1 and events.count("stage_finished") == 1
 
 
 async def test_frame_accurate_clip_of_a_url_still_goes_through_the_trimmer(
@@ -98,16 +111,17 @@ async def test_frame_accurate_clip_of_a_url_still_goes_through_the_trimmer(
 async def test_fetcher_smart_cut_run_twice_reuses_the_stored_clip(
     client: AsyncTestClient[Any], resources: Resources, sample_video: Path, tmp_path: Path
 ) -> None:
-    """A fetcher that smart-cut an upload and died before acking: the redelivery passes the same clip on."""
+    """A fetcher that smart-cut an upload (a poster to follow: the clip is passed on) and died before acking: the
+    redelivery passes the same clip on."""
     key = await upload(client, sample_video)
-    job = ClipJobMessage(id=str(uuid7()), source=UploadSource(key=key), start_sec=5.5, end_sec=9.0)
+    job = ClipJobMessage(id=str(uuid7()), source=UploadSource(key=key), start_sec=5.5, end_sec=9.0, poster=Poster())
     assert await jobs.begin_stage(resources.db, job, FETCH, 1) == "processing"
     once = await fetch(job, _deps(resources, tmp_path, "fetch"))
     first_write = await resources.storage.head(clip_key(job.id))
     again = await fetch(job, _deps(resources, tmp_path, "fetch"))
     second_write = await resources.storage.head(clip_key(job.id))
     assert once is not None and once == again
-    assert (once.route, once.done) == ([UPLOAD], [FETCH])
+    assert (once.route, once.done) == ([THUMBS, UPLOAD], [FETCH])
     assert once.result is not None and once.result.cut_path == "smart"
     assert first_write is not None and second_write is not None
     assert first_write.metadata[WRITE_META] == second_write.metadata[WRITE_META]  # not cut and written again
@@ -146,6 +160,45 @@ async def test_fetcher_that_stored_the_result_and_died_before_done_ends_the_job_
     row = await jobs.get_job(resources.db, uuid.UUID(job.id))
     assert row is not None and row["status"] == "done" and row["result_video_key"] == stored
     assert row["result"]["actualStartSec"] == pytest.approx(2.0, abs=1e-3)
+    events = [e["type"] for e in await jobs.job_events(resources.db, uuid.UUID(job.id))]
+    assert events.count("done") == 1
+
+
+async def test_fetcher_that_stored_a_smart_cut_and_died_before_done_ends_the_job_once(
+    client: AsyncTestClient[Any], resources: Resources, sample_video: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fetcher that smart-cut an upload with nothing to follow, put it at its result key and died before the job
+    was done: the redelivery cuts again (the same bytes: the head's encode is deterministic), finds them stored
+    and ends the job once; a later one changes nothing."""
+    real_finish = fetcher_handler.finish_job_done
+    deaths: list[str] = []
+
+    async def dies_once(res: Resources, job_id: str, *args: Any) -> bool:
+        if not deaths:
+            deaths.append(job_id)
+            raise RuntimeError("killed between the put and done")
+        return await real_finish(res, job_id, *args)
+
+    monkeypatch.setattr(fetcher_handler, "finish_job_done", dies_once)
+    key = await upload(client, sample_video)
+    job = ClipJobMessage(id=str(uuid7()), source=UploadSource(key=key), start_sec=5.5, end_sec=9.0)
+    assert await jobs.begin_stage(resources.db, job, FETCH, 1) == "processing"
+    with pytest.raises(RuntimeError):
+        await fetch(job, _deps(resources, tmp_path, "fetch"))
+    [stored] = await resources.storage.list_keys("results/")
+    first_write = await resources.storage.head(stored)
+    assert await fetch(job, _deps(resources, tmp_path, "fetch")) is None
+    assert await fetch(job, _deps(resources, tmp_path, "fetch")) is None  # after done: nothing more happens
+    second_write = await resources.storage.head(stored)
+    assert first_write is not None and second_write is not None
+    assert first_write.metadata[WRITE_META] == second_write.metadata[WRITE_META]  # not written again
+    assert await resources.storage.list_keys("results/") == [stored]
+    assert await resources.storage.list_keys(f"staging/{job.id}/") == []
+    row = await jobs.get_job(resources.db, uuid.UUID(job.id))
+    assert row is not None and row["status"] == "done" and row["result_video_key"] == stored
+    assert row["result"]["cutPath"] == "smart"
+    assert row["result"]["actualStartSec"] == pytest.approx(5.5, abs=1 / 30)
     events = [e["type"] for e in await jobs.job_events(resources.db, uuid.UUID(job.id))]
     assert events.count("done") == 1
 

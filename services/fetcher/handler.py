@@ -42,6 +42,7 @@ from shared.storage.clipstore import (
     copy_result_clip,
     forward_clip,
     frame_clip,
+    frame_result_clip,
     is_plain_copy,
     reencode_instead,
 )
@@ -134,7 +135,7 @@ async def _plan(job: ClipJobMessage, deps: StageDeps, source: Located) -> StageM
     )
     if layout is not None:  # nothing was staged: the media in storage is cut in place
         task = StageMessage(job=job, route=[FETCH, *route], plan=plan, artifacts=[staged])
-        return await _cut_frames(task, deps, source, info, layout)
+        return await _cut_frames(task, deps, source, info, layout, finish=route == (UPLOAD,))
     return StageMessage(job=job, route=list(route), done=[FETCH], plan=plan, artifacts=[staged])
 
 
@@ -200,23 +201,40 @@ async def _finish_clip(
 
 
 async def _cut_frames(
-    task: StageMessage, deps: StageDeps, source: Located, info: MediaInfo, layout: CutLayout
-) -> StageMessage:
+    task: StageMessage, deps: StageDeps, source: Located, info: MediaInfo, layout: CutLayout, *, finish: bool
+) -> StageMessage | None:
     """Cut the clip frame-accurately (smart cut, or a copy when the start is a keyframe) straight from the media
-    in storage, on the layout the probe read, and pass it on (the trimmer is not in the route): no second
-    layout read, no hop to another stage."""
+    in storage, on the layout the probe read: no second layout read, no hop to another stage. `finish` (nothing
+    but storing it follows): the clip is stored at its content-hashed result key and the job finished here, as a
+    plain copy's is (`_finish_clip`); else it is passed on (the trimmer is not in the route)."""
     job, plan = task.job, task.plan
     assert plan is not None
+    audio = any(s.kind == "audio" for s in info.streams)
+
+    def on_progress(share: float) -> None:
+        deps.progress.set(0.6 + 0.3 * share)
+
     try:
-        clip, duration, start, cut_path = await frame_clip(
-            deps.res.storage, job.id, source.media, deps.scratch / CLIP_NAME, start=job.start_sec, end=job.end_sec,
-            offset=source.offset_sec, audio=any(s.kind == "audio" for s in info.streams), scratch=deps.scratch,
-            fmt=demuxer(info.container), layout=layout, on_progress=lambda p: deps.progress.set(0.6 + 0.3 * p))
+        if finish:
+            clip, duration, start, cut_path = await frame_result_clip(
+                deps.res.storage, source.media, deps.scratch / CLIP_NAME, end=job.end_sec,
+                offset=source.offset_sec, audio=audio, scratch=deps.scratch, fmt=demuxer(info.container),
+                layout=layout, on_progress=on_progress)
+        else:
+            clip, duration, start, cut_path = await frame_clip(
+                deps.res.storage, job.id, source.media, deps.scratch / CLIP_NAME, start=job.start_sec,
+                end=job.end_sec, offset=source.offset_sec, audio=audio, scratch=deps.scratch,
+                fmt=demuxer(info.container), layout=layout, on_progress=on_progress)
     except PieceEncodeFailed as failed:  # the encoder refused a head or tail: the whole clip is re-encoded
         return reencode_instead(task, FETCH, failed, installed_stages(deps.res.settings.installed_stages))
     log.info("clip_cut", cut_path=cut_path, planned=plan.cut_path, reason=plan.cut_reason, start=round(start, 6),
-             duration=round(duration, 6))
-    return forward_clip(task, FETCH, clip, duration, start, cut_path)
+             duration=round(duration, 6), finished=finish)
+    if not finish:
+        return forward_clip(task, FETCH, clip, duration, start, cut_path)
+    deps.progress.set(0.95)
+    await finish_job_done(deps.res, job.id, clip_result(clip, duration, start, cut_path), clip.key)
+    await put_once(deps.res.storage, deps.scratch / CLIP_NAME, clip.key, "video/mp4", clip.metadata)
+    return None
 
 
 @contextmanager

@@ -1,5 +1,5 @@
 """The clip a cutting stage (fetcher, trimmer, encoder) made: stored once in the job's staging prefix, then forwarded
-(or, a plain copy with nothing to follow, stored at its result key at once: `copy_result_clip`).
+(or, a clip with nothing to follow, stored at its result key at once: `copy_result_clip`, `frame_result_clip`).
 
 Both stages store the same way and forward the same `video` artifact and `ClipResult`, so a redelivered
 message whose clip is already stored short-circuits to the same message.
@@ -103,6 +103,31 @@ async def frame_clip(
     return clip, duration, first, outcome.path
 
 
+async def frame_result_clip(
+    storage: Storage, media: str, path: Path, *, end: float, offset: float, audio: bool, scratch: Path, fmt: str,
+    layout: CutLayout, on_progress: Callable[[float], None] | None = None,
+) -> tuple[ObjectInfo, float, float, CutPath]:
+    """The frame-accurate clip stored straight at its content-hashed result key (`results.put_once`: not written
+    again when an identical clip is there), its duration, its first frame in source seconds and its cut path: for
+    a job whose cut is its last step.
+
+    Cut as `frame_clip` cuts with a layout the caller read (`layout`, on `media`, whose t=0 is source time
+    `offset`); nothing goes to the job's staging prefix."""
+    outcome = await frame_cut(media, path, layout, audio=audio, scratch=scratch, on_progress=on_progress, fmt=fmt)
+    first = offset + outcome.first_frame
+    metadata, duration = await checked_clip(path, covers_sec=end - first,
+                                            extra={START_META: f"{first:.6f}", PATH_META: outcome.path})
+    return await _put_result(storage, path, metadata), duration, first, outcome.path
+
+
+async def _put_result(storage: Storage, path: Path, metadata: dict[str, str]) -> ObjectInfo:
+    """The checked clip at `path` put at its content-hashed result key, unless an identical clip is there."""
+    key = result_key(metadata["sha256"], CLIP_FILENAME)
+    await put_once(storage, path, key, "video/mp4", metadata)
+    size = (await asyncio.to_thread(path.stat)).st_size
+    return ObjectInfo(key, size, metadata)
+
+
 async def source_time_of_zero(media: str, plan: MediaPlan, source: Artifact, job_id: str) -> float:
     """The source time of t=0 in the media a cutting stage reads (`media`: the `source` artifact's URL).
 
@@ -169,10 +194,7 @@ async def copy_result_clip(
                    input_args=input_args, limits=limits)
     metadata, duration = await checked_clip(path, covers_sec=end - start,
                                             extra={START_META: f"{start:.6f}", PATH_META: "copy"})
-    key = result_key(metadata["sha256"], CLIP_FILENAME)
-    await put_once(storage, path, key, "video/mp4", metadata)
-    size = (await asyncio.to_thread(path.stat)).st_size
-    return ObjectInfo(key, size, metadata), duration
+    return await _put_result(storage, path, metadata), duration
 
 
 def forward_clip(
