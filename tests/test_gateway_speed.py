@@ -20,8 +20,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from services.gateway.groupcommit import GroupCommit
-from services.gateway.published import PublishedMarks
 from services.gateway.ttlcache import TtlCache
+from services.gateway.writes import GroupedWrites
 from services.stack.devstack import free_port
 from shared.db import jobs, keys
 from shared.db.pool import create_pool
@@ -109,10 +109,40 @@ async def test_published_marks_written_together_each_reach_their_row(resources: 
             job = ClipJobMessage(id=str(uuid7()), source=UrlSource(url=GOOD_URL["url"]), start_sec=1, end_sec=2)
             assert await jobs.insert_job(conn, job)
             made.append(uuid.UUID(job.id))
-    marks = PublishedMarks(resources.db, CircuitBreaker("PostgreSQL", failures=5, open_sec=10))
-    await asyncio.gather(*(marks.mark(job_id) for job_id in made))  # all at once: a few statements mark them
+    writes = GroupedWrites(resources.db, CircuitBreaker("PostgreSQL", failures=5, open_sec=10), keys.RATE_WINDOW_SEC)
+    await asyncio.gather(*(writes.mark_published(job_id) for job_id in made))  # all at once: a few statements
     rows = await resources.db.fetch("SELECT published_at FROM jobs")
     assert len(rows) == 60 and all(row["published_at"] is not None for row in rows)
+
+
+async def test_marks_and_rate_hits_waiting_together_go_out_in_one_statement(
+    resources: Resources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = []
+    async with resources.db.acquire() as conn:
+        for _ in range(20):
+            job = ClipJobMessage(id=str(uuid7()), source=UrlSource(url=GOOD_URL["url"]), start_sec=1, end_sec=2)
+            assert await jobs.insert_job(conn, job)
+            made.append(uuid.UUID(job.id))
+    statements = []
+    rate_hits = keys.rate_hits
+
+    async def counted(*args: Any) -> Any:
+        statements.append(args)
+        return await rate_hits(*args)
+
+    monkeypatch.setattr(keys, "rate_hits", counted)  # the real statement, each one counted
+    window = keys.RATE_WINDOW_SEC
+    start = (int(time.time()) // window + 20) * window  # a window of its own
+    writes = GroupedWrites(resources.db, CircuitBreaker("PostgreSQL", failures=5, open_sec=10), window)
+    first = asyncio.ensure_future(writes.rate_hit("key:first", start))  # its statement goes out alone
+    await asyncio.sleep(0)
+    waiting = [writes.mark_published(job_id) for job_id in made] + [writes.rate_hit("key:w", start) for _ in range(20)]
+    done = await asyncio.gather(first, *waiting)  # ...the others, arriving while it is written, wait together
+    assert len(statements) == 2, "marks and hits waiting together share one statement"
+    assert done[0] == (1, 0) and sorted(done[1 + len(made):]) == [(n, 0) for n in range(1, 21)]
+    rows = await resources.db.fetch("SELECT published_at FROM jobs")
+    assert len(rows) == 20 and all(row["published_at"] is not None for row in rows)
 
 
 async def test_rate_hits_written_together_count_as_if_one_after_the_other(resources: Resources) -> None:

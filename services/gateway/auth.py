@@ -1,8 +1,8 @@
 """Who is calling: the API key on each `/api` request, its rate limit, and what it may do.
 
 Each request costs at most one database round trip here (the rate-limit hit, written together with the hits of
-the requests arriving meanwhile: services/gateway/state.py); key lookups are cached for KEY_CACHE_SEC, so a
-revoked key stops working within that time on every replica.
+the requests arriving meanwhile and the published marks of new jobs: services/gateway/writes.py); key lookups are
+cached for KEY_CACHE_SEC, so a revoked key stops working within that time on every replica.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ async def _rate_limit(gw: Gateway, scope: Scope, subject: str, limit: int) -> No
     now = time.time()
     window_start = int(now // RATE_WINDOW_SEC) * RATE_WINDOW_SEC
     # the breaker guards the grouped write once (groupcommit.py); wrapping this in it would count one failure per caller
-    current, previous = await gw.rate_hits.add((subject, window_start))
+    current, previous = await gw.writes.rate_hit(subject, window_start)
     elapsed = now - window_start
     used = previous * (1 - elapsed / RATE_WINDOW_SEC) + current
     reset = max(1, math.ceil(RATE_WINDOW_SEC - elapsed))
