@@ -23,7 +23,7 @@ from services.gateway.groupcommit import GroupCommit
 from services.gateway.ttlcache import TtlCache
 from services.gateway.writes import GroupedWrites
 from services.stack.devstack import free_port
-from shared.db import jobs, keys
+from shared.db import grouped, jobs, keys
 from shared.db.pool import create_pool
 from shared.jobs.contracts import ClipJobMessage, ClipResult, UrlSource
 from shared.jobs.ids import uuid7
@@ -115,7 +115,7 @@ async def test_published_marks_written_together_each_reach_their_row(resources: 
     assert len(rows) == 60 and all(row["published_at"] is not None for row in rows)
 
 
-async def test_marks_and_rate_hits_waiting_together_go_out_in_one_statement(
+async def test_marks_hits_and_reads_waiting_together_go_out_in_one_statement(
     resources: Resources, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     made = []
@@ -125,24 +125,28 @@ async def test_marks_and_rate_hits_waiting_together_go_out_in_one_statement(
             assert await jobs.insert_job(conn, job)
             made.append(uuid.UUID(job.id))
     statements = []
-    rate_hits = keys.rate_hits
+    write = grouped.write
 
     async def counted(*args: Any) -> Any:
         statements.append(args)
-        return await rate_hits(*args)
+        return await write(*args)
 
-    monkeypatch.setattr(keys, "rate_hits", counted)  # the real statement, each one counted
+    monkeypatch.setattr(grouped, "write", counted)  # the real statement, each one counted
     window = keys.RATE_WINDOW_SEC
     start = (int(time.time()) // window + 20) * window  # a window of its own
     writes = GroupedWrites(resources.db, CircuitBreaker("PostgreSQL", failures=5, open_sec=10), window)
     first = asyncio.ensure_future(writes.rate_hit("key:first", start))  # its statement goes out alone
     await asyncio.sleep(0)
-    waiting = [writes.mark_published(job_id) for job_id in made] + [writes.rate_hit("key:w", start) for _ in range(20)]
-    done = await asyncio.gather(first, *waiting)  # ...the others, arriving while it is written, wait together
-    assert len(statements) == 2, "marks and hits waiting together share one statement"
-    assert done[0] == (1, 0) and sorted(done[1 + len(made):]) == [(n, 0) for n in range(1, 21)]
-    rows = await resources.db.fetch("SELECT published_at FROM jobs")
-    assert len(rows) == 20 and all(row["published_at"] is not None for row in rows)
+    marks = [writes.mark_published(job_id) for job_id in made[:10]]
+    hits = [writes.rate_hit("key:w", start) for _ in range(10)]
+    reads = [writes.rate_hit_and_read("key:w", start, job_id) for job_id in [*made[10:], uuid.UUID(str(uuid7()))]]
+    done = await asyncio.gather(first, *marks, *hits, *reads)  # ...the others, arriving meanwhile, wait together
+    assert len(statements) == 2, "marks, hits and reads waiting together share one statement"
+    counts = done[11:21] + [counted_ for counted_, _ in done[21:]]
+    assert done[0] == (1, 0) and sorted(counts) == [(n, 0) for n in range(1, 22)]  # each hit its own count
+    assert [row["id"] for _, row in done[21:-1]] == made[10:] and done[-1][1] is None  # the rows, none unknown
+    rows = await resources.db.fetch("SELECT id FROM jobs WHERE published_at IS NOT NULL")
+    assert {row["id"] for row in rows} == set(made[:10])
 
 
 async def test_rate_hits_written_together_count_as_if_one_after_the_other(resources: Resources) -> None:
