@@ -178,11 +178,11 @@ def other_gateways(stack: Stack, ab: bool, base: Path | None) -> dict[str, tuple
 
 
 def benchmark(seconds: float, runs: int, processes: int, profile: Path | None, ab: bool = False,
-              base: Path | None = None) -> dict[str, Any]:
+              base: Path | None = None, private_postgres: bool = False) -> dict[str, Any]:
     DATA.mkdir(parents=True, exist_ok=True)
     source = make_test_pattern(DATA / f"source-{SOURCE_SEC}s-360p.mp4", seconds=SOURCE_SEC)
     with (tempfile.TemporaryDirectory(dir=DATA.resolve()) as tmp,
-          gateway_stack(Path(tmp) / "stack") as stack):
+          gateway_stack(Path(tmp) / "stack", private_postgres) as stack):
         work = Path(tmp)
         stack.settings = msgspec.structs.replace(stack.settings, gateway_processes=processes)
         stack.start_gateway()
@@ -252,8 +252,11 @@ def main() -> None:
                         help="also measure a gateway without the raw routes (bench/gateway_plain.py), interleaved")
     parser.add_argument("--base", type=Path,
                         help="also measure the gateway of this tree (`git archive` of an earlier commit), interleaved")
+    parser.add_argument("--private-postgres", action="store_true",
+                        help="a PostgreSQL server of its own (when the machine's is shared and out of connections)")
     args = parser.parse_args()
-    print(json.dumps(benchmark(args.seconds, args.runs, args.processes, args.profile, args.ab, args.base), indent=2))
+    print(json.dumps(benchmark(args.seconds, args.runs, args.processes, args.profile, args.ab, args.base,
+                               args.private_postgres), indent=2))
 
 
 if __name__ == "__main__":
