@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 import asyncpg
 
@@ -43,14 +43,13 @@ class GroupedWrites:
 
     async def rate_hit(self, subject: str, window_start: int) -> Counts:
         """Count one request of `subject` in the window starting at `window_start`; its counts once written."""
-        counts: Any = await self._batch.add((subject, window_start))
-        return counts  # type: ignore[no-any-return]
+        return cast(Counts, await self._batch.add((subject, window_start)))
 
     async def rate_hit_and_read(self, subject: str, window_start: int,
                                 job_id: uuid.UUID) -> tuple[Counts, asyncpg.Record | None]:
         """`rate_hit`, and the row of job `job_id` (None: no such job) read by the same statement."""
-        both: Any = await self._batch.add(_HitAndRead((subject, window_start), job_id))
-        return both  # type: ignore[no-any-return]
+        return cast(tuple[Counts, asyncpg.Record | None],
+                    await self._batch.add(_HitAndRead((subject, window_start), job_id)))
 
     async def mark_published(self, job_id: uuid.UUID) -> None:
         """Set the job's published_at; returns once it is written."""
