@@ -9,6 +9,9 @@ The floor (a bare asyncpg INSERT + JetStream publish per POST, a bare asyncpg SE
 its own) is measured the same way. `--profile DIR` also records each gateway process with py-spy (speedscope
 files) during a second run of each kind. Two HTTP-only references (bench/hello.py: a bare ASGI app and a
 one-handler Litestar app under the same uvicorn) show what HTTP and the framework alone cost per request.
+`--ab` (a gateway without the raw routes) and `--base DIR` (the gateway of another tree, e.g. `git archive` of the
+commit before) measure a second gateway on the same stack, interleaved round by round, so both share the same
+minutes' load. wrk comes from Debian's `wrk` package; py-spy from the venv or PATH.
 """
 
 from __future__ import annotations
