@@ -9,6 +9,9 @@ The floor (a bare asyncpg INSERT + JetStream publish per POST, a bare asyncpg SE
 its own) is measured the same way. `--profile DIR` also records each gateway process with py-spy (speedscope
 files) during a second run of each kind. Two HTTP-only references (bench/hello.py: a bare ASGI app and a
 one-handler Litestar app under the same uvicorn) show what HTTP and the framework alone cost per request.
+`--ab` (a gateway without the raw routes) and `--base DIR` (the gateway of another tree, e.g. `git archive` of the
+commit before) measure a second gateway on the same stack, interleaved round by round, so both share the same
+minutes' load. wrk comes from Debian's `wrk` package; py-spy from the venv or PATH.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -82,7 +86,7 @@ def gateway_cpu(stack: Stack, method: str, url: str, body: dict[str, Any] | None
         for pid in pids[1:] or pids:
             out = profile / f"{method.lower()}-{pid}.speedscope.json"
             spies.append(subprocess.Popen(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format",
+                [_py_spy(), "record", "--pid", str(pid), "--format",
                  "speedscope", "--output", str(out), "--duration", str(max(1, round(seconds))), "--rate", "200",
                  "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(0.5)
@@ -95,6 +99,12 @@ def gateway_cpu(stack: Stack, method: str, url: str, body: dict[str, Any] | None
     return {"cpu_us_per_req": round(used / max(1, figure.requests) * 1e6, 1),
             "system_share": round(system / used, 2) if used else 0.0, "requests": figure.requests,
             "req_per_s": round(figure.rate, 1), "p99_ms": round(figure.p99_ms, 1), "bad": figure.bad}
+
+
+def _py_spy() -> str:
+    """py-spy next to this Python (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy") or str(beside)
 
 
 def http_reference(app: str, seconds: float, work: Path) -> dict[str, float]:
@@ -126,17 +136,31 @@ def floor_cpu(stack: Stack, kind: str, seconds: float, job_id: str) -> dict[str,
             "requests": figure.requests, "req_per_s": round(figure.rate, 1)}
 
 
-def start_plain_gateway(stack: Stack) -> tuple[Child, str]:
-    """A second gateway, every request through Litestar (bench/gateway_plain.py), on a port of its own; its URL."""
+def start_other_gateway(stack: Stack, name: str, argv: list[str],
+                        env: dict[str, str] | None = None) -> tuple[Child, str]:
+    """A second gateway (`argv`, with `env` added) on a port of its own, sharing the stack; its URL."""
     settings = msgspec.structs.replace(stack.settings, gateway_port=free_port())
-    child = Child("plain", [sys.executable, "-m", "bench.gateway_plain"], {**os.environ, **settings_env(settings)})
+    child = Child(name, argv, {**os.environ, **settings_env(settings), **(env or {})})
     base_url = f"http://127.0.0.1:{settings.gateway_port}"
-    wait_started(child, base_url, "the plain gateway")
+    wait_started(child, base_url, f"the {name} gateway")
     return child, base_url
 
 
-def benchmark(seconds: float, runs: int, processes: int, profile: Path | None, ab: bool = False) -> dict[str, Any]:
-    with gateway_target(processes) as target:
+def other_gateways(stack: Stack, ab: bool, base: Path | None) -> dict[str, tuple[Child, str]]:
+    """`plain`: every request through Litestar (bench/gateway_plain.py); `base`: `clipjet gateway` of another tree
+    (`git archive` of an earlier commit, run with that tree's code only: `python -P`)."""
+    others = {}
+    if ab:
+        others["plain"] = start_other_gateway(stack, "plain", [sys.executable, "-m", "bench.gateway_plain"])
+    if base is not None:
+        others["base"] = start_other_gateway(stack, "base", [sys.executable, "-P", "-m", "services", "gateway"],
+                                             {"PYTHONPATH": str(base.resolve())})
+    return others
+
+
+def benchmark(seconds: float, runs: int, processes: int, profile: Path | None, ab: bool = False,
+              base: Path | None = None, private_postgres: bool = False) -> dict[str, Any]:
+    with gateway_target(processes, private_postgres=private_postgres) as target:
         stack, work, token, job_id, body = target.stack, target.work, target.token, target.job_id, target.post_body
         say("stack up, done job made")
         assert stack.gateway is not None
@@ -149,23 +173,23 @@ def benchmark(seconds: float, runs: int, processes: int, profile: Path | None, a
         gateway_cpu(stack, "POST", post_url, body, token, 1, work)  # warm-up: caches, prepared statements
         gateway_cpu(stack, "GET", get_url, None, token, 1, work)
         rows: dict[str, list[dict[str, float]]] = {"post": [], "post_floor": [], "get": [], "get_floor": []}
-        plain = start_plain_gateway(stack) if ab else None
-        if plain is not None:
-            rows |= {"post_plain": [], "get_plain": []}
-            gateway_cpu(stack, "POST", f"{plain[1]}/api/jobs", body, token, 1, work, gateway=plain[0])
-            gateway_cpu(stack, "GET", f"{plain[1]}/api/jobs/{job_id}", None, token, 1, work, gateway=plain[0])
+        others = other_gateways(stack, ab, base)
+        for name, (child, url) in others.items():  # their warm-up
+            rows |= {f"post_{name}": [], f"get_{name}": []}
+            gateway_cpu(stack, "POST", f"{url}/api/jobs", body, token, 1, work, gateway=child)
+            gateway_cpu(stack, "GET", f"{url}/api/jobs/{job_id}", None, token, 1, work, gateway=child)
         for _ in range(runs):
             rows["post"].append(gateway_cpu(stack, "POST", post_url, body, token, seconds, work))
             rows["post_floor"].append(floor_cpu(stack, "post", seconds, job_id))
             rows["get"].append(gateway_cpu(stack, "GET", get_url, None, token, seconds, work))
             rows["get_floor"].append(floor_cpu(stack, "get", seconds, job_id))
-            if plain is not None:
-                rows["post_plain"].append(gateway_cpu(stack, "POST", f"{plain[1]}/api/jobs", body, token, seconds,
-                                                      work, gateway=plain[0]))
-                rows["get_plain"].append(gateway_cpu(stack, "GET", f"{plain[1]}/api/jobs/{job_id}", None, token,
-                                                     seconds, work, gateway=plain[0]))
-        if plain is not None:
-            plain[0].stop(STOP_GRACE_SEC)
+            for name, (child, url) in others.items():
+                rows[f"post_{name}"].append(gateway_cpu(stack, "POST", f"{url}/api/jobs", body, token, seconds,
+                                                        work, gateway=child))
+                rows[f"get_{name}"].append(gateway_cpu(stack, "GET", f"{url}/api/jobs/{job_id}", None, token,
+                                                       seconds, work, gateway=child))
+        for child, _ in others.values():
+            child.stop(STOP_GRACE_SEC)
         for app in ("bare", "litestar"):
             rows[f"http_{app}"] = [http_reference(app, seconds, work) for _ in range(runs)]
         if profile is not None:
@@ -181,9 +205,10 @@ def benchmark(seconds: float, runs: int, processes: int, profile: Path | None, a
                      "bad": sum(r.get("bad", 0) for r in series)}
     for name in ("post", "get"):
         out[f"{name}_cpu_ratio"] = round(out[f"{name}_floor"]["cpu_us_per_req"] / out[name]["cpu_us_per_req"], 3)
-        if ab:
-            out[f"{name}_plain_cpu_ratio"] = round(
-                out[f"{name}_floor"]["cpu_us_per_req"] / out[f"{name}_plain"]["cpu_us_per_req"], 3)
+        for other in [key.removeprefix(f"{name}_") for key in rows if key.startswith(f"{name}_")]:
+            if other != "floor":
+                out[f"{name}_{other}_cpu_ratio"] = round(
+                    out[f"{name}_floor"]["cpu_us_per_req"] / out[f"{name}_{other}"]["cpu_us_per_req"], 3)
     return out
 
 
@@ -195,8 +220,13 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="also record py-spy speedscope profiles into this folder")
     parser.add_argument("--ab", action="store_true",
                         help="also measure a gateway without the raw routes (bench/gateway_plain.py), interleaved")
+    parser.add_argument("--base", type=Path,
+                        help="also measure the gateway of this tree (`git archive` of an earlier commit), interleaved")
+    parser.add_argument("--private-postgres", action="store_true",
+                        help="a PostgreSQL server of its own (when the machine's is shared and out of connections)")
     args = parser.parse_args()
-    print(json.dumps(benchmark(args.seconds, args.runs, args.processes, args.profile, args.ab), indent=2))
+    print(json.dumps(benchmark(args.seconds, args.runs, args.processes, args.profile, args.ab, args.base,
+                               args.private_postgres), indent=2))
 
 
 if __name__ == "__main__":

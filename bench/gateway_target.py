@@ -33,12 +33,14 @@ class Target:
 
 
 @contextmanager
-def gateway_target(processes: int, done_job: bool = True) -> Iterator[Target]:
+def gateway_target(processes: int, done_job: bool = True, private_postgres: bool = False) -> Iterator[Target]:
     """The stack with `processes` gateway processes up, the source uploaded and (`done_job`) one job run to done by
-    the workers, which are stopped again; everything is removed on the way out."""
+    the workers, which are stopped again; everything is removed on the way out. `private_postgres`: a PostgreSQL
+    of the stack's own, not the machine's (whose connections other work may have used up)."""
     DATA.mkdir(parents=True, exist_ok=True)
     source = make_test_pattern(DATA / f"source-{SOURCE_SEC}s-360p.mp4", seconds=SOURCE_SEC)
-    with tempfile.TemporaryDirectory(dir=DATA.resolve()) as tmp, gateway_stack(Path(tmp) / "stack") as stack:
+    with (tempfile.TemporaryDirectory(dir=DATA.resolve()) as tmp,
+          gateway_stack(Path(tmp) / "stack", private_postgres) as stack):
         stack.settings = msgspec.structs.replace(stack.settings, gateway_processes=processes)
         stack.start_gateway()
         token, key = asyncio.run(_prepare(stack, source))

@@ -20,10 +20,10 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from services.gateway.groupcommit import GroupCommit
-from services.gateway.published import PublishedMarks
 from services.gateway.ttlcache import TtlCache
+from services.gateway.writes import GroupedWrites
 from services.stack.devstack import free_port
-from shared.db import jobs, keys
+from shared.db import grouped, jobs, keys
 from shared.db.pool import create_pool
 from shared.jobs.contracts import ClipJobMessage, ClipResult, UrlSource
 from shared.jobs.ids import uuid7
@@ -109,10 +109,44 @@ async def test_published_marks_written_together_each_reach_their_row(resources: 
             job = ClipJobMessage(id=str(uuid7()), source=UrlSource(url=GOOD_URL["url"]), start_sec=1, end_sec=2)
             assert await jobs.insert_job(conn, job)
             made.append(uuid.UUID(job.id))
-    marks = PublishedMarks(resources.db, CircuitBreaker("PostgreSQL", failures=5, open_sec=10))
-    await asyncio.gather(*(marks.mark(job_id) for job_id in made))  # all at once: a few statements mark them
+    writes = GroupedWrites(resources.db, CircuitBreaker("PostgreSQL", failures=5, open_sec=10), keys.RATE_WINDOW_SEC)
+    await asyncio.gather(*(writes.mark_published(job_id) for job_id in made))  # all at once: a few statements
     rows = await resources.db.fetch("SELECT published_at FROM jobs")
     assert len(rows) == 60 and all(row["published_at"] is not None for row in rows)
+
+
+async def test_marks_hits_and_reads_waiting_together_go_out_in_one_statement(
+    resources: Resources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = []
+    async with resources.db.acquire() as conn:
+        for _ in range(20):
+            job = ClipJobMessage(id=str(uuid7()), source=UrlSource(url=GOOD_URL["url"]), start_sec=1, end_sec=2)
+            assert await jobs.insert_job(conn, job)
+            made.append(uuid.UUID(job.id))
+    statements = []
+    write = grouped.write
+
+    async def counted(*args: Any) -> Any:
+        statements.append(args)
+        return await write(*args)
+
+    monkeypatch.setattr(grouped, "write", counted)  # the real statement, each one counted
+    window = keys.RATE_WINDOW_SEC
+    start = (int(time.time()) // window + 20) * window  # a window of its own
+    writes = GroupedWrites(resources.db, CircuitBreaker("PostgreSQL", failures=5, open_sec=10), window)
+    first = asyncio.ensure_future(writes.rate_hit("key:first", start))  # its statement goes out alone
+    await asyncio.sleep(0)
+    marks = [writes.mark_published(job_id) for job_id in made[:10]]
+    hits = [writes.rate_hit("key:w", start) for _ in range(10)]
+    reads = [writes.rate_hit_and_read("key:w", start, job_id) for job_id in [*made[10:], uuid.UUID(str(uuid7()))]]
+    done = await asyncio.gather(first, *marks, *hits, *reads)  # ...the others, arriving meanwhile, wait together
+    assert len(statements) == 2, "marks, hits and reads waiting together share one statement"
+    counts = done[11:21] + [counted_ for counted_, _ in done[21:]]
+    assert done[0] == (1, 0) and sorted(counts) == [(n, 0) for n in range(1, 22)]  # each hit its own count
+    assert [row["id"] for _, row in done[21:-1]] == made[10:] and done[-1][1] is None  # the rows, none unknown
+    rows = await resources.db.fetch("SELECT id FROM jobs WHERE published_at IS NOT NULL")
+    assert {row["id"] for row in rows} == set(made[:10])
 
 
 async def test_rate_hits_written_together_count_as_if_one_after_the_other(resources: Resources) -> None:

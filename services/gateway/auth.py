@@ -1,18 +1,20 @@
 """Who is calling: the API key on each `/api` request, its rate limit, and what it may do.
 
 Each request costs at most one database round trip here (the rate-limit hit, written together with the hits of
-the requests arriving meanwhile: services/gateway/state.py); key lookups are cached for KEY_CACHE_SEC, so a
-revoked key stops working within that time on every replica.
+the requests arriving meanwhile and the published marks of new jobs: services/gateway/writes.py); key lookups are
+cached for KEY_CACHE_SEC, so a revoked key stops working within that time on every replica.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from litestar import Request
 from litestar.di import NamedDependency
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -68,12 +70,18 @@ class RateState:
     reset_sec: int
 
 
-async def _rate_limit(gw: Gateway, scope: Scope, subject: str, limit: int) -> None:
-    """Count this request against `subject`'s sliding window; 429 rate_limited when over `limit`."""
+async def _rate_limit(gw: Gateway, scope: Scope, subject: str, limit: int,
+                      read: uuid.UUID | None = None) -> asyncpg.Record | None:
+    """Count this request against `subject`'s sliding window; 429 rate_limited when over `limit`. `read`: a job
+    whose row the same statement reads (its row, or None when there is no such job)."""
     now = time.time()
     window_start = int(now // RATE_WINDOW_SEC) * RATE_WINDOW_SEC
     # the breaker guards the grouped write once (groupcommit.py); wrapping this in it would count one failure per caller
-    current, previous = await gw.rate_hits.add((subject, window_start))
+    row = None
+    if read is None:
+        current, previous = await gw.writes.rate_hit(subject, window_start)
+    else:
+        (current, previous), row = await gw.writes.rate_hit_and_read(subject, window_start, read)
     elapsed = now - window_start
     used = previous * (1 - elapsed / RATE_WINDOW_SEC) + current
     reset = max(1, math.ceil(RATE_WINDOW_SEC - elapsed))
@@ -83,6 +91,7 @@ async def _rate_limit(gw: Gateway, scope: Scope, subject: str, limit: int) -> No
             f"more than {limit} requests in {RATE_WINDOW_SEC} s; wait {reset} s and slow down",
             retry_after_sec=reset,
         )
+    return row
 
 
 def client_address(scope: Scope) -> str:
@@ -99,14 +108,16 @@ async def authenticate(request: Request[Any, Any, Any]) -> None:
     await authenticate_scope(gw, request.scope, host, header)
 
 
-async def authenticate_scope(gw: Gateway, scope: Scope, client_host: str, header: str) -> None:
+async def authenticate_scope(gw: Gateway, scope: Scope, client_host: str, header: str,
+                             read: uuid.UUID | None = None) -> asyncpg.Record | None:
     """`authenticate` for a request's scope, its client's host and its Authorization `header` ("" when none; the
-    raw routes of fastpath.py call it too)."""
+    raw routes of fastpath.py call it too). `read`: a job whose row the statement counting an admitted caller's
+    hit reads too (its row, or None: no such job, or no `read`); whether the caller may see it is not checked."""
     settings = gw.res.settings
     if settings.auth == "off":
-        await _rate_limit(gw, scope, f"ip:{client_host}", settings.rate_limit_per_min)
+        row = await _rate_limit(gw, scope, f"ip:{client_host}", settings.rate_limit_per_min, read)
         scope[CALLER_SCOPE_KEY] = OPEN_CALLER  # type: ignore[literal-required]
-        return
+        return row
     scheme, _, token = header.partition(" ")
     if not header:
         await _rate_limit(gw, scope, f"ip:{client_host}", settings.rate_limit_anon_per_min)
@@ -121,11 +132,12 @@ async def authenticate_scope(gw: Gateway, scope: Scope, client_host: str, header
     ):
         await _rate_limit(gw, scope, f"ip:{client_host}", settings.rate_limit_anon_per_min)
         raise Unauthorized("the API key is unknown or revoked", code="auth_invalid")
-    await _rate_limit(gw, scope, f"key:{found.key_id}", settings.rate_limit_per_min)
+    row = await _rate_limit(gw, scope, f"key:{found.key_id}", settings.rate_limit_per_min, read)
     scope[CALLER_SCOPE_KEY] = Caller(  # type: ignore[literal-required]
         owner=found.key_id, admin=found.admin, priorities=found.priorities, quotas=found.quotas,
         webhook=found.default_webhook,
     )
+    return row
 
 
 def authenticated(then: Callable[[Request[Any, Any, Any]], Awaitable[None]] | None = None) -> BeforeHook:

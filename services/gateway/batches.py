@@ -154,7 +154,7 @@ async def _publish_all(gw: Gateway, batch_id: uuid.UUID, made: list[ClipJobMessa
             exc.message = (f"batch {batch_id} is saved ({len(made)} jobs); its jobs not yet queued start once the "
                            f"queues take them. {exc.message}")
             raise
-        await gw.published.mark(uuid.UUID(job.id))  # with other requests' marks, as a single job's
+        await gw.writes.mark_published(uuid.UUID(job.id))  # with other requests' marks, as a single job's
 
 
 async def _replay(gw: Gateway, earlier: idempotency.Earlier, digest: str) -> BatchAccepted:

@@ -33,10 +33,17 @@ async def readable_job(gw: Gateway, caller: Caller, job_id: str) -> asyncpg.Reco
     """The row of a job the caller may read; 404 `job_not_found` otherwise (another key's job is answered exactly
     like one that does not exist)."""
     uid = parse_job_id(job_id)
+    row = None
+    if uid is not None:
+        async with gw.breakers.db:
+            row = await jobs.get_job(gw.res.db, uid)
+    return readable_row(caller, job_id, uid, row)
+
+
+def readable_row(caller: Caller, job_id: str, uid: uuid.UUID | None, row: asyncpg.Record | None) -> asyncpg.Record:
+    """`readable_job` once the row of `job_id` (parsed: `uid`) is read (None: none found, or `uid` is None)."""
     if uid is None:
         raise NotFound(f"no job with id {shown(job_id)}: job ids are UUIDs", code="job_not_found")
-    async with gw.breakers.db:
-        row = await jobs.get_job(gw.res.db, uid)
     if row is None or not caller.may_read(row["owner"]):
         raise NotFound(f"no job with id {uid}", code="job_not_found")
     return row

@@ -28,12 +28,13 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from shared.errors import ClipError
+from shared.jobs.ids import parse_job_id
 from shared.runtime import tracing
 
 from .auth import CALLER_SCOPE_KEY, authenticate_scope, client_address, rate_limit_header_pairs
 from .batches import submission_of
 from .body import declared_json
-from .cancel import readable_job
+from .cancel import readable_row
 from .errors import clip_error_parts, http_error_parts, internal_error_parts
 from .jobs import JOBS_PATH, accept, job_view
 from .state import Gateway
@@ -140,9 +141,12 @@ async def _post_job(gw: Gateway, scope: Scope, receive: Receive, headers: Header
 
 
 async def _get_job(gw: Gateway, scope: Scope, headers: Headers) -> Answer:
-    """jobs.py's get_job: authenticate, then the handler."""
-    await authenticate_scope(gw, scope, client_address(scope), _text(headers, b"authorization") or "")
-    row = await readable_job(gw, scope[CALLER_SCOPE_KEY], scope["path_params"]["job_id"])  # type: ignore[literal-required]
+    """jobs.py's get_job: authenticate, then the handler (cancel.py's readable_job, its row read by the statement
+    that counts the caller's rate-limit hit: one round trip shared with the requests arriving meanwhile)."""
+    job_id = scope["path_params"]["job_id"]  # type: ignore[literal-required]
+    uid = parse_job_id(job_id)
+    row = await authenticate_scope(gw, scope, client_address(scope), _text(headers, b"authorization") or "", uid)
+    row = readable_row(scope[CALLER_SCOPE_KEY], job_id, uid, row)  # type: ignore[literal-required]
     return 200, _encoder.encode(await job_view(gw, row)), []
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 from litestar.datastructures import State
 
@@ -13,14 +12,12 @@ from shared.runtime.bus import BacklogGauge
 from shared.runtime.resources import Resources
 from shared.storage.scratch import ScratchGauge
 
-from .groupcommit import GroupCommit
 from .keycache import KeyCache
-from .published import PublishedMarks
 from .signed import SignedUrls
 from .ttlcache import TtlCache
+from .writes import GroupedWrites
 
 UPLOADS_SEEN_MAX = 10_000  # found uploads remembered per gateway process
-RATE_HITS_MAX = 500  # rate-limit hits counted by one statement
 
 
 @dataclass
@@ -32,8 +29,7 @@ class Gateway:
     keys: KeyCache  # API key lookups, kept KEY_CACHE_SEC
     signed: SignedUrls  # signed result URLs, each reused SIGNED_URL_REUSE_SEC
     uploads_seen: TtlCache[str, int]  # upload key → its size, for UPLOAD_SEEN_CACHE_SEC after a HEAD found it
-    published: PublishedMarks  # published_at of new jobs, written in batches
-    rate_hits: GroupCommit[tuple[str, int], tuple[int, int]]  # (subject, window) → counts, in batches (guarded by db)
+    writes: GroupedWrites  # rate-limit hits and published_at marks, written together in batches (guarded by db)
 
     @classmethod
     def for_resources(cls, res: Resources) -> Gateway:
@@ -41,9 +37,8 @@ class Gateway:
         breakers = Breakers(settings.breaker_failures, settings.breaker_open_sec)
         return cls(res, BacklogGauge(res.js, settings), breakers, ScratchGauge(settings),
                    KeyCache(settings.key_cache_sec), SignedUrls(res.storage, settings),
-                   TtlCache(settings.upload_seen_cache_sec, UPLOADS_SEEN_MAX), PublishedMarks(res.db, breakers.db),
-                   GroupCommit(partial(keys.rate_hits, res.db, window_sec=keys.RATE_WINDOW_SEC), RATE_HITS_MAX,
-                               breakers.db))
+                   TtlCache(settings.upload_seen_cache_sec, UPLOADS_SEEN_MAX),
+                   GroupedWrites(res.db, breakers.db, keys.RATE_WINDOW_SEC))
 
 
 def gateway_of(state: State) -> Gateway:

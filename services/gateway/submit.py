@@ -94,7 +94,7 @@ async def submit_job(gw: Gateway, data: JobRequest, idempotency_key: str | None,
     if submitted.outcome != submissions.INSERTED:
         raise RuntimeError(f"job {job.id} was not written: {submitted.outcome}")
     await _publish(gw, job)
-    await gw.published.mark(uuid.UUID(job.id))  # guarded by the breaker once per batch (published.py)
+    await gw.writes.mark_published(uuid.UUID(job.id))  # guarded by the breaker once per batch (writes.py)
     return JobAccepted(id=job.id, status="queued")
 
 

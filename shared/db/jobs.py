@@ -39,9 +39,6 @@ RETURNING id
 INSERT_EVENT = "INSERT INTO job_events (job_id, type, data) VALUES ($1, $2, $3)"
 SELECT_JOB = "SELECT * FROM jobs WHERE id = $1 AND created_at >= $2 AND created_at < $3"
 # Many at once ($2, $3: the union of their windows, so a batch of new jobs reads one day's partition).
-MARK_MANY_PUBLISHED = """
-UPDATE jobs SET published_at = now() WHERE id = ANY($1::uuid[]) AND created_at >= $2 AND created_at < $3
-"""
 BEGIN_STAGE = f"""
 UPDATE jobs SET status = 'processing', stage = $4, attempts = GREATEST(attempts, $5),
        last_heartbeat_at = now(), updated_at = now(), error_code = NULL, error_message = NULL
@@ -172,11 +169,6 @@ async def insert_job(conn: asyncpg.Connection, job: ClipJobMessage) -> bool:
             return False
         await conn.execute(INSERT_EVENT, job_id, "queued", {"priority": job.priority})
         return True
-
-
-async def mark_many_published(pool: asyncpg.Pool, job_ids: list[uuid.UUID]) -> None:
-    windows = [window(job_id) for job_id in job_ids]
-    await pool.execute(MARK_MANY_PUBLISHED, job_ids, min(w[0] for w in windows), max(w[1] for w in windows))
 
 
 async def get_job(pool: asyncpg.Pool, job_id: uuid.UUID) -> asyncpg.Record | None:

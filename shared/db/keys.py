@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
+from shared.db import grouped
 from shared.jobs.apikeys import NewKey
 from shared.net.webhook_sign import new_secret
 
@@ -32,22 +32,6 @@ SELECT
   count(*) AS jobs_today,
   coalesce(sum((request->>'endSec')::float8 - (request->>'startSec')::float8), 0) AS source_seconds_today
 FROM jobs WHERE owner = $1 AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-"""
-# One round trip: count this request in its window, read the previous window's count.
-RATE_HITS = """
-WITH wanted AS (
-    SELECT subject, window_start, count(*)::integer AS n
-    FROM unnest($1::text[], $2::bigint[]) AS w (subject, window_start)
-    GROUP BY subject, window_start
-), hit AS (
-    INSERT INTO rate_windows (subject, window_start, hits)
-    SELECT subject, window_start, n FROM wanted ORDER BY subject, window_start
-    ON CONFLICT (subject, window_start) DO UPDATE SET hits = rate_windows.hits + excluded.hits
-    RETURNING subject, window_start, hits
-)
-SELECT hit.subject, hit.window_start, hit.hits AS current, coalesce(before.hits, 0) AS previous
-FROM hit LEFT JOIN rate_windows before
-    ON before.subject = hit.subject AND before.window_start = hit.window_start - $3
 """
 RATE_WINDOW_SEC = 60  # the sliding window of the gateway's rate limit, s
 RATE_PRUNE = "DELETE FROM rate_windows WHERE window_start < $1"
@@ -139,16 +123,8 @@ async def rate_hit(pool: asyncpg.Pool, subject: str, window_start: int, window_s
 async def rate_hits(pool: asyncpg.Pool, hits: list[tuple[str, int]], window_sec: int) -> list[tuple[int, int]]:
     """Count requests, each a (subject, window start), in one statement; for each, in order, (this window's
     count including it and the requests before it in `hits`, the previous window's count): as if counted one
-    after the other."""
-    rows = await pool.fetch(RATE_HITS, [subject for subject, _ in hits], [start for _, start in hits], window_sec)
-    after = {(row["subject"], row["window_start"]): (int(row["current"]), int(row["previous"])) for row in rows}
-    still_to_count = Counter(hits)  # the requests of each window not yet given their count, first to last
-    results = []
-    for hit in hits:
-        current, previous = after[hit]
-        results.append((current - still_to_count[hit] + 1, previous))
-        still_to_count[hit] -= 1
-    return results
+    after the other (shared/db/grouped.py, the gateway's grouped statement)."""
+    return (await grouped.write(pool, hits, window_sec))[0]
 
 
 async def prune_rate_windows(pool: asyncpg.Pool, before: int) -> None:
