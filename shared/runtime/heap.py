@@ -14,7 +14,6 @@ Elsewhere than glibc (musl, macOS) there is no `malloc_trim`: `trim_free_heap` d
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 from collections.abc import Callable
 
@@ -23,12 +22,10 @@ TRIM_PAD_BYTES = 0  # malloc_trim(pad): 0 keeps no slack at the top of the main 
 
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    """libc's malloc_trim, or None where the C library has none."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """libc's malloc_trim, or None where the C library has none (looked up among the symbols the interpreter
+    already has loaded: no `ldconfig` run, as `ctypes.util.find_library` would do)."""
     try:
-        trim = ctypes.CDLL(name).malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
