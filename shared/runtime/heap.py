@@ -3,10 +3,11 @@
 A stage's native work (PyAV probes and frame reads in worker threads, OpenSSL, libav* buffers) runs in the
 threads of the default executor, and glibc gives each of them an arena of its own. What a message frees there
 stays mapped: glibc returns only the top of an arena, so a few live chunks pin the pages below them, and the
-process's RSS climbs message after message though its live heap (Python's and C's) stays flat — the fetch
-worker grew ~21 KB per job over a 2,000-job soak, 60+ MB of it free pages that one `malloc_trim(0)` gave back
-(BENCHMARKS.md, "Memory"). `malloc_trim(0)` walks every arena and releases (madvise) the free pages wherever
-they are, in a few milliseconds; nothing live moves.
+process's RSS climbs message after message though its live heap (Python's and C's) stays flat: the fetch
+worker grew ~21 KB per job over a 2,000-job soak, and one `malloc_trim(0)` on a running one gave back 62 MB
+(BENCHMARKS.md, "Fetch worker RSS"). `malloc_trim(0)` walks every arena and releases (madvise) the free pages
+wherever they are, in a millisecond or a few; nothing live moves. (Fragmentation, free space cut in pieces
+too small to reuse, it does not undo.)
 
 Elsewhere than glibc (musl, macOS) there is no `malloc_trim`: `trim_free_heap` does nothing there.
 """
