@@ -69,6 +69,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_attempts: int = 3  # deliveries of one stage message before the job fails
     retry_base_delay_sec: float = 1.0  # first retry's backoff ceiling, s (full jitter, doubles each attempt)
     worker_concurrency: int = 2  # messages one worker process handles at once
+    malloc_trim_after_message: bool = True  # a worker hands its C heap's free pages back after each message
     shutdown_grace_sec: float = 20.0  # in-flight work gets this long to finish on SIGTERM, s
     outage_wait_sec: float = 120.0  # a worker holds its message this long through a PostgreSQL/NATS outage, s
     tail_pad_sec: float = 1.0  # extra media staged after endSec, s

@@ -31,6 +31,7 @@ from shared.jobs.jobrules import refusal_for_decode_error, refused_request
 from shared.runtime import bus, tracing
 from shared.runtime.cancel import CancelWatch, JobCanceled, Run
 from shared.runtime.handback import hand_back_later, hand_back_now
+from shared.runtime.heap import trim_free_heap
 from shared.runtime.logs import get_logger
 from shared.runtime.metrics import record_claim, record_stage_message
 from shared.runtime.ops import HEALTH, ready_while_connected
@@ -293,6 +294,8 @@ class Worker(Generic[T]):
         slots.release()
         if gate is not None:
             gate.give_back(ticket)
+        if self.res.settings.malloc_trim_after_message:  # RSS stays flat across jobs (shared.runtime.heap)
+            trim_free_heap()
 
     async def _drain(self) -> None:
         """Let in-flight work finish within SHUTDOWN_GRACE_SEC; the rest is handed back (nak)."""
