@@ -153,7 +153,7 @@ async def test_identical_request_finishes_from_the_earlier_result(
     assert same["result"] == first["result"]
     assert same["urls"]["video"].split("?")[0] == first["urls"]["video"].split("?")[0]
     stages = [await stages_run(resources, v["id"]) for v in views]
-    assert stages == [["fetch", "upload"], ["fetch"], ["fetch", "upload"]]  # an upload is cut by the fetcher
+    assert stages == [["fetch"], ["fetch"], ["fetch"]]  # an upload is cut, stored and finished by the fetcher
     assert other["result"]["sha256"] != first["result"]["sha256"]  # another range is another clip
     assert len(await resources.storage.list_keys("results/")) == 2
 

@@ -16,7 +16,7 @@ from services.fetcher import handler as fetcher_handler
 from services.fetcher.handler import handle as fetch
 from services.thumbnailer.handler import THUMBS
 from services.trimmer.handler import handle as trim
-from shared.db import jobs
+from shared.db import cancels, jobs
 from shared.jobs.contracts import (
     Artifact,
     ClipJobMessage,
@@ -201,6 +201,30 @@ async def test_fetcher_that_stored_a_smart_cut_and_died_before_done_ends_the_job
     assert row["result"]["actualStartSec"] == pytest.approx(5.5, abs=1 / 30)
     events = [e["type"] for e in await jobs.job_events(resources.db, uuid.UUID(job.id))]
     assert events.count("done") == 1
+
+
+@pytest.mark.parametrize("precision", ["keyframe", "frame"])
+async def test_job_canceled_while_the_fetcher_stores_its_result_leaves_no_object(
+    client: AsyncTestClient[Any], resources: Resources, sample_video: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, precision: str,
+) -> None:
+    """The client's DELETE lands after the fetcher put the clip at its result key and before done: the job ends
+    canceled, and the object (which no job names) is deleted, not left in results/ for good."""
+    real_finish = fetcher_handler.finish_job_done
+
+    async def canceled_first(res: Resources, job_id: str, *args: Any) -> bool:
+        await cancels.cancel(res.db, uuid.UUID(job_id), None)
+        return await real_finish(res, job_id, *args)
+
+    monkeypatch.setattr(fetcher_handler, "finish_job_done", canceled_first)
+    key = await upload(client, sample_video)
+    job = ClipJobMessage(id=str(uuid7()), source=UploadSource(key=key), start_sec=5.5, end_sec=9.0,
+                         precision=precision)
+    assert await jobs.begin_stage(resources.db, job, FETCH, 1) == "processing"
+    assert await fetch(job, _deps(resources, tmp_path, "fetch")) is None
+    row = await jobs.get_job(resources.db, uuid.UUID(job.id))
+    assert row is not None and row["status"] == "canceled"
+    assert await resources.storage.list_keys("results/") == []
 
 
 async def test_trimmer_still_cuts_a_plain_copy_staged_by_an_older_fetcher(

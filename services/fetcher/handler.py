@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from shared.db import fingerprints
@@ -14,6 +15,7 @@ from shared.errors import EndPastDuration, Permanent
 from shared.jobs.contracts import Artifact, ClipJobMessage, MediaPlan, StageMessage
 from shared.jobs.fingerprint import request_fingerprint
 from shared.jobs.jobrules import check_clip
+from shared.jobs.outputs import VIDEO_ROLE
 from shared.jobs.pipeline import (
     COPY_ROUTE,
     CUT_BY_FETCHER_ROUTE,
@@ -46,8 +48,8 @@ from shared.storage.clipstore import (
     is_plain_copy,
     reencode_instead,
 )
-from shared.storage.results import put_once
-from shared.storage.s3 import sha256_file, staging_prefix
+from shared.storage.results import put_once, settle_result
+from shared.storage.s3 import ObjectInfo, sha256_file, staging_prefix
 
 from .batch import batch_source
 from .locate import Located, Stager, locate, release_download
@@ -185,8 +187,9 @@ async def _finish_clip(
     the uploader's hop (its pull, claim, server-side copy and done) is skipped when it would only store the clip.
 
     A redelivery before done cuts again and finds the result stored (same bytes, same key); one after done is
-    skipped by the runtime (`begin_stage`). As in the uploader, the result is put again after done when the
-    reaper expired an identical result between the check and done."""
+    skipped by the runtime (`begin_stage`). As in the uploader, the stored result is settled once the job's end is
+    written (`results.settle_result`): put again when the reaper expired an identical result between the check and
+    done, deleted when the job was canceled meanwhile and no done job names it."""
     storage, path = deps.res.storage, deps.scratch / CLIP_NAME
     with _slow_source_fails(bool(source.ffmpeg_args)):
         clip, duration = await copy_result_clip(
@@ -196,8 +199,8 @@ async def _finish_clip(
     log.info("clip_cut", cut_path="copy", planned="copy", reason=reason, finished=True, start=round(cut_start, 6),
              duration=round(duration, 6))
     deps.progress.set(0.95)
-    await finish_job_done(deps.res, job.id, clip_result(clip, duration, cut_start), clip.key)
-    await put_once(storage, path, clip.key, "video/mp4", clip.metadata)
+    finished = await finish_job_done(deps.res, job.id, clip_result(clip, duration, cut_start), clip.key)
+    await _settle_clip(deps, finished, clip)
 
 
 async def _cut_frames(
@@ -232,9 +235,16 @@ async def _cut_frames(
     if not finish:
         return forward_clip(task, FETCH, clip, duration, start, cut_path)
     deps.progress.set(0.95)
-    await finish_job_done(deps.res, job.id, clip_result(clip, duration, start, cut_path), clip.key)
-    await put_once(deps.res.storage, deps.scratch / CLIP_NAME, clip.key, "video/mp4", clip.metadata)
+    finished = await finish_job_done(deps.res, job.id, clip_result(clip, duration, start, cut_path), clip.key)
+    await _settle_clip(deps, finished, clip)
     return None
+
+
+async def _settle_clip(deps: StageDeps, finished: bool, clip: ObjectInfo) -> None:
+    """The clip this fetcher stored at its result key, once the job's end is written (`results.settle_result`)."""
+    await settle_result(deps.res.storage, deps.res.db, finished, clip.key, VIDEO_ROLE,
+                        partial(put_once, deps.res.storage, deps.scratch / CLIP_NAME, clip.key, "video/mp4",
+                                clip.metadata))
 
 
 @contextmanager

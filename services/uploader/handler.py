@@ -3,13 +3,15 @@ finish the job."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import msgspec
 
 from shared.errors import Permanent
 from shared.jobs.contracts import Artifact, StageMessage
 from shared.jobs.outputs import VIDEO_ROLE, result_artifacts
 from shared.runtime.worker import StageDeps, finish_job_done
-from shared.storage.results import CLIP_FILENAME, promote
+from shared.storage.results import CLIP_FILENAME, promote, settle_result
 from shared.storage.s3 import result_key
 from shared.subtitles.outputs import SUBTITLE_OUTPUTS
 
@@ -37,9 +39,10 @@ async def handle(task: StageMessage, deps: StageDeps) -> None:
         await promote(storage, artifact.key, key, content_type)
     deps.progress.set(0.9)
     files = {artifact.role: key for artifact, key, _ in promoted[1:]}
-    await finish_job_done(res, task.job.id, result, promoted[0][1], files)
-    for artifact, key, content_type in promoted:  # the reaper expired an identical result between our check
-        await promote(storage, artifact.key, key, content_type)  # and done: now that this job is done, it is live
+    finished = await finish_job_done(res, task.job.id, result, promoted[0][1], files)
+    for artifact, key, content_type in promoted:
+        await settle_result(storage, res.db, finished, key, artifact.role,
+                            partial(promote, storage, artifact.key, key, content_type))
 
 
 def _result_files(task: StageMessage) -> list[Artifact]:

@@ -294,8 +294,6 @@ class Worker(Generic[T]):
         slots.release()
         if gate is not None:
             gate.give_back(ticket)
-        if self.res.settings.malloc_trim_after_message:  # RSS stays flat across jobs (shared.runtime.heap)
-            trim_free_heap()
 
     async def _drain(self) -> None:
         """Let in-flight work finish within SHUTDOWN_GRACE_SEC; the rest is handed back (nak)."""
@@ -310,6 +308,8 @@ class Worker(Generic[T]):
     async def _process(self, msg: Msg) -> None:
         with tracing.consumer_span(self.spec.name, msg.subject, msg.headers, msg.metadata.num_delivered):
             await self._handle_message(msg)
+        if self.res.settings.malloc_trim_after_message:  # RSS stays flat across jobs (shared.runtime.heap)
+            await asyncio.to_thread(trim_free_heap)  # off the event loop: a trim can take tens of ms
 
     async def _handle_message(self, msg: Msg) -> None:
         started = time.perf_counter()
