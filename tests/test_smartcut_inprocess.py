@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +196,8 @@ async def test_a_cancelled_pass_stops_before_the_cancel_returns(
 
     def encode(self: avcut._Cut, *args: Any) -> None:
         encoding.set()
-        self.stop.wait(10)  # cancelled here: the encode starts after the stop
+        self.stop.wait(10)  # cancelled here: the encode starts after the stop, a little later (< STOP_WAIT_SEC)
+        time.sleep(0.3)
         real_encode(self, *args)
 
     def mux_encoded(self: avcut._Cut, *args: Any) -> None:
