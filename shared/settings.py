@@ -87,6 +87,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_source_pixels: int = 3840 * 2160  # largest video frame (width x height) a source may have, pixels
     max_source_fps: float = 120.0  # highest average video frame rate a source may have, frames/s
     max_source_duration_sec: float = 86_400.0  # longest duration a source may claim, s
+    smart_cut_buffer_mib: float = 256.0  # decoded frames an in-process smart cut may hold; more: ffmpeg path, MiB
     ffmpeg_deadline_base_sec: float = 60.0  # every ffmpeg run is killed after this wall-clock time, s ...
     ffmpeg_deadline_per_media_sec: float = 10.0  # ... plus this many seconds per second of media it writes, s/s
     fetch_min_rate_kbps: float = 64.0  # a source read averaging less than this (after the grace) is dropped, KiB/s

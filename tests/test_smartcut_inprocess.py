@@ -5,8 +5,11 @@ the pass does not read), and a stream PyAV's encoder refuses before anything is 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +137,87 @@ async def test_the_pass_keeps_an_ffmpeg_runs_deadline(tmp_path: Path, monkeypatc
     monkeypatch.setattr(avcut, "DEFAULT_LIMITS", RunLimits(base_sec=0.0, per_media_sec=0.0))
     with pytest.raises(FfmpegDeadline):
         await cut_frames(str(source), tmp_path / "clip.mp4", start=1.5, end=3.7, audio=True, scratch=tmp_path)
+
+
+async def test_a_piece_over_the_frame_budget_is_cut_by_ffmpeg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pass holds a piece's decoded frames until it encodes them: a piece whose frames would take more than
+    the budget (a long GOP, a large frame) is refused before anything is cut and made by the ffmpeg path."""
+    source = make_source(tmp_path / "src.mp4", seconds=8, gop=120)
+    layout = await cut_layout(str(source), 1.3, 6.6)  # a head of 81 frames of 320x180: ~7 MiB
+    monkeypatch.setattr(avcut, "BUFFER_BUDGET_BYTES", 4 * avcut.MIB)
+    runs = FfmpegRuns(monkeypatch)
+    clip = tmp_path / "clip.mp4"
+    outcome = await frame_cut(str(source), clip, layout, audio=True, scratch=tmp_path, fmt="mov")
+    assert outcome.path == "smart"
+    assert runs.count >= 2
+    assert decode_errors(clip) == ""
+    wanted = decoded_frames(source, layout.first_frame - EPS_SEC, 6.6 - EPS_SEC)
+    assert [round(f.pts, 3) for f in decoded_frames(clip)] == [round(f.pts, 3) for f in wanted]
+
+
+async def test_audio_ending_before_the_clip_does_not_read_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An audio stream ending before the clip: the pass stops reading once the video is read and the demux is
+    past endSec (+ `AUDIO_LAG_SEC`), not at the end of the file."""
+    video = make_source(tmp_path / "video.mp4", seconds=60, audio=False)
+    audio = make_source(tmp_path / "audio.mp4", seconds=2, video=False)
+    source = tmp_path / "src.mp4"
+    _remux(video, source, "-i", str(audio), "-map", "0:v", "-map", "1:a", "-c", "copy")
+    layout = await cut_layout(str(source), 20.5, 25.0)
+    checks = 0
+    real = avcut._Cut._check
+
+    def counted(self: avcut._Cut) -> None:
+        nonlocal checks
+        checks += 1  # a packet demuxed, a frame decoded or encoded
+        real(self)
+
+    monkeypatch.setattr(avcut._Cut, "_check", counted)
+    runs = FfmpegRuns(monkeypatch)
+    clip = tmp_path / "clip.mp4"
+    outcome = await frame_cut(str(source), clip, layout, audio=True, scratch=tmp_path, fmt="mov")
+    assert outcome.path == "smart" and runs.count == 0
+    assert decode_errors(clip) == ""
+    # 20 s .. 25 s + the lag, at 30 fps, and the head's and tail's frames: far under the 1,200 packets to the end
+    assert checks < (25.0 + avcut.AUDIO_LAG_SEC + 1 - 20.0) * 30 * 1.5
+
+
+async def test_a_cancelled_pass_stops_before_the_cancel_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while it encodes a piece, the pass stops at the next frame (not after encoding them all), and the
+    cancel returns once the thread has stopped."""
+    source = make_source(tmp_path / "src.mp4", seconds=8, gop=120)
+    layout = await cut_layout(str(source), 1.3, 6.6)
+    encoding, ended = threading.Event(), threading.Event()
+    encoded: list[int] = []
+    real_encode, real_run, real_mux = avcut._Cut._encode, avcut._Cut.run, avcut._Cut._mux_encoded
+
+    def encode(self: avcut._Cut, *args: Any) -> None:
+        encoding.set()
+        self.stop.wait(10)  # cancelled here: the encode starts after the stop, a little later (< STOP_WAIT_SEC)
+        time.sleep(0.3)
+        real_encode(self, *args)
+
+    def mux_encoded(self: avcut._Cut, *args: Any) -> None:
+        encoded.append(1)
+        real_mux(self, *args)
+
+    def run(self: avcut._Cut) -> None:
+        try:
+            real_run(self)
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(avcut._Cut, "_encode", encode)
+    monkeypatch.setattr(avcut._Cut, "_mux_encoded", mux_encoded)
+    monkeypatch.setattr(avcut._Cut, "run", run)
+    task = asyncio.ensure_future(frame_cut(str(source), tmp_path / "clip.mp4", layout, audio=True, scratch=tmp_path,
+                                           fmt="mov"))
+    assert await asyncio.to_thread(encoding.wait, 30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ended.is_set()
+    assert encoded == []

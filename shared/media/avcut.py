@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from shared.media.ffmpeg import DEFAULT_LIMITS, FfmpegDeadline, MediaError
 from shared.media.keyframes import TIME_EPSILON_SEC, CutLayout, VideoFormat
 from shared.media.probe import opened_media
+from shared.settings import load_settings
 
 if TYPE_CHECKING:
     import av
@@ -41,6 +42,14 @@ IN_PROCESS_DEMUXERS = frozenset({"mov", "mp4", "m4a", "3gp", "3g2", "mj2"})  # m
 IN_PROCESS_AUDIO = frozenset({"aac", "mp3", "opus", "ac3", "eac3", "alac"})  # copied into MP4 as they are
 START_CODE = b"\x00\x00\x01"
 PROGRESS_EVERY_SEC = 0.25  # progress reported at most this often
+MIB = 1024 * 1024
+# a piece's decoded frames are held until it is encoded: a piece needing more than this (a long GOP, a large
+# frame) is cut by the ffmpeg path, whose memory does not grow with the piece
+BUFFER_BUDGET_BYTES = int(load_settings().smart_cut_buffer_mib * MIB)
+# once the video is read, the demux stops this far past endSec even if an audio stream has not reached it (an
+# audio stream ending before the clip): mov's demuxer keeps the streams' decode times within ~1 s of each other
+AUDIO_LAG_SEC = 2.0
+STOP_WAIT_SEC = 2.0  # a cancelled cut waits this long for its thread to stop before the cancel goes on
 
 
 class SetupRefused(MediaError):
@@ -111,6 +120,10 @@ async def cut_in_process(
     def report(p: float) -> None:
         loop.call_soon_threadsafe(on_progress, p)
 
+    buffered = _buffer_bytes(layout, pieces)
+    if buffered > BUFFER_BUDGET_BYTES:
+        raise SetupRefused(f"the re-encoded frames would hold {buffered // MIB} MiB (budget "
+                           f"{BUFFER_BUDGET_BYTES // MIB} MiB): cut by ffmpeg")
     work_sec = layout.end - min(layout.start_keyframe, layout.first_frame)
     deadline = time.monotonic() + DEFAULT_LIMITS.deadline(work_sec)
     cut = _Cut(source, output, layout, pieces, audio, head_options, single_thread, fmt, report, stop, deadline)
@@ -118,9 +131,25 @@ async def cut_in_process(
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
-        stop.set()  # the thread stops at its next packet (its "stopped" error retrieved here); not waited for
+        stop.set()  # the thread stops at its next packet or frame (its "stopped" error retrieved here)
         task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        await asyncio.wait({task}, timeout=STOP_WAIT_SEC)  # bounded: the cancel is not held up by a stuck read
         raise
+
+
+def _buffer_bytes(layout: CutLayout, pieces: list[Piece]) -> int:
+    """The most memory one piece's decoded frames take while held for its encode (one piece at a time)."""
+    import av
+
+    video = layout.video
+    if not pieces or not video.pix_fmt or video.width <= 0 or video.height <= 0 or layout.frame_sec <= 0:
+        return 0
+    try:
+        frame_bytes = sum(p.buffer_size for p in av.VideoFrame(video.width, video.height, video.pix_fmt).planes)
+    except (ValueError, av.error.FFmpegError):  # a pixel format PyAV does not know: the encoder refuses it
+        return 0
+    frames = max(round((p.end - p.start) / layout.frame_sec) + 1 for p in pieces)
+    return frames * frame_bytes
 
 
 class _Cut:
@@ -238,6 +267,9 @@ class _Cut:
             self._check()
             if packet.pts is None or packet.dts is None:
                 continue  # the demuxer's end-of-stream packets and packets without times
+            at = packet.dts * self._timing(packet).tick_sec  # where the demux is
+            if joined and not copying and not tail_left and at >= layout.end + AUDIO_LAG_SEC:
+                break  # the video is read and the audio left (if any) ended before endSec
             if packet.stream.type == "audio":
                 at = packet.pts * self._timing(packet).tick_sec
                 if at >= layout.end - TIME_EPSILON_SEC / 10:
@@ -305,6 +337,7 @@ class _Cut:
             self._keep(frame, segment)
 
     def _keep(self, frame: av.VideoFrame, segment: _Segment) -> None:
+        self._check()
         if frame.pts is None:
             return
         at = float(frame.pts * self.tb)
@@ -322,6 +355,7 @@ class _Cut:
         shift = round(zero / tb)
         frames = sorted(segment.frames, key=lambda f: f.pts)
         for i, frame in enumerate(frames):
+            self._check()
             following = frames[i + 1].pts if i + 1 < len(frames) else None
             interval = (following - frame.pts) if following is not None else (frame.duration or 0)
             frame.pts -= shift
@@ -332,6 +366,7 @@ class _Cut:
                 self._mux_encoded(out, packet, video_out, segment, clip_sec)
         segment.frames.clear()
         for packet in segment.encoder.encode(None):
+            self._check()
             self._mux_encoded(out, packet, video_out, segment, clip_sec)
 
     def _mux_encoded(
