@@ -89,8 +89,8 @@ async def test_a_job_from_a_multipart_upload_to_the_reaper_on_an_r2_like_store(
     assert done.status_code == 200, done.text
 
     workers.start()
-    response = await client.post("/api/jobs", json={
-        "source": {"type": "upload", "key": slot["key"]}, "startSec": 3, "endSec": 7})
+    response = await client.post("/api/jobs", json={  # a poster too: the uploader promotes both (server-side copies)
+        "source": {"type": "upload", "key": slot["key"]}, "startSec": 3, "endSec": 7, "poster": {}})
     job = await wait_for_job(client, response.json()["id"])
     assert job["status"] == "done", (job.get("errorCode"), job.get("errorMessage"))
     async with httpx.AsyncClient() as http:  # the signed result URL, through the R2-like endpoint
@@ -109,7 +109,7 @@ async def test_a_job_from_a_multipart_upload_to_the_reaper_on_an_r2_like_store(
     key = result_key(job["result"]["sha256"], "clip.mp4")
     await resources.db.execute(SET_EXPIRED, uuid.UUID(job["id"]))
     report = await reap_once(resources)
-    assert report.errors == [] and report.results_deleted == 1
+    assert report.errors == [] and report.results_deleted == 2  # the clip and the poster
     assert await resources.storage.head(key) is None
 
     assert r2_proxy.refused == []
