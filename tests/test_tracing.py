@@ -30,6 +30,7 @@ from services.stack.devstack import free_port
 from shared.jobs.contracts import ClipJobMessage, UrlSource
 from shared.jobs.ids import uuid7
 from shared.jobs.pipeline import ENTRY_STAGE
+from shared.media.avcut import IN_PROCESS_CUT_SPAN
 from shared.runtime import bus, tracing
 from shared.runtime.resources import Resources
 from shared.runtime.tracing_export import new_provider
@@ -43,7 +44,7 @@ from tests.test_webhooks import FAST_RETRIES, Receiver, ended_job, gateway, noti
 
 ROOT = Path(__file__).resolve().parents[1]
 COPY_ROUTE = ("fetch", "trim", "upload")  # a stream-copy job's stages (a URL source's range: staged, then cut)
-FETCHER_CUT_ROUTE = ("fetch", "upload")  # a clip of media in storage (a batch's staged span): cut by the fetcher
+FETCHER_CUT_ROUTE = ("fetch",)  # a clip of media in storage (a batch's staged span): cut, stored, ended by the fetcher
 SPANS_WAIT_SEC = 30.0  # longest wait for the last stage's span to be exported
 PROCESS_JOB_TIMEOUT_SEC = 180.0  # a job through freshly started processes on 2 busy cores
 EXPORT_DELAY_MS = "100"  # OTEL_BSP_SCHEDULE_DELAY of the processes under test: export soon
@@ -107,14 +108,14 @@ def _parent_of(tree: list[ReceivedSpan], span: ReceivedSpan) -> ReceivedSpan:
 
 def assert_stages_linked(tree: list[ReceivedSpan], stages: tuple[str, ...] = COPY_ROUTE) -> None:
     """Every stage handled the job in a CONSUMER span, the child of the PRODUCER span that sent its message;
-    S3 calls and ffmpeg runs nest under them."""
+    S3 calls and cuts (ffmpeg runs, in-process cuts) nest under them."""
     for stage in stages:
         consumer = next(s for s in tree if s.name == f"process {stage}")
         assert _kind(consumer) == "CONSUMER"
         producer = _parent_of(tree, consumer)
         assert _kind(producer) == "PRODUCER" and producer.name.endswith(f".{stage}.normal"), producer
     assert any(_kind(s) == "CLIENT" and s.name == "S3.PutObject" for s in tree)
-    assert any(s.name == "ffmpeg" for s in tree)
+    assert any(s.name in ("ffmpeg", IN_PROCESS_CUT_SPAN) for s in tree)  # a cut: by ffmpeg, or in-process
 
 
 def _under(tree: list[ReceivedSpan], span: ReceivedSpan, ancestor: ReceivedSpan) -> bool:
@@ -172,7 +173,7 @@ async def test_a_batch_is_one_trace_naming_its_jobs(
             for job_id in job_ids:
                 assert (await wait_for_job(client, job_id))["status"] == "done"
     async with asyncio.timeout(SPANS_WAIT_SEC):
-        while sum(s.name == "process upload" for s in spans.get_finished_spans()) < len(job_ids):  # noqa: ASYNC110
+        while sum(s.name == "process fetch" for s in spans.get_finished_spans()) < len(job_ids):  # noqa: ASYNC110
             await asyncio.sleep(POLL_SEC)
     exported = [_received(s) for s in spans.get_finished_spans()]
     root = next(s for s in exported if s.attributes.get(tracing.BATCH_ID) == accepted["batchId"])
@@ -186,7 +187,8 @@ async def test_a_batch_is_one_trace_naming_its_jobs(
         assert_stages_linked(job_tree, FETCHER_CUT_ROUTE)
         assert not [s for s in job_tree if s.name == "process trim"]
         fetch = next(s for s in job_tree if s.name == "process fetch")
-        assert any(s.name == "ffmpeg" and _under(job_tree, s, fetch) for s in job_tree)  # the cut, in the fetch
+        assert any(s.name in ("ffmpeg", IN_PROCESS_CUT_SPAN) and _under(job_tree, s, fetch)  # the cut, in the fetch
+                   for s in job_tree)
 
 
 @pytest.mark.settings(webhook_max_attempts=3, **FAST_RETRIES)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from shared.media.ffmpeg import DEFAULT_LIMITS, FfmpegDeadline, MediaError
 from shared.media.keyframes import TIME_EPSILON_SEC, CutLayout, VideoFormat
 from shared.media.probe import opened_media
+from shared.runtime import tracing
 from shared.settings import load_settings
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ IN_PROCESS_AUDIO = frozenset({"aac", "mp3", "opus", "ac3", "eac3", "alac"})  # c
 START_CODE = b"\x00\x00\x01"
 PROGRESS_EVERY_SEC = 0.25  # progress reported at most this often
 MIB = 1024 * 1024
+IN_PROCESS_CUT_SPAN = "smartcut"  # the tracing span of one in-process cut (an ffmpeg run's is "ffmpeg")
 # a piece's decoded frames are held until it is encoded: a piece needing more than this (a long GOP, a large
 # frame) is cut by the ffmpeg path, whose memory does not grow with the piece
 BUFFER_BUDGET_BYTES = int(load_settings().smart_cut_buffer_mib * MIB)
@@ -107,6 +109,7 @@ def _x264_takes(pix_fmt: str | None) -> bool:
     return pix_fmt is not None and pix_fmt in {f.name for f in formats}
 
 
+@tracing.traced(IN_PROCESS_CUT_SPAN)
 async def cut_in_process(
     source: str, output: Path, layout: CutLayout, pieces: list[Piece], *, audio: bool,
     head_options: dict[str, str], single_thread: bool, on_progress: Callable[[float], None], fmt: str = "",
