@@ -1,5 +1,5 @@
-"""Fetcher: locate the source, probe it, stage only the range the clip needs, and choose the route (a plain copy
-with nothing to follow it is cut and its job finished here)."""
+"""Fetcher: locate the source, probe it, stage only the range the clip needs, and choose the route (a plain copy,
+or a frame-accurate cut of an upload, with nothing to follow it is cut and its job finished here)."""
 
 from __future__ import annotations
 
