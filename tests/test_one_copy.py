@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -127,11 +128,12 @@ async def test_fetcher_smart_cut_run_twice_reuses_the_stored_clip(
     assert first_write.metadata[WRITE_META] == second_write.metadata[WRITE_META]  # not cut and written again
 
 
-async def test_fetcher_that_stored_the_result_and_died_before_done_ends_the_job_once(
-    resources: Resources, sample_video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A fetcher that put the plain copy at its result key and died before the job was done: the redelivery cuts
-    again, finds the same bytes stored (not written again) and ends the job; a later one changes nothing."""
+async def _died_before_done_then_redelivered(
+    resources: Resources, job: ClipJobMessage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> asyncpg.Record:
+    """Run `job`'s fetch with a fetcher that dies between its put at the result key and done, then twice more (the
+    redelivery, and one after done): the result is stored once, never written again, nothing is staged, and the
+    job ends done once, naming it. The job's row."""
     real_finish = fetcher_handler.finish_job_done
     deaths: list[str] = []
 
@@ -142,47 +144,6 @@ async def test_fetcher_that_stored_the_result_and_died_before_done_ends_the_job_
         return await real_finish(res, job_id, *args)
 
     monkeypatch.setattr(fetcher_handler, "finish_job_done", dies_once)
-    with MediaServer(sample_video.parent) as origin:
-        job = ClipJobMessage(id=str(uuid7()), source=UrlSource(url=origin.url(sample_video.name)), start_sec=2.5,
-                             end_sec=6, precision="keyframe")
-        assert await jobs.begin_stage(resources.db, job, FETCH, 1) == "processing"
-        with pytest.raises(RuntimeError):
-            await fetch(job, _deps(resources, tmp_path, "fetch"))
-        [stored] = await resources.storage.list_keys("results/")
-        first_write = await resources.storage.head(stored)
-        assert await fetch(job, _deps(resources, tmp_path, "fetch")) is None
-        assert await fetch(job, _deps(resources, tmp_path, "fetch")) is None  # after done: nothing more happens
-    second_write = await resources.storage.head(stored)
-    assert first_write is not None and second_write is not None
-    assert first_write.metadata[WRITE_META] == second_write.metadata[WRITE_META]  # not written again
-    assert await resources.storage.list_keys("results/") == [stored]
-    assert await resources.storage.list_keys(f"staging/{job.id}/") == []
-    row = await jobs.get_job(resources.db, uuid.UUID(job.id))
-    assert row is not None and row["status"] == "done" and row["result_video_key"] == stored
-    assert row["result"]["actualStartSec"] == pytest.approx(2.0, abs=1e-3)
-    events = [e["type"] for e in await jobs.job_events(resources.db, uuid.UUID(job.id))]
-    assert events.count("done") == 1
-
-
-async def test_fetcher_that_stored_a_smart_cut_and_died_before_done_ends_the_job_once(
-    client: AsyncTestClient[Any], resources: Resources, sample_video: Path, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A fetcher that smart-cut an upload with nothing to follow, put it at its result key and died before the job
-    was done: the redelivery cuts again (the same bytes: the head's encode is deterministic), finds them stored
-    and ends the job once; a later one changes nothing."""
-    real_finish = fetcher_handler.finish_job_done
-    deaths: list[str] = []
-
-    async def dies_once(res: Resources, job_id: str, *args: Any) -> bool:
-        if not deaths:
-            deaths.append(job_id)
-            raise RuntimeError("killed between the put and done")
-        return await real_finish(res, job_id, *args)
-
-    monkeypatch.setattr(fetcher_handler, "finish_job_done", dies_once)
-    key = await upload(client, sample_video)
-    job = ClipJobMessage(id=str(uuid7()), source=UploadSource(key=key), start_sec=5.5, end_sec=9.0)
     assert await jobs.begin_stage(resources.db, job, FETCH, 1) == "processing"
     with pytest.raises(RuntimeError):
         await fetch(job, _deps(resources, tmp_path, "fetch"))
@@ -197,10 +158,35 @@ async def test_fetcher_that_stored_a_smart_cut_and_died_before_done_ends_the_job
     assert await resources.storage.list_keys(f"staging/{job.id}/") == []
     row = await jobs.get_job(resources.db, uuid.UUID(job.id))
     assert row is not None and row["status"] == "done" and row["result_video_key"] == stored
-    assert row["result"]["cutPath"] == "smart"
-    assert row["result"]["actualStartSec"] == pytest.approx(5.5, abs=1 / 30)
     events = [e["type"] for e in await jobs.job_events(resources.db, uuid.UUID(job.id))]
     assert events.count("done") == 1
+    return row
+
+
+async def test_fetcher_that_stored_the_result_and_died_before_done_ends_the_job_once(
+    resources: Resources, sample_video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetcher that put the plain copy at its result key and died before the job was done: the redelivery cuts
+    again, finds the same bytes stored (not written again) and ends the job; a later one changes nothing."""
+    with MediaServer(sample_video.parent) as origin:
+        job = ClipJobMessage(id=str(uuid7()), source=UrlSource(url=origin.url(sample_video.name)), start_sec=2.5,
+                             end_sec=6, precision="keyframe")
+        row = await _died_before_done_then_redelivered(resources, job, tmp_path, monkeypatch)
+    assert row["result"]["actualStartSec"] == pytest.approx(2.0, abs=1e-3)
+
+
+async def test_fetcher_that_stored_a_smart_cut_and_died_before_done_ends_the_job_once(
+    client: AsyncTestClient[Any], resources: Resources, sample_video: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fetcher that smart-cut an upload with nothing to follow, put it at its result key and died before the job
+    was done: the redelivery cuts again (the same bytes: the head's encode is deterministic), finds them stored
+    and ends the job once; a later one changes nothing."""
+    key = await upload(client, sample_video)
+    job = ClipJobMessage(id=str(uuid7()), source=UploadSource(key=key), start_sec=5.5, end_sec=9.0)
+    row = await _died_before_done_then_redelivered(resources, job, tmp_path, monkeypatch)
+    assert row["result"]["cutPath"] == "smart"
+    assert row["result"]["actualStartSec"] == pytest.approx(5.5, abs=1 / 30)
 
 
 @pytest.mark.parametrize("precision", ["keyframe", "frame"])
