@@ -102,13 +102,19 @@ async def test_without_the_cache_a_deleted_upload_is_refused(
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "upload_not_found"
 
 
-async def test_published_marks_written_together_each_reach_their_row(resources: Resources) -> None:
+async def _inserted_jobs(resources: Resources, count: int) -> list[uuid.UUID]:
+    """`count` queued jobs' rows, inserted one by one (not yet marked published); their ids."""
     made = []
     async with resources.db.acquire() as conn:
-        for _ in range(60):
+        for _ in range(count):
             job = ClipJobMessage(id=str(uuid7()), source=UrlSource(url=GOOD_URL["url"]), start_sec=1, end_sec=2)
             assert await jobs.insert_job(conn, job)
             made.append(uuid.UUID(job.id))
+    return made
+
+
+async def test_published_marks_written_together_each_reach_their_row(resources: Resources) -> None:
+    made = await _inserted_jobs(resources, 60)
     writes = GroupedWrites(resources.db, CircuitBreaker("PostgreSQL", failures=5, open_sec=10), keys.RATE_WINDOW_SEC)
     await asyncio.gather(*(writes.mark_published(job_id) for job_id in made))  # all at once: a few statements
     rows = await resources.db.fetch("SELECT published_at FROM jobs")
@@ -118,12 +124,7 @@ async def test_published_marks_written_together_each_reach_their_row(resources: 
 async def test_marks_hits_and_reads_waiting_together_go_out_in_one_statement(
     resources: Resources, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    made = []
-    async with resources.db.acquire() as conn:
-        for _ in range(20):
-            job = ClipJobMessage(id=str(uuid7()), source=UrlSource(url=GOOD_URL["url"]), start_sec=1, end_sec=2)
-            assert await jobs.insert_job(conn, job)
-            made.append(uuid.UUID(job.id))
+    made = await _inserted_jobs(resources, 20)
     statements = []
     write = grouped.write
 
